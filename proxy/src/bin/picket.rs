@@ -1,0 +1,22 @@
+//! `picket`: the user's command line. Thin: parsing and exit codes only.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = picket::cli::Cli::parse();
+    match picket::cli::run(cli) {
+        Ok(text) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`picket reach | head`) is not an error worth reporting.
+            let _ = stdout.write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("picket: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

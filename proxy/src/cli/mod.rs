@@ -1,0 +1,128 @@
+//! The `picket` command line: `reach` and `explain` over manifests.
+//!
+//! `reach` computes probes (pure, over an index) and renders them; only
+//! `run` touches the file system, through `cluster::load_path`.
+
+pub mod reach;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cluster::{load_path, ClusterObjects};
+use crate::policy::{NodeAddrs, ObjectKey, Protocol};
+
+/// Picket: who can reach whom, and why, under Kubernetes NetworkPolicy.
+#[derive(Debug, Parser)]
+#[command(name = "picket", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate every ordered pair of pods and print who can reach whom.
+    Reach(ReachArgs),
+    /// Print the whole reasoning for one connection.
+    Explain(ExplainArgs),
+}
+
+/// Arguments of `picket reach`.
+#[derive(Debug, clap::Args)]
+pub struct ReachArgs {
+    /// A manifest file or a directory of them (Namespaces, Pods, workloads, NetworkPolicies).
+    #[arg(long, value_name = "PATH")]
+    pub cluster: PathBuf,
+    /// A TCP port to probe (repeatable); default: every port each destination declares.
+    #[arg(long = "port", value_name = "N")]
+    pub ports: Vec<u16>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Add the deciding policy and rule to each row of the table.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// Arguments of `picket explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// A manifest file or a directory of them.
+    #[arg(long, value_name = "PATH")]
+    pub cluster: PathBuf,
+    /// The source pod, as NAMESPACE/POD.
+    #[arg(long, value_name = "NS/POD")]
+    pub from: String,
+    /// The destination pod, as NAMESPACE/POD.
+    #[arg(long, value_name = "NS/POD")]
+    pub to: String,
+    /// The destination TCP port.
+    #[arg(long, value_name = "N")]
+    pub port: u16,
+}
+
+/// Output formats of `picket reach`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A truth table per port, for people.
+    Table,
+    /// One JSON array of probes, for programs.
+    Json,
+}
+
+/// Runs the command line; returns what to print on stdout.
+pub fn run(cli: Cli) -> anyhow::Result<String> {
+    match cli.command {
+        Command::Reach(args) => {
+            let objects = load(&args.cluster)?;
+            let index = objects.index();
+            let probes = reach::probes(&index, &args.ports);
+            Ok(match args.format {
+                Format::Json => reach::render_json(&probes)?,
+                Format::Table => reach::render_table(&index, &probes, args.explain),
+            })
+        }
+        Command::Explain(args) => {
+            let objects = load(&args.cluster)?;
+            let index = objects.index();
+            let from = pod_key(&index, &args.from, "--from")?;
+            let to = pod_key(&index, &args.to, "--to")?;
+            let node = index
+                .pod(&to)
+                .map(|p| NodeAddrs::from_ips(p.host_ips.iter().copied()))
+                .unwrap_or_default();
+            let explanation =
+                index.explain_between_pods(&from, &to, args.port, Protocol::Tcp, &node);
+            Ok(explanation.to_string())
+        }
+    }
+}
+
+/// Loads manifests, printing warnings to stderr; a broken rule is an error here.
+fn load(path: &Path) -> anyhow::Result<ClusterObjects> {
+    let objects = load_path(path).map_err(anyhow::Error::new)?;
+    for warning in &objects.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if !objects.errors.is_empty() {
+        let lines: Vec<String> = objects.errors.iter().map(|e| e.to_string()).collect();
+        bail!("invalid manifests:\n  {}", lines.join("\n  "));
+    }
+    Ok(objects)
+}
+
+fn pod_key(
+    index: &crate::policy::PolicyIndex,
+    s: &str,
+    flag: &str,
+) -> anyhow::Result<ObjectKey> {
+    let key = ObjectKey::parse(s).with_context(|| format!("{flag} {s:?}: expected NAMESPACE/POD"))?;
+    if index.pod(&key).is_none() {
+        bail!("{flag} {s}: no such pod or workload in the manifests");
+    }
+    Ok(key)
+}

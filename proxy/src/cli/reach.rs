@@ -1,0 +1,177 @@
+//! `picket reach`: every ordered pair of pods, for each port, decided and rendered.
+//!
+//! Pure: computes over an index and returns text.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::policy::{Decision, NodeAddrs, PodKey, PolicyIndex, Protocol, Reason, Side};
+
+/// One evaluated connection.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// The source pod.
+    pub from: PodKey,
+    /// The destination pod.
+    pub to: PodKey,
+    /// The destination port.
+    pub port: u16,
+    /// The protocol (TCP).
+    pub protocol: Protocol,
+    /// The engine's decision.
+    pub decision: Decision,
+}
+
+/// The JSON shape of a probe; other tools consume it, keep it stable.
+#[derive(Debug, Serialize)]
+struct JsonProbe<'a> {
+    from: String,
+    to: String,
+    port: u16,
+    protocol: &'static str,
+    allowed: bool,
+    reason: String,
+    #[serde(skip)]
+    _marker: std::marker::PhantomData<&'a ()>,
+}
+
+/// Evaluates every ordered pair of pods (self pairs included) on each port:
+/// the given ports, or else every TCP port the destination declares. Sorted
+/// by from, to, port.
+pub fn probes(index: &PolicyIndex, ports: &[u16]) -> Vec<Probe> {
+    let mut pods: Vec<&PodKey> = index.pods().map(|p| &p.key).collect();
+    pods.sort();
+    let mut out = Vec::new();
+    for from in &pods {
+        for to in &pods {
+            let Some(dst) = index.pod(to) else { continue };
+            let node = NodeAddrs::from_ips(dst.host_ips.iter().copied());
+            let dst_ports: BTreeSet<u16> = if ports.is_empty() {
+                dst.ports
+                    .iter()
+                    .filter(|p| p.protocol == Protocol::Tcp)
+                    .map(|p| p.port)
+                    .collect()
+            } else {
+                ports.iter().copied().collect()
+            };
+            for port in dst_ports {
+                let decision = index.decide_between_pods(from, to, port, Protocol::Tcp, &node);
+                out.push(Probe {
+                    from: (*from).clone(),
+                    to: (*to).clone(),
+                    port,
+                    protocol: Protocol::Tcp,
+                    decision,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Renders probes as one JSON array.
+pub fn render_json(probes: &[Probe]) -> serde_json::Result<String> {
+    let rows: Vec<JsonProbe<'_>> = probes
+        .iter()
+        .map(|p| JsonProbe {
+            from: p.from.to_string(),
+            to: p.to.to_string(),
+            port: p.port,
+            protocol: p.protocol.as_str(),
+            allowed: p.decision.allowed,
+            reason: p.decision.to_string(),
+            _marker: std::marker::PhantomData,
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&rows)?;
+    text.push('\n');
+    Ok(text)
+}
+
+/// Renders one truth table per port: sources as rows, destinations as columns.
+pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> String {
+    let mut pods: Vec<&PodKey> = index.pods().map(|p| &p.key).collect();
+    pods.sort();
+    let ports: BTreeSet<u16> = probes.iter().map(|p| p.port).collect();
+    let mut out = String::new();
+    if ports.is_empty() {
+        out.push_str("no probes: no pod declares a TCP port; pass --port N\n");
+        return out;
+    }
+    let width = pods.iter().map(|k| k.to_string().len()).max().unwrap_or(0);
+    let number_width = pods.len().to_string().len();
+    let cell = number_width.max(2) + 1;
+    let _ = writeln!(out, "Destinations:");
+    for (i, pod) in pods.iter().enumerate() {
+        let _ = writeln!(out, "  {:>number_width$}  {pod}", i + 1);
+    }
+    for port in &ports {
+        let _ = writeln!(
+            out,
+            "\nport {port}/TCP   rows: from, columns: to   ✓ allowed  ✗ denied  · not probed"
+        );
+        let _ = write!(out, "{:width$}    ", "");
+        for i in 0..pods.len() {
+            let _ = write!(out, "{:>cell$}", i + 1);
+        }
+        out.push('\n');
+        for from in &pods {
+            let _ = write!(out, "{:width$}    ", from.to_string());
+            let mut notes = Vec::new();
+            for (i, to) in pods.iter().enumerate() {
+                let probe = probes
+                    .iter()
+                    .find(|p| p.port == *port && p.from == **from && p.to == **to);
+                let mark = match probe {
+                    None => "·",
+                    Some(p) if p.decision.allowed => "✓",
+                    Some(_) => "✗",
+                };
+                let _ = write!(out, "{:>cell$}", mark);
+                if let Some(p) = probe.filter(|_| explain) {
+                    if let Some(note) = explain_note(&p.decision) {
+                        notes.push(format!("{}: {note}", i + 1));
+                    }
+                }
+            }
+            out.push('\n');
+            for note in notes {
+                let _ = writeln!(out, "{:width$}      {note}", "");
+            }
+        }
+    }
+    let allowed = probes.iter().filter(|p| p.decision.allowed).count();
+    let _ = writeln!(
+        out,
+        "\n{} over {} and {}: {allowed} allowed, {} denied ({})",
+        plural(probes.len(), "probe"),
+        plural(pods.len(), "pod"),
+        plural(ports.len(), "port"),
+        probes.len() - allowed,
+        plural(index.counts().policies, "policy"),
+    );
+    out
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    match (n, noun) {
+        (1, _) => format!("1 {noun}"),
+        (_, "policy") => format!("{n} policies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
+/// What decided a cell, when a policy had a say.
+fn explain_note(decision: &Decision) -> Option<String> {
+    match &decision.reason {
+        Reason::Policies {
+            ingress: Side::NotIsolated,
+            egress: Side::NotIsolated | Side::NotApplicable,
+        } => None,
+        Reason::SamePod => None,
+        _ => Some(decision.to_string()),
+    }
+}

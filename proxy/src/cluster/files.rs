@@ -1,0 +1,384 @@
+//! Manifests on disk: a file or a directory of multi-document YAML or JSON,
+//! read into the engine's model.
+//!
+//! Does file I/O; the parsing of one file's text (`parse_manifest`) is pure.
+//! Namespaces, Pods and NetworkPolicies are read as they are; workloads
+//! (Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController,
+//! Job, CronJob) each become one representative pod built from their
+//! template; `kind: List` (and `*List`) is unwrapped; other kinds are skipped
+//! with a warning. Objects without a namespace land in `default`, as
+//! `kubectl apply` would put them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::policy::convert::{self, InvalidField};
+use crate::policy::{Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+
+/// The namespace of objects that name none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The objects read from one file or a whole path.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterObjects {
+    /// Namespaces, declared or synthesized.
+    pub namespaces: Vec<Namespace>,
+    /// Pods, and one representative pod per workload.
+    pub pods: Vec<Pod>,
+    /// Compiled NetworkPolicies.
+    pub policies: Vec<Policy>,
+    /// Things worth telling the user that did not stop the load.
+    pub warnings: Vec<String>,
+    /// Rules that could not be compiled (their policies still isolate).
+    pub errors: Vec<LoadError>,
+}
+
+/// A manifest that could not be read, named by file, object and field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    /// The file.
+    pub file: PathBuf,
+    /// The object, as `Kind namespace/name`, when known.
+    pub object: Option<String>,
+    /// The field, when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+// === impl LoadError ===
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(object) = &self.object {
+            write!(f, ": {object}")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+// === impl ClusterObjects ===
+
+impl ClusterObjects {
+    /// Adds a namespace, with a warning, for every namespace that objects
+    /// reference but no manifest declares.
+    pub fn synthesize_namespaces(&mut self) {
+        let declared: BTreeSet<&str> = self.namespaces.iter().map(|n| &*n.name).collect();
+        let referenced: BTreeSet<String> = self
+            .pods
+            .iter()
+            .map(|p| p.key.namespace.to_string())
+            .chain(self.policies.iter().map(|p| p.key.namespace.to_string()))
+            .filter(|ns| !declared.contains(ns.as_str()))
+            .collect();
+        for ns in referenced {
+            self.warnings.push(format!(
+                "namespace {ns} is referenced but not declared; assuming it exists with no labels but {}",
+                convert::NAMESPACE_NAME_LABEL
+            ));
+            self.namespaces
+                .push(convert::namespace_with_labels(&ns, Labels::new()));
+        }
+    }
+
+    /// Builds the engine's index from these objects.
+    pub fn index(&self) -> PolicyIndex {
+        PolicyIndex::build(
+            self.namespaces.iter().cloned(),
+            self.pods.iter().cloned(),
+            self.policies.iter().cloned(),
+        )
+    }
+
+    fn extend(&mut self, other: ClusterObjects) {
+        self.namespaces.extend(other.namespaces);
+        self.pods.extend(other.pods);
+        self.policies.extend(other.policies);
+        self.warnings.extend(other.warnings);
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Reads a manifest file, or every `.yaml`/`.yml`/`.json` file under a
+/// directory (recursively, in name order), and synthesizes undeclared
+/// namespaces. Fails on the first file that cannot be read or parsed.
+pub fn load_path(path: &Path) -> Result<ClusterObjects, LoadError> {
+    let mut files = Vec::new();
+    collect_files(path, &mut files)?;
+    let mut all = ClusterObjects::default();
+    for file in files {
+        all.extend(load_file(&file)?);
+    }
+    check_duplicates(&all, path)?;
+    all.synthesize_namespaces();
+    Ok(all)
+}
+
+/// Reads one manifest file.
+pub fn load_file(file: &Path) -> Result<ClusterObjects, LoadError> {
+    let text = std::fs::read_to_string(file).map_err(|e| LoadError {
+        file: file.to_path_buf(),
+        object: None,
+        field: None,
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse_manifest(file, &text)
+}
+
+/// Whether a file name looks like a manifest.
+pub fn is_manifest_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.')
+        && matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let io_error = |e: std::io::Error| LoadError {
+        file: path.to_path_buf(),
+        object: None,
+        field: None,
+        reason: format!("cannot read: {e}"),
+    };
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if meta.is_file() {
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(io_error)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            collect_files(&entry, files)?;
+        } else if is_manifest_file(&entry) {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// Parses one file's text: multi-document YAML (JSON is YAML too).
+pub fn parse_manifest(file: &Path, text: &str) -> Result<ClusterObjects, LoadError> {
+    let mut out = ClusterObjects::default();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| LoadError {
+            file: file.to_path_buf(),
+            object: None,
+            field: None,
+            reason: format!("document {}: not valid YAML: {e}", index + 1),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        read_object(file, value, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Result<(), LoadError> {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let cluster_scoped = matches!(kind.as_str(), "Namespace") || kind.ends_with("List");
+    if !cluster_scoped {
+        default_namespace(&mut value);
+    }
+    let namespace = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let object = if kind.is_empty() {
+        "object without kind".to_string()
+    } else if cluster_scoped {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {namespace}/{name}")
+    };
+    let error = |field: Option<String>, reason: String| LoadError {
+        file: file.to_path_buf(),
+        object: Some(object.clone()),
+        field,
+        reason,
+    };
+    let invalid = |e: InvalidField| error(Some(e.field), e.reason);
+    if kind.is_empty() {
+        return Err(error(Some("kind".into()), "required".into()));
+    }
+
+    if kind.ends_with("List") {
+        let items = match value.get_mut("items") {
+            Some(Value::Sequence(items)) => std::mem::take(items),
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => return Err(error(Some("items".into()), "must be a list".into())),
+        };
+        for item in items {
+            read_object(file, item, out)?;
+        }
+        return Ok(());
+    }
+
+    match kind.as_str() {
+        "Namespace" => {
+            let ns: core::Namespace = typed(value).map_err(|(f, r)| error(f, r))?;
+            out.namespaces.push(convert::namespace(&ns).map_err(invalid)?);
+        }
+        "Pod" => {
+            let pod: core::Pod = typed(value).map_err(|(f, r)| error(f, r))?;
+            out.pods.push(convert::pod(&pod).map_err(invalid)?);
+        }
+        "NetworkPolicy" => {
+            let np: k8s_openapi::api::networking::v1::NetworkPolicy =
+                typed(value).map_err(|(f, r)| error(f, r))?;
+            let compiled = convert::policy(&np).map_err(invalid)?;
+            for e in compiled.errors {
+                out.errors.push(invalid(e));
+            }
+            out.policies.push(compiled.policy);
+        }
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+        | "Job" | "CronJob" => {
+            let key = workload_key(&name, &namespace).map_err(invalid)?;
+            let (template, field) = workload_template(&kind, value).map_err(|(f, r)| error(f, r))?;
+            let Some(template) = template else {
+                return Err(error(Some(field), "required".into()));
+            };
+            out.pods
+                .push(convert::template_pod(key, &template, &field).map_err(invalid)?);
+        }
+        other => out.warnings.push(format!(
+            "{}: skipping {other} {}: not a kind picket reads",
+            file.display(),
+            if namespace.is_empty() {
+                name.clone()
+            } else {
+                format!("{namespace}/{name}")
+            }
+        )),
+    }
+    Ok(())
+}
+
+/// Deserializes a typed object, naming the field that failed.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn workload_template(
+    kind: &str,
+    value: Value,
+) -> Result<(Option<core::PodTemplateSpec>, String), (Option<String>, String)> {
+    Ok(match kind {
+        "Deployment" => {
+            let d: apps::Deployment = typed(value)?;
+            (Some(d.spec.template), "spec.template".into())
+        }
+        "StatefulSet" => {
+            let d: apps::StatefulSet = typed(value)?;
+            (Some(d.spec.template), "spec.template".into())
+        }
+        "DaemonSet" => {
+            let d: apps::DaemonSet = typed(value)?;
+            (Some(d.spec.template), "spec.template".into())
+        }
+        "ReplicaSet" => {
+            let d: apps::ReplicaSet = typed(value)?;
+            (d.spec.template, "spec.template".into())
+        }
+        "ReplicationController" => {
+            let d: core::ReplicationController = typed(value)?;
+            (d.spec.and_then(|s| s.template), "spec.template".into())
+        }
+        "Job" => {
+            let d: batch::Job = typed(value)?;
+            (d.spec.map(|s| s.template), "spec.template".into())
+        }
+        _ => {
+            let d: batch::CronJob = typed(value)?;
+            (
+                d.spec.job_template.spec.map(|s| s.template),
+                "spec.jobTemplate.spec.template".into(),
+            )
+        }
+    })
+}
+
+fn workload_key(name: &str, namespace: &str) -> Result<ObjectKey, InvalidField> {
+    if name.is_empty() {
+        return Err(InvalidField {
+            field: "metadata.name".into(),
+            reason: "required".into(),
+        });
+    }
+    Ok(ObjectKey::new(namespace, name))
+}
+
+fn default_namespace(value: &mut Value) {
+    let Some(Value::Mapping(meta)) = value.get_mut("metadata") else {
+        return;
+    };
+    let key = Value::String("namespace".into());
+    let missing = meta
+        .get(&key)
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    if missing {
+        meta.insert(key, Value::String(DEFAULT_NAMESPACE.into()));
+    }
+}
+
+fn check_duplicates(all: &ClusterObjects, path: &Path) -> Result<(), LoadError> {
+    let dup = |what: &str, name: String| LoadError {
+        file: path.to_path_buf(),
+        object: Some(format!("{what} {name}")),
+        field: None,
+        reason: "declared more than once".into(),
+    };
+    let mut seen = BTreeMap::new();
+    for ns in &all.namespaces {
+        if seen.insert(ns.name.to_string(), ()).is_some() {
+            return Err(dup("Namespace", ns.name.to_string()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for pod in &all.pods {
+        if !seen.insert(&pod.key) {
+            return Err(dup("Pod (or workload)", pod.key.to_string()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for policy in &all.policies {
+        if !seen.insert(&policy.key) {
+            return Err(dup("NetworkPolicy", policy.key.to_string()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! Kubernetes objects to the engine's model, with the API server's defaulting.
+//!
+//! Pure: no I/O. The only place the engine sees `k8s-openapi` types.
+//!
+//! Defaulting applied here, as the API server would: `policyTypes` absent or
+//! empty means Ingress, plus Egress when the policy has egress rules; a port's
+//! protocol defaults to TCP; `from: []`, `to: []` and `ports: []` mean "all",
+//! like absent fields; every namespace carries `kubernetes.io/metadata.name`.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::model::{
+    ContainerPort, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
+    PortSpec, Protocol, Rule,
+};
+use super::selector::{Labels, Selector};
+
+/// The label every namespace carries, set by the API server.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A field of an object that could not be compiled.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field's path, for example `spec.ingress[0].from[1].ipBlock.cidr`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A compiled policy, with the errors of rules that were compiled as broken.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    /// The policy; broken rules allow nothing but the policy still isolates.
+    pub policy: Policy,
+    /// One entry per broken rule.
+    pub errors: Vec<InvalidField>,
+}
+
+/// Compiles a NetworkPolicy. An invalid `podSelector` or `policyTypes` fails
+/// the whole object (no pods can be chosen); an invalid rule is kept as a
+/// broken rule that allows nothing, so the policy still isolates (fail closed).
+pub fn policy(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
+    let key = key_of(&np.metadata)?;
+    let default_spec = net::NetworkPolicySpec::default();
+    let spec = np.spec.as_ref().unwrap_or(&default_spec);
+    let pod_selector = selector(spec.pod_selector.as_ref(), "spec.podSelector")?;
+
+    let (mut ingress_on, mut egress_on) = (false, false);
+    match spec.policy_types.as_deref() {
+        None | Some([]) => {
+            ingress_on = true;
+            egress_on = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        }
+        Some(types) => {
+            for (i, t) in types.iter().enumerate() {
+                match t.as_str() {
+                    "Ingress" => ingress_on = true,
+                    "Egress" => egress_on = true,
+                    other => {
+                        return Err(InvalidField {
+                            field: format!("spec.policyTypes[{i}]"),
+                            reason: format!(
+                                "unknown policy type {other:?} (expected Ingress or Egress)"
+                            ),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    let mut errors = Vec::new();
+    let ingress = ingress_on.then(|| {
+        let rules = spec.ingress.as_deref().unwrap_or_default();
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("spec.ingress[{i}]");
+                rule(&key, r.from.as_deref(), "from", r.ports.as_deref(), &at, &mut errors)
+            })
+            .collect()
+    });
+    let egress = egress_on.then(|| {
+        let rules = spec.egress.as_deref().unwrap_or_default();
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let at = format!("spec.egress[{i}]");
+                rule(&key, r.to.as_deref(), "to", r.ports.as_deref(), &at, &mut errors)
+            })
+            .collect()
+    });
+    Ok(CompiledPolicy {
+        policy: Policy {
+            key,
+            pod_selector,
+            ingress,
+            egress,
+        },
+        errors,
+    })
+}
+
+/// Converts a Pod. Finished pods (Succeeded, Failed) keep no IP.
+pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
+    let key = key_of(&p.metadata)?;
+    let spec = p.spec.as_ref();
+    let status = p.status.as_ref();
+    let finished = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+
+    let mut ips = Vec::new();
+    if let Some(status) = status {
+        match status.pod_ips.as_deref() {
+            Some(list) if !list.is_empty() => {
+                for (i, entry) in list.iter().enumerate() {
+                    ips.push(ip(&entry.ip, &format!("status.podIPs[{i}].ip"))?);
+                }
+            }
+            _ => {
+                if let Some(one) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+                    ips.push(ip(one, "status.podIP")?);
+                }
+            }
+        }
+    }
+    if finished {
+        ips.clear();
+    }
+    let mut host_ips = Vec::new();
+    if let Some(status) = status {
+        match status.host_ips.as_deref() {
+            Some(list) if !list.is_empty() => {
+                for (i, entry) in list.iter().enumerate() {
+                    host_ips.push(ip(&entry.ip, &format!("status.hostIPs[{i}].ip"))?);
+                }
+            }
+            _ => {
+                if let Some(one) = status.host_ip.as_deref().filter(|s| !s.is_empty()) {
+                    host_ips.push(ip(one, "status.hostIP")?);
+                }
+            }
+        }
+    }
+    let ports = match spec {
+        Some(spec) => container_ports(spec, "spec")?,
+        None => Vec::new(),
+    };
+    Ok(Pod {
+        key,
+        labels: labels(p.metadata.labels.as_ref()),
+        ips,
+        host_ips,
+        ports,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+    })
+}
+
+/// A representative pod for a workload's template: it has the template's
+/// labels and ports but no IP, so selectors match it and ipBlocks do not.
+pub fn template_pod(
+    key: ObjectKey,
+    template: &core::PodTemplateSpec,
+    field: &str,
+) -> Result<Pod, InvalidField> {
+    let metadata = template.metadata.as_ref();
+    let spec = template.spec.as_ref();
+    let ports = match spec {
+        Some(spec) => container_ports(spec, &format!("{field}.spec"))?,
+        None => Vec::new(),
+    };
+    Ok(Pod {
+        key,
+        labels: labels(metadata.and_then(|m| m.labels.as_ref())),
+        ips: Vec::new(),
+        host_ips: Vec::new(),
+        ports,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+    })
+}
+
+/// Converts a Namespace, adding `kubernetes.io/metadata.name` as the API server does.
+pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidField> {
+    let name = ns
+        .metadata
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| required("metadata.name"))?;
+    Ok(namespace_with_labels(name, labels(ns.metadata.labels.as_ref())))
+}
+
+/// A namespace with these labels plus `kubernetes.io/metadata.name`.
+pub fn namespace_with_labels(name: &str, mut labels: Labels) -> Namespace {
+    labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+    Namespace {
+        name: name.into(),
+        labels,
+    }
+}
+
+/// Compiles a `LabelSelector`; absent compiles to `{}` (everything).
+pub fn selector(s: Option<&LabelSelector>, field: &str) -> Result<Selector, InvalidField> {
+    let Some(s) = s else {
+        return Ok(Selector::everything());
+    };
+    let match_labels = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let exprs = s.match_expressions.iter().flatten().map(|e| {
+        (
+            e.key.as_str(),
+            e.operator.as_str(),
+            e.values.as_deref().unwrap_or_default(),
+        )
+    });
+    Selector::compile(match_labels, exprs).map_err(|e| InvalidField {
+        field: format!("{field}.{}", e.field),
+        reason: e.reason,
+    })
+}
+
+fn rule(
+    policy: &ObjectKey,
+    peers: Option<&[net::NetworkPolicyPeer]>,
+    peers_name: &str,
+    ports: Option<&[net::NetworkPolicyPort]>,
+    at: &str,
+    errors: &mut Vec<InvalidField>,
+) -> Rule {
+    let compiled = (|| {
+        let peers = match peers {
+            None | Some([]) => None,
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, p)| peer(policy, p, &format!("{at}.{peers_name}[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let ports = match ports {
+            None | Some([]) => None,
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, p)| port(p, &format!("{at}.ports[{i}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok::<_, InvalidField>(Rule {
+            peers,
+            ports,
+            broken: None,
+        })
+    })();
+    compiled.unwrap_or_else(|e| {
+        let broken = e.to_string();
+        errors.push(e);
+        Rule {
+            peers: Some(Vec::new()),
+            ports: Some(Vec::new()),
+            broken: Some(broken),
+        }
+    })
+}
+
+fn peer(
+    policy: &ObjectKey,
+    p: &net::NetworkPolicyPeer,
+    at: &str,
+) -> Result<Peer, InvalidField> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(block), None, None) => ip_block(block, &format!("{at}.ipBlock")).map(Peer::IpBlock),
+        (Some(_), _, _) => Err(InvalidField {
+            field: at.to_string(),
+            reason: "ipBlock may not be combined with podSelector or namespaceSelector".into(),
+        }),
+        (None, None, None) => Err(InvalidField {
+            field: at.to_string(),
+            reason: "must set one of podSelector, namespaceSelector or ipBlock".into(),
+        }),
+        (None, pods, namespaces) => {
+            let pods = pods
+                .as_ref()
+                .map(|s| selector(Some(s), &format!("{at}.podSelector")))
+                .transpose()?;
+            let namespaces = match namespaces {
+                None => NamespaceScope::Policy(policy.namespace.clone()),
+                Some(s) => NamespaceScope::Selected(selector(
+                    Some(s),
+                    &format!("{at}.namespaceSelector"),
+                )?),
+            };
+            Ok(Peer::Pods { namespaces, pods })
+        }
+    }
+}
+
+fn ip_block(block: &net::IPBlock, at: &str) -> Result<IpBlock, InvalidField> {
+    let cidr = cidr(&block.cidr, &format!("{at}.cidr"))?;
+    let mut except = Vec::new();
+    for (i, e) in block.except.iter().flatten().enumerate() {
+        let field = format!("{at}.except[{i}]");
+        let net = self::cidr(e, &field)?;
+        if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() {
+            return Err(InvalidField {
+                field,
+                reason: format!("{e:?} must be strictly within the cidr {}", block.cidr),
+            });
+        }
+        except.push(net);
+    }
+    Ok(IpBlock { cidr, except })
+}
+
+fn cidr(s: &str, field: &str) -> Result<IpNet, InvalidField> {
+    IpNet::from_str(s.trim())
+        .map(|n| n.trunc())
+        .map_err(|_| InvalidField {
+            field: field.to_string(),
+            reason: format!("invalid CIDR {s:?}"),
+        })
+}
+
+fn port(p: &net::NetworkPolicyPort, at: &str) -> Result<PortMatch, InvalidField> {
+    let protocol = protocol(p.protocol.as_deref(), &format!("{at}.protocol"))?;
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortSpec::Any,
+        (None, Some(_)) => {
+            return Err(InvalidField {
+                field: format!("{at}.endPort"),
+                reason: "may not be set without port".into(),
+            })
+        }
+        (Some(IntOrString::Int(n)), end) => {
+            let start = port_number(*n, &format!("{at}.port"))?;
+            let end = match end {
+                None => start,
+                Some(e) => {
+                    let end = port_number(e, &format!("{at}.endPort"))?;
+                    if end < start {
+                        return Err(InvalidField {
+                            field: format!("{at}.endPort"),
+                            reason: format!("{end} is below port {start}"),
+                        });
+                    }
+                    end
+                }
+            };
+            PortSpec::Range(start, end)
+        }
+        (Some(IntOrString::String(name)), end) => {
+            if end.is_some() {
+                return Err(InvalidField {
+                    field: format!("{at}.endPort"),
+                    reason: "may not be set with a named port".into(),
+                });
+            }
+            if name.is_empty() {
+                return Err(InvalidField {
+                    field: format!("{at}.port"),
+                    reason: "must not be empty".into(),
+                });
+            }
+            PortSpec::Named(name.clone())
+        }
+    };
+    Ok(PortMatch { protocol, port })
+}
+
+fn port_number(n: i32, field: &str) -> Result<u16, InvalidField> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| InvalidField {
+            field: field.to_string(),
+            reason: format!("{n} is not a port number (1-65535)"),
+        })
+}
+
+fn protocol(s: Option<&str>, field: &str) -> Result<Protocol, InvalidField> {
+    match s {
+        None => Ok(Protocol::Tcp),
+        Some(s) => Protocol::parse(s).ok_or_else(|| InvalidField {
+            field: field.to_string(),
+            reason: format!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"),
+        }),
+    }
+}
+
+fn container_ports(spec: &core::PodSpec, at: &str) -> Result<Vec<ContainerPort>, InvalidField> {
+    let mut ports = Vec::new();
+    for (ci, c) in spec.containers.iter().enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("{at}.containers[{ci}].ports[{pi}]");
+            ports.push(ContainerPort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port: port_number(p.container_port, &format!("{field}.containerPort"))?,
+                protocol: protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
+            });
+        }
+    }
+    Ok(ports)
+}
+
+fn ip(s: &str, field: &str) -> Result<IpAddr, InvalidField> {
+    IpAddr::from_str(s.trim()).map_err(|_| InvalidField {
+        field: field.to_string(),
+        reason: format!("invalid IP address {s:?}"),
+    })
+}
+
+fn key_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<ObjectKey, InvalidField> {
+    let name = meta
+        .name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| required("metadata.name"))?;
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| required("metadata.namespace"))?;
+    Ok(ObjectKey::new(namespace, name))
+}
+
+fn labels(l: Option<&std::collections::BTreeMap<String, String>>) -> Labels {
+    l.cloned().unwrap_or_default()
+}
+
+fn required(field: &str) -> InvalidField {
+    InvalidField {
+        field: field.to_string(),
+        reason: "required".into(),
+    }
+}

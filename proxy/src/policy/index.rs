@@ -1,0 +1,368 @@
+//! The policy index: the cluster's pods, namespaces and policies, arranged so
+//! that a decision touches only what it needs.
+//!
+//! Pure and synchronous: callers apply and delete objects; nothing here does
+//! I/O. Every change is incremental: a pod change recomputes which policies
+//! select that pod; a policy change revisits the pods of its namespace only; a
+//! namespace change touches nothing else (namespace labels are read at decision
+//! time). `PolicyIndex::build` is the full rebuild that the incremental path
+//! must always equal.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
+use super::selector::Labels;
+
+/// Pods, namespaces and policies, indexed for decisions.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyIndex {
+    pods: HashMap<PodKey, Arc<Pod>>,
+    namespaces: HashMap<Arc<str>, Arc<Namespace>>,
+    /// Policies by namespace, sorted by key so that explanations are stable.
+    policies: HashMap<Arc<str>, BTreeMap<PolicyKey, Arc<Policy>>>,
+    pods_by_namespace: HashMap<Arc<str>, BTreeSet<PodKey>>,
+    /// Pods by IP; two entries only while a stale pod still claims the IP.
+    pods_by_ip: HashMap<IpAddr, Vec<PodKey>>,
+    /// The policies selecting each pod, per direction; absent when none do.
+    selection: HashMap<PodKey, Selection>,
+    policy_count: usize,
+}
+
+/// The policies that select one pod, sorted by key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Selection {
+    pub(super) ingress: Vec<Arc<Policy>>,
+    pub(super) egress: Vec<Arc<Policy>>,
+}
+
+/// How many objects of each kind the index holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    /// Pods known.
+    pub pods: usize,
+    /// Namespaces known.
+    pub namespaces: usize,
+    /// NetworkPolicies known.
+    pub policies: usize,
+}
+
+static NO_LABELS: Labels = Labels::new();
+
+// === impl PolicyIndex ===
+
+impl PolicyIndex {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds an index from scratch: the reference the incremental path must equal.
+    pub fn build(
+        namespaces: impl IntoIterator<Item = Namespace>,
+        pods: impl IntoIterator<Item = Pod>,
+        policies: impl IntoIterator<Item = Policy>,
+    ) -> Self {
+        let mut index = Self::new();
+        for ns in namespaces {
+            index.apply_namespace(ns);
+        }
+        for policy in policies {
+            let policy = Arc::new(policy);
+            index.policy_count += 1;
+            index
+                .policies
+                .entry(policy.key.namespace.clone())
+                .or_default()
+                .insert(policy.key.clone(), policy);
+        }
+        for pod in pods {
+            index.apply_pod(pod);
+        }
+        index
+    }
+
+    /// Adds or replaces a pod.
+    pub fn apply_pod(&mut self, pod: Pod) {
+        let pod = Arc::new(pod);
+        let key = pod.key.clone();
+        let old = self.pods.insert(key.clone(), pod.clone());
+        if let Some(old) = &old {
+            if **old == *pod {
+                return;
+            }
+            self.unindex_ips(old);
+        }
+        self.index_ips(&pod);
+        self.pods_by_namespace
+            .entry(key.namespace.clone())
+            .or_default()
+            .insert(key.clone());
+        if old.as_ref().is_none_or(|o| o.labels != pod.labels) {
+            self.reselect_pod(&pod);
+        }
+    }
+
+    /// Removes a pod; returns whether it was known.
+    pub fn delete_pod(&mut self, key: &PodKey) -> bool {
+        let Some(old) = self.pods.remove(key) else {
+            return false;
+        };
+        self.unindex_ips(&old);
+        if let Some(set) = self.pods_by_namespace.get_mut(&key.namespace) {
+            set.remove(key);
+            if set.is_empty() {
+                self.pods_by_namespace.remove(&key.namespace);
+            }
+        }
+        self.selection.remove(key);
+        true
+    }
+
+    /// Adds or replaces a namespace.
+    pub fn apply_namespace(&mut self, namespace: Namespace) {
+        self.namespaces
+            .insert(namespace.name.clone(), Arc::new(namespace));
+    }
+
+    /// Removes a namespace; returns whether it was known.
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        self.namespaces.remove(name).is_some()
+    }
+
+    /// Adds or replaces a policy, updating the selection of its namespace's pods.
+    pub fn apply_policy(&mut self, policy: Policy) {
+        let policy = Arc::new(policy);
+        let ns = policy.key.namespace.clone();
+        let old = self
+            .policies
+            .entry(ns.clone())
+            .or_default()
+            .insert(policy.key.clone(), policy.clone());
+        if old.is_none() {
+            self.policy_count += 1;
+        }
+        let Some(pods) = self.pods_by_namespace.get(&ns) else {
+            return;
+        };
+        for key in pods {
+            let Some(pod) = self.pods.get(key) else {
+                continue;
+            };
+            let selects = policy.pod_selector.matches(&pod.labels);
+            let was_selected = old.is_some() && self.selection.contains_key(key);
+            if !selects && !was_selected {
+                continue;
+            }
+            let entry = self.selection.entry(key.clone()).or_default();
+            entry.remove(&policy.key);
+            if selects {
+                entry.insert(&policy);
+            }
+            if entry.is_empty() {
+                self.selection.remove(key);
+            }
+        }
+    }
+
+    /// Removes a policy; returns whether it was known.
+    pub fn delete_policy(&mut self, key: &PolicyKey) -> bool {
+        let Some(by_key) = self.policies.get_mut(&key.namespace) else {
+            return false;
+        };
+        if by_key.remove(key).is_none() {
+            return false;
+        }
+        if by_key.is_empty() {
+            self.policies.remove(&key.namespace);
+        }
+        self.policy_count -= 1;
+        if let Some(pods) = self.pods_by_namespace.get(&key.namespace) {
+            for pod in pods {
+                if let Some(entry) = self.selection.get_mut(pod) {
+                    entry.remove(key);
+                    if entry.is_empty() {
+                        self.selection.remove(pod);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Replaces every pod with these (a relist's complete snapshot).
+    pub fn replace_pods(&mut self, pods: impl IntoIterator<Item = Pod>) {
+        let pods: Vec<Pod> = pods.into_iter().collect();
+        let keep: BTreeSet<&PodKey> = pods.iter().map(|p| &p.key).collect();
+        let gone: Vec<PodKey> = self
+            .pods
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_pod(&key);
+        }
+        for pod in pods {
+            self.apply_pod(pod);
+        }
+    }
+
+    /// Replaces every namespace with these.
+    pub fn replace_namespaces(&mut self, namespaces: impl IntoIterator<Item = Namespace>) {
+        self.namespaces.clear();
+        for ns in namespaces {
+            self.apply_namespace(ns);
+        }
+    }
+
+    /// Replaces every policy with these.
+    pub fn replace_policies(&mut self, policies: impl IntoIterator<Item = Policy>) {
+        let policies: Vec<Policy> = policies.into_iter().collect();
+        let keep: BTreeSet<&PolicyKey> = policies.iter().map(|p| &p.key).collect();
+        let gone: Vec<PolicyKey> = self
+            .policies
+            .values()
+            .flat_map(|m| m.keys())
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.delete_policy(&key);
+        }
+        for policy in policies {
+            let unchanged = self
+                .policy(&policy.key)
+                .is_some_and(|old| **old == policy);
+            if !unchanged {
+                self.apply_policy(policy);
+            }
+        }
+    }
+
+    /// A pod by key.
+    pub fn pod(&self, key: &PodKey) -> Option<&Arc<Pod>> {
+        self.pods.get(key)
+    }
+
+    /// A policy by key.
+    pub fn policy(&self, key: &PolicyKey) -> Option<&Arc<Policy>> {
+        self.policies.get(&key.namespace)?.get(key)
+    }
+
+    /// A namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.namespaces.get(name)
+    }
+
+    /// Every pod, in no particular order.
+    pub fn pods(&self) -> impl Iterator<Item = &Arc<Pod>> {
+        self.pods.values()
+    }
+
+    /// Every policy, in no particular order.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies.values().flat_map(|m| m.values())
+    }
+
+    /// Every namespace, in no particular order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.namespaces.values()
+    }
+
+    /// The live pods claiming an IP (hostNetwork pods never do).
+    pub fn pods_with_ip(&self, ip: IpAddr) -> &[PodKey] {
+        self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The labels of a namespace; none when it is unknown.
+    pub fn namespace_labels(&self, name: &str) -> &Labels {
+        self.namespaces.get(name).map_or(&NO_LABELS, |n| &n.labels)
+    }
+
+    /// The policies that select a pod for a direction, sorted by key.
+    pub fn selecting(&self, pod: &PodKey, direction: Direction) -> &[Arc<Policy>] {
+        self.selection.get(pod).map_or(&[], |s| s.get(direction))
+    }
+
+    /// How many objects of each kind are known.
+    pub fn counts(&self) -> IndexCounts {
+        IndexCounts {
+            pods: self.pods.len(),
+            namespaces: self.namespaces.len(),
+            policies: self.policy_count,
+        }
+    }
+
+    fn index_ips(&mut self, pod: &Pod) {
+        if pod.host_network {
+            return;
+        }
+        for ip in &pod.ips {
+            let claimants = self.pods_by_ip.entry(*ip).or_default();
+            if let Err(at) = claimants.binary_search(&pod.key) {
+                claimants.insert(at, pod.key.clone());
+            }
+        }
+    }
+
+    fn unindex_ips(&mut self, pod: &Pod) {
+        for ip in &pod.ips {
+            if let Some(claimants) = self.pods_by_ip.get_mut(ip) {
+                claimants.retain(|k| *k != pod.key);
+                if claimants.is_empty() {
+                    self.pods_by_ip.remove(ip);
+                }
+            }
+        }
+    }
+
+    fn reselect_pod(&mut self, pod: &Pod) {
+        let mut selection = Selection::default();
+        if let Some(policies) = self.policies.get(&pod.key.namespace) {
+            for policy in policies.values() {
+                if policy.pod_selector.matches(&pod.labels) {
+                    selection.insert(policy);
+                }
+            }
+        }
+        if selection.is_empty() {
+            self.selection.remove(&pod.key);
+        } else {
+            self.selection.insert(pod.key.clone(), selection);
+        }
+    }
+}
+
+// === impl Selection ===
+
+impl Selection {
+    pub(super) fn get(&self, direction: Direction) -> &[Arc<Policy>] {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    fn insert(&mut self, policy: &Arc<Policy>) {
+        for (list, isolates) in [
+            (&mut self.ingress, policy.ingress.is_some()),
+            (&mut self.egress, policy.egress.is_some()),
+        ] {
+            if isolates {
+                let at = list.partition_point(|p| p.key < policy.key);
+                list.insert(at, policy.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &PolicyKey) {
+        self.ingress.retain(|p| p.key != *key);
+        self.egress.retain(|p| p.key != *key);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ingress.is_empty() && self.egress.is_empty()
+    }
+}

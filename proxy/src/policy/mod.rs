@@ -1,0 +1,22 @@
+//! The NetworkPolicy engine: a compiled model of pods, namespaces and
+//! policies, an index over them, and decisions with explanations.
+//!
+//! Pure: no I/O, no async. Kubernetes types appear only in `convert`.
+#![warn(missing_docs)]
+
+pub mod convert;
+pub mod eval;
+pub mod index;
+pub mod model;
+pub mod selector;
+
+pub use eval::{Decision, Explanation, Reason, Side};
+pub use index::{IndexCounts, PolicyIndex};
+pub use model::{
+    ContainerPort, Direction, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod,
+    PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
+};
+pub use selector::{Labels, Selector};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,318 @@
+//! The compiled model the engine evaluates: pods, namespaces and policies as
+//! plain data, with Kubernetes' defaulting already applied.
+//!
+//! Pure: no I/O. `convert.rs` builds these from Kubernetes objects.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use super::selector::{Labels, Selector};
+
+/// A namespaced object's identity: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The namespace the object lives in.
+    pub namespace: Arc<str>,
+    /// The object's name.
+    pub name: Arc<str>,
+}
+
+/// A pod's identity.
+pub type PodKey = ObjectKey;
+/// A NetworkPolicy's identity.
+pub type PolicyKey = ObjectKey;
+
+/// The transport protocols NetworkPolicy names; the proxy enforces TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP, the default when a port names no protocol.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A pod as the engine sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    /// Namespace and name.
+    pub key: PodKey,
+    /// The pod's labels.
+    pub labels: Labels,
+    /// The pod's IPs; empty when it has none yet, or has finished.
+    pub ips: Vec<IpAddr>,
+    /// The addresses of the node the pod runs on (`status.hostIPs`).
+    pub host_ips: Vec<IpAddr>,
+    /// The ports its containers declare, for named ports.
+    pub ports: Vec<ContainerPort>,
+    /// Pods with host networking share the node's IP: they are node traffic.
+    pub host_network: bool,
+}
+
+/// One declared container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    /// The port's name, which named ports in policies refer to.
+    pub name: Option<String>,
+    /// The port number.
+    pub port: u16,
+    /// The port's protocol.
+    pub protocol: Protocol,
+}
+
+/// A namespace: its labels are what `namespaceSelector` reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    /// The namespace's name.
+    pub name: Arc<str>,
+    /// Its labels, `kubernetes.io/metadata.name` included.
+    pub labels: Labels,
+}
+
+/// The two directions a policy can isolate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Connections into the selected pods.
+    Ingress,
+    /// Connections out of the selected pods.
+    Egress,
+}
+
+/// A compiled NetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Namespace and name.
+    pub key: PolicyKey,
+    /// Which pods of the policy's namespace it applies to.
+    pub pod_selector: Selector,
+    /// Ingress rules when the policy isolates ingress (`None`: it does not).
+    pub ingress: Option<Vec<Rule>>,
+    /// Egress rules when the policy isolates egress (`None`: it does not).
+    pub egress: Option<Vec<Rule>>,
+}
+
+/// One ingress or egress rule: it allows when a peer and a port both match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The peers it allows; `None` allows every peer (absent or empty `from`/`to`).
+    pub peers: Option<Vec<Peer>>,
+    /// The ports it allows; `None` allows every port (absent or empty `ports`).
+    pub ports: Option<Vec<PortMatch>>,
+    /// Set when the rule could not be compiled: it then allows nothing (fail closed).
+    pub broken: Option<String>,
+}
+
+/// A `from` or `to` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Pods chosen by labels: `podSelector`, `namespaceSelector`, or both (AND).
+    Pods {
+        /// Which namespaces the pods may live in.
+        namespaces: NamespaceScope,
+        /// Which pods of those namespaces; `None` means all of them.
+        pods: Option<Selector>,
+    },
+    /// Addresses: a CIDR minus its exceptions.
+    IpBlock(IpBlock),
+}
+
+/// The namespaces a pod peer may come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// Only the policy's own namespace (a `podSelector` alone).
+    Policy(Arc<str>),
+    /// Namespaces whose labels match.
+    Selected(Selector),
+}
+
+/// An `ipBlock`: addresses in `cidr` but in none of `except`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpBlock {
+    /// The allowed range.
+    pub cidr: IpNet,
+    /// Ranges carved out of it.
+    pub except: Vec<IpNet>,
+}
+
+/// One `ports` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortMatch {
+    /// The protocol the entry allows (TCP when absent).
+    pub protocol: Protocol,
+    /// Which ports of that protocol.
+    pub port: PortSpec,
+}
+
+/// The port part of a `ports` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// No port given: every port of the protocol.
+    Any,
+    /// A number, or a range `port..=endPort`.
+    Range(u16, u16),
+    /// A name, resolved against the destination pod's container ports.
+    Named(String),
+}
+
+/// Addresses of the destination's node: traffic from them is always allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeAddrs {
+    nets: Vec<IpNet>,
+}
+
+// === impl ObjectKey ===
+
+impl ObjectKey {
+    /// A key from a namespace and a name.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+// === impl Protocol ===
+
+impl Protocol {
+    /// Parses a Kubernetes protocol name (`TCP`, `UDP`, `SCTP`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Self::Tcp),
+            "UDP" => Some(Self::Udp),
+            "SCTP" => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The Kubernetes name of the protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Direction ===
+
+impl Direction {
+    /// `ingress` or `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+// === impl Pod ===
+
+impl Pod {
+    /// The pod's IP of the same family as `like`, else its first IP.
+    pub fn ip_like(&self, like: Option<IpAddr>) -> Option<IpAddr> {
+        like.and_then(|l| self.ips.iter().copied().find(|ip| ip.is_ipv4() == l.is_ipv4()))
+            .or_else(|| self.ips.first().copied())
+    }
+}
+
+// === impl Policy ===
+
+impl Policy {
+    /// The policy's rules for one direction, when it isolates that direction.
+    pub fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// A rule that allows everything (`- {}`).
+    pub fn allow_all() -> Self {
+        Self {
+            peers: None,
+            ports: None,
+            broken: None,
+        }
+    }
+}
+
+// === impl IpBlock ===
+
+impl IpBlock {
+    /// Whether the address is in the CIDR and in none of the exceptions.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
+    }
+}
+
+// === impl PortSpec ===
+
+impl fmt::Display for PortMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.port {
+            PortSpec::Any => write!(f, "any/{}", self.protocol),
+            PortSpec::Range(a, b) if a == b => write!(f, "{a}/{}", self.protocol),
+            PortSpec::Range(a, b) => write!(f, "{a}-{b}/{}", self.protocol),
+            PortSpec::Named(n) => write!(f, "{n}/{}", self.protocol),
+        }
+    }
+}
+
+// === impl NodeAddrs ===
+
+impl NodeAddrs {
+    /// A node known by these addresses and networks.
+    pub fn new(nets: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            nets: nets.into_iter().collect(),
+        }
+    }
+
+    /// A node known by these single addresses.
+    pub fn from_ips(ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        Self::new(ips.into_iter().map(IpNet::from))
+    }
+
+    /// Adds an address or network.
+    pub fn push(&mut self, net: IpNet) {
+        self.nets.push(net);
+    }
+
+    /// Whether the address belongs to the node.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether no address is known.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
