@@ -202,6 +202,7 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
+    let shown_name = if name.is_empty() { "(no name)" } else { &name };
     let cluster_scoped = matches!(kind.as_str(), "Namespace") || kind.ends_with("List");
     if !cluster_scoped {
         default_namespace(&mut value);
@@ -215,9 +216,9 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
     let object = if kind.is_empty() {
         "object without kind".to_string()
     } else if cluster_scoped {
-        format!("{kind} {name}")
+        format!("{kind} {shown_name}")
     } else {
-        format!("{kind} {namespace}/{name}")
+        format!("{kind} {namespace}/{shown_name}")
     };
     let error = |field: Option<String>, reason: String| LoadError {
         file: file.to_path_buf(),
@@ -381,4 +382,166 @@ fn check_duplicates(all: &ClusterObjects, path: &Path) -> Result<(), LoadError> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Direction, ObjectKey};
+
+    fn parse(text: &str) -> Result<ClusterObjects, LoadError> {
+        parse_manifest(Path::new("m.yaml"), text)
+    }
+
+    #[test]
+    fn invalid_yaml_names_the_file_and_document() {
+        let err = parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n").unwrap_err();
+        assert_eq!(err.file, Path::new("m.yaml"));
+        assert!(err.reason.contains("document 2"), "{err}");
+        assert!(err.reason.contains("not valid YAML"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        let err = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  ingress: [{from: [{ipBlock: {except: []}}]}]\n",
+        )
+        .unwrap()
+        .errors
+        .remove(0);
+        assert_eq!(err.object.as_deref(), Some("NetworkPolicy x/p"));
+        assert_eq!(err.field.as_deref(), Some("spec.ingress[0].from[0].ipBlock.cidr"));
+        assert_eq!(err.reason, "required");
+        let err = parse("apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n").unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("metadata.name"));
+        let text = err.to_string();
+        assert_eq!(text, "m.yaml: Pod x/(no name): metadata.name: required");
+        let err = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: [1]}\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("spec.podSelector"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_cidr_is_reported_with_file_object_and_field() {
+        let objects = parse(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 300.0.0.0/8}}]}]\n",
+        )
+        .unwrap();
+        assert_eq!(objects.policies.len(), 1, "the policy still isolates");
+        let err = &objects.errors[0];
+        assert_eq!(
+            err.to_string(),
+            "m.yaml: NetworkPolicy default/p: spec.ingress[0].from[0].ipBlock.cidr: invalid CIDR \"300.0.0.0/8\""
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_with_a_warning() {
+        let objects =
+            parse("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n").unwrap();
+        assert!(objects.pods.is_empty());
+        assert_eq!(objects.warnings.len(), 1);
+        assert!(objects.warnings[0].contains("Service x/s"));
+    }
+
+    #[test]
+    fn lists_are_unwrapped_and_namespaces_get_their_name_label() {
+        let objects = parse(
+            r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: shop}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: p, namespace: shop}
+"#,
+        )
+        .unwrap();
+        assert_eq!(objects.pods.len(), 1);
+        assert_eq!(
+            objects.namespaces[0]
+                .labels
+                .get("kubernetes.io/metadata.name")
+                .map(String::as_str),
+            Some("shop")
+        );
+    }
+
+    #[test]
+    fn workloads_become_representative_pods_without_ips() {
+        let objects = parse(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: c, ports: [{containerPort: 8080, name: http}]}]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata: {labels: {app: report}}
+        spec: {containers: [{name: c}], restartPolicy: Never}
+"#,
+        )
+        .unwrap();
+        assert_eq!(objects.pods.len(), 2);
+        let api = &objects.pods[0];
+        assert_eq!(api.key, ObjectKey::new("shop", "api"));
+        assert_eq!(api.labels.get("app").map(String::as_str), Some("api"));
+        assert!(api.ips.is_empty());
+        assert_eq!(api.ports[0].port, 8080);
+        assert_eq!(objects.pods[1].key, ObjectKey::new("default", "report"));
+    }
+
+    #[test]
+    fn undeclared_namespaces_are_synthesized_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec: {podSelector: {}}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let objects = load_path(dir.path()).unwrap();
+        assert_eq!(objects.namespaces.len(), 1);
+        assert_eq!(&*objects.namespaces[0].name, "shop");
+        assert!(objects.warnings.iter().any(|w| w.contains("namespace shop")));
+        let index = objects.index();
+        assert_eq!(index.counts().policies, 1);
+        assert!(index
+            .selecting(&ObjectKey::new("shop", "x"), Direction::Ingress)
+            .is_empty());
+    }
+
+    #[test]
+    fn duplicate_objects_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\n";
+        std::fs::write(dir.path().join("a.yaml"), pod).unwrap();
+        std::fs::write(dir.path().join("b.yml"), pod).unwrap();
+        let err = load_path(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("declared more than once"), "{err}");
+    }
+
+    #[test]
+    fn json_manifests_are_read() {
+        let objects =
+            parse(r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "j"}}"#)
+                .unwrap();
+        assert_eq!(&*objects.namespaces[0].name, "j");
+    }
 }

@@ -327,6 +327,9 @@ fn ip_block(block: &net::IPBlock, at: &str) -> Result<IpBlock, InvalidField> {
 }
 
 fn cidr(s: &str, field: &str) -> Result<IpNet, InvalidField> {
+    if s.trim().is_empty() {
+        return Err(required(field));
+    }
     IpNet::from_str(s.trim())
         .map(|n| n.trunc())
         .map_err(|_| InvalidField {
