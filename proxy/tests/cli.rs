@@ -20,7 +20,11 @@ fn bookstore() -> String {
 #[test]
 fn reach_json_tells_the_seed_story() {
     let out = picket(&["reach", "--cluster", &bookstore(), "--format", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let probes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(probes.len(), 16, "4 pods, each pair once on port 80");
     let keys: Vec<(String, String, u64)> = probes
@@ -40,7 +44,10 @@ fn reach_json_tells_the_seed_story() {
         let obj = p.as_object().unwrap();
         let mut fields: Vec<&str> = obj.keys().map(String::as_str).collect();
         fields.sort();
-        assert_eq!(fields, ["allowed", "from", "port", "protocol", "reason", "to"]);
+        assert_eq!(
+            fields,
+            ["allowed", "from", "port", "protocol", "reason", "to"]
+        );
         assert_eq!(p["protocol"], "TCP");
     }
     let to_api: Vec<(&str, bool)> = probes
@@ -61,19 +68,39 @@ fn reach_json_tells_the_seed_story() {
 
 #[test]
 fn reach_table_with_explain_names_the_deciding_rule() {
-    let out = picket(&["reach", "--cluster", &bookstore(), "--explain", "--port", "80"]);
+    let out = picket(&[
+        "reach",
+        "--cluster",
+        &bookstore(),
+        "--explain",
+        "--port",
+        "80",
+    ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("port 80/TCP"), "{text}");
-    assert!(text.contains("allowed by bookstore/api-allow rule 1"), "{text}");
-    assert!(text.contains("16 probes over 4 pods and 1 port: 15 allowed, 1 denied"), "{text}");
+    assert!(
+        text.contains("allowed by bookstore/api-allow rule 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("16 probes over 4 pods and 1 port: 15 allowed, 1 denied"),
+        "{text}"
+    );
 }
 
 #[test]
 fn explain_prints_every_rule_tried() {
     let out = picket(&[
-        "explain", "--cluster", &bookstore(), "--from", "bookstore/coffeeshop", "--to",
-        "bookstore/api", "--port", "80",
+        "explain",
+        "--cluster",
+        &bookstore(),
+        "--from",
+        "bookstore/coffeeshop",
+        "--to",
+        "bookstore/api",
+        "--port",
+        "80",
     ]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -99,8 +126,15 @@ fn bad_input_fails_with_file_object_and_field() {
 #[test]
 fn unknown_pod_in_explain_is_a_clear_error() {
     let out = picket(&[
-        "explain", "--cluster", &bookstore(), "--from", "bookstore/nope", "--to",
-        "bookstore/api", "--port", "80",
+        "explain",
+        "--cluster",
+        &bookstore(),
+        "--from",
+        "bookstore/nope",
+        "--to",
+        "bookstore/api",
+        "--port",
+        "80",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();

@@ -285,8 +285,7 @@ fn every_case_is_listed_in_the_index() {
 fn a_wrong_expectation_is_caught() {
     // The runner itself must be able to fail: flip one expectation and run.
     let dir = tempfile::tempdir().unwrap();
-    let original =
-        std::fs::read_to_string(cases_dir().join("default-deny-ingress.yaml")).unwrap();
+    let original = std::fs::read_to_string(cases_dir().join("default-deny-ingress.yaml")).unwrap();
     let flipped = original.replacen("default: true", "default: false", 1);
     assert_ne!(original, flipped, "the case has a probe with default: true");
     let path = dir.path().join("flipped.yaml");

@@ -115,12 +115,9 @@ fn load(path: &Path) -> anyhow::Result<ClusterObjects> {
     Ok(objects)
 }
 
-fn pod_key(
-    index: &crate::policy::PolicyIndex,
-    s: &str,
-    flag: &str,
-) -> anyhow::Result<ObjectKey> {
-    let key = ObjectKey::parse(s).with_context(|| format!("{flag} {s:?}: expected NAMESPACE/POD"))?;
+fn pod_key(index: &crate::policy::PolicyIndex, s: &str, flag: &str) -> anyhow::Result<ObjectKey> {
+    let key =
+        ObjectKey::parse(s).with_context(|| format!("{flag} {s:?}: expected NAMESPACE/POD"))?;
     if index.pod(&key).is_none() {
         bail!("{flag} {s}: no such pod or workload in the manifests");
     }

@@ -26,15 +26,13 @@ pub struct Probe {
 
 /// The JSON shape of a probe; other tools consume it, keep it stable.
 #[derive(Debug, Serialize)]
-struct JsonProbe<'a> {
+struct JsonProbe {
     from: String,
     to: String,
     port: u16,
     protocol: &'static str,
     allowed: bool,
     reason: String,
-    #[serde(skip)]
-    _marker: std::marker::PhantomData<&'a ()>,
 }
 
 /// Evaluates every ordered pair of pods (self pairs included) on each port:
@@ -74,7 +72,7 @@ pub fn probes(index: &PolicyIndex, ports: &[u16]) -> Vec<Probe> {
 
 /// Renders probes as one JSON array.
 pub fn render_json(probes: &[Probe]) -> serde_json::Result<String> {
-    let rows: Vec<JsonProbe<'_>> = probes
+    let rows: Vec<JsonProbe> = probes
         .iter()
         .map(|p| JsonProbe {
             from: p.from.to_string(),
@@ -83,7 +81,6 @@ pub fn render_json(probes: &[Probe]) -> serde_json::Result<String> {
             protocol: p.protocol.as_str(),
             allowed: p.decision.allowed,
             reason: p.decision.to_string(),
-            _marker: std::marker::PhantomData,
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&rows)?;
@@ -130,7 +127,7 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
                     Some(p) if p.decision.allowed => "✓",
                     Some(_) => "✗",
                 };
-                let _ = write!(out, "{:>cell$}", mark);
+                let _ = write!(out, "{mark:>cell$}");
                 if let Some(p) = probe.filter(|_| explain) {
                     if let Some(note) = explain_note(&p.decision) {
                         notes.push(format!("{}: {note}", i + 1));

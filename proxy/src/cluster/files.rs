@@ -246,7 +246,8 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
     match kind.as_str() {
         "Namespace" => {
             let ns: core::Namespace = typed(value).map_err(|(f, r)| error(f, r))?;
-            out.namespaces.push(convert::namespace(&ns).map_err(invalid)?);
+            out.namespaces
+                .push(convert::namespace(&ns).map_err(invalid)?);
         }
         "Pod" => {
             let pod: core::Pod = typed(value).map_err(|(f, r)| error(f, r))?;
@@ -261,10 +262,16 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
             }
             out.policies.push(compiled.policy);
         }
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
-        | "Job" | "CronJob" => {
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
+        | "Job"
+        | "CronJob" => {
             let key = workload_key(&name, &namespace).map_err(invalid)?;
-            let (template, field) = workload_template(&kind, value).map_err(|(f, r)| error(f, r))?;
+            let (template, field) =
+                workload_template(&kind, value).map_err(|(f, r)| error(f, r))?;
             let Some(template) = template else {
                 return Err(error(Some(field), "required".into()));
             };
@@ -395,7 +402,8 @@ mod tests {
 
     #[test]
     fn invalid_yaml_names_the_file_and_document() {
-        let err = parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n").unwrap_err();
+        let err =
+            parse("kind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n").unwrap_err();
         assert_eq!(err.file, Path::new("m.yaml"));
         assert!(err.reason.contains("document 2"), "{err}");
         assert!(err.reason.contains("not valid YAML"), "{err}");
@@ -410,7 +418,10 @@ mod tests {
         .errors
         .remove(0);
         assert_eq!(err.object.as_deref(), Some("NetworkPolicy x/p"));
-        assert_eq!(err.field.as_deref(), Some("spec.ingress[0].from[0].ipBlock.cidr"));
+        assert_eq!(
+            err.field.as_deref(),
+            Some("spec.ingress[0].from[0].ipBlock.cidr")
+        );
         assert_eq!(err.reason, "required");
         let err = parse("apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("metadata.name"));
@@ -519,7 +530,10 @@ spec:
         let objects = load_path(dir.path()).unwrap();
         assert_eq!(objects.namespaces.len(), 1);
         assert_eq!(&*objects.namespaces[0].name, "shop");
-        assert!(objects.warnings.iter().any(|w| w.contains("namespace shop")));
+        assert!(objects
+            .warnings
+            .iter()
+            .any(|w| w.contains("namespace shop")));
         let index = objects.index();
         assert_eq!(index.counts().policies, 1);
         assert!(index

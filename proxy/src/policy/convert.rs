@@ -85,7 +85,14 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
             .enumerate()
             .map(|(i, r)| {
                 let at = format!("spec.ingress[{i}]");
-                rule(&key, r.from.as_deref(), "from", r.ports.as_deref(), &at, &mut errors)
+                rule(
+                    &key,
+                    r.from.as_deref(),
+                    "from",
+                    r.ports.as_deref(),
+                    &at,
+                    &mut errors,
+                )
             })
             .collect()
     });
@@ -96,7 +103,14 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
             .enumerate()
             .map(|(i, r)| {
                 let at = format!("spec.egress[{i}]");
-                rule(&key, r.to.as_deref(), "to", r.ports.as_deref(), &at, &mut errors)
+                rule(
+                    &key,
+                    r.to.as_deref(),
+                    "to",
+                    r.ports.as_deref(),
+                    &at,
+                    &mut errors,
+                )
             })
             .collect()
     });
@@ -198,7 +212,10 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidField> {
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| required("metadata.name"))?;
-    Ok(namespace_with_labels(name, labels(ns.metadata.labels.as_ref())))
+    Ok(namespace_with_labels(
+        name,
+        labels(ns.metadata.labels.as_ref()),
+    ))
 }
 
 /// A namespace with these labels plus `kubernetes.io/metadata.name`.
@@ -277,11 +294,7 @@ fn rule(
     })
 }
 
-fn peer(
-    policy: &ObjectKey,
-    p: &net::NetworkPolicyPeer,
-    at: &str,
-) -> Result<Peer, InvalidField> {
+fn peer(policy: &ObjectKey, p: &net::NetworkPolicyPeer, at: &str) -> Result<Peer, InvalidField> {
     match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
         (Some(block), None, None) => ip_block(block, &format!("{at}.ipBlock")).map(Peer::IpBlock),
         (Some(_), _, _) => Err(InvalidField {
@@ -299,10 +312,9 @@ fn peer(
                 .transpose()?;
             let namespaces = match namespaces {
                 None => NamespaceScope::Policy(policy.namespace.clone()),
-                Some(s) => NamespaceScope::Selected(selector(
-                    Some(s),
-                    &format!("{at}.namespaceSelector"),
-                )?),
+                Some(s) => {
+                    NamespaceScope::Selected(selector(Some(s), &format!("{at}.namespaceSelector"))?)
+                }
             };
             Ok(Peer::Pods { namespaces, pods })
         }

@@ -237,7 +237,13 @@ impl PolicyIndex {
             }
             return self.decide_endpoint(Endpoint::Address(ip), dst_pod, dst_ip, port, protocol);
         }
-        self.decide_endpoint(self.endpoint(src_pod, src_ip), dst_pod, dst_ip, port, protocol)
+        self.decide_endpoint(
+            self.endpoint(src_pod, src_ip),
+            dst_pod,
+            dst_ip,
+            port,
+            protocol,
+        )
     }
 
     /// Explains a decision between two pods: every policy and rule tried.
@@ -409,10 +415,7 @@ fn rule_matches_peer(rule: &Rule, peer: Endpoint<'_>) -> Option<Option<usize>> {
     let Some(peers) = &rule.peers else {
         return Some(None);
     };
-    peers
-        .iter()
-        .position(|p| peer_matches(p, peer))
-        .map(Some)
+    peers.iter().position(|p| peer_matches(p, peer)).map(Some)
 }
 
 fn peer_matches(rule_peer: &Peer, peer: Endpoint<'_>) -> bool {

@@ -8,14 +8,19 @@
 //! time). `PolicyIndex::build` is the full rebuild that the incremental path
 //! must always equal.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
 use super::selector::Labels;
 
 /// Pods, namespaces and policies, indexed for decisions.
+///
+/// Maps use the Fx hash: keys come from the API server, not from peers, and
+/// a decision makes several lookups.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyIndex {
     pods: HashMap<PodKey, Arc<Pod>>,
@@ -98,7 +103,7 @@ impl PolicyIndex {
         self.pods_by_namespace
             .entry(key.namespace.clone())
             .or_default()
-            .insert(key.clone());
+            .insert(key);
         if old.as_ref().is_none_or(|o| o.labels != pod.labels) {
             self.reselect_pod(&pod);
         }
@@ -232,9 +237,7 @@ impl PolicyIndex {
             self.delete_policy(&key);
         }
         for policy in policies {
-            let unchanged = self
-                .policy(&policy.key)
-                .is_some_and(|old| **old == policy);
+            let unchanged = self.policy(&policy.key).is_some_and(|old| **old == policy);
             if !unchanged {
                 self.apply_policy(policy);
             }

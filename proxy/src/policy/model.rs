@@ -234,8 +234,13 @@ impl Direction {
 impl Pod {
     /// The pod's IP of the same family as `like`, else its first IP.
     pub fn ip_like(&self, like: Option<IpAddr>) -> Option<IpAddr> {
-        like.and_then(|l| self.ips.iter().copied().find(|ip| ip.is_ipv4() == l.is_ipv4()))
-            .or_else(|| self.ips.first().copied())
+        like.and_then(|l| {
+            self.ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == l.is_ipv4())
+        })
+        .or_else(|| self.ips.first().copied())
     }
 }
 

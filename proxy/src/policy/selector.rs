@@ -96,14 +96,12 @@ impl Selector {
                 "NotIn" => Operator::NotIn(sorted),
                 "Exists" => Operator::Exists,
                 "DoesNotExist" => Operator::DoesNotExist,
-                other => {
-                    return Err(InvalidSelector {
-                        field: field("operator"),
-                        reason: format!(
-                            "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
-                        ),
-                    })
-                }
+                other => return Err(InvalidSelector {
+                    field: field("operator"),
+                    reason: format!(
+                        "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
+                    ),
+                }),
             };
             requirements.push(Requirement {
                 key: key.to_string(),
@@ -208,7 +206,11 @@ mod tests {
     #[test]
     fn match_labels_require_every_pair() {
         let s = compile(&[("app", "bookstore"), ("role", "api")], &[]).unwrap();
-        assert!(s.matches(&labels(&[("app", "bookstore"), ("role", "api"), ("x", "y")])));
+        assert!(s.matches(&labels(&[
+            ("app", "bookstore"),
+            ("role", "api"),
+            ("x", "y")
+        ])));
         assert!(!s.matches(&labels(&[("app", "bookstore")])));
         assert!(!s.matches(&labels(&[("app", "bookstore"), ("role", "web")])));
     }

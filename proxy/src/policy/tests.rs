@@ -109,7 +109,13 @@ spec: {podSelector: {matchLabels: {app: db}}}
 fn a_pod_no_policy_selects_is_not_isolated() {
     let idx = with(DENY_DB_INGRESS);
     assert!(allowed(&idx, "dev/web", "prod/web", 80));
-    let d = idx.decide_between_pods(&key("dev/web"), &key("prod/web"), 80, Protocol::Tcp, &node());
+    let d = idx.decide_between_pods(
+        &key("dev/web"),
+        &key("prod/web"),
+        80,
+        Protocol::Tcp,
+        &node(),
+    );
     assert_eq!(
         d.reason,
         Reason::Policies {
@@ -175,7 +181,10 @@ spec:
     assert_eq!(idx.selecting(web, Direction::Egress).len(), 1);
     assert!(allowed(&idx, "prod/web", "prod/db", 5432));
     assert!(!allowed(&idx, "prod/web", "dev/web", 80), "egress isolated");
-    assert!(!allowed(&idx, "prod/db", "prod/web", 80), "ingress isolated");
+    assert!(
+        !allowed(&idx, "prod/db", "prod/web", 80),
+        "ingress isolated"
+    );
 }
 
 #[test]
@@ -319,7 +328,10 @@ spec:
 "#,
     );
     assert!(allowed(&idx, "prod/web", "prod/db", 5432), "pod IP in cidr");
-    assert!(!allowed(&idx, "dev/web", "prod/db", 5432), "pod IP in except");
+    assert!(
+        !allowed(&idx, "dev/web", "prod/db", 5432),
+        "pod IP in except"
+    );
     assert!(allowed_from_ip(&idx, "10.0.7.7", "prod/db", 5432));
     assert!(!allowed_from_ip(&idx, "10.0.1.200", "prod/db", 5432));
     assert!(!allowed_from_ip(&idx, "172.16.0.1", "prod/db", 5432));
@@ -398,7 +410,10 @@ spec:
     );
     assert!(allowed(&idx, "prod/web", "prod/db", 5432));
     assert!(!allowed(&idx, "prod/web", "prod/db", 5433));
-    assert!(!allowed(&idx, "prod/web", "prod/db", 53), "53 is allowed for UDP only");
+    assert!(
+        !allowed(&idx, "prod/web", "prod/db", 53),
+        "53 is allowed for UDP only"
+    );
     let udp = idx.decide_between_pods(
         &key("prod/web"),
         &key("prod/db"),
@@ -445,7 +460,10 @@ spec:
         !allowed(&idx, "dev/web", "prod/web", 5432),
         "web names no port postgres"
     );
-    assert!(!allowed(&idx, "dev/web", "prod/web", 80), "a name no container defines matches nothing");
+    assert!(
+        !allowed(&idx, "dev/web", "prod/web", 80),
+        "a name no container defines matches nothing"
+    );
 }
 
 #[test]
@@ -544,7 +562,10 @@ spec:
         &node(),
     );
     assert!(d.allowed);
-    assert_eq!(d.ingress_policy(), Some(&ObjectKey::new("prod", "allow-web")));
+    assert_eq!(
+        d.ingress_policy(),
+        Some(&ObjectKey::new("prod", "allow-web"))
+    );
 }
 
 #[test]
@@ -667,12 +688,21 @@ spec:
     .unwrap();
     let compiled = convert::policy(&np).unwrap();
     assert_eq!(compiled.errors.len(), 1);
-    assert_eq!(compiled.errors[0].field, "spec.ingress[0].from[0].ipBlock.cidr");
+    assert_eq!(
+        compiled.errors[0].field,
+        "spec.ingress[0].from[0].ipBlock.cidr"
+    );
     let mut idx = with("");
     idx.apply_policy(compiled.policy);
-    assert!(!allowed_from_ip(&idx, "10.0.0.9", "prod/db", 5432), "broken rule allows nothing");
+    assert!(
+        !allowed_from_ip(&idx, "10.0.0.9", "prod/db", 5432),
+        "broken rule allows nothing"
+    );
     assert!(!allowed(&idx, "dev/web", "prod/db", 5432), "still isolated");
-    assert!(allowed(&idx, "prod/web", "prod/db", 5432), "the good rule still allows");
+    assert!(
+        allowed(&idx, "prod/web", "prod/db", 5432),
+        "the good rule still allows"
+    );
 }
 
 #[test]
@@ -694,12 +724,27 @@ spec:
 #[test]
 fn invalid_fields_are_named() {
     let cases = [
-        ("ingress: [{ports: [{port: 0}]}]", "spec.ingress[0].ports[0].port"),
-        ("ingress: [{ports: [{port: 80, endPort: 79}]}]", "spec.ingress[0].ports[0].endPort"),
-        ("ingress: [{ports: [{port: 80, protocol: ICMP}]}]", "spec.ingress[0].ports[0].protocol"),
-        ("egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]", "spec.egress[0].to[0].ipBlock.except[0]"),
+        (
+            "ingress: [{ports: [{port: 0}]}]",
+            "spec.ingress[0].ports[0].port",
+        ),
+        (
+            "ingress: [{ports: [{port: 80, endPort: 79}]}]",
+            "spec.ingress[0].ports[0].endPort",
+        ),
+        (
+            "ingress: [{ports: [{port: 80, protocol: ICMP}]}]",
+            "spec.ingress[0].ports[0].protocol",
+        ),
+        (
+            "egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]}]",
+            "spec.egress[0].to[0].ipBlock.except[0]",
+        ),
         ("ingress: [{from: [{}]}]", "spec.ingress[0].from[0]"),
-        ("ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]}]", "spec.ingress[0].from[0].podSelector.matchExpressions[0].values"),
+        (
+            "ingress: [{from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]}]",
+            "spec.ingress[0].from[0].podSelector.matchExpressions[0].values",
+        ),
     ];
     for (rules, field) in cases {
         let np: NetworkPolicy = serde_yaml::from_str(&format!(
@@ -738,12 +783,27 @@ spec:
     assert!(e.decision.allowed);
     let text = e.to_string();
     assert!(text.contains("allowed by prod/allow-web rule 1"), "{text}");
-    assert!(text.contains("isolated by prod/allow-web, prod/deny"), "{text}");
-    let e = idx.explain_between_pods(&key("dev/web"), &key("prod/db"), 5432, Protocol::Tcp, &node());
+    assert!(
+        text.contains("isolated by prod/allow-web, prod/deny"),
+        "{text}"
+    );
+    let e = idx.explain_between_pods(
+        &key("dev/web"),
+        &key("prod/db"),
+        5432,
+        Protocol::Tcp,
+        &node(),
+    );
     let text = e.to_string();
     assert!(!e.decision.allowed);
-    assert!(text.contains("isolated by 2 policies, no rule allows"), "{text}");
-    assert!(text.contains("prod/deny: no ingress rules (denies all)"), "{text}");
+    assert!(
+        text.contains("isolated by 2 policies, no rule allows"),
+        "{text}"
+    );
+    assert!(
+        text.contains("prod/deny: no ingress rules (denies all)"),
+        "{text}"
+    );
 }
 
 // === incremental index ===
@@ -769,7 +829,9 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
     let mut web = (**idx.pod(&key("prod/web")).unwrap()).clone();
     web.labels.insert("app".into(), "api".into());
     idx.apply_pod(web.clone());
-    assert!(idx.selecting(&key("prod/web"), Direction::Egress).is_empty());
+    assert!(idx
+        .selecting(&key("prod/web"), Direction::Egress)
+        .is_empty());
     let rebuilt = PolicyIndex::build(
         idx.namespaces().map(|n| (**n).clone()),
         idx.pods().map(|p| (**p).clone()),
