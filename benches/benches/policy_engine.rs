@@ -261,7 +261,7 @@ fn report(c: &Cluster) {
     // (c) One pod label change that alters a rule's peer set, vs a full rebuild.
     let mut relabelled = pod(0, 5);
     relabelled.labels.insert("app".into(), "app3".into()); // policy-0 of ns-0 allows app3
-    let mut incremental = index.clone();
+    let mut incremental = index;
     let (p50, p99) = time_each(1_000, |i| {
         let mut p = relabelled.clone();
         p.labels.insert(
