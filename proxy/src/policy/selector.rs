@@ -96,12 +96,14 @@ impl Selector {
                 "NotIn" => Operator::NotIn(sorted),
                 "Exists" => Operator::Exists,
                 "DoesNotExist" => Operator::DoesNotExist,
-                other => return Err(InvalidSelector {
-                    field: field("operator"),
-                    reason: format!(
+                other => {
+                    return Err(InvalidSelector {
+                        field: field("operator"),
+                        reason: format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
-                }),
+                    })
+                }
             };
             requirements.push(Requirement {
                 key: key.to_string(),
