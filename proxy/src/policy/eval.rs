@@ -139,7 +139,8 @@ pub struct RuleTrace {
 impl PolicyIndex {
     /// Decides a connection from a source address to a pod, as the proxy sees it.
     ///
-    /// The node's addresses and the pod's own addresses are always allowed. An
+    /// The node's addresses (`node`, and the destination's hostIPs) and the
+    /// pod's own addresses are always allowed. An
     /// address claimed by several live pods is allowed only if every claimant
     /// is; an address that is no pod can match only `ipBlock` peers.
     pub fn decide_from_ip(
@@ -154,7 +155,7 @@ impl PolicyIndex {
         let Some(dst_pod) = self.pod(dst) else {
             return Decision::deny(Reason::UnknownDestination, None);
         };
-        if node.contains(src) {
+        if node.contains(src) || dst_pod.host_ips.contains(&src) {
             return Decision::allow(Reason::Node, None);
         }
         if dst_pod.ips.contains(&src) {

@@ -1,0 +1,152 @@
+//! The admin HTTP servers.
+//!
+//! On the pod IP: `/live` (the process is up) and `/ready` (the listener is
+//! bound and the first state has loaded; once ready it never flips back, so a
+//! lost state source does not pull the pod out of its Services). On 127.0.0.1
+//! only: the same, plus `/connections`, the live connection table.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::net::registry::Registry;
+
+/// Readiness latches: ready once every one is set, and ready for good.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listener_bound: AtomicBool,
+    state_loaded: AtomicBool,
+    ready: AtomicBool,
+}
+
+/// What an admin server may show.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// Readiness.
+    pub readiness: Arc<Readiness>,
+    /// The connection table, shown only on the local server.
+    pub registry: Option<Arc<Registry>>,
+}
+
+// === impl Readiness ===
+
+impl Readiness {
+    /// Nothing ready yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The inbound listener is bound.
+    pub fn set_listener_bound(&self) {
+        self.listener_bound.store(true, Ordering::SeqCst);
+    }
+
+    /// The first complete state has been applied.
+    pub fn set_state_loaded(&self) {
+        self.state_loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// Ok when ready; otherwise the names of what is pending.
+    pub fn check(&self) -> Result<(), Vec<&'static str>> {
+        if self.ready.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut pending = Vec::new();
+        if !self.listener_bound.load(Ordering::SeqCst) {
+            pending.push("inbound listener");
+        }
+        if !self.state_loaded.load(Ordering::SeqCst) {
+            pending.push("cluster state");
+        }
+        if pending.is_empty() {
+            self.ready.store(true, Ordering::SeqCst);
+            Ok(())
+        } else {
+            Err(pending)
+        }
+    }
+}
+
+// === impl Admin ===
+
+impl Admin {
+    /// Serves HTTP/1 on the listener forever.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(&req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n".into()),
+            "/ready" => match self.readiness.check() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(pending) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: waiting for {}\n", pending.join(", ")),
+                ),
+            },
+            "/connections" => match &self.registry {
+                Some(registry) => {
+                    let body = serde_json::to_string_pretty(&registry.list()).unwrap_or_default();
+                    let mut resp = text(StatusCode::OK, body + "\n");
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    resp
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            },
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_both_latches_and_never_flips_back() {
+        let r = Readiness::new();
+        assert_eq!(r.check(), Err(vec!["inbound listener", "cluster state"]));
+        r.set_listener_bound();
+        assert_eq!(r.check(), Err(vec!["cluster state"]));
+        r.set_state_loaded();
+        assert_eq!(r.check(), Ok(()));
+        r.state_loaded.store(false, Ordering::SeqCst);
+        assert_eq!(r.check(), Ok(()), "once ready, always ready");
+    }
+}

@@ -1,0 +1,203 @@
+//! Wiring of `picket-proxy run` and `picket-proxy init`: configuration in,
+//! components started, signals handled. anyhow is allowed here.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use crate::admin::{Admin, Readiness};
+use crate::cluster::dir::DirSource;
+use crate::cluster::StateWriter;
+use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs};
+use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Plan};
+use crate::net::conn::{Inbound, InboundStats, Limits};
+use crate::net::listener;
+use crate::net::registry::Registry;
+use crate::policy::{NodeAddrs, PodKey};
+
+/// Runs the sidecar until SIGTERM (then drains) or SIGINT.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pod = PodKey::new(&args.pod_namespace, &args.pod_name);
+    let node = node_addrs(&args);
+    tracing::info!(%pod, node = ?node, dir = %args.cluster_dir.display(), "Starting picket-proxy");
+
+    let (writer, snapshots) = StateWriter::new();
+    let registry = Registry::new();
+    let readiness = Readiness::new();
+    let inbound = Arc::new(Inbound {
+        pod,
+        node,
+        own_ports: vec![
+            args.ports.inbound_port,
+            args.ports.admin_port,
+            args.local_admin_port,
+        ],
+        registry: registry.clone(),
+        snapshots: snapshots.clone(),
+        limits: Limits {
+            connect_timeout: args.connect_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            state_wait: args.state_wait,
+        },
+        active: Default::default(),
+        stats: InboundStats::default(),
+    });
+
+    let listeners = listener::bind_inbound(args.ports.inbound_port)
+        .with_context(|| format!("cannot bind the inbound port {}", args.ports.inbound_port))?;
+    for l in listeners {
+        tokio::spawn(listener::serve(l, inbound.clone()));
+    }
+    readiness.set_listener_bound();
+
+    let admin_ip = args.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let public =
+        listener::bind(SocketAddr::new(admin_ip, args.ports.admin_port)).with_context(|| {
+            format!(
+                "cannot bind the admin port {admin_ip}:{}",
+                args.ports.admin_port
+            )
+        })?;
+    tokio::spawn(
+        Admin {
+            readiness: readiness.clone(),
+            registry: None,
+        }
+        .serve(public),
+    );
+    let local = listener::bind(SocketAddr::new(
+        Ipv4Addr::LOCALHOST.into(),
+        args.local_admin_port,
+    ))
+    .with_context(|| format!("cannot bind the local admin port {}", args.local_admin_port))?;
+    tokio::spawn(
+        Admin {
+            readiness: readiness.clone(),
+            registry: Some(registry.clone()),
+        }
+        .serve(local),
+    );
+
+    tokio::spawn(DirSource::new(&args.cluster_dir).run(writer, args.resync));
+    tokio::spawn(recheck_on_change(inbound.clone(), readiness.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => {
+            tracing::info!(drain = ?args.drain, "SIGTERM: draining, still serving");
+            tokio::time::sleep(args.drain).await;
+        }
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!(open = registry.len(), "Shutting down");
+    Ok(())
+}
+
+/// On every new snapshot: mark the state loaded, and reset the live
+/// connections it no longer allows.
+async fn recheck_on_change(inbound: Arc<Inbound>, readiness: Arc<Readiness>) {
+    let mut rx = inbound.snapshots.clone();
+    loop {
+        if rx.changed().await.is_err() {
+            return;
+        }
+        let Some(snapshot) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        readiness.set_state_loaded();
+        let start = std::time::Instant::now();
+        let killed = inbound
+            .registry
+            .recheck(|client, dst| inbound.decide(&snapshot, client, dst).allowed);
+        if killed > 0 {
+            tracing::info!(version = snapshot.version, torn_down = killed, took = ?start.elapsed(), "State changed; tearing down connections no longer allowed");
+        } else {
+            tracing::debug!(
+                version = snapshot.version,
+                live = inbound.registry.len(),
+                "State changed; live connections still allowed"
+            );
+        }
+        let _ = inbound.stats.torn_down.load(Ordering::Relaxed);
+    }
+}
+
+fn node_addrs(args: &RunArgs) -> NodeAddrs {
+    let mut node = NodeAddrs::default();
+    for ip in args.host_ips.iter().chain(args.host_ip.iter()) {
+        node.push((*ip).into());
+    }
+    match crate::node::read_file(&args.node_file) {
+        Ok(gateways) => {
+            for ip in gateways {
+                node.push(ip.into());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(file = %args.node_file.display(), "No node file from init");
+        }
+        Err(e) => {
+            tracing::warn!(file = %args.node_file.display(), error = %e, "Cannot read the node file")
+        }
+    }
+    for net in &args.node_cidrs {
+        node.push(*net);
+    }
+    node
+}
+
+/// Writes the pod's iptables rules and records its gateways.
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let plan = Plan {
+        inbound_port: args.ports.inbound_port,
+        admin_port: args.ports.admin_port,
+        exclude_inbound_ports: args.exclude_inbound_ports.clone(),
+    };
+    let ipv6 = match args.ipv6 {
+        Ipv6Arg::On => true,
+        Ipv6Arg::Off => false,
+        Ipv6Arg::Auto => std::path::Path::new("/proc/net/if_inet6").exists(),
+    };
+    let gateways = crate::node::read_gateways();
+    if args.dry_run {
+        println!("# ipv4 and ipv6 (iptables-restore --noflush; the jump is omitted on a re-run)");
+        print!("{}", iptables::rules::render(&plan, false));
+        for gw in &gateways {
+            println!("# gateway {gw}");
+        }
+        return Ok(());
+    }
+    if !iptables::apply::has_net_admin() {
+        bail!(iptables::ApplyError::NoNetAdmin);
+    }
+    let choice = match args.backend {
+        BackendArg::Auto => BackendChoice::Auto,
+        BackendArg::Nft => BackendChoice::Force(Backend::Nft),
+        BackendArg::Legacy => BackendChoice::Force(Backend::Legacy),
+    };
+    let runner = CommandRunner;
+    let applied = iptables::apply(&plan, Family::V4, choice, &runner)?;
+    println!(
+        "ipv4 rules applied ({}, {})",
+        applied.backend.as_str(),
+        if applied.rerun { "re-run" } else { "first run" }
+    );
+    if ipv6 {
+        match iptables::apply(&plan, Family::V6, choice, &runner) {
+            Ok(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
+            Err(e) if args.ipv6 == Ipv6Arg::Auto => println!("ipv6 rules skipped: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    crate::node::write_file(&args.node_file, &gateways)
+        .with_context(|| format!("cannot write {}", args.node_file.display()))?;
+    println!(
+        "node addresses recorded in {}: {gateways:?}",
+        args.node_file.display()
+    );
+    Ok(())
+}

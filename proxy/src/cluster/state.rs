@@ -1,0 +1,173 @@
+//! The cluster state every source feeds, and the snapshots the data plane reads.
+//!
+//! Sources speak one interface: apply an object, delete an object, replace
+//! every object of a kind (a complete snapshot, after a relist or a rescan).
+//! `commit` publishes an immutable snapshot through a `watch` channel; the
+//! accept path reads the latest one without waiting, and a new one wakes the
+//! connection table for a re-check.
+//!
+//! Synchronous; no I/O.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::policy::{Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+
+/// One object of a kind the engine reads.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A pod.
+    Pod(Pod),
+    /// A namespace.
+    Namespace(Namespace),
+    /// A compiled NetworkPolicy.
+    Policy(Policy),
+}
+
+/// An object's identity, for deletes.
+#[derive(Clone, Debug)]
+pub enum ObjectRef {
+    /// A pod by namespace/name.
+    Pod(ObjectKey),
+    /// A namespace by name.
+    Namespace(String),
+    /// A NetworkPolicy by namespace/name.
+    Policy(ObjectKey),
+}
+
+/// Every object of one kind: the complete state of that kind.
+#[derive(Clone, Debug)]
+pub enum KindSnapshot {
+    /// All pods.
+    Pods(Vec<Pod>),
+    /// All namespaces.
+    Namespaces(Vec<Namespace>),
+    /// All policies.
+    Policies(Vec<Policy>),
+}
+
+/// An immutable view of the cluster, shared by every connection.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The engine's index.
+    pub index: PolicyIndex,
+    /// Increases with every commit.
+    pub version: u64,
+}
+
+/// The data plane's handle on the snapshots: `None` until the first commit.
+pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// The one writer of the cluster state.
+#[derive(Debug)]
+pub struct StateWriter {
+    index: PolicyIndex,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    version: u64,
+    dirty: bool,
+}
+
+// === impl StateWriter ===
+
+impl StateWriter {
+    /// A writer and the receiver the data plane reads; nothing is published yet.
+    pub fn new() -> (Self, SnapshotRx) {
+        let (tx, rx) = watch::channel(None);
+        (
+            Self {
+                index: PolicyIndex::new(),
+                tx,
+                version: 0,
+                dirty: true,
+            },
+            rx,
+        )
+    }
+
+    /// Adds or replaces an object.
+    pub fn apply(&mut self, object: Object) {
+        match object {
+            Object::Pod(p) => self.index.apply_pod(p),
+            Object::Namespace(n) => self.index.apply_namespace(n),
+            Object::Policy(p) => self.index.apply_policy(p),
+        }
+        self.dirty = true;
+    }
+
+    /// Removes an object.
+    pub fn delete(&mut self, object: &ObjectRef) {
+        let known = match object {
+            ObjectRef::Pod(k) => self.index.delete_pod(k),
+            ObjectRef::Namespace(n) => self.index.delete_namespace(n),
+            ObjectRef::Policy(k) => self.index.delete_policy(k),
+        };
+        self.dirty |= known;
+    }
+
+    /// Replaces every object of a kind with a complete snapshot of it.
+    pub fn replace_all(&mut self, snapshot: KindSnapshot) {
+        match snapshot {
+            KindSnapshot::Pods(p) => self.index.replace_pods(p),
+            KindSnapshot::Namespaces(n) => self.index.replace_namespaces(n),
+            KindSnapshot::Policies(p) => self.index.replace_policies(p),
+        }
+        self.dirty = true;
+    }
+
+    /// Publishes the current state if anything changed since the last commit
+    /// (the first commit always publishes); returns whether it did.
+    pub fn commit(&mut self) -> bool {
+        if !self.dirty {
+            return false;
+        }
+        self.dirty = false;
+        let changed = self
+            .tx
+            .borrow()
+            .as_ref()
+            .is_none_or(|current| current.index != self.index);
+        if !changed {
+            return false;
+        }
+        self.version += 1;
+        let snapshot = Snapshot {
+            index: self.index.clone(),
+            version: self.version,
+        };
+        self.tx.send_replace(Some(Arc::new(snapshot)));
+        true
+    }
+
+    /// The state as it stands (committed or not).
+    pub fn index(&self) -> &PolicyIndex {
+        &self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::convert::namespace_with_labels;
+    use crate::policy::Labels;
+
+    #[test]
+    fn nothing_is_published_before_the_first_commit_and_unchanged_state_is_not_republished() {
+        let (mut writer, rx) = StateWriter::new();
+        assert!(rx.borrow().is_none());
+        assert!(
+            writer.commit(),
+            "the first commit publishes, even when empty"
+        );
+        assert_eq!(rx.borrow().as_ref().unwrap().version, 1);
+        writer.replace_all(KindSnapshot::Namespaces(vec![]));
+        assert!(!writer.commit(), "same state: no new snapshot");
+        writer.apply(Object::Namespace(namespace_with_labels("a", Labels::new())));
+        assert!(writer.commit());
+        let snapshot = rx.borrow().clone().unwrap();
+        assert_eq!(snapshot.version, 2);
+        assert!(snapshot.index.namespace("a").is_some());
+        writer.delete(&ObjectRef::Namespace("missing".into()));
+        assert!(!writer.commit());
+    }
+}

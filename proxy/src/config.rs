@@ -1,0 +1,181 @@
+//! Command-line and environment configuration of `picket-proxy`.
+//!
+//! Every flag has a `PICKET_*` environment variable (the injector sets them);
+//! the pod's identity comes from the downward API variables.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// The default inbound (redirect target) port.
+pub const DEFAULT_INBOUND_PORT: u16 = 15006;
+/// The default admin port (probes; bound on the pod IP).
+pub const DEFAULT_ADMIN_PORT: u16 = 15020;
+/// The default local admin port (internals; bound on 127.0.0.1).
+pub const DEFAULT_LOCAL_ADMIN_PORT: u16 = 15000;
+/// Where `init` records the node's addresses for `run`.
+pub const DEFAULT_NODE_FILE: &str = "/var/run/picket/node";
+
+/// `picket-proxy`: the Picket sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "picket-proxy", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar proxy.
+    Run(Box<RunArgs>),
+    /// Write the pod's iptables rules, record the node's addresses, and exit (the init container).
+    Init(InitArgs),
+}
+
+/// Ports shared by `run` and `init`.
+#[derive(Clone, Debug, Args)]
+pub struct Ports {
+    /// The port redirected connections arrive on.
+    #[arg(long, env = "PICKET_INBOUND_PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+    /// The admin port (/live, /ready), bound on the pod IP; never redirected.
+    #[arg(long, env = "PICKET_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    pub admin_port: u16,
+}
+
+/// Arguments of `picket-proxy run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ports: Ports,
+    /// The local admin port (/connections), bound on 127.0.0.1 only.
+    #[arg(long, env = "PICKET_LOCAL_ADMIN_PORT", default_value_t = DEFAULT_LOCAL_ADMIN_PORT)]
+    pub local_admin_port: u16,
+    /// This pod's name (downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: String,
+    /// This pod's namespace (downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: String,
+    /// This pod's IP, where the admin server listens (downward API); default: all addresses.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+    /// The node's addresses (downward API `status.hostIPs`), comma-separated.
+    #[arg(long, env = "HOST_IPS", value_delimiter = ',')]
+    pub host_ips: Vec<IpAddr>,
+    /// The node's address (downward API `status.hostIP`).
+    #[arg(long, env = "HOST_IP")]
+    pub host_ip: Option<IpAddr>,
+    /// Networks whose traffic counts as node traffic, comma-separated.
+    #[arg(long, env = "PICKET_NODE_CIDRS", value_delimiter = ',')]
+    pub node_cidrs: Vec<IpNet>,
+    /// The file `init` wrote the pod's gateway to (missing is fine).
+    #[arg(long, env = "PICKET_NODE_FILE", default_value = DEFAULT_NODE_FILE)]
+    pub node_file: PathBuf,
+    /// A directory of manifests to read the cluster from, watched for changes.
+    #[arg(long, env = "PICKET_CLUSTER_DIR")]
+    pub cluster_dir: PathBuf,
+    /// The period of the full rescan of the cluster directory.
+    #[arg(long, env = "PICKET_RESYNC", default_value = "30s", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// How long to wait for the app to accept a connection.
+    #[arg(long, env = "PICKET_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Close connections idle this long (default: never).
+    #[arg(long, env = "PICKET_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Reset new connections beyond this many live ones.
+    #[arg(long, env = "PICKET_MAX_CONNECTIONS", default_value_t = 65_536)]
+    pub max_connections: usize,
+    /// How long a connection waits for the first cluster state before it is reset.
+    #[arg(long, env = "PICKET_STATE_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub state_wait: Duration,
+    /// After SIGTERM, keep serving this long, then exit.
+    #[arg(long, env = "PICKET_DRAIN", default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+}
+
+/// Arguments of `picket-proxy init`.
+#[derive(Clone, Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub ports: Ports,
+    /// Inbound ports that bypass the proxy, comma-separated.
+    #[arg(long, env = "PICKET_EXCLUDE_INBOUND_PORTS", value_delimiter = ',')]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// The iptables backend.
+    #[arg(long, env = "PICKET_IPTABLES_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+    /// Whether to write IPv6 rules too (auto: when the kernel has IPv6).
+    #[arg(long, env = "PICKET_IPV6", value_enum, default_value_t = Ipv6Arg::Auto)]
+    pub ipv6: Ipv6Arg,
+    /// Where to record the node's addresses for `run`.
+    #[arg(long, env = "PICKET_NODE_FILE", default_value = DEFAULT_NODE_FILE)]
+    pub node_file: PathBuf,
+    /// Print the rules and the gateway instead of applying them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `--backend` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// The backend already holding our chain, else nft if it works, else legacy.
+    Auto,
+    /// iptables-nft.
+    Nft,
+    /// iptables-legacy.
+    Legacy,
+}
+
+/// `--ipv6` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Ipv6Arg {
+    /// When the kernel has IPv6.
+    Auto,
+    /// Always; fail if it cannot.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Parses `500ms`, `5s`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => s.split_at(at),
+        None => (s, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 5s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! Applying the rules: choose a backend, read what is there, restore.
+//!
+//! Does I/O through a `Runner`, so tests can record commands instead of
+//! running them. The xtables lock is global to the machine: every call waits
+//! for it (`-w`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::rules::{self, Family, Plan, CHAIN, JUMP};
+
+/// Which iptables implementation holds the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// iptables over nf_tables.
+    Nft,
+    /// The legacy xtables backend.
+    Legacy,
+}
+
+/// How to choose the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// Reuse the backend that holds our chain, else nft when it works, else legacy.
+    Auto,
+    /// Use this one.
+    Force(Backend),
+}
+
+/// What `apply` did for one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The family.
+    pub family: Family,
+    /// The backend used.
+    pub backend: Backend,
+    /// Whether the jump was already there (a re-run).
+    pub rerun: bool,
+}
+
+/// Why the rules could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// No iptables tool for this family was found.
+    #[error("no iptables binary found: need {0} (install the iptables package)")]
+    NoBinary(String),
+    /// The process lacks CAP_NET_ADMIN.
+    #[error("missing capability CAP_NET_ADMIN (the init container needs NET_ADMIN and NET_RAW)")]
+    NoNetAdmin,
+    /// A tool ran and failed.
+    #[error("{command} failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A tool could not be started.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Output of one command.
+#[derive(Clone, Debug, Default)]
+pub struct RunOutput {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// Runs external commands; tests substitute a recording runner.
+pub trait Runner {
+    /// Whether a program can be found.
+    fn exists(&self, program: &str) -> bool;
+    /// Runs a program with arguments and optional stdin.
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<RunOutput>;
+}
+
+/// Runs real commands, looking programs up in PATH and the sbin directories.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommandRunner;
+
+// === impl Backend ===
+
+impl Backend {
+    /// The tool name for a family and action (`save` or `restore`), e.g. `ip6tables-nft-restore`.
+    pub fn tool(self, family: Family, action: &str) -> String {
+        let base = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let kind = match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        };
+        format!("{base}-{kind}-{action}")
+    }
+
+    /// `nft` or `legacy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+}
+
+// === impl CommandRunner ===
+
+impl CommandRunner {
+    fn find(program: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    }
+}
+
+impl Runner for CommandRunner {
+    fn exists(&self, program: &str) -> bool {
+        Self::find(program).is_some()
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<RunOutput> {
+        let path = Self::find(program).unwrap_or_else(|| Path::new(program).to_path_buf());
+        let mut child = Command::new(path)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            pipe.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(RunOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Applies the plan for one family: picks the backend, checks for a previous
+/// run, and restores the document with `--noflush` (other chains stay).
+pub fn apply(
+    plan: &Plan,
+    family: Family,
+    choice: BackendChoice,
+    runner: &dyn Runner,
+) -> Result<Applied, ApplyError> {
+    let backend = choose_backend(family, choice, runner)?;
+    let save = backend.tool(family, "save");
+    let current = run_checked(runner, &save, &["-t", "nat"], None)?;
+    let rerun = current.stdout.lines().any(|l| l.trim() == JUMP);
+    let document = rules::render(plan, rerun);
+    let restore = backend.tool(family, "restore");
+    run_checked(runner, &restore, &["-w", "5", "--noflush"], Some(&document))?;
+    Ok(Applied {
+        family,
+        backend,
+        rerun,
+    })
+}
+
+/// The backend for a family: a forced one, else the one holding our chain,
+/// else nft when nf_tables answers, else legacy.
+pub fn choose_backend(
+    family: Family,
+    choice: BackendChoice,
+    runner: &dyn Runner,
+) -> Result<Backend, ApplyError> {
+    let available: Vec<Backend> = [Backend::Nft, Backend::Legacy]
+        .into_iter()
+        .filter(|b| {
+            runner.exists(&b.tool(family, "restore")) && runner.exists(&b.tool(family, "save"))
+        })
+        .collect();
+    if let BackendChoice::Force(backend) = choice {
+        if !available.contains(&backend) {
+            return Err(ApplyError::NoBinary(backend.tool(family, "restore")));
+        }
+        return Ok(backend);
+    }
+    if available.is_empty() {
+        return Err(ApplyError::NoBinary(format!(
+            "{} or {}",
+            Backend::Nft.tool(family, "restore"),
+            Backend::Legacy.tool(family, "restore")
+        )));
+    }
+    let mut working = Vec::new();
+    for backend in &available {
+        let Ok(out) = runner.run(&backend.tool(family, "save"), &["-t", "nat"], None) else {
+            continue;
+        };
+        if out.success && out.stdout.contains(&format!(":{CHAIN} ")) {
+            return Ok(*backend);
+        }
+        if out.success {
+            working.push(*backend);
+        }
+    }
+    Ok(working.first().copied().unwrap_or(available[0]))
+}
+
+fn run_checked(
+    runner: &dyn Runner,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<RunOutput, ApplyError> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = runner
+        .run(program, args, stdin)
+        .map_err(|source| ApplyError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.success {
+        if out.stderr.contains("Permission denied") || out.stderr.contains("must be root") {
+            return Err(ApplyError::NoNetAdmin);
+        }
+        return Err(ApplyError::Failed {
+            command,
+            stderr: out.stderr,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether this process has CAP_NET_ADMIN in its effective set.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Records commands and answers `save` with a fixed nat table.
+    struct Recorder {
+        tools: Vec<&'static str>,
+        nft_save: &'static str,
+        legacy_save: &'static str,
+        calls: RefCell<Vec<(String, Option<String>)>>,
+    }
+
+    impl Runner for Recorder {
+        fn exists(&self, program: &str) -> bool {
+            self.tools.contains(&program)
+        }
+        fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<RunOutput> {
+            self.calls.borrow_mut().push((
+                format!("{program} {}", args.join(" ")),
+                stdin.map(str::to_string),
+            ));
+            let stdout = if program.contains("nft-save") {
+                self.nft_save
+            } else if program.contains("legacy-save") {
+                self.legacy_save
+            } else {
+                ""
+            };
+            Ok(RunOutput {
+                success: true,
+                stdout: stdout.to_string(),
+                stderr: String::new(),
+            })
+        }
+    }
+
+    const ALL: [&str; 4] = [
+        "iptables-nft-save",
+        "iptables-nft-restore",
+        "iptables-legacy-save",
+        "iptables-legacy-restore",
+    ];
+
+    fn plan() -> Plan {
+        Plan {
+            inbound_port: 15006,
+            admin_port: 15020,
+            exclude_inbound_ports: vec![],
+        }
+    }
+
+    #[test]
+    fn a_fresh_pod_uses_nft_and_adds_the_jump() {
+        let r = Recorder {
+            tools: ALL.to_vec(),
+            nft_save: "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n",
+            legacy_save: "",
+            calls: RefCell::default(),
+        };
+        let applied = apply(&plan(), Family::V4, BackendChoice::Auto, &r).unwrap();
+        assert_eq!(applied.backend, Backend::Nft);
+        assert!(!applied.rerun);
+        let calls = r.calls.borrow();
+        let (cmd, stdin) = calls.last().unwrap();
+        assert_eq!(cmd, "iptables-nft-restore -w 5 --noflush");
+        assert!(stdin.as_deref().unwrap().contains(JUMP));
+    }
+
+    #[test]
+    fn a_rerun_reuses_the_backend_holding_our_chain_and_skips_the_jump() {
+        let r = Recorder {
+            tools: ALL.to_vec(),
+            nft_save: "*nat\nCOMMIT\n",
+            legacy_save: "*nat\n:PICKET_INBOUND - [0:0]\n-A PREROUTING ! -i lo -p tcp -j PICKET_INBOUND\nCOMMIT\n",
+            calls: RefCell::default(),
+        };
+        let applied = apply(&plan(), Family::V4, BackendChoice::Auto, &r).unwrap();
+        assert_eq!(applied.backend, Backend::Legacy);
+        assert!(applied.rerun);
+        let calls = r.calls.borrow();
+        let (cmd, stdin) = calls.last().unwrap();
+        assert_eq!(cmd, "iptables-legacy-restore -w 5 --noflush");
+        assert!(!stdin.as_deref().unwrap().contains("PREROUTING"));
+    }
+
+    #[test]
+    fn a_forced_backend_must_exist() {
+        let r = Recorder {
+            tools: vec!["iptables-nft-save", "iptables-nft-restore"],
+            nft_save: "",
+            legacy_save: "",
+            calls: RefCell::default(),
+        };
+        let err = apply(
+            &plan(),
+            Family::V4,
+            BackendChoice::Force(Backend::Legacy),
+            &r,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no iptables binary found: need iptables-legacy-restore (install the iptables package)"
+        );
+    }
+
+    #[test]
+    fn no_binary_at_all_is_one_clear_error() {
+        let r = Recorder {
+            tools: vec![],
+            nft_save: "",
+            legacy_save: "",
+            calls: RefCell::default(),
+        };
+        let err = apply(&plan(), Family::V6, BackendChoice::Auto, &r).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("ip6tables-nft-restore or ip6tables-legacy-restore"));
+    }
+}

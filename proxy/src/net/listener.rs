@@ -1,0 +1,61 @@
+//! The inbound listeners and their accept loops.
+//!
+//! The listeners bind the wildcard address: REDIRECT rewrites the destination
+//! to the incoming interface's address, never loopback.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+
+use super::conn::Inbound;
+use super::orig_dst::reset;
+use super::ClientAddr;
+
+/// Binds a TCP listener with the options a proxy wants.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds the inbound port on 0.0.0.0 and, when the kernel has IPv6, on [::].
+pub fn bind_inbound(port: u16) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = vec![bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?];
+    match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+        Ok(l) => listeners.push(l),
+        Err(error) => tracing::debug!(%error, "No IPv6 inbound listener"),
+    }
+    Ok(listeners)
+}
+
+/// Accepts connections forever, one task each; over the limit, resets.
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%error, "Accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if inbound.active.load(Ordering::Relaxed) >= inbound.limits.max_connections {
+            inbound.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client.addr = %peer, limit = inbound.limits.max_connections, "Connection limit reached; reset");
+            reset(stream);
+            continue;
+        }
+        tokio::spawn(inbound.clone().handle(stream, ClientAddr(peer)));
+    }
+}

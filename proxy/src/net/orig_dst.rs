@@ -1,0 +1,34 @@
+//! The original destination of a redirected connection (SO_ORIGINAL_DST and
+//! IP6T_SO_ORIGINAL_DST), read through socket2's safe getters. The only
+//! netfilter-aware code of the data plane.
+
+use std::io;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+use super::OrigDstAddr;
+
+/// Reads the address the client connected to before REDIRECT.
+pub fn orig_dst(stream: &TcpStream) -> io::Result<OrigDstAddr> {
+    let sock = SockRef::from(stream);
+    let local = stream.local_addr()?;
+    let addr = if local.is_ipv4() {
+        sock.original_dst_v4()?
+    } else {
+        sock.original_dst_v6()?
+    };
+    addr.as_socket().map(OrigDstAddr).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination is not an IP address",
+        )
+    })
+}
+
+/// Resets a connection: zero linger, then close the whole socket, so the peer
+/// reads ECONNRESET. (Closing by halves would send a FIN first.)
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}

@@ -1,0 +1,193 @@
+//! The live connection table: every connection is registered before it is
+//! checked (so a state change cannot slip between the check and the
+//! registration), and re-checked on every new state; those no longer allowed
+//! are told to reset.
+//!
+//! Synchronous and lock-based: the lock is held only to insert, remove, or
+//! walk the table, never across an await.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::{ClientAddr, OrigDstAddr};
+use crate::policy::PolicyKey;
+
+/// The live connections.
+#[derive(Debug, Default)]
+pub struct Registry {
+    conns: Mutex<HashMap<u64, Tracked>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    client: ClientAddr,
+    dst: OrigDstAddr,
+    allowed_by: Option<PolicyKey>,
+    opened: Instant,
+    kill: Arc<Notify>,
+}
+
+/// A connection's place in the table; dropping it removes the connection.
+#[derive(Debug)]
+pub struct Registration {
+    id: u64,
+    registry: Arc<Registry>,
+    kill: Arc<Notify>,
+}
+
+/// One live connection, as the admin endpoint shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConnectionInfo {
+    /// The client.
+    pub client: String,
+    /// The original destination.
+    pub destination: String,
+    /// The policy that allowed it, if one did.
+    pub allowed_by: Option<String>,
+    /// Seconds since it was accepted.
+    pub age_seconds: f64,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// An empty table.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a connection before it is checked.
+    pub fn register(self: &Arc<Self>, client: ClientAddr, dst: OrigDstAddr) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kill = Arc::new(Notify::new());
+        self.lock().insert(
+            id,
+            Tracked {
+                client,
+                dst,
+                allowed_by: None,
+                opened: Instant::now(),
+                kill: kill.clone(),
+            },
+        );
+        Registration {
+            id,
+            registry: self.clone(),
+            kill,
+        }
+    }
+
+    /// Re-checks every live connection; tells those no longer allowed to
+    /// reset, and returns how many were.
+    pub fn recheck(&self, mut allowed: impl FnMut(ClientAddr, OrigDstAddr) -> bool) -> usize {
+        let conns = self.lock();
+        let mut killed = 0;
+        for tracked in conns.values() {
+            if !allowed(tracked.client, tracked.dst) {
+                // A stored permit: the connection sees it even if it is not waiting yet.
+                tracked.kill.notify_one();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The live connections, for the admin endpoint.
+    pub fn list(&self) -> Vec<ConnectionInfo> {
+        let mut out: Vec<ConnectionInfo> = self
+            .lock()
+            .values()
+            .map(|t| ConnectionInfo {
+                client: t.client.to_string(),
+                destination: t.dst.to_string(),
+                allowed_by: t.allowed_by.as_ref().map(ToString::to_string),
+                age_seconds: t.opened.elapsed().as_secs_f64(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.client.cmp(&b.client));
+        out
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Tracked>> {
+        // A panic while holding the lock leaves a consistent map: keep going.
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// === impl Registration ===
+
+impl Registration {
+    /// Records the policy that allowed the connection.
+    pub fn set_allowed_by(&self, policy: Option<PolicyKey>) {
+        if let Some(t) = self.registry.lock().get_mut(&self.id) {
+            t.allowed_by = policy;
+        }
+    }
+
+    /// Resolves when a re-check decided the connection must go.
+    pub async fn killed(&self) {
+        self.kill.notified().await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn addrs(client: &str) -> (ClientAddr, OrigDstAddr) {
+        (
+            ClientAddr(client.parse::<SocketAddr>().unwrap()),
+            OrigDstAddr("10.0.0.1:80".parse().unwrap()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_recheck_kills_only_the_denied_even_before_they_wait() {
+        let registry = Registry::new();
+        let (a, dst) = addrs("10.0.0.2:1000");
+        let (b, _) = addrs("10.0.0.3:1000");
+        let keep = registry.register(a, dst);
+        let kill = registry.register(b, dst);
+        assert_eq!(registry.len(), 2);
+        let killed = registry.recheck(|client, _| client == a);
+        assert_eq!(killed, 1);
+        tokio::time::timeout(Duration::from_secs(5), kill.killed())
+            .await
+            .expect("the stored permit wakes the connection");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), keep.killed())
+                .await
+                .is_err(),
+            "the allowed connection is left alone"
+        );
+        drop(kill);
+        assert_eq!(registry.len(), 1, "dropping the registration removes it");
+        keep.set_allowed_by(Some(PolicyKey::new("x", "p")));
+        assert_eq!(registry.list()[0].allowed_by.as_deref(), Some("x/p"));
+    }
+}
