@@ -14,6 +14,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod iptables;
+pub mod lab;
 pub mod net;
 pub mod node;
 pub mod policy;

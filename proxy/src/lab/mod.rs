@@ -1,0 +1,201 @@
+//! A local lab of network-namespace "pods" on a "node", for the end-to-end
+//! tests and `picket demo`.
+//!
+//! The node is a network namespace holding a bridge (the pods' gateway) and
+//! the node's hostIP on its loopback, distinct from the bridge's address. Each pod is a namespace joined to the bridge by a veth pair. No
+//! address or route is ever added in the root namespace. Everything is named
+//! with a per-process prefix and removed on drop; stale namespaces of dead
+//! processes are swept when a lab starts. Needs root and iproute2.
+
+pub mod app;
+pub mod proxy;
+
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Every lab namespace's name starts with this, then the owning pid.
+pub const PREFIX: &str = "pkt";
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A node namespace with a bridge, and the pods attached to it.
+#[derive(Debug)]
+pub struct Lab {
+    node: String,
+    subnet: u8,
+    pods: Vec<LabPod>,
+}
+
+/// One pod: a namespace with `eth0` on the node's bridge.
+#[derive(Clone, Debug)]
+pub struct LabPod {
+    /// The pod's name in the lab.
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its IP.
+    pub ip: IpAddr,
+}
+
+// === impl Lab ===
+
+impl Lab {
+    /// Creates a node namespace with a bridge at 10.<subnet>.0.1/24 and the
+    /// hostIP 192.168.<subnet>.1. Fails with a clear error when namespaces
+    /// cannot be made (not root, no iproute2).
+    pub fn new() -> io::Result<Self> {
+        sweep_stale();
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let subnet = 100 + (n % 100) as u8;
+        let node = format!("{PREFIX}-{}-{n}-node", std::process::id());
+        ip(&["netns", "add", &node])?;
+        let lab = Self {
+            node,
+            subnet,
+            pods: Vec::new(),
+        };
+        let gw = format!("{}/24", lab.gateway());
+        let host = format!("{}/32", lab.host_ip());
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "add", "br0", "type", "bridge"],
+            vec!["addr", "add", gw.as_str(), "dev", "br0"],
+            vec!["link", "set", "br0", "up"],
+            // The hostIP lives on the node's loopback: a local address of the
+            // node, distinct from the bridge's, that pods reach through the gateway.
+            vec!["addr", "add", host.as_str(), "dev", "lo"],
+        ] {
+            lab.ip_in(&lab.node, &args)?;
+        }
+        Ok(lab)
+    }
+
+    /// Adds a pod with the next free address.
+    pub fn add_pod(&mut self, name: &str) -> io::Result<LabPod> {
+        let index = self.pods.len() + 2;
+        let netns = format!("{}-p{index}", self.node.trim_end_matches("-node"));
+        let pod_ip = IpAddr::V4(Ipv4Addr::new(10, self.subnet, 0, index as u8));
+        let veth = format!("veth{index}");
+        ip(&["netns", "add", &netns])?;
+        let pod = LabPod {
+            name: name.to_string(),
+            netns: netns.clone(),
+            ip: pod_ip,
+        };
+        self.pods.push(pod.clone());
+        self.ip_in(
+            &self.node,
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )?;
+        self.ip_in(&self.node, &["link", "set", &veth, "master", "br0", "up"])?;
+        let addr = format!("{pod_ip}/24");
+        let gw = self.gateway().to_string();
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", addr.as_str(), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["route", "add", "default", "via", gw.as_str()],
+        ] {
+            self.ip_in(&netns, &args)?;
+        }
+        Ok(pod)
+    }
+
+    /// The node namespace's name.
+    pub fn node_netns(&self) -> &str {
+        &self.node
+    }
+
+    /// The bridge address: the pods' default gateway.
+    pub fn gateway(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, self.subnet, 0, 1))
+    }
+
+    /// The node's hostIP, distinct from the bridge's address.
+    pub fn host_ip(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(192, 168, self.subnet, 1))
+    }
+
+    /// The pods, in the order they were added.
+    pub fn pods(&self) -> &[LabPod] {
+        &self.pods
+    }
+
+    fn ip_in(&self, netns: &str, args: &[&str]) -> io::Result<()> {
+        let mut full = vec!["-n", netns];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = ip(&["netns", "del", &pod.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.node]);
+    }
+}
+
+/// Runs `f` on a thread inside a network namespace; sockets it creates stay
+/// in that namespace wherever they are used afterwards.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let file = File::open(format!("/var/run/netns/{netns}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| io::Error::other("lab thread panicked"))?
+    })
+}
+
+/// Whether this process can build a lab (root).
+pub fn can_run() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run ip (install iproute2): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Deletes lab namespaces left behind by processes that no longer exist.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}

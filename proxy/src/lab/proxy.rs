@@ -1,0 +1,192 @@
+//! Running the real `picket-proxy` in lab pods: `init` as root in the pod's
+//! namespace, `run` as the proxy's own UID.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{in_netns, Lab, LabPod};
+use crate::config::{DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT};
+
+/// The UID the sidecar runs as (the injector uses the same).
+pub const PROXY_UID: u32 = 1337;
+
+/// A running sidecar; killed on drop.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Child,
+    netns: String,
+    admin: SocketAddr,
+}
+
+/// Copies a binary to a world-readable directory, so the proxy UID can run it.
+pub fn install_binary(src: &Path) -> io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{}-bin-{}", super::PREFIX, std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let name = src
+        .file_name()
+        .ok_or_else(|| io::Error::other("binary path has no file name"))?;
+    let dst = dir.join(name);
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::copy(src, &tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &dst)?;
+    Ok(dst)
+}
+
+/// Makes a directory and its files readable by the proxy UID.
+pub fn share_dir(dir: &Path) -> io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Runs `picket-proxy init` in the pod's namespace, as root.
+pub fn run_init(binary: &Path, pod: &LabPod, args: &[&str]) -> io::Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .arg(binary)
+        .arg("init")
+        .args(args)
+        .output()
+}
+
+// === impl Sidecar ===
+
+impl Sidecar {
+    /// Starts `picket-proxy run` in the pod as the proxy UID, reading the
+    /// cluster from `cluster_dir`; `extra` are more flags.
+    pub fn start(
+        binary: &Path,
+        lab: &Lab,
+        pod: &LabPod,
+        namespace: &str,
+        cluster_dir: &Path,
+        node_file: &Path,
+        extra: &[&str],
+    ) -> io::Result<Self> {
+        let uid = format!("--reuid={PROXY_UID}");
+        let gid = format!("--regid={PROXY_UID}");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.netns,
+                "setpriv",
+                &uid,
+                &gid,
+                "--clear-groups",
+            ])
+            .arg(binary)
+            .arg("run")
+            .arg("--cluster-dir")
+            .arg(cluster_dir)
+            .arg("--node-file")
+            .arg(node_file)
+            .args(extra)
+            .env("POD_NAME", &pod.name)
+            .env("POD_NAMESPACE", namespace)
+            .env("POD_IP", pod.ip.to_string())
+            .env("HOST_IP", lab.host_ip().to_string())
+            .env("PICKET_RESYNC", "2s")
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            netns: pod.netns.clone(),
+            admin: SocketAddr::new(pod.ip, DEFAULT_ADMIN_PORT),
+        })
+    }
+
+    /// Polls `/ready` until it answers 200, or the deadline passes.
+    pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!("picket-proxy exited: {status}")));
+            }
+            if let Ok((200, _)) = http_get(&self.netns, self.admin, "/ready") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let last = http_get(&self.netns, self.admin, "/ready");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("picket-proxy not ready in {timeout:?}: {last:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Polls until the admin port answers at all (ready or not).
+    pub fn wait_listening(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while http_get(&self.netns, self.admin, "/live").is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "picket-proxy never listened",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The inbound port it listens on.
+    pub fn inbound_port(&self) -> u16 {
+        DEFAULT_INBOUND_PORT
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET from inside a namespace: (status, body).
+pub fn http_get(netns: &str, addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = in_netns(netns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    })??;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad HTTP response: {response:?}")))?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// Connects from inside a namespace, optionally from a given source address.
+pub fn connect_from(netns: &str, source: Option<IpAddr>, to: SocketAddr) -> io::Result<TcpStream> {
+    in_netns(netns, || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(to),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        if let Some(ip) = source {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        // A blocking connect, as most clients do: it returns once the kernel
+        // has completed the handshake.
+        socket.connect(&to.into())?;
+        Ok(TcpStream::from(socket))
+    })?
+}
