@@ -1,0 +1,1 @@
+//! picket-injector: the mutating admission webhook (work in progress).

@@ -1,0 +1,1 @@
+//! Test support shared by Picket's crates (work in progress).
