@@ -17,6 +17,23 @@ use crate::net::listener;
 use crate::net::registry::Registry;
 use crate::policy::{NodeAddrs, PodKey};
 
+/// Builds the runtime (`--workers` threads; one means a single-threaded
+/// runtime on the calling thread) and runs the sidecar on it.
+pub fn block_on_run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = if args.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.workers)
+            .enable_all()
+            .build()
+    }
+    .context("cannot start the runtime")?;
+    runtime.block_on(run(args))
+}
+
 /// Runs the sidecar until SIGTERM (then drains) or SIGINT.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pod = PodKey::new(&args.pod_namespace, &args.pod_name);

@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// How long a connection waits for the first cluster state before it is reset.
     #[arg(long, env = "PICKET_STATE_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub state_wait: Duration,
+    /// Worker threads of the proxy's runtime (1 keeps the proxy on one core).
+    #[arg(long, env = "PICKET_WORKERS", default_value_t = 2)]
+    pub workers: usize,
     /// After SIGTERM, keep serving this long, then exit.
     #[arg(long, env = "PICKET_DRAIN", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,

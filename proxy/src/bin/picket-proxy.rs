@@ -11,12 +11,7 @@ fn main() -> ExitCode {
     picket::telemetry::init();
     let result = match cli.command {
         Command::Init(args) => picket::app::init(args),
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(picket::app::run(*args))),
+        Command::Run(args) => picket::app::block_on_run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
