@@ -126,7 +126,7 @@ impl Inbound {
         registration.set_allowed_by(decision.ingress_policy().cloned());
         tracing::debug!(client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
 
-        let mut upstream = match tokio::time::timeout(
+        let upstream = match tokio::time::timeout(
             self.limits.connect_timeout,
             TcpStream::connect(dst.0),
         )
@@ -146,11 +146,11 @@ impl Inbound {
                 return;
             }
         };
-        let mut client_stream = stream;
+        let client_stream = stream;
         let _ = client_stream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
         let outcome = tokio::select! {
-            result = relay(&mut client_stream, &mut upstream, self.limits.idle_timeout) => Some(result),
+            result = relay(&client_stream, &upstream, self.limits.idle_timeout) => Some(result),
             () = registration.killed() => None,
         };
         match outcome {

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod listener;
 pub mod orig_dst;
+pub mod pipes;
 pub mod registry;
 pub mod relay;
 

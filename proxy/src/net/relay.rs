@@ -1,14 +1,26 @@
 //! Bytes both ways between the client and the app, until both sides close.
 //!
+//! Zero copy: each direction splices socket -> pipe -> socket, taking a pipe
+//! from the pool only while data is in flight, so an idle connection holds
+//! nothing but its sockets. Where splice is unavailable (or no pipe can be
+//! had) a direction falls back to a plain copy through a buffer that exists
+//! only while that copy runs.
+//!
 //! A half-close propagates: when one side sends FIN, the other side's write
 //! half is shut down and the opposite direction keeps flowing. An error on
 //! either side ends the relay with an error; the caller resets both sockets.
 
+use std::io;
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rustix::pipe::{splice, SpliceFlags};
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::pipes::{Pipe, PipePool};
 
 /// Bytes moved in each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,46 +41,39 @@ pub enum RelayError {
         direction: &'static str,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
     /// Nothing moved for the idle timeout.
     #[error("idle for {0:?}")]
     Idle(Duration),
 }
 
-const BUFFER: usize = 16 * 1024;
+/// The process's pipe pool.
+pub static PIPES: PipePool = PipePool::new();
+
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// Relays until both directions have seen EOF, an error, or the idle timeout.
 pub async fn relay(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+    client: &TcpStream,
+    server: &TcpStream,
     idle_timeout: Option<Duration>,
 ) -> Result<Transferred, RelayError> {
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
-    let (mut client_read, mut client_write) = client.split();
-    let (mut server_read, mut server_write) = server.split();
-    let up = copy_half(
-        &mut client_read,
-        &mut server_write,
-        "client->server",
+    let activity = Activity {
         start,
-        &last_activity,
-    );
-    let down = copy_half(
-        &mut server_read,
-        &mut client_write,
-        "server->client",
-        start,
-        &last_activity,
-    );
+        last: &last_activity,
+    };
+    let up = half(client, server, "client->server", &activity);
+    let down = half(server, client, "server->client", &activity);
     let both = async { tokio::try_join!(up, down) };
     let (client_to_server, server_to_client) = match idle_timeout {
         None => both.await?,
         Some(limit) => {
             tokio::select! {
                 result = both => result?,
-                () = idle(limit, start, &last_activity) => return Err(RelayError::Idle(limit)),
+                () = idle(limit, &activity) => return Err(RelayError::Idle(limit)),
             }
         }
     };
@@ -78,41 +83,143 @@ pub async fn relay(
     })
 }
 
-async fn copy_half<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    direction: &'static str,
+struct Activity<'a> {
     start: Instant,
-    last_activity: &AtomicU64,
-) -> Result<u64, RelayError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let io = |source| RelayError::Io { direction, source };
-    let mut buffer = vec![0u8; BUFFER];
-    let mut total = 0u64;
-    loop {
-        let n = reader.read(&mut buffer).await.map_err(io)?;
-        if n == 0 {
-            // Propagate the half-close: the other side reads EOF, and may still reply.
-            match writer.shutdown().await {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => {}
-                Err(e) => return Err(io(e)),
-            }
-            return Ok(total);
-        }
-        writer.write_all(&buffer[..n]).await.map_err(io)?;
-        total += n as u64;
-        last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    last: &'a AtomicU64,
+}
+
+impl Activity<'_> {
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-async fn idle(limit: Duration, start: Instant, last_activity: &AtomicU64) {
+/// One direction: splice when possible, else copy; then propagate the EOF.
+async fn half(
+    from: &TcpStream,
+    to: &TcpStream,
+    direction: &'static str,
+    activity: &Activity<'_>,
+) -> Result<u64, RelayError> {
+    let io = |source| RelayError::Io { direction, source };
+    let total = match splice_half(from, to, activity).await {
+        Ok(total) => total,
+        Err(SpliceError::Unsupported(moved)) => {
+            moved + copy_half(from, to, activity).await.map_err(io)?
+        }
+        Err(SpliceError::Io(e)) => return Err(io(e)),
+    };
+    // Propagate the half-close: the other side reads EOF, and may still reply.
+    match SockRef::from(to).shutdown(Shutdown::Write) {
+        Ok(()) => Ok(total),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
+        Err(e) => Err(io(e)),
+    }
+}
+
+enum SpliceError {
+    /// Splice cannot be used here; this many bytes were already moved.
+    Unsupported(u64),
+    Io(io::Error),
+}
+
+async fn splice_half(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity<'_>,
+) -> Result<u64, SpliceError> {
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let mut total = 0u64;
     loop {
-        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        let deadline = start + last + limit;
+        from.readable().await.map_err(SpliceError::Io)?;
+        let pipe = match PIPES.take() {
+            Ok(pipe) => pipe,
+            Err(_) => return Err(SpliceError::Unsupported(total)),
+        };
+        // Keep the pipe while the socket has data; give it back when it runs dry.
+        loop {
+            let filled = from.try_io(Interest::READABLE, || {
+                splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
+            });
+            match filled {
+                Ok(0) => {
+                    PIPES.give_back(pipe);
+                    return Ok(total);
+                }
+                Ok(n) => {
+                    drain(&pipe, n, to).await.map_err(SpliceError::Io)?;
+                    total += n as u64;
+                    activity.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    PIPES.give_back(pipe);
+                    break;
+                }
+                Err(e) if unsupported(&e) => {
+                    PIPES.give_back(pipe);
+                    return Err(SpliceError::Unsupported(total));
+                }
+                Err(e) => return Err(SpliceError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Moves `n` bytes out of the pipe into the socket, waiting for room.
+async fn drain(pipe: &Pipe, mut n: usize, to: &TcpStream) -> io::Result<()> {
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    while n > 0 {
+        let written = to.try_io(Interest::WRITABLE, || {
+            splice(&pipe.read, None, to, None, n, flags).map_err(io::Error::from)
+        });
+        match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => n -= w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn unsupported(e: &io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP)
+    )
+}
+
+/// The fallback: a plain copy through a buffer that lives only as long as the copy.
+async fn copy_half(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) -> io::Result<u64> {
+    let mut buffer = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let n = match from.try_read(&mut buffer) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            to.writable().await?;
+            match to.try_write(&buffer[sent..n]) {
+                Ok(w) => sent += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        activity.touch();
+    }
+}
+
+async fn idle(limit: Duration, activity: &Activity<'_>) {
+    loop {
+        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
+        let deadline = activity.start + last + limit;
         if Instant::now() >= deadline {
             return;
         }
@@ -122,6 +229,7 @@ async fn idle(limit: Duration, start: Instant, last_activity: &AtomicU64) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -136,10 +244,9 @@ mod tests {
     #[tokio::test]
     async fn half_close_propagates_and_the_reply_still_flows() {
         // client <-> (proxy_client | proxy_server) <-> app
-        let (mut client, mut proxy_client) = pair().await;
-        let (mut proxy_server, mut app) = pair().await;
-        let relay =
-            tokio::spawn(async move { relay(&mut proxy_client, &mut proxy_server, None).await });
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        let relay = tokio::spawn(async move { relay(&proxy_client, &proxy_server, None).await });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -161,13 +268,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bulk_data_arrives_intact_and_pipes_go_back_to_the_pool() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        let relay = tokio::spawn(async move { relay(&proxy_client, &proxy_server, None).await });
+        let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "the bytes arrive in order and intact");
+        drop(app);
+        let _client = writer.await.unwrap();
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.client_to_server, 8_000_000);
+        assert!(PIPES.idle() >= 1, "the pipe went back to the pool");
+    }
+
+    #[tokio::test]
     async fn an_idle_relay_ends_after_the_timeout() {
-        let (_client, mut proxy_client) = pair().await;
-        let (mut proxy_server, _app) = pair().await;
+        let (_client, proxy_client) = pair().await;
+        let (proxy_server, _app) = pair().await;
         let start = Instant::now();
         let result = relay(
-            &mut proxy_client,
-            &mut proxy_server,
+            &proxy_client,
+            &proxy_server,
             Some(Duration::from_millis(200)),
         )
         .await;
