@@ -133,9 +133,9 @@ async fn splice_half(
     let mut total = 0u64;
     loop {
         from.readable().await.map_err(SpliceError::Io)?;
-        let pipe = match PIPES.take() {
-            Ok(pipe) => pipe,
-            Err(_) => return Err(SpliceError::Unsupported(total)),
+        let Ok(pipe) = PIPES.take() else {
+            // No pipe to be had (fd or pipe budget exhausted): copy instead.
+            return Err(SpliceError::Unsupported(total));
         };
         // Keep the pipe while the socket has data; give it back when it runs dry.
         loop {
