@@ -17,6 +17,24 @@ use crate::net::listener;
 use crate::net::registry::Registry;
 use crate::policy::{NodeAddrs, PodKey};
 
+/// The `picket-proxy` command line: parse, log, run, exit code.
+pub fn main_proxy() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = crate::config::Cli::parse();
+    crate::telemetry::init();
+    let result = match cli.command {
+        crate::config::Command::Init(args) => init(args),
+        crate::config::Command::Run(args) => block_on_run(*args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picket-proxy: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Builds the runtime (`--workers` threads; one means a single-threaded
 /// runtime on the calling thread) and runs the sidecar on it.
 pub fn block_on_run(args: RunArgs) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! `reach` computes probes (pure, over an index) and renders them; only
 //! `run` touches the file system, through `cluster::load_path`.
 
+pub mod demo;
 pub mod reach;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ pub enum Command {
     Reach(ReachArgs),
     /// Print the whole reasoning for one connection.
     Explain(ExplainArgs),
+    /// Run the bookstore example as real pods with sidecars (root, Linux, iptables).
+    Demo,
 }
 
 /// Arguments of `picket reach`.
@@ -85,6 +88,11 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
                 Format::Json => reach::render_json(&probes)?,
                 Format::Table => reach::render_table(&index, &probes, args.explain),
             })
+        }
+        Command::Demo => {
+            let mut stdout = std::io::stdout();
+            demo::run(&mut stdout)?;
+            Ok(String::new())
         }
         Command::Explain(args) => {
             let objects = load(&args.cluster)?;

@@ -22,6 +22,39 @@ pub const PREFIX: &str = "pkt";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
+/// Child processes (sidecars) to kill if the process is interrupted.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn track_child(pid: u32) {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+}
+
+fn untrack_child(pid: u32) {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|p| *p != pid);
+}
+
+/// Cleanup for an interrupted process (Ctrl-C), when destructors will not
+/// run: kills the sidecars this process started and deletes its namespaces.
+pub fn emergency_cleanup() {
+    let children = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|e| e.into_inner()));
+    for pid in children {
+        // `ip netns exec` becomes the proxy (it execs), so this is the proxy.
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let mine = format!("{PREFIX}-{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&mine) {
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+}
+
 /// A node namespace with a bridge, and the pods attached to it.
 #[derive(Debug)]
 pub struct Lab {

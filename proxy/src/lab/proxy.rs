@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 use super::{in_netns, Lab, LabPod};
 use crate::config::{DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT};
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Silences the sidecars' logs (the demo prints its own story).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The UID the sidecar runs as (the injector uses the same).
 pub const PROXY_UID: u32 = 1337;
 
@@ -24,14 +31,19 @@ pub struct Sidecar {
 
 /// Copies a binary to a world-readable directory, so the proxy UID can run it.
 pub fn install_binary(src: &Path) -> io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{}-bin-{}", super::PREFIX, std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let name = src
         .file_name()
         .ok_or_else(|| io::Error::other("binary path has no file name"))?;
+    install_binary_as(src, &name.to_string_lossy())
+}
+
+/// Copies a binary to a world-readable directory under another name.
+pub fn install_binary_as(src: &Path, name: &str) -> io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{}-bin-{}", super::PREFIX, std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let dst = dir.join(name);
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::copy(src, &tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &dst)?;
@@ -98,7 +110,13 @@ impl Sidecar {
             .env("HOST_IP", lab.host_ip().to_string())
             .env("PICKET_RESYNC", "2s")
             .stdin(Stdio::null())
+            .stderr(if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+                Stdio::null()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()?;
+        super::track_child(child.id());
         Ok(Self {
             child,
             netns: pod.netns.clone(),
@@ -150,6 +168,7 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
+        super::untrack_child(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
