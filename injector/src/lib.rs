@@ -1,1 +1,19 @@
-//! picket-injector: the mutating admission webhook (work in progress).
+//! picket-injector: Picket's mutating admission webhook.
+//!
+//! ```text
+//!  API server ──HTTPS POST /mutate──► server ──► review::parse ──► namespace lookup
+//!                                        ▲                              │ labels
+//!                                        │                              ▼
+//!                                      tls (cert resolver,      patch::plan (pure)
+//!                                        reloaded from files          │
+//!                                        or the shared Secret)        ▼
+//!                                                               review::respond
+//! ```
+//!
+//! Pure: [`config`], [`quantity`], [`patch`], [`review`], [`certs`]. I/O:
+//! [`namespace`] (kube), [`bootstrap`] (Secret and webhook configuration),
+//! [`tls`] (file reload), [`server`] (HTTPS and admin), [`app`] (wiring).
+
+pub mod config;
+pub mod patch;
+pub mod quantity;

@@ -1,0 +1,888 @@
+//! The injection patch: a pure function from (pod, namespace, config) to a
+//! decision and the JSONPatch that carries it out.
+//!
+//! No I/O. `review.rs` calls [`plan`] with the decoded pod, the namespace
+//! labels the server looked up, and the startup configuration.
+//!
+//! ```text
+//!  pod ──┐
+//!  ns  ──┼─► plan ─► Plan { decision, ops, warnings }
+//!  cfg ──┘            │
+//!                     ├─ Injected:        init container first, proxy (native sidecar
+//!                     │                   right after it, or first regular container),
+//!                     │                   volumes, annotations
+//!                     ├─ AlreadyInjected: nothing (or a reorder if another webhook
+//!                     │                   put its init container before ours)
+//!                     ├─ Skipped(reason): only `picket.io/status`
+//!                     └─ Rejected:        a per-pod annotation is invalid
+//! ```
+
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, MoveOperation, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::config::{InjectConfig, Resources, SidecarMode};
+use crate::quantity;
+
+/// The init container's name.
+pub const INIT_CONTAINER: &str = "picket-init";
+/// The proxy container's name.
+pub const PROXY_CONTAINER: &str = "picket-proxy";
+/// The emptyDir shared by the init container and the proxy (the node file).
+pub const RUN_VOLUME: &str = "picket-run";
+/// Where [`RUN_VOLUME`] is mounted in both containers.
+pub const RUN_DIR: &str = "/var/run/picket";
+/// The file `picket-proxy init` writes the node's addresses to, on [`RUN_VOLUME`].
+pub const NODE_FILE: &str = "/var/run/picket/node";
+/// The projected service-account token, added when the pod mounts none.
+pub const TOKEN_VOLUME: &str = "picket-token";
+/// Where the proxy reads its service-account token, as in-cluster clients expect.
+pub const SA_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The name of the proxy's admin port.
+pub const ADMIN_PORT_NAME: &str = "picket-admin";
+/// The binary inside the proxy image.
+pub const PROXY_BINARY: &str = "/usr/local/bin/picket-proxy";
+
+/// Label (and, as a fallback, annotation) opting a pod out with the value [`DISABLED`].
+pub const INJECT_KEY: &str = "picket.io/inject";
+/// The value of [`INJECT_KEY`] that opts a pod out.
+pub const DISABLED: &str = "disabled";
+/// Annotation: what was injected, or why not.
+pub const STATUS_KEY: &str = "picket.io/status";
+/// Annotation: inbound ports that bypass the proxy, comma-separated.
+pub const EXCLUDE_INBOUND_PORTS_KEY: &str = "picket.io/exclude-inbound-ports";
+/// Annotation: `native` or `container`.
+pub const SIDECAR_MODE_KEY: &str = "picket.io/sidecar-mode";
+/// Annotation: the proxy's CPU request.
+pub const CPU_REQUEST_KEY: &str = "picket.io/proxy-cpu-request";
+/// Annotation: the proxy's CPU limit.
+pub const CPU_LIMIT_KEY: &str = "picket.io/proxy-cpu-limit";
+/// Annotation: the proxy's memory request.
+pub const MEMORY_REQUEST_KEY: &str = "picket.io/proxy-memory-request";
+/// Annotation: the proxy's memory limit.
+pub const MEMORY_LIMIT_KEY: &str = "picket.io/proxy-memory-limit";
+/// Annotation: the proxy's log filter (`PICKET_LOG`).
+pub const LOG_LEVEL_KEY: &str = "picket.io/proxy-log-level";
+/// Annotation kubectl reads to pick the container of `logs` and `exec`.
+pub const DEFAULT_CONTAINER_KEY: &str = "kubectl.kubernetes.io/default-container";
+/// The namespace label of Pod Security admission's enforced level.
+pub const POD_SECURITY_ENFORCE_KEY: &str = "pod-security.kubernetes.io/enforce";
+/// The prefix of Prometheus scrape annotations.
+pub const PROMETHEUS_PREFIX: &str = "prometheus.io/";
+
+/// The namespace as the patch sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct NamespaceView<'a> {
+    /// The namespace's name (the request's, not the object's, which may be empty).
+    pub name: &'a str,
+    /// Its labels; `None` when they could not be read.
+    pub labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// What [`plan`] decided, and the patch and warnings that go with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// What happens to the pod.
+    pub decision: Decision,
+    /// The JSONPatch; empty when nothing changes.
+    pub ops: Vec<PatchOperation>,
+    /// Admission warnings shown to whoever created the pod.
+    pub warnings: Vec<String>,
+}
+
+/// What happens to a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The init container and the proxy are added, in this mode.
+    Injected(SidecarMode),
+    /// The pod already has our containers; at most they are put back in order.
+    AlreadyInjected,
+    /// The pod is left alone, but for `picket.io/status`.
+    Skipped(SkipReason),
+    /// A per-pod annotation is invalid: the pod is refused with this error.
+    Rejected(InvalidAnnotation),
+}
+
+/// Why a pod is not injected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The namespace is one we never inject (`kube-system`, `picket-system`).
+    ExcludedNamespace,
+    /// The pod carries the label `picket.io/inject: disabled`.
+    OptedOutByLabel,
+    /// The pod carries the annotation `picket.io/inject: disabled`.
+    OptedOutByAnnotation,
+    /// The pod shares the node's network: the init container would rewrite the node's iptables.
+    HostNetwork,
+    /// A Windows pod: no iptables.
+    Windows,
+    /// The namespace enforces this Pod Security level, which refuses NET_ADMIN.
+    PodSecurity(String),
+    /// The pod already uses a port the proxy needs.
+    PortConflict(u16),
+    /// The pod already uses a name (container, volume or port) the injection needs.
+    NameConflict(String),
+}
+
+/// A per-pod annotation with a value the injector cannot use.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("annotation {key}: {message}")]
+pub struct InvalidAnnotation {
+    /// The annotation's key.
+    pub key: &'static str,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+/// The per-pod settings, after annotations override the configuration.
+#[derive(Debug)]
+struct PodSettings {
+    mode: SidecarMode,
+    exclude_inbound_ports: Vec<u16>,
+    resources: Resources,
+    log_level: Option<String>,
+}
+
+// === impl Decision ===
+
+impl Decision {
+    /// A static label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Injected(_) => "injected",
+            Decision::AlreadyInjected => "already_injected",
+            Decision::Skipped(_) => "skipped",
+            Decision::Rejected(_) => "rejected",
+        }
+    }
+}
+
+// === impl SkipReason ===
+
+impl SkipReason {
+    /// A static label for metrics, logs and `picket.io/status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SkipReason::ExcludedNamespace => "excluded_namespace",
+            SkipReason::OptedOutByLabel => "opted_out_by_label",
+            SkipReason::OptedOutByAnnotation => "opted_out_by_annotation",
+            SkipReason::HostNetwork => "host_network",
+            SkipReason::Windows => "windows",
+            SkipReason::PodSecurity(_) => "pod_security",
+            SkipReason::PortConflict(_) => "port_conflict",
+            SkipReason::NameConflict(_) => "name_conflict",
+        }
+    }
+
+    /// A sentence for `picket.io/status` and warnings.
+    pub fn message(&self) -> String {
+        match self {
+            SkipReason::ExcludedNamespace => "namespace is never injected".into(),
+            SkipReason::OptedOutByLabel => format!("opted out by label {INJECT_KEY}={DISABLED}"),
+            SkipReason::OptedOutByAnnotation => {
+                format!("opted out by annotation {INJECT_KEY}={DISABLED}")
+            }
+            SkipReason::HostNetwork => {
+                "hostNetwork pod: the init container would rewrite the node's iptables".into()
+            }
+            SkipReason::Windows => "Windows pod: no iptables".into(),
+            SkipReason::PodSecurity(level) => format!(
+                "namespace enforces Pod Security {level:?}, which refuses the init container's \
+                 NET_ADMIN and NET_RAW; label the namespace \
+                 {POD_SECURITY_ENFORCE_KEY}=privileged or disable injection"
+            ),
+            SkipReason::PortConflict(port) => {
+                format!("pod already uses port {port}, which the proxy needs")
+            }
+            SkipReason::NameConflict(name) => {
+                format!("pod already uses the name {name:?}, which the injection needs")
+            }
+        }
+    }
+
+    /// Whether the pod's creator should hear about it (opt-outs are deliberate; these are not).
+    fn warns(&self) -> bool {
+        !matches!(
+            self,
+            SkipReason::ExcludedNamespace
+                | SkipReason::OptedOutByLabel
+                | SkipReason::OptedOutByAnnotation
+        )
+    }
+}
+
+// === plan ===
+
+/// Decides what to do with `pod`, created in namespace `ns`, and builds the patch.
+///
+/// In order: excluded namespaces are left untouched; a pod that already has
+/// our containers gets nothing new (reinvocation, re-submitted pods); opt-outs,
+/// hostNetwork and Windows pods, namespaces enforcing Pod Security `baseline`
+/// or `restricted`, and pods that already use the proxy's ports or names are
+/// skipped with a `picket.io/status` annotation saying why; invalid per-pod
+/// annotations reject the pod; everything else is injected.
+pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
+    if cfg.excluded_namespaces.iter().any(|n| n == ns.name) {
+        return Plan {
+            decision: Decision::Skipped(SkipReason::ExcludedNamespace),
+            ops: Vec::new(),
+            warnings: Vec::new(),
+        };
+    }
+    if has_our_containers(pod) {
+        return Plan {
+            decision: Decision::AlreadyInjected,
+            ops: reorder_ops(pod),
+            warnings: Vec::new(),
+        };
+    }
+    if let Some(reason) = skip_reason(pod, ns, cfg) {
+        let warnings = if reason.warns() {
+            vec![format!("picket: not injected: {}", reason.message())]
+        } else {
+            Vec::new()
+        };
+        let status = serde_json::json!({
+            "injected": false,
+            "reason": reason.as_str(),
+            "message": reason.message(),
+        })
+        .to_string();
+        let ops = annotation_ops(pod, &[(STATUS_KEY, status)]);
+        return Plan {
+            decision: Decision::Skipped(reason),
+            ops,
+            warnings,
+        };
+    }
+    let settings = match PodSettings::from_pod(pod, cfg) {
+        Ok(settings) => settings,
+        Err(invalid) => {
+            return Plan {
+                decision: Decision::Rejected(invalid),
+                ops: Vec::new(),
+                warnings: Vec::new(),
+            }
+        }
+    };
+    let mut warnings = Vec::new();
+    if ns.labels.is_none() {
+        warnings.push(format!(
+            "picket: could not read namespace {:?} to check its Pod Security level; injected anyway",
+            ns.name
+        ));
+    }
+    Plan {
+        decision: Decision::Injected(settings.mode),
+        ops: inject_ops(pod, cfg, &settings),
+        warnings,
+    }
+}
+
+/// Whether the pod already carries our init container or proxy, in either list.
+pub fn has_our_containers(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else {
+        return false;
+    };
+    let names = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| c.name.as_str());
+    names
+        .into_iter()
+        .any(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER)
+}
+
+fn skip_reason(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Option<SkipReason> {
+    let meta = &pod.metadata;
+    if lookup(meta.labels.as_ref(), INJECT_KEY) == Some(DISABLED) {
+        return Some(SkipReason::OptedOutByLabel);
+    }
+    if lookup(meta.annotations.as_ref(), INJECT_KEY) == Some(DISABLED) {
+        return Some(SkipReason::OptedOutByAnnotation);
+    }
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return Some(SkipReason::HostNetwork);
+    }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Some(SkipReason::Windows);
+    }
+    if let Some(level) = lookup(ns.labels, POD_SECURITY_ENFORCE_KEY) {
+        if level == "baseline" || level == "restricted" {
+            return Some(SkipReason::PodSecurity(level.to_string()));
+        }
+    }
+    let ours = [cfg.inbound_port, cfg.admin_port, cfg.local_admin_port];
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for container in containers {
+        for port in container.ports.iter().flatten() {
+            if let Some(&taken) = ours.iter().find(|p| i32::from(**p) == port.container_port) {
+                return Some(SkipReason::PortConflict(taken));
+            }
+            if port.name.as_deref() == Some(ADMIN_PORT_NAME) {
+                return Some(SkipReason::NameConflict(ADMIN_PORT_NAME.into()));
+            }
+        }
+    }
+    for volume in spec.volumes.iter().flatten() {
+        if volume.name == RUN_VOLUME || volume.name == TOKEN_VOLUME {
+            return Some(SkipReason::NameConflict(volume.name.clone()));
+        }
+    }
+    None
+}
+
+fn lookup<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'a str> {
+    map.and_then(|m| m.get(key)).map(String::as_str)
+}
+
+// === impl PodSettings ===
+
+impl PodSettings {
+    fn from_pod(pod: &Pod, cfg: &InjectConfig) -> Result<Self, InvalidAnnotation> {
+        let annotations = pod.metadata.annotations.as_ref();
+        let get = |key| lookup(annotations, key).map(str::trim);
+
+        let mode = match get(SIDECAR_MODE_KEY) {
+            None => cfg.sidecar_mode,
+            Some(value) => SidecarMode::parse(value).ok_or_else(|| InvalidAnnotation {
+                key: SIDECAR_MODE_KEY,
+                message: format!("{value:?} is neither \"native\" nor \"container\""),
+            })?,
+        };
+
+        let mut exclude_inbound_ports = cfg.exclude_inbound_ports.clone();
+        if let Some(value) = get(EXCLUDE_INBOUND_PORTS_KEY) {
+            for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let port = item
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| InvalidAnnotation {
+                        key: EXCLUDE_INBOUND_PORTS_KEY,
+                        message: format!("{item:?} is not a port number (1-65535)"),
+                    })?;
+                if port == cfg.inbound_port {
+                    return Err(InvalidAnnotation {
+                        key: EXCLUDE_INBOUND_PORTS_KEY,
+                        message: format!("{port} is the proxy's own inbound port"),
+                    });
+                }
+                exclude_inbound_ports.push(port);
+            }
+        }
+        exclude_inbound_ports.sort_unstable();
+        exclude_inbound_ports.dedup();
+
+        let mut resources = cfg.resources.clone();
+        for (key, slot) in [
+            (CPU_REQUEST_KEY, &mut resources.cpu_request),
+            (CPU_LIMIT_KEY, &mut resources.cpu_limit),
+            (MEMORY_REQUEST_KEY, &mut resources.memory_request),
+            (MEMORY_LIMIT_KEY, &mut resources.memory_limit),
+        ] {
+            if let Some(value) = get(key) {
+                quantity::parse(value).map_err(|e| InvalidAnnotation {
+                    key,
+                    message: e.to_string(),
+                })?;
+                *slot = Some(value.to_string());
+            }
+        }
+        for (what, request, limit, key) in [
+            (
+                "cpu",
+                &resources.cpu_request,
+                &resources.cpu_limit,
+                CPU_REQUEST_KEY,
+            ),
+            (
+                "memory",
+                &resources.memory_request,
+                &resources.memory_limit,
+                MEMORY_REQUEST_KEY,
+            ),
+        ] {
+            if let (Some(request), Some(limit)) = (request, limit) {
+                // Both parse: defaults are checked at startup, overrides above.
+                let (r, l) = (quantity::parse(request), quantity::parse(limit));
+                if let (Ok(r), Ok(l)) = (r, l) {
+                    if r > l {
+                        return Err(InvalidAnnotation {
+                            key,
+                            message: format!(
+                                "the proxy's {what} request {request} exceeds its limit {limit}"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+
+        let log_level = get(LOG_LEVEL_KEY)
+            .map(str::to_string)
+            .or_else(|| cfg.proxy_log_level.clone());
+
+        Ok(PodSettings {
+            mode,
+            exclude_inbound_ports,
+            resources,
+            log_level,
+        })
+    }
+}
+
+// === building the patch ===
+
+fn inject_ops(pod: &Pod, cfg: &InjectConfig, settings: &PodSettings) -> Vec<PatchOperation> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let token_mount = existing_token_mount(pod);
+    let init = init_container(cfg, settings);
+    let proxy = proxy_container(cfg, settings, token_mount.clone());
+    let mut ops = Vec::new();
+
+    let (leading_init, regular) = match settings.mode {
+        SidecarMode::Native => (vec![init, proxy], None),
+        SidecarMode::Container => (vec![init], Some(proxy)),
+    };
+    match &spec.init_containers {
+        None => ops.push(add(&["spec", "initContainers"], to_value(&leading_init))),
+        Some(_) => {
+            for (i, container) in leading_init.iter().enumerate() {
+                let index = i.to_string();
+                ops.push(add(
+                    &["spec", "initContainers", &index],
+                    to_value(container),
+                ));
+            }
+        }
+    }
+    if let Some(proxy) = regular {
+        ops.push(add(&["spec", "containers", "0"], to_value(&proxy)));
+    }
+
+    let mut volumes = vec![Volume {
+        name: RUN_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }];
+    if token_mount.is_none() {
+        volumes.push(token_volume());
+    }
+    match &spec.volumes {
+        None => ops.push(add(&["spec", "volumes"], to_value(&volumes))),
+        Some(_) => {
+            for volume in &volumes {
+                ops.push(add(&["spec", "volumes", "-"], to_value(volume)));
+            }
+        }
+    }
+
+    let status = serde_json::json!({
+        "injected": true,
+        "version": cfg.version,
+        "mode": settings.mode.as_str(),
+        "image": cfg.proxy_image,
+        "initContainers": match settings.mode {
+            SidecarMode::Native => vec![INIT_CONTAINER, PROXY_CONTAINER],
+            SidecarMode::Container => vec![INIT_CONTAINER],
+        },
+        "containers": match settings.mode {
+            SidecarMode::Native => vec![],
+            SidecarMode::Container => vec![PROXY_CONTAINER],
+        },
+        "volumes": volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+    })
+    .to_string();
+    let mut annotations = vec![(STATUS_KEY, status)];
+    let existing = pod.metadata.annotations.as_ref();
+    let has_scrape_annotations =
+        existing.is_some_and(|map| map.keys().any(|key| key.starts_with(PROMETHEUS_PREFIX)));
+    if !has_scrape_annotations {
+        annotations.push(("prometheus.io/scrape", "true".into()));
+        annotations.push(("prometheus.io/port", cfg.admin_port.to_string()));
+        annotations.push(("prometheus.io/path", "/metrics".into()));
+    }
+    if settings.mode == SidecarMode::Container && lookup(existing, DEFAULT_CONTAINER_KEY).is_none()
+    {
+        if let Some(app) = spec.containers.first() {
+            annotations.push((DEFAULT_CONTAINER_KEY, app.name.clone()));
+        }
+    }
+    ops.extend(annotation_ops(pod, &annotations));
+    ops
+}
+
+/// Ops adding (or overwriting) annotations; none for an annotation that already has its value.
+fn annotation_ops(pod: &Pod, annotations: &[(&str, String)]) -> Vec<PatchOperation> {
+    match &pod.metadata.annotations {
+        None => {
+            let map: BTreeMap<&str, &str> =
+                annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            vec![add(&["metadata", "annotations"], to_value(&map))]
+        }
+        Some(existing) => annotations
+            .iter()
+            .filter(|(key, value)| existing.get(*key) != Some(value))
+            .map(|(key, value)| {
+                add(
+                    &["metadata", "annotations", key],
+                    Value::String(value.clone()),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Moves our init container back to the front, and a native proxy right after
+/// it, when another webhook has put its own init containers before them.
+fn reorder_ops(pod: &Pod) -> Vec<PatchOperation> {
+    let Some(inits) = pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()) else {
+        return Vec::new();
+    };
+    let mut names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
+    let mut ops = Vec::new();
+    let mut wanted = vec![INIT_CONTAINER];
+    if names.contains(&PROXY_CONTAINER) {
+        wanted.push(PROXY_CONTAINER);
+    }
+    let mut target = 0;
+    for name in wanted {
+        let Some(at) = names.iter().position(|n| *n == name) else {
+            continue;
+        };
+        if at != target {
+            let name = names.remove(at);
+            names.insert(target, name);
+            ops.push(PatchOperation::Move(MoveOperation {
+                from: pointer(&["spec", "initContainers", &at.to_string()]),
+                path: pointer(&["spec", "initContainers", &target.to_string()]),
+            }));
+        }
+        target += 1;
+    }
+    ops
+}
+
+fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
+    let mut env = vec![
+        env("PICKET_INBOUND_PORT", cfg.inbound_port.to_string()),
+        env("PICKET_ADMIN_PORT", cfg.admin_port.to_string()),
+        env("PICKET_NODE_FILE", NODE_FILE),
+        env("PICKET_IPTABLES_BACKEND", cfg.iptables_backend.clone()),
+    ];
+    if !settings.exclude_inbound_ports.is_empty() {
+        let ports: Vec<String> = settings
+            .exclude_inbound_ports
+            .iter()
+            .map(u16::to_string)
+            .collect();
+        env.push(env_var("PICKET_EXCLUDE_INBOUND_PORTS", ports.join(",")));
+    }
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(cfg.proxy_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        command: Some(vec![PROXY_BINARY.into()]),
+        args: Some(vec!["init".into()]),
+        env: Some(env),
+        resources: Some(resources(&settings.resources)),
+        security_context: Some(SecurityContext {
+            // iptables needs root with these two capabilities; a pod-level
+            // runAsNonRoot: true would refuse the container without the override.
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            // iptables-legacy takes its lock in /run/xtables.lock.
+            read_only_root_filesystem: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![run_mount()]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+fn proxy_container(
+    cfg: &InjectConfig,
+    settings: &PodSettings,
+    token_mount: Option<VolumeMount>,
+) -> Container {
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_IP", "status.podIP"),
+        field_env("HOST_IP", "status.hostIP"),
+        field_env("NODE_NAME", "spec.nodeName"),
+        env("PICKET_SOURCE", "kube"),
+        env("PICKET_INBOUND_PORT", cfg.inbound_port.to_string()),
+        env("PICKET_ADMIN_PORT", cfg.admin_port.to_string()),
+        env("PICKET_LOCAL_ADMIN_PORT", cfg.local_admin_port.to_string()),
+        env("PICKET_NODE_FILE", NODE_FILE),
+    ];
+    if let Some(level) = &settings.log_level {
+        env.push(env_var("PICKET_LOG", level.clone()));
+    }
+    let http_probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(cfg.admin_port)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    };
+    let native = settings.mode == SidecarMode::Native;
+    let token_mount = token_mount.unwrap_or_else(|| VolumeMount {
+        name: TOKEN_VOLUME.into(),
+        mount_path: SA_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(cfg.proxy_image.clone()),
+        image_pull_policy: Some(cfg.image_pull_policy.clone()),
+        command: Some(vec![PROXY_BINARY.into()]),
+        args: Some(vec!["run".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(ADMIN_PORT_NAME.into()),
+            container_port: i32::from(cfg.admin_port),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(resources(&settings.resources)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(cfg.proxy_uid),
+            run_as_group: Some(cfg.proxy_uid),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: None,
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        readiness_probe: Some(http_probe("/ready", 5, 3)),
+        liveness_probe: Some(http_probe("/live", 10, 3)),
+        // Native: the next init container (and so the app) starts only once
+        // the proxy is ready; up to five minutes for the first cluster state.
+        startup_probe: native.then(|| http_probe("/ready", 1, 300)),
+        restart_policy: native.then(|| "Always".into()),
+        volume_mounts: Some(vec![run_mount(), token_mount]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
+/// The app's service-account token mount, if any container has one.
+///
+/// The ServiceAccount admission plugin runs before webhooks, so containers we
+/// add never get the token mounted: we copy the app's mount, or (when the pod
+/// opted out of automounting) project a token of our own.
+fn existing_token_mount(pod: &Pod) -> Option<VolumeMount> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .find(|m| m.mount_path.trim_end_matches('/') == SA_TOKEN_DIR)
+        .map(|m| VolumeMount {
+            name: m.name.clone(),
+            mount_path: SA_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        })
+}
+
+fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        optional: None,
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                api_version: Some("v1".into()),
+                                field_path: "metadata.namespace".into(),
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            default_mode: Some(0o644),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn resources(r: &Resources) -> ResourceRequirements {
+    let map = |pairs: [(&str, &Option<String>); 2]| {
+        let map: BTreeMap<String, Quantity> = pairs
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), Quantity(v.clone()))))
+            .collect();
+        (!map.is_empty()).then_some(map)
+    };
+    ResourceRequirements {
+        requests: map([("cpu", &r.cpu_request), ("memory", &r.memory_request)]),
+        limits: map([("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn run_mount() -> VolumeMount {
+    VolumeMount {
+        name: RUN_VOLUME.into(),
+        mount_path: RUN_DIR.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    env_var(name, value.into())
+}
+
+fn env_var(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: field_path.into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    // Token::from(&str) escapes `~` as `~0` and `/` as `~1`.
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("k8s-openapi types always serialize to JSON")
+}
+
+/// Names used twice in the pod: containers across both lists, and container
+/// ports by number and by name. Empty for a well-formed pod; used by tests and
+/// as a last check before a patch leaves the injector.
+pub fn duplicate_names(pod: &Pod) -> Vec<String> {
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
+    let mut seen = BTreeSet::new();
+    let mut dups = Vec::new();
+    let all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter());
+    let mut ports = BTreeSet::new();
+    let mut port_names = BTreeSet::new();
+    for c in all {
+        if !seen.insert(c.name.as_str()) {
+            dups.push(format!("container {}", c.name));
+        }
+        for p in c.ports.iter().flatten() {
+            let proto = p.protocol.as_deref().unwrap_or("TCP");
+            if !ports.insert((p.container_port, proto)) {
+                dups.push(format!("port {}/{proto}", p.container_port));
+            }
+            if let Some(name) = &p.name {
+                if !port_names.insert(name.as_str()) {
+                    dups.push(format!("port name {name}"));
+                }
+            }
+        }
+    }
+    let mut volumes = BTreeSet::new();
+    for v in spec.volumes.iter().flatten() {
+        if !volumes.insert(v.name.as_str()) {
+            dups.push(format!("volume {}", v.name));
+        }
+    }
+    dups
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,615 @@
+//! Patch tests over the pod fixtures in `tests/fixtures/pods/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+use super::*;
+use crate::config::{InjectConfig, SidecarMode};
+
+fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn fixture(name: &str) -> Pod {
+    let path = fixtures_dir().join("pods").join(format!("{name}.yaml"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+fn privileged_ns() -> BTreeMap<String, String> {
+    BTreeMap::from([("picket.io/inject".to_string(), "enabled".to_string())])
+}
+
+fn plan_in(pod: &Pod, labels: &BTreeMap<String, String>, cfg: &InjectConfig) -> Plan {
+    plan(
+        pod,
+        &NamespaceView {
+            name: "shop",
+            labels: Some(labels),
+        },
+        cfg,
+    )
+}
+
+fn plan_default(pod: &Pod) -> Plan {
+    plan_in(pod, &privileged_ns(), &InjectConfig::for_test())
+}
+
+fn container_mode() -> InjectConfig {
+    InjectConfig {
+        sidecar_mode: SidecarMode::Container,
+        ..InjectConfig::for_test()
+    }
+}
+
+/// Applies the ops with the json-patch crate, as the API server would.
+fn apply(pod: &Pod, ops: &[PatchOperation]) -> Pod {
+    let mut doc = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut doc, ops).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
+    serde_json::from_value(doc).expect("patched pod is a Pod")
+}
+
+/// What every patched pod must satisfy beyond deserializing as a Pod.
+fn check_invariants(pod: &Pod) {
+    assert_eq!(duplicate_names(pod), Vec::<String>::new(), "duplicates");
+    let spec = pod.spec.as_ref().unwrap();
+    for c in spec.init_containers.iter().flatten() {
+        if c.restart_policy.as_deref() != Some("Always") {
+            assert!(
+                c.readiness_probe.is_none() && c.liveness_probe.is_none(),
+                "plain init container {} has probes",
+                c.name
+            );
+            assert!(
+                c.startup_probe.is_none(),
+                "plain init container {} has a startup probe",
+                c.name
+            );
+        }
+    }
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        assert!(c.image.is_some(), "container {} has no image", c.name);
+        for m in c.volume_mounts.iter().flatten() {
+            assert!(
+                spec.volumes.iter().flatten().any(|v| v.name == m.name),
+                "container {} mounts unknown volume {}",
+                c.name,
+                m.name
+            );
+        }
+    }
+}
+
+fn init_names(pod: &Pod) -> Vec<&str> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+fn container_names(pod: &Pod) -> Vec<&str> {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.containers.iter().map(|c| c.name.as_str()).collect()
+}
+
+fn find<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+fn status(pod: &Pod) -> Value {
+    serde_json::from_str(annotation(pod, STATUS_KEY).expect("status annotation")).unwrap()
+}
+
+/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
+fn golden(name: &str, ops: &[PatchOperation]) {
+    let path = fixtures_dir().join("golden").join(format!("{name}.json"));
+    let actual = serde_json::to_string_pretty(ops).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path:?}: {e} (run with UPDATE_GOLDEN=1)"));
+    assert_eq!(
+        actual, expected,
+        "patch differs from {path:?} (UPDATE_GOLDEN=1 rewrites it)"
+    );
+}
+
+// === injection ===
+
+#[test]
+fn plain_pod_gets_init_container_and_native_sidecar() {
+    let pod = fixture("plain");
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    golden("plain-native", &plan.ops);
+
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(init_names(&patched), [INIT_CONTAINER, PROXY_CONTAINER]);
+    assert_eq!(container_names(&patched), ["app"]);
+
+    let init = find(&patched, INIT_CONTAINER);
+    assert_eq!(init.args.as_deref(), Some(&["init".to_string()][..]));
+    let sc = init.security_context.as_ref().unwrap();
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+    );
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert_eq!(init.restart_policy, None);
+
+    let proxy = find(&patched, PROXY_CONTAINER);
+    assert_eq!(proxy.args.as_deref(), Some(&["run".to_string()][..]));
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(1337));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add, None);
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    for probe in [
+        &proxy.readiness_probe,
+        &proxy.liveness_probe,
+        &proxy.startup_probe,
+    ] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.port, IntOrString::Int(15020));
+    }
+    let startup = proxy.startup_probe.as_ref().unwrap();
+    assert_eq!(
+        startup.http_get.as_ref().unwrap().path.as_deref(),
+        Some("/ready")
+    );
+    let resources = proxy.resources.as_ref().unwrap();
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "10m");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "256Mi");
+    let fields: Vec<(&str, &str)> = proxy
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let field = e.value_from.as_ref()?.field_ref.as_ref()?;
+            Some((e.name.as_str(), field.field_path.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace"),
+            ("POD_IP", "status.podIP"),
+            ("HOST_IP", "status.hostIP"),
+            ("NODE_NAME", "spec.nodeName"),
+        ]
+    );
+    assert_eq!(env_value(proxy, "PICKET_SOURCE"), Some("kube"));
+    // The node file is shared through the emptyDir.
+    assert_eq!(env_value(proxy, "PICKET_NODE_FILE"), Some(NODE_FILE));
+    assert_eq!(env_value(init, "PICKET_NODE_FILE"), Some(NODE_FILE));
+    // The app's token is reused: no volume of our own.
+    let mounts: Vec<&str> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(mounts, [RUN_VOLUME, "kube-api-access-x7k2p"]);
+    let volumes: Vec<&str> = patched
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["kube-api-access-x7k2p", RUN_VOLUME]);
+
+    assert_eq!(annotation(&patched, "prometheus.io/scrape"), Some("true"));
+    assert_eq!(annotation(&patched, "prometheus.io/port"), Some("15020"));
+    assert_eq!(annotation(&patched, "prometheus.io/path"), Some("/metrics"));
+    assert_eq!(annotation(&patched, DEFAULT_CONTAINER_KEY), None);
+    let status = status(&patched);
+    assert_eq!(status["injected"], true);
+    assert_eq!(status["mode"], "native");
+}
+
+#[test]
+fn whole_arrays_and_maps_are_added_when_absent() {
+    let plan = plan_default(&fixture("plain"));
+    let paths: Vec<String> = plan.ops.iter().map(|op| op.path().to_string()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/spec/initContainers",
+            "/spec/volumes/-",
+            "/metadata/annotations"
+        ]
+    );
+    let Some(PatchOperation::Add(first)) = plan.ops.first() else {
+        panic!("first op is not an add");
+    };
+    assert_eq!(first.value.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn container_mode_puts_proxy_first_and_points_kubectl_at_the_app() {
+    let pod = fixture("plain");
+    let plan = plan_in(&pod, &privileged_ns(), &container_mode());
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Container));
+    golden("plain-container", &plan.ops);
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(init_names(&patched), [INIT_CONTAINER]);
+    assert_eq!(container_names(&patched), [PROXY_CONTAINER, "app"]);
+    let proxy = find(&patched, PROXY_CONTAINER);
+    assert_eq!(proxy.restart_policy, None);
+    assert!(proxy.startup_probe.is_none());
+    assert!(proxy.readiness_probe.is_some() && proxy.liveness_probe.is_some());
+    assert_eq!(annotation(&patched, DEFAULT_CONTAINER_KEY), Some("app"));
+    assert_eq!(status(&patched)["mode"], "container");
+}
+
+#[test]
+fn pod_annotation_overrides_the_sidecar_mode() {
+    let mut pod = fixture("plain");
+    pod.metadata.annotations = Some(BTreeMap::from([(
+        SIDECAR_MODE_KEY.to_string(),
+        "container".to_string(),
+    )]));
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Container));
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(container_names(&patched), [PROXY_CONTAINER, "app"]);
+}
+
+#[test]
+fn existing_init_container_comes_after_ours() {
+    for cfg in [InjectConfig::for_test(), container_mode()] {
+        let pod = fixture("with-init");
+        let plan = plan_in(&pod, &privileged_ns(), &cfg);
+        let patched = apply(&pod, &plan.ops);
+        check_invariants(&patched);
+        let expected: &[&str] = match cfg.sidecar_mode {
+            SidecarMode::Native => &[INIT_CONTAINER, PROXY_CONTAINER, "migrate"],
+            SidecarMode::Container => &[INIT_CONTAINER, "migrate"],
+        };
+        assert_eq!(init_names(&patched), expected);
+        // Annotations existed: keys are added one by one, escaped.
+        assert_eq!(annotation(&patched, "team"), Some("storage"));
+        let json = serde_json::to_string(&plan.ops).unwrap();
+        assert!(json.contains("/metadata/annotations/prometheus.io~1scrape"));
+        assert!(json.contains("/metadata/annotations/picket.io~1status"));
+        assert!(json.contains("/spec/initContainers/0"));
+    }
+}
+
+#[test]
+fn pod_without_security_context_or_token_gets_a_projected_token() {
+    let pod = fixture("with-init");
+    assert!(pod.spec.as_ref().unwrap().security_context.is_none());
+    let plan = plan_default(&pod);
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    let spec = patched.spec.as_ref().unwrap();
+    let volumes: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    // `/spec/volumes` was absent: added as one array.
+    assert_eq!(volumes, [RUN_VOLUME, TOKEN_VOLUME]);
+    let proxy = find(&patched, PROXY_CONTAINER);
+    let token = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == SA_TOKEN_DIR)
+        .expect("token mount");
+    assert_eq!(token.name, TOKEN_VOLUME);
+    assert_eq!(token.read_only, Some(true));
+}
+
+#[test]
+fn run_as_non_root_pod_still_runs_the_init_container_as_root() {
+    let pod = fixture("run-as-non-root");
+    let plan = plan_default(&pod);
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    let spec = patched.spec.as_ref().unwrap();
+    // The pod's own security context is left as it was.
+    let pod_sc = spec.security_context.as_ref().unwrap();
+    assert_eq!(pod_sc.run_as_non_root, Some(true));
+    assert_eq!(pod_sc.run_as_user, Some(1000));
+    // Container-level settings override it, for both of ours.
+    let init_sc = find(&patched, INIT_CONTAINER)
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (init_sc.run_as_user, init_sc.run_as_non_root),
+        (Some(0), Some(false))
+    );
+    let proxy_sc = find(&patched, PROXY_CONTAINER)
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (proxy_sc.run_as_user, proxy_sc.run_as_non_root),
+        (Some(1337), Some(true))
+    );
+}
+
+#[test]
+fn apps_own_scrape_annotations_are_never_overwritten() {
+    let pod = fixture("scrape-annotations");
+    let plan = plan_default(&pod);
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(annotation(&patched, "prometheus.io/port"), Some("9090"));
+    assert_eq!(annotation(&patched, "prometheus.io/path"), None);
+    let json = serde_json::to_string(&plan.ops).unwrap();
+    assert!(!json.contains("prometheus.io"), "{json}");
+}
+
+#[test]
+fn generate_name_pod_without_namespace_is_injected() {
+    let pod = fixture("generate-name");
+    assert!(pod.metadata.name.is_none() && pod.metadata.namespace.is_none());
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(patched.metadata.name, None);
+    assert_eq!(
+        patched.metadata.generate_name.as_deref(),
+        Some("web-7d9f8c6b5-")
+    );
+    assert_eq!(init_names(&patched), [INIT_CONTAINER, PROXY_CONTAINER]);
+}
+
+#[test]
+fn excluded_ports_and_resources_come_from_annotations() {
+    let pod = fixture("excluded-ports");
+    let cfg = InjectConfig {
+        exclude_inbound_ports: vec![22],
+        ..InjectConfig::for_test()
+    };
+    let plan = plan_in(&pod, &privileged_ns(), &cfg);
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    let init = find(&patched, INIT_CONTAINER);
+    assert_eq!(
+        env_value(init, "PICKET_EXCLUDE_INBOUND_PORTS"),
+        Some("22,9000,9001")
+    );
+    let proxy = find(&patched, PROXY_CONTAINER);
+    let resources = proxy.resources.as_ref().unwrap();
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "512Mi");
+    assert_eq!(resources.requests.as_ref().unwrap()["cpu"].0, "50m");
+    // Without annotations, no exclusions at all.
+    let plain = fixture("plain");
+    let patched = apply(&plain, &plan_default(&plain).ops);
+    assert_eq!(
+        env_value(
+            find(&patched, INIT_CONTAINER),
+            "PICKET_EXCLUDE_INBOUND_PORTS"
+        ),
+        None
+    );
+}
+
+#[test]
+fn invalid_annotations_reject_the_pod_naming_the_annotation() {
+    let cases = [
+        (EXCLUDE_INBOUND_PORTS_KEY, "9000,x"),
+        (EXCLUDE_INBOUND_PORTS_KEY, "70000"),
+        (EXCLUDE_INBOUND_PORTS_KEY, "15006"),
+        (SIDECAR_MODE_KEY, "sometimes"),
+        (MEMORY_LIMIT_KEY, "lots"),
+        (CPU_REQUEST_KEY, "2"),
+    ];
+    for (key, value) in cases {
+        let mut pod = fixture("plain");
+        pod.metadata.annotations = Some(BTreeMap::from([(key.to_string(), value.to_string())]));
+        let plan = plan_default(&pod);
+        let Decision::Rejected(invalid) = &plan.decision else {
+            panic!("{key}={value}: {:?}", plan.decision);
+        };
+        assert_eq!(invalid.key, key);
+        assert!(plan.ops.is_empty());
+        assert!(invalid.to_string().contains(key), "{invalid}");
+    }
+}
+
+// === idempotence ===
+
+#[test]
+fn injected_pod_gets_no_second_copy() {
+    for cfg in [InjectConfig::for_test(), container_mode()] {
+        for name in ["plain", "with-init", "generate-name", "run-as-non-root"] {
+            let pod = fixture(name);
+            let once = apply(&pod, &plan_in(&pod, &privileged_ns(), &cfg).ops);
+            let again = plan_in(&once, &privileged_ns(), &cfg);
+            assert_eq!(again.decision, Decision::AlreadyInjected, "{name}");
+            assert!(again.ops.is_empty(), "{name}: {:?}", again.ops);
+        }
+    }
+}
+
+#[test]
+fn reinvocation_moves_our_containers_back_in_front() {
+    let pod = fixture("plain");
+    let mut once = apply(&pod, &plan_default(&pod).ops);
+    // Another webhook prepends its own init container after us.
+    let other = Container {
+        name: "vault-agent-init".into(),
+        image: Some("vault:1".into()),
+        ..Container::default()
+    };
+    once.spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()
+        .insert(0, other);
+    let again = plan_default(&once);
+    assert_eq!(again.decision, Decision::AlreadyInjected);
+    let fixed = apply(&once, &again.ops);
+    assert_eq!(
+        init_names(&fixed),
+        [INIT_CONTAINER, PROXY_CONTAINER, "vault-agent-init"]
+    );
+    assert!(plan_default(&fixed).ops.is_empty());
+}
+
+// === skips ===
+
+fn assert_skipped(
+    pod: &Pod,
+    labels: &BTreeMap<String, String>,
+    reason: &SkipReason,
+    warns: bool,
+) -> Plan {
+    let plan = plan_in(pod, labels, &InjectConfig::for_test());
+    assert_eq!(plan.decision, Decision::Skipped(reason.clone()));
+    assert_eq!(!plan.warnings.is_empty(), warns, "{:?}", plan.warnings);
+    let patched = apply(pod, &plan.ops);
+    assert_eq!(patched.spec, pod.spec, "skipped pod's spec changed");
+    let status = status(&patched);
+    assert_eq!(status["injected"], false);
+    assert_eq!(status["reason"], reason.as_str());
+    // And skipping again changes nothing.
+    let again = plan_in(&patched, labels, &InjectConfig::for_test());
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+    plan
+}
+
+#[test]
+fn opted_out_pods_are_left_alone() {
+    let ns = privileged_ns();
+    let pod = fixture("opted-out-label");
+    assert_skipped(&pod, &ns, &SkipReason::OptedOutByLabel, false);
+    let pod = fixture("opted-out-annotation");
+    assert_skipped(&pod, &ns, &SkipReason::OptedOutByAnnotation, false);
+}
+
+#[test]
+fn host_network_pods_are_never_injected() {
+    let pod = fixture("host-network");
+    let plan = assert_skipped(&pod, &privileged_ns(), &SkipReason::HostNetwork, true);
+    assert!(plan.warnings[0].contains("hostNetwork"));
+}
+
+#[test]
+fn port_conflicts_skip_with_a_warning() {
+    let pod = fixture("port-conflict");
+    let reason = SkipReason::PortConflict(15006);
+    assert_skipped(&pod, &privileged_ns(), &reason, true);
+}
+
+#[test]
+fn system_namespaces_get_no_patch_at_all() {
+    let pod = fixture("plain");
+    for ns in ["kube-system", "picket-system"] {
+        let plan = plan(
+            &pod,
+            &NamespaceView {
+                name: ns,
+                labels: Some(&privileged_ns()),
+            },
+            &InjectConfig::for_test(),
+        );
+        assert_eq!(
+            plan.decision,
+            Decision::Skipped(SkipReason::ExcludedNamespace)
+        );
+        assert!(plan.ops.is_empty());
+    }
+}
+
+#[test]
+fn pod_security_baseline_or_restricted_warns_instead_of_injecting() {
+    let pod = fixture("plain");
+    for level in ["baseline", "restricted"] {
+        let mut labels = privileged_ns();
+        labels.insert(POD_SECURITY_ENFORCE_KEY.into(), level.into());
+        let reason = SkipReason::PodSecurity(level.into());
+        let plan = assert_skipped(&pod, &labels, &reason, true);
+        assert!(plan.warnings[0].contains(level), "{:?}", plan.warnings);
+        assert!(plan.warnings[0].contains("NET_ADMIN"));
+    }
+    let mut labels = privileged_ns();
+    labels.insert(POD_SECURITY_ENFORCE_KEY.into(), "privileged".into());
+    let plan = plan_in(&pod, &labels, &InjectConfig::for_test());
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+}
+
+#[test]
+fn unknown_namespace_labels_inject_with_a_warning() {
+    let pod = fixture("plain");
+    let plan = plan(
+        &pod,
+        &NamespaceView {
+            name: "shop",
+            labels: None,
+        },
+        &InjectConfig::for_test(),
+    );
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    assert_eq!(plan.warnings.len(), 1);
+}
+
+#[test]
+fn duplicate_names_are_found() {
+    let mut pod = fixture("plain");
+    let app = pod.spec.as_ref().unwrap().containers[0].clone();
+    pod.spec.as_mut().unwrap().containers.push(app);
+    let dups = duplicate_names(&pod);
+    assert!(dups.contains(&"container app".to_string()), "{dups:?}");
+    assert!(dups.contains(&"port 8080/TCP".to_string()), "{dups:?}");
+    assert!(dups.contains(&"port name http".to_string()), "{dups:?}");
+}
