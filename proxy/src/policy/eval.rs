@@ -57,6 +57,8 @@ pub enum Side {
     NotIsolated,
     /// The source is not a known pod, so it has no egress policies here.
     NotApplicable,
+    /// Not looked at: the other side already denied (`picket explain` shows it all).
+    NotEvaluated,
     /// A rule allowed it.
     Allowed {
         /// The policy holding the rule.
@@ -322,6 +324,8 @@ impl PolicyIndex {
         }
         let ingress = self.side(dst, Direction::Ingress, src, dst, port, protocol);
         let egress = match src {
+            // The ingress side already denies: the egress side cannot change that.
+            _ if !ingress.allows() => Side::NotEvaluated,
             Endpoint::Pod { pod, .. } => self.side(
                 pod,
                 Direction::Egress,
@@ -529,9 +533,8 @@ impl Decision {
             Reason::UnknownDestination => "unknown-destination",
             Reason::Policies { ingress, egress } => match (ingress.allows(), egress.allows()) {
                 (true, true) => "allowed",
-                (false, true) => "ingress-denied",
+                (false, _) => "ingress-denied",
                 (true, false) => "egress-denied",
-                (false, false) => "ingress-and-egress-denied",
             },
         }
     }
@@ -567,6 +570,7 @@ impl fmt::Display for Side {
         match self {
             Side::NotIsolated => f.write_str("not isolated"),
             Side::NotApplicable => f.write_str("source is not a pod"),
+            Side::NotEvaluated => f.write_str("not evaluated"),
             Side::Allowed { policy, rule } => write!(f, "allowed by {policy} rule {rule}"),
             Side::Denied { policies: 1 } => f.write_str("isolated by 1 policy, no rule allows"),
             Side::Denied { policies } => {

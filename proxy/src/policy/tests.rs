@@ -525,18 +525,49 @@ spec:
         Protocol::Tcp,
         &node(),
     );
-    assert!(!d.allowed);
+    assert!(!d.allowed, "egress allows, ingress does not: denied");
     assert_eq!(d.reason_label(), "ingress-denied");
-    match d.reason {
-        Reason::Policies { egress, .. } => assert_eq!(
-            egress,
-            Side::Allowed {
-                policy: ObjectKey::new("prod", "web-egress"),
-                rule: 0
-            }
-        ),
-        other => panic!("{other:?}"),
-    }
+    // The explanation still shows the egress side that allowed.
+    let e = idx.explain_between_pods(
+        &key("prod/web"),
+        &key("prod/db"),
+        5432,
+        Protocol::Tcp,
+        &node(),
+    );
+    let egress = e.egress.expect("egress traced");
+    assert_eq!(
+        egress.policies[0].policy,
+        ObjectKey::new("prod", "web-egress")
+    );
+    assert_eq!(egress.policies[0].rules[0].peer, Some(Some(0)));
+    // And an egress deny alone denies too.
+    let idx = with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-egress, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: nobody}}}]}]
+"#,
+    );
+    let d = idx.decide_between_pods(
+        &key("prod/web"),
+        &key("prod/db"),
+        5432,
+        Protocol::Tcp,
+        &node(),
+    );
+    assert!(!d.allowed);
+    assert_eq!(
+        d.reason,
+        Reason::Policies {
+            ingress: Side::NotIsolated,
+            egress: Side::Denied { policies: 1 }
+        }
+    );
 }
 
 #[test]
