@@ -14,6 +14,12 @@
 //! [`namespace`] (kube), [`bootstrap`] (Secret and webhook configuration),
 //! [`tls`] (file reload), [`server`] (HTTPS and admin), [`app`] (wiring).
 
+pub mod bootstrap;
+pub mod certs;
 pub mod config;
+pub mod metrics;
+pub mod namespace;
 pub mod patch;
 pub mod quantity;
+pub mod review;
+pub mod tls;

@@ -1,0 +1,110 @@
+//! Namespace labels for the Pod Security check: the webhook receives only
+//! the pod, so the namespace's labels are read from the API (cached).
+//!
+//! I/O behind a trait: the server holds an `Arc<dyn NamespaceLookup>`;
+//! [`KubeNamespaces`] reads the API, [`NoNamespaces`] (tests, or clusters
+//! without Pod Security labels) answers "no labels".
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use thiserror::Error;
+
+/// Labels of a namespace.
+pub type Labels = BTreeMap<String, String>;
+
+/// A boxed future, so the trait can be used as `dyn`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Namespace labels could not be read.
+#[derive(Debug, Error)]
+#[error("cannot read namespace {namespace}: {source}")]
+pub struct LookupError {
+    /// The namespace.
+    pub namespace: String,
+    /// Why.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Where the server gets a namespace's labels.
+pub trait NamespaceLookup: Send + Sync + std::fmt::Debug {
+    /// The labels of `namespace`; empty when it has none or does not exist.
+    fn labels<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Arc<Labels>, LookupError>>;
+}
+
+/// Answers "no labels" for every namespace: no Pod Security check.
+#[derive(Debug, Default)]
+pub struct NoNamespaces;
+
+/// Reads namespaces from the API, caching each for a while.
+#[derive(Debug)]
+pub struct KubeNamespaces {
+    api: Api<Namespace>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, (Instant, Arc<Labels>)>>,
+}
+
+// === impl NoNamespaces ===
+
+impl NamespaceLookup for NoNamespaces {
+    fn labels<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Arc<Labels>, LookupError>> {
+        Box::pin(async { Ok(Arc::new(Labels::new())) })
+    }
+}
+
+// === impl KubeNamespaces ===
+
+impl KubeNamespaces {
+    /// Reads through `client`, keeping answers for `ttl`.
+    pub fn new(client: kube::Client, ttl: Duration) -> Self {
+        KubeNamespaces {
+            api: Api::all(client),
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, namespace: &str, fresh_only: bool) -> Option<Arc<Labels>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, labels) = cache.get(namespace)?;
+        (!fresh_only || at.elapsed() < self.ttl).then(|| labels.clone())
+    }
+}
+
+impl NamespaceLookup for KubeNamespaces {
+    fn labels<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Arc<Labels>, LookupError>> {
+        Box::pin(async move {
+            if let Some(labels) = self.cached(namespace, true) {
+                return Ok(labels);
+            }
+            match self.api.get_metadata_opt(namespace).await {
+                Ok(meta) => {
+                    let labels = Arc::new(meta.and_then(|m| m.metadata.labels).unwrap_or_default());
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.len() > 10_000 {
+                        cache.clear();
+                    }
+                    cache.insert(namespace.to_string(), (Instant::now(), labels.clone()));
+                    Ok(labels)
+                }
+                Err(source) => {
+                    // A stale answer beats none: namespace labels rarely change.
+                    if let Some(labels) = self.cached(namespace, false) {
+                        tracing::warn!(namespace, error = %source, "Namespace lookup failed; using the cached labels");
+                        return Ok(labels);
+                    }
+                    Err(LookupError {
+                        namespace: namespace.to_string(),
+                        source,
+                    })
+                }
+            }
+        })
+    }
+}
