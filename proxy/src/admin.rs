@@ -1,21 +1,24 @@
 //! The admin HTTP servers.
 //!
-//! On the pod IP: `/live` (the process is up) and `/ready` (the listener is
+//! On the pod IP: `/live` (the process is up), `/ready` (the listener is
 //! bound and the first state has loaded; once ready it never flips back, so a
-//! lost state source does not pull the pod out of its Services). On 127.0.0.1
-//! only: the same, plus `/connections`, the live connection table.
+//! lost state source does not pull the pod out of its Services) and
+//! `/metrics`. On 127.0.0.1 only, what dumps internals or changes state:
+//! `/connections` (the live connection table) and `PUT /log-level`.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::metrics::ProxyMetrics;
 use crate::net::registry::Registry;
+use crate::telemetry::LogHandle;
 
 /// Readiness latches: ready once every one is set, and ready for good.
 #[derive(Debug, Default)]
@@ -30,8 +33,12 @@ pub struct Readiness {
 pub struct Admin {
     /// Readiness.
     pub readiness: Arc<Readiness>,
+    /// The metrics.
+    pub metrics: Option<Arc<ProxyMetrics>>,
     /// The connection table, shown only on the local server.
     pub registry: Option<Arc<Registry>>,
+    /// The log filter, changeable only on the local server.
+    pub log: Option<LogHandle>,
 }
 
 // === impl Readiness ===
@@ -86,7 +93,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(&req)) }
+                    async move { Ok::<_, Infallible>(admin.route(req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -95,7 +102,24 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() == Method::PUT && req.uri().path() == "/log-level" {
+            let Some(log) = &self.log else {
+                return text(StatusCode::NOT_FOUND, "not found\n".into());
+            };
+            let body = match Limited::new(req.into_body(), 1024).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "body too large\n".into()),
+            };
+            let filter = String::from_utf8_lossy(&body).into_owned();
+            return match crate::telemetry::set_level(log, &filter) {
+                Ok(()) => {
+                    tracing::info!(filter = %filter.trim(), "Log level changed");
+                    text(StatusCode::OK, format!("log level: {}\n", filter.trim()))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("invalid filter: {e}\n")),
+            };
+        }
         if req.method() != Method::GET {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -103,6 +127,18 @@ impl Admin {
             );
         }
         match req.uri().path() {
+            "/metrics" => match &self.metrics {
+                Some(metrics) => {
+                    let body = metrics.encode(self.readiness.check().is_ok());
+                    let mut resp = text(StatusCode::OK, body);
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    resp
+                }
+                None => text(StatusCode::NOT_FOUND, "not found\n".into()),
+            },
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/ready" => match self.readiness.check() {
                 Ok(()) => text(StatusCode::OK, "ready\n".into()),

@@ -2,7 +2,6 @@
 //! components started, signals handled. anyhow is allowed here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -12,19 +11,26 @@ use crate::cluster::dir::DirSource;
 use crate::cluster::StateWriter;
 use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs};
 use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Plan};
-use crate::net::conn::{Inbound, InboundStats, Limits};
+use crate::metrics::ProxyMetrics;
+use crate::net::conn::{Inbound, Limits};
 use crate::net::listener;
 use crate::net::registry::Registry;
+use crate::net::relay::RelayCounters;
 use crate::policy::{NodeAddrs, PodKey};
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
     use clap::Parser;
     let cli = crate::config::Cli::parse();
-    crate::telemetry::init();
     let result = match cli.command {
-        crate::config::Command::Init(args) => init(args),
-        crate::config::Command::Run(args) => block_on_run(*args),
+        crate::config::Command::Init(args) => {
+            crate::telemetry::init(false);
+            init(args)
+        }
+        crate::config::Command::Run(args) => {
+            let log = crate::telemetry::init(args.log_format == crate::config::LogFormat::Json);
+            block_on_run(*args, log)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -37,7 +43,7 @@ pub fn main_proxy() -> std::process::ExitCode {
 
 /// Builds the runtime (`--workers` threads; one means a single-threaded
 /// runtime on the calling thread) and runs the sidecar on it.
-pub fn block_on_run(args: RunArgs) -> anyhow::Result<()> {
+pub fn block_on_run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> anyhow::Result<()> {
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -49,11 +55,11 @@ pub fn block_on_run(args: RunArgs) -> anyhow::Result<()> {
             .build()
     }
     .context("cannot start the runtime")?;
-    runtime.block_on(run(args))
+    runtime.block_on(run(args, log))
 }
 
 /// Runs the sidecar until SIGTERM (then drains) or SIGINT.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> anyhow::Result<()> {
     let pod = PodKey::new(&args.pod_namespace, &args.pod_name);
     let node = node_addrs(&args);
     tracing::info!(%pod, node = ?node, dir = %args.cluster_dir.display(), "Starting picket-proxy");
@@ -61,6 +67,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
     let readiness = Readiness::new();
+    let metrics = Arc::new(ProxyMetrics::new(args.peer_label_limit));
+    let bytes = RelayCounters {
+        client_to_server: metrics.bytes.with_label_values(&["in"]),
+        server_to_client: metrics.bytes.with_label_values(&["out"]),
+    };
     let inbound = Arc::new(Inbound {
         pod,
         node,
@@ -78,7 +89,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             state_wait: args.state_wait,
         },
         active: Default::default(),
-        stats: InboundStats::default(),
+        metrics: metrics.clone(),
+        bytes,
     });
 
     let listeners = listener::bind_inbound(args.ports.inbound_port)
@@ -99,7 +111,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(
         Admin {
             readiness: readiness.clone(),
+            metrics: Some(metrics.clone()),
             registry: None,
+            log: None,
         }
         .serve(public),
     );
@@ -111,7 +125,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::spawn(
         Admin {
             readiness: readiness.clone(),
+            metrics: Some(metrics.clone()),
             registry: Some(registry.clone()),
+            log,
         }
         .serve(local),
     );
@@ -144,20 +160,35 @@ async fn recheck_on_change(inbound: Arc<Inbound>, readiness: Arc<Readiness>) {
             continue;
         };
         readiness.set_state_loaded();
+        inbound.metrics.state_applied(snapshot.index.counts());
         let start = std::time::Instant::now();
-        let killed = inbound
-            .registry
-            .recheck(|client, dst| inbound.decide(&snapshot, client, dst).allowed);
-        if killed > 0 {
-            tracing::info!(version = snapshot.version, torn_down = killed, took = ?start.elapsed(), "State changed; tearing down connections no longer allowed");
-        } else {
-            tracing::debug!(
-                version = snapshot.version,
-                live = inbound.registry.len(),
-                "State changed; live connections still allowed"
-            );
-        }
-        let _ = inbound.stats.torn_down.load(Ordering::Relaxed);
+        let reason = snapshot
+            .changes
+            .first()
+            .copied()
+            .unwrap_or(crate::cluster::state::ChangeReason::PolicyModified);
+        let killed = inbound.registry.recheck(|client, dst| {
+            let decision = inbound.decide(&snapshot, client, dst);
+            if !decision.allowed {
+                tracing::info!(
+                    client.addr = %client,
+                    dst.addr = %dst,
+                    change = reason.as_str(),
+                    reason = %decision,
+                    "Connection torn down"
+                );
+            }
+            decision.allowed
+        });
+        inbound.metrics.torn_down(reason, killed);
+        tracing::debug!(
+            version = snapshot.version,
+            changes = ?snapshot.changes,
+            live = inbound.registry.len(),
+            torn_down = killed,
+            took = ?start.elapsed(),
+            "State applied; live connections re-checked"
+        );
     }
 }
 

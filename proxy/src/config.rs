@@ -96,6 +96,12 @@ pub struct RunArgs {
     /// How long a connection waits for the first cluster state before it is reset.
     #[arg(long, env = "PICKET_STATE_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub state_wait: Duration,
+    /// Log format.
+    #[arg(long, env = "PICKET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Peer namespaces and workloads that may appear as metric labels before folding into `other`.
+    #[arg(long, env = "PICKET_PEER_LABEL_LIMIT", default_value_t = crate::metrics::DEFAULT_PEER_LABEL_LIMIT)]
+    pub peer_label_limit: usize,
     /// Worker threads of the proxy's runtime (1 keeps the proxy on one core).
     #[arg(long, env = "PICKET_WORKERS", default_value_t = 2)]
     pub workers: usize,
@@ -125,6 +131,15 @@ pub struct InitArgs {
     /// Print the rules and the gateway instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `--log-format` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `--backend` values.

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod iptables;
 pub mod lab;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod policy;

@@ -8,6 +8,7 @@
 //!
 //! Synchronous; no I/O.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -47,6 +48,24 @@ pub enum KindSnapshot {
     Policies(Vec<Policy>),
 }
 
+/// What kind of change a commit carried: the bounded reasons a live
+/// connection can be torn down for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ChangeReason {
+    /// A policy appeared.
+    PolicyAdded,
+    /// A policy changed.
+    PolicyModified,
+    /// A policy went away.
+    PolicyDeleted,
+    /// A pod's labels changed.
+    PodLabels,
+    /// A namespace's labels changed (or it appeared or went away).
+    NamespaceLabels,
+    /// A pod's IPs changed (or it appeared or went away).
+    PodIp,
+}
+
 /// An immutable view of the cluster, shared by every connection.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -54,6 +73,24 @@ pub struct Snapshot {
     pub index: PolicyIndex,
     /// Increases with every commit.
     pub version: u64,
+    /// What changed since the previous snapshot, most telling first.
+    pub changes: Vec<ChangeReason>,
+}
+
+// === impl ChangeReason ===
+
+impl ChangeReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PolicyAdded => "policy-added",
+            Self::PolicyModified => "policy-modified",
+            Self::PolicyDeleted => "policy-deleted",
+            Self::PodLabels => "pod-labels",
+            Self::NamespaceLabels => "namespace-labels",
+            Self::PodIp => "pod-ip",
+        }
+    }
 }
 
 /// The data plane's handle on the snapshots: `None` until the first commit.
@@ -66,6 +103,7 @@ pub struct StateWriter {
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     version: u64,
     dirty: bool,
+    changes: BTreeSet<ChangeReason>,
 }
 
 // === impl StateWriter ===
@@ -80,6 +118,7 @@ impl StateWriter {
                 tx,
                 version: 0,
                 dirty: true,
+                changes: BTreeSet::new(),
             },
             rx,
         )
@@ -88,31 +127,111 @@ impl StateWriter {
     /// Adds or replaces an object.
     pub fn apply(&mut self, object: Object) {
         match object {
-            Object::Pod(p) => self.index.apply_pod(p),
-            Object::Namespace(n) => self.index.apply_namespace(n),
-            Object::Policy(p) => self.index.apply_policy(p),
+            Object::Pod(p) => {
+                self.note_pod(&p);
+                self.index.apply_pod(p);
+            }
+            Object::Namespace(n) => {
+                self.note_namespace(&n);
+                self.index.apply_namespace(n);
+            }
+            Object::Policy(p) => {
+                self.note_policy(&p);
+                self.index.apply_policy(p);
+            }
         }
         self.dirty = true;
     }
 
     /// Removes an object.
     pub fn delete(&mut self, object: &ObjectRef) {
-        let known = match object {
-            ObjectRef::Pod(k) => self.index.delete_pod(k),
-            ObjectRef::Namespace(n) => self.index.delete_namespace(n),
-            ObjectRef::Policy(k) => self.index.delete_policy(k),
+        let (known, reason) = match object {
+            ObjectRef::Pod(k) => (self.index.delete_pod(k), ChangeReason::PodIp),
+            ObjectRef::Namespace(n) => (
+                self.index.delete_namespace(n),
+                ChangeReason::NamespaceLabels,
+            ),
+            ObjectRef::Policy(k) => (self.index.delete_policy(k), ChangeReason::PolicyDeleted),
         };
+        if known {
+            self.changes.insert(reason);
+        }
         self.dirty |= known;
     }
 
     /// Replaces every object of a kind with a complete snapshot of it.
     pub fn replace_all(&mut self, snapshot: KindSnapshot) {
         match snapshot {
-            KindSnapshot::Pods(p) => self.index.replace_pods(p),
-            KindSnapshot::Namespaces(n) => self.index.replace_namespaces(n),
-            KindSnapshot::Policies(p) => self.index.replace_policies(p),
+            KindSnapshot::Pods(pods) => {
+                let keep: BTreeSet<&ObjectKey> = pods.iter().map(|p| &p.key).collect();
+                if self.index.pods().any(|p| !keep.contains(&p.key)) {
+                    self.changes.insert(ChangeReason::PodIp);
+                }
+                for p in &pods {
+                    self.note_pod(p);
+                }
+                self.index.replace_pods(pods);
+            }
+            KindSnapshot::Namespaces(namespaces) => {
+                let keep: BTreeSet<&str> = namespaces.iter().map(|n| &*n.name).collect();
+                if self.index.namespaces().any(|n| !keep.contains(&*n.name)) {
+                    self.changes.insert(ChangeReason::NamespaceLabels);
+                }
+                for n in &namespaces {
+                    self.note_namespace(n);
+                }
+                self.index.replace_namespaces(namespaces);
+            }
+            KindSnapshot::Policies(policies) => {
+                let keep: BTreeSet<&ObjectKey> = policies.iter().map(|p| &p.key).collect();
+                if self.index.policies().any(|p| !keep.contains(&p.key)) {
+                    self.changes.insert(ChangeReason::PolicyDeleted);
+                }
+                for p in &policies {
+                    self.note_policy(p);
+                }
+                self.index.replace_policies(policies);
+            }
         }
         self.dirty = true;
+    }
+
+    fn note_pod(&mut self, pod: &Pod) {
+        match self.index.pod(&pod.key) {
+            None => {
+                self.changes.insert(ChangeReason::PodIp);
+            }
+            Some(old) => {
+                if old.labels != pod.labels {
+                    self.changes.insert(ChangeReason::PodLabels);
+                }
+                if old.ips != pod.ips || old.host_network != pod.host_network {
+                    self.changes.insert(ChangeReason::PodIp);
+                }
+            }
+        }
+    }
+
+    fn note_namespace(&mut self, ns: &Namespace) {
+        if self
+            .index
+            .namespace(&ns.name)
+            .is_none_or(|old| old.labels != ns.labels)
+        {
+            self.changes.insert(ChangeReason::NamespaceLabels);
+        }
+    }
+
+    fn note_policy(&mut self, policy: &Policy) {
+        match self.index.policy(&policy.key) {
+            None => {
+                self.changes.insert(ChangeReason::PolicyAdded);
+            }
+            Some(old) if **old != *policy => {
+                self.changes.insert(ChangeReason::PolicyModified);
+            }
+            Some(_) => {}
+        }
     }
 
     /// Publishes the current state if anything changed since the last commit
@@ -127,6 +246,7 @@ impl StateWriter {
             .borrow()
             .as_ref()
             .is_none_or(|current| current.index != self.index);
+        let changes = std::mem::take(&mut self.changes).into_iter().collect();
         if !changed {
             return false;
         }
@@ -134,6 +254,7 @@ impl StateWriter {
         let snapshot = Snapshot {
             index: self.index.clone(),
             version: self.version,
+            changes,
         };
         self.tx.send_replace(Some(Arc::new(snapshot)));
         true
@@ -166,6 +287,7 @@ mod tests {
         assert!(writer.commit());
         let snapshot = rx.borrow().clone().unwrap();
         assert_eq!(snapshot.version, 2);
+        assert_eq!(snapshot.changes, vec![ChangeReason::NamespaceLabels]);
         assert!(snapshot.index.namespace("a").is_some());
         writer.delete(&ObjectRef::Namespace("missing".into()));
         assert!(!writer.commit());

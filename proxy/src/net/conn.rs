@@ -1,18 +1,19 @@
 //! One inbound connection: original destination, loop guard, registration,
 //! decision, then relay or reset; a re-check can reset it at any time.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use super::orig_dst::{orig_dst, reset};
 use super::registry::Registry;
-use super::relay::{relay, RelayError};
+use super::relay::{relay, RelayCounters, RelayError};
 use super::{ClientAddr, OrigDstAddr};
 use crate::cluster::{Snapshot, SnapshotRx};
-use crate::policy::{Decision, NodeAddrs, PodKey, Protocol};
+use crate::metrics::{workload_of, ProxyMetrics};
+use crate::policy::{Decision, Direction, NodeAddrs, PodKey, PortSpec, Protocol, Reason, Side};
 
 /// Limits on connections; each is configurable.
 #[derive(Clone, Debug)]
@@ -26,25 +27,6 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a connection waits for the first state before it is reset.
     pub state_wait: Duration,
-}
-
-/// Counters of what the inbound side did.
-#[derive(Debug, Default)]
-pub struct InboundStats {
-    /// Connections allowed and relayed.
-    pub allowed: AtomicU64,
-    /// Connections denied by policy and reset.
-    pub denied: AtomicU64,
-    /// Connections reset because no state had loaded yet.
-    pub no_state: AtomicU64,
-    /// Connections to the proxy's own ports, reset (they would loop).
-    pub own_port: AtomicU64,
-    /// Connections reset over the connection limit.
-    pub over_limit: AtomicU64,
-    /// Live connections reset because a new state forbids them.
-    pub torn_down: AtomicU64,
-    /// Connections whose app could not be reached.
-    pub connect_failed: AtomicU64,
 }
 
 /// Everything an inbound connection needs, shared by all of them.
@@ -64,8 +46,10 @@ pub struct Inbound {
     pub limits: Limits,
     /// Connections being handled.
     pub active: AtomicUsize,
-    /// Counters.
-    pub stats: InboundStats,
+    /// Metrics.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Byte counters handed to every relay.
+    pub bytes: RelayCounters,
 }
 
 // === impl Inbound ===
@@ -89,13 +73,14 @@ impl Inbound {
         let dst = match orig_dst(&stream) {
             Ok(dst) => dst,
             Err(error) => {
+                self.refused("no-original-destination");
                 tracing::warn!(client.addr = %client, %error, "No original destination; reset");
                 reset(stream);
                 return;
             }
         };
         if self.own_ports.contains(&dst.0.port()) {
-            self.stats.own_port.fetch_add(1, Ordering::Relaxed);
+            self.refused("own-port");
             tracing::debug!(client.addr = %client, dst.addr = %dst, "Connection to the proxy's own port; reset");
             reset(stream);
             return;
@@ -103,15 +88,19 @@ impl Inbound {
         // Register before checking: a re-check after this point sees the connection.
         let registration = self.registry.register(client, dst);
         let Some(snapshot) = self.current_snapshot().await else {
-            self.stats.no_state.fetch_add(1, Ordering::Relaxed);
+            self.refused("no-state");
             tracing::info!(client.addr = %client, dst.addr = %dst, "No cluster state yet; reset");
             reset(stream);
             return;
         };
+        let decided_at = Instant::now();
         let decision = self.decide(&snapshot, client, dst);
+        self.metrics
+            .decision
+            .observe(decided_at.elapsed().as_secs_f64());
+        self.count_decision(&snapshot, &decision, dst.0.port());
         drop(snapshot);
         if !decision.allowed {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 client.addr = %client,
                 dst.port = dst.0.port(),
@@ -122,7 +111,6 @@ impl Inbound {
             reset(stream);
             return;
         }
-        self.stats.allowed.fetch_add(1, Ordering::Relaxed);
         registration.set_allowed_by(decision.ingress_policy().cloned());
         tracing::debug!(client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
 
@@ -134,13 +122,21 @@ impl Inbound {
         {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
-                self.stats.connect_failed.fetch_add(1, Ordering::Relaxed);
+                let kind = if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    "connect-refused"
+                } else {
+                    "connect-other"
+                };
+                self.metrics.relay_errors.with_label_values(&[kind]).inc();
                 tracing::info!(dst.addr = %dst, %error, "App connect failed; reset");
                 reset(stream);
                 return;
             }
             Err(_) => {
-                self.stats.connect_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .relay_errors
+                    .with_label_values(&["connect-timeout"])
+                    .inc();
                 tracing::info!(dst.addr = %dst, timeout = ?self.limits.connect_timeout, "App connect timed out; reset");
                 reset(stream);
                 return;
@@ -149,10 +145,16 @@ impl Inbound {
         let client_stream = stream;
         let _ = client_stream.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
+        let opened = Instant::now();
+        self.metrics.open.inc();
         let outcome = tokio::select! {
-            result = relay(&client_stream, &upstream, self.limits.idle_timeout) => Some(result),
+            result = relay(&client_stream, &upstream, self.limits.idle_timeout, &self.bytes) => Some(result),
             () = registration.killed() => None,
         };
+        self.metrics.open.dec();
+        self.metrics
+            .duration
+            .observe(opened.elapsed().as_secs_f64());
         match outcome {
             Some(Ok(moved)) => {
                 tracing::debug!(client.addr = %client, ?moved, "Connection closed");
@@ -163,17 +165,91 @@ impl Inbound {
                 reset(upstream);
             }
             Some(Err(error)) => {
+                let kind = match &error {
+                    RelayError::Io { source, .. }
+                        if matches!(
+                            source.kind(),
+                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                    {
+                        "reset"
+                    }
+                    _ => "other",
+                };
+                self.metrics.relay_errors.with_label_values(&[kind]).inc();
                 tracing::debug!(client.addr = %client, %error, "Relay error; reset both sides");
                 reset(client_stream);
                 reset(upstream);
             }
             None => {
-                self.stats.torn_down.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(client.addr = %client, dst.addr = %dst, "Connection torn down: no longer allowed");
+                // Counted and logged, with the change that caused it, by the re-check.
+                tracing::debug!(client.addr = %client, dst.addr = %dst, "Resetting a connection no longer allowed");
                 reset(client_stream);
                 reset(upstream);
             }
         }
+    }
+
+    fn refused(&self, reason: &str) {
+        self.metrics.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a decision by outcome, deciding policy and (bounded) port.
+    fn count_decision(&self, snapshot: &Snapshot, decision: &Decision, port: u16) {
+        let policy_label;
+        let policy = match &decision.reason {
+            _ if !decision.allowed => "isolated",
+            Reason::Node => "node",
+            Reason::SamePod => "same-pod",
+            Reason::Policies {
+                ingress: Side::Allowed { policy, .. },
+                ..
+            } => {
+                policy_label = policy.to_string();
+                &policy_label
+            }
+            _ => "no-policy",
+        };
+        let mut digits = [0u8; 5];
+        let port = if self.port_is_labelled(snapshot, port) {
+            format_port(port, &mut digits)
+        } else {
+            "other"
+        };
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.metrics
+            .connections
+            .with_label_values(&[outcome, policy, port])
+            .inc();
+        if !decision.allowed {
+            match &decision.source {
+                Some(peer) => self
+                    .metrics
+                    .denied_peer(&peer.namespace, workload_of(&peer.name)),
+                None => self.metrics.denied_peer("none", "none"),
+            }
+        }
+    }
+
+    /// Whether the port is one the pod declares or a policy selecting it names:
+    /// only those get their own label value (a port scan must not make 65,000 series).
+    fn port_is_labelled(&self, snapshot: &Snapshot, port: u16) -> bool {
+        let declared = snapshot
+            .index
+            .pod(&self.pod)
+            .is_some_and(|p| p.ports.iter().any(|cp| cp.port == port));
+        declared
+            || snapshot
+                .index
+                .selecting(&self.pod, Direction::Ingress)
+                .iter()
+                .flat_map(|p| p.ingress.iter().flatten())
+                .flat_map(|r| r.ports.iter().flatten())
+                .any(|pm| matches!(pm.port, PortSpec::Range(a, b) if a <= port && port <= b && b - a < 64))
     }
 
     /// The latest snapshot, waiting (bounded) for the first one.
@@ -191,6 +267,21 @@ impl Inbound {
     }
 }
 
+/// Writes a port number into a small buffer, without allocating.
+fn format_port(port: u16, buf: &mut [u8; 5]) -> &str {
+    let mut n = port;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("other")
+}
+
 struct ActiveGuard<'a>(&'a AtomicUsize);
 
 impl<'a> ActiveGuard<'a> {
@@ -203,5 +294,16 @@ impl<'a> ActiveGuard<'a> {
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_format_without_allocating() {
+        let mut buf = [0u8; 5];
+        assert_eq!(super::format_port(0, &mut buf), "0");
+        assert_eq!(super::format_port(80, &mut buf), "80");
+        assert_eq!(super::format_port(65535, &mut buf), "65535");
     }
 }

@@ -51,7 +51,11 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
             }
         };
         if inbound.active.load(Ordering::Relaxed) >= inbound.limits.max_connections {
-            inbound.stats.over_limit.fetch_add(1, Ordering::Relaxed);
+            inbound
+                .metrics
+                .refused
+                .with_label_values(&["over-limit"])
+                .inc();
             tracing::warn!(client.addr = %peer, limit = inbound.limits.max_connections, "Connection limit reached; reset");
             reset(stream);
             continue;

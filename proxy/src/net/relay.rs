@@ -48,6 +48,15 @@ pub enum RelayError {
     Idle(Duration),
 }
 
+/// Counters of relayed bytes, added to as data moves (not only at close).
+#[derive(Clone, Debug)]
+pub struct RelayCounters {
+    /// Client to app.
+    pub client_to_server: prometheus::IntCounter,
+    /// App to client.
+    pub server_to_client: prometheus::IntCounter,
+}
+
 /// The process's pipe pool.
 pub static PIPES: PipePool = PipePool::new();
 
@@ -58,22 +67,30 @@ pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     idle_timeout: Option<Duration>,
+    counters: &RelayCounters,
 ) -> Result<Transferred, RelayError> {
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
-    let activity = Activity {
+    let up_activity = Activity {
         start,
         last: &last_activity,
+        bytes: &counters.client_to_server,
     };
-    let up = half(client, server, "client->server", &activity);
-    let down = half(server, client, "server->client", &activity);
+    let down_activity = Activity {
+        start,
+        last: &last_activity,
+        bytes: &counters.server_to_client,
+    };
+    let activity = &up_activity;
+    let up = half(client, server, "client->server", &up_activity);
+    let down = half(server, client, "server->client", &down_activity);
     let both = async { tokio::try_join!(up, down) };
     let (client_to_server, server_to_client) = match idle_timeout {
         None => both.await?,
         Some(limit) => {
             tokio::select! {
                 result = both => result?,
-                () = idle(limit, &activity) => return Err(RelayError::Idle(limit)),
+                () = idle(limit, activity) => return Err(RelayError::Idle(limit)),
             }
         }
     };
@@ -86,9 +103,15 @@ pub async fn relay(
 struct Activity<'a> {
     start: Instant,
     last: &'a AtomicU64,
+    bytes: &'a prometheus::IntCounter,
 }
 
 impl Activity<'_> {
+    fn moved(&self, n: usize) {
+        self.bytes.inc_by(n as u64);
+        self.touch();
+    }
+
     fn touch(&self) {
         self.last
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -150,7 +173,7 @@ async fn splice_half(
                 Ok(n) => {
                     drain(&pipe, n, to).await.map_err(SpliceError::Io)?;
                     total += n as u64;
-                    activity.touch();
+                    activity.moved(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     PIPES.give_back(pipe);
@@ -212,7 +235,7 @@ async fn copy_half(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) ->
             }
         }
         total += n as u64;
-        activity.touch();
+        activity.moved(n);
     }
 }
 
@@ -234,6 +257,13 @@ mod tests {
 
     use super::*;
 
+    fn counters() -> RelayCounters {
+        RelayCounters {
+            client_to_server: prometheus::IntCounter::new("a", "a").unwrap(),
+            server_to_client: prometheus::IntCounter::new("b", "b").unwrap(),
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -246,7 +276,10 @@ mod tests {
         // client <-> (proxy_client | proxy_server) <-> app
         let (mut client, proxy_client) = pair().await;
         let (proxy_server, mut app) = pair().await;
-        let relay = tokio::spawn(async move { relay(&proxy_client, &proxy_server, None).await });
+        let c = counters();
+        let c2 = c.clone();
+        let relay =
+            tokio::spawn(async move { relay(&proxy_client, &proxy_server, None, &c2).await });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
@@ -265,13 +298,17 @@ mod tests {
                 server_to_client: 4
             }
         );
+        assert_eq!((c.client_to_server.get(), c.server_to_client.get()), (4, 4));
     }
 
     #[tokio::test]
     async fn bulk_data_arrives_intact_and_pipes_go_back_to_the_pool() {
         let (mut client, proxy_client) = pair().await;
         let (proxy_server, mut app) = pair().await;
-        let relay = tokio::spawn(async move { relay(&proxy_client, &proxy_server, None).await });
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
         let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
         let expected = data.clone();
         let writer = tokio::spawn(async move {
@@ -298,6 +335,7 @@ mod tests {
             &proxy_client,
             &proxy_server,
             Some(Duration::from_millis(200)),
+            &counters(),
         )
         .await;
         assert!(matches!(result, Err(RelayError::Idle(_))));
