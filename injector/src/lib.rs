@@ -14,12 +14,15 @@
 //! [`namespace`] (kube), [`bootstrap`] (Secret and webhook configuration),
 //! [`tls`] (file reload), [`server`] (HTTPS and admin), [`app`] (wiring).
 
+pub mod app;
 pub mod bootstrap;
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod namespace;
 pub mod patch;
 pub mod quantity;
 pub mod review;
+pub mod server;
 pub mod tls;

@@ -1,5 +1,42 @@
-//! `picket-injector` (work in progress).
-fn main() {
-    eprintln!("picket-injector: not built yet");
-    std::process::exit(1);
+//! `picket-injector`: thin: parsing, logging, the runtime, exit codes
+//! (64 for a bad configuration, 1 for a failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use picket_injector::cli::Cli;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("PICKET_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let config = match cli.inject.to_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("picket-injector: {message}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(picket_injector::app::run(cli, config)),
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("picket-injector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -68,6 +68,9 @@ pub struct AdmissionRequest {
     /// The object being admitted.
     #[serde(default)]
     pub object: Option<Value>,
+    /// Whether the API server will not persist the object.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
 }
 
 /// An API group, version and kind.

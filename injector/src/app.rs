@@ -1,0 +1,212 @@
+//! Wiring: certificates, listeners, the namespace lookup and the servers,
+//! from the parsed command line. Called by `main.rs`; anyhow lives here.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::bootstrap::{self, KubeSecrets, KubeWebhooks};
+use crate::certs::{self, CertBundle};
+use crate::cli::{Cli, LookupMode, TlsArgs, TlsMode};
+use crate::config::InjectConfig;
+use crate::metrics::Metrics;
+use crate::namespace::{KubeNamespaces, NamespaceLookup, NoNamespaces};
+use crate::server::{self, Admin, Webhook};
+use crate::tls::{self, Resolver};
+
+/// Runs the injector until SIGTERM or SIGINT.
+pub async fn run(cli: Cli, config: InjectConfig) -> anyhow::Result<()> {
+    // One crypto provider, ring, for our server and for the kube client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let registry = Registry::new();
+    let metrics = Metrics::register(&registry).context("registering metrics")?;
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let admin_listener = TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin server to {}", cli.admin_listen))?;
+    tracing::info!(addr = %cli.admin_listen, "Admin server listening");
+    tokio::spawn(server::serve_admin(
+        admin_listener,
+        Admin {
+            registry: registry.clone(),
+            ready: ready.clone(),
+        },
+    ));
+
+    let needs_kube =
+        cli.tls.tls_mode == TlsMode::Secret || cli.namespace_lookup == LookupMode::Kube;
+    let client = if needs_kube {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?,
+        )
+    } else {
+        None
+    };
+
+    let resolver = certificate(&cli.tls, client.clone(), &metrics).await?;
+    let tls_config = resolver
+        .server_config()
+        .context("building the TLS configuration")?;
+
+    let namespaces: Arc<dyn NamespaceLookup> = match (&client, cli.namespace_lookup) {
+        (Some(client), LookupMode::Kube) => {
+            Arc::new(KubeNamespaces::new(client.clone(), cli.namespace_cache_ttl))
+        }
+        _ => Arc::new(NoNamespaces),
+    };
+    tracing::info!(
+        image = %config.proxy_image,
+        mode = config.sidecar_mode.as_str(),
+        tls = ?cli.tls.tls_mode,
+        namespace_lookup = ?cli.namespace_lookup,
+        "Injector configured"
+    );
+    let webhook = Arc::new(Webhook {
+        config: Arc::new(config),
+        namespaces,
+        metrics,
+        max_body_bytes: cli.max_body_bytes,
+    });
+
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding the webhook to {}", cli.listen))?;
+    tracing::info!(addr = %cli.listen, "Webhook listening");
+    let serving = tokio::spawn(server::serve_https(
+        listener,
+        TlsAcceptor::from(tls_config),
+        webhook,
+    ));
+    ready.store(true, Ordering::SeqCst);
+
+    shutdown_signal().await?;
+    tracing::info!(delay = ?cli.shutdown_delay, "Shutting down: not ready, draining");
+    ready.store(false, Ordering::SeqCst);
+    tokio::time::sleep(cli.shutdown_delay).await;
+    serving.abort();
+    Ok(())
+}
+
+/// Loads or makes the serving certificate and starts whatever keeps it current.
+async fn certificate(
+    tls: &TlsArgs,
+    client: Option<kube::Client>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<Resolver>> {
+    let names = certs::service_names(&tls.service, &tls.namespace, &tls.extra_sans);
+    match tls.tls_mode {
+        TlsMode::SelfSigned => {
+            let bundle = certs::generate(&names, SystemTime::now())?;
+            write_ca(tls.ca_out.as_deref(), &bundle)?;
+            Ok(Resolver::new(&bundle.cert_pem, &bundle.key_pem)?)
+        }
+        TlsMode::Files => {
+            let (cert, key) = tls::read_pair(&tls.tls_cert_file, &tls.tls_key_file)?;
+            let resolver = Resolver::new(&cert, &key)
+                .with_context(|| format!("loading {}", tls.tls_cert_file.display()))?;
+            let reloads = metrics.cert_reloads.clone();
+            tokio::spawn(tls::watch_files(
+                resolver.clone(),
+                tls.tls_cert_file.clone(),
+                tls.tls_key_file.clone(),
+                tls.tls_reload_interval,
+                move || reloads.inc(),
+            ));
+            Ok(resolver)
+        }
+        TlsMode::Secret => {
+            let client = client.context("secret mode needs the Kubernetes API")?;
+            let secrets = KubeSecrets::new(client.clone(), &tls.namespace, &tls.tls_secret);
+            let webhooks = KubeWebhooks::new(client, &tls.webhook_config);
+            let generate = move || certs::generate(&names, SystemTime::now());
+            // Not ready until this succeeds: retry, the API may be starting.
+            let mut backoff = Duration::from_millis(500);
+            let bundle = loop {
+                match bootstrap::sync(&secrets, &webhooks, &generate).await {
+                    Ok((bundle, origin, _)) => {
+                        tracing::info!(secret = %tls.tls_secret, ?origin, "Certificate ready");
+                        break bundle;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?backoff, "Certificate bootstrap failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
+            write_ca(tls.ca_out.as_deref(), &bundle)?;
+            let resolver = Resolver::new(&bundle.cert_pem, &bundle.key_pem)
+                .with_context(|| format!("loading the certificate of secret {}", tls.tls_secret))?;
+            tokio::spawn(resync(
+                resolver.clone(),
+                secrets,
+                webhooks,
+                generate,
+                tls.tls_resync,
+                metrics.clone(),
+            ));
+            Ok(resolver)
+        }
+    }
+}
+
+/// Keeps serving what the Secret holds and keeps the caBundle current: a
+/// deleted Secret is recreated (that is how to rotate), a reset caBundle is
+/// patched back.
+async fn resync(
+    resolver: Arc<Resolver>,
+    secrets: KubeSecrets,
+    webhooks: KubeWebhooks,
+    generate: impl Fn() -> Result<CertBundle, certs::CertError>,
+    every: Duration,
+    metrics: Metrics,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match bootstrap::sync(&secrets, &webhooks, &generate).await {
+            Ok((bundle, _, _)) => match resolver.update(&bundle.cert_pem, &bundle.key_pem) {
+                Ok(true) => {
+                    metrics.cert_reloads.inc();
+                    tracing::info!("Certificate changed in the Secret; serving the new one");
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "Certificate in the Secret does not load"),
+            },
+            Err(error) => tracing::warn!(%error, "Certificate resync failed"),
+        }
+    }
+}
+
+fn write_ca(path: Option<&Path>, bundle: &CertBundle) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    // Write then rename, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &bundle.ca_cert_pem)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing the CA certificate to {}", path.display()))
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+    }
+    Ok(())
+}

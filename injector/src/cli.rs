@@ -1,0 +1,332 @@
+//! The command line of `picket-injector`: every flag has a `PICKET_INJECTOR_*`
+//! environment variable. Parsed once in `main.rs`; [`InjectArgs::to_config`]
+//! validates the injection settings into an [`InjectConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::config::{
+    InjectConfig, Resources, SidecarMode, DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT,
+    DEFAULT_LOCAL_ADMIN_PORT, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_UID,
+};
+use crate::quantity;
+
+/// `picket-injector`: Picket's mutating admission webhook.
+#[derive(Debug, Parser)]
+#[command(name = "picket-injector", version, about)]
+pub struct Cli {
+    /// Where the HTTPS webhook listens.
+    #[arg(long, env = "PICKET_INJECTOR_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Where the admin server (/live, /ready, /metrics; plain HTTP) listens.
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Larger request bodies are refused (413).
+    #[arg(long, env = "PICKET_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// After SIGTERM, report not ready and keep serving this long, then exit.
+    #[arg(long, env = "PICKET_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+    /// Where namespace labels (for the Pod Security check) come from.
+    #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_LOOKUP", value_enum, default_value_t = LookupMode::Kube)]
+    pub namespace_lookup: LookupMode,
+    /// How long namespace labels are cached.
+    #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub namespace_cache_ttl: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub inject: InjectArgs,
+}
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// A Secret shared by all replicas, created if absent; patches our webhook's caBundle.
+    Secret,
+    /// Mounted files (cert-manager), reloaded when they change.
+    Files,
+    /// Generated in memory at startup (tests, local runs); see --ca-out.
+    SelfSigned,
+}
+
+/// Where namespace labels come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LookupMode {
+    /// The Kubernetes API (get namespaces).
+    Kube,
+    /// Nowhere: every namespace has no labels (no Pod Security check).
+    None,
+}
+
+/// TLS settings.
+#[derive(Clone, Debug, Args)]
+pub struct TlsArgs {
+    /// Where the certificate comes from.
+    #[arg(long, env = "PICKET_INJECTOR_TLS_MODE", value_enum, default_value_t = TlsMode::Secret)]
+    pub tls_mode: TlsMode,
+    /// The certificate chain (files mode).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_TLS_CERT_FILE",
+        default_value = "/var/run/picket-injector/tls/tls.crt"
+    )]
+    pub tls_cert_file: PathBuf,
+    /// The private key (files mode).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_TLS_KEY_FILE",
+        default_value = "/var/run/picket-injector/tls/tls.key"
+    )]
+    pub tls_key_file: PathBuf,
+    /// How often the files are checked for changes (files mode).
+    #[arg(long, env = "PICKET_INJECTOR_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+    /// Write the CA certificate here (self-signed and secret modes).
+    #[arg(long, env = "PICKET_INJECTOR_CA_OUT")]
+    pub ca_out: Option<PathBuf>,
+    /// The Secret holding the shared certificate (secret mode).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_TLS_SECRET",
+        default_value = "picket-injector-tls"
+    )]
+    pub tls_secret: String,
+    /// The injector's namespace (its Secret and Service live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "picket-system")]
+    pub namespace: String,
+    /// The injector's Service (the certificate's DNS names).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_SERVICE",
+        default_value = "picket-injector"
+    )]
+    pub service: String,
+    /// Our MutatingWebhookConfiguration, whose caBundle is kept current (secret mode).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_WEBHOOK_CONFIG",
+        default_value = "picket-injector"
+    )]
+    pub webhook_config: String,
+    /// How often the Secret and caBundle are re-checked (secret mode).
+    #[arg(long, env = "PICKET_INJECTOR_TLS_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    pub tls_resync: Duration,
+    /// More names or IP addresses for the certificate, comma-separated.
+    #[arg(long, env = "PICKET_INJECTOR_EXTRA_SANS", value_delimiter = ',')]
+    pub extra_sans: Vec<String>,
+}
+
+/// What to inject.
+#[derive(Clone, Debug, Args)]
+pub struct InjectArgs {
+    /// The image of the init container and the proxy.
+    #[arg(long, env = "PICKET_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
+    pub proxy_image: String,
+    /// imagePullPolicy of both containers.
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub image_pull_policy: String,
+    /// native: an init container with restartPolicy Always (Kubernetes 1.29+); container: the first regular container.
+    #[arg(long, env = "PICKET_INJECTOR_SIDECAR_MODE", value_enum, default_value_t = SidecarMode::Native)]
+    pub sidecar_mode: SidecarMode,
+    /// The proxy's UID and GID.
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_UID", default_value_t = DEFAULT_PROXY_UID)]
+    pub proxy_uid: i64,
+    /// The proxy's inbound port.
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_INBOUND_PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    pub proxy_inbound_port: u16,
+    /// The proxy's admin port (probes, metrics).
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    pub proxy_admin_port: u16,
+    /// The proxy's local admin port (127.0.0.1).
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_LOCAL_ADMIN_PORT", default_value_t = DEFAULT_LOCAL_ADMIN_PORT)]
+    pub proxy_local_admin_port: u16,
+    /// Inbound ports that bypass the proxy in every pod, comma-separated.
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_EXCLUDE_INBOUND_PORTS",
+        value_delimiter = ','
+    )]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// The proxy's CPU request ("" for none).
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_CPU_REQUEST", default_value = "10m")]
+    pub proxy_cpu_request: String,
+    /// The proxy's memory request ("" for none).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_PROXY_MEMORY_REQUEST",
+        default_value = "32Mi"
+    )]
+    pub proxy_memory_request: String,
+    /// The proxy's CPU limit ("" for none).
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_CPU_LIMIT", default_value = "1")]
+    pub proxy_cpu_limit: String,
+    /// The proxy's memory limit ("" for none).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_PROXY_MEMORY_LIMIT",
+        default_value = "256Mi"
+    )]
+    pub proxy_memory_limit: String,
+    /// The init container's iptables backend: auto, nft or legacy.
+    #[arg(long, env = "PICKET_INJECTOR_IPTABLES_BACKEND", default_value = "auto")]
+    pub iptables_backend: String,
+    /// The proxy's log filter (PICKET_LOG), if any.
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_LOG_LEVEL")]
+    pub proxy_log_level: Option<String>,
+    /// Namespaces never injected, comma-separated.
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,picket-system"
+    )]
+    pub excluded_namespaces: Vec<String>,
+}
+
+// === impl InjectArgs ===
+
+impl InjectArgs {
+    /// Validates the settings; the error names the flag.
+    pub fn to_config(&self) -> Result<InjectConfig, String> {
+        let quantity = |flag: &str, value: &str| -> Result<Option<String>, String> {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            quantity::parse(value).map_err(|e| format!("--{flag}: {e}"))?;
+            Ok(Some(value.to_string()))
+        };
+        let resources = Resources {
+            cpu_request: quantity("proxy-cpu-request", &self.proxy_cpu_request)?,
+            memory_request: quantity("proxy-memory-request", &self.proxy_memory_request)?,
+            cpu_limit: quantity("proxy-cpu-limit", &self.proxy_cpu_limit)?,
+            memory_limit: quantity("proxy-memory-limit", &self.proxy_memory_limit)?,
+        };
+        for (what, request, limit) in [
+            ("cpu", &resources.cpu_request, &resources.cpu_limit),
+            ("memory", &resources.memory_request, &resources.memory_limit),
+        ] {
+            if let (Some(r), Some(l)) = (request, limit) {
+                if quantity::parse(r).ok() > quantity::parse(l).ok() {
+                    return Err(format!(
+                        "--proxy-{what}-request {r} exceeds --proxy-{what}-limit {l}"
+                    ));
+                }
+            }
+        }
+        if !["auto", "nft", "legacy"].contains(&self.iptables_backend.as_str()) {
+            return Err(format!(
+                "--iptables-backend: {:?} is not auto, nft or legacy",
+                self.iptables_backend
+            ));
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            return Err(format!(
+                "--image-pull-policy: {:?} is not Always, IfNotPresent or Never",
+                self.image_pull_policy
+            ));
+        }
+        let ports = [
+            self.proxy_inbound_port,
+            self.proxy_admin_port,
+            self.proxy_local_admin_port,
+        ];
+        if ports.contains(&0)
+            || ports[0] == ports[1]
+            || ports[1] == ports[2]
+            || ports[0] == ports[2]
+        {
+            return Err(format!(
+                "proxy ports must be distinct and non-zero, got {ports:?}"
+            ));
+        }
+        Ok(InjectConfig {
+            proxy_image: self.proxy_image.clone(),
+            image_pull_policy: self.image_pull_policy.clone(),
+            sidecar_mode: self.sidecar_mode,
+            proxy_uid: self.proxy_uid,
+            inbound_port: self.proxy_inbound_port,
+            admin_port: self.proxy_admin_port,
+            local_admin_port: self.proxy_local_admin_port,
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            resources,
+            iptables_backend: self.iptables_backend.clone(),
+            proxy_log_level: self.proxy_log_level.clone(),
+            excluded_namespaces: self.excluded_namespaces.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let at = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(at);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 5s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("picket-injector").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_make_the_test_config() {
+        let cli = parse(&[]);
+        let mut config = cli.inject.to_config().unwrap();
+        config.version = "0.1.0".into();
+        assert_eq!(config, InjectConfig::for_test());
+        assert_eq!(cli.tls.tls_mode, TlsMode::Secret);
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag() {
+        let cli = parse(&["--proxy-cpu-request", "2", "--proxy-cpu-limit", "1"]);
+        let err = cli.inject.to_config().unwrap_err();
+        assert!(err.contains("--proxy-cpu-request"), "{err}");
+        let cli = parse(&["--proxy-memory-limit", "lots"]);
+        assert!(cli
+            .inject
+            .to_config()
+            .unwrap_err()
+            .contains("--proxy-memory-limit"));
+        let cli = parse(&["--proxy-memory-limit", ""]);
+        assert_eq!(cli.inject.to_config().unwrap().resources.memory_limit, None);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

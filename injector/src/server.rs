@@ -1,0 +1,354 @@
+//! The HTTPS webhook server (`POST /mutate`) and the plain-HTTP admin server
+//! (`/live`, `/ready`, `/metrics`).
+//!
+//! A thin layer: it reads a bounded body, calls `review.rs`, looks up the
+//! namespace labels, and writes the JSON back. `app.rs` binds the listeners
+//! and spawns [`serve_https`] and [`serve_admin`].
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::Registry;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::InjectConfig;
+use crate::metrics::{self, Metrics};
+use crate::namespace::NamespaceLookup;
+use crate::patch::NamespaceView;
+use crate::review::{self, Reviewed, Triage};
+
+/// How long a client has to finish the TLS handshake, the headers or the body.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a namespace lookup may take before the pod is injected without it.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What `/mutate` needs.
+#[derive(Debug)]
+pub struct Webhook {
+    /// What to inject.
+    pub config: Arc<InjectConfig>,
+    /// Namespace labels, for the Pod Security check.
+    pub namespaces: Arc<dyn NamespaceLookup>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Larger bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+/// What the admin server shows.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// The metrics registry.
+    pub registry: Registry,
+    /// True once the webhook serves with a certificate; false again while draining.
+    pub ready: Arc<AtomicBool>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+// === impl Webhook ===
+
+impl Webhook {
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Resp
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        if req.uri().path() != "/mutate" {
+            self.metrics.errors.with_label_values(&["not_found"]).inc();
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; POST AdmissionReviews to /mutate\n",
+            );
+        }
+        if req.method() != Method::POST {
+            self.metrics
+                .errors
+                .with_label_values(&["method_not_allowed"])
+                .inc();
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        }
+        self.metrics.requests.inc();
+        let started = Instant::now();
+        let response = self.mutate(req).await;
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn mutate<B>(&self, req: Request<B>) -> Resp
+    where
+        B: Body<Data = Bytes>,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return self.too_large();
+        }
+        let body = Limited::new(req.into_body(), self.max_body_bytes);
+        let body = match tokio::time::timeout(IO_TIMEOUT, body.collect()).await {
+            Err(_) => {
+                self.metrics.errors.with_label_values(&["timeout"]).inc();
+                return text(StatusCode::REQUEST_TIMEOUT, "body not received in time\n");
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return self.too_large();
+            }
+            Ok(Err(error)) => {
+                self.metrics.errors.with_label_values(&["read"]).inc();
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read body: {error}\n"),
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+
+        let (request, triage) = match review::parse(&body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                tracing::warn!(%error, "Bad AdmissionReview");
+                self.metrics
+                    .errors
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return text(StatusCode::BAD_REQUEST, &format!("{error}\n"));
+            }
+        };
+
+        let reviewed = match triage {
+            Triage::PassThrough { reason, warning } => {
+                tracing::info!(
+                    uid = %request.uid,
+                    kind = %request.kind.kind,
+                    operation = %request.operation,
+                    reason,
+                    "Passed through unchanged"
+                );
+                review::respond_unchanged(&request.uid, reason, warning)
+            }
+            Triage::Pod { pod, namespace } => {
+                let lookup = self.namespaces.labels(&namespace);
+                let labels = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                    Ok(Ok(labels)) => Some(labels),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "Namespace lookup failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(namespace, "Namespace lookup timed out");
+                        None
+                    }
+                };
+                let view = NamespaceView {
+                    name: &namespace,
+                    labels: labels.as_deref(),
+                };
+                let reviewed = review::respond_to_pod(&request.uid, &pod, &view, &self.config);
+                let name = pod
+                    .metadata
+                    .name
+                    .clone()
+                    .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+                    .unwrap_or_default();
+                tracing::info!(
+                    uid = %request.uid,
+                    pod.namespace = %namespace,
+                    pod.name = %name,
+                    decision = reviewed.decision,
+                    reason = reviewed.reason,
+                    dry_run = request.dry_run.unwrap_or(false),
+                    "Reviewed pod"
+                );
+                reviewed
+            }
+        };
+        self.record(&reviewed);
+        match serde_json::to_vec(&reviewed.review) {
+            Ok(json) => Response::builder()
+                .status(StatusCode::OK)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(json)))
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
+            Err(error) => {
+                self.metrics.errors.with_label_values(&["encode"]).inc();
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot encode response: {error}\n"),
+                )
+            }
+        }
+    }
+
+    fn record(&self, reviewed: &Reviewed) {
+        self.metrics
+            .reviews
+            .with_label_values(&[reviewed.decision, reviewed.reason])
+            .inc();
+        if reviewed.patched {
+            self.metrics.patches.inc();
+        }
+    }
+
+    fn too_large(&self) -> Resp {
+        self.metrics.errors.with_label_values(&["too_large"]).inc();
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body larger than {} bytes\n", self.max_body_bytes),
+        )
+    }
+}
+
+// === impl Admin ===
+
+impl Admin {
+    fn handle<B>(&self, req: &Request<B>) -> Resp {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "ok\n"),
+            "/ready" if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
+            "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/metrics" => Response::builder()
+                .header(CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(metrics::encode(&self.registry))))
+                .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "metrics\n")),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Resp {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn http1() -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(IO_TIMEOUT)
+        .keep_alive(true);
+    builder
+}
+
+/// Serves `/mutate` over TLS on `listener`, forever.
+pub async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, webhook: Arc<Webhook>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "Accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let webhook = webhook.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, peer = %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let webhook = webhook.clone();
+                async move { Ok::<_, Infallible>(webhook.handle(req).await) }
+            });
+            if let Err(error) = http1().serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%error, peer = %peer, "Connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Serves the admin endpoints over plain HTTP on `listener`, forever.
+pub async fn serve_admin(listener: TcpListener, admin: Admin) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "Admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = admin.handle(&req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = http1().serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::NoNamespaces;
+
+    fn webhook() -> Webhook {
+        Webhook {
+            config: Arc::new(InjectConfig::for_test()),
+            namespaces: Arc::new(NoNamespaces),
+            metrics: Metrics::register(&Registry::new()).unwrap(),
+            max_body_bytes: 1024,
+        }
+    }
+
+    fn post(body: &str) -> Request<Full<Bytes>> {
+        Request::post("/mutate")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn routes_and_limits() {
+        let w = webhook();
+        let get = Request::get("/mutate")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(w.handle(get).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let other = Request::post("/x").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(w.handle(other).await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            w.handle(post("nope")).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        let big = "x".repeat(2048);
+        assert_eq!(
+            w.handle(post(&big)).await.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let text = metrics::encode(&Registry::new());
+        assert!(text.is_empty());
+    }
+}
