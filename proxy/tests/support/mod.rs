@@ -1,0 +1,247 @@
+//! Shared support of the end-to-end tests: a lab cluster of network-namespace
+//! pods whose manifests live in a watched directory, with the real
+//! `picket-proxy` as sidecar. Needs root.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use picket::lab::app::EchoServer;
+use picket::lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
+use picket::lab::{self, Lab, LabPod};
+
+pub const APP_PORT: u16 = 8080;
+pub const EXCLUDED_PORT: u16 = 9000;
+pub const READY: Duration = Duration::from_secs(20);
+
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A lab pod with its namespace and labels.
+pub type PodEntry = (LabPod, String, Vec<(String, String)>);
+/// A pod to create: (namespace, name, labels).
+pub type PodSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A lab cluster: pods on a node, their manifests in a watched directory.
+pub struct Cluster {
+    pub lab: Lab,
+    pub dir: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    pub binary: PathBuf,
+    pub pods: BTreeMap<String, PodEntry>,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+/// An app pod with its sidecar.
+pub struct Server {
+    pub echo: EchoServer,
+    pub _excluded: EchoServer,
+    pub sidecar: Sidecar,
+    pub pod: LabPod,
+}
+
+pub fn lab_available() -> bool {
+    if lab::can_run() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "network-namespace tests are mandatory in CI and need root"
+    );
+    eprintln!("skipping: network-namespace tests need root");
+    false
+}
+
+impl Cluster {
+    /// Pods as (namespace, name, labels).
+    pub fn new(pods: &[PodSpec<'_>]) -> Self {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lab = Lab::new().expect("create the lab node namespace");
+        let mut map = BTreeMap::new();
+        for (ns, name, labels) in pods {
+            let pod = lab.add_pod(name).expect("create a lab pod");
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            map.insert(name.to_string(), (pod, ns.to_string(), labels));
+        }
+        let cluster = Self {
+            lab,
+            dir: tempfile::tempdir().unwrap(),
+            state: tempfile::tempdir().unwrap(),
+            binary: install_binary(Path::new(env!("CARGO_BIN_EXE_picket-proxy"))).unwrap(),
+            pods: map,
+            _serial: serial,
+        };
+        cluster.write_pods();
+        cluster
+    }
+
+    pub fn write_pods(&self) {
+        let mut docs = Vec::new();
+        for (pod, ns, labels) in self.pods.values() {
+            let labels: BTreeMap<_, _> = labels.iter().cloned().collect();
+            docs.push(
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod.name, "namespace": ns, "labels": labels},
+                    "spec": {"containers": [{"name": "app", "ports": [{"containerPort": APP_PORT, "name": "http"}]}]},
+                    "status": {"phase": "Running", "podIP": pod.ip.to_string(), "hostIP": self.lab.host_ip().to_string()},
+                })
+                .to_string(),
+            );
+        }
+        self.write("pods.yaml", &docs.join("\n---\n"));
+    }
+
+    /// Writes a manifest atomically (as editors do: write, then rename).
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join(name)).unwrap();
+        share_dir(self.dir.path()).unwrap();
+    }
+
+    pub fn pod(&self, name: &str) -> &LabPod {
+        &self.pods[name].0
+    }
+
+    /// Runs init in the pod, starts the echo app (and one on the excluded
+    /// port), and the sidecar; waits for readiness when `ready`.
+    pub fn server(&self, name: &str, cluster_dir: &Path, ready: bool, extra: &[&str]) -> Server {
+        let (pod, ns, _) = &self.pods[name];
+        let node_file = self.state.path().join(name).join("node");
+        let excluded = EXCLUDED_PORT.to_string();
+        let out = run_init(
+            &self.binary,
+            pod,
+            &[
+                "--node-file",
+                node_file.to_str().unwrap(),
+                "--exclude-inbound-ports",
+                &excluded,
+            ],
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        share_dir(self.state.path()).unwrap();
+        share_dir(node_file.parent().unwrap()).unwrap();
+        let echo = EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT)).unwrap();
+        let excluded =
+            EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, EXCLUDED_PORT)).unwrap();
+        let mut sidecar = Sidecar::start(
+            &self.binary,
+            &self.lab,
+            pod,
+            ns,
+            cluster_dir,
+            &node_file,
+            extra,
+        )
+        .unwrap();
+        if ready {
+            sidecar.wait_ready(READY).unwrap();
+        } else {
+            sidecar.wait_listening(READY).unwrap();
+        }
+        Server {
+            echo,
+            _excluded: excluded,
+            sidecar,
+            pod: pod.clone(),
+        }
+    }
+
+    pub fn start(&self, name: &str) -> Server {
+        self.server(name, self.dir.path(), true, &[])
+    }
+
+    pub fn connect(&self, from: &str, to: &str, port: u16) -> TcpStream {
+        self.try_connect(from, to, port)
+            .expect("connect() succeeds: the kernel completes the handshake")
+    }
+
+    pub fn try_connect(&self, from: &str, to: &str, port: u16) -> std::io::Result<TcpStream> {
+        let stream = connect_from(
+            &self.pod(from).netns,
+            None,
+            SocketAddr::new(self.pod(to).ip, port),
+        )?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(stream)
+    }
+
+    /// Connects and expects a reset: on the first read, or, when the RST wins
+    /// the race with the connecting thread's wake-up, already on connect().
+    pub fn assert_reset(&self, from: &str, to: &str, port: u16) {
+        match self.try_connect(from, to, port) {
+            Ok(mut s) => assert_reset(&mut s),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected a reset, got {e}"),
+        }
+    }
+}
+
+pub fn policy(ns: &str, name: &str, spec: &str) -> String {
+    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
+}
+
+/// Sends a line and reads it back.
+pub fn echoes(stream: &mut TcpStream) -> bool {
+    let msg = b"hello picket\n";
+    if stream.write_all(msg).is_err() {
+        return false;
+    }
+    let mut back = [0u8; 13];
+    stream.read_exact(&mut back).is_ok() && &back == msg
+}
+
+/// The connection must be reset: the first read fails with ECONNRESET (or the
+/// write before it, when the RST arrived first and the write consumed the
+/// error). A FIN (read returning Ok(0) after a successful write) fails the test.
+pub fn assert_reset(stream: &mut TcpStream) {
+    if let Err(e) = stream.write_all(b"x") {
+        assert!(
+            matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+            "expected a reset, got {e}"
+        );
+        return;
+    }
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected ECONNRESET, got {other:?}"),
+    }
+}
+
+/// Polls until `f` holds or the deadline passes.
+pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub fn allowed_now(c: &Cluster, from: &str, to: &str) -> bool {
+    c.try_connect(from, to, APP_PORT)
+        .is_ok_and(|mut s| echoes(&mut s))
+}
+
+pub const ALLOW_CLIENT: &str = "{podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {role: client}}}]}]}";
+
+pub fn two_pods() -> Cluster {
+    Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "stranger", &[("role", "stranger")]),
+    ])
+}
