@@ -1,0 +1,455 @@
+//! End to end: the real `picket-injector` binary over HTTPS, with a
+//! self-generated certificate verified against the CA it writes out, and
+//! with mounted certificate files that change while it serves. No API
+//! server: namespace lookups are off.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const SERVICE_NAME: &str = "picket-injector.picket-system.svc";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running injector, killed on drop.
+struct Injector {
+    child: Child,
+    webhook: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+}
+
+impl Injector {
+    /// Starts the binary with `args` (plus listen addresses) and waits until ready.
+    async fn start(args: &[&str], dir: tempfile::TempDir, ca_file: PathBuf) -> Injector {
+        let (webhook, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+            .args(["--listen", &webhook.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--namespace-lookup", "none", "--max-body-bytes", "65536"])
+            .args(["--shutdown-delay", "0s"])
+            .args(args)
+            .env("PICKET_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start picket-injector");
+        let mut injector = Injector {
+            child,
+            webhook,
+            admin,
+            _dir: dir,
+            ca_file,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = injector.child.try_wait() {
+                panic!("picket-injector exited early: {status}");
+            }
+            if let Ok((StatusCode::OK, _)) = http_get(admin, "/ready").await {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "injector not ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        injector
+    }
+
+    async fn self_signed() -> Injector {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let ca = ca_file.to_str().unwrap().to_string();
+        Injector::start(
+            &["--tls-mode", "self-signed", "--ca-out", &ca],
+            dir,
+            ca_file,
+        )
+        .await
+    }
+
+    fn ca(&self) -> String {
+        std::fs::read_to_string(&self.ca_file).unwrap()
+    }
+
+    /// POSTs `body` to `/mutate`, verifying the server against the CA.
+    async fn post(&self, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        post_with_ca(self.webhook, &self.ca(), body)
+            .await
+            .expect("request to the injector")
+    }
+
+    async fn review(&self, review: &Value) -> Value {
+        let (status, body) = self.post(serde_json::to_vec(review).unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).expect("response is JSON")
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn post_with_ca(
+    addr: SocketAddr,
+    ca_pem: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, Vec<u8>), Box<dyn std::error::Error + Send + Sync>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVICE_NAME)?, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let request = Request::post("/mutate")
+        .header("content-type", "application/json")
+        .header("host", SERVICE_NAME)
+        .body(Full::new(Bytes::from(body)))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, body))
+}
+
+async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(StatusCode, String), Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn pod_review(uid: &str, pod: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        }
+    })
+}
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pods")
+        .join(format!("{name}.yaml"));
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The patch of a response, applied with the json-patch crate; `None` without one.
+fn apply(pod: &Value, response: &Value) -> Option<Value> {
+    let patch = response["patch"].as_str()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .expect("patch is base64");
+    let ops: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch is a JSONPatch");
+    let mut doc = pod.clone();
+    json_patch::patch(&mut doc, &ops).expect("patch applies");
+    Some(doc)
+}
+
+/// The `kubernetes-validate` executable, if installed (`.ci/manifests.sh` installs it).
+fn kubernetes_validate() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("kubernetes-validate"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(cache) = cache {
+        candidates.push(cache.join("picket/kubernetes-validate/bin/kubernetes-validate"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injects_over_https_and_is_idempotent() {
+    let injector = Injector::self_signed().await;
+    let pod = fixture("generate-name");
+
+    let response = injector.review(&pod_review("uid-1", &pod)).await;
+    assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(response["kind"], "AdmissionReview");
+    let inner = &response["response"];
+    assert_eq!(inner["uid"], "uid-1");
+    assert_eq!(inner["allowed"], true);
+    let patched = apply(&pod, inner).expect("a patch");
+
+    let typed: Pod = serde_json::from_value(patched.clone()).expect("patched pod is a Pod");
+    let spec = typed.spec.as_ref().unwrap();
+    let inits: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(inits, ["picket-init", "picket-proxy"]);
+    let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(containers, ["web"]);
+    assert_eq!(
+        spec.init_containers.as_ref().unwrap()[1]
+            .restart_policy
+            .as_deref(),
+        Some("Always")
+    );
+    let annotations = typed.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert!(annotations["picket.io/status"].contains("\"injected\":true"));
+
+    if let Some(validate) = kubernetes_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pod.yaml");
+        let mut pod = patched.clone();
+        pod["metadata"]["name"] = "web-7d9f8c6b5-abcde".into();
+        std::fs::write(&file, serde_yaml::to_string(&pod).unwrap()).unwrap();
+        let out = Command::new(&validate)
+            .arg("--strict")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubernetes-validate: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("kubernetes-validate not installed; schema check of the patched pod skipped");
+    }
+
+    // Reinvocation, or a controller re-submitting: nothing changes.
+    let again = injector.review(&pod_review("uid-2", &patched)).await;
+    assert_eq!(again["response"]["uid"], "uid-2");
+    assert_eq!(again["response"]["allowed"], true);
+    assert!(
+        again["response"].get("patch").is_none(),
+        "second patch: {again}"
+    );
+
+    // Metrics count what happened.
+    let (status, metrics) = http_get(injector.admin, "/metrics").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics.contains("picket_injector_requests_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("picket_injector_patches_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "picket_injector_reviews_total{decision=\"already_injected\",reason=\"already_injected\"} 1"
+    ));
+    let (status, _) = http_get(injector.admin, "/live").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_or_passed_through_never_crashes() {
+    let injector = Injector::self_signed().await;
+
+    // Not an AdmissionReview: 400 with a message.
+    for body in [
+        &b"{not json"[..],
+        br#"{"apiVersion":"v1","kind":"Pod"}"#,
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+        b"",
+    ] {
+        let (status, message) = injector.post(body.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(!message.is_empty());
+    }
+    let (_, message) = injector.post(b"{not json".to_vec()).await;
+    assert!(String::from_utf8_lossy(&message).contains("not JSON"));
+
+    // Another kind: allowed unchanged, with a warning and the uid.
+    let mut review = pod_review("uid-kind", &json!({"apiVersion": "v1", "kind": "Service"}));
+    review["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Service"});
+    let response = injector.review(&review).await;
+    assert_eq!(response["response"]["uid"], "uid-kind");
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(response["response"].get("patch").is_none());
+    assert!(response["response"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("Service"));
+
+    // A Pod that does not decode: allowed unchanged, with a warning.
+    let broken = json!({"metadata": {"name": ["x"]}, "spec": {"containers": 3}});
+    let response = injector.review(&pod_review("uid-broken", &broken)).await;
+    assert_eq!(response["response"]["uid"], "uid-broken");
+    assert_eq!(response["response"]["allowed"], true);
+    assert!(response["response"].get("patch").is_none());
+    assert!(!response["response"]["warnings"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // An invalid per-pod annotation: refused, naming it.
+    let mut pod = fixture("plain");
+    pod["metadata"]["annotations"] = json!({"picket.io/exclude-inbound-ports": "ssh"});
+    let response = injector.review(&pod_review("uid-annot", &pod)).await;
+    assert_eq!(response["response"]["uid"], "uid-annot");
+    assert_eq!(response["response"]["allowed"], false);
+    assert!(response["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("picket.io/exclude-inbound-ports"));
+
+    // Over the size limit (64 KiB here): 413.
+    let mut big = fixture("plain");
+    big["metadata"]["annotations"] = json!({"filler": "x".repeat(100_000)});
+    let body = serde_json::to_vec(&pod_review("uid-big", &big)).unwrap();
+    let (status, _) = injector.post(body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Still serving after all that.
+    let response = injector
+        .review(&pod_review("uid-after", &fixture("plain")))
+        .await;
+    assert!(response["response"]["patch"].is_string());
+    let (_, metrics) = http_get(injector.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("picket_injector_errors_total{kind=\"bad_request\"} 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("picket_injector_errors_total{kind=\"too_large\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Writes a cert-manager-like Secret volume: files behind a `..data` symlink.
+fn write_secret_volume(dir: &Path, generation: u32, bundle: &picket_injector::certs::CertBundle) {
+    let data = dir.join(format!("..gen{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("tls.crt"), &bundle.cert_pem).unwrap();
+    std::fs::write(data.join("tls.key"), &bundle.key_pem).unwrap();
+    std::fs::write(data.join("ca.crt"), &bundle.ca_cert_pem).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..gen{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for name in ["tls.crt", "tls.key", "ca.crt"] {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_certificate_is_reloaded_when_the_secret_changes() {
+    let names = vec![SERVICE_NAME.to_string()];
+    let first = picket_injector::certs::generate(&names, std::time::SystemTime::now()).unwrap();
+    let second = picket_injector::certs::generate(&names, std::time::SystemTime::now()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    write_secret_volume(&tls_dir, 1, &first);
+    let (cert, key) = (tls_dir.join("tls.crt"), tls_dir.join("tls.key"));
+    let ca_file = tls_dir.join("ca.crt");
+    let injector = Injector::start(
+        &[
+            "--tls-mode",
+            "files",
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-reload-interval",
+            "100ms",
+        ],
+        dir,
+        ca_file,
+    )
+    .await;
+    let body = || serde_json::to_vec(&pod_review("uid-tls", &fixture("plain"))).unwrap();
+    let (status, _) = post_with_ca(injector.webhook, &first.ca_cert_pem, body())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        post_with_ca(injector.webhook, &second.ca_cert_pem, body())
+            .await
+            .is_err(),
+        "second CA trusted before the swap"
+    );
+
+    write_secret_volume(&tls_dir, 2, &second);
+    let started = Instant::now();
+    loop {
+        if let Ok((StatusCode::OK, _)) =
+            post_with_ca(injector.webhook, &second.ca_cert_pem, body()).await
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "new certificate not served in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(post_with_ca(injector.webhook, &first.ca_cert_pem, body())
+        .await
+        .is_err());
+    let (_, metrics) = http_get(injector.admin, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("picket_injector_certificate_reloads_total 1"),
+        "{metrics}"
+    );
+}
