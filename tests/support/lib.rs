@@ -1,1 +1,8 @@
-//! Test support shared by Picket's crates (work in progress).
+//! Test support shared by Picket's crates.
+//!
+//! - [`apiserver`]: a Kubernetes API server for tests, speaking the real list/watch protocol
+//!   over HTTPS for Pods, Namespaces and NetworkPolicies, with fault injection.
+
+pub mod apiserver;
+
+pub use apiserver::{ApiServer, ApiServerBuilder, Kind};

@@ -1,0 +1,147 @@
+//! The resource kinds the test API server serves, and what the server knows about each:
+//! paths, list kinds, scope and selectable fields.
+//!
+//! Pure: no I/O. Used by the router, the store and the selectors.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// A resource kind served by the test API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `v1` Pod, namespaced.
+    Pod,
+    /// `v1` Namespace, cluster-scoped.
+    Namespace,
+    /// `networking.k8s.io/v1` NetworkPolicy, namespaced.
+    NetworkPolicy,
+}
+
+impl Kind {
+    /// Every kind, in the order discovery lists them.
+    pub const ALL: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
+
+    /// The `kind` field of an object, e.g. `Pod`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    /// The `kind` of a list of these objects, e.g. `PodList`.
+    pub fn list_kind(self) -> &'static str {
+        match self {
+            Kind::Pod => "PodList",
+            Kind::Namespace => "NamespaceList",
+            Kind::NetworkPolicy => "NetworkPolicyList",
+        }
+    }
+
+    /// The `apiVersion` field, e.g. `v1` or `networking.k8s.io/v1`.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Namespace => "v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+        }
+    }
+
+    /// The API group, empty for the core group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::Pod | Kind::Namespace => "",
+            Kind::NetworkPolicy => "networking.k8s.io",
+        }
+    }
+
+    /// The resource name in URLs, e.g. `pods`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
+        }
+    }
+
+    /// The short names discovery advertises.
+    pub(crate) fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod => &["po"],
+            Kind::Namespace => &["ns"],
+            Kind::NetworkPolicy => &["netpol"],
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace)
+    }
+
+    /// The kind an object declares with `apiVersion` and `kind`, if served here.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.name() == kind)
+    }
+
+    /// The kind served under `/api/{group_version}` or `/apis/{group_version}` as `plural`.
+    pub(crate) fn from_path(group_version: &str, plural: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.api_version() == group_version && k.plural() == plural)
+    }
+
+    /// The fields a field selector may name for this kind, as the real registry defines them.
+    pub(crate) fn field_labels(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod => &[
+                "metadata.name",
+                "metadata.namespace",
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ],
+            Kind::Namespace => &["metadata.name", "name", "status.phase"],
+            Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
+        }
+    }
+
+    /// The value of a selectable field; an unset field is the empty string, as upstream.
+    /// `None` when the field is not selectable for this kind.
+    pub(crate) fn field_value(self, object: &Value, field: &str) -> Option<String> {
+        if !self.field_labels().contains(&field) {
+            return None;
+        }
+        let text = |pointer: &str| {
+            object
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        Some(match field {
+            "metadata.name" | "name" => text("/metadata/name"),
+            "metadata.namespace" => text("/metadata/namespace"),
+            "spec.hostNetwork" => {
+                let on = object.pointer("/spec/hostNetwork").and_then(Value::as_bool);
+                on.unwrap_or(false).to_string()
+            }
+            // Upstream selects on the first of status.podIPs, not on status.podIP.
+            "status.podIP" => text("/status/podIPs/0/ip"),
+            other => text(&format!("/{}", other.replace('.', "/"))),
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,690 @@
+//! A small Kubernetes API server for tests, speaking the real list and watch protocol over
+//! HTTPS, so that kube-rs (and Picket's proxy on top of it) runs its real code paths.
+//!
+//! # What it serves
+//!
+//! | path                                                        | verbs                      |
+//! |-------------------------------------------------------------|----------------------------|
+//! | `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`              | list, watch (+ create)     |
+//! | `/api/v1/namespaces/{ns}/pods/{name}[/status]`              | get, replace, delete       |
+//! | `/api/v1/namespaces`, `/api/v1/namespaces/{name}[/status]`  | list, watch, create, get, replace, delete |
+//! | `/apis/networking.k8s.io/v1/[namespaces/{ns}/]networkpolicies[/{name}]` | the same       |
+//! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create                     |
+//! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz` | get           |
+//!
+//! Objects are stored as JSON, so every field survives a round trip. Writes take the next value
+//! of one global resourceVersion counter, as etcd does, and set `uid`, `creationTimestamp` and
+//! `generation`; namespaces get the `kubernetes.io/metadata.name` label. Clients writing over
+//! HTTP get the real registry's strategies: a created pod's status is reset to `Pending`, an
+//! update keeps the status (use the `status` subresource), a no-op update keeps the
+//! resourceVersion, a resourceVersion in an update is a precondition (409 Conflict), and a
+//! namespaced object needs its namespace to exist (404). Tests writing through
+//! [`ApiServer::apply`] play the part of the controllers and kubelet instead: what they give is
+//! stored as given, status included.
+//!
+//! Lists and watches follow the "Resource versions" and "Efficient detection of changes"
+//! sections of the Kubernetes API concepts (`params.rs` has the table): `resourceVersion`
+//! and `resourceVersionMatch` (`NotOlderThan`, `Exact`), `limit` and `continue` with the real
+//! token format (an expired token is 410 `Expired`, with an inconsistent-continue token as the
+//! real server gives), `labelSelector` and `fieldSelector` (the fields each kind supports
+//! upstream). Watches stream one JSON event per line; a resourceVersion older than the history
+//! is an ERROR event with a 410 `Expired` Status in an HTTP 200 stream; `allowWatchBookmarks`
+//! gives a BOOKMARK every [`ApiServerBuilder::bookmark_interval`]; `sendInitialEvents=true`
+//! gives ADDED for every object then a BOOKMARK annotated `k8s.io/initial-events-end`;
+//! `timeoutSeconds` closes the stream. List items carry no `kind`/`apiVersion`, as on a
+//! real server; watch event objects do.
+//!
+//! Requests need no credentials (there is no authorization), but bearer tokens registered with
+//! [`ApiServer::add_token`] authenticate, both for TokenReview and in the request log
+//! ([`ApiServer::requests`]), which tests use to assert how a client talked to the server.
+//!
+//! # Faults
+//!
+//! [`ApiServer::drop_watches`] cuts every open watch mid-stream; [`ApiServer::drop_connections`]
+//! closes every connection; [`ApiServer::refuse_connections`] resets new connections at accept;
+//! [`ApiServer::compact`] forgets the history, so watches and exact lists at older
+//! resourceVersions get 410 and clients must relist.
+//!
+//! # Running it
+//!
+//! The server runs on its own thread and single-threaded tokio runtime, so sync and async tests
+//! use it alike; dropping the [`ApiServer`] stops it. It serves on a listener the caller bound,
+//! which is how tests put it inside a network namespace: bind a `std::net::TcpListener` on a
+//! thread that has entered the namespace, and pass it to [`ApiServer::start`] from anywhere —
+//! a socket stays in the namespace it was created in. [`ApiServer::kubeconfig`] writes a
+//! kubeconfig that `kube::Config` accepts, with the CA and an admin bearer token.
+//!
+//! ```no_run
+//! use picket_test_support::apiserver::{ApiServer, Kind};
+//!
+//! let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+//! let server = ApiServer::builder().host("10.0.0.1").start(listener).unwrap();
+//! server.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n").unwrap();
+//! server.kubeconfig("/tmp/kubeconfig").unwrap();
+//! server.delete(Kind::Namespace, None, "shop").unwrap();
+//! ```
+//!
+//! # Limits
+//!
+//! Only Pods, Namespaces and NetworkPolicies (and TokenReview). JSON only (no protobuf, no
+//! table output), HTTP/1.1 only. No PATCH, no server-side apply, no dry run (400), no
+//! `/watch/` legacy paths, no graceful deletion (deletes are immediate; a namespace's objects
+//! are deleted with it), no admission, no defaulting or validation beyond names, no
+//! authorization. The history grows until [`ApiServer::compact`]. A watch from a future
+//! resourceVersion simply waits for changes after it.
+
+mod body;
+mod http;
+mod kind;
+mod params;
+mod selectors;
+mod server;
+mod status;
+mod store;
+mod tls;
+mod watch;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Deserialize as _;
+use serde_json::{json, Value};
+use tokio::sync::watch as signal;
+
+pub use kind::Kind;
+pub use status::ApiError;
+pub use tls::TlsError;
+
+use store::{Origin, Preconditions, Store};
+
+/// Namespaces every cluster has, created at start unless the builder says otherwise.
+const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// The user the kubeconfig's token authenticates as.
+const ADMIN_USER: &str = "kubernetes-admin";
+
+/// Configures and starts an [`ApiServer`].
+#[derive(Debug, Clone)]
+pub struct ApiServerBuilder {
+    hosts: Vec<String>,
+    advertise: Option<String>,
+    bookmark_interval: Duration,
+    default_namespaces: bool,
+}
+
+/// A running test API server; dropping it stops the server and closes its connections.
+#[derive(Debug)]
+pub struct ApiServer {
+    url: String,
+    addr: SocketAddr,
+    ca_pem: String,
+    admin_token: String,
+    shared: Arc<Shared>,
+    shutdown: Option<signal::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One request as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, e.g. `/api/v1/pods`.
+    pub path: String,
+    /// The raw query string, still percent-encoded; see [`RecordedRequest::param`].
+    pub query: String,
+    /// The user a registered bearer token authenticated, if any.
+    pub user: Option<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding, configuring the listener or starting the runtime failed.
+    #[error("starting the test API server: {0}")]
+    Io(#[from] io::Error),
+    /// The certificates could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Why [`ApiServer::apply`] failed; documents before the failing one were applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A document is not valid YAML or JSON.
+    #[error("document {index}: {source}")]
+    Parse {
+        /// The 0-based index of the document.
+        index: usize,
+        /// The parser's error.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A document is not an object of a served kind.
+    #[error("document {index}: not a served kind (apiVersion {api_version:?}, kind {kind:?})")]
+    UnknownKind {
+        /// The 0-based index of the document.
+        index: usize,
+        /// The document's `apiVersion`.
+        api_version: String,
+        /// The document's `kind`.
+        kind: String,
+    },
+    /// The server refused the object (bad name, missing namespace, ...).
+    #[error("{kind} {name:?}: {source}")]
+    Api {
+        /// The object's kind.
+        kind: Kind,
+        /// The object's name.
+        name: String,
+        /// The server's answer.
+        #[source]
+        source: Box<ApiError>,
+    },
+}
+
+/// State shared by the Rust API and the server's tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    store: Mutex<Store>,
+    tokens: Mutex<HashMap<String, TokenUser>>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    faults: Faults,
+    bookmark_interval: Duration,
+    address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+struct TokenUser {
+    username: String,
+    uid: String,
+    groups: Vec<String>,
+}
+
+/// Fault-injection switches, read by the accept loop, connections and watches.
+#[derive(Debug)]
+struct Faults {
+    refuse: AtomicBool,
+    watch_drops: signal::Sender<u64>,
+    connection_drops: signal::Sender<u64>,
+}
+
+// === impl ApiServerBuilder ===
+
+impl Default for ApiServerBuilder {
+    fn default() -> Self {
+        Self {
+            hosts: Vec::new(),
+            advertise: None,
+            bookmark_interval: Duration::from_secs(1),
+            default_namespaces: true,
+        }
+    }
+}
+
+impl ApiServerBuilder {
+    /// Adds an IP address or DNS name to the serving certificate. The listener's own address,
+    /// `127.0.0.1`, `localhost` and the `kubernetes.default.svc` names are always there.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.hosts.push(host.into());
+        self
+    }
+
+    /// The host clients use in [`ApiServer::url`] and the kubeconfig (default: the listener's
+    /// IP, or `127.0.0.1` for a wildcard listener). It is added to the certificate.
+    pub fn advertise(mut self, host: impl Into<String>) -> Self {
+        let host = host.into();
+        self.hosts.push(host.clone());
+        self.advertise = Some(host);
+        self
+    }
+
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK (default 1 s; real
+    /// servers send one about every minute).
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval;
+        self
+    }
+
+    /// Starts without the `default`, `kube-system`, `kube-public` and `kube-node-lease`
+    /// namespaces a real cluster has.
+    pub fn without_default_namespaces(mut self) -> Self {
+        self.default_namespaces = false;
+        self
+    }
+
+    /// Binds `addr` on the calling thread (so in its network namespace) and starts.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<ApiServer, StartError> {
+        self.start(TcpListener::bind(addr)?)
+    }
+
+    /// Starts serving on a listener the caller bound.
+    pub fn start(self, listener: TcpListener) -> Result<ApiServer, StartError> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let mut ips = vec![addr.ip()];
+        ips.extend(self.hosts.iter().filter_map(|h| h.parse::<IpAddr>().ok()));
+        let names: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.parse::<IpAddr>().is_err())
+            .cloned()
+            .collect();
+        let certs = tls::Certs::generate(&ips, &names)?;
+
+        let url_host = match &self.advertise {
+            Some(host) => host.clone(),
+            None if addr.ip().is_unspecified() => "127.0.0.1".to_string(),
+            None => addr.ip().to_string(),
+        };
+        let url = match url_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("https://[{ip}]:{}", addr.port()),
+            _ => format!("https://{url_host}:{}", addr.port()),
+        };
+
+        let mut store = Store::new();
+        if self.default_namespaces {
+            for name in DEFAULT_NAMESPACES {
+                let ns =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                store
+                    .create(Kind::Namespace, ns, None, Origin::Test)
+                    .expect("the default namespaces are valid and new");
+            }
+        }
+        let admin_token = format!("picket-test-{:016x}", random_u64());
+        let mut tokens = HashMap::new();
+        tokens.insert(
+            admin_token.clone(),
+            TokenUser {
+                username: ADMIN_USER.into(),
+                uid: "admin".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            },
+        );
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            tokens: Mutex::new(tokens),
+            requests: Mutex::new(Vec::new()),
+            faults: Faults {
+                refuse: AtomicBool::new(false),
+                watch_drops: signal::Sender::new(0),
+                connection_drops: signal::Sender::new(0),
+            },
+            bookmark_interval: self.bookmark_interval,
+            address: addr,
+        });
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config);
+        let (shutdown, shutdown_rx) = signal::channel(());
+        let loop_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("test-apiserver-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(server::accept_loop(
+                    listener,
+                    acceptor,
+                    loop_shared,
+                    shutdown_rx,
+                ));
+            })?;
+        tracing::debug!(%url, "Test API server started");
+        Ok(ApiServer {
+            url,
+            addr,
+            ca_pem: certs.ca_pem,
+            admin_token,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
+    }
+}
+
+// === impl ApiServer ===
+
+impl ApiServer {
+    /// A builder, for certificate names, bookmark interval and default namespaces.
+    pub fn builder() -> ApiServerBuilder {
+        ApiServerBuilder::default()
+    }
+
+    /// Starts with defaults on a listener the caller bound.
+    pub fn start(listener: TcpListener) -> Result<Self, StartError> {
+        Self::builder().start(listener)
+    }
+
+    /// Binds `addr` (e.g. `127.0.0.1:0`) and starts with defaults.
+    pub fn bind(addr: impl ToSocketAddrs) -> Result<Self, StartError> {
+        Self::builder().bind(addr)
+    }
+
+    /// The URL clients use, e.g. `https://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The PEM of the CA that signed the serving certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The bearer token of the kubeconfig's user (`kubernetes-admin`, `system:masters`).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// A kubeconfig (YAML) for the server, authenticating with `token`.
+    pub fn kubeconfig_yaml_with_token(&self, token: &str) -> String {
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{
+                "name": "picket-test",
+                "cluster": {
+                    "server": self.url,
+                    "certificate-authority-data": STANDARD.encode(&self.ca_pem),
+                },
+            }],
+            "users": [{"name": "picket-test", "user": {"token": token}}],
+            "contexts": [{
+                "name": "picket-test",
+                "context": {"cluster": "picket-test", "user": "picket-test", "namespace": "default"},
+            }],
+            "current-context": "picket-test",
+            "preferences": {},
+        });
+        serde_yaml::to_string(&config).expect("a JSON value serialises to YAML")
+    }
+
+    /// A kubeconfig (YAML) for the server, authenticating with the admin token.
+    pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_with_token(&self.admin_token)
+    }
+
+    /// Writes [`ApiServer::kubeconfig_yaml`] to `path`.
+    pub fn kubeconfig(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml())
+    }
+
+    /// Creates or replaces every object in `text`: YAML, possibly several `---` documents, or
+    /// JSON. Namespaces are applied first. Objects are stored as given (status included), with
+    /// server-set metadata; an object without a namespace goes to `default`. Returns the stored
+    /// objects in document order.
+    pub fn apply(&self, text: &str) -> Result<Vec<Value>, ApplyError> {
+        let mut docs = Vec::new();
+        for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc)
+                .and_then(serde_yaml::from_value::<Value>)
+                .map_err(|source| ApplyError::Parse { index, source })?;
+            if value.is_null() {
+                continue;
+            }
+            let text = |field: &str| value.get(field).and_then(Value::as_str).unwrap_or_default();
+            let kind = Kind::from_type(text("apiVersion"), text("kind")).ok_or_else(|| {
+                ApplyError::UnknownKind {
+                    index,
+                    api_version: text("apiVersion").to_string(),
+                    kind: text("kind").to_string(),
+                }
+            })?;
+            docs.push((index, kind, value));
+        }
+        // Namespaces first, so that one file can hold a namespace and what lives in it.
+        let mut order: Vec<usize> = (0..docs.len()).collect();
+        order.sort_by_key(|i| docs[*i].1 != Kind::Namespace);
+        let mut applied: Vec<(usize, Value)> = Vec::new();
+        for i in order {
+            let (index, kind, value) = docs[i].clone();
+            applied.push((index, self.apply_one(kind, value)?));
+        }
+        applied.sort_by_key(|(index, _)| *index);
+        Ok(applied.into_iter().map(|(_, v)| v).collect())
+    }
+
+    fn apply_one(&self, kind: Kind, value: Value) -> Result<Value, ApplyError> {
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let namespace = value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        let ns = kind.namespaced().then_some(namespace.as_str());
+        let mut store = self.shared.lock_store();
+        let stored = if store.get(kind, ns, &name).is_some() {
+            store.replace(kind, ns, &name, value, Origin::Test, store::Part::Main)
+        } else {
+            store.create(kind, value, ns, Origin::Test)
+        };
+        stored
+            .map(|obj| (*obj).clone())
+            .map_err(|source| ApplyError::Api {
+                kind,
+                name,
+                source: Box::new(source),
+            })
+    }
+
+    /// Deletes an object now (`namespace` is `None` for namespaces). Deleting a namespace
+    /// deletes everything in it first. Returns the object's last state.
+    pub fn delete(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let mut store = self.shared.lock_store();
+        let deleted = store.delete(kind, namespace, name, &Preconditions::default())?;
+        Ok((*deleted).clone())
+    }
+
+    /// The stored object, if it exists.
+    pub fn get(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let obj = self.shared.lock_store().get(kind, namespace, name)?;
+        Some((*obj).clone())
+    }
+
+    /// Every stored object of a kind, ordered by namespace and name.
+    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+        let all = self.shared.lock_store().all(kind);
+        all.iter().map(|obj| (**obj).clone()).collect()
+    }
+
+    /// The newest resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock_store().rv()
+    }
+
+    /// Registers a bearer token: TokenReview then authenticates it as `username` in `groups`.
+    pub fn add_token(&self, token: &str, username: &str, groups: &[&str]) {
+        let user = TokenUser {
+            username: username.to_string(),
+            uid: format!("uid-{username}"),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        };
+        self.shared.lock_tokens().insert(token.to_string(), user);
+    }
+
+    /// Every request received so far, oldest first.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.lock_requests().clone()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.shared.lock_requests().clear();
+    }
+
+    /// Polls the request log until a request satisfies `matches`, for at most `timeout`.
+    pub fn wait_for_request(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&RecordedRequest) -> bool,
+    ) -> Option<RecordedRequest> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.shared.lock_requests().iter().find(|r| matches(r)) {
+                return Some(found.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// How many watch streams are open.
+    pub fn open_watches(&self) -> usize {
+        self.shared.lock_store().open_watches()
+    }
+
+    /// Ends every open watch stream abruptly: the connection is cut without the final chunk.
+    pub fn drop_watches(&self) {
+        self.shared.faults.watch_drops.send_modify(|n| *n += 1);
+    }
+
+    /// Closes every open connection, watches included.
+    pub fn drop_connections(&self) {
+        self.shared.faults.connection_drops.send_modify(|n| *n += 1);
+    }
+
+    /// While `refuse` is true, new connections are reset as soon as they are accepted. Open
+    /// connections stay; add [`ApiServer::drop_connections`] for an outage.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.shared.faults.refuse.store(refuse, Ordering::SeqCst);
+    }
+
+    /// Forgets the history up to now, as an etcd compaction does: watches from, and exact or
+    /// continued lists at, an older resourceVersion now get 410 Expired.
+    pub fn compact(&self) {
+        self.shared.lock_store().compact();
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // The runtime is dropped on its own thread, which cancels every connection task.
+            let _ = thread.join();
+        }
+    }
+}
+
+// === impl RecordedRequest ===
+
+impl RecordedRequest {
+    /// A query parameter, decoded (the first one, if repeated).
+    pub fn param(&self, name: &str) -> Option<String> {
+        params::Query::parse(&self.query)
+            .get(name)
+            .map(str::to_string)
+    }
+
+    /// Whether this was a watch (`watch=true` or `watch=1`).
+    pub fn is_watch(&self) -> bool {
+        matches!(self.param("watch").as_deref(), Some("true" | "1"))
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn lock_store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    fn lock_tokens(&self) -> MutexGuard<'_, HashMap<String, TokenUser>> {
+        lock(&self.tokens)
+    }
+
+    fn lock_requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+        lock(&self.requests)
+    }
+
+    /// Answers a TokenReview as the real authenticator chain does for static tokens.
+    fn review(&self, review: &Value) -> Result<Value, ApiError> {
+        let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let token = spec
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if token.is_empty() {
+            return Err(ApiError::bad_request(
+                "token is required for TokenReview in authentication",
+            ));
+        }
+        let user = self.lock_tokens().get(token).cloned();
+        // TokenReviewStatus has `authenticated,omitempty` and a non-pointer `user`: an unknown
+        // token answers `{"user": {}}`.
+        let status = match user {
+            Some(user) => {
+                let mut status = json!({
+                    "authenticated": true,
+                    "user": {"username": user.username, "uid": user.uid, "groups": user.groups},
+                });
+                if let Some(audiences) = spec
+                    .get("audiences")
+                    .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()))
+                {
+                    status["audiences"] = audiences.clone();
+                }
+                status
+            }
+            None => json!({"user": {}}),
+        };
+        Ok(json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {},
+            "spec": spec,
+            "status": status,
+        }))
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: a panicking test thread leaves the data consistent
+/// (no lock is held across a partial update).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    hasher.write_u128(nanos);
+    hasher.finish()
+}
