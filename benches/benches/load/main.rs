@@ -1,0 +1,242 @@
+//! The load benchmark of issue 7: the app reached directly, through Picket,
+//! and through HAProxy in TCP mode (with and without splice), side by side in
+//! network namespaces, interleaved round by round.
+//!
+//! Run (as root, with Debian's `haproxy` installed):
+//! `cargo bench -p picket-benches --bench load`. See `benches/README.md` for
+//! what it measures and prints.
+
+mod app;
+mod client;
+mod procfs;
+mod report;
+mod setup;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+use crate::client::Outcome;
+use crate::report::{Memory, Phase, PhaseStats, Results};
+use crate::setup::{Bench, Server};
+
+/// The bench's knobs; each has an environment variable.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Interleaved rounds (`PICKET_LOAD_ROUNDS`).
+    pub rounds: usize,
+    /// Length of the bulk and connection-rate phases (`PICKET_LOAD_SECONDS`);
+    /// the latency phases take two thirds of it.
+    pub phase: Duration,
+    /// Concurrent connection loops in the rate phase.
+    pub concurrency: usize,
+    /// Streams of the multi-stream bulk phase.
+    pub streams: usize,
+    /// Connections held open to measure memory per idle connection.
+    pub idle_connections: usize,
+    /// Picket's `--workers` (`PICKET_LOAD_WORKERS`), when it has the flag.
+    pub workers: usize,
+}
+
+impl Config {
+    fn from_env() -> Result<Self> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .ok()
+                    .with_context(|| format!("{name}={v:?} is not valid")),
+                Err(_) => Ok(default),
+            }
+        }
+        let config = Self {
+            rounds: var("PICKET_LOAD_ROUNDS", 4)?,
+            phase: Duration::from_secs_f64(var("PICKET_LOAD_SECONDS", 1.5)?),
+            concurrency: 8,
+            streams: 8,
+            idle_connections: var("PICKET_LOAD_IDLE_CONNECTIONS", 1000)?,
+            workers: var("PICKET_LOAD_WORKERS", 1)?,
+        };
+        ensure!(config.rounds > 0, "PICKET_LOAD_ROUNDS must be at least 1");
+        Ok(config)
+    }
+
+    fn latency_phase(&self) -> Duration {
+        self.phase * 2 / 3
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(app::ARG) {
+        return app::main(&args[1..]);
+    }
+    // `cargo test --benches` runs bench targets without `--bench`: skip.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("load: skipped; run it with `cargo bench -p picket-benches --bench load`");
+        return ExitCode::SUCCESS;
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load benchmark: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `target/`, from this binary's path (`target/release/deps/load-*`).
+fn target_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .context("cannot find target/ from the bench's path")
+}
+
+fn run() -> Result<()> {
+    let config = Config::from_env()?;
+    setup::preflight()?;
+    let target = target_dir()?;
+    let binary = setup::proxy_binary(&target)?;
+    let workers = setup::has_workers_flag(&binary)?.then_some(config.workers);
+    setup::pin_to(setup::CLIENT_CORE)?;
+    setup::raise_nofile(4 * config.idle_connections as u64 + 1024)?;
+    setup::cleanup_on_signal()?;
+
+    let started = Instant::now();
+    let load_before = procfs::loadavg();
+    let out_dir = target.join("picket-load");
+    eprintln!("load: setting up the lab");
+    let bench = Bench::start(&binary, &out_dir, workers)?;
+    let mut results = Results::new(&config, &bench, &binary, load_before);
+
+    eprintln!(
+        "load: idle memory ({} connections held)",
+        config.idle_connections
+    );
+    for (i, server) in bench.servers.iter().enumerate() {
+        results.modes[i].memory = measure_memory(&bench, server, config.idle_connections)?;
+    }
+
+    eprintln!("load: warming up");
+    for server in &bench.servers {
+        warm_up(&bench, server.addr())?;
+    }
+
+    let modes = bench.servers.len();
+    for round in 0..config.rounds {
+        eprintln!("load: round {}/{}", round + 1, config.rounds);
+        for phase in Phase::ALL {
+            // A B C D, then B C D A: no mode always runs right after another.
+            for k in 0..modes {
+                let i = (k + round) % modes;
+                let server = &bench.servers[i];
+                let stats = results.modes[i].phase_mut(phase);
+                measure_phase(&bench, server, phase, &config, stats)
+                    .with_context(|| format!("{} {}", server.mode.name(), phase.name()))?;
+            }
+        }
+    }
+
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, server) in bench.servers.iter().enumerate() {
+        if let (Some(pid), Some(memory)) = (server.relay_pid(), &mut results.modes[i].memory) {
+            memory.after_run_pss_kib = procfs::pss_kib(pid).ok();
+        }
+    }
+    results.finish(started.elapsed(), procfs::loadavg());
+    print!("{}", results.table());
+    let json = out_dir.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results.json())?)?;
+    println!("\nAll figures: {}", json.display());
+    Ok(())
+}
+
+/// One phase against one mode: the client's outcome and the relay's and the
+/// app's CPU seconds over it.
+fn measure_phase(
+    bench: &Bench,
+    server: &Server,
+    phase: Phase,
+    config: &Config,
+    stats: &mut PhaseStats,
+) -> Result<()> {
+    let addr = server.addr();
+    let relay = server.relay_pid();
+    let relay_cpu = || relay.map_or(Ok(0.0), procfs::cpu_seconds);
+    let (relay0, app0) = (relay_cpu()?, procfs::cpu_seconds(bench.app.pid)?);
+    let outcome = picket::lab::in_netns(&bench.client.netns, || match phase {
+        Phase::Bulk1 => client::bulk(addr, 1, config.phase),
+        Phase::Bulk8 => client::bulk(addr, config.streams, config.phase),
+        Phase::ConnRate => client::short_connections(addr, config.concurrency, config.phase),
+        Phase::ConnLatency => client::short_connections(addr, 1, config.latency_phase()),
+        Phase::PingPong => client::ping_pong(addr, config.latency_phase()),
+    })??;
+    // Let the relay finish closing what the client closed.
+    std::thread::sleep(Duration::from_millis(30));
+    let (relay1, app1) = (relay_cpu()?, procfs::cpu_seconds(bench.app.pid)?);
+    if let Some(relay) = &server.relay {
+        ensure!(
+            Path::new(&format!("/proc/{}", relay.pid)).exists(),
+            "the relay died; see {}",
+            bench.log_dir.display()
+        );
+    }
+    if outcome.errors > 0 {
+        eprintln!(
+            "load: {} {}: {} failed ({})",
+            server.mode.name(),
+            phase.name(),
+            outcome.errors,
+            outcome.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    stats.add(phase, outcome, relay1 - relay0, app1 - app0);
+    Ok(())
+}
+
+/// Idle PSS of the relay, then its PSS and file descriptors while it holds
+/// `n` idle connections (each after one exchange).
+fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Memory>> {
+    let Some(pid) = server.relay_pid() else {
+        return Ok(None);
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_pss_kib = procfs::pss_kib(pid)?;
+    let idle_fds = procfs::fd_count(pid)?;
+    let idle_threads = procfs::threads(pid)?;
+    let addr = server.addr();
+    let held = picket::lab::in_netns(&bench.client.netns, || client::open_idle(addr, n))??;
+    std::thread::sleep(Duration::from_millis(300));
+    let memory = Memory {
+        idle_pss_kib,
+        idle_fds,
+        idle_threads,
+        held: held.len(),
+        held_pss_kib: procfs::pss_kib(pid)?,
+        held_fds: procfs::fd_count(pid)?,
+        after_run_pss_kib: None,
+    };
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(Some(memory))
+}
+
+/// A little of every phase, unrecorded: first connections, page faults and
+/// allocator growth happen before the clock runs.
+fn warm_up(bench: &Bench, addr: SocketAddr) -> Result<()> {
+    let short = Duration::from_millis(250);
+    picket::lab::in_netns(&bench.client.netns, || -> std::io::Result<Outcome> {
+        client::bulk(addr, 1, short)?;
+        client::short_connections(addr, 8, short)?;
+        client::ping_pong(addr, short)
+    })??;
+    Ok(())
+}

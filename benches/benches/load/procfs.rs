@@ -1,0 +1,63 @@
+//! What the kernel says about a process: CPU time, PSS, open files.
+
+use std::io;
+
+fn read(pid: u32, file: &str) -> io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+}
+
+/// User plus system CPU seconds of the whole process, exited threads included.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = read(pid, "stat")?;
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("bad /proc/PID/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad field {n} in /proc/{pid}/stat")))
+    };
+    let ticks = field(14)? + field(15)?;
+    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+fn kib_line(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Proportional set size in KiB, from `smaps_rollup`.
+pub fn pss_kib(pid: u32) -> io::Result<u64> {
+    kib_line(&read(pid, "smaps_rollup")?, "Pss:")
+        .ok_or_else(|| io::Error::other(format!("no Pss in /proc/{pid}/smaps_rollup")))
+}
+
+/// Open file descriptors.
+pub fn fd_count(pid: u32) -> io::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// Threads of the process.
+pub fn threads(pid: u32) -> io::Result<u64> {
+    kib_line(&read(pid, "status")?, "Threads:")
+        .ok_or_else(|| io::Error::other(format!("no Threads in /proc/{pid}/status")))
+}
+
+/// The process's command name.
+pub fn comm(pid: u32) -> io::Result<String> {
+    Ok(read(pid, "comm")?.trim().to_string())
+}
+
+/// The 1-minute load average, as a measure of the machine's noise.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}

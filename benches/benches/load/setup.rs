@@ -1,0 +1,680 @@
+//! The bench's lab: a client pod and one server pod per mode on one node,
+//! the app in every server pod, and the relays (Picket, HAProxy) in theirs,
+//! each relay behind the same `picket-proxy init` rules. Everything it starts
+//! is pinned: the load generator to [`CLIENT_CORE`], the app and the relays
+//! to [`POD_CORE`]. Processes die with the bench (drop, or the kernel's
+//! parent-death signal); namespaces are deleted on drop, on Ctrl-C, or by
+//! the next lab's sweep.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use picket::lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
+use picket::lab::{in_netns, Lab, LabPod};
+use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+use rustix::thread::CpuSet;
+
+use crate::{app, client, procfs};
+
+/// The core of the load generator (and of the bench's own threads).
+pub const CLIENT_CORE: usize = 0;
+/// The core of the pods: the app and the relay share it, as in a pod.
+pub const POD_CORE: usize = 1;
+/// The app's port in every server pod.
+pub const APP_PORT: u16 = 8080;
+/// The relays' port: where `picket-proxy init` redirects inbound TCP.
+const INBOUND_PORT: u16 = 15006;
+/// The Kubernetes namespace of the lab pods.
+const NAMESPACE: &str = "bench";
+const READY: Duration = Duration::from_secs(20);
+/// File descriptors for the bench and its children (1,000 idle connections
+/// take two per connection in a relay, more with splice pipes).
+const NOFILE: u64 = 65_536;
+
+/// How the client reaches the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// No relay: the pod has no redirect rules.
+    Direct,
+    /// `picket-proxy run` behind the `init` rules.
+    Picket,
+    /// HAProxy in TCP mode, one thread, behind the same rules.
+    Haproxy,
+    /// The same HAProxy with `option splice-auto`.
+    HaproxySplice,
+}
+
+impl Mode {
+    /// Every mode, in the order each round runs them.
+    pub const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Picket,
+        Mode::Haproxy,
+        Mode::HaproxySplice,
+    ];
+
+    /// The mode's name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Picket => "picket",
+            Mode::Haproxy => "haproxy",
+            Mode::HaproxySplice => "haproxy-splice",
+        }
+    }
+
+    fn pod_name(self) -> String {
+        format!("server-{}", self.name())
+    }
+}
+
+/// A child process, killed and reaped on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    /// Its pid (wrappers exec, so this is the pid of the real program).
+    pub pid: u32,
+}
+
+impl Proc {
+    fn spawn(command: &mut Command) -> Result<Self> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let pid = child.id();
+        Ok(Self { child, pid })
+    }
+
+    fn check_alive(&mut self, what: &str) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{what} exited: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One server pod: the app, and the relay in front of it, if any.
+#[derive(Debug)]
+pub struct Server {
+    /// How it is reached.
+    pub mode: Mode,
+    /// Its lab pod.
+    pub pod: LabPod,
+    /// The relay process (none for direct).
+    pub relay: Option<Proc>,
+}
+
+impl Server {
+    /// Where the client connects: the app's address, as a client would.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.pod.ip, APP_PORT)
+    }
+
+    /// The relay's pid, if it has one.
+    pub fn relay_pid(&self) -> Option<u32> {
+        self.relay.as_ref().map(|r| r.pid)
+    }
+}
+
+/// A scratch directory (binary, manifests, configs), removed on drop.
+#[derive(Debug)]
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The whole setup. Field order is drop order: relays, app, then namespaces.
+#[derive(Debug)]
+pub struct Bench {
+    /// The server pods, one per mode, in [`Mode::ALL`] order.
+    pub servers: Vec<Server>,
+    /// The app process (serves every server pod).
+    pub app: Proc,
+    /// The load generator's pod.
+    pub client: LabPod,
+    /// `--workers` as passed to Picket; `None`: the flag does not exist yet.
+    pub workers: Option<usize>,
+    /// `haproxy -v`, first line.
+    pub haproxy_version: String,
+    /// Where the relays' logs go.
+    pub log_dir: PathBuf,
+    _work: WorkDir,
+    _lab: Lab,
+}
+
+/// What the signal handler must delete if the bench is interrupted.
+static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static CLEANUP_NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Checks what the bench needs, with a clear message for what is missing.
+pub fn preflight() -> Result<()> {
+    ensure!(
+        picket::lab::can_run(),
+        "the load benchmark makes network namespaces: run it as root"
+    );
+    let haproxy = Command::new("haproxy").arg("-v").output();
+    ensure!(
+        haproxy.is_ok_and(|o| o.status.success()),
+        "HAProxy is missing: install Debian's package first (apt-get install haproxy)"
+    );
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables", "iptables"),
+        ("setpriv", "util-linux"),
+        ("taskset", "util-linux"),
+        ("sysctl", "procps"),
+    ] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        ensure!(found, "{tool} is missing: apt-get install {package}");
+    }
+    let cpus = rustix::thread::sched_getaffinity(None)?;
+    ensure!(
+        cpus.is_set(CLIENT_CORE) && cpus.is_set(POD_CORE),
+        "the bench pins to cores {CLIENT_CORE} and {POD_CORE}: both must be available"
+    );
+    Ok(())
+}
+
+/// Builds `picket-proxy` in release mode (a no-op when it is up to date) and
+/// returns its path; `PICKET_PROXY_BIN` names another binary instead.
+pub fn proxy_binary(target: &Path) -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("PICKET_PROXY_BIN") {
+        return Ok(bin.into());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    eprintln!("load: building picket-proxy (release)");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "picket-proxy", "--bin"])
+        .arg("picket-proxy")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .status()
+        .context("cannot run cargo to build picket-proxy")?;
+    ensure!(status.success(), "cargo build of picket-proxy failed");
+    let binary = target.join("release").join("picket-proxy");
+    ensure!(binary.exists(), "no {}", binary.display());
+    Ok(binary)
+}
+
+/// Pins the calling thread (and the threads and processes it starts later).
+pub fn pin_to(core: usize) -> Result<()> {
+    let mut cpus = CpuSet::new();
+    cpus.set(core);
+    rustix::thread::sched_setaffinity(None, &cpus).context("cannot pin to a core")
+}
+
+/// Raises the open-file limit as far as the hard limit allows (children
+/// inherit it), and checks that it is enough.
+pub fn raise_nofile(needed: u64) -> Result<()> {
+    let old = getrlimit(Resource::Nofile);
+    let current = old.maximum.map_or(NOFILE, |m| m.min(NOFILE));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(current),
+            maximum: old.maximum,
+        },
+    )
+    .context("cannot raise RLIMIT_NOFILE")?;
+    ensure!(
+        current >= needed,
+        "the open-file limit is {current}; the bench needs {needed}"
+    );
+    Ok(())
+}
+
+/// On SIGINT or SIGTERM: delete the namespaces and scratch files, and exit
+/// (children die with the bench: parent-death signal).
+pub fn cleanup_on_signal() -> Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(|| {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            eprintln!("load: interrupted; cleaning up");
+            let netns = CLEANUP_NETNS.lock().map(|v| v.clone()).unwrap_or_default();
+            for ns in netns.iter().rev() {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            for dir in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
+                let _ = fs::remove_dir_all(dir);
+            }
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
+
+fn remember_netns(name: &str) {
+    if let Ok(mut list) = CLEANUP_NETNS.lock() {
+        list.push(name.to_string());
+    }
+}
+
+impl Bench {
+    /// Builds the lab, starts the app and the relays, and waits until every
+    /// mode answers end to end.
+    pub fn start(binary: &Path, log_dir: &Path, workers: Option<usize>) -> Result<Self> {
+        fs::create_dir_all(log_dir)?;
+        let work = make_work_dir()?;
+        let proxy = work.0.join("bin").join("picket-proxy");
+        fs::copy(binary, &proxy).with_context(|| format!("cannot copy {}", binary.display()))?;
+        fs::set_permissions(&proxy, fs::Permissions::from_mode(0o755))?;
+
+        let mut lab = Lab::new().context("cannot create the lab (root and iproute2 needed)")?;
+        remember_netns(lab.node_netns());
+        let client = lab.add_pod("loadgen")?;
+        remember_netns(&client.netns);
+        let mut pods = Vec::new();
+        for mode in Mode::ALL {
+            let pod = lab.add_pod(&mode.pod_name())?;
+            remember_netns(&pod.netns);
+            pods.push((mode, pod));
+        }
+        for pod in std::iter::once(&client).chain(pods.iter().map(|(_, p)| p)) {
+            tune_netns(pod)?;
+        }
+
+        let cluster = work.0.join("cluster");
+        write_cluster(&cluster, &lab, &client, &pods)?;
+
+        // The app first: relays connect to it.
+        let specs: Vec<String> = pods
+            .iter()
+            .map(|(_, pod)| {
+                let addr = SocketAddr::new(pod.ip, APP_PORT);
+                format!("{}={addr}", pod.netns)
+            })
+            .collect();
+        let app = start_app(&specs, log_dir)?;
+
+        let mut servers = Vec::new();
+        for (mode, pod) in pods {
+            let relay = match mode {
+                Mode::Direct => None,
+                Mode::Picket | Mode::Haproxy | Mode::HaproxySplice => {
+                    let node_file = work.0.join("state").join(&pod.name).join("node");
+                    init(&proxy, &pod, &node_file)?;
+                    share_dir(&work.0.join("state"))?;
+                    share_dir(node_file.parent().unwrap_or(&work.0))?;
+                    let log = File::create(log_dir.join(format!("{}.log", mode.name())))?;
+                    Some(match mode {
+                        Mode::Picket => {
+                            start_picket(&proxy, &lab, &pod, &cluster, &node_file, workers, log)?
+                        }
+                        _ => start_haproxy(&work.0, &pod, mode == Mode::HaproxySplice, log)?,
+                    })
+                }
+            };
+            servers.push(Server { mode, pod, relay });
+        }
+        let haproxy_version = Command::new("haproxy")
+            .arg("-v")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let mut bench = Self {
+            servers,
+            app,
+            client,
+            workers,
+            haproxy_version,
+            log_dir: log_dir.to_path_buf(),
+            _work: work,
+            _lab: lab,
+        };
+        bench.wait_ready()?;
+        Ok(bench)
+    }
+
+    /// Waits for Picket's readiness, then for one exchange through every
+    /// mode; checks that each relay pid is the relay itself.
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + READY;
+        let client_netns = self.client.netns.clone();
+        for server in &mut self.servers {
+            let name = server.mode.name();
+            let admin = SocketAddr::new(server.pod.ip, picket::config::DEFAULT_ADMIN_PORT);
+            loop {
+                if let Some(relay) = &mut server.relay {
+                    relay.check_alive(name).with_context(|| {
+                        format!("see {}", self.log_dir.join(format!("{name}.log")).display())
+                    })?;
+                }
+                let ready = match server.mode {
+                    Mode::Picket => {
+                        matches!(http_get(&server.pod.netns, admin, "/ready"), Ok((200, _)))
+                            && probe(&client_netns, server.addr())
+                    }
+                    _ => probe(&client_netns, server.addr()),
+                };
+                if ready {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "{name} did not answer within {READY:?}; see {}",
+                    self.log_dir.display()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(relay) = &server.relay {
+                let comm = procfs::comm(relay.pid)?;
+                let expected = match server.mode {
+                    Mode::Picket => "picket-proxy",
+                    _ => "haproxy",
+                };
+                ensure!(
+                    comm == expected,
+                    "pid {} is {comm}, not {expected}",
+                    relay.pid
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn probe(netns: &str, addr: SocketAddr) -> bool {
+    matches!(in_netns(netns, || client::probe(addr)), Ok(Ok(())))
+}
+
+fn make_work_dir() -> Result<WorkDir> {
+    let dir = std::env::temp_dir().join(format!("picket-load-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    for sub in ["bin", "cluster", "state"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let work = WorkDir(dir);
+    if let Ok(mut list) = CLEANUP.lock() {
+        list.push(work.0.clone());
+    }
+    for sub in ["", "bin", "cluster", "state"] {
+        fs::set_permissions(work.0.join(sub), fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(work)
+}
+
+/// Per-namespace TCP settings for a fast connection loop: a wide ephemeral
+/// range, and reuse of TIME_WAIT ports (the client's, and the relays'
+/// connections to the app, which close first).
+fn tune_netns(pod: &LabPod) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.netns, "sysctl", "-q", "-w"])
+        .args([
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=10000 65000",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "sysctl in {}: {}",
+        pod.netns,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A small cluster: the lab pods, two more namespaces of pods that exist
+/// only on paper, and a handful of policies; the server pods admit the
+/// load generator on the app port.
+fn write_cluster(dir: &Path, lab: &Lab, client: &LabPod, pods: &[(Mode, LabPod)]) -> Result<()> {
+    use serde_json::json;
+    let host_ip = lab.host_ip().to_string();
+    let pod = |ns: &str, name: &str, ip: String, labels: serde_json::Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"containers": [{"name": "app", "ports": [{"containerPort": APP_PORT, "name": "http"}]}]},
+            "status": {"phase": "Running", "podIP": ip, "hostIP": host_ip},
+        })
+    };
+    let mut docs = Vec::new();
+    for (ns, team) in [(NAMESPACE, "bench"), ("shop", "web"), ("data", "db")] {
+        docs.push(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": {"team": team, "kubernetes.io/metadata.name": ns}},
+        }));
+    }
+    docs.push(pod(
+        NAMESPACE,
+        &client.name,
+        client.ip.to_string(),
+        json!({"app": "loadgen"}),
+    ));
+    for (mode, p) in pods {
+        docs.push(pod(
+            NAMESPACE,
+            &p.name,
+            p.ip.to_string(),
+            json!({"app": "server", "mode": mode.name()}),
+        ));
+    }
+    // Pods on paper (never contacted): 24 in two namespaces.
+    for (i, (ns, app)) in [("shop", "frontend"), ("shop", "cart"), ("data", "postgres")]
+        .iter()
+        .enumerate()
+    {
+        for j in 0..8 {
+            docs.push(pod(
+                ns,
+                &format!("{app}-{j}"),
+                format!("10.250.{i}.{}", j + 10),
+                json!({"app": app, "tier": if *ns == "data" { "db" } else { "web" }}),
+            ));
+        }
+    }
+    let policy = |ns: &str, name: &str, spec: serde_json::Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        })
+    };
+    docs.push(policy(
+        NAMESPACE,
+        "server-from-loadgen",
+        json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {"app": "loadgen"}}}],
+                "ports": [{"protocol": "TCP", "port": APP_PORT}],
+            }],
+        }),
+    ));
+    docs.push(policy(
+        NAMESPACE,
+        "server-from-monitoring",
+        json!({
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{
+                "from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}],
+                "ports": [{"port": 9090}],
+            }],
+        }),
+    ));
+    for ns in ["shop", "data"] {
+        docs.push(policy(
+            ns,
+            "default-deny",
+            json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        ));
+    }
+    docs.push(policy(
+        "shop",
+        "frontend-from-anywhere",
+        json!({
+            "podSelector": {"matchLabels": {"app": "frontend"}},
+            "ingress": [{"ports": [{"port": "http"}]}],
+        }),
+    ));
+    docs.push(policy(
+        "data",
+        "postgres-from-shop",
+        json!({
+            "podSelector": {"matchLabels": {"app": "postgres"}},
+            "ingress": [{
+                "from": [{"namespaceSelector": {"matchLabels": {"team": "web"}},
+                          "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["cart", "frontend"]}]}},
+                         {"ipBlock": {"cidr": "10.250.0.0/16", "except": ["10.250.9.0/24"]}}],
+                "ports": [{"port": 5432, "endPort": 5433}],
+            }],
+        }),
+    ));
+    let text: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+    fs::write(dir.join("cluster.yaml"), text.join("\n---\n"))?;
+    share_dir(dir)?;
+    Ok(())
+}
+
+fn init(binary: &Path, pod: &LabPod, node_file: &Path) -> Result<()> {
+    let node_file = node_file.to_str().context("non-UTF-8 path")?;
+    let out = run_init(binary, pod, &["--node-file", node_file])?;
+    ensure!(
+        out.status.success(),
+        "picket-proxy init in {}: {}",
+        pod.name,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+fn start_app(specs: &[String], log_dir: &Path) -> Result<Proc> {
+    let exe = std::env::current_exe()?;
+    let mut app = Proc::spawn(
+        Command::new(exe)
+            .arg(app::ARG)
+            .arg(std::process::id().to_string())
+            .arg(POD_CORE.to_string())
+            .args(specs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(log_dir.join("app.log"))?),
+    )?;
+    let stdout = app.child.stdout.take().context("no app stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        app.check_alive("the app")?;
+        bail!("the app did not start: {line:?}");
+    }
+    Ok(app)
+}
+
+/// `taskset -c POD_CORE ip netns exec NETNS setpriv ... --pdeathsig KILL`:
+/// every wrapper execs, so the child's pid is the relay's.
+fn relay_command(netns: &str) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", &POD_CORE.to_string(), "ip", "netns", "exec", netns])
+        .args(["setpriv", "--clear-groups", "--pdeathsig", "KILL"])
+        .arg(format!("--reuid={PROXY_UID}"))
+        .arg(format!("--regid={PROXY_UID}"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null());
+    command
+}
+
+fn start_picket(
+    binary: &Path,
+    lab: &Lab,
+    pod: &LabPod,
+    cluster: &Path,
+    node_file: &Path,
+    workers: Option<usize>,
+    log: File,
+) -> Result<Proc> {
+    let mut command = relay_command(&pod.netns);
+    command
+        .arg(binary)
+        .arg("run")
+        .arg("--cluster-dir")
+        .arg(cluster)
+        .arg("--node-file")
+        .arg(node_file)
+        .env("POD_NAME", &pod.name)
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("POD_IP", pod.ip.to_string())
+        .env("HOST_IP", lab.host_ip().to_string())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(workers) = workers {
+        command.args(["--workers", &workers.to_string()]);
+    }
+    Proc::spawn(&mut command)
+}
+
+fn start_haproxy(work: &Path, pod: &LabPod, splice: bool, log: File) -> Result<Proc> {
+    let splice = if splice {
+        "    option splice-auto\n"
+    } else {
+        ""
+    };
+    let config = format!(
+        "global\n    nbthread 1\n    maxconn 4000\n\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n{splice}\n\
+         frontend inbound\n    bind :{INBOUND_PORT}\n    default_backend app\n\n\
+         backend app\n    server app {}:{APP_PORT}\n",
+        pod.ip
+    );
+    let path = work.join(format!("{}.cfg", pod.name));
+    fs::write(&path, config)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let mut command = relay_command(&pod.netns);
+    command
+        .args(["haproxy", "-db", "-f"])
+        .arg(&path)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Proc::spawn(&mut command)
+}
+
+/// Whether this `picket-proxy` has `run --workers`.
+pub fn has_workers_flag(binary: &Path) -> Result<bool> {
+    let out = Command::new(binary).args(["run", "--help"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--workers"))
+}
