@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# Picket's two images, from one build:
+#   docker build --target proxy    -t picket/proxy:0.1.0 .
+#   docker build --target injector -t picket/injector:0.1.0 .
+# The proxy image serves both the init container (`picket-proxy init`, which
+# needs the iptables tools, nft and legacy) and the sidecar (`picket-proxy run`).
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+# Only the sources: never the host's target/ directory.
+COPY Cargo.toml Cargo.lock ./
+COPY proxy proxy
+COPY injector injector
+COPY tests tests
+COPY benches benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p picket-proxy -p picket-injector \
+    && install -D -m 0755 target/release/picket-proxy /out/picket-proxy \
+    && install -D -m 0755 target/release/picket-injector /out/picket-injector
+
+FROM debian:bookworm-slim AS proxy
+# Debian's iptables package ships both backends: iptables-nft-restore and
+# iptables-legacy-restore (and the ip6tables ones); init picks one at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iptables \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/picket-proxy /usr/local/bin/picket-proxy
+# The sidecar's UID (the injector sets it too); init runs as root by its
+# container securityContext, with only NET_ADMIN and NET_RAW.
+USER 1337:1337
+ENTRYPOINT ["/usr/local/bin/picket-proxy"]
+CMD ["run"]
+
+FROM debian:bookworm-slim AS injector
+COPY --from=build /out/picket-injector /usr/local/bin/picket-injector
+USER 65532:65532
+EXPOSE 8443 9090
+ENTRYPOINT ["/usr/local/bin/picket-injector"]
