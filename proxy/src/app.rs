@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use crate::admin::{Admin, Readiness};
 use crate::cluster::dir::DirSource;
 use crate::cluster::StateWriter;
-use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs};
+use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs, SourceArg};
 use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Plan};
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Inbound, Limits};
@@ -62,7 +62,13 @@ pub fn block_on_run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> 
 pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> anyhow::Result<()> {
     let pod = PodKey::new(&args.pod_namespace, &args.pod_name);
     let node = node_addrs(&args);
-    tracing::info!(%pod, node = ?node, dir = %args.cluster_dir.display(), "Starting picket-proxy");
+    let source = match (args.source, &args.cluster_dir) {
+        (Some(SourceArg::Files), None) => bail!("--source files needs --cluster-dir"),
+        (Some(source), _) => source,
+        (None, Some(_)) => SourceArg::Files,
+        (None, None) => SourceArg::Kube,
+    };
+    tracing::info!(%pod, node = ?node, source = ?source, "Starting picket-proxy");
 
     let (writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
@@ -87,7 +93,9 @@ pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> any
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
             state_wait: args.state_wait,
+            unknown_ip_wait: args.unknown_ip_wait,
         },
+        pod_cidrs: args.pod_cidrs.clone(),
         active: Default::default(),
         metrics: metrics.clone(),
         bytes,
@@ -132,7 +140,15 @@ pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> any
         .serve(local),
     );
 
-    tokio::spawn(DirSource::new(&args.cluster_dir).run(writer, args.resync));
+    match (source, &args.cluster_dir) {
+        (SourceArg::Files, Some(dir)) => {
+            tokio::spawn(DirSource::new(dir).run(writer, args.resync));
+        }
+        _ => {
+            let client = crate::cluster::kube::client(args.kubeconfig.as_ref()).await?;
+            crate::cluster::kube::spawn(client, writer, metrics.clone());
+        }
+    }
     tokio::spawn(recheck_on_change(inbound.clone(), readiness.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

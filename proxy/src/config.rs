@@ -78,9 +78,21 @@ pub struct RunArgs {
     /// The file `init` wrote the pod's gateway to (missing is fine).
     #[arg(long, env = "PICKET_NODE_FILE", default_value = DEFAULT_NODE_FILE)]
     pub node_file: PathBuf,
-    /// A directory of manifests to read the cluster from, watched for changes.
+    /// Where the cluster state comes from (default: files when --cluster-dir is given, else kube).
+    #[arg(long, env = "PICKET_SOURCE", value_enum)]
+    pub source: Option<SourceArg>,
+    /// A directory of manifests to read the cluster from, watched for changes (source files).
     #[arg(long, env = "PICKET_CLUSTER_DIR")]
-    pub cluster_dir: PathBuf,
+    pub cluster_dir: Option<PathBuf>,
+    /// A kubeconfig for running outside a cluster (source kube; default: in-cluster configuration).
+    #[arg(long, env = "PICKET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a connection from an unknown pod-network IP waits for a state update before it is decided.
+    #[arg(long, env = "PICKET_UNKNOWN_IP_WAIT", default_value = "500ms", value_parser = parse_duration)]
+    pub unknown_ip_wait: Duration,
+    /// The pod network, comma-separated (default: the /16, or /48 for IPv6, around this pod's IP).
+    #[arg(long, env = "PICKET_POD_CIDRS", value_delimiter = ',')]
+    pub pod_cidrs: Vec<IpNet>,
     /// The period of the full rescan of the cluster directory.
     #[arg(long, env = "PICKET_RESYNC", default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
@@ -131,6 +143,15 @@ pub struct InitArgs {
     /// Print the rules and the gateway instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `--source` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceArg {
+    /// The Kubernetes API (in-cluster configuration, or --kubeconfig).
+    Kube,
+    /// A watched directory of manifests (--cluster-dir).
+    Files,
 }
 
 /// `--log-format` values.

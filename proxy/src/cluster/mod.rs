@@ -6,6 +6,7 @@
 
 pub mod dir;
 pub mod files;
+pub mod kube;
 pub mod state;
 
 pub use files::{load_path, ClusterObjects, LoadError};

@@ -27,6 +27,10 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a connection waits for the first state before it is reset.
     pub state_wait: Duration,
+    /// How long a denied connection from an unknown pod-network IP waits for
+    /// a state update that may know it (a new pod's first connection races
+    /// its own Pod event).
+    pub unknown_ip_wait: Duration,
 }
 
 /// Everything an inbound connection needs, shared by all of them.
@@ -44,6 +48,8 @@ pub struct Inbound {
     pub snapshots: SnapshotRx,
     /// Limits.
     pub limits: Limits,
+    /// The pod network; empty: the /16 (IPv4) or /48 (IPv6) around this pod's IP.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Connections being handled.
     pub active: AtomicUsize,
     /// Metrics.
@@ -94,10 +100,20 @@ impl Inbound {
             return;
         };
         let decided_at = Instant::now();
-        let decision = self.decide(&snapshot, client, dst);
+        let mut decision = self.decide(&snapshot, client, dst);
         self.metrics
             .decision
             .observe(decided_at.elapsed().as_secs_f64());
+        let mut snapshot = snapshot;
+        if !decision.allowed
+            && decision.source.is_none()
+            && self.may_be_a_new_pod(&snapshot, client)
+        {
+            if let Some(newer) = self.wait_for_ip(client).await {
+                snapshot = newer;
+                decision = self.decide(&snapshot, client, dst);
+            }
+        }
         self.count_decision(&snapshot, &decision, dst.0.port());
         drop(snapshot);
         if !decision.allowed {
@@ -186,6 +202,54 @@ impl Inbound {
                 tracing::debug!(client.addr = %client, dst.addr = %dst, "Resetting a connection no longer allowed");
                 reset(client_stream);
                 reset(upstream);
+            }
+        }
+    }
+
+    /// Whether an unknown source may be a pod whose Pod event has not arrived yet.
+    fn may_be_a_new_pod(&self, snapshot: &Snapshot, client: ClientAddr) -> bool {
+        let ip = client.0.ip();
+        if self.limits.unknown_ip_wait.is_zero() || !snapshot.index.pods_with_ip(ip).is_empty() {
+            return false;
+        }
+        if !self.pod_cidrs.is_empty() {
+            return self.pod_cidrs.iter().any(|n| n.contains(&ip));
+        }
+        let Some(own) = snapshot.index.pod(&self.pod) else {
+            return false;
+        };
+        own.ips.iter().any(|mine| {
+            let prefix = if mine.is_ipv4() { 16 } else { 48 };
+            ipnet::IpNet::new(*mine, prefix).is_ok_and(|n| n.trunc().contains(&ip))
+        })
+    }
+
+    /// Waits (bounded) for a snapshot that knows the client's IP.
+    async fn wait_for_ip(&self, client: ClientAddr) -> Option<Arc<Snapshot>> {
+        let ip = client.0.ip();
+        let mut rx = self.snapshots.clone();
+        let found = tokio::time::timeout(
+            self.limits.unknown_ip_wait,
+            rx.wait_for(|s| {
+                s.as_ref()
+                    .is_some_and(|s| !s.index.pods_with_ip(ip).is_empty())
+            }),
+        )
+        .await;
+        match found {
+            Ok(Ok(snapshot)) => {
+                self.metrics
+                    .unknown_ip_waits
+                    .with_label_values(&["resolved"])
+                    .inc();
+                snapshot.clone()
+            }
+            _ => {
+                self.metrics
+                    .unknown_ip_waits
+                    .with_label_values(&["timeout"])
+                    .inc();
+                None
             }
         }
     }
