@@ -453,3 +453,20 @@ async fn mounted_certificate_is_reloaded_when_the_secret_changes() {
         "{metrics}"
     );
 }
+
+#[test]
+fn bad_configuration_exits_64_naming_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+        .args(["--tls-mode", "self-signed", "--namespace-lookup", "none"])
+        .args([
+            "--proxy-memory-request",
+            "1Gi",
+            "--proxy-memory-limit",
+            "1Mi",
+        ])
+        .output()
+        .expect("run picket-injector");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--proxy-memory-request"), "{stderr}");
+}
