@@ -346,3 +346,29 @@ fn init_is_idempotent_and_names_what_is_missing() {
         .contains("REDIRECT --to-ports 15006"));
     let _: IpAddr = c.lab.host_ip();
 }
+
+#[test]
+fn sigterm_keeps_serving_through_the_drain_period_then_exits() {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    let mut server = c.server("api", c.dir.path(), true, &["--drain", "1s"]);
+    let mut live = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut live));
+    let stopped_at = std::time::Instant::now();
+    server.sidecar.terminate().unwrap();
+    // During the drain: the live connection still relays, new ones are still served.
+    assert!(echoes(&mut live));
+    assert!(allowed_now(&c, "client", "api"));
+    let status = server.sidecar.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exits cleanly after the drain: {status:?}"
+    );
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(900),
+        "it drained for the period"
+    );
+}

@@ -160,6 +160,32 @@ impl Sidecar {
         Ok(())
     }
 
+    /// Sends SIGTERM, as the kubelet does when the pod stops.
+    pub fn terminate(&self) -> io::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other("kill -TERM failed"))
+        }
+    }
+
+    /// Polls until the process exits, or the deadline passes.
+    pub fn wait_exit(&mut self, timeout: Duration) -> io::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The inbound port it listens on.
     pub fn inbound_port(&self) -> u16 {
         DEFAULT_INBOUND_PORT
