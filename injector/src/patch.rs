@@ -135,6 +135,9 @@ pub enum SkipReason {
     PortConflict(u16),
     /// The pod already uses a name (container, volume or port) the injection needs.
     NameConflict(String),
+    /// The patched pod failed the last check (duplicate names or ports); a bug
+    /// or an unforeseen pod, never sent to the API server.
+    SelfCheck(String),
 }
 
 /// A per-pod annotation with a value the injector cannot use.
@@ -184,6 +187,7 @@ impl SkipReason {
             SkipReason::PodSecurity(_) => "pod_security",
             SkipReason::PortConflict(_) => "port_conflict",
             SkipReason::NameConflict(_) => "name_conflict",
+            SkipReason::SelfCheck(_) => "self_check",
         }
     }
 
@@ -209,6 +213,9 @@ impl SkipReason {
             }
             SkipReason::NameConflict(name) => {
                 format!("pod already uses the name {name:?}, which the injection needs")
+            }
+            SkipReason::SelfCheck(problem) => {
+                format!("the injected pod would be invalid ({problem})")
             }
         }
     }
@@ -250,23 +257,7 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
         };
     }
     if let Some(reason) = skip_reason(pod, ns, cfg) {
-        let warnings = if reason.warns() {
-            vec![format!("picket: not injected: {}", reason.message())]
-        } else {
-            Vec::new()
-        };
-        let status = serde_json::json!({
-            "injected": false,
-            "reason": reason.as_str(),
-            "message": reason.message(),
-        })
-        .to_string();
-        let ops = annotation_ops(pod, &[(STATUS_KEY, status)]);
-        return Plan {
-            decision: Decision::Skipped(reason),
-            ops,
-            warnings,
-        };
+        return skip(pod, reason);
     }
     let settings = match PodSettings::from_pod(pod, cfg) {
         Ok(settings) => settings,
@@ -278,6 +269,10 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
             }
         }
     };
+    let ops = inject_ops(pod, cfg, &settings);
+    if let Err(problem) = self_check(pod, &ops) {
+        return skip(pod, SkipReason::SelfCheck(problem));
+    }
     let mut warnings = Vec::new();
     if ns.labels.is_none() {
         warnings.push(format!(
@@ -287,8 +282,47 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     }
     Plan {
         decision: Decision::Injected(settings.mode),
-        ops: inject_ops(pod, cfg, &settings),
+        ops,
         warnings,
+    }
+}
+
+/// Leaves the pod alone but for `picket.io/status`, warning when the reason is not an opt-out.
+fn skip(pod: &Pod, reason: SkipReason) -> Plan {
+    let warnings = if reason.warns() {
+        vec![format!("picket: not injected: {}", reason.message())]
+    } else {
+        Vec::new()
+    };
+    let status = serde_json::json!({
+        "injected": false,
+        "reason": reason.as_str(),
+        "message": reason.message(),
+    })
+    .to_string();
+    let ops = annotation_ops(pod, &[(STATUS_KEY, status)]);
+    Plan {
+        decision: Decision::Skipped(reason),
+        ops,
+        warnings,
+    }
+}
+
+/// Applies the ops to a copy of the pod and checks the result: it must apply,
+/// decode as a Pod, and have no duplicate names or ports that the pod did not
+/// already have (the API server only warns about duplicate ports).
+fn self_check(pod: &Pod, ops: &[PatchOperation]) -> Result<(), String> {
+    let before = duplicate_names(pod);
+    let mut doc = serde_json::to_value(pod).map_err(|e| e.to_string())?;
+    json_patch::patch(&mut doc, ops).map_err(|e| format!("patch does not apply: {e}"))?;
+    let patched: Pod =
+        serde_json::from_value(doc).map_err(|e| format!("patched pod does not decode: {e}"))?;
+    match duplicate_names(&patched)
+        .into_iter()
+        .find(|d| !before.contains(d))
+    {
+        Some(duplicate) => Err(format!("duplicate {duplicate}")),
+        None => Ok(()),
     }
 }
 
@@ -843,9 +877,9 @@ fn to_value<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).expect("k8s-openapi types always serialize to JSON")
 }
 
-/// Names used twice in the pod: containers across both lists, and container
-/// ports by number and by name. Empty for a well-formed pod; used by tests and
-/// as a last check before a patch leaves the injector.
+/// Names used twice in the pod: containers across both lists, container
+/// ports by number and by name, and volumes. Empty for a well-formed pod;
+/// [`plan`] checks every patched pod with it before the patch leaves.
 pub fn duplicate_names(pod: &Pod) -> Vec<String> {
     let Some(spec) = &pod.spec else {
         return Vec::new();

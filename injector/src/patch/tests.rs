@@ -613,3 +613,30 @@ fn duplicate_names_are_found() {
     assert!(dups.contains(&"port 8080/TCP".to_string()), "{dups:?}");
     assert!(dups.contains(&"port name http".to_string()), "{dups:?}");
 }
+
+#[test]
+fn self_check_catches_new_duplicates_but_not_the_pods_own() {
+    // The app's own duplicate ports (the API server only warns) do not stop injection.
+    let mut pod = fixture("plain");
+    let mut second = pod.spec.as_ref().unwrap().containers[0].clone();
+    second.name = "sidecar".into();
+    for port in second.ports.iter_mut().flatten() {
+        port.name = None;
+    }
+    pod.spec.as_mut().unwrap().containers.push(second);
+    assert_eq!(duplicate_names(&pod), ["port 8080/TCP"]);
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+
+    // A duplicate the patch would introduce is refused before it leaves.
+    let plain = fixture("plain");
+    let ops = plan_default(&plain).ops;
+    let mut doubled = ops.clone();
+    doubled.extend(ops);
+    let problem = self_check(&plain, &doubled).unwrap_err();
+    assert!(
+        problem.contains("duplicate container picket-init"),
+        "{problem}"
+    );
+    assert!(self_check(&plain, &plan_default(&plain).ops).is_ok());
+}
