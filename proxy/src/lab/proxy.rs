@@ -85,6 +85,22 @@ impl Sidecar {
         node_file: &Path,
         extra: &[&str],
     ) -> io::Result<Self> {
+        let dir = cluster_dir.to_string_lossy();
+        let mut args = vec!["--cluster-dir", &*dir];
+        args.extend_from_slice(extra);
+        Self::start_with(binary, lab, pod, namespace, node_file, &args)
+    }
+
+    /// Starts `picket-proxy run` in the pod as the proxy UID with these flags
+    /// (the state source among them).
+    pub fn start_with(
+        binary: &Path,
+        lab: &Lab,
+        pod: &LabPod,
+        namespace: &str,
+        node_file: &Path,
+        args: &[&str],
+    ) -> io::Result<Self> {
         let uid = format!("--reuid={PROXY_UID}");
         let gid = format!("--regid={PROXY_UID}");
         let child = Command::new("ip")
@@ -99,11 +115,9 @@ impl Sidecar {
             ])
             .arg(binary)
             .arg("run")
-            .arg("--cluster-dir")
-            .arg(cluster_dir)
             .arg("--node-file")
             .arg(node_file)
-            .args(extra)
+            .args(args)
             .env("POD_NAME", &pod.name)
             .env("POD_NAMESPACE", namespace)
             .env("POD_IP", pod.ip.to_string())
