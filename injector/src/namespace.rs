@@ -83,9 +83,12 @@ impl NamespaceLookup for KubeNamespaces {
             if let Some(labels) = self.cached(namespace, true) {
                 return Ok(labels);
             }
-            match self.api.get_metadata_opt(namespace).await {
-                Ok(meta) => {
-                    let labels = Arc::new(meta.and_then(|m| m.metadata.labels).unwrap_or_default());
+            // A full get rather than a metadata-only one: namespaces are small,
+            // and every API server (and test server) answers it.
+            match self.api.get_opt(namespace).await {
+                Ok(found) => {
+                    let labels =
+                        Arc::new(found.and_then(|ns| ns.metadata.labels).unwrap_or_default());
                     let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
                     if cache.len() > 10_000 {
                         cache.clear();

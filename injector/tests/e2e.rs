@@ -1,7 +1,8 @@
 //! End to end: the real `picket-injector` binary over HTTPS, with a
 //! self-generated certificate verified against the CA it writes out, and
-//! with mounted certificate files that change while it serves. No API
-//! server: namespace lookups are off.
+//! with mounted certificate files that change while it serves. Namespace
+//! lookups are off, except in the Pod Security test, which reads namespaces
+//! from the test API server (`picket-test-support`) through the real kube client.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -36,14 +37,27 @@ struct Injector {
 impl Injector {
     /// Starts the binary with `args` (plus listen addresses) and waits until ready.
     async fn start(args: &[&str], dir: tempfile::TempDir, ca_file: PathBuf) -> Injector {
+        let mut all = vec!["--namespace-lookup", "none"];
+        all.extend_from_slice(args);
+        Injector::start_with(&all, &[], dir, ca_file).await
+    }
+
+    /// Like [`Injector::start`], without a default lookup mode and with extra environment.
+    async fn start_with(
+        args: &[&str],
+        envs: &[(&str, &Path)],
+        dir: tempfile::TempDir,
+        ca_file: PathBuf,
+    ) -> Injector {
         let (webhook, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
             .args(["--listen", &webhook.to_string()])
             .args(["--admin-listen", &admin.to_string()])
-            .args(["--namespace-lookup", "none", "--max-body-bytes", "65536"])
+            .args(["--max-body-bytes", "65536"])
             .args(["--shutdown-delay", "0s"])
             .args(args)
             .env("PICKET_LOG", "debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -469,4 +483,80 @@ fn bad_configuration_exits_64_naming_the_flag() {
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--proxy-memory-request"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_namespaces_get_a_warning_instead_of_a_broken_pod() {
+    let api = picket_test_support::ApiServer::bind("127.0.0.1:0").expect("test API server");
+    api.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {picket.io/inject: enabled}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: locked
+  labels:
+    picket.io/inject: enabled
+    pod-security.kubernetes.io/enforce: baseline
+",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let ca = ca_file.to_str().unwrap().to_string();
+    let args = [
+        "--tls-mode",
+        "self-signed",
+        "--ca-out",
+        &ca,
+        "--namespace-lookup",
+        "kube",
+    ];
+    let envs = [("KUBECONFIG", kubeconfig.as_path())];
+    let injector = Injector::start_with(&args, &envs, dir, ca_file).await;
+
+    let pod = fixture("plain");
+    let mut review = pod_review("uid-locked", &pod);
+    review["request"]["namespace"] = "locked".into();
+    let response = injector.review(&review).await;
+    let inner = &response["response"];
+    assert_eq!(inner["uid"], "uid-locked");
+    assert_eq!(inner["allowed"], true);
+    let warning = inner["warnings"][0].as_str().expect("a warning");
+    assert!(
+        warning.contains("baseline") && warning.contains("NET_ADMIN"),
+        "{warning}"
+    );
+    let patched = apply(&pod, inner).expect("the status annotation");
+    assert_eq!(
+        patched["spec"], pod["spec"],
+        "pod changed in a baseline namespace"
+    );
+    assert!(patched["metadata"]["annotations"]["picket.io/status"]
+        .as_str()
+        .unwrap()
+        .contains("pod_security"));
+
+    // A namespace without Pod Security labels is injected, without a warning.
+    for uid in ["uid-shop-1", "uid-shop-2"] {
+        let response = injector.review(&pod_review(uid, &pod)).await;
+        assert!(response["response"].get("warnings").is_none(), "{response}");
+        let patched = apply(&pod, &response["response"]).expect("a patch");
+        assert_eq!(patched["spec"]["initContainers"][0]["name"], "picket-init");
+    }
+    // Namespaces are read from the API, once each within the cache's lifetime.
+    let gets = |name: &str| {
+        let path = format!("/api/v1/namespaces/{name}");
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    };
+    assert_eq!((gets("locked"), gets("shop")), (1, 1));
 }
