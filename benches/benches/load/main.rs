@@ -145,6 +145,14 @@ fn run() -> Result<()> {
         }
     }
 
+    if std::env::var_os("PICKET_LOAD_PERF").is_some_and(|v| v != "0") {
+        for server in bench.servers.iter().filter(|s| s.relay.is_some()) {
+            for phase in [Phase::ConnRate, Phase::Bulk1] {
+                profile(&bench, server, phase, &config, &out_dir)?;
+            }
+        }
+    }
+
     std::thread::sleep(Duration::from_millis(500));
     for (i, server) in bench.servers.iter().enumerate() {
         if let (Some(pid), Some(memory)) = (server.relay_pid(), &mut results.modes[i].memory) {
@@ -200,6 +208,43 @@ fn measure_phase(
     }
     stats.add(phase, outcome, relay1 - relay0, app1 - app0);
     Ok(())
+}
+
+/// Runs a phase again, unrecorded, under `perf record -g` on the relay:
+/// `target/picket-load/perf-<mode>-<phase>.data`.
+fn profile(
+    bench: &Bench,
+    server: &Server,
+    phase: Phase,
+    config: &Config,
+    out_dir: &Path,
+) -> Result<()> {
+    let Some(pid) = server.relay_pid() else {
+        return Ok(());
+    };
+    let data = out_dir.join(format!("perf-{}-{}.data", server.mode.name(), phase.name()));
+    eprintln!(
+        "load: perf record -g on {} ({})",
+        server.mode.name(),
+        phase.name()
+    );
+    let mut perf = std::process::Command::new("perf")
+        .args(["record", "-g", "-q", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("cannot run perf (apt-get install linux-perf)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ignored = PhaseStats::default();
+    let result = measure_phase(bench, server, phase, config, &mut ignored);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(&perf),
+        rustix::process::Signal::INT,
+    );
+    perf.wait()?;
+    result
 }
 
 /// Idle PSS of the relay, then its PSS and file descriptors while it holds
