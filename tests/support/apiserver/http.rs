@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -377,7 +377,18 @@ fn text_response(text: &'static str) -> Response<Body> {
 
 fn status_response(error: &ApiError) -> Response<Body> {
     let code = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(code, &error.to_status())
+    let status = error.to_status();
+    let mut response = json_response(code, &status);
+    // The real server turns details.retryAfterSeconds into a Retry-After header.
+    if let Some(seconds) = status
+        .pointer("/details/retryAfterSeconds")
+        .and_then(Value::as_u64)
+    {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 // === discovery documents ===

@@ -865,3 +865,6 @@ fn rfc3339_now() -> String {
         rem % 60
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,803 @@
+//! The server against a real kube-rs client: lists with paging, watches, the watcher's
+//! relist after compaction, bookmarks, selectors, 410s, TokenReview and faults.
+//!
+//! Every wait polls with a deadline; no test sleeps to synchronise.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, VersionMatch, WatchEvent, WatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Client, Config, ResourceExt};
+
+use super::*;
+
+/// How long any single expected event may take.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn server() -> ApiServer {
+    ApiServer::builder()
+        .bookmark_interval(Duration::from_millis(200))
+        .bind("127.0.0.1:0")
+        .expect("the test API server starts")
+}
+
+async fn client(server: &ApiServer) -> Client {
+    Client::try_from(config(server).await).expect("client builds")
+}
+
+async fn config(server: &ApiServer) -> Config {
+    let kubeconfig = Kubeconfig::from_yaml(&server.kubeconfig_yaml()).expect("kubeconfig parses");
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kube accepts the kubeconfig")
+}
+
+fn pod_yaml(ns: &str, name: &str, labels: &str, phase: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {labels}\n\
+         spec:\n  containers: [{{name: app, image: app}}]\nstatus:\n  phase: {phase}\n"
+    )
+}
+
+fn namespace_yaml(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+}
+
+/// The next item of a stream, or a panic naming what was awaited.
+async fn next<S: Stream + Unpin>(stream: &mut S, what: &str) -> S::Item {
+    match tokio::time::timeout(PATIENCE, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("the stream ended while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Polls a watcher until `done` says so, returning everything seen on the way.
+async fn watcher_until<K: Debug, S>(
+    stream: &mut S,
+    what: &str,
+    done: impl Fn(&watcher::Event<K>) -> bool,
+) -> Vec<Result<watcher::Event<K>, watcher::Error>>
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin,
+{
+    let mut seen = Vec::new();
+    loop {
+        let item = next(stream, what).await;
+        let finished = item.as_ref().is_ok_and(&done);
+        seen.push(item);
+        if finished {
+            return seen;
+        }
+    }
+}
+
+/// Waits for a condition on the server (sync), polling.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn api_error(result: Result<impl Debug, kube::Error>) -> Box<kube::core::Status> {
+    match result {
+        Err(kube::Error::Api(status)) => status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn watch_requests(server: &ApiServer) -> usize {
+    server.requests().iter().filter(|r| r.is_watch()).count()
+}
+
+#[tokio::test]
+async fn lists_page_through_continue_tokens() {
+    let server = server();
+    let mut yaml = namespace_yaml("bulk");
+    for i in 0..1200 {
+        yaml.push_str("---\n");
+        yaml.push_str(&pod_yaml(
+            "bulk",
+            &format!("pod-{i:04}"),
+            "{app: bulk}",
+            "Running",
+        ));
+    }
+    assert_eq!(server.apply(&yaml).expect("applies").len(), 1201);
+    let pods: Api<Pod> = Api::all(client(&server).await);
+
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    let mut pages = 0;
+    let first_rv = loop {
+        let page = pods.list(&params).await.expect("lists");
+        pages += 1;
+        if pages == 1 {
+            assert_eq!(page.metadata.remaining_item_count, Some(700));
+        }
+        names.extend(page.items.iter().map(|p| p.name_any()));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break page.metadata.resource_version,
+        }
+    };
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..1200).map(|i| format!("pod-{i:04}")).collect();
+    assert_eq!(names, expected);
+    assert_eq!(first_rv, Some(server.resource_version().to_string()));
+
+    // The watcher pages the same way, and its initial list is complete.
+    let config = watcher::Config::default().any_semantic().page_size(500);
+    let mut stream = watcher(pods, config).boxed();
+    let seen = watcher_until(&mut stream, "InitDone", |e| {
+        matches!(e, watcher::Event::InitDone)
+    })
+    .await;
+    let applied = seen
+        .iter()
+        .filter(|e| matches!(e, Ok(watcher::Event::InitApply(_))))
+        .count();
+    assert_eq!(applied, 1200);
+    let continued = server
+        .requests()
+        .iter()
+        .filter(|r| r.param("limit").as_deref() == Some("500") && r.param("continue").is_some())
+        .count();
+    assert_eq!(continued, 4, "two continued pages per full listing");
+}
+
+#[tokio::test]
+async fn watch_sees_added_modified_and_deleted() {
+    let server = server();
+    server.apply(&namespace_yaml("shop")).expect("applies");
+    let pods: Api<Pod> = Api::namespaced(client(&server).await, "shop");
+    let rv = pods
+        .list(&ListParams::default())
+        .await
+        .expect("lists")
+        .metadata
+        .resource_version;
+    let rv = rv.expect("lists carry a resourceVersion");
+    let mut events = pods
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watches")
+        .boxed();
+
+    server
+        .apply(&pod_yaml("shop", "web", "{app: web}", "Pending"))
+        .expect("applies");
+    server
+        .apply(&pod_yaml("shop", "web", "{app: web}", "Running"))
+        .expect("applies");
+    server
+        .delete(Kind::Pod, Some("shop"), "web")
+        .expect("deletes");
+    // A pod in another namespace is not seen by this namespaced watch.
+    server
+        .apply(&pod_yaml("default", "elsewhere", "{}", "Running"))
+        .expect("applies");
+    server
+        .apply(&pod_yaml("shop", "last", "{}", "Running"))
+        .expect("applies");
+
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("ADDED last") {
+        let event = match next(&mut events, "watch events")
+            .await
+            .expect("no stream error")
+        {
+            WatchEvent::Added(p) => format!("ADDED {}", p.name_any()),
+            WatchEvent::Modified(p) => format!(
+                "MODIFIED {} {}",
+                p.name_any(),
+                p.status.and_then(|s| s.phase).unwrap_or_default()
+            ),
+            WatchEvent::Deleted(p) => format!("DELETED {}", p.name_any()),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("unexpected error event {e:?}"),
+        };
+        seen.push(event);
+    }
+    assert_eq!(
+        seen,
+        [
+            "ADDED web",
+            "MODIFIED web Running",
+            "DELETED web",
+            "ADDED last"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn compaction_makes_the_watcher_relist() {
+    let server = server();
+    server.apply(&namespace_yaml("shop")).expect("applies");
+    server
+        .apply(&pod_yaml("shop", "a", "{}", "Running"))
+        .expect("applies");
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let mut stream = watcher(pods, watcher::Config::default().any_semantic()).boxed();
+    watcher_until(&mut stream, "the first InitDone", |e| {
+        matches!(e, watcher::Event::InitDone)
+    })
+    .await;
+
+    // The watcher has listed but not yet watched: its resourceVersion is now compacted away.
+    server
+        .apply(&pod_yaml("shop", "b", "{}", "Running"))
+        .expect("applies");
+    server.compact();
+
+    let seen = watcher_until(&mut stream, "the relist's InitDone", |e| {
+        matches!(e, watcher::Event::InitDone)
+    })
+    .await;
+    let expired = seen.iter().any(|e| {
+        matches!(e, Err(watcher::Error::WatchError(status)) if status.code == 410 && status.reason == "Expired")
+    });
+    assert!(expired, "the watch got 410 Expired in the stream: {seen:?}");
+    assert!(
+        seen.iter().any(|e| matches!(e, Ok(watcher::Event::Init))),
+        "{seen:?}"
+    );
+    let relisted: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Ok(watcher::Event::InitApply(p)) => Some(p.name_any()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relisted, ["a", "b"]);
+    let lists = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && !r.is_watch() && r.path == "/api/v1/pods")
+        .count();
+    assert_eq!(lists, 2);
+}
+
+#[tokio::test]
+async fn too_old_watch_gets_an_error_event_in_a_200_stream() {
+    let server = server();
+    server
+        .apply(&pod_yaml("default", "a", "{}", "Running"))
+        .expect("applies");
+    server.compact();
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let mut events = pods
+        .watch(&WatchParams::default(), "1")
+        .await
+        .expect("HTTP 200")
+        .boxed();
+    match next(&mut events, "the error event").await {
+        Ok(WatchEvent::Error(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+            assert!(
+                status.message.starts_with("too old resource version: 1"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected an ERROR event, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("the stream ends")
+            .is_none(),
+        "the stream ends after the error"
+    );
+}
+
+#[tokio::test]
+async fn bookmarks_arrive_and_follow_the_global_resource_version() {
+    let server = server();
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let start = server.resource_version();
+    let mut events = pods
+        .watch(&WatchParams::default(), &start.to_string())
+        .await
+        .expect("watches")
+        .boxed();
+    let first = match next(&mut events, "a bookmark").await {
+        Ok(WatchEvent::Bookmark(b)) => b,
+        other => panic!("only bookmarks expected, got {other:?}"),
+    };
+    assert_eq!(first.types.kind, "Pod");
+    assert_eq!(first.metadata.resource_version, start.to_string());
+
+    // A write to another kind moves the bookmarks on, as etcd progress notifications do.
+    server.apply(&namespace_yaml("moved")).expect("applies");
+    let moved = server.resource_version();
+    loop {
+        match next(&mut events, "a later bookmark")
+            .await
+            .expect("no stream error")
+        {
+            WatchEvent::Bookmark(b) if b.metadata.resource_version == moved.to_string() => break,
+            WatchEvent::Bookmark(_) => continue,
+            other => panic!("only bookmarks expected, got {other:?}"),
+        }
+    }
+
+    // Without allowWatchBookmarks there are none: the next event is the pod.
+    let mut quiet = pods
+        .watch(
+            &WatchParams::default().disable_bookmarks(),
+            &moved.to_string(),
+        )
+        .await
+        .expect("watches")
+        .boxed();
+    eventually("both watches open", || server.open_watches() == 2).await;
+    tokio::time::timeout(Duration::from_millis(600), quiet.next())
+        .await
+        .expect_err("no event at all within three bookmark intervals");
+}
+
+#[tokio::test]
+async fn selectors_filter_lists_and_watches() {
+    let server = server();
+    server.apply(&namespace_yaml("shop")).expect("applies");
+    server
+        .apply(
+            &[
+                pod_yaml("shop", "web-1", "{app: web, tier: front}", "Running"),
+                pod_yaml("shop", "web-2", "{app: web}", "Succeeded"),
+                pod_yaml("shop", "db-1", "{app: db}", "Running"),
+            ]
+            .join("---\n"),
+        )
+        .expect("applies");
+    let pods: Api<Pod> = Api::namespaced(client(&server).await, "shop");
+    let names = |list: kube::core::ObjectList<Pod>| {
+        list.items.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    };
+
+    let web = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("lists");
+    assert_eq!(names(web), ["web-1", "web-2"]);
+    let set = pods
+        .list(&ListParams::default().labels("app in (db),!tier"))
+        .await
+        .expect("lists");
+    assert_eq!(names(set), ["db-1"]);
+    let live = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    assert_eq!(
+        names(pods.list(&live).await.expect("lists")),
+        ["db-1", "web-1"]
+    );
+    let one = ListParams::default().fields("metadata.name=web-2,metadata.namespace=shop");
+    assert_eq!(names(pods.list(&one).await.expect("lists")), ["web-2"]);
+    let bad = api_error(
+        pods.list(&ListParams::default().fields("spec.image=x"))
+            .await,
+    );
+    assert_eq!((bad.code, bad.reason.as_str()), (400, "BadRequest"));
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.param("fieldSelector").as_deref()
+            == Some("status.phase!=Succeeded,status.phase!=Failed")));
+
+    // A watch sees objects entering and leaving its selector as ADDED and DELETED.
+    let rv = server.resource_version().to_string();
+    let mut events = pods
+        .watch(
+            &WatchParams::default().labels("app=web").disable_bookmarks(),
+            &rv,
+        )
+        .await
+        .expect("watches")
+        .boxed();
+    server
+        .apply(&pod_yaml("shop", "db-1", "{app: web}", "Running"))
+        .expect("applies");
+    server
+        .apply(&pod_yaml("shop", "web-1", "{app: db}", "Running"))
+        .expect("applies");
+    server
+        .apply(&pod_yaml("shop", "web-2", "{app: web}", "Failed"))
+        .expect("applies");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(
+            match next(&mut events, "selector events")
+                .await
+                .expect("no stream error")
+            {
+                WatchEvent::Added(p) => format!("ADDED {}", p.name_any()),
+                WatchEvent::Modified(p) => format!("MODIFIED {}", p.name_any()),
+                WatchEvent::Deleted(p) => format!("DELETED {} {}", p.name_any(), p.labels()["app"]),
+                other => panic!("unexpected {other:?}"),
+            },
+        );
+    }
+    assert_eq!(seen, ["ADDED db-1", "DELETED web-1 web", "MODIFIED web-2"]);
+}
+
+#[tokio::test]
+async fn expired_continue_token_is_410_with_a_token_to_go_on() {
+    let server = server();
+    let mut yaml = String::new();
+    for i in 0..10 {
+        yaml.push_str(&pod_yaml("default", &format!("p{i}"), "{}", "Running"));
+        yaml.push_str("---\n");
+    }
+    server.apply(&yaml).expect("applies");
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let first = pods
+        .list(&ListParams::default().limit(3))
+        .await
+        .expect("lists");
+    let token = first.metadata.continue_.expect("more pages");
+    // Written after the first page, after its last key: an inconsistent continuation sees it.
+    server
+        .apply(&pod_yaml("default", "p5a", "{}", "Running"))
+        .expect("applies");
+    server.compact();
+
+    let status = api_error(
+        pods.list(&ListParams::default().limit(3).continue_token(&token))
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (410, "Expired"));
+    let inconsistent = status
+        .metadata
+        .and_then(|m| m.continue_)
+        .expect("an inconsistent continue token");
+    let rest = pods
+        .list(&ListParams::default().continue_token(&inconsistent))
+        .await
+        .expect("lists");
+    let rest: Vec<String> = rest.items.iter().map(|p| p.name_any()).collect();
+    assert_eq!(rest, ["p3", "p4", "p5", "p5a", "p6", "p7", "p8", "p9"]);
+
+    let garbage = api_error(
+        pods.list(&ListParams::default().limit(3).continue_token("garbage"))
+            .await,
+    );
+    assert_eq!(
+        garbage.code, 400,
+        "a malformed token is a bad request, as upstream"
+    );
+}
+
+#[tokio::test]
+async fn exact_lists_read_the_past() {
+    let server = server();
+    server
+        .apply(&pod_yaml("default", "old", "{}", "Running"))
+        .expect("applies");
+    let then = server.resource_version();
+    server
+        .delete(Kind::Pod, Some("default"), "old")
+        .expect("deletes");
+    // kube retries 504s for a long while; this test wants to see the first one.
+    let mut config = config(&server).await;
+    config.default_retry = false;
+    let pods: Api<Pod> = Api::all(Client::try_from(config).expect("client builds"));
+    let exact = ListParams::default()
+        .at(&then.to_string())
+        .matching(VersionMatch::Exact);
+    let past = pods.list(&exact).await.expect("lists");
+    assert_eq!(
+        past.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        ["old"]
+    );
+    assert_eq!(past.metadata.resource_version, Some(then.to_string()));
+    assert!(pods
+        .list(&ListParams::default())
+        .await
+        .expect("lists")
+        .items
+        .is_empty());
+
+    let future = ListParams::default()
+        .at(&(server.resource_version() + 100).to_string())
+        .matching(VersionMatch::NotOlderThan);
+    let status = api_error(pods.list(&future).await);
+    assert_eq!((status.code, status.reason.as_str()), (504, "Timeout"));
+}
+
+#[tokio::test]
+async fn streaming_lists_end_with_a_marked_bookmark() {
+    let server = server();
+    server
+        .apply(
+            &[
+                pod_yaml("default", "a", "{}", "Running"),
+                pod_yaml("default", "b", "{}", "Running"),
+            ]
+            .join("---\n"),
+        )
+        .expect("applies");
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let mut stream = watcher(pods, watcher::Config::default().streaming_lists()).boxed();
+    let seen = watcher_until(&mut stream, "InitDone", |e| {
+        matches!(e, watcher::Event::InitDone)
+    })
+    .await;
+    let applied: Vec<String> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Ok(watcher::Event::InitApply(p)) => Some(p.name_any()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, ["a", "b"]);
+    let request = server
+        .requests()
+        .into_iter()
+        .find(RecordedRequest::is_watch)
+        .expect("a watch request");
+    assert_eq!(request.param("sendInitialEvents").as_deref(), Some("true"));
+    assert_eq!(
+        request.param("resourceVersionMatch").as_deref(),
+        Some("NotOlderThan")
+    );
+
+    // The same stream then carries changes.
+    server
+        .apply(&pod_yaml("default", "c", "{}", "Running"))
+        .expect("applies");
+    let later = watcher_until(
+        &mut stream,
+        "the new pod",
+        |e| matches!(e, watcher::Event::Apply(p) if p.name_any() == "c"),
+    )
+    .await;
+    assert!(later.iter().all(Result::is_ok), "{later:?}");
+}
+
+#[tokio::test]
+async fn drop_watches_makes_the_watcher_reconnect_without_relisting() {
+    let server = server();
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    eventually("the first watch", || server.open_watches() == 1).await;
+    assert_eq!(watch_requests(&server), 1);
+
+    server.drop_watches();
+    eventually("a second watch request", || watch_requests(&server) == 2).await;
+    eventually("the second watch open", || server.open_watches() == 1).await;
+
+    server
+        .apply(&pod_yaml("default", "after-drop", "{}", "Running"))
+        .expect("applies");
+    loop {
+        let event = tokio::time::timeout(PATIENCE, rx.recv()).await;
+        match event
+            .expect("the pod created after the drop")
+            .expect("the watcher runs")
+        {
+            Ok(watcher::Event::Apply(p)) if p.name_any() == "after-drop" => break,
+            _ => continue,
+        }
+    }
+    let lists = server.requests().iter().filter(|r| !r.is_watch()).count();
+    assert_eq!(
+        lists, 1,
+        "the watcher resumed from its resourceVersion instead of relisting"
+    );
+    driver.abort();
+}
+
+#[tokio::test]
+async fn watches_end_at_their_timeout() {
+    let server = server();
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    let params = WatchParams::default().timeout(1).disable_bookmarks();
+    let mut events = pods
+        .watch(&params, &server.resource_version().to_string())
+        .await
+        .expect("watches")
+        .boxed();
+    let ended = tokio::time::timeout(Duration::from_secs(5), events.next()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the stream ends cleanly: {ended:?}"
+    );
+    let request = server
+        .requests()
+        .into_iter()
+        .find(RecordedRequest::is_watch)
+        .expect("a watch request");
+    assert_eq!(request.param("timeoutSeconds").as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn token_review_authenticates_registered_tokens() {
+    let server = server();
+    server.add_token(
+        "proxy-token",
+        "system:serviceaccount:picket:proxy",
+        &["system:serviceaccounts"],
+    );
+    let reviews: Api<TokenReview> = Api::all(client(&server).await);
+    let review = |token: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: token.into(),
+            audiences: Some(vec!["picket".into()]),
+        },
+        ..Default::default()
+    };
+
+    let known = reviews
+        .create(&PostParams::default(), &review("proxy-token"))
+        .await
+        .expect("reviews");
+    let status = known.status.expect("a status");
+    assert_eq!(status.authenticated, Some(true));
+    let user = status.user.expect("a user");
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:picket:proxy")
+    );
+    assert_eq!(
+        user.groups,
+        Some(vec!["system:serviceaccounts".to_string()])
+    );
+    assert_eq!(status.audiences, Some(vec!["picket".to_string()]));
+
+    let unknown = reviews
+        .create(&PostParams::default(), &review("nope"))
+        .await
+        .expect("reviews");
+    let status = unknown.status.expect("a status");
+    assert_ne!(status.authenticated, Some(true));
+
+    // The kubeconfig's own token is recorded as the admin user.
+    let request = server
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("tokenreviews"))
+        .expect("recorded");
+    assert_eq!(request.user.as_deref(), Some(ADMIN_USER));
+}
+
+#[tokio::test]
+async fn clients_write_through_the_registry_strategies() {
+    let server = server();
+    let client = client(&server).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "made"}})).expect("namespace");
+    let made = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creates");
+    assert_eq!(
+        made.labels()
+            .get(store::NAMESPACE_NAME_LABEL)
+            .map(String::as_str),
+        Some("made")
+    );
+    assert_eq!(made.status.and_then(|s| s.phase).as_deref(), Some("Active"));
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "missing");
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "p"}})).expect("pod");
+    let status = api_error(pods.create(&PostParams::default(), &pod).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+
+    let policies: Api<NetworkPolicy> = Api::namespaced(client, "made");
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+    }))
+    .expect("policy");
+    let created = policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("creates");
+    let mut stale = created.clone();
+    let mut fresh = created.clone();
+    fresh.labels_mut().insert("v".into(), "2".into());
+    let replaced = policies
+        .replace("deny", &PostParams::default(), &fresh)
+        .await
+        .expect("replaces");
+    assert_ne!(replaced.resource_version(), created.resource_version());
+    stale.labels_mut().insert("v".into(), "stale".into());
+    let conflict = api_error(
+        policies
+            .replace("deny", &PostParams::default(), &stale)
+            .await,
+    );
+    assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+    assert_eq!(
+        server
+            .get(Kind::NetworkPolicy, Some("made"), "deny")
+            .map(|p| p["metadata"]["labels"]["v"].clone()),
+        Some(json!("2"))
+    );
+
+    policies
+        .delete("deny", &DeleteParams::default())
+        .await
+        .expect("deletes");
+    assert!(server
+        .get(Kind::NetworkPolicy, Some("made"), "deny")
+        .is_none());
+    let gone = api_error(policies.get("deny").await);
+    assert_eq!(gone.code, 404);
+}
+
+#[tokio::test]
+async fn refused_connections_fail_until_allowed_again() {
+    let server = server();
+    let pods: Api<Pod> = Api::all(client(&server).await);
+    pods.list(&ListParams::default()).await.expect("lists");
+
+    server.refuse_connections(true);
+    server.drop_connections();
+    let refused = tokio::time::timeout(PATIENCE, pods.list(&ListParams::default()))
+        .await
+        .expect("fails fast");
+    assert!(
+        refused.is_err(),
+        "the list fails while connections are refused"
+    );
+
+    server.refuse_connections(false);
+    pods.list(&ListParams::default())
+        .await
+        .expect("lists again");
+}
+
+#[test]
+fn works_from_sync_code_and_writes_a_kubeconfig() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let server = ApiServer::builder()
+        .host("picket.test")
+        .host("10.9.8.7")
+        .start(listener)
+        .expect("starts");
+    assert!(server.url().starts_with("https://127.0.0.1:"));
+    assert!(server.ca_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+    let path = std::env::temp_dir().join(format!("picket-kubeconfig-{}", server.addr().port()));
+    server.kubeconfig(&path).expect("writes");
+    let written = std::fs::read_to_string(&path).expect("reads");
+    std::fs::remove_file(&path).expect("removes");
+    let kubeconfig = Kubeconfig::from_yaml(&written).expect("parses");
+    let cluster = kubeconfig.clusters[0].cluster.as_ref().expect("a cluster");
+    assert_eq!(cluster.server.as_deref(), Some(server.url()));
+    let user = kubeconfig.auth_infos[0].auth_info.as_ref().expect("a user");
+    assert!(user.token.is_some());
+
+    let names: Vec<String> = server
+        .objects(Kind::Namespace)
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
+    let err = server
+        .apply("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n")
+        .expect_err("not served");
+    assert!(matches!(err, ApplyError::UnknownKind { .. }), "{err}");
+}
