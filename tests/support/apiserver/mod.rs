@@ -431,37 +431,46 @@ impl ApiServer {
     }
 
     /// Creates or replaces every object in `text`: YAML, possibly several `---` documents, or
-    /// JSON. Namespaces are applied first. Objects are stored as given (status included), with
-    /// server-set metadata; an object without a namespace goes to `default`. Returns the stored
-    /// objects in document order.
+    /// JSON; a `kind: List` document contributes its items. Namespaces are applied first.
+    /// Objects are stored as given (status included), with server-set metadata; an object
+    /// without a namespace goes to `default`. Returns the stored objects in document order.
     pub fn apply(&self, text: &str) -> Result<Vec<Value>, ApplyError> {
-        let mut docs = Vec::new();
+        let mut objects = Vec::new();
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = serde_yaml::Value::deserialize(doc)
                 .and_then(serde_yaml::from_value::<Value>)
                 .map_err(|source| ApplyError::Parse { index, source })?;
-            if value.is_null() {
-                continue;
+            let items = match value {
+                Value::Null => continue,
+                Value::Object(ref map) if map.get("kind") == Some(&json!("List")) => map
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+                other => vec![other],
+            };
+            for item in items {
+                let field = |name: &str| item.get(name).and_then(Value::as_str).unwrap_or_default();
+                let kind =
+                    Kind::from_type(field("apiVersion"), field("kind")).ok_or_else(|| {
+                        ApplyError::UnknownKind {
+                            index,
+                            api_version: field("apiVersion").to_string(),
+                            kind: field("kind").to_string(),
+                        }
+                    })?;
+                objects.push((kind, item));
             }
-            let text = |field: &str| value.get(field).and_then(Value::as_str).unwrap_or_default();
-            let kind = Kind::from_type(text("apiVersion"), text("kind")).ok_or_else(|| {
-                ApplyError::UnknownKind {
-                    index,
-                    api_version: text("apiVersion").to_string(),
-                    kind: text("kind").to_string(),
-                }
-            })?;
-            docs.push((index, kind, value));
         }
         // Namespaces first, so that one file can hold a namespace and what lives in it.
-        let mut order: Vec<usize> = (0..docs.len()).collect();
-        order.sort_by_key(|i| docs[*i].1 != Kind::Namespace);
+        let mut order: Vec<usize> = (0..objects.len()).collect();
+        order.sort_by_key(|i| objects[*i].0 != Kind::Namespace);
         let mut applied: Vec<(usize, Value)> = Vec::new();
         for i in order {
-            let (index, kind, value) = docs[i].clone();
-            applied.push((index, self.apply_one(kind, value)?));
+            let (kind, value) = objects[i].clone();
+            applied.push((i, self.apply_one(kind, value)?));
         }
-        applied.sort_by_key(|(index, _)| *index);
+        applied.sort_by_key(|(position, _)| *position);
         Ok(applied.into_iter().map(|(_, v)| v).collect())
     }
 

@@ -801,3 +801,53 @@ fn works_from_sync_code_and_writes_a_kubeconfig() {
         .expect_err("not served");
     assert!(matches!(err, ApplyError::UnknownKind { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn lists_leave_kind_off_items_and_discovery_answers() {
+    let server = server();
+    let json = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "j", "namespace": "later"}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "later"}}
+    ]}"#;
+    let applied = server
+        .apply(json)
+        .expect("applies a JSON List, namespace first");
+    assert_eq!(applied[0]["metadata"]["name"], "j");
+    assert_eq!(
+        applied[1]["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "later"
+    );
+
+    let client = client(&server).await;
+    let get = |path: &str| hyper::Request::get(path).body(Vec::new()).expect("request");
+    let text = client
+        .request_text(get("/api/v1/namespaces/later/pods"))
+        .await
+        .expect("lists");
+    let list: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(list["kind"], "PodList");
+    assert_eq!(list["apiVersion"], "v1");
+    let item = &list["items"][0];
+    assert_eq!(item["metadata"]["name"], "j");
+    assert!(
+        item.get("kind").is_none() && item.get("apiVersion").is_none(),
+        "{item}"
+    );
+
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(
+        (version.major.as_str(), version.minor.as_str()),
+        ("1", "37")
+    );
+    let groups = client.list_api_groups().await.expect("groups");
+    let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["networking.k8s.io", "authentication.k8s.io"]);
+    let core = client
+        .list_core_api_resources("v1")
+        .await
+        .expect("resources");
+    assert!(core
+        .resources
+        .iter()
+        .any(|r| r.name == "pods" && r.namespaced));
+}
