@@ -30,7 +30,8 @@
 //! upstream). Watches stream one JSON event per line; a resourceVersion older than the history
 //! is an ERROR event with a 410 `Expired` Status in an HTTP 200 stream; `allowWatchBookmarks`
 //! gives a BOOKMARK every [`ApiServerBuilder::bookmark_interval`]; `sendInitialEvents=true`
-//! gives ADDED for every object then a BOOKMARK annotated `k8s.io/initial-events-end`;
+//! gives ADDED for every object then a BOOKMARK annotated `k8s.io/initial-events-end` (as does
+//! a watch without resourceVersion or at `0`, which WatchList defaulting turns into one);
 //! `timeoutSeconds` closes the stream. List items carry no `kind`/`apiVersion`, as on a
 //! real server; watch event objects do.
 //!

@@ -12,7 +12,8 @@
 //! | list, `resourceVersion=N`, limit          | exactly N                               |
 //! | list, `resourceVersionMatch=Exact`        | exactly N                               |
 //! | list, `continue=T`                        | exactly the first page's version        |
-//! | watch, no resourceVersion or `0`          | ADDED for current objects, then changes |
+//! | watch, no resourceVersion or `0`          | as `sendInitialEvents=true` (WatchList  |
+//! |                                           | defaulting, as in 1.32 and later)       |
 //! | watch, `resourceVersion=N`                | changes after N (ERROR 410 if too old)  |
 //! | watch, `sendInitialEvents=true`           | ADDED for current objects, a marked     |
 //! |                                           | BOOKMARK, then changes                  |
@@ -131,9 +132,9 @@ pub(crate) fn parse_read(
             .map_err(|e| ApiError::bad_request(e.to_string()))?,
     };
     let rv = q.non_empty("resourceVersion");
-    let rv_match = q.non_empty("resourceVersionMatch");
+    let mut rv_match = q.non_empty("resourceVersionMatch");
     let cont = q.non_empty("continue");
-    let send_initial = q.bool("sendInitialEvents")?;
+    let mut send_initial = q.bool("sendInitialEvents")?;
     let forbidden = |field: &str, why: &str| {
         ApiError::invalid(
             "ListOptions.meta.k8s.io",
@@ -150,6 +151,13 @@ pub(crate) fn parse_read(
     };
 
     if q.bool("watch")? == Some(true) {
+        // SetListOptionsDefaults with the WatchList feature (on by default since 1.32): a
+        // plain watch from "now" or "any" becomes a streaming list, so it also gets the
+        // initial-events-end bookmark when bookmarks are allowed.
+        if send_initial.is_none() && rv_match.is_none() && matches!(rv, None | Some("0")) {
+            send_initial = Some(true);
+            rv_match = Some("NotOlderThan");
+        }
         if send_initial.is_some() && rv_match != Some("NotOlderThan") {
             return Err(forbidden(
                 "resourceVersionMatch",
@@ -357,6 +365,20 @@ mod tests {
             watch_from("watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan"),
             WatchFrom::Now
         );
+    }
+
+    #[test]
+    fn plain_watches_from_now_are_defaulted_to_streaming_lists() {
+        let marks_end = |query: &str| match read(query) {
+            Ok(Read::Watch { req, .. }) => req.initial_events_end,
+            other => panic!("{query}: expected a watch, got {other:?}"),
+        };
+        assert!(marks_end("watch=true&allowWatchBookmarks=true"));
+        assert!(marks_end("watch=true&resourceVersion=0"));
+        assert!(!marks_end("watch=true&resourceVersion=5"));
+        assert!(!marks_end(
+            "watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan"
+        ));
     }
 
     #[test]
