@@ -219,6 +219,12 @@ fn report(c: &Cluster) {
         "the destination is selected by {selecting} policies"
     );
 
+    // Publishing a snapshot clones the index: what one commit costs.
+    let (p50, p99) = time_each(50, |_| {
+        black_box(index.clone());
+    });
+    println!("snapshot (index clone): p50 {p50:?}, p99 {p99:?}");
+
     // (a) One decision: a random known peer, and an unknown IP.
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let sources: Vec<IpAddr> = (0..100_000)

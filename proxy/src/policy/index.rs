@@ -14,24 +14,28 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
+use super::shards::Shards;
+
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
 use super::selector::Labels;
 
 /// Pods, namespaces and policies, indexed for decisions.
 ///
 /// Maps use the Fx hash: keys come from the API server, not from peers, and
-/// a decision makes several lookups.
+/// a decision makes several lookups. The large maps are sharded and shared
+/// copy-on-write, so that publishing a snapshot (a clone) costs pointers, not
+/// a copy of every pod.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyIndex {
-    pods: HashMap<PodKey, Arc<Pod>>,
+    pods: Shards<PodKey, Arc<Pod>>,
     namespaces: HashMap<Arc<str>, Arc<Namespace>>,
     /// Policies by namespace, sorted by key so that explanations are stable.
-    policies: HashMap<Arc<str>, BTreeMap<PolicyKey, Arc<Policy>>>,
-    pods_by_namespace: HashMap<Arc<str>, BTreeSet<PodKey>>,
+    policies: HashMap<Arc<str>, Arc<BTreeMap<PolicyKey, Arc<Policy>>>>,
+    pods_by_namespace: HashMap<Arc<str>, Arc<BTreeSet<PodKey>>>,
     /// Pods by IP; two entries only while a stale pod still claims the IP.
-    pods_by_ip: HashMap<IpAddr, Vec<PodKey>>,
+    pods_by_ip: Shards<IpAddr, Vec<PodKey>>,
     /// The policies selecting each pod, per direction; absent when none do.
-    selection: HashMap<PodKey, Selection>,
+    selection: Shards<PodKey, Selection>,
     policy_count: usize,
 }
 
@@ -76,11 +80,13 @@ impl PolicyIndex {
         for policy in policies {
             let policy = Arc::new(policy);
             index.policy_count += 1;
-            index
-                .policies
-                .entry(policy.key.namespace.clone())
-                .or_default()
-                .insert(policy.key.clone(), policy);
+            Arc::make_mut(
+                index
+                    .policies
+                    .entry(policy.key.namespace.clone())
+                    .or_default(),
+            )
+            .insert(policy.key.clone(), policy);
         }
         for pod in pods {
             index.apply_pod(pod);
@@ -100,10 +106,12 @@ impl PolicyIndex {
             self.unindex_ips(old);
         }
         self.index_ips(&pod);
-        self.pods_by_namespace
-            .entry(key.namespace.clone())
-            .or_default()
-            .insert(key);
+        Arc::make_mut(
+            self.pods_by_namespace
+                .entry(key.namespace.clone())
+                .or_default(),
+        )
+        .insert(key);
         if old.as_ref().is_none_or(|o| o.labels != pod.labels) {
             self.reselect_pod(&pod);
         }
@@ -116,7 +124,7 @@ impl PolicyIndex {
         };
         self.unindex_ips(&old);
         if let Some(set) = self.pods_by_namespace.get_mut(&key.namespace) {
-            set.remove(key);
+            Arc::make_mut(set).remove(key);
             if set.is_empty() {
                 self.pods_by_namespace.remove(&key.namespace);
             }
@@ -140,18 +148,15 @@ impl PolicyIndex {
     pub fn apply_policy(&mut self, policy: Policy) {
         let policy = Arc::new(policy);
         let ns = policy.key.namespace.clone();
-        let old = self
-            .policies
-            .entry(ns.clone())
-            .or_default()
+        let old = Arc::make_mut(self.policies.entry(ns.clone()).or_default())
             .insert(policy.key.clone(), policy.clone());
         if old.is_none() {
             self.policy_count += 1;
         }
-        let Some(pods) = self.pods_by_namespace.get(&ns) else {
+        let Some(pods) = self.pods_by_namespace.get(&ns).cloned() else {
             return;
         };
-        for key in pods {
+        for key in pods.iter() {
             let Some(pod) = self.pods.get(key) else {
                 continue;
             };
@@ -160,7 +165,9 @@ impl PolicyIndex {
             if !selects && !was_selected {
                 continue;
             }
-            let entry = self.selection.entry(key.clone()).or_default();
+            let entry = self
+                .selection
+                .get_or_insert_with(key.clone(), Selection::default);
             entry.remove(&policy.key);
             if selects {
                 entry.insert(&policy);
@@ -176,15 +183,16 @@ impl PolicyIndex {
         let Some(by_key) = self.policies.get_mut(&key.namespace) else {
             return false;
         };
-        if by_key.remove(key).is_none() {
+        if !by_key.contains_key(key) {
             return false;
         }
+        Arc::make_mut(by_key).remove(key);
         if by_key.is_empty() {
             self.policies.remove(&key.namespace);
         }
         self.policy_count -= 1;
-        if let Some(pods) = self.pods_by_namespace.get(&key.namespace) {
-            for pod in pods {
+        if let Some(pods) = self.pods_by_namespace.get(&key.namespace).cloned() {
+            for pod in pods.iter() {
                 if let Some(entry) = self.selection.get_mut(pod) {
                     entry.remove(key);
                     if entry.is_empty() {
@@ -303,7 +311,7 @@ impl PolicyIndex {
             return;
         }
         for ip in &pod.ips {
-            let claimants = self.pods_by_ip.entry(*ip).or_default();
+            let claimants = self.pods_by_ip.get_or_insert_with(*ip, Vec::new);
             if let Err(at) = claimants.binary_search(&pod.key) {
                 claimants.insert(at, pod.key.clone());
             }

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod index;
 pub mod model;
 pub mod selector;
+pub mod shards;
 
 pub use eval::{Decision, Explanation, Reason, Side};
 pub use index::{IndexCounts, PolicyIndex};
