@@ -187,7 +187,7 @@ mod tests {
             "only the touched shards were copied ({shared} shared)"
         );
         assert_ne!(a, snapshot);
-        let mut b = snapshot.clone();
+        let mut b = snapshot;
         b.insert(7, 70);
         b.remove(&8);
         b.insert(5000, 2);
