@@ -21,7 +21,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::client::Outcome;
 use crate::report::{Memory, Phase, PhaseStats, Results};
-use crate::setup::{Bench, Server};
+use crate::setup::{Bench, Server, Splice};
 
 /// The bench's knobs; each has an environment variable.
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ pub struct Config {
     pub idle_connections: usize,
     /// Picket's `--workers` (`PICKET_LOAD_WORKERS`), when it has the flag.
     pub workers: usize,
+    /// How `haproxy-splice` splices (`PICKET_LOAD_HAPROXY_SPLICE`: force, auto).
+    pub splice: Splice,
 }
 
 impl Config {
@@ -53,12 +55,17 @@ impl Config {
             }
         }
         let config = Self {
-            rounds: var("PICKET_LOAD_ROUNDS", 4)?,
-            phase: Duration::from_secs_f64(var("PICKET_LOAD_SECONDS", 1.5)?),
+            rounds: var("PICKET_LOAD_ROUNDS", 6)?,
+            phase: Duration::from_secs_f64(var("PICKET_LOAD_SECONDS", 1.0)?),
             concurrency: 8,
             streams: 8,
             idle_connections: var("PICKET_LOAD_IDLE_CONNECTIONS", 1000)?,
             workers: var("PICKET_LOAD_WORKERS", 1)?,
+            splice: match var("PICKET_LOAD_HAPROXY_SPLICE", String::from("force"))?.as_str() {
+                "force" => Splice::Force,
+                "auto" => Splice::Auto,
+                other => anyhow::bail!("PICKET_LOAD_HAPROXY_SPLICE={other:?}: force or auto"),
+            },
         };
         ensure!(config.rounds > 0, "PICKET_LOAD_ROUNDS must be at least 1");
         Ok(config)
@@ -114,7 +121,7 @@ fn run() -> Result<()> {
     let load_before = procfs::loadavg();
     let out_dir = target.join("picket-load");
     eprintln!("load: setting up the lab");
-    let bench = Bench::start(&binary, &out_dir, workers)?;
+    let bench = Bench::start(&binary, &out_dir, workers, config.splice)?;
     let mut results = Results::new(&config, &bench, &binary, load_before);
 
     eprintln!(

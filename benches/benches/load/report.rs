@@ -61,6 +61,8 @@ pub struct PhaseStats {
     pub per_round: Vec<f64>,
     /// Every latency, in nanoseconds (sorted once the run ends).
     pub latencies_ns: Vec<u32>,
+    /// Each round's latency p50 and p99, in microseconds.
+    pub round_percentiles_us: Vec<[f64; 2]>,
     /// Bytes the client read (bulk), warm-up included.
     pub bytes: u64,
     /// Connections or exchanges completed.
@@ -90,7 +92,13 @@ impl PhaseStats {
         if self.first_error.is_none() {
             self.first_error = outcome.first_error;
         }
-        self.latencies_ns.extend(outcome.latencies_ns);
+        let mut round = outcome.latencies_ns;
+        round.sort_unstable();
+        if !round.is_empty() {
+            self.round_percentiles_us
+                .push([percentile_us(&round, 0.5), percentile_us(&round, 0.99)]);
+        }
+        self.latencies_ns.extend(round);
         self.relay_cpu += relay_cpu;
         self.app_cpu += app_cpu;
     }
@@ -100,14 +108,38 @@ impl PhaseStats {
         median(&self.per_round)
     }
 
-    /// A latency percentile in microseconds (nearest rank).
-    pub fn percentile_us(&self, q: f64) -> f64 {
-        let n = self.latencies_ns.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-        f64::from(self.latencies_ns[rank - 1]) / 1000.0
+    /// The median over rounds of this rate over `base`'s in the same round.
+    pub fn ratio_to(&self, base: &PhaseStats) -> f64 {
+        let ratios: Vec<f64> = self
+            .per_round
+            .iter()
+            .zip(&base.per_round)
+            .map(|(v, b)| v / b)
+            .collect();
+        median(&ratios)
+    }
+
+    /// A latency percentile over all rounds' latencies pooled, in µs.
+    pub fn pooled_us(&self, q: f64) -> f64 {
+        percentile_us(&self.latencies_ns, q)
+    }
+
+    /// The median over rounds of a round's p50 (`P50`) or p99 (`P99`), in µs.
+    pub fn latency_us(&self, which: usize) -> f64 {
+        let values: Vec<f64> = self.round_percentiles_us.iter().map(|p| p[which]).collect();
+        median(&values)
+    }
+
+    /// The median over rounds of the latency this adds to `base`'s in the
+    /// same round, in µs.
+    pub fn added_us(&self, base: &PhaseStats, which: usize) -> f64 {
+        let added: Vec<f64> = self
+            .round_percentiles_us
+            .iter()
+            .zip(&base.round_percentiles_us)
+            .map(|(v, b)| v[which] - b[which])
+            .collect();
+        median(&added)
     }
 
     /// Relay CPU microseconds per connection (or exchange).
@@ -182,6 +214,7 @@ impl ModeStats {
         static EMPTY: PhaseStats = PhaseStats {
             per_round: Vec::new(),
             latencies_ns: Vec::new(),
+            round_percentiles_us: Vec::new(),
             bytes: 0,
             count: 0,
             errors: 0,
@@ -291,15 +324,20 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "picket: {} ({}); {} (nbthread 1); kernel {}",
+            "picket: {} ({}); kernel {}",
             self.binary.display(),
             self.workers_text(),
-            self.haproxy,
             self.kernel
         );
         let _ = writeln!(
             out,
-            "medians over rounds; latencies pooled over rounds; (×) ratio to direct, (+) added to direct\n"
+            "haproxy: {} (nbthread 1); haproxy-splice: {}",
+            self.haproxy,
+            self.config.splice.options()
+        );
+        let _ = writeln!(
+            out,
+            "medians over rounds of each round's figure; (×) and (+): median over rounds of the ratio to, or the latency added to, direct in the same round\n"
         );
         const LABEL: usize = 40;
         const CELL: usize = 20;
@@ -360,21 +398,22 @@ impl Results {
         let direct = self.direct();
         match row.kind {
             RowKind::Rate(phase) => {
-                let value = m.phase(phase).rate();
-                let base = direct.map(|d| d.phase(phase).rate());
-                match base {
-                    Some(base) if m.mode != Mode::Direct => {
-                        format!("{} ({:.2}×)", fmt_num(value), value / base)
-                    }
-                    _ => fmt_num(value),
+                let stats = m.phase(phase);
+                match direct {
+                    Some(d) if m.mode != Mode::Direct => format!(
+                        "{} ({:.2}×)",
+                        fmt_num(stats.rate()),
+                        stats.ratio_to(d.phase(phase))
+                    ),
+                    _ => fmt_num(stats.rate()),
                 }
             }
-            RowKind::Latency(phase, q) => {
-                let value = m.phase(phase).percentile_us(q);
-                let base = direct.map(|d| d.phase(phase).percentile_us(q));
-                match base {
-                    Some(base) if m.mode != Mode::Direct => {
-                        format!("{value:.1} ({:+.1})", value - base)
+            RowKind::Latency(phase, which) => {
+                let stats = m.phase(phase);
+                let value = stats.latency_us(which);
+                match direct {
+                    Some(d) if m.mode != Mode::Direct => {
+                        format!("{value:.1} ({:+.1})", stats.added_us(d.phase(phase), which))
                     }
                     _ => format!("{value:.1}"),
                 }
@@ -439,14 +478,13 @@ impl Results {
         });
 
         for (phase, what) in [
-            (Phase::ConnLatency, "short connection, 1 loop"),
-            (Phase::ConnRate, "short connection, 8 loops"),
+            // Not the 8-loop phase: its latencies are mostly queueing on
+            // the client's and the pod's cores (see the table).
+            (Phase::ConnLatency, "short connection"),
             (Phase::PingPong, "ping-pong"),
         ] {
-            for (q, qname) in [(0.5, "p50"), (0.99, "p99")] {
-                let added = |m: &ModeStats| {
-                    m.phase(phase).percentile_us(q) - direct.phase(phase).percentile_us(q)
-                };
+            for (which, qname) in [(P50, "p50"), (P99, "p99")] {
+                let added = |m: &ModeStats| m.phase(phase).added_us(direct.phase(phase), which);
                 let limit = haproxy.map_or(f64::INFINITY, added);
                 targets.push(Target {
                     name: format!("added latency below HAProxy's, {what}, {qname}"),
@@ -507,24 +545,28 @@ impl Results {
                 if phase.is_bulk() {
                     v["app_s_per_gb"] = json!(s.app_s_per_gb());
                 } else {
+                    v["round_p50_p99_us"] = json!(s.round_percentiles_us);
+                    v["p50_us"] = json!(s.latency_us(P50));
+                    v["p99_us"] = json!(s.latency_us(P99));
+                    if let (Some(b), true) = (base, m.mode != Mode::Direct) {
+                        v["added_p50_us"] = json!(s.added_us(b, P50));
+                        v["added_p99_us"] = json!(s.added_us(b, P99));
+                    }
                     for (q, name) in [
-                        (0.5, "p50_us"),
-                        (0.9, "p90_us"),
-                        (0.99, "p99_us"),
-                        (0.999, "p999_us"),
+                        (0.5, "pooled_p50_us"),
+                        (0.9, "pooled_p90_us"),
+                        (0.99, "pooled_p99_us"),
+                        (0.999, "pooled_p999_us"),
                     ] {
-                        v[name] = json!(s.percentile_us(q));
-                        if let (Some(b), true) = (base, m.mode != Mode::Direct) {
-                            v[format!("added_{name}")] =
-                                json!(s.percentile_us(q) - b.percentile_us(q));
-                        }
+                        v[name] = json!(s.pooled_us(q));
                     }
                 }
                 if m.mode != Mode::Direct {
                     v["relay_us_per_count"] = json!(s.relay_us_per_count());
                     v["relay_s_per_gb"] = json!(s.relay_s_per_gb());
                     if let Some(b) = base {
-                        v["ratio_to_direct"] = json!(s.rate() / b.rate());
+                        v["ratio_to_direct"] = json!(s.ratio_to(b));
+                        v["ratio_of_medians"] = json!(s.rate() / b.rate());
                     }
                 }
                 phases.insert(phase.name().into(), v);
@@ -560,6 +602,7 @@ impl Results {
                 "latency_phase_s": c.latency_phase().as_secs_f64(),
                 "rate_concurrency": c.concurrency,
                 "bulk_streams": c.streams,
+                "haproxy_splice": c.splice.options(),
                 "idle_connections": c.idle_connections,
             },
             "environment": {
@@ -582,7 +625,7 @@ impl Results {
 #[derive(Debug)]
 enum RowKind {
     Rate(Phase),
-    Latency(Phase, f64),
+    Latency(Phase, usize),
     RelayPerConnection(Phase),
     RelayPerGb(Phase),
     AppPerConnection(Phase),
@@ -611,11 +654,11 @@ const ROWS: &[Row] = &[
     },
     Row {
         label: "  latency p50 (µs)",
-        kind: RowKind::Latency(Phase::ConnRate, 0.5),
+        kind: RowKind::Latency(Phase::ConnRate, P50),
     },
     Row {
         label: "  latency p99 (µs)",
-        kind: RowKind::Latency(Phase::ConnRate, 0.99),
+        kind: RowKind::Latency(Phase::ConnRate, P99),
     },
     Row {
         label: "short connections/s, 1 loop",
@@ -623,11 +666,11 @@ const ROWS: &[Row] = &[
     },
     Row {
         label: "  latency p50 (µs)",
-        kind: RowKind::Latency(Phase::ConnLatency, 0.5),
+        kind: RowKind::Latency(Phase::ConnLatency, P50),
     },
     Row {
         label: "  latency p99 (µs)",
-        kind: RowKind::Latency(Phase::ConnLatency, 0.99),
+        kind: RowKind::Latency(Phase::ConnLatency, P99),
     },
     Row {
         label: "ping-pong exchanges/s",
@@ -635,11 +678,11 @@ const ROWS: &[Row] = &[
     },
     Row {
         label: "  latency p50 (µs)",
-        kind: RowKind::Latency(Phase::PingPong, 0.5),
+        kind: RowKind::Latency(Phase::PingPong, P50),
     },
     Row {
         label: "  latency p99 (µs)",
-        kind: RowKind::Latency(Phase::PingPong, 0.99),
+        kind: RowKind::Latency(Phase::PingPong, P99),
     },
     Row {
         label: "relay CPU per connection (µs), 8 loops",
@@ -690,6 +733,21 @@ const ROWS: &[Row] = &[
         kind: RowKind::Memory(|m| m.after_run_pss_kib.map_or("-".into(), |k| k.to_string())),
     },
 ];
+
+/// Index of the p50 in [`PhaseStats::round_percentiles_us`].
+pub const P50: usize = 0;
+/// Index of the p99 in [`PhaseStats::round_percentiles_us`].
+pub const P99: usize = 1;
+
+/// A percentile of sorted nanoseconds, in microseconds (nearest rank).
+fn percentile_us(sorted_ns: &[u32], q: f64) -> f64 {
+    let n = sorted_ns.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    f64::from(sorted_ns[rank - 1]) / 1000.0
+}
 
 fn median(values: &[f64]) -> f64 {
     if values.is_empty() {

@@ -47,7 +47,8 @@ pub enum Mode {
     Picket,
     /// HAProxy in TCP mode, one thread, behind the same rules.
     Haproxy,
-    /// The same HAProxy with `option splice-auto`.
+    /// The same HAProxy with splicing: forced (`option splice-request` and
+    /// `option splice-response`), or `option splice-auto`.
     HaproxySplice,
 }
 
@@ -72,6 +73,26 @@ impl Mode {
 
     fn pod_name(self) -> String {
         format!("server-{}", self.name())
+    }
+}
+
+/// How the `haproxy-splice` mode splices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Splice {
+    /// `option splice-request` and `option splice-response`: always.
+    Force,
+    /// `option splice-auto`: when HAProxy's heuristics say so (in this lab
+    /// they never do: it stays on recv/send).
+    Auto,
+}
+
+impl Splice {
+    /// The HAProxy options it stands for.
+    pub fn options(self) -> &'static str {
+        match self {
+            Splice::Force => "option splice-request + splice-response",
+            Splice::Auto => "option splice-auto",
+        }
     }
 }
 
@@ -290,7 +311,12 @@ fn remember_netns(name: &str) {
 impl Bench {
     /// Builds the lab, starts the app and the relays, and waits until every
     /// mode answers end to end.
-    pub fn start(binary: &Path, log_dir: &Path, workers: Option<usize>) -> Result<Self> {
+    pub fn start(
+        binary: &Path,
+        log_dir: &Path,
+        workers: Option<usize>,
+        splice: Splice,
+    ) -> Result<Self> {
         fs::create_dir_all(log_dir)?;
         let work = make_work_dir()?;
         let proxy = work.0.join("bin").join("picket-proxy");
@@ -338,7 +364,12 @@ impl Bench {
                         Mode::Picket => {
                             start_picket(&proxy, &lab, &pod, &cluster, &node_file, workers, log)?
                         }
-                        _ => start_haproxy(&work.0, &pod, mode == Mode::HaproxySplice, log)?,
+                        _ => start_haproxy(
+                            &work.0,
+                            &pod,
+                            (mode == Mode::HaproxySplice).then_some(splice),
+                            log,
+                        )?,
                     })
                 }
             };
@@ -648,11 +679,11 @@ fn start_picket(
     Proc::spawn(&mut command)
 }
 
-fn start_haproxy(work: &Path, pod: &LabPod, splice: bool, log: File) -> Result<Proc> {
-    let splice = if splice {
-        "    option splice-auto\n"
-    } else {
-        ""
+fn start_haproxy(work: &Path, pod: &LabPod, splice: Option<Splice>, log: File) -> Result<Proc> {
+    let splice = match splice {
+        None => "",
+        Some(Splice::Auto) => "    option splice-auto\n",
+        Some(Splice::Force) => "    option splice-request\n    option splice-response\n",
     };
     let config = format!(
         "global\n    nbthread 1\n    maxconn 4000\n\n\
