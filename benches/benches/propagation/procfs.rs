@@ -1,0 +1,65 @@
+//! What the kernel says about the proxy process: CPU time, PSS, RSS.
+
+use std::io;
+
+fn read(pid: u32, file: &str) -> io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+}
+
+/// User plus system CPU seconds of the whole process, exited threads included.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = read(pid, "stat")?;
+    // The command name may hold spaces: count fields after its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("bad /proc/PID/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let field = |n: usize| -> io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad field {n} in /proc/{pid}/stat")))
+    };
+    let ticks = field(14)? + field(15)?;
+    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+fn kib_line(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Proportional set size in KiB (`Pss` of `smaps_rollup`).
+pub fn pss_kib(pid: u32) -> io::Result<u64> {
+    kib_line(&read(pid, "smaps_rollup")?, "Pss:")
+        .ok_or_else(|| io::Error::other(format!("no Pss in /proc/{pid}/smaps_rollup")))
+}
+
+/// Resident set size in KiB (`VmRSS` of `status`).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    kib_line(&read(pid, "status")?, "VmRSS:")
+        .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
+}
+
+/// Peak resident set size in KiB (`VmHWM` of `status`).
+pub fn hwm_kib(pid: u32) -> io::Result<u64> {
+    kib_line(&read(pid, "status")?, "VmHWM:")
+        .ok_or_else(|| io::Error::other(format!("no VmHWM in /proc/{pid}/status")))
+}
+
+/// The process's command name.
+pub fn comm(pid: u32) -> io::Result<String> {
+    Ok(read(pid, "comm")?.trim().to_string())
+}
+
+/// The 1-minute load average, as a measure of the machine's noise.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
