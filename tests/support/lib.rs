@@ -1,7 +1,8 @@
 //! Test support shared by Picket's crates.
 //!
 //! - [`apiserver`]: a Kubernetes API server for tests, speaking the real list/watch protocol
-//!   over HTTPS for Pods, Namespaces and NetworkPolicies, with fault injection.
+//!   over HTTPS for Pods, Namespaces, NetworkPolicies, Secrets and
+//!   MutatingWebhookConfigurations (with PATCH), with fault injection.
 
 pub mod apiserver;
 

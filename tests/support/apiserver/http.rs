@@ -3,7 +3,8 @@
 //!
 //! Async, called once per request by the connection tasks of [`super::server`]. Paths follow
 //! the real API: `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods/{name}[/status]`,
-//! `/apis/networking.k8s.io/v1/...`, `/api/v1/namespaces/{name}`.
+//! `/apis/networking.k8s.io/v1/...`, `/api/v1/namespaces/{name}`,
+//! `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use serde_json::{json, Value};
 use super::body::Body;
 use super::kind::Kind;
 use super::params::{parse_read, Query, Read};
+use super::patch::Patch;
 use super::status::ApiError;
 use super::store::{Origin, Part, Preconditions};
 use super::{watch, RecordedRequest, Shared};
@@ -54,8 +56,19 @@ enum Route {
     },
 }
 
-/// The served API groups other than the core group: (group, version, resources).
-const GROUPS: [&str; 2] = ["networking.k8s.io", "authentication.k8s.io"];
+/// The served API groups other than the core group, each at `v1`.
+const GROUPS: [&str; 3] = [
+    "networking.k8s.io",
+    "authentication.k8s.io",
+    "admissionregistration.k8s.io",
+];
+
+/// `{group}/v1` of each of [`GROUPS`].
+const GROUP_VERSIONS: [&str; 3] = [
+    "networking.k8s.io/v1",
+    "authentication.k8s.io/v1",
+    "admissionregistration.k8s.io/v1",
+];
 
 /// Answers one request. Never fails: errors become `Status` bodies.
 pub(crate) async fn handle(
@@ -74,31 +87,35 @@ pub(crate) async fn handle(
     let user = token
         .and_then(|t| shared.lock_tokens().get(t).cloned())
         .map(|u| u.username);
-    shared.lock_requests().push(RecordedRequest {
+    let recorded = RecordedRequest {
         method: method.to_string(),
         path: path.clone(),
         query: raw_query.clone(),
         user,
-    });
+        status: None,
+    };
+    let id = shared.record_request(recorded.clone());
     tracing::debug!(%method, %path, query = %raw_query, "API request");
+    shared.pass_barriers(&recorded).await;
 
-    let yaml = req
+    let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("yaml"));
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
+        .map(str::to_string);
+    let response = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            let query = Query::parse(&raw_query);
+            let served = serve(&shared, &method, &path, &query, &body, content_type).await;
+            served.unwrap_or_else(|error| status_response(&error))
+        }
         Err(e) => {
             let error = ApiError::bad_request(format!("reading the request body: {e}"));
-            return Ok(status_response(&error));
+            status_response(&error)
         }
     };
-    let query = Query::parse(&raw_query);
-    let response = match serve(&shared, &method, &path, &query, &body, yaml).await {
-        Ok(response) => response,
-        Err(error) => status_response(&error),
-    };
+    shared.record_status(id, response.status().as_u16());
     Ok(response)
 }
 
@@ -108,8 +125,11 @@ async fn serve(
     path: &str,
     query: &Query,
     body: &Bytes,
-    yaml: bool,
+    content_type: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
+    let yaml = content_type
+        .as_deref()
+        .is_some_and(|ct| ct.contains("yaml"));
     let route = resolve(path)?;
     let read_only = |response: Response<Body>| {
         if method == Method::GET {
@@ -184,6 +204,11 @@ async fn serve(
                             .lock_store()
                             .replace(kind, ns, &name, obj, Origin::Client, part)?;
                     Ok(json_response(StatusCode::OK, &stored))
+                }
+                Method::PATCH => {
+                    let patch = Patch::parse(content_type.as_deref(), body)?;
+                    let patched = shared.lock_store().patch(kind, ns, &name, &patch, part)?;
+                    Ok(json_response(StatusCode::OK, &patched))
                 }
                 Method::DELETE if part == Part::Main => {
                     let preconditions = delete_preconditions(body)?;
@@ -281,9 +306,13 @@ fn resolve(path: &str) -> Result<Route, ApiError> {
                 .map(|known| Route::Group(known))
                 .ok_or_else(ApiError::no_route)
         }
-        ["apis", "networking.k8s.io", "v1"] => return Ok(Route::Resources("networking.k8s.io/v1")),
-        ["apis", "authentication.k8s.io", "v1"] => {
-            return Ok(Route::Resources("authentication.k8s.io/v1"))
+        ["apis", g, v] => {
+            let group_version = format!("{g}/{v}");
+            return GROUP_VERSIONS
+                .iter()
+                .find(|known| **known == group_version)
+                .map(|known| Route::Resources(known))
+                .ok_or_else(ApiError::no_route);
         }
         ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => return Ok(Route::TokenReview),
         ["api", "v1", rest @ ..] => ("v1".to_string(), rest),
@@ -293,7 +322,8 @@ fn resolve(path: &str) -> Result<Route, ApiError> {
     let kind =
         |plural: &str| Kind::from_path(&group_version, plural).ok_or_else(ApiError::no_route);
     let object = |kind: Kind, namespace: Option<&str>, name: &str, part: Part| {
-        if kind.namespaced() != namespace.is_some() {
+        if kind.namespaced() != namespace.is_some() || (part == Part::Status && !kind.has_status())
+        {
             return Err(ApiError::no_route());
         }
         Ok(Route::Object {
@@ -429,21 +459,24 @@ fn resources(group_version: &str) -> Value {
         .filter(|k| k.api_version() == group_version)
     {
         let singular = kind.name().to_lowercase();
-        resources.push(json!({
+        let mut resource = json!({
             "name": kind.plural(),
             "singularName": singular,
             "namespaced": kind.namespaced(),
             "kind": kind.name(),
-            "verbs": ["create", "delete", "get", "list", "update", "watch"],
-            "shortNames": kind.short_names(),
-        }));
-        if kind != Kind::NetworkPolicy {
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        });
+        if !kind.short_names().is_empty() {
+            resource["shortNames"] = json!(kind.short_names());
+        }
+        resources.push(resource);
+        if kind.has_status() {
             resources.push(json!({
                 "name": format!("{}/status", kind.plural()),
                 "singularName": "",
                 "namespaced": kind.namespaced(),
                 "kind": kind.name(),
-                "verbs": ["get", "update"],
+                "verbs": ["get", "patch", "update"],
             }));
         }
     }
@@ -532,6 +565,32 @@ mod tests {
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 Route::TokenReview,
             ),
+            (
+                "/api/v1/secrets",
+                Route::Collection {
+                    kind: Kind::Secret,
+                    namespace: None,
+                },
+            ),
+            (
+                "/api/v1/namespaces/a/secrets/s",
+                obj(Kind::Secret, Some("a"), "s", Part::Main),
+            ),
+            (
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
+                Route::Collection {
+                    kind: Kind::MutatingWebhookConfiguration,
+                    namespace: None,
+                },
+            ),
+            (
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/w",
+                obj(Kind::MutatingWebhookConfiguration, None, "w", Part::Main),
+            ),
+            (
+                "/apis/admissionregistration.k8s.io/v1",
+                Route::Resources("admissionregistration.k8s.io/v1"),
+            ),
             ("/version", Route::Version),
             ("/apis", Route::Groups),
         ];
@@ -549,6 +608,11 @@ mod tests {
             "/api/v1/namespaces/a/namespaces",
             "/api/v1/pods/p",
             "/api/v1/namespaces/a/pods/p/log",
+            "/api/v1/namespaces/a/secrets/s/status",
+            "/apis/networking.k8s.io/v1/namespaces/a/networkpolicies/d/status",
+            "/apis/admissionregistration.k8s.io/v1/namespaces/a/mutatingwebhookconfigurations",
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/w/status",
+            "/apis/admissionregistration.k8s.io/v1beta1",
             "/nonsense",
         ] {
             let err = resolve(path).expect_err(path);
@@ -567,7 +631,24 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["pods", "pods/status", "namespaces", "namespaces/status"]
+            [
+                "pods",
+                "pods/status",
+                "namespaces",
+                "namespaces/status",
+                "secrets"
+            ]
+        );
+        let admission = resources("admissionregistration.k8s.io/v1");
+        assert_eq!(
+            admission["resources"][0],
+            json!({
+                "name": "mutatingwebhookconfigurations",
+                "singularName": "mutatingwebhookconfiguration",
+                "namespaced": false,
+                "kind": "MutatingWebhookConfiguration",
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            })
         );
     }
 }

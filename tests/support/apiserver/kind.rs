@@ -1,5 +1,6 @@
 //! The resource kinds the test API server serves, and what the server knows about each:
-//! paths, list kinds, scope and selectable fields.
+//! paths, list kinds, scope, subresources, selectable fields, what counts as the spec for
+//! `metadata.generation`, and the list fields strategic merge patch merges.
 //!
 //! Pure: no I/O. Used by the router, the store and the selectors.
 
@@ -16,11 +17,37 @@ pub enum Kind {
     Namespace,
     /// `networking.k8s.io/v1` NetworkPolicy, namespaced.
     NetworkPolicy,
+    /// `v1` Secret, namespaced.
+    Secret,
+    /// `admissionregistration.k8s.io/v1` MutatingWebhookConfiguration, cluster-scoped.
+    MutatingWebhookConfiguration,
 }
+
+/// How a strategic merge patch merges a list, as the `patchStrategy:"merge"` and
+/// `patchMergeKey` tags of the Go types declare it. Lists without an entry are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListMerge {
+    /// A list of scalars, merged as a set (e.g. `metadata.finalizers`).
+    Scalars,
+    /// A list of objects, merged element by element on this key (e.g. `name`).
+    ByKey(&'static str),
+}
+
+/// The merged lists every kind has through `ObjectMeta`.
+const META_LISTS: [(&str, ListMerge); 2] = [
+    ("metadata.finalizers", ListMerge::Scalars),
+    ("metadata.ownerReferences", ListMerge::ByKey("uid")),
+];
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Pod,
+        Kind::Namespace,
+        Kind::NetworkPolicy,
+        Kind::Secret,
+        Kind::MutatingWebhookConfiguration,
+    ];
 
     /// The `kind` field of an object, e.g. `Pod`.
     pub fn name(self) -> &'static str {
@@ -28,6 +55,8 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Namespace => "Namespace",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Secret => "Secret",
+            Kind::MutatingWebhookConfiguration => "MutatingWebhookConfiguration",
         }
     }
 
@@ -37,22 +66,26 @@ impl Kind {
             Kind::Pod => "PodList",
             Kind::Namespace => "NamespaceList",
             Kind::NetworkPolicy => "NetworkPolicyList",
+            Kind::Secret => "SecretList",
+            Kind::MutatingWebhookConfiguration => "MutatingWebhookConfigurationList",
         }
     }
 
     /// The `apiVersion` field, e.g. `v1` or `networking.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace => "v1",
+            Kind::Pod | Kind::Namespace | Kind::Secret => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io/v1",
         }
     }
 
     /// The API group, empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace => "",
+            Kind::Pod | Kind::Namespace | Kind::Secret => "",
             Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io",
         }
     }
 
@@ -62,6 +95,8 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Namespace => "namespaces",
             Kind::NetworkPolicy => "networkpolicies",
+            Kind::Secret => "secrets",
+            Kind::MutatingWebhookConfiguration => "mutatingwebhookconfigurations",
         }
     }
 
@@ -71,12 +106,51 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::Namespace => &["ns"],
             Kind::NetworkPolicy => &["netpol"],
+            Kind::Secret | Kind::MutatingWebhookConfiguration => &[],
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace)
+        !matches!(self, Kind::Namespace | Kind::MutatingWebhookConfiguration)
+    }
+
+    /// Whether the kind has a `status` subresource (NetworkPolicy lost its in 1.27).
+    pub(crate) fn has_status(self) -> bool {
+        matches!(self, Kind::Pod | Kind::Namespace)
+    }
+
+    /// The top-level fields whose changes bump `metadata.generation`, as the registry
+    /// strategies compare them; empty for kinds without a generation (Namespace, Secret).
+    pub(crate) fn generation_fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod | Kind::NetworkPolicy => &["spec"],
+            Kind::MutatingWebhookConfiguration => &["webhooks"],
+            Kind::Namespace | Kind::Secret => &[],
+        }
+    }
+
+    /// How a strategic merge patch merges the list at `path` (field names joined by `.`;
+    /// list elements add no segment, e.g. `webhooks.matchConditions`): `Some(None)` replaces
+    /// it, as for every list without a `patchStrategy`. `None` when the server does not know:
+    /// a pod's spec and status have too many merged lists to copy here, so only the lists of
+    /// its metadata are known.
+    pub(crate) fn list_merge(self, path: &str) -> Option<Option<ListMerge>> {
+        let own: &[(&str, ListMerge)] = match self {
+            Kind::Pod if !path.starts_with("metadata.") => return None,
+            Kind::Pod | Kind::NetworkPolicy | Kind::Secret => &[],
+            Kind::Namespace => &[("status.conditions", ListMerge::ByKey("type"))],
+            Kind::MutatingWebhookConfiguration => &[
+                ("webhooks", ListMerge::ByKey("name")),
+                ("webhooks.matchConditions", ListMerge::ByKey("name")),
+            ],
+        };
+        let found = META_LISTS
+            .iter()
+            .chain(own)
+            .find(|(p, _)| *p == path)
+            .map(|(_, merge)| *merge);
+        Some(found)
     }
 
     /// The kind an object declares with `apiVersion` and `kind`, if served here.
@@ -110,6 +184,9 @@ impl Kind {
             ],
             Kind::Namespace => &["metadata.name", "name", "status.phase"],
             Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
+            Kind::Secret => &["metadata.name", "metadata.namespace", "type"],
+            // No conversion of its own: the defaults every kind accepts.
+            Kind::MutatingWebhookConfiguration => &["metadata.name", "metadata.namespace"],
         }
     }
 

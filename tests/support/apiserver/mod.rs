@@ -6,21 +6,37 @@
 //! | path                                                        | verbs                      |
 //! |-------------------------------------------------------------|----------------------------|
 //! | `/api/v1/pods`, `/api/v1/namespaces/{ns}/pods`              | list, watch (+ create)     |
-//! | `/api/v1/namespaces/{ns}/pods/{name}[/status]`              | get, replace, delete       |
-//! | `/api/v1/namespaces`, `/api/v1/namespaces/{name}[/status]`  | list, watch, create, get, replace, delete |
-//! | `/apis/networking.k8s.io/v1/[namespaces/{ns}/]networkpolicies[/{name}]` | the same       |
+//! | `/api/v1/namespaces/{ns}/pods/{name}[/status]`              | get, replace, patch, delete |
+//! | `/api/v1/namespaces`, `/api/v1/namespaces/{name}[/status]`  | list, watch, create, get, replace, patch, delete |
+//! | `/apis/networking.k8s.io/v1/[namespaces/{ns}/]networkpolicies[/{name}]` | the same, no status |
+//! | `/api/v1/[namespaces/{ns}/]secrets[/{name}]`                | the same                   |
+//! | `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations[/{name}]` | the same |
 //! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create                     |
 //! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz` | get           |
 //!
 //! Objects are stored as JSON, so every field survives a round trip. Writes take the next value
-//! of one global resourceVersion counter, as etcd does, and set `uid`, `creationTimestamp` and
-//! `generation`; namespaces get the `kubernetes.io/metadata.name` label. Clients writing over
-//! HTTP get the real registry's strategies: a created pod's status is reset to `Pending`, an
-//! update keeps the status (use the `status` subresource), a no-op update keeps the
-//! resourceVersion, a resourceVersion in an update is a precondition (409 Conflict), and a
-//! namespaced object needs its namespace to exist (404). Tests writing through
-//! [`ApiServer::apply`] play the part of the controllers and kubelet instead: what they give is
-//! stored as given, status included.
+//! of one global resourceVersion counter, as etcd does, and set `uid`, `creationTimestamp` and,
+//! for the kinds that have one, `generation` (bumped when the spec changes, or a webhook
+//! configuration's `webhooks`); namespaces get the `kubernetes.io/metadata.name` label. Every
+//! write is decoded and validated as the real server does it for the kind (`strategy.rs`): a
+//! Secret's `stringData` is folded into `data` and its `type` defaults to `Opaque`, `[]byte`
+//! fields must be base64 (400), a `kubernetes.io/tls` Secret needs `tls.crt` and `tls.key`, an
+//! `immutable` Secret's data cannot change, webhook names are unique qualified names (422).
+//! Creating an object that exists is 409 `AlreadyExists`. Clients writing over HTTP get the
+//! real registry's strategies: a created pod's status is reset to `Pending`, an update keeps
+//! the status (use the `status` subresource), a no-op update keeps the resourceVersion, a
+//! resourceVersion in an update is a precondition (409 `Conflict`), and a namespaced object
+//! needs its namespace to exist (404). Tests writing through [`ApiServer::apply`] play the part
+//! of the controllers and kubelet instead: what they give is stored as given, status included.
+//!
+//! PATCH takes the three patch types of the real server (`patch.rs`): JSON patch
+//! (`application/json-patch+json`), JSON merge patch (`application/merge-patch+json`) and
+//! strategic merge patch (`application/strategic-merge-patch+json`), which merges the lists
+//! the Go types mark `patchStrategy:"merge"` by their merge key (a webhook configuration's
+//! `webhooks` by `name`, metadata's `finalizers` and `ownerReferences`) with the `$patch`,
+//! `$retainKeys`, `$deleteFromPrimitiveList` and `$setElementOrder` directives, and replaces
+//! the other lists. The patched object is then stored as an update, so a resourceVersion in
+//! the patch is a precondition and a patch that changes nothing changes no resourceVersion.
 //!
 //! Lists and watches follow the "Resource versions" and "Efficient detection of changes"
 //! sections of the Kubernetes API concepts (`params.rs` has the table): `resourceVersion`
@@ -37,14 +53,16 @@
 //!
 //! Requests need no credentials (there is no authorization), but bearer tokens registered with
 //! [`ApiServer::add_token`] authenticate, both for TokenReview and in the request log
-//! ([`ApiServer::requests`]), which tests use to assert how a client talked to the server.
+//! ([`ApiServer::requests`], with each answer's status code), which tests use to assert how a
+//! client talked to the server.
 //!
 //! # Faults
 //!
 //! [`ApiServer::drop_watches`] cuts every open watch mid-stream; [`ApiServer::drop_connections`]
 //! closes every connection; [`ApiServer::refuse_connections`] resets new connections at accept;
 //! [`ApiServer::compact`] forgets the history, so watches and exact lists at older
-//! resourceVersions get 410 and clients must relist.
+//! resourceVersions get 410 and clients must relist. [`ApiServer::barrier`] holds matching
+//! requests until several have arrived, so that clients race deterministically.
 //!
 //! # Running it
 //!
@@ -67,21 +85,27 @@
 //!
 //! # Limits
 //!
-//! Only Pods, Namespaces and NetworkPolicies (and TokenReview). JSON only (no protobuf, no
-//! table output), HTTP/1.1 only. No PATCH, no server-side apply, no dry run (400), no
+//! Only Pods, Namespaces, NetworkPolicies, Secrets and MutatingWebhookConfigurations (and
+//! TokenReview). JSON only (no protobuf, no table output), HTTP/1.1 only. No server-side apply
+//! (415), no strategic merge patch of a pod's lists outside its metadata (415: the server does
+//! not carry the pod's patch strategies; use a merge patch), no dry run (400), no
 //! `/watch/` legacy paths, no graceful deletion (deletes are immediate; a namespace's objects
-//! are deleted with it), no admission, no defaulting or validation beyond names, no
-//! authorization. The history grows until [`ApiServer::compact`]. A watch from a future
-//! resourceVersion simply waits for changes after it.
+//! are deleted with it), no deletecollection, no admission (the webhook configurations are
+//! stored, not called), no defaulting or validation beyond what is listed above (a webhook's
+//! `sideEffects` is not required, for one), no authorization. The history grows until
+//! [`ApiServer::compact`]. A watch from a future resourceVersion simply waits for changes
+//! after it.
 
 mod body;
 mod http;
 mod kind;
 mod params;
+mod patch;
 mod selectors;
 mod server;
 mod status;
 mod store;
+mod strategy;
 mod tls;
 mod watch;
 
@@ -147,6 +171,9 @@ pub struct RecordedRequest {
     pub query: String,
     /// The user a registered bearer token authenticated, if any.
     pub user: Option<String>,
+    /// The status code of the answer; `None` until the server has answered (a watch is
+    /// answered 200 when its stream starts).
+    pub status: Option<u16>,
 }
 
 /// Why the server could not start.
@@ -200,10 +227,35 @@ pub enum ApplyError {
 pub(crate) struct Shared {
     store: Mutex<Store>,
     tokens: Mutex<HashMap<String, TokenUser>>,
-    requests: Mutex<Vec<RecordedRequest>>,
+    requests: Mutex<RequestLog>,
+    barriers: Mutex<Barriers>,
     faults: Faults,
     bookmark_interval: Duration,
     address: SocketAddr,
+}
+
+/// The recorded requests, each with an id so that its status can be filled in later.
+#[derive(Debug, Default)]
+struct RequestLog {
+    next_id: u64,
+    entries: Vec<(u64, RecordedRequest)>,
+}
+
+/// The barriers set by [`ApiServer::barrier`] and not yet open.
+#[derive(Default)]
+struct Barriers {
+    next_id: u64,
+    waiting: Vec<Barrier>,
+}
+
+/// One barrier: how many requests it waits for, and the signal that opens it.
+struct Barrier {
+    id: u64,
+    matches: Box<dyn Fn(&RecordedRequest) -> bool + Send + Sync>,
+    parties: usize,
+    arrived: usize,
+    timeout: Duration,
+    open: signal::Sender<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -317,7 +369,8 @@ impl ApiServerBuilder {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             tokens: Mutex::new(tokens),
-            requests: Mutex::new(Vec::new()),
+            requests: Mutex::new(RequestLog::default()),
+            barriers: Mutex::new(Barriers::default()),
             faults: Faults {
                 refuse: AtomicBool::new(false),
                 watch_drops: signal::Sender::new(0),
@@ -545,12 +598,13 @@ impl ApiServer {
 
     /// Every request received so far, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.shared.lock_requests().clone()
+        let log = self.shared.lock_requests();
+        log.entries.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
-        self.shared.lock_requests().clear();
+        self.shared.lock_requests().entries.clear();
     }
 
     /// Polls the request log until a request satisfies `matches`, for at most `timeout`.
@@ -561,9 +615,11 @@ impl ApiServer {
     ) -> Option<RecordedRequest> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(found) = self.shared.lock_requests().iter().find(|r| matches(r)) {
+            let log = self.shared.lock_requests();
+            if let Some((_, found)) = log.entries.iter().find(|(_, r)| matches(r)) {
                 return Some(found.clone());
             }
+            drop(log);
             if Instant::now() >= deadline {
                 return None;
             }
@@ -596,6 +652,30 @@ impl ApiServer {
     /// continued lists at, an older resourceVersion now get 410 Expired.
     pub fn compact(&self) {
         self.shared.lock_store().compact();
+    }
+
+    /// Holds the requests that `matches` until `parties` of them have arrived, then lets them
+    /// all through at once, so that clients race deterministically (two replicas both reading
+    /// an object before either creates it, say). A held request waits at most `timeout`, after
+    /// which the barrier opens for everyone. An open barrier is gone; later requests pass.
+    /// Requests are in [`ApiServer::requests`] from their arrival, held or not.
+    pub fn barrier(
+        &self,
+        parties: usize,
+        timeout: Duration,
+        matches: impl Fn(&RecordedRequest) -> bool + Send + Sync + 'static,
+    ) {
+        let mut barriers = lock(&self.shared.barriers);
+        barriers.next_id += 1;
+        let id = barriers.next_id;
+        barriers.waiting.push(Barrier {
+            id,
+            matches: Box::new(matches),
+            parties,
+            arrived: 0,
+            timeout,
+            open: signal::Sender::new(false),
+        });
     }
 }
 
@@ -638,8 +718,52 @@ impl Shared {
         lock(&self.tokens)
     }
 
-    fn lock_requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+    fn lock_requests(&self) -> MutexGuard<'_, RequestLog> {
         lock(&self.requests)
+    }
+
+    /// Appends a request to the log; returns its id for [`Shared::record_status`].
+    fn record_request(&self, request: RecordedRequest) -> u64 {
+        let mut log = self.lock_requests();
+        log.next_id += 1;
+        let id = log.next_id;
+        log.entries.push((id, request));
+        id
+    }
+
+    /// Fills in the status of a logged request (unless the log was cleared since).
+    fn record_status(&self, id: u64, status: u16) {
+        let mut log = self.lock_requests();
+        if let Some((_, request)) = log.entries.iter_mut().rev().find(|(i, _)| *i == id) {
+            request.status = Some(status);
+        }
+    }
+
+    /// Waits at the first barrier `request` matches, if any, until it opens.
+    async fn pass_barriers(&self, request: &RecordedRequest) {
+        let (id, timeout, mut open) = {
+            let mut barriers = lock(&self.barriers);
+            let Some(i) = barriers.waiting.iter().position(|b| (b.matches)(request)) else {
+                return;
+            };
+            let barrier = &mut barriers.waiting[i];
+            barrier.arrived += 1;
+            if barrier.arrived >= barrier.parties {
+                let barrier = barriers.waiting.remove(i);
+                barrier.open.send_replace(true);
+                tracing::debug!(path = %request.path, "Barrier open");
+                return;
+            }
+            (barrier.id, barrier.timeout, barrier.open.subscribe())
+        };
+        let opened = tokio::time::timeout(timeout, open.wait_for(|open| *open)).await;
+        if opened.is_err() {
+            tracing::debug!(path = %request.path, "Barrier timed out; opening it");
+            let mut barriers = lock(&self.barriers);
+            if let Some(i) = barriers.waiting.iter().position(|b| b.id == id) {
+                barriers.waiting.remove(i).open.send_replace(true);
+            }
+        }
     }
 
     /// Answers a TokenReview as the real authenticator chain does for static tokens.
@@ -680,6 +804,19 @@ impl Shared {
             "spec": spec,
             "status": status,
         }))
+    }
+}
+
+impl std::fmt::Debug for Barriers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let waiting: Vec<(usize, usize)> = self
+            .waiting
+            .iter()
+            .map(|b| (b.arrived, b.parties))
+            .collect();
+        f.debug_struct("Barriers")
+            .field("waiting (arrived, parties)", &waiting)
+            .finish()
     }
 }
 

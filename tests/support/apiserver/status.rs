@@ -100,6 +100,27 @@ impl ApiError {
         e
     }
 
+    /// 422 with the message as it is, as the real server reports a JSON patch that does not
+    /// apply (a `test` that fails, a path that does not exist).
+    pub(crate) fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(422, "Invalid", message)
+    }
+
+    /// 415: the body's media type is not one this resource accepts.
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
+
+    /// 500: what the real server answers when a strategic merge patch fails in a way it
+    /// does not classify (a list element without its merge key, for one).
+    pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {message}"),
+        )
+    }
+
     /// 405: the path exists but not for this verb.
     pub(crate) fn method_not_allowed(method: &str) -> Self {
         Self::new(

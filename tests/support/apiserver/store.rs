@@ -23,15 +23,14 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::kind::Kind;
+use super::patch::Patch;
 use super::selectors::Selectors;
 use super::status::ApiError;
+use super::strategy;
 
 /// How many changes a watcher may have queued before the server closes it as too slow
 /// (the real watch cache closes unresponsive watchers the same way).
 const WATCH_QUEUE: usize = 10_000;
-
-/// The label the API server adds to every namespace.
-pub(crate) const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// One recorded write.
 #[derive(Debug)]
@@ -205,6 +204,7 @@ impl Store {
         origin: Origin,
     ) -> Result<Arc<Value>, ApiError> {
         let mut obj = check_type(kind, body)?;
+        strategy::decode(kind, &mut obj)?;
         let namespace = self.resolve_namespace(kind, &mut obj, url_namespace)?;
         let name = match meta_str(&obj, "name") {
             Some(name) if !name.is_empty() => name.to_string(),
@@ -224,6 +224,7 @@ impl Store {
             },
         };
         validate_name(kind, &name)?;
+        strategy::validate(kind, &obj, None)?;
         if let Some(ns) = &namespace {
             if self.get(Kind::Namespace, None, ns).is_none() {
                 return Err(ApiError::not_found(Kind::Namespace, ns));
@@ -247,10 +248,10 @@ impl Store {
         ] {
             meta.remove(server_owned);
         }
-        if kind != Kind::Namespace {
+        if !kind.generation_fields().is_empty() {
             meta.insert("generation".into(), json!(1));
         }
-        prepare_for_create(kind, &mut obj, origin);
+        strategy::prepare_for_create(kind, &mut obj, origin);
         Ok(self.record(kind, key, ChangeType::Added, obj, None))
     }
 
@@ -267,6 +268,9 @@ impl Store {
         part: Part,
     ) -> Result<Arc<Value>, ApiError> {
         let mut obj = check_type(kind, body)?;
+        if part == Part::Main {
+            strategy::decode(kind, &mut obj)?;
+        }
         let body_name = meta_str(&obj, "name").unwrap_or_default();
         if body_name != name {
             return Err(ApiError::bad_request(format!(
@@ -299,15 +303,7 @@ impl Store {
                 new
             }
             (Origin::Client, Part::Main) => {
-                // The real update strategies keep the status; namespaces keep their finalizers.
-                if let Some(status) = old.get("status") {
-                    obj["status"] = status.clone();
-                }
-                if kind == Kind::Namespace {
-                    if let Some(finalizers) = old.pointer("/spec/finalizers") {
-                        obj["spec"]["finalizers"] = finalizers.clone();
-                    }
-                }
+                strategy::keep_on_client_update(kind, &mut obj, &old);
                 obj
             }
             (Origin::Test, Part::Main) => obj,
@@ -320,19 +316,37 @@ impl Store {
             };
         }
         meta.insert("resourceVersion".into(), json!(old_rv));
-        if kind == Kind::Namespace {
-            add_namespace_label(&mut new);
-            default_namespace_status(&mut new);
-        }
-        if kind != Kind::Namespace && new.get("spec") != old.get("spec") {
+        strategy::prepare_for_update(kind, &mut new);
+        let fields = kind.generation_fields();
+        if fields.iter().any(|f| new.get(f) != old.get(f)) {
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64);
             meta_mut(&mut new).insert("generation".into(), json!(generation.unwrap_or(0) + 1));
         }
         if new == *old {
             return Ok(old);
         }
+        strategy::validate(kind, &new, Some(&old))?;
         meta_mut(&mut new).insert("resourceVersion".into(), json!((self.rv + 1).to_string()));
         Ok(self.record(kind, key, ChangeType::Modified, new, Some(old)))
+    }
+
+    /// Patches an object, or its status, as a client does: the patch applies to the stored
+    /// object, and the result is an update (so a resourceVersion the patch sets is a
+    /// precondition, and a patch that changes nothing stores nothing).
+    pub(crate) fn patch(
+        &mut self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Patch,
+        part: Part,
+    ) -> Result<Arc<Value>, ApiError> {
+        let namespace = if kind.namespaced() { namespace } else { None };
+        let Some(current) = self.get(kind, namespace, name) else {
+            return Err(ApiError::not_found(kind, name));
+        };
+        let patched = patch.apply(kind, &current)?;
+        self.replace(kind, namespace, name, patched, Origin::Client, part)
     }
 
     /// Deletes an object at once (no graceful deletion). Deleting a namespace first deletes
@@ -773,43 +787,6 @@ fn check_type(kind: Kind, body: Value) -> Result<Value, ApiError> {
         map.insert("metadata".into(), json!({}));
     }
     Ok(Value::Object(map))
-}
-
-fn prepare_for_create(kind: Kind, obj: &mut Value, origin: Origin) {
-    match (kind, origin) {
-        (Kind::Namespace, _) => {
-            add_namespace_label(obj);
-            if origin == Origin::Client {
-                obj["status"] = json!({"phase": "Active"});
-            }
-            default_namespace_status(obj);
-            let finalizers = obj.pointer("/spec/finalizers").cloned();
-            if finalizers.is_none() {
-                if !obj.get("spec").is_some_and(Value::is_object) {
-                    obj["spec"] = json!({});
-                }
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
-        }
-        (Kind::Pod, Origin::Client) => obj["status"] = json!({"phase": "Pending"}),
-        _ => {}
-    }
-}
-
-fn add_namespace_label(obj: &mut Value) {
-    let name = meta_str(obj, "name").unwrap_or_default().to_string();
-    let meta = meta_mut(obj);
-    let labels = meta.entry("labels").or_insert_with(|| json!({}));
-    if !labels.is_object() {
-        *labels = json!({});
-    }
-    labels[NAMESPACE_NAME_LABEL] = json!(name);
-}
-
-fn default_namespace_status(obj: &mut Value) {
-    if obj.pointer("/status/phase").is_none() {
-        obj["status"] = json!({"phase": "Active"});
-    }
 }
 
 /// Names: DNS-1123 labels for namespaces, DNS-1123 subdomains for the other kinds.

@@ -1,5 +1,6 @@
 //! The server against a real kube-rs client: lists with paging, watches, the watcher's
-//! relist after compaction, bookmarks, selectors, 410s, TokenReview and faults.
+//! relist after compaction, bookmarks, selectors, 410s, TokenReview, faults, and the writes
+//! (create, replace, patch, delete) of Secrets and MutatingWebhookConfigurations.
 //!
 //! Every wait polls with a deadline; no test sleeps to synchronise.
 
@@ -7,10 +8,14 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams, VersionMatch, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, VersionMatch, WatchEvent,
+    WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config, ResourceExt};
@@ -692,7 +697,7 @@ async fn clients_write_through_the_registry_strategies() {
         .expect("creates");
     assert_eq!(
         made.labels()
-            .get(store::NAMESPACE_NAME_LABEL)
+            .get(strategy::NAMESPACE_NAME_LABEL)
             .map(String::as_str),
         Some("made")
     );
@@ -841,7 +846,14 @@ async fn lists_leave_kind_off_items_and_discovery_answers() {
     );
     let groups = client.list_api_groups().await.expect("groups");
     let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
-    assert_eq!(names, ["networking.k8s.io", "authentication.k8s.io"]);
+    assert_eq!(
+        names,
+        [
+            "networking.k8s.io",
+            "authentication.k8s.io",
+            "admissionregistration.k8s.io"
+        ]
+    );
     let core = client
         .list_core_api_resources("v1")
         .await
@@ -850,4 +862,373 @@ async fn lists_leave_kind_off_items_and_discovery_answers() {
         .resources
         .iter()
         .any(|r| r.name == "pods" && r.namespaced));
+    assert!(core
+        .resources
+        .iter()
+        .any(|r| r.name == "secrets" && r.namespaced && r.verbs.contains(&"patch".into())));
+    let admission = client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+        .expect("resources");
+    let webhooks = &admission.resources[0];
+    assert_eq!(
+        (webhooks.name.as_str(), webhooks.namespaced),
+        ("mutatingwebhookconfigurations", false)
+    );
+}
+
+fn status_of(result: Result<impl Debug, kube::Error>) -> (u16, String) {
+    let status = api_error(result);
+    (status.code, status.reason)
+}
+
+#[tokio::test]
+async fn secrets_are_created_once_and_replaced_patched_and_deleted_as_upstream() {
+    let server = server();
+    let client = client(&server).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tls", "labels": {"app": "x"}},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "CERT", "tls.key": "KEY"},
+    }))
+    .expect("secret");
+    let created = secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creates");
+    let data = created
+        .data
+        .clone()
+        .expect("stringData is folded into data");
+    assert_eq!(data["tls.crt"].0, b"CERT");
+    assert!(created.string_data.is_none());
+    assert_eq!(
+        created.metadata.generation, None,
+        "secrets have no generation"
+    );
+
+    let again = api_error(secrets.create(&PostParams::default(), &secret).await);
+    assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(again.message, "secrets \"tls\" already exists");
+    let details = again.details.expect("details");
+    assert_eq!(
+        (details.name.as_str(), details.kind.as_str()),
+        ("tls", "secrets")
+    );
+
+    // Listed in every namespace, and selectable by type.
+    let all: Api<Secret> = Api::all(client.clone());
+    let tls = all
+        .list(&ListParams::default().fields("type=kubernetes.io/tls"))
+        .await
+        .expect("lists");
+    assert_eq!(tls.items.len(), 1);
+    let opaque = all
+        .list(&ListParams::default().fields("type=Opaque"))
+        .await
+        .expect("lists");
+    assert!(opaque.items.is_empty());
+
+    // A stale resourceVersion is a conflict, for a replace and for a patch.
+    let mut stale = created.clone();
+    stale.metadata.labels = Some([("app".to_string(), "stale".to_string())].into());
+    let mut fresh = created.clone();
+    fresh.metadata.labels = Some([("app".to_string(), "fresh".to_string())].into());
+    let replaced = secrets
+        .replace("tls", &PostParams::default(), &fresh)
+        .await
+        .expect("replaces");
+    assert_ne!(replaced.resource_version(), created.resource_version());
+    assert_eq!(
+        status_of(secrets.replace("tls", &PostParams::default(), &stale).await),
+        (409, "Conflict".into())
+    );
+    let stale_patch =
+        json!({"metadata": {"resourceVersion": created.resource_version()}, "data": {"x": "eA=="}});
+    assert_eq!(
+        status_of(
+            secrets
+                .patch("tls", &PatchParams::default(), &Patch::Merge(&stale_patch))
+                .await
+        ),
+        (409, "Conflict".into())
+    );
+
+    // Merge patch, strategic merge patch (stringData still folded) and JSON patch.
+    let merged = secrets
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"extra": "ZXh0cmE="}})),
+        )
+        .await
+        .expect("merge patch");
+    assert_eq!(merged.data.as_ref().expect("data")["extra"].0, b"extra");
+    assert_eq!(merged.data.as_ref().expect("data")["tls.key"].0, b"KEY");
+    let strategic = secrets
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"stringData": {"tls.key": "NEW"}, "metadata": {"finalizers": ["a/b"]}}),
+            ),
+        )
+        .await
+        .expect("strategic merge patch");
+    assert_eq!(strategic.data.as_ref().expect("data")["tls.key"].0, b"NEW");
+    assert!(strategic.string_data.is_none());
+    let ops = json!([
+        {"op": "test", "path": "/data/extra", "value": "ZXh0cmE="},
+        {"op": "remove", "path": "/data/extra"},
+    ]);
+    let request = hyper::Request::patch("/api/v1/namespaces/default/secrets/tls")
+        .header(hyper::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(serde_json::to_vec(&ops).expect("JSON"))
+        .expect("request");
+    let patched: Secret = client.request(request).await.expect("JSON patch");
+    assert!(!patched.data.as_ref().expect("data").contains_key("extra"));
+    let request = hyper::Request::patch("/api/v1/namespaces/default/secrets/tls")
+        .header(hyper::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(serde_json::to_vec(&ops).expect("JSON"))
+        .expect("request");
+    assert_eq!(
+        status_of(client.request::<Secret>(request).await).0,
+        422,
+        "the test fails now"
+    );
+
+    // A patch that changes nothing stores nothing.
+    let same = secrets
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"tls.key": "TkVX"}})),
+        )
+        .await
+        .expect("no-op patch");
+    assert_eq!(same.resource_version(), patched.resource_version());
+
+    // Validation: a TLS Secret needs both keys, its type is immutable; data must be base64.
+    let broken: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "half"}, "type": "kubernetes.io/tls", "data": {"tls.crt": "Q0VSVA=="},
+    }))
+    .expect("secret");
+    let invalid = api_error(secrets.create(&PostParams::default(), &broken).await);
+    assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+    assert!(
+        invalid.message.contains("data[tls.key]: Required value"),
+        "{}",
+        invalid.message
+    );
+    let retype = secrets
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"type": "Opaque"})),
+        )
+        .await;
+    assert_eq!(status_of(retype), (422, "Invalid".into()));
+    let not_base64 = secrets
+        .patch(
+            "tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"x": "%%"}})),
+        )
+        .await;
+    assert_eq!(status_of(not_base64), (400, "BadRequest".into()));
+    let missing = secrets
+        .patch("nope", &PatchParams::default(), &Patch::Merge(json!({})))
+        .await;
+    assert_eq!(status_of(missing), (404, "NotFound".into()));
+
+    secrets
+        .delete("tls", &DeleteParams::default())
+        .await
+        .expect("deletes");
+    assert_eq!(status_of(secrets.get("tls").await).0, 404);
+    assert!(server.get(Kind::Secret, Some("default"), "tls").is_none());
+}
+
+#[tokio::test]
+async fn webhook_configurations_merge_webhooks_by_name() {
+    let server = server();
+    let client = client(&server).await;
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let hook = |name: &str| {
+        json!({
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "clientConfig": {"service": {"name": "svc", "namespace": "ns", "path": "/mutate"}},
+        })
+    };
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "hooks"},
+        "webhooks": [hook("a.example.io"), hook("b.example.io")],
+    }))
+    .expect("config");
+    let created = configs
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("creates");
+    assert_eq!(created.metadata.generation, Some(1));
+    assert_eq!(created.metadata.namespace, None, "cluster-scoped");
+    assert_eq!(
+        status_of(configs.create(&PostParams::default(), &config).await),
+        (409, "AlreadyExists".into())
+    );
+
+    // What the injector sends: a strategic merge patch of one webhook's caBundle.
+    let ca = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
+    let patch = json!({"webhooks": [{"name": "b.example.io", "clientConfig": {"caBundle": ca}}]});
+    let patched = configs
+        .patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("patches");
+    let webhooks = patched.webhooks.as_ref().expect("webhooks");
+    let names: Vec<&str> = webhooks.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names, ["a.example.io", "b.example.io"]);
+    assert_eq!(
+        webhooks[0].client_config.ca_bundle, None,
+        "the other webhook is untouched"
+    );
+    let bundle = webhooks[1]
+        .client_config
+        .ca_bundle
+        .as_ref()
+        .expect("caBundle");
+    assert_eq!(bundle.0, b"-----BEGIN CERTIFICATE-----\n");
+    assert_eq!(
+        webhooks[1]
+            .client_config
+            .service
+            .as_ref()
+            .map(|s| s.name.as_str()),
+        Some("svc"),
+        "merged into the webhook, not replacing it"
+    );
+    assert_eq!(patched.metadata.generation, Some(2));
+
+    // The same patch again changes nothing: no new resourceVersion, no new generation.
+    let again = configs
+        .patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("patches");
+    assert_eq!(again.resource_version(), patched.resource_version());
+    assert_eq!(again.metadata.generation, Some(2));
+
+    // A merge patch replaces the list instead; a webhook can be deleted by name.
+    let deleted = configs
+        .patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"webhooks": [{"name": "a.example.io", "$patch": "delete"}]})),
+        )
+        .await
+        .expect("patches");
+    assert_eq!(deleted.webhooks.as_ref().map(Vec::len), Some(1));
+    let replaced = configs
+        .patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"webhooks": [hook("c.example.io")]})),
+        )
+        .await
+        .expect("patches");
+    let names: Vec<String> = replaced
+        .webhooks
+        .into_iter()
+        .flatten()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["c.example.io"]);
+    let duplicate = configs
+        .patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"webhooks": [hook("c.example.io"), hook("c.example.io")]})),
+        )
+        .await;
+    assert_eq!(status_of(duplicate), (422, "Invalid".into()));
+
+    // Server-side apply is refused for what it is.
+    let apply = configs
+        .patch(
+            "hooks",
+            &PatchParams::apply("test"),
+            &Patch::Apply(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration"})),
+        )
+        .await;
+    assert_eq!(status_of(apply), (415, "UnsupportedMediaType".into()));
+
+    // Every write so far was answered, and the log says how.
+    let answers: Vec<(String, Option<u16>)> = server
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/mutatingwebhookconfigurations/hooks"))
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    assert_eq!(answers.first(), Some(&("PATCH".to_string(), Some(200))));
+    assert_eq!(answers.last(), Some(&("PATCH".to_string(), Some(415))));
+
+    configs
+        .delete("hooks", &DeleteParams::default())
+        .await
+        .expect("deletes");
+    assert!(server
+        .objects(Kind::MutatingWebhookConfiguration)
+        .is_empty());
+}
+
+#[tokio::test]
+async fn barriers_hold_requests_until_all_parties_arrive() {
+    let server = server();
+    let client = client(&server).await;
+    let secrets: Api<Secret> = Api::namespaced(client, "default");
+    server.barrier(2, PATIENCE, |r| {
+        r.method == "GET" && r.path == "/api/v1/namespaces/default/secrets/racy"
+    });
+
+    let first = tokio::spawn({
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("racy").await }
+    });
+    eventually("the first read to arrive", || {
+        server.requests().iter().any(|r| r.path.ends_with("/racy"))
+    })
+    .await;
+    let held = server
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/racy"));
+    assert_eq!(held.and_then(|r| r.status), None, "held, not answered");
+
+    // The second party opens it: both see the Secret missing, both create, one wins.
+    let second = secrets.get_opt("racy").await.expect("reads");
+    let first = first.await.expect("joins").expect("reads");
+    assert!(first.is_none() && second.is_none());
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "racy"}})).expect("secret");
+    let params = PostParams::default();
+    let (a, b) = tokio::join!(
+        secrets.create(&params, &secret),
+        secrets.create(&params, &secret)
+    );
+    let mut codes: Vec<u16> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .filter_map(|r| r.status)
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [201, 409]);
+    assert!(a.is_ok() != b.is_ok());
+
+    // Open barriers are gone.
+    tokio::time::timeout(PATIENCE, secrets.get_opt("racy"))
+        .await
+        .expect("not held")
+        .expect("reads")
+        .expect("exists");
 }

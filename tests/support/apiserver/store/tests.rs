@@ -3,7 +3,9 @@
 use serde_json::json;
 
 use super::*;
+use crate::apiserver::patch::Patch;
 use crate::apiserver::selectors::{LabelSelector, Selectors};
+use crate::apiserver::strategy::NAMESPACE_NAME_LABEL;
 
 fn store_with_namespace(ns: &str) -> Store {
     let mut store = Store::new();
@@ -350,4 +352,77 @@ fn watches_replay_history_after_their_resource_version() {
     let kinds: Vec<_> = watch.backlog.iter().map(|c| (c.kind, c.change)).collect();
     assert_eq!(kinds, [(Kind::Pod, ChangeType::Added)]);
     assert_eq!(watch.rv, store.rv());
+}
+
+#[test]
+fn patches_are_updates_and_generation_follows_each_kinds_spec() {
+    let mut store = store_with_namespace("a");
+    let secret = store
+        .create(
+            Kind::Secret,
+            json!({"metadata": {"name": "s"}, "stringData": {"k": "v"}}),
+            Some("a"),
+            Origin::Client,
+        )
+        .expect("created");
+    assert!(secret.pointer("/metadata/generation").is_none());
+    assert_eq!(secret["data"]["k"], "dg==");
+
+    const MWC: Kind = Kind::MutatingWebhookConfiguration;
+    let config = store
+        .create(
+            MWC,
+            json!({"metadata": {"name": "w"}, "webhooks": [{"name": "a.b.c"}]}),
+            None,
+            Origin::Client,
+        )
+        .expect("created");
+    assert_eq!(config["metadata"]["generation"], 1);
+    let patch = |content_type: &str, body: Value| {
+        let bytes = serde_json::to_vec(&body).expect("serialises");
+        Patch::parse(Some(content_type), &bytes).expect("parses")
+    };
+    let label = patch(
+        "application/merge-patch+json",
+        json!({"metadata": {"labels": {"x": "y"}}}),
+    );
+    let labelled = store
+        .patch(MWC, None, "w", &label, Part::Main)
+        .expect("patched");
+    assert_eq!(
+        labelled["metadata"]["generation"], 1,
+        "metadata is not spec"
+    );
+    assert_eq!(rv_of(&labelled), store.rv());
+    let again = store
+        .patch(MWC, None, "w", &label, Part::Main)
+        .expect("patched");
+    assert_eq!(
+        rv_of(&again),
+        rv_of(&labelled),
+        "a no-op patch stores nothing"
+    );
+
+    let hook = patch(
+        "application/strategic-merge-patch+json",
+        json!({"webhooks": [{"name": "a.b.c", "sideEffects": "None"}]}),
+    );
+    let hooked = store
+        .patch(MWC, None, "w", &hook, Part::Main)
+        .expect("patched");
+    assert_eq!(hooked["metadata"]["generation"], 2);
+    assert_eq!(hooked["metadata"]["labels"]["x"], "y");
+
+    let stale = patch(
+        "application/merge-patch+json",
+        json!({"metadata": {"resourceVersion": rv_of(&config).to_string(), "labels": null}}),
+    );
+    let err = store
+        .patch(MWC, None, "w", &stale, Part::Main)
+        .expect_err("stale");
+    assert_eq!((err.code, err.reason), (409, "Conflict"));
+    let err = store
+        .patch(MWC, None, "missing", &label, Part::Main)
+        .expect_err("missing");
+    assert_eq!(err.code, 404);
 }
