@@ -41,6 +41,9 @@ pub struct Config {
     pub workers: usize,
     /// How `haproxy-splice` splices (`PICKET_LOAD_HAPROXY_SPLICE`: force, auto).
     pub splice: Splice,
+    /// The nice value of the bench and all it starts (`PICKET_LOAD_NICE`):
+    /// ahead of the machine's other work, the same for every mode.
+    pub nice: i32,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
                 "auto" => Splice::Auto,
                 other => anyhow::bail!("PICKET_LOAD_HAPROXY_SPLICE={other:?}: force or auto"),
             },
+            nice: var("PICKET_LOAD_NICE", -10)?,
         };
         ensure!(config.rounds > 0, "PICKET_LOAD_ROUNDS must be at least 1");
         Ok(config)
@@ -114,6 +118,7 @@ fn run() -> Result<()> {
     let binary = setup::proxy_binary(&target)?;
     let workers = setup::has_workers_flag(&binary)?.then_some(config.workers);
     setup::pin_to(setup::CLIENT_CORE)?;
+    rustix::process::setpriority_process(None, config.nice).context("cannot set the nice value")?;
     setup::raise_nofile(4 * config.idle_connections as u64 + 1024)?;
     setup::cleanup_on_signal()?;
 
