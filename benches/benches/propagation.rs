@@ -36,7 +36,7 @@ use tokio::runtime::Runtime;
 use crate::cluster::{Size, LAB_NAMESPACE, ROUND_POLICY};
 use crate::conns::Ending;
 use crate::report::{Churn, Point, Results, Round};
-use crate::setup::Bench;
+use crate::setup::{Bench, ProxyOptions};
 
 /// How long a round waits for the resets.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,10 +53,12 @@ struct Config {
     churn_seconds: f64,
     churn_rate: f64,
     size: Size,
+    proxy: ProxyOptions,
 }
 
 const USAGE: &str = "usage: propagation [--rounds N] [--connections N] [--churn-seconds S] \
-                     [--churn-rate W] [--pods N] [--namespaces N] [--policies N]";
+                     [--churn-rate W] [--pods N] [--namespaces N] [--policies N] \
+                     [--proxy-log FILTER] [--proxy-env NAME=VALUE]...";
 
 impl Config {
     fn from_args(args: &[String]) -> Result<Self> {
@@ -69,6 +71,10 @@ impl Config {
                 pods: 10_000,
                 namespaces: 100,
                 policies: 1000,
+            },
+            proxy: ProxyOptions {
+                log_filter: setup::PROXY_LOG.to_string(),
+                env: Vec::new(),
             },
         };
         let mut it = args.iter();
@@ -94,6 +100,14 @@ impl Config {
                 "--pods" => config.size.pods = num(value()?)? as usize,
                 "--namespaces" => config.size.namespaces = num(value()?)? as usize,
                 "--policies" => config.size.policies = num(value()?)? as usize,
+                "--proxy-log" => config.proxy.log_filter = value()?.clone(),
+                "--proxy-env" => {
+                    let v = value()?;
+                    let (name, val) = v
+                        .split_once('=')
+                        .with_context(|| format!("--proxy-env {v:?}: not NAME=VALUE"))?;
+                    config.proxy.env.push((name.to_string(), val.to_string()));
+                }
                 _ => bail!("unknown argument {arg:?}; {USAGE}"),
             }
         }
@@ -155,7 +169,7 @@ fn run(config: Config) -> Result<()> {
     let load_before = procfs::loadavg();
     let out_dir = target.join("picket-propagation");
 
-    let mut bench = Bench::start(&binary, &out_dir, config.size)?;
+    let mut bench = Bench::start(&binary, &out_dir, config.size, &config.proxy)?;
     let mut results = Results {
         size: (
             config.size.pods,
@@ -393,9 +407,10 @@ fn run_churn(
     let elapsed_s = started.elapsed().as_secs_f64();
     let last_write = Instant::now();
 
-    // The proxy has caught up when its counts match the API's.
-    let pods = bench.api.objects(Kind::Pod).len() as f64;
-    let policies = bench.api.objects(Kind::NetworkPolicy).len() as f64;
+    // The proxy has caught up when its counts match the API's (the lab's
+    // three pods besides the generated ones; policies are only modified).
+    let pods = (bench.generated.pod_count() + 3) as f64;
+    let policies = bench.expected.2 as f64;
     loop {
         let m = bench.metrics()?;
         if m.pods == pods && m.policies == policies {

@@ -145,6 +145,11 @@ impl Generated {
         generated
     }
 
+    /// Generated pods alive now.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
     fn new_pod(&mut self, ns: usize, app: usize) -> GenPod {
         let ip = loop {
             // 10.200.0.1 .. 10.200.255.254, skipping .0 and .255.

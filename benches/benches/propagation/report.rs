@@ -46,6 +46,9 @@ pub struct Round {
     pub recheck_took_ms: Option<f64>,
     /// From the log: connections the re-check tore down.
     pub torn_down: Option<u64>,
+    /// From the log, when the proxy logs at debug for `picket::net::conn`:
+    /// (resets, first, last) ms from the write to a connection task starting its reset.
+    pub proxy_resets: Option<(usize, f64, f64)>,
 }
 
 impl Round {
@@ -215,6 +218,22 @@ impl Results {
             percentile(&lasts, 0.5),
             lasts.last().copied().unwrap_or(f64::NAN),
         );
+        let traced: Vec<String> = self
+            .rounds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let (n, first, last) = r.proxy_resets?;
+                Some(format!("{}: {n} in {first:.1}..{last:.1}", i + 1))
+            })
+            .collect();
+        if !traced.is_empty() {
+            let _ = writeln!(
+                out,
+                "proxy-side resets (its debug log, ms after the write), by round: {}",
+                traced.join("; ")
+            );
+        }
         let odd: usize = self
             .rounds
             .iter()
@@ -325,6 +344,7 @@ impl Results {
                     "write_ms": r.write_ms, "reopen_ms": r.reopen_ms,
                     "commit_ms": r.commit_ms, "rechecked_ms": r.rechecked_ms,
                     "recheck_took_ms": r.recheck_took_ms, "torn_down": r.torn_down,
+                    "proxy_resets": r.proxy_resets.map(|(n, first, last)| json!({"n": n, "first_ms": first, "last_ms": last})),
                     "resets_ms": s,
                 })
             })
@@ -388,9 +408,21 @@ impl Results {
             let t0 = t0.as_micros() as i64;
             let commit = events
                 .iter()
-                .find(|e| e.micros >= t0 && e.kind == LogKind::Committed);
-            let Some(commit) = commit else { continue };
+                .position(|e| e.micros >= t0 && e.kind == LogKind::Committed);
+            let Some(commit_at) = commit else { continue };
+            let commit = events[commit_at];
             round.commit_ms = Some((commit.micros - t0) as f64 / 1000.0);
+            // The connection tasks' resets, up to the next commit (the delete's).
+            let resets: Vec<i64> = events[commit_at + 1..]
+                .iter()
+                .take_while(|e| e.kind != LogKind::Committed)
+                .filter(|e| e.kind == LogKind::Reset)
+                .map(|e| e.micros - t0)
+                .collect();
+            if let (Some(first), Some(last)) = (resets.iter().min(), resets.iter().max()) {
+                round.proxy_resets =
+                    Some((resets.len(), *first as f64 / 1000.0, *last as f64 / 1000.0));
+            }
             if let Some(applied) = events.iter().find(|e| {
                 e.micros >= commit.micros
                     && matches!(e.kind, LogKind::Rechecked { torn_down, .. } if torn_down > 0)
@@ -408,6 +440,7 @@ impl Results {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum LogKind {
     Committed,
+    Reset,
     Rechecked {
         took: Option<Duration>,
         torn_down: u64,
@@ -420,12 +453,16 @@ struct LogEvent {
     kind: LogKind,
 }
 
-/// The proxy's commit and re-check events, in log order.
+/// What a connection task logs (at debug) as it resets a connection a re-check condemned.
+const RESET_MESSAGE: &str = "Resetting a connection no longer allowed";
+
+/// The proxy's commit, re-check and reset events, in log order.
 fn log_events(text: &str) -> Vec<LogEvent> {
     let mut out = Vec::new();
     for line in text.lines() {
         if !line.contains("Cluster state committed")
             && !line.contains("live connections re-checked")
+            && !line.contains(RESET_MESSAGE)
         {
             continue;
         }
@@ -438,6 +475,7 @@ fn log_events(text: &str) -> Vec<LogEvent> {
         let fields = &v["fields"];
         let kind = match fields["message"].as_str() {
             Some("Cluster state committed") => LogKind::Committed,
+            Some(RESET_MESSAGE) => LogKind::Reset,
             Some(m) if m.contains("live connections re-checked") => LogKind::Rechecked {
                 took: fields["took"].as_str().and_then(parse_debug_duration),
                 torn_down: fields["torn_down"].as_u64().unwrap_or(0),

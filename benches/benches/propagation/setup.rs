@@ -25,8 +25,8 @@ use crate::procfs;
 
 /// The proxy's admin port (metrics, readiness), on the pod IP.
 const ADMIN_PORT: u16 = picket::config::DEFAULT_ADMIN_PORT;
-/// The proxy's log filter: info, plus the state commits and re-checks.
-const PROXY_LOG: &str = "info,picket::app=debug,picket::cluster=debug";
+/// The proxy's default log filter: info, plus the state commits and re-checks.
+pub const PROXY_LOG: &str = "info,picket::app=debug,picket::cluster=debug";
 
 /// The proxy's pid, for the signal handler.
 static PROXY_PID: AtomicU32 = AtomicU32::new(0);
@@ -67,6 +67,15 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// How the proxy is run, beyond what the sidecar always gets.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Its `PICKET_LOG` filter.
+    pub log_filter: String,
+    /// More environment variables (e.g. `MALLOC_ARENA_MAX=1`).
+    pub env: Vec<(String, String)>,
 }
 
 /// How long setting up took.
@@ -115,7 +124,12 @@ pub struct Bench {
 impl Bench {
     /// Builds the lab, loads the cluster into the API server, starts the
     /// sidecar and waits until it has synced every object.
-    pub fn start(binary: &Path, out_dir: &Path, size: Size) -> Result<Self> {
+    pub fn start(
+        binary: &Path,
+        out_dir: &Path,
+        size: Size,
+        options: &ProxyOptions,
+    ) -> Result<Self> {
         fs::create_dir_all(out_dir)?;
         let work = make_work_dir()?;
         let proxy_bin = work.0.join("bin").join("picket-proxy");
@@ -193,9 +207,9 @@ impl Bench {
             &proxy_bin,
             &lab,
             &server,
-            &node_file,
-            &kubeconfig,
+            (node_file.as_path(), kubeconfig.as_path()),
             &log_path,
+            options,
         )?;
         let mut bench = Self {
             proxy,
@@ -352,9 +366,9 @@ fn start_proxy(
     binary: &Path,
     lab: &Lab,
     pod: &LabPod,
-    node_file: &Path,
-    kubeconfig: &Path,
+    (node_file, kubeconfig): (&Path, &Path),
     log: &Path,
+    options: &ProxyOptions,
 ) -> Result<Proc> {
     let log = File::create(log)?;
     let child = Command::new("ip")
@@ -371,7 +385,8 @@ fn start_proxy(
         .args(["--log-format", "json"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("PICKET_LOG", PROXY_LOG)
+        .env("PICKET_LOG", &options.log_filter)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env("POD_NAME", &pod.name)
         .env("POD_NAMESPACE", LAB_NAMESPACE)
         .env("POD_IP", pod.ip.to_string())
