@@ -54,16 +54,17 @@ struct Config {
     churn_rate: f64,
     size: Size,
     proxy: ProxyOptions,
+    nice: i32,
 }
 
 const USAGE: &str = "usage: propagation [--rounds N] [--connections N] [--churn-seconds S] \
                      [--churn-rate W] [--pods N] [--namespaces N] [--policies N] \
-                     [--proxy-log FILTER] [--proxy-env NAME=VALUE]...";
+                     [--proxy-log FILTER] [--proxy-env NAME=VALUE]... [--nice N]";
 
 impl Config {
     fn from_args(args: &[String]) -> Result<Self> {
         let mut config = Self {
-            rounds: 10,
+            rounds: 20,
             connections: 1000,
             churn_seconds: 60.0,
             churn_rate: 50.0,
@@ -76,6 +77,7 @@ impl Config {
                 log_filter: setup::PROXY_LOG.to_string(),
                 env: Vec::new(),
             },
+            nice: -10,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -100,6 +102,12 @@ impl Config {
                 "--pods" => config.size.pods = num(value()?)? as usize,
                 "--namespaces" => config.size.namespaces = num(value()?)? as usize,
                 "--policies" => config.size.policies = num(value()?)? as usize,
+                "--nice" => {
+                    let v = value()?;
+                    config.nice = v
+                        .parse()
+                        .with_context(|| format!("--nice {v:?}: not an integer"))?;
+                }
                 "--proxy-log" => config.proxy.log_filter = value()?.clone(),
                 "--proxy-env" => {
                     let v = value()?;
@@ -160,6 +168,9 @@ fn target_dir() -> Result<PathBuf> {
 
 fn run(config: Config) -> Result<()> {
     setup::preflight()?;
+    // Before any thread starts: every thread and child (the proxy, the API
+    // server, the app) inherits it, ahead of other work on a shared machine.
+    rustix::process::setpriority_process(None, config.nice).context("cannot set the nice value")?;
     let target = target_dir()?;
     let binary = setup::proxy_binary(&target)?;
     // The bench holds both ends of every connection; the proxy two per connection.
@@ -180,6 +191,7 @@ fn run(config: Config) -> Result<()> {
         connections: config.connections,
         setup: bench.times,
         binary: binary.display().to_string(),
+        nice: config.nice,
         ..Results::default()
     };
     eprintln!(

@@ -120,6 +120,8 @@ pub struct Results {
     pub elapsed_s: f64,
     /// The proxy binary measured.
     pub binary: String,
+    /// The nice value of the bench and the proxy.
+    pub nice: i32,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -319,8 +321,8 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "app saw {} resets from the proxy; load average {} before, {} after; {:.0} s in all",
-            self.app_resets, self.load.0, self.load.1, self.elapsed_s
+            "app saw {} resets from the proxy; bench and proxy at nice {}; load average {} before, {} after; {:.0} s in all",
+            self.app_resets, self.nice, self.load.0, self.load.1, self.elapsed_s
         );
         out
     }
@@ -389,6 +391,7 @@ impl Results {
                 "series": c.series.iter().map(|(t, pss, rss, cpu)| json!({"t_s": t, "pss_kib": pss, "rss_kib": rss, "cpu_s": cpu})).collect::<Vec<_>>(),
             },
             "app_resets": self.app_resets,
+            "nice": self.nice,
             "load_before": self.load.0, "load_after": self.load.1,
             "elapsed_s": self.elapsed_s,
         })
