@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The hidden first argument that makes the bench binary the app.
 pub const ARG: &str = "--picket-load-app";
+/// The hidden first argument that makes the bench binary an idle spinner.
+pub const SPIN_ARG: &str = "--picket-load-spin";
 /// The size of a request and of a reply.
 pub const MSG: usize = 64;
 /// The first byte of a request that asks for a bulk download.
@@ -37,6 +39,21 @@ pub fn main(args: &[String]) -> ExitCode {
             eprintln!("load app: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An idle spinner: `SPIN_ARG <parent pid>`, started under `chrt --idle`
+/// and `taskset`. It runs only when its core would otherwise be idle, so
+/// the core never halts: on a virtual machine a halted vCPU wakes up late,
+/// and whichever mode leaves a core idle most (direct) would pay for it.
+pub fn spin_main(args: &[String]) -> ExitCode {
+    let parent = args.first().and_then(|p| p.parse::<i32>().ok());
+    let watched = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    if watched.is_err() || parent.and_then(Pid::from_raw) != rustix::process::getppid() {
+        return ExitCode::FAILURE;
+    }
+    loop {
+        std::hint::spin_loop();
     }
 }
 

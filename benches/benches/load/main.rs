@@ -44,6 +44,8 @@ pub struct Config {
     /// The nice value of the bench and all it starts (`PICKET_LOAD_NICE`):
     /// ahead of the machine's other work, the same for every mode.
     pub nice: i32,
+    /// Whether idle spinners keep both cores from halting (`PICKET_LOAD_SPIN`).
+    pub spin: bool,
 }
 
 impl Config {
@@ -70,6 +72,7 @@ impl Config {
                 other => anyhow::bail!("PICKET_LOAD_HAPROXY_SPLICE={other:?}: force or auto"),
             },
             nice: var("PICKET_LOAD_NICE", -10)?,
+            spin: var("PICKET_LOAD_SPIN", 1u8)? != 0,
         };
         ensure!(config.rounds > 0, "PICKET_LOAD_ROUNDS must be at least 1");
         Ok(config)
@@ -82,8 +85,10 @@ impl Config {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(app::ARG) {
-        return app::main(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some(app::ARG) => return app::main(&args[1..]),
+        Some(app::SPIN_ARG) => return app::spin_main(&args[1..]),
+        _ => {}
     }
     // `cargo test --benches` runs bench targets without `--bench`: skip.
     if !args.iter().any(|a| a == "--bench") {
@@ -127,6 +132,11 @@ fn run() -> Result<()> {
     let out_dir = target.join("picket-load");
     eprintln!("load: setting up the lab");
     let bench = Bench::start(&binary, &out_dir, workers, config.splice)?;
+    let _spinners = if config.spin {
+        setup::start_spinners()?
+    } else {
+        Vec::new()
+    };
     let mut results = Results::new(&config, &bench, &binary, load_before);
 
     eprintln!(

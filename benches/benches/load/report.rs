@@ -317,8 +317,10 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "app and relay pinned to core {POD_CORE}, load generator to core {}; load average {} before, {} after",
+            "app and relay pinned to core {POD_CORE}, load generator to core {}; nice {}; idle spinners {}; load average {} before, {} after",
             crate::setup::CLIENT_CORE,
+            c.nice,
+            if c.spin { "on" } else { "off" },
             self.load_before,
             self.load_after
         );
@@ -603,6 +605,8 @@ impl Results {
                 "rate_concurrency": c.concurrency,
                 "bulk_streams": c.streams,
                 "haproxy_splice": c.splice.options(),
+                "nice": c.nice,
+                "idle_spinners": c.spin,
                 "idle_connections": c.idle_connections,
             },
             "environment": {

@@ -200,6 +200,7 @@ pub fn preflight() -> Result<()> {
         ("iptables", "iptables"),
         ("setpriv", "util-linux"),
         ("taskset", "util-linux"),
+        ("chrt", "util-linux"),
         ("sysctl", "procps"),
     ] {
         let found = Command::new(tool)
@@ -702,6 +703,24 @@ fn start_haproxy(work: &Path, pod: &LabPod, splice: Option<Splice>, log: File) -
         .stdout(log.try_clone()?)
         .stderr(log);
     Proc::spawn(&mut command)
+}
+
+/// One idle spinner per core the bench uses (see [`app::spin_main`]).
+pub fn start_spinners() -> Result<Vec<Proc>> {
+    let exe = std::env::current_exe()?;
+    [CLIENT_CORE, POD_CORE]
+        .iter()
+        .map(|core| {
+            Proc::spawn(
+                Command::new("chrt")
+                    .args(["--idle", "0", "taskset", "-c", &core.to_string()])
+                    .arg(&exe)
+                    .arg(app::SPIN_ARG)
+                    .arg(std::process::id().to_string())
+                    .stdin(Stdio::null()),
+            )
+        })
+        .collect()
 }
 
 /// Whether this `picket-proxy` has `run --workers`.
