@@ -277,6 +277,7 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
     };
     std::thread::sleep(Duration::from_millis(300));
     let idle_pss_kib = procfs::pss_kib(pid)?;
+    let idle_pss_anon_file_kib = procfs::pss_anon_file_kib(pid)?;
     let idle_fds = procfs::fd_count(pid)?;
     let idle_threads = procfs::threads(pid)?;
     let addr = server.addr();
@@ -284,6 +285,7 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
     std::thread::sleep(Duration::from_millis(300));
     let memory = Memory {
         idle_pss_kib,
+        idle_pss_anon_file_kib,
         idle_fds,
         idle_threads,
         held: held.len(),

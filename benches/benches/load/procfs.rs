@@ -38,6 +38,17 @@ pub fn pss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no Pss in /proc/{pid}/smaps_rollup")))
 }
 
+/// PSS of anonymous memory (heap, stacks) and of file pages (the binary
+/// and libraries), in KiB, from `smaps_rollup`.
+pub fn pss_anon_file_kib(pid: u32) -> io::Result<(u64, u64)> {
+    let text = read(pid, "smaps_rollup")?;
+    let get = |key| {
+        kib_line(&text, key)
+            .ok_or_else(|| io::Error::other(format!("no {key} in /proc/{pid}/smaps_rollup")))
+    };
+    Ok((get("Pss_Anon:")?, get("Pss_File:")?))
+}
+
 /// Open file descriptors.
 pub fn fd_count(pid: u32) -> io::Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())

@@ -168,6 +168,8 @@ impl PhaseStats {
 pub struct Memory {
     /// PSS with no connection, in KiB.
     pub idle_pss_kib: u64,
+    /// Of which anonymous (heap, stacks) and file-backed (binary, libraries).
+    pub idle_pss_anon_file_kib: (u64, u64),
     /// Open files with no connection.
     pub idle_fds: usize,
     /// Threads with no connection.
@@ -577,6 +579,8 @@ impl Results {
             if let Some(mem) = &m.memory {
                 mode["memory"] = json!({
                     "idle_pss_kib": mem.idle_pss_kib,
+                    "idle_pss_anon_kib": mem.idle_pss_anon_file_kib.0,
+                    "idle_pss_file_kib": mem.idle_pss_anon_file_kib.1,
                     "idle_fds": mem.idle_fds,
                     "idle_threads": mem.idle_threads,
                     "held_connections": mem.held,
@@ -719,6 +723,15 @@ const ROWS: &[Row] = &[
     Row {
         label: "relay idle PSS (KiB)",
         kind: RowKind::Memory(|m| m.idle_pss_kib.to_string()),
+    },
+    Row {
+        label: "  of which anon / file (KiB)",
+        kind: RowKind::Memory(|m| {
+            format!(
+                "{} / {}",
+                m.idle_pss_anon_file_kib.0, m.idle_pss_anon_file_kib.1
+            )
+        }),
     },
     Row {
         label: "relay PSS per idle connection (B)",
