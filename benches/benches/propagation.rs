@@ -305,17 +305,29 @@ fn run_round(
     // Let every task settle into its read before the clock starts.
     std::thread::sleep(Duration::from_millis(100));
 
+    // CPU starvation shows as run-queue waiting: the proxy's threads, and
+    // the test API server's thread (in this process).
+    let waits = || -> Result<(u64, u64)> {
+        Ok((
+            procfs::run_queue_wait_ns(bench.proxy.pid, "")?,
+            procfs::run_queue_wait_ns(std::process::id(), "test-apiserver")?,
+        ))
+    };
+    let waits0 = waits()?;
     let policy = cluster::round_policy();
     let wall = SystemTime::now();
     let t0 = Instant::now();
     cluster::apply(&bench.api, &policy)?;
     let write_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let endings = conns::collect(rt, tasks)?;
+    let waits1 = waits()?;
 
     let mut round = Round {
         affected,
         write_ms,
         wall: Some(wall),
+        proxy_wait_ms: (waits1.0 - waits0.0) as f64 / 1e6,
+        api_wait_ms: (waits1.1 - waits0.1) as f64 / 1e6,
         ..Round::default()
     };
     for ending in endings {

@@ -63,3 +63,29 @@ pub fn loadavg() -> String {
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
+
+/// Nanoseconds the threads of a process spent runnable but waiting for a
+/// CPU (second field of `/proc/PID/task/TID/schedstat`), summed over the
+/// threads whose name starts with `prefix` (all threads for `""`).
+pub fn run_queue_wait_ns(pid: u32, prefix: &str) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = entry?.path();
+        // Threads may exit while we read: skip those.
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.join("schedstat")) else {
+            continue;
+        };
+        total += stat
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}

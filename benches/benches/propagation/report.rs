@@ -34,6 +34,10 @@ pub struct Round {
     pub unaffected_error: Option<String>,
     /// How long the write itself took (the test API server's `apply`).
     pub write_ms: f64,
+    /// Milliseconds the proxy's threads waited for a CPU during the round.
+    pub proxy_wait_ms: f64,
+    /// Milliseconds the test API server's thread waited for a CPU during the round.
+    pub api_wait_ms: f64,
     /// The write's wall-clock time, to find the round in the proxy's log.
     pub wall: Option<SystemTime>,
     /// From the policy's deletion until a new group=a connection echoed.
@@ -166,7 +170,7 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "{:>5} {:>9} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>11}",
+            "{:>5} {:>9} {:>9} {:>8} {:>8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>11} {:>8} {:>8}",
             "round",
             "reset",
             "first ms",
@@ -177,13 +181,15 @@ impl Results {
             "commit ms",
             "recheck ms",
             "took ms",
-            "reopen ms"
+            "reopen ms",
+            "wait px",
+            "wait api"
         );
         for (i, r) in self.rounds.iter().enumerate() {
             let s = r.sorted();
             let _ = writeln!(
                 out,
-                "{:>5} {:>9} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>10} {:>9} {:>10} {:>9} {:>11.1}",
+                "{:>5} {:>9} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>10} {:>9} {:>10} {:>9} {:>11.1} {:>8.1} {:>8.1}",
                 i + 1,
                 format!("{}/{}", s.len(), r.affected),
                 s.first().copied().unwrap_or(f64::NAN),
@@ -195,6 +201,8 @@ impl Results {
                 opt_ms(r.rechecked_ms),
                 opt_ms(r.recheck_took_ms),
                 r.reopen_ms,
+                r.proxy_wait_ms,
+                r.api_wait_ms,
             );
         }
         let all = self.all_sorted();
@@ -264,7 +272,9 @@ impl Results {
             "columns: first/p50/p99/last: from the API write to each ECONNRESET; unaffected: group=b \
              connections still echoing after the round; commit, recheck: from the write to the proxy's \
              snapshot commit and to the end of its re-check (its log); took: the re-check itself; \
-             reopen: from the delete until a new group=a connection echoed (10 ms polling)."
+             reopen: from the delete until a new group=a connection echoed (10 ms polling); \
+             wait px, wait api: ms the proxy's threads (summed) and the test API server's thread \
+             waited for a CPU during the round (schedstat): CPU starvation."
         );
 
         let _ = writeln!(out, "\nProxy memory and CPU");
@@ -344,6 +354,7 @@ impl Results {
                     "unaffected": r.unaffected, "unaffected_failed": r.unaffected_failed,
                     "unaffected_error": r.unaffected_error,
                     "write_ms": r.write_ms, "reopen_ms": r.reopen_ms,
+                    "proxy_run_queue_wait_ms": r.proxy_wait_ms, "api_server_run_queue_wait_ms": r.api_wait_ms,
                     "commit_ms": r.commit_ms, "rechecked_ms": r.rechecked_ms,
                     "recheck_took_ms": r.recheck_took_ms, "torn_down": r.torn_down,
                     "proxy_resets": r.proxy_resets.map(|(n, first, last)| json!({"n": n, "first_ms": first, "last_ms": last})),
