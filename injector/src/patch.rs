@@ -677,6 +677,10 @@ fn proxy_container(
         field_env("HOST_IP", "status.hostIP"),
         field_env("NODE_NAME", "spec.nodeName"),
         env("PICKET_SOURCE", "kube"),
+        // One malloc arena: the proxy's large allocations come in bursts
+        // (decoding lists) and glibc's per-thread arenas keep the freed
+        // memory (measured: 66 MiB PSS with 10,000 pods, 47 MiB with this).
+        env("MALLOC_ARENA_MAX", "1"),
         env("PICKET_INBOUND_PORT", cfg.inbound_port.to_string()),
         env("PICKET_ADMIN_PORT", cfg.admin_port.to_string()),
         env("PICKET_LOCAL_ADMIN_PORT", cfg.local_admin_port.to_string()),

@@ -104,6 +104,9 @@ pub struct StateWriter {
     version: u64,
     dirty: bool,
     changes: BTreeSet<ChangeReason>,
+    /// A change that has no teardown reason of its own (container ports, host IPs).
+    other_change: bool,
+    published: bool,
 }
 
 // === impl StateWriter ===
@@ -119,6 +122,8 @@ impl StateWriter {
                 version: 0,
                 dirty: true,
                 changes: BTreeSet::new(),
+                other_change: false,
+                published: false,
             },
             rx,
         )
@@ -208,6 +213,8 @@ impl StateWriter {
                 if old.ips != pod.ips || old.host_network != pod.host_network {
                     self.changes.insert(ChangeReason::PodIp);
                 }
+                // Ports (named ports) and host IPs (node traffic) matter too.
+                self.other_change |= **old != *pod;
             }
         }
     }
@@ -241,15 +248,16 @@ impl StateWriter {
             return false;
         }
         self.dirty = false;
-        let changed = self
-            .tx
-            .borrow()
-            .as_ref()
-            .is_none_or(|current| current.index != self.index);
+        // Every real change was noted as it was applied: no need to compare
+        // the whole index with the last snapshot (that would cost O(cluster)
+        // per commit).
+        let changed = !self.published || !self.changes.is_empty() || self.other_change;
         let changes = std::mem::take(&mut self.changes).into_iter().collect();
+        self.other_change = false;
         if !changed {
             return false;
         }
+        self.published = true;
         self.version += 1;
         let snapshot = Snapshot {
             index: self.index.clone(),
