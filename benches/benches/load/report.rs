@@ -489,12 +489,19 @@ impl Results {
         ] {
             for (which, qname) in [(P50, "p50"), (P99, "p99")] {
                 let added = |m: &ModeStats| m.phase(phase).added_us(direct.phase(phase), which);
-                let limit = haproxy.map_or(f64::INFINITY, added);
+                // Direct cancels out: compare Picket with HAProxy round by
+                // round, the median of the differences.
+                let versus = haproxy.map_or(f64::NEG_INFINITY, |h| {
+                    picket.phase(phase).added_us(h.phase(phase), which)
+                });
                 targets.push(Target {
                     name: format!("added latency below HAProxy's, {what}, {qname}"),
                     picket: format!("{:+.1} µs", added(picket)),
-                    others: describe(&|m| format!("{:+.1} µs", added(m))),
-                    met: added(picket) < limit,
+                    others: format!(
+                        "{}; picket − haproxy, median over rounds: {versus:+.1} µs",
+                        describe(&|m| format!("{:+.1} µs", added(m)))
+                    ),
+                    met: versus < 0.0,
                 });
             }
         }
