@@ -456,8 +456,7 @@ impl Results {
         };
         let mut targets = Vec::new();
 
-        let ratio =
-            |m: &ModeStats| m.phase(Phase::Bulk1).rate() / direct.phase(Phase::Bulk1).rate();
+        let ratio = |m: &ModeStats| m.phase(Phase::Bulk1).ratio_to(direct.phase(Phase::Bulk1));
         targets.push(Target {
             name: "1-stream throughput ≥ 0.85× direct".into(),
             picket: format!("{:.2}×", ratio(picket)),
