@@ -1,1 +1,3 @@
-//! Benchmarks live in `benches/`; this library is empty on purpose.
+//! Support shared by the benches in `benches/`.
+
+pub mod procfs;

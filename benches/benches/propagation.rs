@@ -17,8 +17,6 @@
 mod cluster;
 #[path = "propagation/conns.rs"]
 mod conns;
-#[path = "propagation/procfs.rs"]
-mod procfs;
 #[path = "propagation/report.rs"]
 mod report;
 #[path = "propagation/setup.rs"]
@@ -29,6 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
+use picket_benches::procfs;
 use picket_test_support::apiserver::Kind;
 use tokio::net::TcpStream;
 use tokio::runtime::Runtime;

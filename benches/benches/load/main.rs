@@ -8,10 +8,10 @@
 
 mod app;
 mod client;
-mod procfs;
 mod report;
 mod setup;
 
+use picket_benches::procfs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -21,7 +21,8 @@ use picket::lab::{in_netns, Lab, LabPod};
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use rustix::thread::CpuSet;
 
-use crate::{app, client, procfs};
+use crate::{app, client};
+use picket_benches::procfs;
 
 /// The core of the load generator (and of the bench's own threads).
 pub const CLIENT_CORE: usize = 0;

@@ -21,7 +21,7 @@ use picket_test_support::apiserver::ApiServer;
 use serde_json::json;
 
 use crate::cluster::{self, Generated, Size, APP_PORT, LAB_NAMESPACE};
-use crate::procfs;
+use picket_benches::procfs;
 
 /// The proxy's admin port (metrics, readiness), on the pod IP.
 const ADMIN_PORT: u16 = picket::config::DEFAULT_ADMIN_PORT;
