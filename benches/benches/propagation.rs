@@ -22,7 +22,6 @@ mod report;
 #[path = "propagation/setup.rs"]
 mod setup;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,27 +152,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `target/`, from this binary's path (`target/release/deps/propagation-*`).
-fn target_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .nth(3)
-        .map(PathBuf::from)
-        .context("cannot find target/ from the bench's path")
-}
-
 fn run(config: Config) -> Result<()> {
     setup::preflight()?;
     // Before any thread starts: every thread and child (the proxy, the API
     // server, the app) inherits it, ahead of other work on a shared machine.
     rustix::process::setpriority_process(None, config.nice).context("cannot set the nice value")?;
-    let target = target_dir()?;
+    let target = picket_benches::target_dir()?;
     let binary = setup::proxy_binary(&target)?;
     // The bench holds both ends of every connection; the proxy two per connection.
-    setup::raise_nofile(4 * config.connections as u64 + 1024)?;
+    picket_benches::raise_nofile(4 * config.connections as u64 + 1024)?;
     setup::cleanup_on_signal()?;
     let started = Instant::now();
     let load_before = procfs::loadavg();

@@ -13,7 +13,7 @@ mod setup;
 
 use picket_benches::procfs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -104,27 +104,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `target/`, from this binary's path (`target/release/deps/load-*`).
-fn target_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .nth(3)
-        .map(PathBuf::from)
-        .context("cannot find target/ from the bench's path")
-}
-
 fn run() -> Result<()> {
     let config = Config::from_env()?;
     setup::preflight()?;
-    let target = target_dir()?;
+    let target = picket_benches::target_dir()?;
     let binary = setup::proxy_binary(&target)?;
     let workers = setup::has_workers_flag(&binary)?.then_some(config.workers);
     setup::pin_to(setup::CLIENT_CORE)?;
     rustix::process::setpriority_process(None, config.nice).context("cannot set the nice value")?;
-    setup::raise_nofile(4 * config.idle_connections as u64 + 1024)?;
+    picket_benches::raise_nofile(4 * config.idle_connections as u64 + 1024)?;
     setup::cleanup_on_signal()?;
 
     let started = Instant::now();

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use picket::lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
 use picket::lab::{in_netns, Lab, LabPod};
-use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 use rustix::thread::CpuSet;
 
 use crate::{app, client};
@@ -35,10 +34,6 @@ const INBOUND_PORT: u16 = 15006;
 /// The Kubernetes namespace of the lab pods.
 const NAMESPACE: &str = "bench";
 const READY: Duration = Duration::from_secs(20);
-/// File descriptors for the bench and its children (1,000 idle connections
-/// take two per connection in a relay, more with splice pipes).
-const NOFILE: u64 = 65_536;
-
 /// How the client reaches the app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
@@ -249,58 +244,19 @@ pub fn pin_to(core: usize) -> Result<()> {
     rustix::thread::sched_setaffinity(None, &cpus).context("cannot pin to a core")
 }
 
-/// Raises the open-file limit as far as the hard limit allows (children
-/// inherit it), and checks that it is enough.
-pub fn raise_nofile(needed: u64) -> Result<()> {
-    let old = getrlimit(Resource::Nofile);
-    let current = old.maximum.map_or(NOFILE, |m| m.min(NOFILE));
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(current),
-            maximum: old.maximum,
-        },
-    )
-    .context("cannot raise RLIMIT_NOFILE")?;
-    ensure!(
-        current >= needed,
-        "the open-file limit is {current}; the bench needs {needed}"
-    );
-    Ok(())
-}
-
 /// On SIGINT or SIGTERM: delete the namespaces and scratch files, and exit
 /// (children die with the bench: parent-death signal).
 pub fn cleanup_on_signal() -> Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(|| {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            eprintln!("load: interrupted; cleaning up");
-            let netns = CLEANUP_NETNS.lock().map(|v| v.clone()).unwrap_or_default();
-            for ns in netns.iter().rev() {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            }
-            for dir in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
-                let _ = fs::remove_dir_all(dir);
-            }
-            std::process::exit(130);
-        })?;
+    picket::lab::on_interrupt(|| {
+        eprintln!("load: interrupted; cleaning up");
+        let netns = CLEANUP_NETNS.lock().map(|v| v.clone()).unwrap_or_default();
+        for ns in netns.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        for dir in CLEANUP.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    })?;
     Ok(())
 }
 

@@ -454,61 +454,21 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Raises the open-file limit to the hard limit (the proxy inherits it) and
-/// checks that it is at least `needed`.
-pub fn raise_nofile(needed: u64) -> Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let old = getrlimit(Resource::Nofile);
-    let current = old.maximum.map_or(65_536, |m| m.min(65_536));
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(current),
-            maximum: old.maximum,
-        },
-    )
-    .context("cannot raise RLIMIT_NOFILE")?;
-    ensure!(
-        current >= needed,
-        "the open-file limit is {current}; the bench needs {needed}"
-    );
-    Ok(())
-}
-
 /// On SIGINT or SIGTERM: kill the proxy, delete this process's namespaces
 /// and the scratch directory, and exit.
 pub fn cleanup_on_signal() -> Result<()> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(|| {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            eprintln!("propagation: interrupted; cleaning up");
-            let pid = PROXY_PID.load(Ordering::SeqCst);
-            if pid != 0 {
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+    picket::lab::on_interrupt(|| {
+        eprintln!("propagation: interrupted; cleaning up");
+        let pid = PROXY_PID.load(Ordering::SeqCst);
+        if pid != 0 {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
-            picket::lab::emergency_cleanup();
-            if let Some(dir) = WORK_DIR.lock().ok().and_then(|d| d.clone()) {
-                let _ = fs::remove_dir_all(dir);
-            }
-            std::process::exit(130);
-        })?;
+        }
+        picket::lab::emergency_cleanup();
+        if let Some(dir) = WORK_DIR.lock().ok().and_then(|d| d.clone()) {
+            let _ = fs::remove_dir_all(dir);
+        }
+    })?;
     Ok(())
 }

@@ -56,25 +56,10 @@ pub fn run(out: &mut dyn Write) -> anyhow::Result<()> {
             bail!("picket demo needs `{tool}` (install iproute2, util-linux and iptables)");
         }
     }
-    std::thread::spawn(|| {
-        // Ctrl-C or SIGTERM: destructors will not run, so clean up here.
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            rt.block_on(async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-            });
-            lab::emergency_cleanup();
-            eprintln!("\npicket demo: interrupted; namespaces and sidecars removed");
-            std::process::exit(130);
-        }
-    });
+    lab::on_interrupt(|| {
+        lab::emergency_cleanup();
+        eprintln!("\npicket demo: interrupted; namespaces and sidecars removed");
+    })?;
     lab::proxy::set_quiet(true);
 
     let started = Instant::now();

@@ -36,6 +36,34 @@ fn untrack_child(pid: u32) {
         .retain(|p| *p != pid);
 }
 
+/// Runs `cleanup` and exits with 130 when the process gets SIGINT or
+/// SIGTERM (destructors would not run then). Spawns one waiting thread.
+pub fn on_interrupt(cleanup: impl FnOnce() + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            cleanup();
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
+
 /// Cleanup for an interrupted process (Ctrl-C), when destructors will not
 /// run: kills the sidecars this process started and deletes its namespaces.
 pub fn emergency_cleanup() {
