@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use picket::lab::proxy::{http_get, run_init, share_dir, Sidecar};
+use picket::lab::proxy::{http_get, share_dir};
 use picket::lab::{in_netns, LabPod};
 use picket_test_support::apiserver::{ApiServer, Kind};
 use support::*;
@@ -76,33 +76,10 @@ impl KubeCluster {
 
     /// Init, app and a sidecar watching the API; waits for readiness when `ready`.
     fn server(&self, ready: bool) -> Server {
-        let (pod, ns, _) = &self.c.pods["api"];
-        let node_file = self.c.state.path().join("api-node");
-        let out = run_init(
-            &self.c.binary,
-            pod,
-            &["--node-file", node_file.to_str().unwrap()],
-        )
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        share_dir(self.c.state.path()).unwrap();
-        let echo =
-            picket::lab::app::EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT))
-                .unwrap();
-        let excluded =
-            picket::lab::app::EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, EXCLUDED_PORT))
-                .unwrap();
         let kubeconfig = self.kubeconfig.to_string_lossy().into_owned();
-        let mut sidecar = Sidecar::start_with(
-            &self.c.binary,
-            &self.c.lab,
-            pod,
-            ns,
-            &node_file,
+        self.c.server_with(
+            "api",
+            ready,
             &[
                 "--source",
                 "kube",
@@ -112,18 +89,6 @@ impl KubeCluster {
                 "300ms",
             ],
         )
-        .unwrap();
-        if ready {
-            sidecar.wait_ready(READY).unwrap();
-        } else {
-            sidecar.wait_listening(READY).unwrap();
-        }
-        Server {
-            echo,
-            _excluded: excluded,
-            sidecar,
-            pod: pod.clone(),
-        }
     }
 
     fn metric(&self, pod: &LabPod, name: &str) -> f64 {

@@ -113,6 +113,14 @@ impl Cluster {
     /// Runs init in the pod, starts the echo app (and one on the excluded
     /// port), and the sidecar; waits for readiness when `ready`.
     pub fn server(&self, name: &str, cluster_dir: &Path, ready: bool, extra: &[&str]) -> Server {
+        let dir = cluster_dir.to_string_lossy();
+        let mut args = vec!["--cluster-dir", &*dir];
+        args.extend_from_slice(extra);
+        self.server_with(name, ready, &args)
+    }
+
+    /// The same, with the sidecar's flags (its state source among them) given whole.
+    pub fn server_with(&self, name: &str, ready: bool, args: &[&str]) -> Server {
         let (pod, ns, _) = &self.pods[name];
         let node_file = self.state.path().join(name).join("node");
         let excluded = EXCLUDED_PORT.to_string();
@@ -137,16 +145,8 @@ impl Cluster {
         let echo = EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT)).unwrap();
         let excluded =
             EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, EXCLUDED_PORT)).unwrap();
-        let mut sidecar = Sidecar::start(
-            &self.binary,
-            &self.lab,
-            pod,
-            ns,
-            cluster_dir,
-            &node_file,
-            extra,
-        )
-        .unwrap();
+        let mut sidecar =
+            Sidecar::start_with(&self.binary, &self.lab, pod, ns, &node_file, args).unwrap();
         if ready {
             sidecar.wait_ready(READY).unwrap();
         } else {
