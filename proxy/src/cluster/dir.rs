@@ -269,6 +269,12 @@ mod tests {
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: shop, labels: {app: api}}\nstatus: {podIP: 10.0.0.1}\n";
     const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n";
 
+    fn has_policy(rx: &crate::cluster::SnapshotRx, key: &ObjectKey) -> bool {
+        rx.borrow()
+            .as_ref()
+            .is_some_and(|s| s.index.policy(key).is_some())
+    }
+
     #[test]
     fn a_half_written_file_keeps_its_last_good_objects() {
         let dir = tempfile::tempdir().unwrap();
@@ -278,24 +284,12 @@ mod tests {
         let mut source = DirSource::new(dir.path());
         assert!(source.rescan(&mut writer).changed);
         let policy = ObjectKey::new("shop", "deny");
-        assert!(rx
-            .borrow()
-            .as_ref()
-            .unwrap()
-            .index
-            .policy(&policy)
-            .is_some());
+        assert!(has_policy(&rx, &policy));
 
         // Truncated mid-document: a parse error, and the policy stays.
         std::fs::write(dir.path().join("deny.yaml"), &DENY[..60]).unwrap();
         source.rescan(&mut writer);
-        assert!(rx
-            .borrow()
-            .as_ref()
-            .unwrap()
-            .index
-            .policy(&policy)
-            .is_some());
+        assert!(has_policy(&rx, &policy));
 
         // Removing the file removes its policy.
         std::fs::remove_file(dir.path().join("deny.yaml")).unwrap();
