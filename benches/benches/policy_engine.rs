@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cap::Cap;
 use criterion::Criterion;
-use picket::policy::{
+use picket_policy::{
     ContainerPort, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod, Policy,
     PolicyIndex, PortMatch, PortSpec, Protocol, Rule, Selector,
 };
@@ -70,7 +70,7 @@ fn selector(pairs: &[(&str, &str)], exprs: &[(&str, &str, Vec<String>)]) -> Sele
 }
 
 fn namespace(ns: usize) -> Namespace {
-    picket::policy::convert::namespace_with_labels(
+    picket_policy::convert::namespace_with_labels(
         &format!("ns-{ns}"),
         labels(&[
             ("team", format!("t{}", ns % 10)),
@@ -212,7 +212,7 @@ fn report(c: &Cluster) {
         index.counts()
     );
     let selecting = index
-        .selecting(&dst, picket::policy::Direction::Ingress)
+        .selecting(&dst, picket_policy::Direction::Ingress)
         .len();
     assert!(
         selecting >= 10,
@@ -268,17 +268,17 @@ fn report(c: &Cluster) {
     // (b') The same through the connection table the proxy uses: 10,000 live
     // connections registered, one policy change, every one re-checked and the
     // forbidden ones told to reset.
-    let registry = picket::net::registry::Registry::new();
+    let registry = picket_proxy::enforce::registry::Registry::new();
     let registrations: Vec<_> = live
         .iter()
         .enumerate()
         .map(|(i, src)| {
             registry.register(
-                picket::net::ClientAddr(std::net::SocketAddr::new(
+                picket_proxy::net::ClientAddr(std::net::SocketAddr::new(
                     *src,
                     10_000 + (i % 50_000) as u16,
                 )),
-                picket::net::OrigDstAddr(std::net::SocketAddr::new(dst_ip, 8080)),
+                picket_proxy::net::OrigDstAddr(std::net::SocketAddr::new(dst_ip, 8080)),
             )
         })
         .collect();

@@ -32,13 +32,13 @@ pub struct Cli {
     #[arg(long, env = "PICKET_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// After SIGTERM, report not ready and keep serving this long, then exit.
-    #[arg(long, env = "PICKET_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "PICKET_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = picket_common::duration::parse)]
     pub shutdown_delay: Duration,
     /// Where namespace labels (for the Pod Security check) come from.
     #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_LOOKUP", value_enum, default_value_t = LookupMode::Kube)]
     pub namespace_lookup: LookupMode,
     /// How long namespace labels are cached.
-    #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_CACHE_TTL", default_value = "30s", value_parser = picket_common::duration::parse)]
     pub namespace_cache_ttl: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -89,7 +89,7 @@ pub struct TlsArgs {
     )]
     pub tls_key_file: PathBuf,
     /// How often the files are checked for changes (files mode).
-    #[arg(long, env = "PICKET_INJECTOR_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "PICKET_INJECTOR_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = picket_common::duration::parse)]
     pub tls_reload_interval: Duration,
     /// Write the CA certificate here (self-signed and secret modes).
     #[arg(long, env = "PICKET_INJECTOR_CA_OUT")]
@@ -119,7 +119,7 @@ pub struct TlsArgs {
     )]
     pub webhook_config: String,
     /// How often the Secret and caBundle are re-checked (secret mode).
-    #[arg(long, env = "PICKET_INJECTOR_TLS_RESYNC", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "PICKET_INJECTOR_TLS_RESYNC", default_value = "60s", value_parser = picket_common::duration::parse)]
     pub tls_resync: Duration,
     /// More names or IP addresses for the certificate, comma-separated.
     #[arg(long, env = "PICKET_INJECTOR_EXTRA_SANS", value_delimiter = ',')]
@@ -271,26 +271,6 @@ impl InjectArgs {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m`, `1h` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let at = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(at);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 5s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,12 +301,5 @@ mod tests {
             .contains("--proxy-memory-limit"));
         let cli = parse(&["--proxy-memory-limit", ""]);
         assert_eq!(cli.inject.to_config().unwrap().resources.memory_limit, None);
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
     }
 }

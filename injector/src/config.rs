@@ -9,13 +9,13 @@
 use clap::ValueEnum;
 
 /// The proxy's inbound (redirect target) port, as `picket-proxy` defaults it.
-pub const DEFAULT_INBOUND_PORT: u16 = 15006;
+pub const DEFAULT_INBOUND_PORT: u16 = picket_common::INBOUND_PORT;
 /// The proxy's admin port (probes, metrics), bound on the pod IP.
-pub const DEFAULT_ADMIN_PORT: u16 = 15020;
+pub const DEFAULT_ADMIN_PORT: u16 = picket_common::ADMIN_PORT;
 /// The proxy's local admin port, bound on 127.0.0.1.
-pub const DEFAULT_LOCAL_ADMIN_PORT: u16 = 15000;
+pub const DEFAULT_LOCAL_ADMIN_PORT: u16 = picket_common::LOCAL_ADMIN_PORT;
 /// The UID the proxy runs as; the image's user.
-pub const DEFAULT_PROXY_UID: i64 = 1337;
+pub const DEFAULT_PROXY_UID: i64 = picket_common::PROXY_UID as i64;
 /// The proxy image.
 pub const DEFAULT_PROXY_IMAGE: &str = "picket/proxy:0.1.0";
 /// Namespaces never injected, whatever the webhook configuration says.

@@ -5,18 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use picket_injector::cli::Cli;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("PICKET_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    picket_common::logging::init(false);
     let config = match cli.inject.to_config() {
         Ok(config) => config,
         Err(message) => {

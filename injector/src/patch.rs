@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use picket_common::env as vars;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -46,7 +47,7 @@ pub const RUN_VOLUME: &str = "picket-run";
 /// Where [`RUN_VOLUME`] is mounted in both containers.
 pub const RUN_DIR: &str = "/var/run/picket";
 /// The file `picket-proxy init` writes the node's addresses to, on [`RUN_VOLUME`].
-pub const NODE_FILE: &str = "/var/run/picket/node";
+pub const NODE_FILE: &str = picket_common::NODE_FILE;
 /// The projected service-account token, added when the pod mounts none.
 pub const TOKEN_VOLUME: &str = "picket-token";
 /// Where the proxy reads its service-account token, as in-cluster clients expect.
@@ -618,10 +619,10 @@ fn reorder_ops(pod: &Pod) -> Vec<PatchOperation> {
 
 fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
     let mut env = vec![
-        env("PICKET_INBOUND_PORT", cfg.inbound_port.to_string()),
-        env("PICKET_ADMIN_PORT", cfg.admin_port.to_string()),
-        env("PICKET_NODE_FILE", NODE_FILE),
-        env("PICKET_IPTABLES_BACKEND", cfg.iptables_backend.clone()),
+        env(vars::INBOUND_PORT, cfg.inbound_port.to_string()),
+        env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
+        env(vars::NODE_FILE, NODE_FILE),
+        env(vars::IPTABLES_BACKEND, cfg.iptables_backend.clone()),
     ];
     if !settings.exclude_inbound_ports.is_empty() {
         let ports: Vec<String> = settings
@@ -629,7 +630,7 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
             .iter()
             .map(u16::to_string)
             .collect();
-        env.push(env_var("PICKET_EXCLUDE_INBOUND_PORTS", ports.join(",")));
+        env.push(env_var(vars::EXCLUDE_INBOUND_PORTS, ports.join(",")));
     }
     Container {
         name: INIT_CONTAINER.into(),
@@ -671,23 +672,23 @@ fn proxy_container(
     token_mount: Option<VolumeMount>,
 ) -> Container {
     let mut env = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("POD_IP", "status.podIP"),
-        field_env("HOST_IP", "status.hostIP"),
+        field_env(vars::POD_NAME, "metadata.name"),
+        field_env(vars::POD_NAMESPACE, "metadata.namespace"),
+        field_env(vars::POD_IP, "status.podIP"),
+        field_env(vars::HOST_IP, "status.hostIP"),
         field_env("NODE_NAME", "spec.nodeName"),
-        env("PICKET_SOURCE", "kube"),
+        env(vars::SOURCE, "kube"),
         // One malloc arena: the proxy's large allocations come in bursts
         // (decoding lists) and glibc's per-thread arenas keep the freed
         // memory (measured: 66 MiB PSS with 10,000 pods, 47 MiB with this).
         env("MALLOC_ARENA_MAX", "1"),
-        env("PICKET_INBOUND_PORT", cfg.inbound_port.to_string()),
-        env("PICKET_ADMIN_PORT", cfg.admin_port.to_string()),
-        env("PICKET_LOCAL_ADMIN_PORT", cfg.local_admin_port.to_string()),
-        env("PICKET_NODE_FILE", NODE_FILE),
+        env(vars::INBOUND_PORT, cfg.inbound_port.to_string()),
+        env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
+        env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
+        env(vars::NODE_FILE, NODE_FILE),
     ];
     if let Some(level) = &settings.log_level {
-        env.push(env_var("PICKET_LOG", level.clone()));
+        env.push(env_var(vars::LOG, level.clone()));
     }
     let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

@@ -17,8 +17,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::ProxyMetrics;
-use crate::net::registry::Registry;
-use crate::telemetry::LogHandle;
+use picket_common::logging::LogHandle;
+
+use crate::enforce::registry::Registry;
 
 /// Readiness latches: ready once every one is set, and ready for good.
 #[derive(Debug, Default)]
@@ -112,7 +113,7 @@ impl Admin {
                 Err(_) => return text(StatusCode::BAD_REQUEST, "body too large\n".into()),
             };
             let filter = String::from_utf8_lossy(&body).into_owned();
-            return match crate::telemetry::set_level(log, &filter) {
+            return match picket_common::logging::set_level(log, &filter) {
                 Ok(()) => {
                     tracing::info!(filter = %filter.trim(), "Log level changed");
                     text(StatusCode::OK, format!("log level: {}\n", filter.trim()))

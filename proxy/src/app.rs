@@ -6,17 +6,21 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 
+use picket_common::logging::{self, LogHandle};
+use picket_policy::{NodeAddrs, PodKey};
+use picket_state::dir::DirSource;
+use picket_state::kube::KubeSource;
+use picket_state::{Source, StateWriter};
+
 use crate::admin::{Admin, Readiness};
-use crate::cluster::dir::DirSource;
-use crate::cluster::StateWriter;
 use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs, SourceArg};
+use crate::enforce::registry::Registry;
+use crate::enforce::{Enforcer, Waits};
 use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Plan};
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Inbound, Limits};
 use crate::net::listener;
-use crate::net::registry::Registry;
 use crate::net::relay::RelayCounters;
-use crate::policy::{NodeAddrs, PodKey};
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
@@ -24,11 +28,11 @@ pub fn main_proxy() -> std::process::ExitCode {
     let cli = crate::config::Cli::parse();
     let result = match cli.command {
         crate::config::Command::Init(args) => {
-            crate::telemetry::init(false);
+            logging::init(false);
             init(args)
         }
         crate::config::Command::Run(args) => {
-            let log = crate::telemetry::init(args.log_format == crate::config::LogFormat::Json);
+            let log = logging::init(args.log_format == crate::config::LogFormat::Json);
             block_on_run(*args, log)
         }
     };
@@ -43,7 +47,7 @@ pub fn main_proxy() -> std::process::ExitCode {
 
 /// Builds the runtime (`--workers` threads; one means a single-threaded
 /// runtime on the calling thread) and runs the sidecar on it.
-pub fn block_on_run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> anyhow::Result<()> {
+pub fn block_on_run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     let runtime = if args.workers <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -59,7 +63,7 @@ pub fn block_on_run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> 
 }
 
 /// Runs the sidecar until SIGTERM (then drains) or SIGINT.
-pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     let pod = PodKey::new(&args.pod_namespace, &args.pod_name);
     let node = node_addrs(&args);
     let source = match (args.source, &args.cluster_dir) {
@@ -78,24 +82,30 @@ pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> any
         client_to_server: metrics.bytes.with_label_values(&["in"]),
         server_to_client: metrics.bytes.with_label_values(&["out"]),
     };
-    let inbound = Arc::new(Inbound {
+    let enforcer = Arc::new(Enforcer {
         pod,
         node,
+        registry: registry.clone(),
+        snapshots,
+        waits: Waits {
+            state: args.state_wait,
+            unknown_ip: args.unknown_ip_wait,
+        },
+        pod_cidrs: args.pod_cidrs.clone(),
+        metrics: metrics.clone(),
+    });
+    let inbound = Arc::new(Inbound {
+        enforcer: enforcer.clone(),
         own_ports: vec![
             args.ports.inbound_port,
             args.ports.admin_port,
             args.local_admin_port,
         ],
-        registry: registry.clone(),
-        snapshots: snapshots.clone(),
         limits: Limits {
             connect_timeout: args.connect_timeout,
             idle_timeout: args.idle_timeout,
             max_connections: args.max_connections,
-            state_wait: args.state_wait,
-            unknown_ip_wait: args.unknown_ip_wait,
         },
-        pod_cidrs: args.pod_cidrs.clone(),
         active: Default::default(),
         metrics: metrics.clone(),
         bytes,
@@ -142,14 +152,17 @@ pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> any
 
     match (source, &args.cluster_dir) {
         (SourceArg::Files, Some(dir)) => {
-            tokio::spawn(DirSource::new(dir).run(writer, args.resync));
+            spawn_source(DirSource::new(dir).with_resync(args.resync), writer);
         }
         _ => {
-            let client = crate::cluster::kube::client(args.kubeconfig.as_ref()).await?;
-            crate::cluster::kube::spawn(client, writer, metrics.clone());
+            let client = picket_state::kube::client(args.kubeconfig.as_ref()).await?;
+            spawn_source(
+                KubeSource::new(client, metrics.watch_restarts.clone()),
+                writer,
+            );
         }
     }
-    tokio::spawn(recheck_on_change(inbound.clone(), readiness.clone()));
+    tokio::spawn(enforcer.recheck_on_change(readiness.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot handle SIGTERM")?;
@@ -164,48 +177,10 @@ pub async fn run(args: RunArgs, log: Option<crate::telemetry::LogHandle>) -> any
     Ok(())
 }
 
-/// On every new snapshot: mark the state loaded, and reset the live
-/// connections it no longer allows.
-async fn recheck_on_change(inbound: Arc<Inbound>, readiness: Arc<Readiness>) {
-    let mut rx = inbound.snapshots.clone();
-    loop {
-        if rx.changed().await.is_err() {
-            return;
-        }
-        let Some(snapshot) = rx.borrow_and_update().clone() else {
-            continue;
-        };
-        readiness.set_state_loaded();
-        inbound.metrics.state_applied(snapshot.index.counts());
-        let start = std::time::Instant::now();
-        let reason = snapshot
-            .changes
-            .first()
-            .copied()
-            .unwrap_or(crate::cluster::state::ChangeReason::PolicyModified);
-        let killed = inbound.registry.recheck(|client, dst| {
-            let decision = inbound.decide(&snapshot, client, dst);
-            if !decision.allowed {
-                tracing::info!(
-                    client.addr = %client,
-                    dst.addr = %dst,
-                    change = reason.as_str(),
-                    reason = %decision,
-                    "Connection torn down"
-                );
-            }
-            decision.allowed
-        });
-        inbound.metrics.torn_down(reason, killed);
-        tracing::debug!(
-            version = snapshot.version,
-            changes = ?snapshot.changes,
-            live = inbound.registry.len(),
-            torn_down = killed,
-            took = ?start.elapsed(),
-            "State applied; live connections re-checked"
-        );
-    }
+/// Runs a state source on the runtime.
+fn spawn_source(source: impl Source, writer: StateWriter) {
+    tracing::info!(source = source.name(), "Starting the state source");
+    tokio::spawn(source.run(writer));
 }
 
 fn node_addrs(args: &RunArgs) -> NodeAddrs {

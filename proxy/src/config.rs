@@ -10,14 +10,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-/// The default inbound (redirect target) port.
-pub const DEFAULT_INBOUND_PORT: u16 = 15006;
-/// The default admin port (probes; bound on the pod IP).
-pub const DEFAULT_ADMIN_PORT: u16 = 15020;
-/// The default local admin port (internals; bound on 127.0.0.1).
-pub const DEFAULT_LOCAL_ADMIN_PORT: u16 = 15000;
-/// Where `init` records the node's addresses for `run`.
-pub const DEFAULT_NODE_FILE: &str = "/var/run/picket/node";
+use picket_common::duration::parse as parse_duration;
+use picket_common::{env, ADMIN_PORT, INBOUND_PORT, LOCAL_ADMIN_PORT, NODE_FILE};
 
 /// `picket-proxy`: the Picket sidecar.
 #[derive(Debug, Parser)]
@@ -41,10 +35,10 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct Ports {
     /// The port redirected connections arrive on.
-    #[arg(long, env = "PICKET_INBOUND_PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    #[arg(long, env = env::INBOUND_PORT, default_value_t = INBOUND_PORT)]
     pub inbound_port: u16,
     /// The admin port (/live, /ready), bound on the pod IP; never redirected.
-    #[arg(long, env = "PICKET_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    #[arg(long, env = env::ADMIN_PORT, default_value_t = ADMIN_PORT)]
     pub admin_port: u16,
 }
 
@@ -55,31 +49,31 @@ pub struct RunArgs {
     #[allow(missing_docs)]
     pub ports: Ports,
     /// The local admin port (/connections), bound on 127.0.0.1 only.
-    #[arg(long, env = "PICKET_LOCAL_ADMIN_PORT", default_value_t = DEFAULT_LOCAL_ADMIN_PORT)]
+    #[arg(long, env = env::LOCAL_ADMIN_PORT, default_value_t = LOCAL_ADMIN_PORT)]
     pub local_admin_port: u16,
     /// This pod's name (downward API).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = env::POD_NAME)]
     pub pod_name: String,
     /// This pod's namespace (downward API).
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: String,
     /// This pod's IP, where the admin server listens (downward API); default: all addresses.
-    #[arg(long, env = "POD_IP")]
+    #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
     /// The node's addresses (downward API `status.hostIPs`), comma-separated.
-    #[arg(long, env = "HOST_IPS", value_delimiter = ',')]
+    #[arg(long, env = env::HOST_IPS, value_delimiter = ',')]
     pub host_ips: Vec<IpAddr>,
     /// The node's address (downward API `status.hostIP`).
-    #[arg(long, env = "HOST_IP")]
+    #[arg(long, env = env::HOST_IP)]
     pub host_ip: Option<IpAddr>,
     /// Networks whose traffic counts as node traffic, comma-separated.
     #[arg(long, env = "PICKET_NODE_CIDRS", value_delimiter = ',')]
     pub node_cidrs: Vec<IpNet>,
     /// The file `init` wrote the pod's gateway to (missing is fine).
-    #[arg(long, env = "PICKET_NODE_FILE", default_value = DEFAULT_NODE_FILE)]
+    #[arg(long, env = env::NODE_FILE, default_value = NODE_FILE)]
     pub node_file: PathBuf,
     /// Where the cluster state comes from (default: files when --cluster-dir is given, else kube).
-    #[arg(long, env = "PICKET_SOURCE", value_enum)]
+    #[arg(long, env = env::SOURCE, value_enum)]
     pub source: Option<SourceArg>,
     /// A directory of manifests to read the cluster from, watched for changes (source files).
     #[arg(long, env = "PICKET_CLUSTER_DIR")]
@@ -109,7 +103,7 @@ pub struct RunArgs {
     #[arg(long, env = "PICKET_STATE_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub state_wait: Duration,
     /// Log format.
-    #[arg(long, env = "PICKET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
     /// Peer namespaces and workloads that may appear as metric labels before folding into `other`.
     #[arg(long, env = "PICKET_PEER_LABEL_LIMIT", default_value_t = crate::metrics::DEFAULT_PEER_LABEL_LIMIT)]
@@ -129,16 +123,16 @@ pub struct InitArgs {
     #[allow(missing_docs)]
     pub ports: Ports,
     /// Inbound ports that bypass the proxy, comma-separated.
-    #[arg(long, env = "PICKET_EXCLUDE_INBOUND_PORTS", value_delimiter = ',')]
+    #[arg(long, env = env::EXCLUDE_INBOUND_PORTS, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
     /// The iptables backend.
-    #[arg(long, env = "PICKET_IPTABLES_BACKEND", value_enum, default_value_t = BackendArg::Auto)]
+    #[arg(long, env = env::IPTABLES_BACKEND, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
     /// Whether to write IPv6 rules too (auto: when the kernel has IPv6).
     #[arg(long, env = "PICKET_IPV6", value_enum, default_value_t = Ipv6Arg::Auto)]
     pub ipv6: Ipv6Arg,
     /// Where to record the node's addresses for `run`.
-    #[arg(long, env = "PICKET_NODE_FILE", default_value = DEFAULT_NODE_FILE)]
+    #[arg(long, env = env::NODE_FILE, default_value = NODE_FILE)]
     pub node_file: PathBuf,
     /// Print the rules and the gateway instead of applying them.
     #[arg(long)]
@@ -183,38 +177,4 @@ pub enum Ipv6Arg {
     On,
     /// Never.
     Off,
-}
-
-/// Parses `500ms`, `5s`, `2m` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (like 500ms, 5s, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5 parsecs").is_err());
-    }
 }

@@ -1,22 +1,21 @@
-//! Picket: Kubernetes NetworkPolicy enforced by a sidecar proxy in every pod.
+//! picket-proxy: the sidecar that enforces NetworkPolicy in every pod, and
+//! its init container.
 //!
-//! - `policy`: the engine (pure).
-//! - `cluster`: cluster state, its sources, and the snapshots the data plane reads.
-//! - `net`: the data plane (listener, original destination, relay, connection table).
+//! - `net`: the data plane's sockets (listener, original destination, one connection, relay).
+//! - `enforce`: admission, the live connection table, re-check and teardown.
 //! - `iptables`: the init container's rules.
-//! - `admin`: /live, /ready, /connections.
-//! - `cli`: the `picket` command line.
+//! - `admin`: /live, /ready, /metrics, /connections, PUT /log-level.
+//! - `metrics`, `node`, `config`: what the sidecar counts, who its node is, its flags.
 //! - `app`: wiring for the `picket-proxy` binary.
+//!
+//! The engine is the `picket-policy` crate; cluster state and its sources
+//! are `picket-state`.
 
 pub mod admin;
 pub mod app;
-pub mod cli;
-pub mod cluster;
 pub mod config;
+pub mod enforce;
 pub mod iptables;
-pub mod lab;
 pub mod metrics;
 pub mod net;
 pub mod node;
-pub mod policy;
-pub mod telemetry;

@@ -16,8 +16,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::cluster::state::ChangeReason;
-use crate::policy::IndexCounts;
+use picket_policy::IndexCounts;
+use picket_state::{ChangeReason, Kind};
 
 /// The default limit on distinct peer namespaces and workloads in labels.
 pub const DEFAULT_PEER_LABEL_LIMIT: usize = 100;
@@ -212,12 +212,10 @@ impl ProxyMetrics {
         self.state_updates.inc();
         self.last_update_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-        for (kind, n) in [
-            ("pods", counts.pods),
-            ("namespaces", counts.namespaces),
-            ("networkpolicies", counts.policies),
-        ] {
-            self.state_objects.with_label_values(&[kind]).set(n as i64);
+        for kind in Kind::ALL {
+            self.state_objects
+                .with_label_values(&[kind.label()])
+                .set(kind.count(&counts) as i64);
         }
     }
 

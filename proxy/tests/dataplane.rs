@@ -10,7 +10,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use picket::lab::proxy::{connect_from, http_get, run_init, share_dir};
+use picket_lab::proxy::{connect_from, http_get, run_init, share_dir};
 use support::*;
 
 #[test]

@@ -8,8 +8,8 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use picket::lab::proxy::{http_get, share_dir};
-use picket::lab::{in_netns, LabPod};
+use picket_lab::proxy::{http_get, share_dir};
+use picket_lab::{in_netns, LabPod};
 use picket_test_support::apiserver::{ApiServer, Kind};
 use support::*;
 

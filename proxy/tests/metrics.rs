@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use picket::lab::proxy::http_get;
+use picket_lab::proxy::http_get;
 use support::*;
 
 const PROMETHEUS_PORT: u16 = 19090;

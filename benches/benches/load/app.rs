@@ -78,7 +78,7 @@ fn run(args: &[String]) -> io::Result<()> {
     for spec in specs {
         let (netns, addr) = spec.split_once('=').ok_or_else(usage)?;
         let addr: SocketAddr = addr.parse().map_err(|_| usage())?;
-        listeners.push(picket::lab::in_netns(netns, || bind(addr))??);
+        listeners.push(picket_lab::in_netns(netns, || bind(addr))??);
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()

@@ -190,7 +190,7 @@ fn measure_phase(
     let relay = server.relay_pid();
     let relay_cpu = || relay.map_or(Ok(0.0), procfs::cpu_seconds);
     let (relay0, app0) = (relay_cpu()?, procfs::cpu_seconds(bench.app.pid)?);
-    let outcome = picket::lab::in_netns(&bench.client.netns, || match phase {
+    let outcome = picket_lab::in_netns(&bench.client.netns, || match phase {
         Phase::Bulk1 => client::bulk(addr, 1, config.phase),
         Phase::Bulk8 => client::bulk(addr, config.streams, config.phase),
         Phase::ConnRate => client::short_connections(addr, config.concurrency, config.phase),
@@ -269,7 +269,7 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
     let idle_fds = procfs::fd_count(pid)?;
     let idle_threads = procfs::threads(pid)?;
     let addr = server.addr();
-    let held = picket::lab::in_netns(&bench.client.netns, || client::open_idle(addr, n))??;
+    let held = picket_lab::in_netns(&bench.client.netns, || client::open_idle(addr, n))??;
     std::thread::sleep(Duration::from_millis(300));
     let memory = Memory {
         idle_pss_kib,
@@ -290,7 +290,7 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
 /// allocator growth happen before the clock runs.
 fn warm_up(bench: &Bench, addr: SocketAddr) -> Result<()> {
     let short = Duration::from_millis(250);
-    picket::lab::in_netns(&bench.client.netns, || -> std::io::Result<Outcome> {
+    picket_lab::in_netns(&bench.client.netns, || -> std::io::Result<Outcome> {
         client::bulk(addr, 1, short)?;
         client::short_connections(addr, 8, short)?;
         client::ping_pong(addr, short)

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use picket::lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
-use picket::lab::{in_netns, Lab, LabPod};
+use picket_lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
+use picket_lab::{in_netns, Lab, LabPod};
 use rustix::thread::CpuSet;
 
 use crate::{app, client};
@@ -183,7 +183,7 @@ static CLEANUP_NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Checks what the bench needs, with a clear message for what is missing.
 pub fn preflight() -> Result<()> {
     ensure!(
-        picket::lab::can_run(),
+        picket_lab::can_run(),
         "the load benchmark makes network namespaces: run it as root"
     );
     let haproxy = Command::new("haproxy").arg("-v").output();
@@ -247,7 +247,7 @@ pub fn pin_to(core: usize) -> Result<()> {
 /// On SIGINT or SIGTERM: delete the namespaces and scratch files, and exit
 /// (children die with the bench: parent-death signal).
 pub fn cleanup_on_signal() -> Result<()> {
-    picket::lab::on_interrupt(|| {
+    picket_lab::on_interrupt(|| {
         eprintln!("load: interrupted; cleaning up");
         let netns = CLEANUP_NETNS.lock().map(|v| v.clone()).unwrap_or_default();
         for ns in netns.iter().rev() {
@@ -365,7 +365,7 @@ impl Bench {
         let client_netns = self.client.netns.clone();
         for server in &mut self.servers {
             let name = server.mode.name();
-            let admin = SocketAddr::new(server.pod.ip, picket::config::DEFAULT_ADMIN_PORT);
+            let admin = SocketAddr::new(server.pod.ip, picket_common::ADMIN_PORT);
             loop {
                 if let Some(relay) = &mut server.relay {
                     relay.check_alive(name).with_context(|| {

@@ -33,7 +33,7 @@ pub enum Ending {
 /// Opens `n` connections from `netns` to `to` (the kernel completes each
 /// handshake: the proxy has accepted it by the time the echo check runs).
 pub fn open(rt: &Runtime, netns: &str, to: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
-    let streams = picket::lab::in_netns(netns, || -> io::Result<Vec<std::net::TcpStream>> {
+    let streams = picket_lab::in_netns(netns, || -> io::Result<Vec<std::net::TcpStream>> {
         (0..n)
             .map(|_| {
                 let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
@@ -178,7 +178,7 @@ pub fn collect(rt: &Runtime, mut set: JoinSet<Ending>) -> Result<Vec<Ending>> {
 pub fn wait_allowed(netns: &str, to: SocketAddr, timeout: Duration) -> Result<Duration> {
     let started = Instant::now();
     loop {
-        let ok = picket::lab::in_netns(netns, || -> io::Result<()> {
+        let ok = picket_lab::in_netns(netns, || -> io::Result<()> {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;

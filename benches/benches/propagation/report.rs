@@ -50,7 +50,7 @@ pub struct Round {
     pub recheck_took_ms: Option<f64>,
     /// From the log: connections the re-check tore down.
     pub torn_down: Option<u64>,
-    /// From the log, when the proxy logs at debug for `picket::net::conn`:
+    /// From the log, when the proxy logs at debug for `picket_proxy::net::conn`:
     /// (resets, first, last) ms from the write to a connection task starting its reset.
     pub proxy_resets: Option<(usize, f64, f64)>,
 }

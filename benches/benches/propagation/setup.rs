@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use picket::lab::app::EchoServer;
-use picket::lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
-use picket::lab::{in_netns, Lab, LabPod};
+use picket_lab::app::EchoServer;
+use picket_lab::proxy::{http_get, run_init, share_dir, PROXY_UID};
+use picket_lab::{in_netns, Lab, LabPod};
 use picket_test_support::apiserver::ApiServer;
 use serde_json::json;
 
@@ -24,9 +24,9 @@ use crate::cluster::{self, Generated, Size, APP_PORT, LAB_NAMESPACE};
 use picket_benches::procfs;
 
 /// The proxy's admin port (metrics, readiness), on the pod IP.
-const ADMIN_PORT: u16 = picket::config::DEFAULT_ADMIN_PORT;
+const ADMIN_PORT: u16 = picket_common::ADMIN_PORT;
 /// The proxy's default log filter: info, plus the state commits and re-checks.
-pub const PROXY_LOG: &str = "info,picket::app=debug,picket::cluster=debug";
+pub const PROXY_LOG: &str = "info,picket_proxy::enforce=debug,picket_state=debug";
 
 /// The proxy's pid, for the signal handler.
 static PROXY_PID: AtomicU32 = AtomicU32::new(0);
@@ -435,7 +435,7 @@ pub fn proxy_binary(target: &Path) -> Result<PathBuf> {
 /// Checks what the bench needs, with a clear message for what is missing.
 pub fn preflight() -> Result<()> {
     ensure!(
-        picket::lab::can_run(),
+        picket_lab::can_run(),
         "the propagation benchmark makes network namespaces: run it as root"
     );
     for (tool, package) in [
@@ -457,7 +457,7 @@ pub fn preflight() -> Result<()> {
 /// On SIGINT or SIGTERM: kill the proxy, delete this process's namespaces
 /// and the scratch directory, and exit.
 pub fn cleanup_on_signal() -> Result<()> {
-    picket::lab::on_interrupt(|| {
+    picket_lab::on_interrupt(|| {
         eprintln!("propagation: interrupted; cleaning up");
         let pid = PROXY_PID.load(Ordering::SeqCst);
         if pid != 0 {
@@ -465,7 +465,7 @@ pub fn cleanup_on_signal() -> Result<()> {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
-        picket::lab::emergency_cleanup();
+        picket_lab::emergency_cleanup();
         if let Some(dir) = WORK_DIR.lock().ok().and_then(|d| d.clone()) {
             let _ = fs::remove_dir_all(dir);
         }

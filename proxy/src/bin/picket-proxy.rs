@@ -1,6 +1,6 @@
 //! `picket-proxy`: the sidecar (`run`) and its init container (`init`).
-//! Thin: everything is in `picket::app`.
+//! Thin: everything is in `picket_proxy::app`.
 
 fn main() -> std::process::ExitCode {
-    picket::app::main_proxy()
+    picket_proxy::app::main_proxy()
 }

@@ -8,7 +8,6 @@ pub mod conn;
 pub mod listener;
 pub mod orig_dst;
 pub mod pipes;
-pub mod registry;
 pub mod relay;
 
 use std::fmt;

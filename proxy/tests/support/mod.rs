@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use picket::lab::app::EchoServer;
-use picket::lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
-use picket::lab::{self, Lab, LabPod};
+use picket_lab::app::EchoServer;
+use picket_lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
+use picket_lab::{self as lab, Lab, LabPod};
 
 pub const APP_PORT: u16 = 8080;
 pub const EXCLUDED_PORT: u16 = 9000;

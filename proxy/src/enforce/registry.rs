@@ -1,10 +1,10 @@
 //! The live connection table: every connection is registered before it is
 //! checked (so a state change cannot slip between the check and the
-//! registration), and re-checked on every new state; those no longer allowed
-//! are told to reset.
+//! registration); a re-check copies the table's entries and tells those no
+//! longer allowed to reset.
 //!
 //! Synchronous and lock-based: the lock is held only to insert, remove, or
-//! walk the table, never across an await.
+//! copy the table, never across an await and never while deciding or logging.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +14,9 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::{ClientAddr, OrigDstAddr};
-use crate::policy::PolicyKey;
+use picket_policy::PolicyKey;
+
+use crate::net::{ClientAddr, OrigDstAddr};
 
 /// The live connections.
 #[derive(Debug, Default)]
@@ -38,6 +39,16 @@ struct Tracked {
 pub struct Registration {
     id: u64,
     registry: Arc<Registry>,
+    kill: Arc<Notify>,
+}
+
+/// One live connection as a re-check sees it: a copy taken under the lock.
+#[derive(Clone, Debug)]
+pub struct LiveConnection {
+    /// The client.
+    pub client: ClientAddr,
+    /// The original destination.
+    pub dst: OrigDstAddr,
     kill: Arc<Notify>,
 }
 
@@ -83,15 +94,25 @@ impl Registry {
         }
     }
 
+    /// A copy of every live connection, for a re-check to decide outside the lock.
+    pub fn live(&self) -> Vec<LiveConnection> {
+        self.lock()
+            .values()
+            .map(|t| LiveConnection {
+                client: t.client,
+                dst: t.dst,
+                kill: t.kill.clone(),
+            })
+            .collect()
+    }
+
     /// Re-checks every live connection; tells those no longer allowed to
     /// reset, and returns how many were.
     pub fn recheck(&self, mut allowed: impl FnMut(ClientAddr, OrigDstAddr) -> bool) -> usize {
-        let conns = self.lock();
         let mut killed = 0;
-        for tracked in conns.values() {
-            if !allowed(tracked.client, tracked.dst) {
-                // A stored permit: the connection sees it even if it is not waiting yet.
-                tracked.kill.notify_one();
+        for conn in self.live() {
+            if !allowed(conn.client, conn.dst) {
+                conn.kill();
                 killed += 1;
             }
         }
@@ -127,6 +148,16 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Tracked>> {
         // A panic while holding the lock leaves a consistent map: keep going.
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// === impl LiveConnection ===
+
+impl LiveConnection {
+    /// Tells the connection to reset. A stored permit: the connection sees
+    /// it even if it is not waiting yet; a connection already gone ignores it.
+    pub fn kill(&self) {
+        self.kill.notify_one();
     }
 }
 

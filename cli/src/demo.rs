@@ -2,8 +2,8 @@
 //! with sidecars, a truth table of real connection attempts, and a policy
 //! change that tears down a live connection. Needs root, iproute2, iptables.
 //!
-//! The sidecars are this very binary, installed as `picket-proxy` (the
-//! `picket` binary acts as `picket-proxy` when called by that name).
+//! The sidecars are the real `picket-proxy` binary: the one beside this
+//! binary (cargo builds both into the same directory), or `--proxy PATH`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::cluster::files::parse_manifest;
-use crate::lab::app::EchoServer;
-use crate::lab::proxy::{connect_from, install_binary_as, run_init, share_dir, Sidecar};
-use crate::lab::{self, Lab, LabPod};
-use crate::policy::{NodeAddrs, ObjectKey, Protocol};
+use picket_lab::app::EchoServer;
+use picket_lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
+use picket_lab::{self as lab, Lab, LabPod};
+use picket_policy::{NodeAddrs, ObjectKey, Protocol};
+use picket_state::files::parse_manifest;
 
 const NAMESPACE: &str = "bookstore";
 const PORT: u16 = 80;
-const PODS_YAML: &str = include_str!("../../../manifests/examples/bookstore/pods.yaml");
-const POLICY_YAML: &str = include_str!("../../../manifests/examples/bookstore/api-allow.yaml");
+const PODS_YAML: &str = include_str!("../../manifests/examples/bookstore/pods.yaml");
+const POLICY_YAML: &str = include_str!("../../manifests/examples/bookstore/api-allow.yaml");
 /// The change the demo applies: only inventory may reach the API any more.
 const CHANGED_POLICY_YAML: &str = "kind: NetworkPolicy
 apiVersion: networking.k8s.io/v1
@@ -47,9 +47,24 @@ struct DemoPod {
 }
 
 /// Runs the demo; returns what to print last (the cleanup line).
-pub fn run(out: &mut dyn Write) -> anyhow::Result<()> {
+/// `proxy` is the `picket-proxy` binary to run; default: the one beside this binary.
+pub fn run(out: &mut dyn Write, proxy: Option<&Path>) -> anyhow::Result<()> {
+    let this = std::env::current_exe().context("cannot find this binary")?;
     if !lab::can_run() {
-        bail!("picket demo builds network namespaces and iptables rules: run it as root (sudo)");
+        bail!(
+            "picket demo builds network namespaces and iptables rules, so it needs root: run it as root, for example `sudo {}`",
+            [this.display().to_string(), "demo".into()].join(" ")
+        );
+    }
+    let proxy = match proxy {
+        Some(path) => path.to_path_buf(),
+        None => this.with_file_name("picket-proxy"),
+    };
+    if !proxy.is_file() {
+        bail!(
+            "picket demo runs the real sidecar, and {} is not there: build it with `cargo build --release -p picket-proxy` (or pass --proxy PATH)",
+            proxy.display()
+        );
     }
     for tool in ["ip", "setpriv", "iptables-restore"] {
         if !on_path(tool) {
@@ -63,10 +78,7 @@ pub fn run(out: &mut dyn Write) -> anyhow::Result<()> {
     lab::proxy::set_quiet(true);
 
     let started = Instant::now();
-    let binary = install_binary_as(
-        &std::env::current_exe().context("cannot find this binary")?,
-        "picket-proxy",
-    )?;
+    let binary = install_binary(&proxy)?;
     let example = parse_manifest(Path::new("pods.yaml"), PODS_YAML)?;
     let mut lab = Lab::new().context("cannot create the lab's node namespace")?;
     let cluster_dir = tempfile::Builder::new().prefix("picket-demo").tempdir()?;
@@ -301,7 +313,7 @@ fn render(pods: &BTreeMap<String, DemoPod>, table: &Table, title: &str) -> Strin
 
 /// Compares the real results with the engine's answer for the same manifests.
 fn check_against_engine(out: &mut dyn Write, dir: &Path, table: &Table) -> anyhow::Result<()> {
-    let index = crate::cluster::load_path(dir)?.index();
+    let index = picket_state::load_path(dir)?.index();
     let mut differ = Vec::new();
     for ((from, to), real) in table {
         let (src, dst) = (

@@ -18,8 +18,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_yaml::Value;
 
-use crate::policy::convert::{self, InvalidField};
-use crate::policy::{Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+use picket_policy::convert::{self, InvalidField};
+use picket_policy::{Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+
+use crate::kind::{Kind, Object};
 
 /// The namespace of objects that name none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -98,6 +100,27 @@ impl ClusterObjects {
             self.pods.iter().cloned(),
             self.policies.iter().cloned(),
         )
+    }
+
+    /// Every object of one kind, for [`crate::StateWriter::replace_all`].
+    pub fn objects(&self, kind: Kind) -> Vec<Object> {
+        match kind {
+            Kind::Namespace => self
+                .namespaces
+                .iter()
+                .cloned()
+                .map(Object::Namespace)
+                .collect(),
+            Kind::Pod => self.pods.iter().cloned().map(Object::Pod).collect(),
+            Kind::Policy => self.policies.iter().cloned().map(Object::Policy).collect(),
+        }
+    }
+
+    /// Adds another file's objects (not its warnings or errors).
+    pub fn merge(&mut self, other: &ClusterObjects) {
+        self.namespaces.extend(other.namespaces.iter().cloned());
+        self.pods.extend(other.pods.iter().cloned());
+        self.policies.extend(other.policies.iter().cloned());
     }
 
     fn extend(&mut self, other: ClusterObjects) {
@@ -394,7 +417,7 @@ fn check_duplicates(all: &ClusterObjects, path: &Path) -> Result<(), LoadError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Direction, ObjectKey};
+    use picket_policy::{Direction, ObjectKey};
 
     fn parse(text: &str) -> Result<ClusterObjects, LoadError> {
         parse_manifest(Path::new("m.yaml"), text)

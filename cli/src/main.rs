@@ -6,17 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    // Installed as `picket-proxy` (as `picket demo` does), act as the sidecar.
-    let invoked_as = std::env::args_os().next().and_then(|a| {
-        std::path::Path::new(&a)
-            .file_name()
-            .map(|n| n.to_os_string())
-    });
-    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("picket-proxy")) {
-        return picket::app::main_proxy();
-    }
-    let cli = picket::cli::Cli::parse();
-    match picket::cli::run(cli) {
+    let cli = picket_cli::Cli::parse();
+    match picket_cli::run(cli) {
         Ok(text) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`picket reach | head`) is not an error worth reporting.

@@ -13,8 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::files::{self, ClusterObjects};
-use super::state::{KindSnapshot, StateWriter};
+use crate::files::{self, ClusterObjects};
+use crate::kind::Kind;
+use crate::source::Source;
+use crate::writer::StateWriter;
 
 /// The default period of the full rescan.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
@@ -23,6 +25,7 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct DirSource {
     dir: PathBuf,
+    resync: Duration,
     files: BTreeMap<PathBuf, FileState>,
     loaded: bool,
 }
@@ -55,13 +58,21 @@ pub struct Rescan {
 // === impl DirSource ===
 
 impl DirSource {
-    /// A source for this directory; nothing is read yet.
+    /// A source for this directory, rescanned every [`DEFAULT_RESYNC`];
+    /// nothing is read yet.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            resync: DEFAULT_RESYNC,
             files: BTreeMap::new(),
             loaded: false,
         }
+    }
+
+    /// Sets the period of the full rescan.
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
     }
 
     /// Re-reads changed files and, when anything changed (or on the first
@@ -135,21 +146,25 @@ impl DirSource {
     fn publish(&self, writer: &mut StateWriter) {
         let mut all = ClusterObjects::default();
         for file in self.files.values() {
-            all.namespaces
-                .extend(file.objects.namespaces.iter().cloned());
-            all.pods.extend(file.objects.pods.iter().cloned());
-            all.policies.extend(file.objects.policies.iter().cloned());
+            all.merge(&file.objects);
         }
         all.synthesize_namespaces();
-        writer.replace_all(KindSnapshot::Namespaces(all.namespaces));
-        writer.replace_all(KindSnapshot::Pods(all.pods));
-        writer.replace_all(KindSnapshot::Policies(all.policies));
-        writer.commit();
+        for kind in Kind::ALL {
+            writer.replace_all(kind, all.objects(kind));
+        }
+        writer.commit_if_complete();
+    }
+}
+
+impl Source for DirSource {
+    fn name(&self) -> &'static str {
+        "files"
     }
 
-    /// Watches the directory and rescans on every change and every `resync`,
-    /// publishing through `writer`; `on_commit` runs after each change.
-    pub async fn run(mut self, mut writer: StateWriter, resync: Duration) {
+    /// Watches the directory and rescans on every change and every resync
+    /// period, publishing through `writer`.
+    async fn run(mut self, mut writer: StateWriter) {
+        let resync = self.resync;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let dir = self.dir.clone();
         std::thread::Builder::new()
@@ -264,12 +279,12 @@ fn watch_thread(dir: &Path, tx: &mpsc::UnboundedSender<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ObjectKey;
+    use picket_policy::ObjectKey;
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: shop, labels: {app: api}}\nstatus: {podIP: 10.0.0.1}\n";
     const DENY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n";
 
-    fn has_policy(rx: &crate::cluster::SnapshotRx, key: &ObjectKey) -> bool {
+    fn has_policy(rx: &crate::SnapshotRx, key: &ObjectKey) -> bool {
         rx.borrow()
             .as_ref()
             .is_some_and(|s| s.index.policy(key).is_some())

@@ -10,14 +10,16 @@ pub mod index;
 pub mod model;
 pub mod selector;
 pub mod shards;
+pub mod trace;
 
-pub use eval::{Decision, Explanation, Reason, Side};
+pub use eval::{Decision, Reason, Side};
 pub use index::{IndexCounts, PolicyIndex};
 pub use model::{
     ContainerPort, Direction, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod,
     PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
 pub use selector::{Labels, Selector};
+pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
 
 #[cfg(test)]
 mod tests;

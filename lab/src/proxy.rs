@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{in_netns, Lab, LabPod};
-use crate::config::{DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT};
+use picket_common::{ADMIN_PORT as DEFAULT_ADMIN_PORT, INBOUND_PORT as DEFAULT_INBOUND_PORT};
 
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -19,7 +19,7 @@ pub fn set_quiet(quiet: bool) {
 }
 
 /// The UID the sidecar runs as (the injector uses the same).
-pub const PROXY_UID: u32 = 1337;
+pub const PROXY_UID: u32 = picket_common::PROXY_UID;
 
 /// A running sidecar; killed on drop.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! The cluster state every source feeds, and the snapshots the data plane reads.
+//! The one writer of the cluster state every source feeds, and the snapshots
+//! the data plane reads.
 //!
 //! Sources speak one interface: apply an object, delete an object, replace
 //! every object of a kind (a complete snapshot, after a relist or a rescan).
@@ -13,40 +14,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::policy::{Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+use picket_policy::{Namespace, ObjectKey, Pod, Policy, PolicyIndex};
 
-/// One object of a kind the engine reads.
-#[derive(Clone, Debug)]
-pub enum Object {
-    /// A pod.
-    Pod(Pod),
-    /// A namespace.
-    Namespace(Namespace),
-    /// A compiled NetworkPolicy.
-    Policy(Policy),
-}
-
-/// An object's identity, for deletes.
-#[derive(Clone, Debug)]
-pub enum ObjectRef {
-    /// A pod by namespace/name.
-    Pod(ObjectKey),
-    /// A namespace by name.
-    Namespace(String),
-    /// A NetworkPolicy by namespace/name.
-    Policy(ObjectKey),
-}
-
-/// Every object of one kind: the complete state of that kind.
-#[derive(Clone, Debug)]
-pub enum KindSnapshot {
-    /// All pods.
-    Pods(Vec<Pod>),
-    /// All namespaces.
-    Namespaces(Vec<Namespace>),
-    /// All policies.
-    Policies(Vec<Policy>),
-}
+use crate::kind::{Kind, KindSet, Object, ObjectRef};
 
 /// What kind of change a commit carried: the bounded reasons a live
 /// connection can be torn down for.
@@ -107,6 +77,8 @@ pub struct StateWriter {
     /// A change that has no teardown reason of its own (container ports, host IPs).
     other_change: bool,
     published: bool,
+    /// The kinds replaced whole at least once (the readiness latch).
+    listed: KindSet,
 }
 
 // === impl StateWriter ===
@@ -124,6 +96,7 @@ impl StateWriter {
                 changes: BTreeSet::new(),
                 other_change: false,
                 published: false,
+                listed: KindSet::default(),
             },
             rx,
         )
@@ -150,47 +123,67 @@ impl StateWriter {
 
     /// Removes an object.
     pub fn delete(&mut self, object: &ObjectRef) {
-        let (known, reason) = match object {
-            ObjectRef::Pod(k) => (self.index.delete_pod(k), ChangeReason::PodIp),
-            ObjectRef::Namespace(n) => (
-                self.index.delete_namespace(n),
-                ChangeReason::NamespaceLabels,
-            ),
-            ObjectRef::Policy(k) => (self.index.delete_policy(k), ChangeReason::PolicyDeleted),
+        let key = &object.key;
+        let known = match object.kind {
+            Kind::Pod => self.index.delete_pod(key),
+            Kind::Namespace => self.index.delete_namespace(&key.name),
+            Kind::Policy => self.index.delete_policy(key),
         };
         if known {
-            self.changes.insert(reason);
+            self.changes.insert(object.kind.presence_change(false));
         }
         self.dirty |= known;
     }
 
-    /// Replaces every object of a kind with a complete snapshot of it.
-    pub fn replace_all(&mut self, snapshot: KindSnapshot) {
-        match snapshot {
-            KindSnapshot::Pods(pods) => {
+    /// Replaces every object of a kind with a complete list of it (after a
+    /// relist or a rescan). Objects of another kind in `objects` are ignored.
+    pub fn replace_all(&mut self, kind: Kind, objects: Vec<Object>) {
+        match kind {
+            Kind::Pod => {
+                let pods: Vec<Pod> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Pod(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
                 let keep: BTreeSet<&ObjectKey> = pods.iter().map(|p| &p.key).collect();
                 if self.index.pods().any(|p| !keep.contains(&p.key)) {
-                    self.changes.insert(ChangeReason::PodIp);
+                    self.changes.insert(kind.presence_change(false));
                 }
                 for p in &pods {
                     self.note_pod(p);
                 }
                 self.index.replace_pods(pods);
             }
-            KindSnapshot::Namespaces(namespaces) => {
+            Kind::Namespace => {
+                let namespaces: Vec<Namespace> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Namespace(n) => Some(n),
+                        _ => None,
+                    })
+                    .collect();
                 let keep: BTreeSet<&str> = namespaces.iter().map(|n| &*n.name).collect();
                 if self.index.namespaces().any(|n| !keep.contains(&*n.name)) {
-                    self.changes.insert(ChangeReason::NamespaceLabels);
+                    self.changes.insert(kind.presence_change(false));
                 }
                 for n in &namespaces {
                     self.note_namespace(n);
                 }
                 self.index.replace_namespaces(namespaces);
             }
-            KindSnapshot::Policies(policies) => {
+            Kind::Policy => {
+                let policies: Vec<Policy> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Policy(p) => Some(p),
+                        _ => None,
+                    })
+                    .collect();
                 let keep: BTreeSet<&ObjectKey> = policies.iter().map(|p| &p.key).collect();
                 if self.index.policies().any(|p| !keep.contains(&p.key)) {
-                    self.changes.insert(ChangeReason::PolicyDeleted);
+                    self.changes.insert(kind.presence_change(false));
                 }
                 for p in &policies {
                     self.note_policy(p);
@@ -198,7 +191,21 @@ impl StateWriter {
                 self.index.replace_policies(policies);
             }
         }
+        self.listed.insert(kind);
         self.dirty = true;
+    }
+
+    /// Whether every kind has been replaced whole at least once: before
+    /// that, the state is partial and must not be published (it could open
+    /// pods).
+    pub fn is_complete(&self) -> bool {
+        self.listed.is_all()
+    }
+
+    /// Commits (see [`Self::commit`]) only once the state is complete; the
+    /// first such commit is what the data plane's readiness latches on.
+    pub fn commit_if_complete(&mut self) -> bool {
+        self.is_complete() && self.commit()
     }
 
     fn note_pod(&mut self, pod: &Pod) {
@@ -277,8 +284,8 @@ impl StateWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::convert::namespace_with_labels;
-    use crate::policy::Labels;
+    use picket_policy::convert::namespace_with_labels;
+    use picket_policy::Labels;
 
     #[test]
     fn nothing_is_published_before_the_first_commit_and_unchanged_state_is_not_republished() {
@@ -289,7 +296,7 @@ mod tests {
             "the first commit publishes, even when empty"
         );
         assert_eq!(rx.borrow().as_ref().unwrap().version, 1);
-        writer.replace_all(KindSnapshot::Namespaces(vec![]));
+        writer.replace_all(Kind::Namespace, vec![]);
         assert!(!writer.commit(), "same state: no new snapshot");
         writer.apply(Object::Namespace(namespace_with_labels("a", Labels::new())));
         assert!(writer.commit());
@@ -297,7 +304,7 @@ mod tests {
         assert_eq!(snapshot.version, 2);
         assert_eq!(snapshot.changes, vec![ChangeReason::NamespaceLabels]);
         assert!(snapshot.index.namespace("a").is_some());
-        writer.delete(&ObjectRef::Namespace("missing".into()));
+        writer.delete(&ObjectRef::new(Kind::Namespace, "", "missing"));
         assert!(!writer.commit());
     }
 }

@@ -1,18 +1,22 @@
-//! The `picket` command line: `reach` and `explain` over manifests.
+//! The `picket` command line: `reach` and `explain` over manifests, and
+//! `demo` (with the `demo` feature).
 //!
-//! `reach` computes probes (pure, over an index) and renders them; only
-//! `run` touches the file system, through `cluster::load_path`.
+//! `reach` computes probes (pure, over an index) and renders them; `render`
+//! turns explanations into text; only `run` touches the file system, through
+//! `picket_state::load_path`.
 
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod reach;
+pub mod render;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cluster::{load_path, ClusterObjects};
-use crate::policy::{NodeAddrs, ObjectKey, Protocol};
+use picket_policy::{NodeAddrs, ObjectKey, PolicyIndex, Protocol};
+use picket_state::{load_path, ClusterObjects};
 
 /// Picket: who can reach whom, and why, under Kubernetes NetworkPolicy.
 #[derive(Debug, Parser)]
@@ -31,7 +35,8 @@ pub enum Command {
     /// Print the whole reasoning for one connection.
     Explain(ExplainArgs),
     /// Run the bookstore example as real pods with sidecars (root, Linux, iptables).
-    Demo,
+    #[cfg(feature = "demo")]
+    Demo(DemoArgs),
 }
 
 /// Arguments of `picket reach`.
@@ -68,6 +73,15 @@ pub struct ExplainArgs {
     pub port: u16,
 }
 
+/// Arguments of `picket demo`.
+#[cfg(feature = "demo")]
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// The `picket-proxy` binary the pods run (default: the one beside this binary).
+    #[arg(long, env = "PICKET_PROXY_BINARY", value_name = "PATH")]
+    pub proxy: Option<PathBuf>,
+}
+
 /// Output formats of `picket reach`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -89,9 +103,10 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
                 Format::Table => reach::render_table(&index, &probes, args.explain),
             })
         }
-        Command::Demo => {
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
             let mut stdout = std::io::stdout();
-            demo::run(&mut stdout)?;
+            demo::run(&mut stdout, args.proxy.as_deref())?;
             Ok(String::new())
         }
         Command::Explain(args) => {
@@ -105,7 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
                 .unwrap_or_default();
             let explanation =
                 index.explain_between_pods(&from, &to, args.port, Protocol::Tcp, &node);
-            Ok(explanation.to_string())
+            Ok(render::explanation(&explanation))
         }
     }
 }
@@ -123,7 +138,7 @@ fn load(path: &Path) -> anyhow::Result<ClusterObjects> {
     Ok(objects)
 }
 
-fn pod_key(index: &crate::policy::PolicyIndex, s: &str, flag: &str) -> anyhow::Result<ObjectKey> {
+fn pod_key(index: &PolicyIndex, s: &str, flag: &str) -> anyhow::Result<ObjectKey> {
     let key =
         ObjectKey::parse(s).with_context(|| format!("{flag} {s:?}: expected NAMESPACE/POD"))?;
     if index.pod(&key).is_none() {

@@ -1,8 +1,10 @@
 //! Decisions: may this source open this port on this pod, and why.
 //!
 //! Pure: no I/O, no allocation on the path that decides (a decision names its
-//! policy by a cloned `Arc` key). `explain` is the slow path that records every
-//! rule it tried.
+//! policy by a cloned `Arc` key). There is one evaluation path: a decision
+//! and its explanation come from the same function, generic over a
+//! [`Trace`] sink: [`NoTrace`] on the hot path (compiled away), a
+//! [`Recorder`] for `explain`, which tries and records every rule.
 //!
 //! A connection is allowed when the destination's ingress side allows it AND,
 //! when the source is a known pod, the source's egress side allows it. A side
@@ -18,6 +20,7 @@ use super::model::{
     Protocol, Rule,
 };
 use super::selector::Labels;
+use super::trace::{Explanation, NoTrace, Recorder, Trace};
 
 /// The outcome of one decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,67 +87,15 @@ enum Endpoint<'a> {
     Address(IpAddr),
 }
 
-/// The whole reasoning behind one decision.
-#[derive(Clone, Debug)]
-pub struct Explanation {
-    /// The source, as `ns/pod` or an address.
-    pub from: String,
-    /// The destination pod.
-    pub to: PodKey,
-    /// The destination port.
-    pub port: u16,
-    /// The protocol.
-    pub protocol: Protocol,
-    /// The decision itself.
-    pub decision: Decision,
-    /// The destination's ingress policies, rule by rule.
-    pub ingress: Option<SideTrace>,
-    /// The source's egress policies, rule by rule.
-    pub egress: Option<SideTrace>,
-}
-
-/// One side's policies and what each rule said.
-#[derive(Clone, Debug)]
-pub struct SideTrace {
-    /// The pod whose policies these are.
-    pub pod: PodKey,
-    /// The direction.
-    pub direction: Direction,
-    /// Each selecting policy, in key order.
-    pub policies: Vec<PolicyTrace>,
-}
-
-/// One policy's rules, tried in order.
-#[derive(Clone, Debug)]
-pub struct PolicyTrace {
-    /// The policy.
-    pub policy: PolicyKey,
-    /// Each rule's verdict.
-    pub rules: Vec<RuleTrace>,
-}
-
-/// One rule's verdict.
-#[derive(Clone, Debug)]
-pub struct RuleTrace {
-    /// The rule's index.
-    pub index: usize,
-    /// Which peer matched (`Some(None)`: the rule allows all peers), or `None`.
-    pub peer: Option<Option<usize>>,
-    /// Which port entry matched (`Some(None)`: all ports), or `None`.
-    pub port: Option<Option<usize>>,
-    /// Why the rule allows nothing, when it could not be compiled.
-    pub broken: Option<String>,
-}
-
 // === impl PolicyIndex: decisions ===
 
 impl PolicyIndex {
     /// Decides a connection from a source address to a pod, as the proxy sees it.
     ///
     /// The node's addresses (`node`, and the destination's hostIPs) and the
-    /// pod's own addresses are always allowed. An
-    /// address claimed by several live pods is allowed only if every claimant
-    /// is; an address that is no pod can match only `ipBlock` peers.
+    /// pod's own addresses are always allowed. An address claimed by several
+    /// live pods is allowed only if every claimant is; an address that is no
+    /// pod can match only `ipBlock` peers.
     pub fn decide_from_ip(
         &self,
         src: IpAddr,
@@ -153,6 +104,21 @@ impl PolicyIndex {
         port: u16,
         protocol: Protocol,
         node: &NodeAddrs,
+    ) -> Decision {
+        self.evaluate_from_ip(src, dst, dst_ip, port, protocol, node, &mut NoTrace)
+    }
+
+    /// [`Self::decide_from_ip`], with every rule tried reported to `trace`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_from_ip<T: Trace>(
+        &self,
+        src: IpAddr,
+        dst: &PodKey,
+        dst_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
     ) -> Decision {
         let Some(dst_pod) = self.pod(dst) else {
             return Decision::deny(Reason::UnknownDestination, None);
@@ -163,42 +129,24 @@ impl PolicyIndex {
         if dst_pod.ips.contains(&src) {
             return Decision::allow(Reason::SamePod, Some(dst.clone()));
         }
-        let claimants = self.pods_with_ip(src);
-        if claimants.is_empty() {
-            return self.decide_endpoint(
-                Endpoint::Address(src),
-                dst_pod,
-                Some(dst_ip),
-                port,
-                protocol,
-            );
-        }
+        let to = Destination {
+            pod: dst_pod,
+            ip: Some(dst_ip),
+            port,
+            protocol,
+        };
         let mut allowed = None;
-        for key in claimants {
+        for key in self.pods_with_ip(src) {
             let Some(src_pod) = self.pod(key) else {
                 continue;
             };
-            let decision = self.decide_endpoint(
-                self.endpoint(src_pod, Some(src)),
-                dst_pod,
-                Some(dst_ip),
-                port,
-                protocol,
-            );
+            let decision = self.evaluate(self.endpoint(src_pod, Some(src)), &to, trace);
             if !decision.allowed {
                 return decision;
             }
             allowed.get_or_insert(decision);
         }
-        allowed.unwrap_or_else(|| {
-            self.decide_endpoint(
-                Endpoint::Address(src),
-                dst_pod,
-                Some(dst_ip),
-                port,
-                protocol,
-            )
-        })
+        allowed.unwrap_or_else(|| self.evaluate(Endpoint::Address(src), &to, trace))
     }
 
     /// Decides a connection between two pods by key, from the source's first IP
@@ -214,6 +162,34 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Decision {
+        self.evaluate_between_pods(src, dst, port, protocol, node, &mut NoTrace)
+    }
+
+    /// Explains a decision between two pods: the decision of
+    /// [`Self::decide_between_pods`] and every policy and rule it tried.
+    pub fn explain_between_pods(
+        &self,
+        src: &PodKey,
+        dst: &PodKey,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+    ) -> Explanation {
+        let mut recorder = Recorder::default();
+        let decision = self.evaluate_between_pods(src, dst, port, protocol, node, &mut recorder);
+        recorder.into_explanation(src.to_string(), dst.clone(), port, protocol, decision)
+    }
+
+    /// [`Self::decide_between_pods`], with every rule tried reported to `trace`.
+    pub fn evaluate_between_pods<T: Trace>(
+        &self,
+        src: &PodKey,
+        dst: &PodKey,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
+    ) -> Decision {
         let Some(dst_pod) = self.pod(dst) else {
             return Decision::deny(Reason::UnknownDestination, None);
         };
@@ -224,83 +200,22 @@ impl PolicyIndex {
             return Decision::allow(Reason::SamePod, Some(src.clone()));
         }
         let src_ip = src_pod.ips.first().copied();
-        let dst_ip = dst_pod.ip_like(src_ip);
-        if src_pod.host_network {
-            let Some(ip) = src_ip.or_else(|| src_pod.host_ips.first().copied()) else {
-                return self.decide_endpoint(
-                    Endpoint::Address(IpAddr::from([0, 0, 0, 0])),
-                    dst_pod,
-                    dst_ip,
-                    port,
-                    protocol,
-                );
-            };
-            if node.contains(ip) || src_pod.host_ips.iter().any(|h| node.contains(*h)) {
-                return Decision::allow(Reason::Node, None);
-            }
-            return self.decide_endpoint(Endpoint::Address(ip), dst_pod, dst_ip, port, protocol);
-        }
-        self.decide_endpoint(
-            self.endpoint(src_pod, src_ip),
-            dst_pod,
-            dst_ip,
+        let to = Destination {
+            pod: dst_pod,
+            ip: dst_pod.ip_like(src_ip),
             port,
             protocol,
-        )
-    }
-
-    /// Explains a decision between two pods: every policy and rule tried.
-    pub fn explain_between_pods(
-        &self,
-        src: &PodKey,
-        dst: &PodKey,
-        port: u16,
-        protocol: Protocol,
-        node: &NodeAddrs,
-    ) -> Explanation {
-        let decision = self.decide_between_pods(src, dst, port, protocol, node);
-        let mut explanation = Explanation {
-            from: src.to_string(),
-            to: dst.clone(),
-            port,
-            protocol,
-            decision,
-            ingress: None,
-            egress: None,
         };
-        let (Some(src_pod), Some(dst_pod)) = (self.pod(src), self.pod(dst)) else {
-            return explanation;
-        };
-        if !matches!(explanation.decision.reason, Reason::Policies { .. }) {
-            return explanation;
-        }
-        let src_ip = src_pod.ips.first().copied();
-        let dst_ip = dst_pod.ip_like(src_ip);
-        let endpoint = if src_pod.host_network {
-            Endpoint::Address(src_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])))
-        } else {
-            self.endpoint(src_pod, src_ip)
-        };
-        explanation.ingress = Some(self.trace_side(
-            dst_pod,
-            Direction::Ingress,
-            endpoint,
-            dst_pod,
-            port,
-            protocol,
-        ));
         if !src_pod.host_network {
-            let dst_endpoint = self.endpoint(dst_pod, dst_ip);
-            explanation.egress = Some(self.trace_side(
-                src_pod,
-                Direction::Egress,
-                dst_endpoint,
-                dst_pod,
-                port,
-                protocol,
-            ));
+            return self.evaluate(self.endpoint(src_pod, src_ip), &to, trace);
         }
-        explanation
+        let Some(ip) = src_ip.or_else(|| src_pod.host_ips.first().copied()) else {
+            return self.evaluate(Endpoint::Address(IpAddr::from([0, 0, 0, 0])), &to, trace);
+        };
+        if node.contains(ip) || src_pod.host_ips.iter().any(|h| node.contains(*h)) {
+            return Decision::allow(Reason::Node, None);
+        }
+        self.evaluate(Endpoint::Address(ip), &to, trace)
     }
 
     fn endpoint<'a>(&'a self, pod: &'a Pod, ip: Option<IpAddr>) -> Endpoint<'a> {
@@ -311,29 +226,38 @@ impl PolicyIndex {
         }
     }
 
-    fn decide_endpoint(
+    /// The one evaluation: the destination's ingress side, then the source's
+    /// egress side. Without a trace that wants every rule, the egress side is
+    /// skipped once ingress denies, and each side stops at the first rule
+    /// that allows.
+    fn evaluate<T: Trace>(
         &self,
         src: Endpoint<'_>,
-        dst: &Pod,
-        dst_ip: Option<IpAddr>,
-        port: u16,
-        protocol: Protocol,
+        to: &Destination<'_>,
+        trace: &mut T,
     ) -> Decision {
-        if dst.host_network {
+        if to.pod.host_network {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
-        let ingress = self.side(dst, Direction::Ingress, src, dst, port, protocol);
+        let ingress = self.side(to.pod, Direction::Ingress, src, to, trace);
         let egress = match src {
-            // The ingress side already denies: the egress side cannot change that.
-            _ if !ingress.allows() => Side::NotEvaluated,
-            Endpoint::Pod { pod, .. } => self.side(
-                pod,
-                Direction::Egress,
-                self.endpoint(dst, dst_ip),
-                dst,
-                port,
-                protocol,
-            ),
+            Endpoint::Pod { pod, .. } if ingress.allows() || T::EVERY_RULE => {
+                let egress = self.side(
+                    pod,
+                    Direction::Egress,
+                    self.endpoint(to.pod, to.ip),
+                    to,
+                    trace,
+                );
+                // The ingress side already denies: the egress side cannot change that.
+                if ingress.allows() {
+                    egress
+                } else {
+                    Side::NotEvaluated
+                }
+            }
+            Endpoint::Pod { .. } => Side::NotEvaluated,
+            Endpoint::Address(_) if !ingress.allows() => Side::NotEvaluated,
             Endpoint::Address(_) => Side::NotApplicable,
         };
         let allowed = ingress.allows() && egress.allows();
@@ -345,71 +269,60 @@ impl PolicyIndex {
     }
 
     /// One side: `subject`'s policies for `direction`, with `peer` at the other end.
-    fn side(
+    fn side<T: Trace>(
         &self,
         subject: &Pod,
         direction: Direction,
         peer: Endpoint<'_>,
-        dst: &Pod,
-        port: u16,
-        protocol: Protocol,
+        to: &Destination<'_>,
+        trace: &mut T,
     ) -> Side {
         let policies = self.selecting(&subject.key, direction);
+        trace.side(&subject.key, direction);
         if policies.is_empty() {
             return Side::NotIsolated;
         }
+        let mut allowed = None;
         for policy in policies {
-            let rules = policy.rules(direction).unwrap_or_default();
-            for (index, rule) in rules.iter().enumerate() {
-                if rule_matches_peer(rule, peer).is_some()
-                    && rule_matches_port(rule, dst, port, protocol).is_some()
-                {
-                    return Side::Allowed {
+            trace.policy(&policy.key);
+            for (index, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                let peer_entry = rule_matches_peer(rule, peer);
+                let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
+                    rule_matches_port(rule, to.pod, to.port, to.protocol)
+                } else {
+                    None
+                };
+                trace.rule(index, rule, peer_entry, port_entry);
+                if allowed.is_none() && peer_entry.is_some() && port_entry.is_some() {
+                    let side = Side::Allowed {
                         policy: policy.key.clone(),
                         rule: index,
                     };
+                    if !T::EVERY_RULE {
+                        return side;
+                    }
+                    allowed = Some(side);
                 }
             }
         }
-        Side::Denied {
+        allowed.unwrap_or(Side::Denied {
             policies: policies.len(),
-        }
+        })
     }
+}
 
-    fn trace_side(
-        &self,
-        subject: &Pod,
-        direction: Direction,
-        peer: Endpoint<'_>,
-        dst: &Pod,
-        port: u16,
-        protocol: Protocol,
-    ) -> SideTrace {
-        let policies = self
-            .selecting(&subject.key, direction)
-            .iter()
-            .map(|policy| PolicyTrace {
-                policy: policy.key.clone(),
-                rules: policy
-                    .rules(direction)
-                    .unwrap_or_default()
-                    .iter()
-                    .enumerate()
-                    .map(|(index, rule)| RuleTrace {
-                        index,
-                        peer: rule_matches_peer(rule, peer),
-                        port: rule_matches_port(rule, dst, port, protocol),
-                        broken: rule.broken.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        SideTrace {
-            pod: subject.key.clone(),
-            direction,
-            policies,
-        }
-    }
+/// The destination of a decision: the pod, the address and port dialled.
+#[derive(Clone, Copy, Debug)]
+struct Destination<'a> {
+    pod: &'a Pod,
+    ip: Option<IpAddr>,
+    port: u16,
+    protocol: Protocol,
 }
 
 /// Which peer of the rule matches: `Some(None)` when the rule allows all peers.
@@ -577,74 +490,5 @@ impl fmt::Display for Side {
                 write!(f, "isolated by {policies} policies, no rule allows")
             }
         }
-    }
-}
-
-// === impl Explanation ===
-
-impl fmt::Display for Explanation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.decision.allowed {
-            "ALLOWED"
-        } else {
-            "DENIED"
-        };
-        writeln!(
-            f,
-            "{} -> {} port {}/{}: {verdict}",
-            self.from, self.to, self.port, self.protocol
-        )?;
-        writeln!(f, "  because: {}", self.decision)?;
-        for trace in [&self.ingress, &self.egress].into_iter().flatten() {
-            write!(f, "{trace}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for SideTrace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dir = self.direction.as_str();
-        if self.policies.is_empty() {
-            return writeln!(f, "  {dir} of {}: no policy isolates it", self.pod);
-        }
-        let names: Vec<String> = self.policies.iter().map(|p| p.policy.to_string()).collect();
-        writeln!(
-            f,
-            "  {dir} of {}: isolated by {}",
-            self.pod,
-            names.join(", ")
-        )?;
-        for policy in &self.policies {
-            if policy.rules.is_empty() {
-                writeln!(f, "    {}: no {dir} rules (denies all)", policy.policy)?;
-                continue;
-            }
-            writeln!(f, "    {}:", policy.policy)?;
-            for rule in &policy.rules {
-                write!(f, "      rule {}: ", rule.index)?;
-                if let Some(broken) = &rule.broken {
-                    writeln!(f, "broken, allows nothing ({broken})")?;
-                    continue;
-                }
-                let peer = match rule.peer {
-                    Some(None) => "peer: any (matches)".to_string(),
-                    Some(Some(i)) => format!("peer: entry {i} matches"),
-                    None => "peer: no entry matches".to_string(),
-                };
-                let port = match rule.port {
-                    Some(None) => "port: any (matches)".to_string(),
-                    Some(Some(i)) => format!("port: entry {i} matches"),
-                    None => "port: no entry matches".to_string(),
-                };
-                let verdict = if rule.peer.is_some() && rule.port.is_some() {
-                    "ALLOWS"
-                } else {
-                    "no"
-                };
-                writeln!(f, "{peer}; {port} => {verdict}")?;
-            }
-        }
-        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::policy::{Decision, NodeAddrs, PodKey, PolicyIndex, Protocol, Reason, Side};
+use picket_policy::{Decision, NodeAddrs, PodKey, PolicyIndex, Protocol, Reason, Side};
 
 /// One evaluated connection.
 #[derive(Clone, Debug)]

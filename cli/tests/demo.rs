@@ -6,7 +6,7 @@ use std::process::Command;
 
 #[test]
 fn demo_tells_the_bookstore_story_and_cleans_up() {
-    if !picket::lab::can_run() {
+    if !picket_lab::can_run() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "the demo test is mandatory in CI"

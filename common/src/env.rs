@@ -1,0 +1,31 @@
+//! The environment variables between the injector (which sets them on the
+//! injected containers) and the proxy (which reads them).
+
+/// The inbound port.
+pub const INBOUND_PORT: &str = "PICKET_INBOUND_PORT";
+/// The admin port.
+pub const ADMIN_PORT: &str = "PICKET_ADMIN_PORT";
+/// The local admin port.
+pub const LOCAL_ADMIN_PORT: &str = "PICKET_LOCAL_ADMIN_PORT";
+/// The node file written by init and read by the sidecar.
+pub const NODE_FILE: &str = "PICKET_NODE_FILE";
+/// The iptables backend of init.
+pub const IPTABLES_BACKEND: &str = "PICKET_IPTABLES_BACKEND";
+/// Inbound ports that bypass the proxy.
+pub const EXCLUDE_INBOUND_PORTS: &str = "PICKET_EXCLUDE_INBOUND_PORTS";
+/// Where the sidecar's cluster state comes from.
+pub const SOURCE: &str = "PICKET_SOURCE";
+/// The log filter of every Picket binary (falls back to `RUST_LOG`).
+pub const LOG: &str = "PICKET_LOG";
+/// The log format of the sidecar.
+pub const LOG_FORMAT: &str = "PICKET_LOG_FORMAT";
+/// The pod's name (downward API).
+pub const POD_NAME: &str = "POD_NAME";
+/// The pod's namespace (downward API).
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// The pod's IP (downward API `status.podIP`).
+pub const POD_IP: &str = "POD_IP";
+/// The node's address (downward API `status.hostIP`).
+pub const HOST_IP: &str = "HOST_IP";
+/// The node's addresses (downward API `status.hostIPs`).
+pub const HOST_IPS: &str = "HOST_IPS";

@@ -1,0 +1,22 @@
+//! What Picket's binaries share, defined once: the proxy's ports and UID,
+//! the environment variables the injector sets and the proxy reads, the
+//! duration syntax of every flag, and log set-up.
+//!
+//! Used by `picket-proxy`, `picket-injector` and the lab. No I/O beyond
+//! installing the log subscriber.
+#![warn(missing_docs)]
+
+pub mod duration;
+pub mod env;
+pub mod logging;
+
+/// The port redirected inbound connections arrive on (REDIRECT target).
+pub const INBOUND_PORT: u16 = 15006;
+/// The admin port (/live, /ready, /metrics), bound on the pod IP; never redirected.
+pub const ADMIN_PORT: u16 = 15020;
+/// The local admin port (/connections, PUT /log-level), bound on 127.0.0.1.
+pub const LOCAL_ADMIN_PORT: u16 = 15000;
+/// The UID the sidecar runs as; the init rules and the injector use it too.
+pub const PROXY_UID: u32 = 1337;
+/// Where `picket-proxy init` records the node's addresses for `run` (an emptyDir).
+pub const NODE_FILE: &str = "/var/run/picket/node";

@@ -1,0 +1,62 @@
+//! The re-check: on every new snapshot, decide every live connection again
+//! and tear down those no longer allowed, logging each with the change that
+//! caused it. The table is copied under its lock; deciding and logging
+//! happen outside it.
+
+use std::sync::Arc;
+
+use picket_state::ChangeReason;
+
+use super::Enforcer;
+use crate::admin::Readiness;
+
+// === impl Enforcer: re-check ===
+
+impl Enforcer {
+    /// On every new snapshot: mark the state loaded (the readiness latch),
+    /// then re-check the live connections. Runs until the state's sender goes.
+    pub async fn recheck_on_change(self: Arc<Self>, readiness: Arc<Readiness>) {
+        let mut rx = self.snapshots.clone();
+        loop {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            let Some(snapshot) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            readiness.set_state_loaded();
+            self.metrics.state_applied(snapshot.index.counts());
+            let start = std::time::Instant::now();
+            let reason = snapshot
+                .changes
+                .first()
+                .copied()
+                .unwrap_or(ChangeReason::PolicyModified);
+            let mut killed = 0;
+            for conn in self.registry.live() {
+                let decision = self.decide(&snapshot, conn.client, conn.dst);
+                if decision.allowed {
+                    continue;
+                }
+                conn.kill();
+                killed += 1;
+                tracing::info!(
+                    client.addr = %conn.client,
+                    dst.addr = %conn.dst,
+                    change = reason.as_str(),
+                    reason = %decision,
+                    "Connection torn down"
+                );
+            }
+            self.metrics.torn_down(reason, killed);
+            tracing::debug!(
+                version = snapshot.version,
+                changes = ?snapshot.changes,
+                live = self.registry.len(),
+                torn_down = killed,
+                took = ?start.elapsed(),
+                "State applied; live connections re-checked"
+            );
+        }
+    }
+}

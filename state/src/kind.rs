@@ -1,0 +1,163 @@
+//! The kinds of object the state holds, described once: how each is named
+//! in metrics and logs, keyed, and what its appearance or removal means for
+//! live connections. A new kind (Services, EndpointSlices, admin policies)
+//! is a variant here, a conversion in the engine, and a `Watched` impl in
+//! `kube.rs`.
+//!
+//! Pure data; no I/O.
+
+use picket_policy::{Namespace, ObjectKey, Pod, Policy};
+
+use crate::writer::ChangeReason;
+
+/// A kind of object the engine reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// Pods.
+    Pod,
+    /// Namespaces.
+    Namespace,
+    /// NetworkPolicies.
+    Policy,
+}
+
+/// One object of a kind the engine reads.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A pod.
+    Pod(Pod),
+    /// A namespace.
+    Namespace(Namespace),
+    /// A compiled NetworkPolicy.
+    Policy(Policy),
+}
+
+/// An object's identity, for deletes. Cluster-scoped objects (namespaces)
+/// have an empty `key.namespace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// Namespace and name.
+    pub key: ObjectKey,
+}
+
+/// A set of kinds: which kinds a source has listed completely.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindSet(u8);
+
+// === impl Kind ===
+
+impl Kind {
+    /// Every kind, in the order a source should replace them (namespaces
+    /// first: pods and policies refer to them).
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+
+    /// The metric and log label (`picket_state_objects{kind=...}`, watch restarts).
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::Policy => "networkpolicies",
+        }
+    }
+
+    /// Why live connections are re-checked when an object of this kind
+    /// appears or goes away.
+    pub fn presence_change(self, appeared: bool) -> ChangeReason {
+        match (self, appeared) {
+            (Kind::Pod, _) => ChangeReason::PodIp,
+            (Kind::Namespace, _) => ChangeReason::NamespaceLabels,
+            (Kind::Policy, true) => ChangeReason::PolicyAdded,
+            (Kind::Policy, false) => ChangeReason::PolicyDeleted,
+        }
+    }
+
+    /// How many objects of this kind an index holds.
+    pub fn count(self, counts: &picket_policy::IndexCounts) -> usize {
+        match self {
+            Kind::Pod => counts.pods,
+            Kind::Namespace => counts.namespaces,
+            Kind::Policy => counts.policies,
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+// === impl Object ===
+
+impl Object {
+    /// The object's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Policy(_) => Kind::Policy,
+        }
+    }
+
+    /// The object's identity.
+    pub fn reference(&self) -> ObjectRef {
+        let key = match self {
+            Object::Pod(p) => p.key.clone(),
+            Object::Namespace(n) => ObjectKey::new("", &n.name),
+            Object::Policy(p) => p.key.clone(),
+        };
+        ObjectRef {
+            kind: self.kind(),
+            key,
+        }
+    }
+}
+
+// === impl ObjectRef ===
+
+impl ObjectRef {
+    /// A reference to an object of `kind` by namespace and name (empty
+    /// namespace for cluster-scoped kinds).
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
+        Self {
+            kind,
+            key: ObjectKey::new(namespace, name),
+        }
+    }
+}
+
+// === impl KindSet ===
+
+impl KindSet {
+    /// Adds a kind.
+    pub fn insert(&mut self, kind: Kind) {
+        self.0 |= kind.bit();
+    }
+
+    /// Whether the set holds the kind.
+    pub fn contains(self, kind: Kind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Whether the set holds every kind.
+    pub fn is_all(self) -> bool {
+        Kind::ALL.iter().all(|k| self.contains(*k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_set_is_complete_only_with_every_kind() {
+        let mut set = KindSet::default();
+        for kind in Kind::ALL {
+            assert!(!set.is_all());
+            assert!(!set.contains(kind));
+            set.insert(kind);
+            assert!(set.contains(kind));
+        }
+        assert!(set.is_all());
+    }
+}

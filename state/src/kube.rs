@@ -1,0 +1,305 @@
+//! The Kubernetes API as a state source: watches of Pods (all namespaces,
+//! finished pods left out by a field selector), Namespaces and
+//! NetworkPolicies, listed from the API server's watch cache.
+//!
+//! Objects are stripped to what the engine needs as they arrive (the
+//! watchers keep no store of their own). A relist (a restart, a watch gap,
+//! 410 Gone) ends with a complete snapshot of its kind, which replaces that
+//! kind wholesale: objects deleted during the gap go. Events are applied in
+//! batches (at most 10 ms or 1,000 events) and nothing is published until the
+//! initial lists of all three kinds are in: a partial state could open pods.
+//! A broken watch is retried with backoff and jitter while the last state
+//! keeps being enforced; each transition is logged once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+
+use picket_policy::convert;
+use prometheus::IntCounterVec;
+
+use crate::kind::{Kind, Object, ObjectRef};
+use crate::source::Source;
+use crate::writer::StateWriter;
+
+/// The longest a batch of events waits before it is applied.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// The most events applied in one batch.
+pub const BATCH_MAX: usize = 1000;
+/// Finished pods hold no IP: leave them out at the source.
+pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// What a watch task hands to the state task.
+#[derive(Debug)]
+pub enum Update {
+    /// An object was added or changed.
+    Apply(Object),
+    /// An object went away.
+    Delete(ObjectRef),
+    /// A (re)list completed: every object of the kind.
+    Relisted(Kind, Vec<Object>),
+}
+
+/// A Kubernetes type the source watches, described once: its kind, how to
+/// narrow its watch, and how it becomes the engine's model.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The state's kind for this type.
+    const KIND: Kind;
+
+    /// The watch configuration, from the shared one.
+    fn watch_config(config: watcher::Config) -> watcher::Config {
+        config
+    }
+
+    /// Converts one object; an error names the field.
+    fn convert(&self) -> Result<Object, String>;
+}
+
+/// The Kubernetes API as a state source.
+#[derive(Clone)]
+pub struct KubeSource {
+    client: Client,
+    /// `picket_watch_restarts_total{kind}`.
+    watch_restarts: IntCounterVec,
+}
+
+/// Why the API client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeSourceError {
+    /// The kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// Its path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Neither in-cluster configuration nor a kubeconfig was found.
+    #[error("no Kubernetes configuration (not in a pod, and no kubeconfig): {0}")]
+    Infer(String),
+    /// The client could not be built.
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(String),
+}
+
+/// A client from a kubeconfig file, or in-cluster configuration (the default in a pod).
+pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, KubeSourceError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubeSourceError::Kubeconfig {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeSourceError::Infer(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| KubeSourceError::Client(e.to_string()))
+}
+
+// === impl KubeSource ===
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource").finish_non_exhaustive()
+    }
+}
+
+impl KubeSource {
+    /// A source over this client; watch failures are counted in `watch_restarts` (by kind label).
+    pub fn new(client: Client, watch_restarts: IntCounterVec) -> Self {
+        Self {
+            client,
+            watch_restarts,
+        }
+    }
+
+    fn spawn_watch<K: Watched>(&self, config: &watcher::Config, tx: &mpsc::Sender<Update>) {
+        tokio::spawn(watch_kind(
+            Api::<K>::all(self.client.clone()),
+            K::watch_config(config.clone()),
+            tx.clone(),
+            self.watch_restarts.clone(),
+        ));
+    }
+}
+
+impl Source for KubeSource {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+
+    /// Starts one watch per kind and applies their updates until the process ends.
+    async fn run(self, writer: StateWriter) {
+        let (tx, rx) = mpsc::channel(4 * BATCH_MAX);
+        let config = watcher::Config::default().any_semantic().page_size(500);
+        self.spawn_watch::<core::Namespace>(&config, &tx);
+        self.spawn_watch::<core::Pod>(&config, &tx);
+        self.spawn_watch::<net::NetworkPolicy>(&config, &tx);
+        drop(tx);
+        apply_updates(rx, writer).await;
+    }
+}
+
+async fn watch_kind<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::Sender<Update>,
+    watch_restarts: IntCounterVec,
+) {
+    let kind = K::KIND.label();
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut relist: Option<Vec<Object>> = None;
+    let mut failing = false;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                watch_restarts.with_label_values(&[kind]).inc();
+                if !failing {
+                    tracing::warn!(kind, %error, "Watch failed; retrying with backoff, enforcing the last known state");
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(kind, "Watch recovered");
+            failing = false;
+        }
+        let update = match event {
+            Event::Init => {
+                relist = Some(Vec::new());
+                continue;
+            }
+            Event::InitApply(object) => {
+                if let Some(object) = convert(&object) {
+                    relist.get_or_insert_with(Vec::new).push(object);
+                }
+                continue;
+            }
+            Event::InitDone => {
+                let objects = relist.take().unwrap_or_default();
+                tracing::debug!(kind, objects = objects.len(), "List complete");
+                Update::Relisted(K::KIND, objects)
+            }
+            Event::Apply(object) => match convert(&object) {
+                Some(object) => Update::Apply(object),
+                // An update that cannot be read keeps the last good object:
+                // dropping a policy would open the pods it isolates.
+                None => continue,
+            },
+            Event::Delete(object) => Update::Delete(reference(&object)),
+        };
+        if tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn reference<K: Watched>(object: &K) -> ObjectRef {
+    let meta = object.meta();
+    ObjectRef::new(
+        K::KIND,
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// Converts one object, logging (with its identity) what cannot be read.
+fn convert<K: Watched>(object: &K) -> Option<Object> {
+    match object.convert() {
+        Ok(converted) => Some(converted),
+        Err(error) => {
+            let what = reference(object);
+            tracing::error!(kind = K::KIND.label(), object = %what.key, %error, "Object cannot be read; ignoring it");
+            None
+        }
+    }
+}
+
+/// Applies updates in batches; publishes only once every kind has been listed.
+async fn apply_updates(mut rx: mpsc::Receiver<Update>, mut writer: StateWriter) {
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(update)) => batch.push(update),
+                _ => break,
+            }
+        }
+        for update in batch {
+            match update {
+                Update::Apply(object) => writer.apply(object),
+                Update::Delete(reference) => writer.delete(&reference),
+                Update::Relisted(kind, objects) => writer.replace_all(kind, objects),
+            }
+        }
+        if writer.commit_if_complete() {
+            tracing::debug!("Cluster state committed");
+        }
+    }
+}
+
+// === impl Watched ===
+
+impl Watched for core::Namespace {
+    const KIND: Kind = Kind::Namespace;
+
+    fn convert(&self) -> Result<Object, String> {
+        convert::namespace(self)
+            .map(Object::Namespace)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Watched for core::Pod {
+    const KIND: Kind = Kind::Pod;
+
+    fn watch_config(config: watcher::Config) -> watcher::Config {
+        config.fields(POD_FIELD_SELECTOR)
+    }
+
+    fn convert(&self) -> Result<Object, String> {
+        convert::pod(self)
+            .map(Object::Pod)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Watched for net::NetworkPolicy {
+    const KIND: Kind = Kind::Policy;
+
+    fn convert(&self) -> Result<Object, String> {
+        let compiled = convert::policy(self).map_err(|e| e.to_string())?;
+        for e in &compiled.errors {
+            tracing::error!(policy = %compiled.policy.key, error = %e, "Rule cannot be compiled; its policy isolates and allows nothing through it");
+        }
+        Ok(Object::Policy(compiled.policy))
+    }
+}
