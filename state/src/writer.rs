@@ -104,19 +104,11 @@ impl StateWriter {
 
     /// Adds or replaces an object.
     pub fn apply(&mut self, object: Object) {
+        self.note(&object);
         match object {
-            Object::Pod(p) => {
-                self.note_pod(&p);
-                self.index.apply_pod(p);
-            }
-            Object::Namespace(n) => {
-                self.note_namespace(&n);
-                self.index.apply_namespace(n);
-            }
-            Object::Policy(p) => {
-                self.note_policy(&p);
-                self.index.apply_policy(p);
-            }
+            Object::Pod(p) => self.index.apply_pod(p),
+            Object::Namespace(n) => self.index.apply_namespace(n),
+            Object::Policy(p) => self.index.apply_policy(p),
         }
         self.dirty = true;
     }
@@ -138,61 +130,55 @@ impl StateWriter {
     /// Replaces every object of a kind with a complete list of it (after a
     /// relist or a rescan). Objects of another kind in `objects` are ignored.
     pub fn replace_all(&mut self, kind: Kind, objects: Vec<Object>) {
+        let objects: Vec<Object> = objects.into_iter().filter(|o| o.kind() == kind).collect();
+        let keep: BTreeSet<ObjectKey> = objects.iter().map(|o| o.reference().key).collect();
+        if self.keys(kind).iter().any(|k| !keep.contains(k)) {
+            self.changes.insert(kind.presence_change(false));
+        }
+        for object in &objects {
+            self.note(object);
+        }
+        let objects = objects.into_iter();
         match kind {
-            Kind::Pod => {
-                let pods: Vec<Pod> = objects
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        Object::Pod(p) => Some(p),
-                        _ => None,
-                    })
-                    .collect();
-                let keep: BTreeSet<&ObjectKey> = pods.iter().map(|p| &p.key).collect();
-                if self.index.pods().any(|p| !keep.contains(&p.key)) {
-                    self.changes.insert(kind.presence_change(false));
-                }
-                for p in &pods {
-                    self.note_pod(p);
-                }
-                self.index.replace_pods(pods);
-            }
-            Kind::Namespace => {
-                let namespaces: Vec<Namespace> = objects
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        Object::Namespace(n) => Some(n),
-                        _ => None,
-                    })
-                    .collect();
-                let keep: BTreeSet<&str> = namespaces.iter().map(|n| &*n.name).collect();
-                if self.index.namespaces().any(|n| !keep.contains(&*n.name)) {
-                    self.changes.insert(kind.presence_change(false));
-                }
-                for n in &namespaces {
-                    self.note_namespace(n);
-                }
-                self.index.replace_namespaces(namespaces);
-            }
-            Kind::Policy => {
-                let policies: Vec<Policy> = objects
-                    .into_iter()
-                    .filter_map(|o| match o {
-                        Object::Policy(p) => Some(p),
-                        _ => None,
-                    })
-                    .collect();
-                let keep: BTreeSet<&ObjectKey> = policies.iter().map(|p| &p.key).collect();
-                if self.index.policies().any(|p| !keep.contains(&p.key)) {
-                    self.changes.insert(kind.presence_change(false));
-                }
-                for p in &policies {
-                    self.note_policy(p);
-                }
-                self.index.replace_policies(policies);
-            }
+            Kind::Pod => self.index.replace_pods(objects.filter_map(|o| match o {
+                Object::Pod(p) => Some(p),
+                _ => None,
+            })),
+            Kind::Namespace => self
+                .index
+                .replace_namespaces(objects.filter_map(|o| match o {
+                    Object::Namespace(n) => Some(n),
+                    _ => None,
+                })),
+            Kind::Policy => self.index.replace_policies(objects.filter_map(|o| match o {
+                Object::Policy(p) => Some(p),
+                _ => None,
+            })),
         }
         self.listed.insert(kind);
         self.dirty = true;
+    }
+
+    /// The keys of every object of a kind the state holds.
+    fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        match kind {
+            Kind::Pod => self.index.pods().map(|p| p.key.clone()).collect(),
+            Kind::Namespace => self
+                .index
+                .namespaces()
+                .map(|n| ObjectKey::new("", &n.name))
+                .collect(),
+            Kind::Policy => self.index.policies().map(|p| p.key.clone()).collect(),
+        }
+    }
+
+    /// Notes what applying `object` changes, for the teardown reason.
+    fn note(&mut self, object: &Object) {
+        match object {
+            Object::Pod(p) => self.note_pod(p),
+            Object::Namespace(n) => self.note_namespace(n),
+            Object::Policy(p) => self.note_policy(p),
+        }
     }
 
     /// Whether every kind has been replaced whole at least once: before
