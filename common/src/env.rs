@@ -29,3 +29,5 @@ pub const POD_IP: &str = "POD_IP";
 pub const HOST_IP: &str = "HOST_IP";
 /// The node's addresses (downward API `status.hostIPs`).
 pub const HOST_IPS: &str = "HOST_IPS";
+/// The pod's IPs (downward API `status.podIPs`, comma-separated).
+pub const POD_IPS: &str = "POD_IPS";

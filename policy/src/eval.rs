@@ -81,7 +81,8 @@ pub enum Side {
 enum Endpoint<'a> {
     Pod {
         pod: &'a Pod,
-        namespace_labels: &'a Labels,
+        /// `None`: the namespace is not known (yet).
+        namespace_labels: Option<&'a Labels>,
         ip: Option<IpAddr>,
     },
     Address(IpAddr),
@@ -348,7 +349,12 @@ fn peer_matches(rule_peer: &Peer, peer: Endpoint<'_>) -> bool {
         ) => {
             let in_namespace = match namespaces {
                 NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
-                NamespaceScope::Selected(selector) => selector.matches(namespace_labels),
+                // An unknown namespace's labels are unknown, not empty:
+                // `NotIn`/`DoesNotExist` must not match it. Only `{}` does.
+                NamespaceScope::Selected(selector) => match namespace_labels {
+                    Some(labels) => selector.matches(labels),
+                    None => selector.is_everything(),
+                },
             };
             in_namespace && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
         }

@@ -57,8 +57,6 @@ pub struct IndexCounts {
     pub policies: usize,
 }
 
-static NO_LABELS: Labels = Labels::new();
-
 // === impl PolicyIndex ===
 
 impl PolicyIndex {
@@ -287,9 +285,10 @@ impl PolicyIndex {
         self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
     }
 
-    /// The labels of a namespace; none when it is unknown.
-    pub fn namespace_labels(&self, name: &str) -> &Labels {
-        self.namespaces.get(name).map_or(&NO_LABELS, |n| &n.labels)
+    /// The labels of a namespace; `None` when its Namespace object is not
+    /// known (yet): then only `namespaceSelector: {}` may match its pods.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name).map(|n| &n.labels)
     }
 
     /// The policies that select a pod for a direction, sorted by key.

@@ -936,3 +936,51 @@ spec:
     idx.apply_namespace(convert::namespace_with_labels("dev", Labels::new()));
     assert!(!allowed(&idx, "dev/web", "prod/db", 5432));
 }
+
+// === unknown namespaces ===
+
+#[test]
+fn a_pod_of_an_unknown_namespace_matches_only_the_empty_namespace_selector() {
+    // ghost/web's Namespace object has not arrived: its labels are unknown.
+    let ghost = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: ghost, labels: {app: web}}
+status: {podIP: 10.0.2.1, hostIP: 192.168.1.1}
+"#;
+    let not_in_dev = with(&format!(
+        "{ghost}\n---\n{}",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: not-dev, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: env, operator: NotIn, values: [dev]}]
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: env, operator: DoesNotExist}]
+"#
+    ));
+    assert!(allowed(&not_in_dev, "prod/web", "prod/db", 5432));
+    assert!(!allowed(&not_in_dev, "dev/web", "prod/db", 5432));
+    assert!(
+        !allowed(&not_in_dev, "ghost/web", "prod/db", 5432),
+        "NotIn/DoesNotExist must not match a namespace whose labels are not known yet"
+    );
+    let any_namespace = with(&format!(
+        "{ghost}\n---\n{}",
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: any-ns, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{namespaceSelector: {}}]}]
+"#
+    ));
+    assert!(allowed(&any_namespace, "ghost/web", "prod/db", 5432));
+}

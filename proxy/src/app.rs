@@ -91,6 +91,12 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             state: args.state_wait,
             unknown_ip: args.unknown_ip_wait,
         },
+        pod_ips: args
+            .pod_ips
+            .iter()
+            .chain(args.pod_ip.iter())
+            .copied()
+            .collect(),
         pod_cidrs: args.pod_cidrs.clone(),
         metrics: metrics.clone(),
     });
@@ -221,8 +227,13 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     };
     let gateways = crate::node::read_gateways();
     if args.dry_run {
-        println!("# ipv4 and ipv6 (iptables-restore --noflush; the jump is omitted on a re-run)");
-        print!("{}", iptables::rules::render(&plan, false));
+        for family in [Family::V4, Family::V6] {
+            println!(
+                "# {} (iptables-restore --noflush; the jump is omitted on a re-run)",
+                family.as_str()
+            );
+            print!("{}", iptables::rules::render(&plan, family, false));
+        }
         for gw in &gateways {
             println!("# gateway {gw}");
         }

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// This pod's IP, where the admin server listens (downward API); default: all addresses.
     #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
+    /// This pod's IPs (downward API `status.podIPs`), comma-separated: the
+    /// only original destinations the proxy dials (with its Pod's IPs in the state).
+    #[arg(long, env = env::POD_IPS, value_delimiter = ',')]
+    pub pod_ips: Vec<IpAddr>,
     /// The node's addresses (downward API `status.hostIPs`), comma-separated.
     #[arg(long, env = env::HOST_IPS, value_delimiter = ',')]
     pub host_ips: Vec<IpAddr>,

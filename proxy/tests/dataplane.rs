@@ -372,3 +372,147 @@ fn sigterm_keeps_serving_through_the_drain_period_then_exits() {
         "it drained for the period"
     );
 }
+
+/// Runs a command inside a namespace, which must succeed.
+fn netns_exec(netns: &str, args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether a connection from `from` to `to` reached the other end and moved
+/// bytes: `false` when it cannot connect (the SYN is dropped) or is reset.
+fn reaches(from: &str, to: SocketAddr) -> bool {
+    let stream = picket_lab::in_netns(from, || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1))
+    })
+    .unwrap();
+    let Ok(mut stream) = stream else {
+        return false;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    echoes(&mut stream)
+}
+
+#[test]
+fn the_sidecar_dials_only_its_pods_own_addresses() {
+    if !lab_available() {
+        return;
+    }
+    // No policy selects api: it is not isolated, the worst case for a relay.
+    let c = two_pods();
+    let server = c.start("api");
+    let api = c.pod("api").clone();
+    let attacker = c.pod("client").netns.clone();
+    let third = c.pod("stranger").clone();
+    let third_app =
+        picket_lab::app::EchoServer::start(&third.netns, SocketAddr::new(third.ip, APP_PORT))
+            .unwrap();
+    let localhost: SocketAddr = "127.0.0.1:6060".parse().unwrap();
+    let local_only = picket_lab::app::EchoServer::start(&api.netns, localhost).unwrap();
+    // Pods do not forward; the attacker sends the third pod's address and
+    // 127.0.0.1 to the api pod, as a neighbour on the bridge can.
+    netns_exec(&api.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    let via = api.ip.to_string();
+    netns_exec(
+        &attacker,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", third.ip),
+            "via",
+            &via,
+        ],
+    );
+    netns_exec(
+        &attacker,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"],
+    );
+    netns_exec(&attacker, &["ip", "addr", "flush", "dev", "lo"]);
+    netns_exec(
+        &attacker,
+        &[
+            "ip",
+            "route",
+            "add",
+            "127.0.0.1/32",
+            "via",
+            &via,
+            "dev",
+            "eth0",
+        ],
+    );
+    let targets = [localhost, SocketAddr::new(third.ip, APP_PORT)];
+
+    // The init rules redirect only the pod's own, non-loopback addresses:
+    // the rest is not redirected, and the kernel drops it.
+    for to in targets {
+        assert!(!reaches(&attacker, to), "{to} reached through the api pod");
+    }
+    assert_eq!(third_app.accepted() + local_only.accepted(), 0);
+
+    // Defence in depth: were the rules to redirect them anyway, the proxy
+    // resets them without dialling, and counts them.
+    let backend = if std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &api.netns,
+            "iptables-nft",
+            "-t",
+            "nat",
+            "-S",
+            "PICKET_INBOUND",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        "iptables-nft"
+    } else {
+        "iptables-legacy"
+    };
+    netns_exec(
+        &api.netns,
+        &[
+            backend,
+            "-t",
+            "nat",
+            "-I",
+            "PICKET_INBOUND",
+            "1",
+            "-p",
+            "tcp",
+            "!",
+            "-d",
+            &via,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15006",
+        ],
+    );
+    for to in targets {
+        assert!(!reaches(&attacker, to), "{to} relayed by the sidecar");
+    }
+    assert_eq!(
+        third_app.accepted() + local_only.accepted(),
+        0,
+        "nothing reached any listener"
+    );
+    let (_, metrics) = http_get(&api.netns, SocketAddr::new(api.ip, 15020), "/metrics").unwrap();
+    assert!(
+        metrics.contains("picket_inbound_refused_total{reason=\"foreign-destination\"} 2"),
+        "{metrics}"
+    );
+    drop(server);
+}

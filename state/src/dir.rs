@@ -28,6 +28,9 @@ pub struct DirSource {
     resync: Duration,
     files: BTreeMap<PathBuf, FileState>,
     loaded: bool,
+    /// Whether a state was ever published: until then, every file must have
+    /// parsed once (a half-written deny-all at boot must not open the pod).
+    published: bool,
 }
 
 #[derive(Debug)]
@@ -35,6 +38,8 @@ struct FileState {
     signature: Signature,
     /// The objects of the last good parse (none if it never parsed).
     objects: ClusterObjects,
+    /// Whether the file ever parsed.
+    parsed: bool,
     /// The error of the last parse, if it failed (logged once).
     error: Option<String>,
 }
@@ -51,7 +56,7 @@ struct Signature {
 pub struct Rescan {
     /// Whether the directory could be read at all.
     pub readable: bool,
-    /// Whether any file's objects changed.
+    /// Whether the state was published (some file's objects changed).
     pub changed: bool,
 }
 
@@ -66,6 +71,7 @@ impl DirSource {
             resync: DEFAULT_RESYNC,
             files: BTreeMap::new(),
             loaded: false,
+            published: false,
         }
     }
 
@@ -76,7 +82,9 @@ impl DirSource {
     }
 
     /// Re-reads changed files and, when anything changed (or on the first
-    /// successful read), replaces every kind in the state and commits.
+    /// successful read), replaces every kind in the state and commits. The
+    /// first state is published only once every file has parsed: a file that
+    /// fails at start-up has no last good version to fall back on.
     pub fn rescan(&mut self, writer: &mut StateWriter) -> Rescan {
         let Some(paths) = list(&self.dir) else {
             if self.loaded {
@@ -84,7 +92,7 @@ impl DirSource {
             }
             return Rescan::default();
         };
-        let mut changed = !self.loaded;
+        let mut changed = !self.published;
         // Files that disappeared: their objects go.
         let before = self.files.len();
         self.files.retain(|p, _| paths.contains(p));
@@ -113,6 +121,7 @@ impl DirSource {
                         FileState {
                             signature,
                             objects,
+                            parsed: true,
                             error: None,
                         },
                     );
@@ -123,6 +132,7 @@ impl DirSource {
                     let entry = self.files.entry(path).or_insert_with(|| FileState {
                         signature,
                         objects: ClusterObjects::default(),
+                        parsed: false,
                         error: None,
                     });
                     if entry.error.as_deref() != Some(&error) {
@@ -133,8 +143,18 @@ impl DirSource {
                 }
             }
         }
+        let unparsed = self.files.values().filter(|f| !f.parsed).count();
+        if changed && !self.published && unparsed > 0 {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                unparsed,
+                "Not publishing a first state until every manifest has parsed once; connections wait, then reset"
+            );
+            changed = false;
+        }
         if changed {
             self.publish(writer);
+            self.published = true;
         }
         self.loaded = true;
         Rescan {
@@ -316,6 +336,29 @@ mod tests {
             .index
             .policy(&policy)
             .is_none());
+    }
+
+    #[test]
+    fn a_broken_file_at_start_up_publishes_nothing_until_it_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pod.yaml"), POD).unwrap();
+        // A deny-all half written when the sidecar starts: no last good version.
+        std::fs::write(dir.path().join("deny.yaml"), &DENY[..60]).unwrap();
+        let (mut writer, rx) = StateWriter::new();
+        let mut source = DirSource::new(dir.path());
+        assert!(!source.rescan(&mut writer).changed);
+        assert!(
+            rx.borrow().is_none(),
+            "no state: not ready, connections wait, then reset"
+        );
+        assert!(
+            !source.rescan(&mut writer).changed,
+            "still broken: still nothing"
+        );
+        assert!(rx.borrow().is_none());
+        std::fs::write(dir.path().join("deny.yaml"), DENY).unwrap();
+        assert!(source.rescan(&mut writer).changed);
+        assert!(has_policy(&rx, &ObjectKey::new("shop", "deny")));
     }
 
     #[test]

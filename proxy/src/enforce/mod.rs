@@ -52,6 +52,9 @@ pub struct Enforcer {
     pub snapshots: SnapshotRx,
     /// Bounded waits.
     pub waits: Waits,
+    /// This pod's own addresses from the downward API (`POD_IPS`, `POD_IP`);
+    /// its Pod in the state adds the rest. Only these are ever dialled.
+    pub pod_ips: Vec<std::net::IpAddr>,
     /// The pod network; empty: the /16 (IPv4) or /48 (IPv6) around this pod's IP.
     pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Metrics.
@@ -63,6 +66,9 @@ pub struct Enforcer {
 pub enum Refusal {
     /// No cluster state arrived within the wait.
     NoState,
+    /// The original destination is not one of this pod's addresses (loopback,
+    /// another pod routed through this one): the proxy is no open relay.
+    ForeignDestination,
     /// The policies deny it.
     Denied,
 }
@@ -98,6 +104,14 @@ impl Enforcer {
             tracing::info!(client.addr = %client, dst.addr = %dst, "No cluster state yet; reset");
             return Err(Refusal::NoState);
         };
+        if !self.is_own_address(&snapshot, dst) {
+            self.metrics
+                .refused
+                .with_label_values(&["foreign-destination"])
+                .inc();
+            tracing::warn!(client.addr = %client, dst.addr = %dst, "Original destination is not this pod's address; reset without dialling");
+            return Err(Refusal::ForeignDestination);
+        }
         let decided_at = Instant::now();
         let mut decision = self.decide(&snapshot, client, dst);
         self.metrics
@@ -113,6 +127,7 @@ impl Enforcer {
             }
         }
         self.count_decision(&snapshot, &decision, dst.0.port());
+        registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {
             tracing::info!(
@@ -127,6 +142,18 @@ impl Enforcer {
         registration.set_allowed_by(decision.ingress_policy().cloned());
         tracing::debug!(client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
         Ok(registration)
+    }
+
+    /// Whether the original destination is one of this pod's own addresses.
+    fn is_own_address(&self, snapshot: &Snapshot, dst: OrigDstAddr) -> bool {
+        let ip = dst.0.ip().to_canonical();
+        !ip.is_loopback()
+            && !ip.is_unspecified()
+            && (self.pod_ips.contains(&ip)
+                || snapshot
+                    .index
+                    .pod(&self.pod)
+                    .is_some_and(|p| p.ips.contains(&ip)))
     }
 
     /// Whether an unknown source may be a pod whose Pod event has not arrived yet.
@@ -258,12 +285,4 @@ fn format_port(port: u16, buf: &mut [u8; 5]) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn ports_format_without_allocating() {
-        let mut buf = [0u8; 5];
-        assert_eq!(super::format_port(0, &mut buf), "0");
-        assert_eq!(super::format_port(80, &mut buf), "80");
-        assert_eq!(super::format_port(65535, &mut buf), "65535");
-    }
-}
+mod tests;

@@ -38,7 +38,7 @@ impl Enforcer {
                 if decision.allowed {
                     continue;
                 }
-                conn.kill();
+                conn.kill_as_of(snapshot.version);
                 killed += 1;
                 tracing::info!(
                     client.addr = %conn.client,

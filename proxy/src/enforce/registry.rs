@@ -31,7 +31,20 @@ struct Tracked {
     dst: OrigDstAddr,
     allowed_by: Option<PolicyKey>,
     opened: Instant,
-    kill: Arc<Notify>,
+    kill: Arc<Kill>,
+}
+
+/// How a re-check tells a connection to go. A kill carries the version of
+/// the snapshot it was decided on; a connection decided on a newer snapshot
+/// ignores it (it may have been registered, still waiting for its peer's
+/// Pod, when an older snapshot denied it).
+#[derive(Debug, Default)]
+struct Kill {
+    notify: Notify,
+    /// The newest snapshot version a re-check denied the connection on (0: none).
+    denied_on: AtomicU64,
+    /// The snapshot version the connection was admitted on (0: not yet decided).
+    decided_on: AtomicU64,
 }
 
 /// A connection's place in the table; dropping it removes the connection.
@@ -39,7 +52,7 @@ struct Tracked {
 pub struct Registration {
     id: u64,
     registry: Arc<Registry>,
-    kill: Arc<Notify>,
+    kill: Arc<Kill>,
 }
 
 /// One live connection as a re-check sees it: a copy taken under the lock.
@@ -49,7 +62,7 @@ pub struct LiveConnection {
     pub client: ClientAddr,
     /// The original destination.
     pub dst: OrigDstAddr,
-    kill: Arc<Notify>,
+    kill: Arc<Kill>,
 }
 
 /// One live connection, as the admin endpoint shows it.
@@ -76,7 +89,7 @@ impl Registry {
     /// Registers a connection before it is checked.
     pub fn register(self: &Arc<Self>, client: ClientAddr, dst: OrigDstAddr) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let kill = Arc::new(Notify::new());
+        let kill = Arc::new(Kill::default());
         self.lock().insert(
             id,
             Tracked {
@@ -154,10 +167,18 @@ impl Registry {
 // === impl LiveConnection ===
 
 impl LiveConnection {
-    /// Tells the connection to reset. A stored permit: the connection sees
-    /// it even if it is not waiting yet; a connection already gone ignores it.
+    /// Tells the connection to reset, whatever state it was admitted on.
     pub fn kill(&self) {
-        self.kill.notify_one();
+        self.kill_as_of(u64::MAX);
+    }
+
+    /// Tells the connection to reset because the snapshot `version` denies
+    /// it. A stored permit: the connection sees it even if it is not waiting
+    /// yet; a connection admitted on a newer snapshot, or already gone,
+    /// ignores it.
+    pub fn kill_as_of(&self, version: u64) {
+        self.kill.denied_on.fetch_max(version, Ordering::AcqRel);
+        self.kill.notify.notify_one();
     }
 }
 
@@ -171,9 +192,21 @@ impl Registration {
         }
     }
 
-    /// Resolves when a re-check decided the connection must go.
+    /// Records the snapshot version the connection was admitted on.
+    pub fn set_decided_on(&self, version: u64) {
+        self.kill.decided_on.store(version, Ordering::Release);
+    }
+
+    /// Resolves when a re-check decided, on a snapshot at least as new as
+    /// the one the connection was admitted on, that it must go.
     pub async fn killed(&self) {
-        self.kill.notified().await;
+        loop {
+            self.kill.notify.notified().await;
+            let denied_on = self.kill.denied_on.load(Ordering::Acquire);
+            if denied_on >= self.kill.decided_on.load(Ordering::Acquire) {
+                return;
+            }
+        }
     }
 }
 

@@ -169,7 +169,7 @@ pub fn apply(
     let save = backend.tool(family, "save");
     let current = run_checked(runner, &save, &["-t", "nat"], None)?;
     let rerun = current.stdout.lines().any(|l| l.trim() == JUMP);
-    let document = rules::render(plan, rerun);
+    let document = rules::render(plan, family, rerun);
     let restore = backend.tool(family, "restore");
     run_checked(runner, &restore, &["-w", "5", "--noflush"], Some(&document))?;
     Ok(Applied {
