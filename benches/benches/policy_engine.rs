@@ -102,6 +102,8 @@ fn pod(ns: usize, i: usize) -> Pod {
             },
         ],
         host_network: false,
+        deleting: false,
+        created: None,
     }
 }
 

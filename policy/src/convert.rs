@@ -133,6 +133,16 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
     let finished = status
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+    // Every container has terminated: the pod holds its IPs no more (IPAM may
+    // already have given them to a new pod whose event has not arrived).
+    let terminated = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .is_some_and(|statuses| {
+            !statuses.is_empty()
+                && statuses
+                    .iter()
+                    .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+        });
 
     let mut ips = Vec::new();
     if let Some(status) = status {
@@ -149,7 +159,7 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
             }
         }
     }
-    if finished {
+    if finished || terminated {
         ips.clear();
     }
     let mut host_ips = Vec::new();
@@ -178,6 +188,12 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
         host_ips,
         ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        deleting: p.metadata.deletion_timestamp.is_some(),
+        created: p
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
     })
 }
 
@@ -201,6 +217,8 @@ pub fn template_pod(
         host_ips: Vec::new(),
         ports,
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        deleting: false,
+        created: None,
     })
 }
 

@@ -33,7 +33,10 @@ pub struct PolicyIndex {
     policies: HashMap<Arc<str>, Arc<BTreeMap<PolicyKey, Arc<Policy>>>>,
     pods_by_namespace: HashMap<Arc<str>, Arc<BTreeSet<PodKey>>>,
     /// Pods by IP; two entries only while a stale pod still claims the IP.
+    /// The pods that hold each IP (see [`PolicyIndex::pods_with_ip`]).
     pods_by_ip: Shards<IpAddr, Vec<PodKey>>,
+    /// Every pod that reports each IP, holding it or not.
+    ip_reports: Shards<IpAddr, Vec<PodKey>>,
     /// The policies selecting each pod, per direction; absent when none do.
     selection: Shards<PodKey, Selection>,
     policy_count: usize,
@@ -281,6 +284,10 @@ impl PolicyIndex {
     }
 
     /// The live pods claiming an IP (hostNetwork pods never do).
+    ///
+    /// A pod whose containers have all terminated holds none (it reports
+    /// none); a pod being deleted yields its IP to a newer pod that reports
+    /// it. An IP no pod holds matches only `ipBlock` peers.
     pub fn pods_with_ip(&self, ip: IpAddr) -> &[PodKey] {
         self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
     }
@@ -310,21 +317,49 @@ impl PolicyIndex {
             return;
         }
         for ip in &pod.ips {
-            let claimants = self.pods_by_ip.get_or_insert_with(*ip, Vec::new);
-            if let Err(at) = claimants.binary_search(&pod.key) {
-                claimants.insert(at, pod.key.clone());
+            let reports = self.ip_reports.get_or_insert_with(*ip, Vec::new);
+            if let Err(at) = reports.binary_search(&pod.key) {
+                reports.insert(at, pod.key.clone());
             }
+            self.reclaim(*ip);
         }
     }
 
     fn unindex_ips(&mut self, pod: &Pod) {
         for ip in &pod.ips {
-            if let Some(claimants) = self.pods_by_ip.get_mut(ip) {
-                claimants.retain(|k| *k != pod.key);
-                if claimants.is_empty() {
-                    self.pods_by_ip.remove(ip);
+            if let Some(reports) = self.ip_reports.get_mut(ip) {
+                reports.retain(|k| *k != pod.key);
+                if reports.is_empty() {
+                    self.ip_reports.remove(ip);
                 }
             }
+            self.reclaim(*ip);
+        }
+    }
+
+    /// Recomputes which of the pods reporting `ip` hold it: all of them,
+    /// except a pod being deleted when a pod not being deleted, created no
+    /// earlier, reports the IP too (IPAM gave it to the newer pod).
+    fn reclaim(&mut self, ip: IpAddr) {
+        let reports = self.ip_reports.get(&ip).cloned().unwrap_or_default();
+        let pods: Vec<&Pod> = reports
+            .iter()
+            .filter_map(|k| self.pods.get(k).map(|p| &**p))
+            .collect();
+        let holders: Vec<PodKey> = pods
+            .iter()
+            .filter(|p| {
+                !p.deleting
+                    || !pods
+                        .iter()
+                        .any(|newer| !newer.deleting && newer.created >= p.created)
+            })
+            .map(|p| p.key.clone())
+            .collect();
+        if holders.is_empty() {
+            self.pods_by_ip.remove(&ip);
+        } else if self.pods_by_ip.get(&ip) != Some(&holders) {
+            self.pods_by_ip.insert(ip, holders);
         }
     }
 

@@ -51,6 +51,11 @@ pub struct Pod {
     pub ports: Vec<ContainerPort>,
     /// Pods with host networking share the node's IP: they are node traffic.
     pub host_network: bool,
+    /// The pod is being deleted (`metadata.deletionTimestamp`): it yields its
+    /// IPs to a newer pod that claims them.
+    pub deleting: bool,
+    /// When the pod was created (`metadata.creationTimestamp`, Unix seconds).
+    pub created: Option<i64>,
 }
 
 /// One declared container port.

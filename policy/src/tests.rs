@@ -984,3 +984,79 @@ spec:
     ));
     assert!(allowed(&any_namespace, "ghost/web", "prod/db", 5432));
 }
+
+// === IP reuse ===
+
+const ALLOW_WEB_TO_DB: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]
+"#;
+
+fn from_ip(index: &PolicyIndex, src: &str) -> Decision {
+    index.decide_from_ip(
+        ip(src),
+        &key("prod/db"),
+        ip("10.0.0.2"),
+        5432,
+        Protocol::Tcp,
+        &node(),
+    )
+}
+
+#[test]
+fn a_pod_whose_containers_all_terminated_holds_no_ip() {
+    // prod/old (app=web) has finished its containers; IPAM may give 10.0.3.3
+    // to a new pod whose event has not arrived: it must not be judged as web.
+    let idx = with(&format!(
+        "{ALLOW_WEB_TO_DB}\n---\n{}",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: prod, labels: {app: web}, deletionTimestamp: "2026-12-01T10:00:00Z"}
+status:
+  podIP: 10.0.3.3
+  containerStatuses:
+  - {name: c, image: x, imageID: "", ready: false, restartCount: 0, state: {terminated: {exitCode: 0}}}
+"#
+    ));
+    assert!(idx.pods_with_ip(ip("10.0.3.3")).is_empty());
+    let d = from_ip(&idx, "10.0.3.3");
+    assert!(
+        !d.allowed,
+        "an IP no live pod holds matches only ipBlock peers: {d}"
+    );
+    assert_eq!(d.source, None);
+}
+
+#[test]
+fn a_pod_being_deleted_yields_its_ip_to_a_newer_pod() {
+    // prod/old (app=stranger) is terminating; prod/new (app=web), created
+    // later, got its IP: connections from it are prod/new's.
+    let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: prod, labels: {app: stranger}, creationTimestamp: "2026-12-01T09:00:00Z", deletionTimestamp: "2026-12-01T10:00:00Z"}
+status: {podIP: 10.0.3.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: new, namespace: prod, labels: {app: web}, creationTimestamp: "2026-12-01T10:00:01Z"}
+status: {podIP: 10.0.3.3}
+"#;
+    let idx = with(&format!("{ALLOW_WEB_TO_DB}\n---\n{pods}"));
+    assert_eq!(idx.pods_with_ip(ip("10.0.3.3")), [key("prod/new")]);
+    let d = from_ip(&idx, "10.0.3.3");
+    assert!(d.allowed, "{d}");
+    assert_eq!(d.source, Some(key("prod/new")));
+    // Two live pods reporting one IP still both hold it (allowed only if both are).
+    let idx = with(&format!(
+        "{ALLOW_WEB_TO_DB}\n---\n{}",
+        pods.replace(", deletionTimestamp: \"2026-12-01T10:00:00Z\"", "")
+    ));
+    assert_eq!(idx.pods_with_ip(ip("10.0.3.3")).len(), 2);
+    assert!(!from_ip(&idx, "10.0.3.3").allowed);
+}

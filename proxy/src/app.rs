@@ -16,7 +16,7 @@ use crate::admin::{Admin, Readiness};
 use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs, SourceArg};
 use crate::enforce::registry::Registry;
 use crate::enforce::{Enforcer, Waits};
-use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Plan};
+use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, Plan};
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Inbound, Limits};
 use crate::net::listener;
@@ -221,9 +221,16 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
     };
     let ipv6 = match args.ipv6 {
-        Ipv6Arg::On => true,
-        Ipv6Arg::Off => false,
-        Ipv6Arg::Auto => std::path::Path::new("/proc/net/if_inet6").exists(),
+        Ipv6Arg::On => Ipv6Rules::Required(None),
+        Ipv6Arg::Off => Ipv6Rules::Off,
+        Ipv6Arg::Auto => match std::fs::read_to_string("/proc/net/if_inet6") {
+            // No IPv6 in this kernel: nothing can arrive over it.
+            Err(_) => Ipv6Rules::Off,
+            Ok(text) => match crate::node::global_ipv6(&text) {
+                Some(address) => Ipv6Rules::Required(Some(address)),
+                None => Ipv6Rules::IfPossible,
+            },
+        },
     };
     let gateways = crate::node::read_gateways();
     if args.dry_run {
@@ -254,12 +261,9 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         applied.backend.as_str(),
         if applied.rerun { "re-run" } else { "first run" }
     );
-    if ipv6 {
-        match iptables::apply(&plan, Family::V6, choice, &runner) {
-            Ok(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
-            Err(e) if args.ipv6 == Ipv6Arg::Auto => println!("ipv6 rules skipped: {e}"),
-            Err(e) => return Err(e.into()),
-        }
+    match iptables::apply_ipv6(&plan, ipv6, choice, &runner)? {
+        Some(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
+        None => println!("ipv6 rules skipped (no global IPv6 address, or --ipv6 off)"),
     }
     crate::node::write_file(&args.node_file, &gateways)
         .with_context(|| format!("cannot write {}", args.node_file.display()))?;

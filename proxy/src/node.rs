@@ -7,6 +7,23 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
+/// The pod's first global IPv6 address (scope global, not loopback) from the
+/// text of `/proc/net/if_inet6`, if it has one.
+pub fn global_ipv6(if_inet6: &str) -> Option<Ipv6Addr> {
+    if_inet6.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(hex), Some(scope), Some(device)) = (fields.first(), fields.get(3), fields.get(5))
+        else {
+            return None;
+        };
+        const SCOPE_GLOBAL: &str = "00";
+        if *scope != SCOPE_GLOBAL || *device == "lo" {
+            return None;
+        }
+        u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from)
+    })
+}
+
 /// Default gateways from the text of `/proc/net/route` (IPv4).
 pub fn parse_route_v4(text: &str) -> Vec<IpAddr> {
     let mut out = Vec::new();
@@ -120,6 +137,15 @@ mod tests {
             parse_route_v6(text),
             vec!["fd00::1".parse::<IpAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn a_global_ipv6_address_is_found_in_proc_if_inet6() {
+        let link_local_only = "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000002 02 40 20 80     eth0\n";
+        assert_eq!(global_ipv6(link_local_only), None);
+        let dual_stack =
+            format!("{link_local_only}fd000000000000000000000000000002 02 40 00 80     eth0\n");
+        assert_eq!(global_ipv6(&dual_stack), Some("fd00::2".parse().unwrap()));
     }
 
     #[test]

@@ -39,6 +39,19 @@ pub struct Applied {
     pub rerun: bool,
 }
 
+/// Whether IPv6 rules must be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Rules {
+    /// Not at all (`--ipv6 off`, or the kernel has no IPv6).
+    Off,
+    /// Where they can be: the pod has no global IPv6 address, so a failure
+    /// leaves nothing to bypass the proxy through.
+    IfPossible,
+    /// Mandatory: `--ipv6 on`, or the pod has this global IPv6 address and
+    /// without rules its IPv6 inbound traffic would reach the app directly.
+    Required(Option<std::net::Ipv6Addr>),
+}
+
 /// Why the rules could not be applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -55,6 +68,15 @@ pub enum ApplyError {
         command: String,
         /// What it printed on stderr.
         stderr: String,
+    },
+    /// IPv6 rules are mandatory and could not be written.
+    #[error("ipv6 rules are required ({why}), but cannot be written: {source}")]
+    Ipv6Required {
+        /// Why they are required.
+        why: String,
+        /// Why they could not be written.
+        #[source]
+        source: Box<ApplyError>,
     },
     /// A tool could not be started.
     #[error("cannot run {command}: {source}")]
@@ -154,6 +176,37 @@ impl Runner for CommandRunner {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
+    }
+}
+
+/// Applies the IPv6 rules as `need` says: `Ok(None)` when skipped (off, or
+/// not possible where not required), `Ok(Some(applied))` when written.
+pub fn apply_ipv6(
+    plan: &Plan,
+    need: Ipv6Rules,
+    choice: BackendChoice,
+    runner: &dyn Runner,
+) -> Result<Option<Applied>, ApplyError> {
+    match need {
+        Ipv6Rules::Off => Ok(None),
+        Ipv6Rules::IfPossible => match apply(plan, Family::V6, choice, runner) {
+            Ok(applied) => Ok(Some(applied)),
+            Err(error) => {
+                tracing::info!(%error, "IPv6 rules skipped: the pod has no global IPv6 address");
+                Ok(None)
+            }
+        },
+        Ipv6Rules::Required(address) => {
+            apply(plan, Family::V6, choice, runner)
+                .map(Some)
+                .map_err(|source| ApplyError::Ipv6Required {
+                    why: match address {
+                        Some(a) => format!("the pod has the global IPv6 address {a}"),
+                        None => "--ipv6 on".into(),
+                    },
+                    source: Box::new(source),
+                })
+        }
     }
 }
 
@@ -309,6 +362,35 @@ mod tests {
             admin_port: 15020,
             exclude_inbound_ports: vec![],
         }
+    }
+
+    #[test]
+    fn ipv6_rules_are_mandatory_on_a_pod_with_a_global_ipv6_address() {
+        // Only the IPv4 tools: the IPv6 rules cannot be written.
+        let r = Recorder {
+            tools: vec!["iptables-nft-restore", "iptables-nft-save"],
+            nft_save: "*nat\nCOMMIT\n",
+            legacy_save: "",
+            calls: RefCell::default(),
+        };
+        let choice = BackendChoice::Auto;
+        assert_eq!(
+            apply_ipv6(&plan(), Ipv6Rules::Off, choice, &r).unwrap(),
+            None
+        );
+        assert_eq!(
+            apply_ipv6(&plan(), Ipv6Rules::IfPossible, choice, &r).unwrap(),
+            None
+        );
+        let address = "fd00::2".parse().unwrap();
+        let error = apply_ipv6(&plan(), Ipv6Rules::Required(Some(address)), choice, &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("ipv6 rules are required (the pod has the global IPv6 address fd00::2), but cannot be written: no iptables binary found"),
+            "{error}"
+        );
+        assert_eq!(error.lines().count(), 1, "one clear line");
     }
 
     #[test]

@@ -7,5 +7,8 @@
 pub mod apply;
 pub mod rules;
 
-pub use apply::{apply, Applied, ApplyError, Backend, BackendChoice, CommandRunner, Runner};
+pub use apply::{
+    apply, apply_ipv6, Applied, ApplyError, Backend, BackendChoice, CommandRunner, Ipv6Rules,
+    Runner,
+};
 pub use rules::{Family, Plan, CHAIN, JUMP};
