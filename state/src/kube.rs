@@ -22,7 +22,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 
-use picket_policy::convert;
+use picket_policy::{convert, ObjectKey};
 use prometheus::IntCounterVec;
 
 use crate::kind::{Kind, Object, ObjectRef};
@@ -43,8 +43,9 @@ pub enum Update {
     Apply(Object),
     /// An object went away.
     Delete(ObjectRef),
-    /// A (re)list completed: every object of the kind.
-    Relisted(Kind, Vec<Object>),
+    /// A (re)list completed: every object of the kind that could be read,
+    /// and the keys of those that could not (their last good versions stay).
+    Relisted(Kind, Vec<Object>, Vec<ObjectKey>),
 }
 
 /// A Kubernetes type the source watches, described once: its kind, how to
@@ -173,7 +174,7 @@ async fn watch_kind<K: Watched>(
 ) {
     let kind = K::KIND.label();
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut relist: Option<Vec<Object>> = None;
+    let mut relist: Option<(Vec<Object>, Vec<ObjectKey>)> = None;
     let mut failing = false;
     while let Some(item) = stream.next().await {
         let event = match item {
@@ -193,19 +194,27 @@ async fn watch_kind<K: Watched>(
         }
         let update = match event {
             Event::Init => {
-                relist = Some(Vec::new());
+                relist = Some(Default::default());
                 continue;
             }
             Event::InitApply(object) => {
-                if let Some(object) = convert(&object) {
-                    relist.get_or_insert_with(Vec::new).push(object);
+                let (objects, unreadable) = relist.get_or_insert_with(Default::default);
+                match convert(&object) {
+                    Some(object) => objects.push(object),
+                    // As for a watch update: the last good version stays.
+                    None => unreadable.push(reference(&object).key),
                 }
                 continue;
             }
             Event::InitDone => {
-                let objects = relist.take().unwrap_or_default();
-                tracing::debug!(kind, objects = objects.len(), "List complete");
-                Update::Relisted(K::KIND, objects)
+                let (objects, unreadable) = relist.take().unwrap_or_default();
+                tracing::debug!(
+                    kind,
+                    objects = objects.len(),
+                    unreadable = unreadable.len(),
+                    "List complete"
+                );
+                Update::Relisted(K::KIND, objects, unreadable)
             }
             Event::Apply(object) => match convert(&object) {
                 Some(object) => Update::Apply(object),
@@ -257,7 +266,9 @@ async fn apply_updates(mut rx: mpsc::Receiver<Update>, mut writer: StateWriter) 
             match update {
                 Update::Apply(object) => writer.apply(object),
                 Update::Delete(reference) => writer.delete(&reference),
-                Update::Relisted(kind, objects) => writer.replace_all(kind, objects),
+                Update::Relisted(kind, objects, unreadable) => {
+                    writer.replace_all_keeping(kind, objects, &unreadable)
+                }
             }
         }
         if writer.commit_if_complete() {

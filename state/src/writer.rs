@@ -130,7 +130,25 @@ impl StateWriter {
     /// Replaces every object of a kind with a complete list of it (after a
     /// relist or a rescan). Objects of another kind in `objects` are ignored.
     pub fn replace_all(&mut self, kind: Kind, objects: Vec<Object>) {
-        let objects: Vec<Object> = objects.into_iter().filter(|o| o.kind() == kind).collect();
+        self.replace_all_keeping(kind, objects, &[]);
+    }
+
+    /// [`Self::replace_all`], where the list also held the objects `unreadable`
+    /// that could not be converted: each keeps its last good version, as a
+    /// watch update that cannot be read does (dropping a policy would open the
+    /// pods it isolates).
+    pub fn replace_all_keeping(
+        &mut self,
+        kind: Kind,
+        objects: Vec<Object>,
+        unreadable: &[ObjectKey],
+    ) {
+        let mut objects: Vec<Object> = objects.into_iter().filter(|o| o.kind() == kind).collect();
+        for key in unreadable {
+            if let Some(last_good) = self.current(kind, key) {
+                objects.push(last_good);
+            }
+        }
         let keep: BTreeSet<ObjectKey> = objects.iter().map(|o| o.reference().key).collect();
         if self.keys(kind).iter().any(|k| !keep.contains(k)) {
             self.changes.insert(kind.presence_change(false));
@@ -157,6 +175,21 @@ impl StateWriter {
         }
         self.listed.insert(kind);
         self.dirty = true;
+    }
+
+    /// The object of `kind` the state holds under `key`.
+    fn current(&self, kind: Kind, key: &ObjectKey) -> Option<Object> {
+        match kind {
+            Kind::Pod => self.index.pod(key).map(|p| Object::Pod((**p).clone())),
+            Kind::Namespace => self
+                .index
+                .namespace(&key.name)
+                .map(|n| Object::Namespace((**n).clone())),
+            Kind::Policy => self
+                .index
+                .policy(key)
+                .map(|p| Object::Policy((**p).clone())),
+        }
     }
 
     /// The keys of every object of a kind the state holds.
@@ -272,6 +305,33 @@ mod tests {
     use super::*;
     use picket_policy::convert::namespace_with_labels;
     use picket_policy::Labels;
+
+    #[test]
+    fn a_relist_keeps_the_last_good_version_of_an_object_it_cannot_read() {
+        let (mut writer, rx) = StateWriter::new();
+        let policy = picket_policy::convert::policy(
+            &serde_yaml::from_str(
+                "metadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n",
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .policy;
+        for kind in Kind::ALL {
+            writer.replace_all(kind, vec![]);
+        }
+        writer.apply(Object::Policy(policy));
+        assert!(writer.commit_if_complete());
+        // The relist lists shop/deny, but its new version cannot be read.
+        let key = ObjectKey::new("shop", "deny");
+        writer.replace_all_keeping(Kind::Policy, vec![], std::slice::from_ref(&key));
+        writer.commit();
+        assert!(rx.borrow().as_ref().unwrap().index.policy(&key).is_some());
+        // A relist that no longer lists it at all removes it.
+        writer.replace_all(Kind::Policy, vec![]);
+        writer.commit();
+        assert!(rx.borrow().as_ref().unwrap().index.policy(&key).is_none());
+    }
 
     #[test]
     fn nothing_is_published_before_the_first_commit_and_unchanged_state_is_not_republished() {
