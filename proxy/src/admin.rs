@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::metrics::ProxyMetrics;
@@ -28,6 +28,11 @@ pub struct Readiness {
     state_loaded: AtomicBool,
     ready: AtomicBool,
 }
+
+/// The most admin connections served at once, per admin listener.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// The longest an admin connection lives (probes and scrapes take milliseconds).
+pub const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What an admin server may show.
 #[derive(Clone, Debug)]
@@ -84,11 +89,16 @@ impl Readiness {
 // === impl Admin ===
 
 impl Admin {
-    /// Serves HTTP/1 on the listener forever.
+    /// Serves HTTP/1 on the listener forever. At most
+    /// [`MAX_ADMIN_CONNECTIONS`] at a time (more are closed at once), each
+    /// for at most [`ADMIN_CONNECTION_TIMEOUT`]: idle connections from any pod
+    /// cannot pile up and take the descriptors inbound connections need.
     pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+        crate::net::listener::accept_loop(&listener, |stream, peer| {
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::debug!(client.addr = %peer, "Too many admin connections; closing");
+                return;
             };
             let admin = self.clone();
             tokio::spawn(async move {
@@ -96,11 +106,15 @@ impl Admin {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.route(req).await) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ADMIN_CONNECTION_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection).await;
+                drop(permit);
             });
-        }
+        })
+        .await
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

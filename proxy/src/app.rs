@@ -73,6 +73,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         (None, None) => SourceArg::Kube,
     };
     tracing::info!(%pod, node = ?node, source = ?source, "Starting picket-proxy");
+    raise_open_file_limit();
 
     let (writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
@@ -181,6 +182,26 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     }
     tracing::info!(open = registry.len(), "Shutting down");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every connection costs
+/// two descriptors, and runtimes often start containers at a soft 1024.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::info!(from = ?limit.current, to = ?limit.maximum, "Raised the open-file limit")
+        }
+        Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit"),
+    }
 }
 
 /// Runs a state source on the runtime.

@@ -516,3 +516,50 @@ fn the_sidecar_dials_only_its_pods_own_addresses() {
     );
     drop(server);
 }
+
+#[test]
+fn a_saturated_admin_port_does_not_stop_inbound_connections() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    // The sidecar starts with a small soft open-file limit, as container
+    // runtimes often give (1024); the hard limit stays.
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(256),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    let server = c.start("api");
+    setrlimit(Resource::Nofile, limit).unwrap();
+
+    // Idle connections to the admin port (reachable by any pod), never a request.
+    let admin = SocketAddr::new(server.pod.ip, 15020);
+    let idle: Vec<std::net::TcpStream> = picket_lab::in_netns(&c.pod("stranger").netns, || {
+        (0..400)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()
+            })
+            .collect()
+    })
+    .unwrap();
+    assert!(idle.len() > 300, "{} idle connections opened", idle.len());
+
+    // Inbound connections are still decided and relayed.
+    for _ in 0..3 {
+        let mut s = c.connect("client", "api", APP_PORT);
+        assert!(echoes(&mut s), "an allowed connection is relayed");
+        c.assert_reset("stranger", "api", APP_PORT);
+    }
+    // And probes are answered again once idle admin connections time out.
+    eventually("/ready answers", Duration::from_secs(15), || {
+        http_get(&server.pod.netns, admin, "/ready").is_ok_and(|(status, _)| status == 200)
+    });
+    drop(idle);
+}

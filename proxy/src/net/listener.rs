@@ -7,9 +7,10 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::Inbound;
 use super::orig_dst::reset;
@@ -40,16 +41,7 @@ pub fn bind_inbound(port: u16) -> io::Result<Vec<TcpListener>> {
 
 /// Accepts connections forever, one task each; over the limit, resets.
 pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%error, "Accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_loop(&listener, |stream, peer| {
         if inbound.active.load(Ordering::Relaxed) >= inbound.limits.max_connections {
             inbound
                 .metrics
@@ -58,8 +50,55 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
                 .inc();
             tracing::warn!(client.addr = %peer, limit = inbound.limits.max_connections, "Connection limit reached; reset");
             reset(stream);
-            continue;
+            return;
         }
         tokio::spawn(inbound.clone().handle(stream, ClientAddr(peer)));
+    })
+    .await
+}
+
+/// Accepts connections forever and hands each to `handle`; every listener
+/// of the proxy (inbound and admin) runs this one loop. When accepting fails
+/// for lack of resources (out of file descriptors or memory) it backs off,
+/// 10 ms doubling to 1 s, instead of spinning: the pending connections wait
+/// in the backlog until descriptors free up.
+pub async fn accept_loop(listener: &TcpListener, mut handle: impl FnMut(TcpStream, SocketAddr)) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = FIRST_BACKOFF;
+                handle(stream, peer);
+            }
+            Err(error) => {
+                let resources = matches!(
+                    error.raw_os_error(),
+                    Some(
+                        libc_errno::EMFILE
+                            | libc_errno::ENFILE
+                            | libc_errno::ENOBUFS
+                            | libc_errno::ENOMEM
+                    )
+                );
+                if resources {
+                    tracing::warn!(%error, ?backoff, "Accept failed for lack of resources; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                } else {
+                    // A connection that went away before it was accepted, and the like.
+                    tracing::debug!(%error, "Accept failed");
+                }
+            }
+        }
     }
+}
+
+/// The errno values that mean "out of resources" on accept.
+mod libc_errno {
+    pub const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
+    pub const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
+    pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
+    pub const ENOMEM: i32 = rustix::io::Errno::NOMEM.raw_os_error();
 }
