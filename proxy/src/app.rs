@@ -2,6 +2,7 @@
 //! components started, signals handled. anyhow is allowed here.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -21,6 +22,7 @@ use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Inbound, Limits};
 use crate::net::listener;
 use crate::net::relay::RelayCounters;
+use crate::reserved_ports;
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
@@ -74,6 +76,19 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     };
     tracing::info!(%pod, node = ?node, source = ?source, "Starting picket-proxy");
     raise_open_file_limit();
+    let own_ports = [
+        args.ports.inbound_port,
+        args.ports.admin_port,
+        args.ports.local_admin_port,
+    ];
+    match reserved_ports::missing(Path::new(reserved_ports::SYSCTL), &own_ports) {
+        Ok(missing) if missing.is_empty() => {}
+        Ok(missing) => tracing::warn!(
+            ports = ?missing,
+            "The proxy's ports are not in net.ipv4.ip_local_reserved_ports: the pod's own outgoing connections may take them and keep the proxy from binding them after a restart"
+        ),
+        Err(error) => tracing::debug!(%error, "Cannot read net.ipv4.ip_local_reserved_ports"),
+    }
 
     let (writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
@@ -103,11 +118,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     });
     let inbound = Arc::new(Inbound {
         enforcer: enforcer.clone(),
-        own_ports: vec![
-            args.ports.inbound_port,
-            args.ports.admin_port,
-            args.local_admin_port,
-        ],
+        own_ports: own_ports.to_vec(),
         limits: Limits {
             connect_timeout: args.connect_timeout,
             idle_timeout: args.idle_timeout,
@@ -144,9 +155,14 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     );
     let local = listener::bind(SocketAddr::new(
         Ipv4Addr::LOCALHOST.into(),
-        args.local_admin_port,
+        args.ports.local_admin_port,
     ))
-    .with_context(|| format!("cannot bind the local admin port {}", args.local_admin_port))?;
+    .with_context(|| {
+        format!(
+            "cannot bind the local admin port {}",
+            args.ports.local_admin_port
+        )
+    })?;
     tokio::spawn(
         Admin {
             readiness: readiness.clone(),
@@ -254,6 +270,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         },
     };
     let gateways = crate::node::read_gateways();
+    let own_ports = [
+        args.ports.inbound_port,
+        args.ports.admin_port,
+        args.ports.local_admin_port,
+    ];
     if args.dry_run {
         for family in [Family::V4, Family::V6] {
             println!(
@@ -285,6 +306,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     match iptables::apply_ipv6(&plan, ipv6, choice, &runner)? {
         Some(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
         None => println!("ipv6 rules skipped (no global IPv6 address, or --ipv6 off)"),
+    }
+    // Where /proc/sys is writable (the lab, privileged runtimes); in a pod
+    // the injector sets it through securityContext.sysctls.
+    match reserved_ports::reserve(Path::new(reserved_ports::SYSCTL), &own_ports) {
+        Ok(list) => println!("reserved ports: {list}"),
+        Err(e) => println!("reserved ports not set here ({e}): the pod's securityContext.sysctls must set net.ipv4.ip_local_reserved_ports"),
     }
     crate::node::write_file(&args.node_file, &gateways)
         .with_context(|| format!("cannot write {}", args.node_file.display()))?;

@@ -40,6 +40,9 @@ pub struct Ports {
     /// The admin port (/live, /ready), bound on the pod IP; never redirected.
     #[arg(long, env = env::ADMIN_PORT, default_value_t = ADMIN_PORT)]
     pub admin_port: u16,
+    /// The local admin port (/connections), bound on 127.0.0.1 only.
+    #[arg(long, env = env::LOCAL_ADMIN_PORT, default_value_t = LOCAL_ADMIN_PORT)]
+    pub local_admin_port: u16,
 }
 
 /// Arguments of `picket-proxy run`.
@@ -48,9 +51,6 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub ports: Ports,
-    /// The local admin port (/connections), bound on 127.0.0.1 only.
-    #[arg(long, env = env::LOCAL_ADMIN_PORT, default_value_t = LOCAL_ADMIN_PORT)]
-    pub local_admin_port: u16,
     /// This pod's name (downward API).
     #[arg(long, env = env::POD_NAME)]
     pub pod_name: String,

@@ -6,6 +6,7 @@
 //! - `iptables`: the init container's rules.
 //! - `admin`: /live, /ready, /metrics, /connections, PUT /log-level.
 //! - `metrics`, `node`, `config`: what the sidecar counts, who its node is, its flags.
+//! - `reserved_ports`: the proxy's ports kept out of the pod's ephemeral range.
 //! - `app`: wiring for the `picket-proxy` binary.
 //!
 //! The engine is the `picket-policy` crate; cluster state and its sources
@@ -19,3 +20,4 @@ pub mod iptables;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod reserved_ports;

@@ -563,3 +563,68 @@ fn a_saturated_admin_port_does_not_stop_inbound_connections() {
     });
     drop(idle);
 }
+
+#[test]
+fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    let pod = c.pod("api").clone();
+    // A pod may narrow its ephemeral range (a safe sysctl): here to 31 ports
+    // around the proxy's own.
+    netns_exec(
+        &pod.netns,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=15000 15030"],
+    );
+    let node_file = c.state.path().join("api").join("node");
+    let init = run_init(
+        &c.binary,
+        &pod,
+        &["--node-file", node_file.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    share_dir(c.state.path()).unwrap();
+    share_dir(node_file.parent().unwrap()).unwrap();
+    let app =
+        picket_lab::app::EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT)).unwrap();
+    // The pod's own connections to its app, made before the sidecar runs,
+    // take most of the ephemeral range and stay open.
+    let to_app = SocketAddr::new(pod.ip, APP_PORT);
+    let held: Vec<std::net::TcpStream> = picket_lab::in_netns(&pod.netns, || {
+        (0..25)
+            .map(|_| std::net::TcpStream::connect(to_app).unwrap())
+            .collect()
+    })
+    .unwrap();
+    for s in &held {
+        let port = s.local_addr().unwrap().port();
+        assert!(
+            ![15000, 15006, 15020].contains(&port),
+            "took the proxy's port {port}"
+        );
+    }
+    // The sidecar binds every port at once and becomes ready.
+    let dir = c.dir.path().to_string_lossy().into_owned();
+    let mut sidecar = picket_lab::proxy::Sidecar::start_with(
+        &c.binary,
+        &c.lab,
+        &pod,
+        "shop",
+        &node_file,
+        &["--cluster-dir", &dir],
+    )
+    .unwrap();
+    sidecar
+        .wait_ready(READY)
+        .expect("the sidecar binds its ports and is ready");
+    let mut s = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut s));
+    drop(held);
+    drop(app);
+}
