@@ -138,6 +138,11 @@ impl Sidecar {
         })
     }
 
+    /// The sidecar's process id (`ip netns exec` and `setpriv` exec it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Polls `/ready` until it answers 200, or the deadline passes.
     pub fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
         let deadline = Instant::now() + timeout;

@@ -22,4 +22,6 @@ pub use selector::{Labels, Selector};
 pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;

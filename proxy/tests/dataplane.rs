@@ -628,3 +628,61 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     drop(held);
     drop(app);
 }
+
+#[test]
+fn ten_thousand_short_connections_leave_no_descriptor_behind() {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    let server = c.start("api");
+    // (sockets, pipes) the sidecar holds open.
+    let pid = server.sidecar.pid();
+    let fds = || {
+        let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|l| l.display().to_string())
+            .collect();
+        let count = |prefix: &str| links.iter().filter(|l| l.starts_with(prefix)).count();
+        (count("socket:"), count("pipe:"))
+    };
+    // One of each first: the pools and lazily built state are in place.
+    let mut s = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut s));
+    drop(s);
+    c.assert_reset("stranger", "api", APP_PORT);
+    let baseline = fds();
+    let api = SocketAddr::new(server.pod.ip, APP_PORT);
+    for (from, allowed) in [("client", true), ("stranger", false)] {
+        let netns = c.pod(from).netns.clone();
+        let failures = picket_lab::in_netns(&netns, || {
+            (0..5_000)
+                .filter(|_| {
+                    let Ok(mut s) = std::net::TcpStream::connect(api) else {
+                        return !allowed;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    echoes(&mut s) != allowed
+                })
+                .count()
+        })
+        .unwrap();
+        assert_eq!(failures, 0, "{from}: every connection decided as expected");
+    }
+    // Every socket is closed; the splice pipes are pooled, at most
+    // `MAX_IDLE` (64) of them, two descriptors each, kept for reuse.
+    eventually(
+        "sockets back to the baseline",
+        Duration::from_secs(10),
+        || fds().0 <= baseline.0,
+    );
+    let (_, pipes) = fds();
+    assert!(
+        pipes <= baseline.1 + 2 * 64,
+        "{pipes} pipe descriptors, {} before",
+        baseline.1
+    );
+}

@@ -581,4 +581,58 @@ spec:
                 .unwrap();
         assert_eq!(&*objects.namespaces[0].name, "j");
     }
+
+    /// Untrusted manifests: random bytes and odd but well-formed objects
+    /// give a result or an error naming the file, never a panic.
+    #[test]
+    fn random_and_odd_manifests_never_panic() {
+        let file = Path::new("odd.yaml");
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let alphabet = b"{}[]:,-\"' \n\tabkindPodNetworkPolicymetadata0123456789.&*!|>%@";
+        for case in 0..2000 {
+            let len = (case % 200) + 1;
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    if case % 2 == 0 {
+                        alphabet[(state % alphabet.len() as u64) as usize]
+                    } else {
+                        (state & 0xff) as u8
+                    }
+                })
+                .collect();
+            if let Err(e) = parse_manifest(file, &String::from_utf8_lossy(&text)) {
+                assert!(e.to_string().starts_with("odd.yaml"), "{e}");
+            }
+        }
+        let long = "x".repeat(100_000);
+        let odd = [
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: 99999}]}]}".to_string(),
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, ports: [{containerPort: -1, name: \"\"}]}]}".into(),
+            "kind: Pod\nmetadata: {name: p}\nstatus: {podIP: \"fe80::1%eth0\", podIPs: [{ip: nonsense}]}".into(),
+            "kind: Pod\nmetadata: {name: p, labels: {\"/\": \"\", \"a/b/c\": x}}".into(),
+            "kind: Pod\nmetadata: {name: \"\"}".into(),
+            "kind: Pod\nmetadata: 7".into(),
+            "kind: [Pod]".into(),
+            "kind: List\nitems: [null, 3, {kind: Pod}]".into(),
+            "kind: PodList\nitems: {a: b}".into(),
+            "kind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {matchExpressions: [{key: a, operator: Gt, values: [\"1\"]}]}}".into(),
+            "kind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {}, ingress: [{ports: [{port: 70000, endPort: 10}]}]}".into(),
+            "kind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80, endPort: 10, protocol: ICMP}]}]}".into(),
+            "kind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8, \"::/0\", x]}}]}]}".into(),
+            "kind: NetworkPolicy\nmetadata: {name: n}\nspec: {podSelector: {}, policyTypes: [Sideways]}".into(),
+            "kind: Deployment\nmetadata: {name: d}\nspec: {template: 5}".into(),
+            "kind: CronJob\nmetadata: {name: c}\nspec: {schedule: x, jobTemplate: {spec: {}}}".into(),
+            format!("kind: Namespace\nmetadata: {{name: {long}}}"),
+            format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+            "a: &a [*a, *a]\nkind: Pod".into(),
+        ];
+        for text in &odd {
+            if let Err(e) = parse_manifest(file, text) {
+                assert!(e.to_string().starts_with("odd.yaml"), "{e}");
+            }
+        }
+    }
 }
