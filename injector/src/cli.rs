@@ -34,7 +34,7 @@ pub struct Cli {
     /// After SIGTERM, report not ready and keep serving this long, then exit.
     #[arg(long, env = "PICKET_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = picket_common::duration::parse)]
     pub shutdown_delay: Duration,
-    /// Where namespace labels (for the Pod Security check) come from.
+    /// Where namespace labels and annotations (the Pod Security check, pod opt-outs) come from.
     #[arg(long, env = "PICKET_INJECTOR_NAMESPACE_LOOKUP", value_enum, default_value_t = LookupMode::Kube)]
     pub namespace_lookup: LookupMode,
     /// How long namespace labels are cached.
@@ -64,7 +64,8 @@ pub enum TlsMode {
 pub enum LookupMode {
     /// The Kubernetes API (get namespaces).
     Kube,
-    /// Nowhere: every namespace has no labels (no Pod Security check).
+    /// Nowhere: every namespace has no labels or annotations (no Pod Security
+    /// check, no pod opt-outs).
     None,
 }
 
@@ -239,6 +240,10 @@ impl InjectArgs {
                 self.image_pull_policy
             ));
         }
+        if let Some(filter) = &self.proxy_log_level {
+            crate::patch::check_log_filter(filter)
+                .map_err(|e| format!("--proxy-log-level: {e}"))?;
+        }
         let ports = [
             self.proxy_inbound_port,
             self.proxy_admin_port,
@@ -301,5 +306,20 @@ mod tests {
             .contains("--proxy-memory-limit"));
         let cli = parse(&["--proxy-memory-limit", ""]);
         assert_eq!(cli.inject.to_config().unwrap().resources.memory_limit, None);
+    }
+
+    #[test]
+    fn log_filter_flag_is_checked_as_the_annotation_is() {
+        for bad in ["bogus-level", "info,,=x["] {
+            let cli = parse(&["--proxy-log-level", bad]);
+            let err = cli.inject.to_config().unwrap_err();
+            assert!(err.contains("--proxy-log-level"), "{bad}: {err}");
+        }
+        let cli = parse(&["--proxy-log-level", "picket_proxy=debug,info"]);
+        let config = cli.inject.to_config().unwrap();
+        assert_eq!(
+            config.proxy_log_level.as_deref(),
+            Some("picket_proxy=debug,info")
+        );
     }
 }

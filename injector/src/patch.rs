@@ -12,9 +12,11 @@
 //!                     │                   right after it, or first regular container),
 //!                     │                   volumes, annotations
 //!                     ├─ AlreadyInjected: nothing (or a reorder if another webhook
-//!                     │                   put its init container before ours)
+//!                     │                   put its init container before ours); only when
+//!                     │                   our containers are exactly what we would inject
 //!                     ├─ Skipped(reason): only `picket.io/status`
-//!                     └─ Rejected:        a per-pod annotation is invalid
+//!                     └─ Rejected:        a per-pod annotation is invalid, or a container
+//!                                         named like ours is not ours
 //! ```
 
 #![warn(missing_docs)]
@@ -50,6 +52,17 @@ pub const RUN_DIR: &str = "/var/run/picket";
 pub const NODE_FILE: &str = picket_common::NODE_FILE;
 /// The projected service-account token, added when the pod mounts none.
 pub const TOKEN_VOLUME: &str = "picket-token";
+/// The emptyDir where the init container's iptables takes its lock (the root is read-only).
+pub const XTABLES_VOLUME: &str = "picket-xtables";
+/// Where [`XTABLES_VOLUME`] is mounted in the init container.
+pub const XTABLES_DIR: &str = "/run/xtables";
+/// The variable iptables reads its lock file's path from (default `/run/xtables.lock`).
+pub const XTABLES_LOCKFILE_ENV: &str = "XTABLES_LOCKFILE";
+/// An empty emptyDir the init container mounts, read-only, at [`SA_TOKEN_DIR`]: the
+/// ServiceAccount admission plugin then mounts no token into it.
+pub const NO_TOKEN_VOLUME: &str = "picket-no-token";
+/// The volumes the injection adds; a pod already using one of these names is not injected.
+pub const OUR_VOLUMES: [&str; 4] = [RUN_VOLUME, XTABLES_VOLUME, NO_TOKEN_VOLUME, TOKEN_VOLUME];
 /// Where the proxy reads its service-account token, as in-cluster clients expect.
 pub const SA_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The name of the proxy's admin port.
@@ -77,6 +90,9 @@ pub const MEMORY_REQUEST_KEY: &str = "picket.io/proxy-memory-request";
 pub const MEMORY_LIMIT_KEY: &str = "picket.io/proxy-memory-limit";
 /// Annotation: the proxy's log filter (`PICKET_LOG`).
 pub const LOG_LEVEL_KEY: &str = "picket.io/proxy-log-level";
+/// Namespace annotation: with the value `"true"`, the namespace's pods may opt out
+/// ([`INJECT_KEY`]) or exclude inbound ports ([`EXCLUDE_INBOUND_PORTS_KEY`]).
+pub const ALLOW_POD_OPT_OUT_KEY: &str = "picket.io/allow-pod-opt-out";
 /// Annotation kubectl reads to pick the container of `logs` and `exec`.
 pub const DEFAULT_CONTAINER_KEY: &str = "kubectl.kubernetes.io/default-container";
 /// The namespace label of Pod Security admission's enforced level.
@@ -91,6 +107,8 @@ pub struct NamespaceView<'a> {
     pub name: &'a str,
     /// Its labels; `None` when they could not be read.
     pub labels: Option<&'a BTreeMap<String, String>>,
+    /// Its annotations; `None` when they could not be read.
+    pub annotations: Option<&'a BTreeMap<String, String>>,
 }
 
 /// What [`plan`] decided, and the patch and warnings that go with it.
@@ -113,8 +131,19 @@ pub enum Decision {
     AlreadyInjected,
     /// The pod is left alone, but for `picket.io/status`.
     Skipped(SkipReason),
-    /// A per-pod annotation is invalid: the pod is refused with this error.
-    Rejected(InvalidAnnotation),
+    /// The pod is refused with this error.
+    Rejected(Rejection),
+}
+
+/// Why a pod is refused.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Rejection {
+    /// A per-pod annotation is invalid.
+    #[error(transparent)]
+    InvalidAnnotation(#[from] InvalidAnnotation),
+    /// A container carries one of our names but is not what we inject.
+    #[error(transparent)]
+    ForeignContainer(#[from] ForeignContainer),
 }
 
 /// Why a pod is not injected.
@@ -151,8 +180,22 @@ pub struct InvalidAnnotation {
     pub message: String,
 }
 
+/// A container named [`INIT_CONTAINER`] or [`PROXY_CONTAINER`] that is not what the
+/// injector would add: taken for ours, it would leave the pod unenforced.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error(
+    "container {name}: {problem}; the names {INIT_CONTAINER} and {PROXY_CONTAINER} are \
+     reserved for the containers picket injects"
+)]
+pub struct ForeignContainer {
+    /// The container's name.
+    pub name: &'static str,
+    /// Where it differs from what picket injects.
+    pub problem: String,
+}
+
 /// The per-pod settings, after annotations override the configuration.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct PodSettings {
     mode: SidecarMode,
     exclude_inbound_ports: Vec<u16>,
@@ -170,6 +213,18 @@ impl Decision {
             Decision::AlreadyInjected => "already_injected",
             Decision::Skipped(_) => "skipped",
             Decision::Rejected(_) => "rejected",
+        }
+    }
+}
+
+// === impl Rejection ===
+
+impl Rejection {
+    /// A static label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::InvalidAnnotation(_) => "invalid_annotation",
+            Rejection::ForeignContainer(_) => "foreign_container",
         }
     }
 }
@@ -237,11 +292,13 @@ impl SkipReason {
 /// Decides what to do with `pod`, created in namespace `ns`, and builds the patch.
 ///
 /// In order: excluded namespaces are left untouched; a pod that already has
-/// our containers gets nothing new (reinvocation, re-submitted pods); opt-outs,
-/// hostNetwork and Windows pods, namespaces enforcing Pod Security `baseline`
-/// or `restricted`, and pods that already use the proxy's ports or names are
-/// skipped with a `picket.io/status` annotation saying why; invalid per-pod
-/// annotations reject the pod; everything else is injected.
+/// containers named like ours gets nothing new when they are exactly what we
+/// would inject (reinvocation, re-submitted pods) and is rejected otherwise;
+/// opt-outs (only where the namespace allows them), hostNetwork and Windows
+/// pods, namespaces enforcing Pod Security `baseline` or `restricted`, and pods
+/// that already use the proxy's ports or names are skipped with a
+/// `picket.io/status` annotation saying why; invalid per-pod annotations reject
+/// the pod; everything else is injected.
 pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     if cfg.excluded_namespaces.iter().any(|n| n == ns.name) {
         return Plan {
@@ -250,41 +307,65 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
             warnings: Vec::new(),
         };
     }
+    let opt_outs = allows_pod_opt_outs(ns);
     if has_our_containers(pod) {
-        return Plan {
-            decision: Decision::AlreadyInjected,
-            ops: reorder_ops(pod),
-            warnings: Vec::new(),
-        };
+        return already_injected(pod, cfg, opt_outs);
     }
-    if let Some(reason) = skip_reason(pod, ns, cfg) {
+    if let Some(reason) = skip_reason(pod, ns, cfg, opt_outs) {
         return skip(pod, reason);
     }
-    let settings = match PodSettings::from_pod(pod, cfg) {
+    let settings = match PodSettings::from_pod(pod, cfg, opt_outs) {
         Ok(settings) => settings,
-        Err(invalid) => {
-            return Plan {
-                decision: Decision::Rejected(invalid),
-                ops: Vec::new(),
-                warnings: Vec::new(),
-            }
-        }
+        Err(invalid) => return rejected(invalid.into()),
     };
     let ops = inject_ops(pod, cfg, &settings);
     if let Err(problem) = self_check(pod, &ops) {
         return skip(pod, SkipReason::SelfCheck(problem));
     }
-    let mut warnings = Vec::new();
+    let mut warnings = ignored_opt_outs(pod, ns);
     if ns.labels.is_none() {
         warnings.push(format!(
-            "picket: could not read namespace {:?} to check its Pod Security level; injected anyway",
+            "picket: could not read namespace {:?} to check its Pod Security level and whether \
+             it allows pod opt-outs; injected anyway",
             ns.name
+        ));
+    }
+    if existing_token_mount(pod).is_none() {
+        warnings.push(format!(
+            "picket: the pod mounts no service-account token (automountServiceAccountToken: \
+             false on the pod or its service account), but the proxy container gets one of its \
+             own (projected volume {TOKEN_VOLUME}): it reads pods, namespaces and \
+             NetworkPolicies with the pod's service account"
         ));
     }
     Plan {
         decision: Decision::Injected(settings.mode),
         ops,
         warnings,
+    }
+}
+
+/// A pod with containers named like ours: nothing to do (but a reorder) when they
+/// are what we inject, rejected otherwise.
+fn already_injected(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Plan {
+    let checked = PodSettings::from_pod(pod, cfg, opt_outs)
+        .map_err(Rejection::from)
+        .and_then(|settings| check_ours(pod, cfg, &settings).map_err(Rejection::from));
+    match checked {
+        Ok(()) => Plan {
+            decision: Decision::AlreadyInjected,
+            ops: reorder_ops(pod),
+            warnings: Vec::new(),
+        },
+        Err(rejection) => rejected(rejection),
+    }
+}
+
+fn rejected(rejection: Rejection) -> Plan {
+    Plan {
+        decision: Decision::Rejected(rejection),
+        ops: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -342,12 +423,159 @@ pub fn has_our_containers(pod: &Pod) -> bool {
         .any(|n| n == INIT_CONTAINER || n == PROXY_CONTAINER)
 }
 
-fn skip_reason(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Option<SkipReason> {
+/// Where our containers are in the pod: the list's field path, the index, the container.
+type Found<'a> = (&'static str, usize, &'a Container);
+
+/// Checks that the containers named like ours are the ones we would inject: both are
+/// there, the init container among the init containers, the proxy among the init
+/// containers (native) or the containers (container mode: either is accepted, the mode
+/// may have changed since), and each has what decides what it runs and with which
+/// privileges ([`differing_field`]).
+fn check_ours(
+    pod: &Pod,
+    cfg: &InjectConfig,
+    settings: &PodSettings,
+) -> Result<(), ForeignContainer> {
+    let Some(spec) = &pod.spec else {
+        return Ok(()); // No spec, no containers.
+    };
+    let find = |name: &str| -> Option<Found<'_>> {
+        let inits = spec.init_containers.iter().flatten().enumerate();
+        let inits = inits.map(|(i, c)| ("spec.initContainers", i, c));
+        let regular = spec.containers.iter().enumerate();
+        let regular = regular.map(|(i, c)| ("spec.containers", i, c));
+        inits.chain(regular).find(|(_, _, c)| c.name == name)
+    };
+    let foreign = |name, problem: String| ForeignContainer { name, problem };
+    let (init, proxy) = match (find(INIT_CONTAINER), find(PROXY_CONTAINER)) {
+        (Some(init), Some(proxy)) => (init, proxy),
+        (None, _) => {
+            let problem = format!("missing beside {PROXY_CONTAINER}: picket injects both");
+            return Err(foreign(INIT_CONTAINER, problem));
+        }
+        (_, None) => {
+            let problem = format!("missing beside {INIT_CONTAINER}: picket injects both");
+            return Err(foreign(PROXY_CONTAINER, problem));
+        }
+    };
+    if init.0 != "spec.initContainers" {
+        let problem = format!("is in {}; picket injects it as an init container", init.0);
+        return Err(foreign(INIT_CONTAINER, problem));
+    }
+    let mode = match proxy.0 {
+        "spec.initContainers" => SidecarMode::Native,
+        _ => SidecarMode::Container,
+    };
+    let settings = PodSettings {
+        mode,
+        ..settings.clone()
+    };
+    // The proxy reads the app's token, or its own (`picket-token`) when the app had
+    // none at injection: the ServiceAccount plugin may have mounted one into the app
+    // since. Either is the pod's own service account.
+    let proxies = [existing_token_mount(pod), None].map(|t| proxy_container(cfg, &settings, t));
+    let expected = [
+        (INIT_CONTAINER, init, vec![init_container(cfg, &settings)]),
+        (PROXY_CONTAINER, proxy, proxies.into()),
+    ];
+    for (name, (list, index, found), candidates) in expected {
+        if let Some(field) = differing_from_all(found, &candidates) {
+            let problem = format!("{list}[{index}].{field} differs from what picket injects");
+            return Err(foreign(name, problem));
+        }
+    }
+    Ok(())
+}
+
+/// [`differing_field`] for a container that may be any of `candidates`: `None` when
+/// it is one of them, else the field where it differs from the first.
+fn differing_from_all(found: &Container, candidates: &[Container]) -> Option<&'static str> {
+    let mut fields = candidates.iter().map(|c| differing_field(found, c));
+    let first = fields.next()?;
+    if fields.all(|field| field.is_some()) {
+        first
+    } else {
+        None
+    }
+}
+
+/// The first field, of those that make a container ours, where `found` differs from
+/// `expected`. The API server defaults none of them (it does default
+/// `terminationMessagePath`, probe and port fields, which are therefore not compared).
+fn differing_field(found: &Container, expected: &Container) -> Option<&'static str> {
+    let same = [
+        ("image", found.image == expected.image),
+        ("command", found.command == expected.command),
+        ("args", found.args == expected.args),
+        ("env", found.env == expected.env),
+        ("envFrom", found.env_from == expected.env_from),
+        (
+            "volumeMounts",
+            found.volume_mounts == expected.volume_mounts,
+        ),
+        (
+            "securityContext",
+            found.security_context == expected.security_context,
+        ),
+        (
+            "restartPolicy",
+            found.restart_policy == expected.restart_policy,
+        ),
+        ("lifecycle", found.lifecycle == expected.lifecycle),
+    ];
+    same.into_iter()
+        .find(|(_, same)| !same)
+        .map(|(field, _)| field)
+}
+
+/// Whether the namespace lets its pods opt out (annotation [`ALLOW_POD_OPT_OUT_KEY`]);
+/// never when its annotations could not be read.
+fn allows_pod_opt_outs(ns: &NamespaceView<'_>) -> bool {
+    lookup(ns.annotations, ALLOW_POD_OPT_OUT_KEY) == Some("true")
+}
+
+/// Warnings for the pod's opt-outs that its namespace does not allow: they are ignored.
+fn ignored_opt_outs(pod: &Pod, ns: &NamespaceView<'_>) -> Vec<String> {
+    if allows_pod_opt_outs(ns) {
+        return Vec::new();
+    }
+    let (labels, annotations) = (
+        pod.metadata.labels.as_ref(),
+        pod.metadata.annotations.as_ref(),
+    );
+    let mut ignored = Vec::new();
+    if lookup(labels, INJECT_KEY) == Some(DISABLED) {
+        ignored.push(format!("label {INJECT_KEY}={DISABLED}"));
+    }
+    if lookup(annotations, INJECT_KEY) == Some(DISABLED) {
+        ignored.push(format!("annotation {INJECT_KEY}={DISABLED}"));
+    }
+    if lookup(annotations, EXCLUDE_INBOUND_PORTS_KEY).is_some() {
+        ignored.push(format!("annotation {EXCLUDE_INBOUND_PORTS_KEY}"));
+    }
+    ignored
+        .into_iter()
+        .map(|what| {
+            format!(
+                "picket: {what} ignored: namespace {:?} does not allow pod opt-outs (namespace \
+                 annotation {ALLOW_POD_OPT_OUT_KEY}: \"true\"); the pod is injected and enforced",
+                ns.name
+            )
+        })
+        .collect()
+}
+
+fn skip_reason(
+    pod: &Pod,
+    ns: &NamespaceView<'_>,
+    cfg: &InjectConfig,
+    opt_outs: bool,
+) -> Option<SkipReason> {
     let meta = &pod.metadata;
-    if lookup(meta.labels.as_ref(), INJECT_KEY) == Some(DISABLED) {
+    if opt_outs && lookup(meta.labels.as_ref(), INJECT_KEY) == Some(DISABLED) {
         return Some(SkipReason::OptedOutByLabel);
     }
-    if lookup(meta.annotations.as_ref(), INJECT_KEY) == Some(DISABLED) {
+    if opt_outs && lookup(meta.annotations.as_ref(), INJECT_KEY) == Some(DISABLED) {
         return Some(SkipReason::OptedOutByAnnotation);
     }
     let spec = pod.spec.as_ref()?;
@@ -378,7 +606,7 @@ fn skip_reason(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Option<
         }
     }
     for volume in spec.volumes.iter().flatten() {
-        if volume.name == RUN_VOLUME || volume.name == TOKEN_VOLUME {
+        if OUR_VOLUMES.contains(&volume.name.as_str()) {
             return Some(SkipReason::NameConflict(volume.name.clone()));
         }
     }
@@ -392,7 +620,9 @@ fn lookup<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'
 // === impl PodSettings ===
 
 impl PodSettings {
-    fn from_pod(pod: &Pod, cfg: &InjectConfig) -> Result<Self, InvalidAnnotation> {
+    /// The settings for `pod`; its port exclusions count only when `opt_outs` (its
+    /// namespace allows pod opt-outs).
+    fn from_pod(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Result<Self, InvalidAnnotation> {
         let annotations = pod.metadata.annotations.as_ref();
         let get = |key| lookup(annotations, key).map(str::trim);
 
@@ -405,7 +635,7 @@ impl PodSettings {
         };
 
         let mut exclude_inbound_ports = cfg.exclude_inbound_ports.clone();
-        if let Some(value) = get(EXCLUDE_INBOUND_PORTS_KEY) {
+        if let Some(value) = get(EXCLUDE_INBOUND_PORTS_KEY).filter(|_| opt_outs) {
             for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                 let port = item
                     .parse::<u16>()
@@ -472,6 +702,12 @@ impl PodSettings {
             }
         }
 
+        if let Some(value) = get(LOG_LEVEL_KEY) {
+            check_log_filter(value).map_err(|message| InvalidAnnotation {
+                key: LOG_LEVEL_KEY,
+                message,
+            })?;
+        }
         let log_level = get(LOG_LEVEL_KEY)
             .map(str::to_string)
             .or_else(|| cfg.proxy_log_level.clone());
@@ -483,6 +719,62 @@ impl PodSettings {
             log_level,
         })
     }
+}
+
+// === log filters ===
+
+/// The levels a directive may name on its own (in any case).
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a log filter for the proxy (`PICKET_LOG`): it must parse as a `tracing`
+/// filter, and no directive may be a bare word that is not a level. `tracing`
+/// reads such a word as a target (`bogus-level` enables only the target
+/// `bogus-level` and so silences the proxy): a typo, most likely. A directive
+/// naming a target has `=`, `::` or a span (`[...]`): `picket_proxy=debug`. An
+/// empty filter is refused too (it would leave only errors).
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    if directives(filter).is_empty() {
+        return Err(
+            "the filter is empty: name a level (trace, debug, info, warn, error, off)".into(),
+        );
+    }
+    picket_common::logging::check_filter(filter)
+        .map_err(|e| format!("{filter:?} is not a log filter: {e}"))?;
+    for directive in directives(filter) {
+        let names_target = directive.contains(['=', '[']) || directive.contains("::");
+        if !names_target && !LOG_LEVELS.iter().any(|l| directive.eq_ignore_ascii_case(l)) {
+            return Err(format!(
+                "{directive:?} is neither a level ({}) nor a target=level directive; \
+                 as a target it would silence every other log",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The comma-separated directives of a filter, trimmed, empty ones left out; commas
+/// inside a span's `[...]` or `{...}` do not separate.
+fn directives(filter: &str) -> Vec<&str> {
+    let mut directives = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in filter.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                directives.push(&filter[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    directives.push(&filter[start..]);
+    directives
+        .into_iter()
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect()
 }
 
 // === building the patch ===
@@ -514,11 +806,16 @@ fn inject_ops(pod: &Pod, cfg: &InjectConfig, settings: &PodSettings) -> Vec<Patc
         ops.push(add(&["spec", "containers", "0"], to_value(&proxy)));
     }
 
-    let mut volumes = vec![Volume {
-        name: RUN_VOLUME.into(),
+    let empty_dir = |name: &str| Volume {
+        name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
-    }];
+    };
+    let mut volumes = vec![
+        empty_dir(RUN_VOLUME),
+        empty_dir(XTABLES_VOLUME),
+        empty_dir(NO_TOKEN_VOLUME),
+    ];
     if token_mount.is_none() {
         volumes.push(token_volume());
     }
@@ -623,6 +920,7 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
         env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
         env(vars::NODE_FILE, NODE_FILE),
         env(vars::IPTABLES_BACKEND, cfg.iptables_backend.clone()),
+        env(XTABLES_LOCKFILE_ENV, format!("{XTABLES_DIR}/xtables.lock")),
     ];
     if !settings.exclude_inbound_ports.is_empty() {
         let ports: Vec<String> = settings
@@ -641,15 +939,17 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
         env: Some(env),
         resources: Some(resources(&settings.resources)),
         security_context: Some(SecurityContext {
-            // iptables needs root with these two capabilities; a pod-level
-            // runAsNonRoot: true would refuse the container without the override.
+            // iptables needs root with these two capabilities (NET_RAW: the legacy
+            // backend talks to the kernel through a raw socket; nft needs only
+            // NET_ADMIN); a pod-level runAsNonRoot: true would refuse the container
+            // without the override.
             run_as_user: Some(0),
             run_as_group: Some(0),
             run_as_non_root: Some(false),
             privileged: Some(false),
             allow_privilege_escalation: Some(false),
-            // iptables-legacy takes its lock in /run/xtables.lock.
-            read_only_root_filesystem: Some(false),
+            // iptables-legacy takes its lock in XTABLES_LOCKFILE, on its own emptyDir.
+            read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
                 add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
@@ -660,7 +960,23 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![run_mount()]),
+        volume_mounts: Some(vec![
+            run_mount(),
+            VolumeMount {
+                name: XTABLES_VOLUME.into(),
+                mount_path: XTABLES_DIR.into(),
+                ..VolumeMount::default()
+            },
+            // Root must not hold the app's token: with a mount of its own at the
+            // token's path, the ServiceAccount admission plugin (which runs again
+            // after the webhooks when they are reinvoked) leaves it alone.
+            VolumeMount {
+                name: NO_TOKEN_VOLUME.into(),
+                mount_path: SA_TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
@@ -676,6 +992,9 @@ fn proxy_container(
         field_env(vars::POD_NAMESPACE, "metadata.namespace"),
         field_env(vars::POD_IP, "status.podIP"),
         field_env(vars::HOST_IP, "status.hostIP"),
+        // Dual stack: every address of the pod and of its node (comma-separated).
+        field_env(vars::POD_IPS, "status.podIPs"),
+        field_env(vars::HOST_IPS, "status.hostIPs"),
         field_env("NODE_NAME", "spec.nodeName"),
         env(vars::SOURCE, "kube"),
         // One malloc arena: the proxy's large allocations come in bursts
@@ -751,16 +1070,18 @@ fn proxy_container(
     }
 }
 
-/// The app's service-account token mount, if any container has one.
+/// The app's service-account token mount, if any container but ours has one.
 ///
-/// The ServiceAccount admission plugin runs before webhooks, so containers we
-/// add never get the token mounted: we copy the app's mount, or (when the pod
-/// opted out of automounting) project a token of our own.
+/// The ServiceAccount admission plugin runs before webhooks, so the proxy we
+/// add does not get the token mounted: we copy the app's mount, or (when the
+/// pod or its service account opted out of automounting) project a token of
+/// our own.
 fn existing_token_mount(pod: &Pod) -> Option<VolumeMount> {
     let spec = pod.spec.as_ref()?;
     spec.containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
         .flat_map(|c| c.volume_mounts.iter().flatten())
         .find(|m| m.mount_path.trim_end_matches('/') == SA_TOKEN_DIR)
         .map(|m| VolumeMount {

@@ -2,14 +2,14 @@
 //! responses around [`crate::patch::plan`].
 //!
 //! Pure: no I/O. The server calls [`parse`] on the body, looks up the
-//! namespace labels of a [`Triage::Pod`], then calls [`respond_to_pod`];
-//! every other case is answered by [`respond_unchanged`]. Every response
-//! carries the request's uid.
+//! namespace of a [`Triage::Pod`], then calls [`respond_to_pod`]; a
+//! [`Triage::Refuse`] is answered by [`respond_refused`], every other case by
+//! [`respond_unchanged`]. Every response carries the request's uid.
 //!
-//! Bad input never breaks a pod silently: a body that is not an
-//! AdmissionReview is an error (HTTP 400); a review of another kind or
-//! operation, or with an object that does not decode as a Pod, is allowed
-//! unchanged with a warning.
+//! Bad input never lets a pod through unenforced: a body that is not an
+//! AdmissionReview is an error (HTTP 400); a pod creation whose object does
+//! not decode as a Pod (or that has no object or namespace) is refused, naming
+//! the field; a review of another kind or operation is allowed unchanged.
 
 #![warn(missing_docs)]
 
@@ -96,6 +96,13 @@ pub enum Triage {
         pod: Box<Pod>,
         /// The namespace it is created in.
         namespace: String,
+    },
+    /// A pod creation the injector cannot read: refused, as it would run unenforced.
+    Refuse {
+        /// A static label for metrics and logs.
+        reason: &'static str,
+        /// What is wrong, for the client.
+        message: String,
     },
     /// Anything else: allowed unchanged, with this warning if any.
     PassThrough {
@@ -211,17 +218,22 @@ fn triage(request: &AdmissionRequest) -> Triage {
         // Only creation can add containers; nothing to warn about.
         return pass("other_operation", None);
     }
+    let refuse = |reason, message: String| Triage::Refuse { reason, message };
     let Some(object) = &request.object else {
-        return pass(
+        return refuse(
             "no_object",
-            Some("picket: AdmissionReview has no object; pod not injected".into()),
+            "picket: AdmissionReview of a pod creation has no request.object".into(),
         );
     };
-    let pod: Pod = match serde_json::from_value(object.clone()) {
+    let pod: Pod = match serde_path_to_error::deserialize(object) {
         Ok(pod) => pod,
         Err(e) => {
-            let warning = format!("picket: could not decode the pod ({e}); not injected");
-            return pass("undecodable", Some(warning));
+            let message = format!(
+                "picket: request.object does not decode as a Pod: {}: {}",
+                e.path(),
+                e.inner()
+            );
+            return refuse("undecodable", message);
         }
     };
     // The object's namespace may be empty; the request's is authoritative.
@@ -231,9 +243,11 @@ fn triage(request: &AdmissionRequest) -> Triage {
         .filter(|ns| !ns.is_empty())
         .or_else(|| pod.metadata.namespace.clone().filter(|ns| !ns.is_empty()));
     let Some(namespace) = namespace else {
-        return pass(
+        return refuse(
             "no_namespace",
-            Some("picket: AdmissionReview has no namespace; pod not injected".into()),
+            "picket: AdmissionReview of a pod creation has no namespace (request.namespace \
+             and request.object.metadata.namespace are empty)"
+                .into(),
         );
     };
     Triage::Pod {
@@ -260,7 +274,7 @@ pub fn respond_to_pod(
         Decision::Injected(mode) => mode.as_str(),
         Decision::AlreadyInjected => "already_injected",
         Decision::Skipped(reason) => reason.as_str(),
-        Decision::Rejected(_) => "invalid_annotation",
+        Decision::Rejected(rejection) => rejection.as_str(),
     };
     let mut response = AdmissionResponse {
         uid: uid.to_string(),
@@ -270,13 +284,9 @@ pub fn respond_to_pod(
         status: None,
         warnings,
     };
-    if let Decision::Rejected(invalid) = &decision {
+    if let Decision::Rejected(rejection) = &decision {
         response.allowed = false;
-        response.status = Some(Status {
-            code: 400,
-            message: format!("picket: {invalid}"),
-            reason: "BadRequest",
-        });
+        response.status = Some(bad_request(format!("picket: {rejection}")));
     } else if !ops.is_empty() {
         let json = serde_json::to_vec(&ops).expect("JSON patch ops always serialize");
         response.patch_type = Some("JSONPatch");
@@ -306,6 +316,32 @@ pub fn respond_unchanged(uid: &str, reason: &'static str, warning: Option<String
         decision: "passed_through",
         reason,
         patched: false,
+    }
+}
+
+/// Refuses the request with `message` (a [`Triage::Refuse`]).
+pub fn respond_refused(uid: &str, reason: &'static str, message: String) -> Reviewed {
+    let response = AdmissionResponse {
+        uid: uid.to_string(),
+        allowed: false,
+        patch_type: None,
+        patch: None,
+        status: Some(bad_request(message)),
+        warnings: Vec::new(),
+    };
+    Reviewed {
+        review: wrap(response),
+        decision: "rejected",
+        reason,
+        patched: false,
+    }
+}
+
+fn bad_request(message: String) -> Status {
+    Status {
+        code: 400,
+        message,
+        reason: "BadRequest",
     }
 }
 
@@ -366,6 +402,7 @@ mod tests {
         let ns = NamespaceView {
             name: &namespace,
             labels: Some(&labels),
+            annotations: Some(&labels),
         };
         let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
         let json = serde_json::to_value(&reviewed.review).unwrap();
@@ -436,19 +473,37 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_pods_pass_through_with_a_warning() {
-        let object = serde_json::json!({"metadata": {"name": 7}, "spec": {"containers": "no"}});
-        let (_, triage) = parse(&review(pod_request(object))).unwrap();
-        assert!(
-            matches!(
-                triage,
-                Triage::PassThrough {
-                    reason: "undecodable",
-                    warning: Some(_)
-                }
-            ),
-            "{triage:?}"
-        );
+    fn undecodable_pods_are_refused_naming_the_field() {
+        let object = serde_json::json!({"metadata": {"name": "web"}, "spec": {"containers": "no"}});
+        let (request, triage) = parse(&review(pod_request(object))).unwrap();
+        let Triage::Refuse { reason, message } = triage else {
+            panic!("{triage:?}");
+        };
+        assert_eq!(reason, "undecodable");
+        assert!(message.contains("request.object"), "{message}");
+        assert!(message.contains("spec.containers"), "{message}");
+        let reviewed = respond_refused(&request.uid, reason, message);
+        let json = serde_json::to_value(&reviewed.review).unwrap();
+        assert_eq!(json["response"]["uid"], request.uid);
+        assert_eq!(json["response"]["allowed"], false);
+        assert_eq!(json["response"]["status"]["code"], 400);
+        assert!(json["response"].get("patch").is_none());
+        assert_eq!(reviewed.decision, "rejected");
+    }
+
+    #[test]
+    fn pod_creations_without_object_or_namespace_are_refused() {
+        let mut no_object = pod_request(plain_pod());
+        no_object.as_object_mut().unwrap().remove("object");
+        let mut no_namespace = pod_request(plain_pod());
+        no_namespace["namespace"] = Value::Null;
+        for (request, expected) in [(no_object, "no_object"), (no_namespace, "no_namespace")] {
+            let (_, triage) = parse(&review(request)).unwrap();
+            assert!(
+                matches!(triage, Triage::Refuse { reason, .. } if reason == expected),
+                "{expected}: {triage:?}"
+            );
+        }
     }
 
     #[test]
@@ -469,7 +524,7 @@ mod tests {
     fn invalid_annotation_is_refused_with_uid() {
         let mut object = plain_pod();
         object["metadata"]["annotations"] =
-            serde_json::json!({"picket.io/exclude-inbound-ports": "http"});
+            serde_json::json!({"picket.io/sidecar-mode": "sometimes"});
         let (request, triage) = parse(&review(pod_request(object))).unwrap();
         let Triage::Pod { pod, namespace } = triage else {
             panic!()
@@ -478,6 +533,7 @@ mod tests {
         let ns = NamespaceView {
             name: &namespace,
             labels: Some(&labels),
+            annotations: Some(&labels),
         };
         let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
         let json = serde_json::to_value(&reviewed.review).unwrap();
@@ -485,9 +541,6 @@ mod tests {
         assert_eq!(json["response"]["allowed"], false);
         assert_eq!(json["response"]["status"]["code"], 400);
         let message = json["response"]["status"]["message"].as_str().unwrap();
-        assert!(
-            message.contains("picket.io/exclude-inbound-ports"),
-            "{message}"
-        );
+        assert!(message.contains("picket.io/sidecar-mode"), "{message}");
     }
 }

@@ -35,7 +35,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Webhook {
     /// What to inject.
     pub config: Arc<InjectConfig>,
-    /// Namespace labels, for the Pod Security check.
+    /// Namespace labels and annotations, for the Pod Security check and pod opt-outs.
     pub namespaces: Arc<dyn NamespaceLookup>,
     /// Counters.
     pub metrics: Metrics,
@@ -141,10 +141,20 @@ impl Webhook {
                 );
                 review::respond_unchanged(&request.uid, reason, warning)
             }
+            Triage::Refuse { reason, message } => {
+                tracing::info!(
+                    uid = %request.uid,
+                    operation = %request.operation,
+                    reason,
+                    %message,
+                    "Refused pod"
+                );
+                review::respond_refused(&request.uid, reason, message)
+            }
             Triage::Pod { pod, namespace } => {
-                let lookup = self.namespaces.labels(&namespace);
-                let labels = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-                    Ok(Ok(labels)) => Some(labels),
+                let lookup = self.namespaces.lookup(&namespace);
+                let meta = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+                    Ok(Ok(meta)) => Some(meta),
                     Ok(Err(error)) => {
                         tracing::warn!(%error, "Namespace lookup failed");
                         None
@@ -156,7 +166,8 @@ impl Webhook {
                 };
                 let view = NamespaceView {
                     name: &namespace,
-                    labels: labels.as_deref(),
+                    labels: meta.as_deref().map(|m| &m.labels),
+                    annotations: meta.as_deref().map(|m| &m.annotations),
                 };
                 let reviewed = review::respond_to_pod(&request.uid, &pod, &view, &self.config);
                 let name = pod

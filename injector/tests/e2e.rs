@@ -342,27 +342,25 @@ async fn bad_input_is_refused_or_passed_through_never_crashes() {
         .unwrap()
         .contains("Service"));
 
-    // A Pod that does not decode: allowed unchanged, with a warning.
-    let broken = json!({"metadata": {"name": ["x"]}, "spec": {"containers": 3}});
+    // A Pod that does not decode: refused, naming the field (it would run unenforced).
+    let broken = json!({"metadata": {"name": "x"}, "spec": {"containers": 3}});
     let response = injector.review(&pod_review("uid-broken", &broken)).await;
     assert_eq!(response["response"]["uid"], "uid-broken");
-    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(response["response"]["allowed"], false);
     assert!(response["response"].get("patch").is_none());
-    assert!(!response["response"]["warnings"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    let message = response["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("spec.containers"), "{message}");
 
     // An invalid per-pod annotation: refused, naming it.
     let mut pod = fixture("plain");
-    pod["metadata"]["annotations"] = json!({"picket.io/exclude-inbound-ports": "ssh"});
+    pod["metadata"]["annotations"] = json!({"picket.io/proxy-log-level": "bogus-level"});
     let response = injector.review(&pod_review("uid-annot", &pod)).await;
     assert_eq!(response["response"]["uid"], "uid-annot");
     assert_eq!(response["response"]["allowed"], false);
     assert!(response["response"]["status"]["message"]
         .as_str()
         .unwrap()
-        .contains("picket.io/exclude-inbound-ports"));
+        .contains("picket.io/proxy-log-level"));
 
     // Over the size limit (64 KiB here): 413.
     let mut big = fixture("plain");
@@ -559,4 +557,136 @@ metadata:
             .count()
     };
     assert_eq!((gets("locked"), gets("shop")), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_opt_outs_count_only_in_namespaces_that_allow_them() {
+    let api = picket_test_support::ApiServer::bind("127.0.0.1:0").expect("test API server");
+    api.apply(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {picket.io/inject: enabled}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: lab
+  labels: {picket.io/inject: enabled}
+  annotations: {picket.io/allow-pod-opt-out: \"true\"}
+",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let ca = ca_file.to_str().unwrap().to_string();
+    let args = [
+        "--tls-mode",
+        "self-signed",
+        "--ca-out",
+        &ca,
+        "--namespace-lookup",
+        "kube",
+    ];
+    let envs = [("KUBECONFIG", kubeconfig.as_path())];
+    let injector = Injector::start_with(&args, &envs, dir, ca_file).await;
+    let pod = fixture("opted-out-annotation");
+
+    // Where the namespace does not allow it, the opt-out is ignored, with a warning.
+    let response = injector.review(&pod_review("uid-shop", &pod)).await;
+    let inner = &response["response"];
+    assert_eq!(inner["allowed"], true);
+    let patched = apply(&pod, inner).expect("a patch");
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "picket-init");
+    let warning = inner["warnings"][0].as_str().expect("a warning");
+    assert!(warning.contains("picket.io/allow-pod-opt-out"), "{warning}");
+
+    // Where it does, the pod is left alone but for its status.
+    let mut review = pod_review("uid-lab", &pod);
+    review["request"]["namespace"] = "lab".into();
+    let response = injector.review(&review).await;
+    let patched = apply(&pod, &response["response"]).expect("the status annotation");
+    assert_eq!(patched["spec"], pod["spec"], "opted-out pod changed");
+    assert!(patched["metadata"]["annotations"]["picket.io/status"]
+        .as_str()
+        .unwrap()
+        .contains("opted_out_by_annotation"));
+}
+
+/// Creates `pod` through the test API server's HTTP API, as a client does: the server runs
+/// the ServiceAccount admission step on it, as a real one does after the webhooks (on
+/// reinvocation) or before them. Returns the pod as stored.
+async fn create_pod(api: &picket_test_support::ApiServer, pod: &Value) -> Pod {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&api.kubeconfig_yaml()).unwrap();
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, "shop");
+    let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+    pods.create(&kube::api::PostParams::default(), &pod)
+        .await
+        .expect("the API server stores the injected pod")
+}
+
+/// The names of the containers (of both lists) that mount a service-account token.
+fn token_holders(pod: &Pod) -> Vec<String> {
+    let spec = pod.spec.as_ref().unwrap();
+    let tokens: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| {
+            let sources = v.projected.as_ref().and_then(|p| p.sources.as_ref());
+            sources
+                .into_iter()
+                .flatten()
+                .any(|s| s.service_account_token.is_some())
+        })
+        .map(|v| v.name.as_str())
+        .collect();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| tokens.contains(&m.name.as_str()))
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_pod_gives_the_token_to_the_proxy_but_not_to_the_root_init_container() {
+    let api = picket_test_support::ApiServer::bind("127.0.0.1:0").expect("test API server");
+    api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+        .unwrap();
+    let injector = Injector::self_signed().await;
+    // As the webhook sees pods: with the app's token already mounted (plain), without it
+    // (generate-name: as when the plugin runs again after the webhooks), and opted out.
+    let cases = [
+        ("plain", &["picket-proxy", "app"][..]),
+        ("generate-name", &["picket-proxy", "web"][..]),
+        ("no-automount", &["picket-proxy"][..]),
+    ];
+    for (name, holders) in cases {
+        let pod = fixture(name);
+        let response = injector.review(&pod_review(name, &pod)).await;
+        let patched = apply(&pod, &response["response"]).expect("a patch");
+        let stored = create_pod(&api, &patched).await;
+        assert_eq!(token_holders(&stored), holders, "{name}");
+
+        // The pod as stored, reviewed again (as a reinvocation sees it): ours, unchanged.
+        let stored = serde_json::to_value(&stored).unwrap();
+        let again = injector.review(&pod_review(name, &stored)).await;
+        assert_eq!(again["response"]["allowed"], true, "{name}: {again}");
+        assert!(again["response"].get("patch").is_none(), "{name}: {again}");
+    }
 }

@@ -1,8 +1,9 @@
 //! Test support shared by Picket's crates.
 //!
 //! - [`apiserver`]: a Kubernetes API server for tests, speaking the real list/watch protocol
-//!   over HTTPS for Pods, Namespaces, NetworkPolicies, Secrets and
-//!   MutatingWebhookConfigurations (with PATCH), with fault injection.
+//!   over HTTPS for Pods, Namespaces, NetworkPolicies, Secrets, ServiceAccounts and
+//!   MutatingWebhookConfigurations (with PATCH), with the ServiceAccount admission step on
+//!   pod creates, and fault injection.
 
 pub mod apiserver;
 

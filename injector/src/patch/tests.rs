@@ -23,15 +23,35 @@ fn privileged_ns() -> BTreeMap<String, String> {
     BTreeMap::from([("picket.io/inject".to_string(), "enabled".to_string())])
 }
 
+/// No namespace annotations: the namespace's pods may not opt out.
+static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
+
+/// A namespace's annotations letting its pods opt out.
+fn allowing_opt_outs() -> BTreeMap<String, String> {
+    BTreeMap::from([(ALLOW_POD_OPT_OUT_KEY.to_string(), "true".to_string())])
+}
+
+fn plan_with(
+    pod: &Pod,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    cfg: &InjectConfig,
+) -> Plan {
+    let ns = NamespaceView {
+        name: "shop",
+        labels: Some(labels),
+        annotations: Some(annotations),
+    };
+    plan(pod, &ns, cfg)
+}
+
 fn plan_in(pod: &Pod, labels: &BTreeMap<String, String>, cfg: &InjectConfig) -> Plan {
-    plan(
-        pod,
-        &NamespaceView {
-            name: "shop",
-            labels: Some(labels),
-        },
-        cfg,
-    )
+    plan_with(pod, labels, &NO_ANNOTATIONS, cfg)
+}
+
+/// In a namespace that lets its pods opt out.
+fn plan_allowing_opt_outs(pod: &Pod, cfg: &InjectConfig) -> Plan {
+    plan_with(pod, &privileged_ns(), &allowing_opt_outs(), cfg)
 }
 
 fn plan_default(pod: &Pod) -> Plan {
@@ -219,6 +239,8 @@ fn plain_pod_gets_init_container_and_native_sidecar() {
             ("POD_NAMESPACE", "metadata.namespace"),
             ("POD_IP", "status.podIP"),
             ("HOST_IP", "status.hostIP"),
+            ("POD_IPS", "status.podIPs"),
+            ("HOST_IPS", "status.hostIPs"),
             ("NODE_NAME", "spec.nodeName"),
         ]
     );
@@ -243,7 +265,15 @@ fn plain_pod_gets_init_container_and_native_sidecar() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, ["kube-api-access-x7k2p", RUN_VOLUME]);
+    assert_eq!(
+        volumes,
+        [
+            "kube-api-access-x7k2p",
+            RUN_VOLUME,
+            XTABLES_VOLUME,
+            NO_TOKEN_VOLUME
+        ]
+    );
 
     assert_eq!(annotation(&patched, "prometheus.io/scrape"), Some("true"));
     assert_eq!(annotation(&patched, "prometheus.io/port"), Some("15020"));
@@ -262,6 +292,8 @@ fn whole_arrays_and_maps_are_added_when_absent() {
         paths,
         [
             "/spec/initContainers",
+            "/spec/volumes/-",
+            "/spec/volumes/-",
             "/spec/volumes/-",
             "/metadata/annotations"
         ]
@@ -340,7 +372,10 @@ fn pod_without_security_context_or_token_gets_a_projected_token() {
         .map(|v| v.name.as_str())
         .collect();
     // `/spec/volumes` was absent: added as one array.
-    assert_eq!(volumes, [RUN_VOLUME, TOKEN_VOLUME]);
+    assert_eq!(
+        volumes,
+        [RUN_VOLUME, XTABLES_VOLUME, NO_TOKEN_VOLUME, TOKEN_VOLUME]
+    );
     let proxy = find(&patched, PROXY_CONTAINER);
     let token = proxy
         .volume_mounts
@@ -417,7 +452,7 @@ fn excluded_ports_and_resources_come_from_annotations() {
         exclude_inbound_ports: vec![22],
         ..InjectConfig::for_test()
     };
-    let plan = plan_in(&pod, &privileged_ns(), &cfg);
+    let plan = plan_allowing_opt_outs(&pod, &cfg);
     let patched = apply(&pod, &plan.ops);
     check_invariants(&patched);
     let init = find(&patched, INIT_CONTAINER);
@@ -454,8 +489,9 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
     for (key, value) in cases {
         let mut pod = fixture("plain");
         pod.metadata.annotations = Some(BTreeMap::from([(key.to_string(), value.to_string())]));
-        let plan = plan_default(&pod);
-        let Decision::Rejected(invalid) = &plan.decision else {
+        // Where the exclusions count at all.
+        let plan = plan_allowing_opt_outs(&pod, &InjectConfig::for_test());
+        let Decision::Rejected(Rejection::InvalidAnnotation(invalid)) = &plan.decision else {
             panic!("{key}={value}: {:?}", plan.decision);
         };
         assert_eq!(invalid.key, key);
@@ -510,11 +546,11 @@ fn reinvocation_moves_our_containers_back_in_front() {
 
 fn assert_skipped(
     pod: &Pod,
-    labels: &BTreeMap<String, String>,
+    (labels, annotations): (&BTreeMap<String, String>, &BTreeMap<String, String>),
     reason: &SkipReason,
     warns: bool,
 ) -> Plan {
-    let plan = plan_in(pod, labels, &InjectConfig::for_test());
+    let plan = plan_with(pod, labels, annotations, &InjectConfig::for_test());
     assert_eq!(plan.decision, Decision::Skipped(reason.clone()));
     assert_eq!(!plan.warnings.is_empty(), warns, "{:?}", plan.warnings);
     let patched = apply(pod, &plan.ops);
@@ -523,24 +559,26 @@ fn assert_skipped(
     assert_eq!(status["injected"], false);
     assert_eq!(status["reason"], reason.as_str());
     // And skipping again changes nothing.
-    let again = plan_in(&patched, labels, &InjectConfig::for_test());
+    let again = plan_with(&patched, labels, annotations, &InjectConfig::for_test());
     assert!(again.ops.is_empty(), "{:?}", again.ops);
     plan
 }
 
 #[test]
-fn opted_out_pods_are_left_alone() {
-    let ns = privileged_ns();
+fn opted_out_pods_are_left_alone_where_the_namespace_allows_it() {
+    let (labels, annotations) = (privileged_ns(), allowing_opt_outs());
     let pod = fixture("opted-out-label");
-    assert_skipped(&pod, &ns, &SkipReason::OptedOutByLabel, false);
+    let ns = (&labels, &annotations);
+    assert_skipped(&pod, ns, &SkipReason::OptedOutByLabel, false);
     let pod = fixture("opted-out-annotation");
-    assert_skipped(&pod, &ns, &SkipReason::OptedOutByAnnotation, false);
+    assert_skipped(&pod, ns, &SkipReason::OptedOutByAnnotation, false);
 }
 
 #[test]
 fn host_network_pods_are_never_injected() {
     let pod = fixture("host-network");
-    let plan = assert_skipped(&pod, &privileged_ns(), &SkipReason::HostNetwork, true);
+    let ns = (&privileged_ns(), &NO_ANNOTATIONS);
+    let plan = assert_skipped(&pod, ns, &SkipReason::HostNetwork, true);
     assert!(plan.warnings[0].contains("hostNetwork"));
 }
 
@@ -548,7 +586,7 @@ fn host_network_pods_are_never_injected() {
 fn port_conflicts_skip_with_a_warning() {
     let pod = fixture("port-conflict");
     let reason = SkipReason::PortConflict(15006);
-    assert_skipped(&pod, &privileged_ns(), &reason, true);
+    assert_skipped(&pod, (&privileged_ns(), &NO_ANNOTATIONS), &reason, true);
 }
 
 #[test]
@@ -560,6 +598,7 @@ fn system_namespaces_get_no_patch_at_all() {
             &NamespaceView {
                 name: ns,
                 labels: Some(&privileged_ns()),
+                annotations: Some(&allowing_opt_outs()),
             },
             &InjectConfig::for_test(),
         );
@@ -578,7 +617,7 @@ fn pod_security_baseline_or_restricted_warns_instead_of_injecting() {
         let mut labels = privileged_ns();
         labels.insert(POD_SECURITY_ENFORCE_KEY.into(), level.into());
         let reason = SkipReason::PodSecurity(level.into());
-        let plan = assert_skipped(&pod, &labels, &reason, true);
+        let plan = assert_skipped(&pod, (&labels, &NO_ANNOTATIONS), &reason, true);
         assert!(plan.warnings[0].contains(level), "{:?}", plan.warnings);
         assert!(plan.warnings[0].contains("NET_ADMIN"));
     }
@@ -596,6 +635,7 @@ fn unknown_namespace_labels_inject_with_a_warning() {
         &NamespaceView {
             name: "shop",
             labels: None,
+            annotations: None,
         },
         &InjectConfig::for_test(),
     );
@@ -637,4 +677,285 @@ fn self_check_catches_new_duplicates_but_not_the_pods_own() {
     // `/spec/initContainers` is added whole (so replaced), volumes are appended.
     assert_eq!(problem, "duplicate volume picket-run");
     assert!(self_check(&plain, &plan_default(&plain).ops).is_ok());
+}
+
+// === containers named like ours ===
+
+fn find_mut<'a>(pod: &'a mut Pod, name: &str) -> &'a mut Container {
+    let spec = pod.spec.as_mut().unwrap();
+    spec.init_containers
+        .iter_mut()
+        .flatten()
+        .chain(spec.containers.iter_mut())
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// The refusal's message, or a panic naming what was decided instead.
+fn rejection(plan: &Plan, what: &str) -> String {
+    let Decision::Rejected(rejected) = &plan.decision else {
+        panic!("{what}: not rejected: {:?}", plan.decision);
+    };
+    assert!(plan.ops.is_empty(), "{what}: {:?}", plan.ops);
+    rejected.to_string()
+}
+
+#[test]
+fn pod_bringing_its_own_picket_containers_is_rejected_naming_them() {
+    let plan = plan_default(&fixture("impostor"));
+    let message = rejection(&plan, "impostor");
+    assert!(message.contains(INIT_CONTAINER), "{message}");
+    assert!(message.contains("image"), "{message}");
+}
+
+#[test]
+fn tampered_copies_of_our_containers_are_rejected_naming_container_and_field() {
+    let pod = fixture("plain");
+    let injected = apply(&pod, &plan_default(&pod).ops);
+    type Tamper = fn(&mut Container);
+    let cases: [(&str, &str, Tamper); 9] = [
+        (INIT_CONTAINER, "image", |c| {
+            c.image = Some("evil/proxy:1".into())
+        }),
+        (INIT_CONTAINER, "args", |c| {
+            c.args = Some(vec!["--help".into()])
+        }),
+        (INIT_CONTAINER, "env", |c| {
+            let all_ports = env("PICKET_EXCLUDE_INBOUND_PORTS", "1-65535");
+            c.env.get_or_insert_with(Vec::new).push(all_ports);
+        }),
+        (INIT_CONTAINER, "securityContext", |c| {
+            c.security_context = None;
+        }),
+        (PROXY_CONTAINER, "command", |c| {
+            c.command = Some(vec!["/bin/sleep".into()]);
+        }),
+        (PROXY_CONTAINER, "securityContext", |c| {
+            c.security_context.as_mut().unwrap().run_as_user = Some(0);
+        }),
+        (PROXY_CONTAINER, "envFrom", |c| {
+            c.env_from = Some(vec![Default::default()]);
+        }),
+        (PROXY_CONTAINER, "volumeMounts", |c| {
+            let over_the_binary = VolumeMount {
+                name: "kube-api-access-x7k2p".into(),
+                mount_path: "/usr/local/bin".into(),
+                ..VolumeMount::default()
+            };
+            c.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(over_the_binary);
+        }),
+        (PROXY_CONTAINER, "restartPolicy", |c| {
+            c.restart_policy = None
+        }),
+    ];
+    for (name, field, tamper) in cases {
+        let mut pod = injected.clone();
+        tamper(find_mut(&mut pod, name));
+        let message = rejection(&plan_default(&pod), &format!("{name} {field}"));
+        assert!(
+            message.contains(name) && message.contains(field),
+            "{name} {field}: {message}"
+        );
+    }
+}
+
+#[test]
+fn one_of_our_containers_without_the_other_is_rejected() {
+    let pod = fixture("plain");
+    let injected = apply(&pod, &plan_default(&pod).ops);
+    for (kept, missing) in [
+        (INIT_CONTAINER, PROXY_CONTAINER),
+        (PROXY_CONTAINER, INIT_CONTAINER),
+    ] {
+        let mut pod = injected.clone();
+        let inits = pod.spec.as_mut().unwrap().init_containers.as_mut().unwrap();
+        inits.retain(|c| c.name != missing);
+        let message = rejection(&plan_default(&pod), &format!("only {kept}"));
+        assert!(message.contains(missing), "{message}");
+    }
+}
+
+// === pod opt-outs ===
+
+#[test]
+fn pod_opt_outs_are_ignored_with_a_warning_where_the_namespace_does_not_allow_them() {
+    for name in ["opted-out-label", "opted-out-annotation"] {
+        let pod = fixture(name);
+        let plan = plan_default(&pod);
+        assert_eq!(
+            plan.decision,
+            Decision::Injected(SidecarMode::Native),
+            "{name}"
+        );
+        assert!(
+            plan.warnings
+                .iter()
+                .any(|w| w.contains("picket.io/allow-pod-opt-out") && w.contains(INJECT_KEY)),
+            "{name}: {:?}",
+            plan.warnings
+        );
+        let patched = apply(&pod, &plan.ops);
+        assert_eq!(init_names(&patched), [INIT_CONTAINER, PROXY_CONTAINER]);
+    }
+
+    let pod = fixture("excluded-ports");
+    let cfg = InjectConfig {
+        exclude_inbound_ports: vec![22],
+        ..InjectConfig::for_test()
+    };
+    let plan = plan_in(&pod, &privileged_ns(), &cfg);
+    let patched = apply(&pod, &plan.ops);
+    // The injector's own setting stays; the pod's annotation is ignored.
+    assert_eq!(
+        env_value(
+            find(&patched, INIT_CONTAINER),
+            "PICKET_EXCLUDE_INBOUND_PORTS"
+        ),
+        Some("22")
+    );
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains(EXCLUDE_INBOUND_PORTS_KEY)
+                && w.contains("picket.io/allow-pod-opt-out")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+// === the init container's privileges ===
+
+#[test]
+fn init_container_has_a_read_only_root_and_an_empty_dir_for_the_xtables_lock() {
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_default(&pod).ops);
+    check_invariants(&patched);
+    let init = find(&patched, INIT_CONTAINER);
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
+    );
+    let lock = env_value(init, "XTABLES_LOCKFILE").expect("XTABLES_LOCKFILE");
+    let mount = init
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| lock.starts_with(&format!("{}/", m.mount_path)))
+        .unwrap_or_else(|| panic!("nothing mounted over {lock}"));
+    assert_ne!(mount.read_only, Some(true));
+    let volume = patched
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+}
+
+#[test]
+fn pod_without_an_automounted_token_hears_that_the_proxy_gets_one() {
+    let plan = plan_default(&fixture("no-automount"));
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("automountServiceAccountToken") && w.contains(TOKEN_VOLUME)),
+        "{:?}",
+        plan.warnings
+    );
+    // A pod with the app's token gets no such warning.
+    assert!(plan_default(&fixture("plain")).warnings.is_empty());
+}
+
+#[test]
+fn init_container_mounts_an_empty_directory_where_the_token_would_go() {
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_default(&pod).ops);
+    let init = find(&patched, INIT_CONTAINER);
+    let mount = init
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == SA_TOKEN_DIR)
+        .expect("a mount at the token directory");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = patched
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    assert!(
+        volume.empty_dir.is_some() && volume.projected.is_none(),
+        "{volume:?}"
+    );
+}
+
+// === the downward API ===
+
+#[test]
+fn proxy_gets_every_pod_and_node_address_from_the_downward_api() {
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_default(&pod).ops);
+    let proxy = find(&patched, PROXY_CONTAINER);
+    let field = |name: &str| {
+        let var = proxy.env.iter().flatten().find(|e| e.name == name)?;
+        let selector = var.value_from.as_ref()?.field_ref.as_ref()?;
+        Some(selector.field_path.clone())
+    };
+    assert_eq!(field("POD_IPS").as_deref(), Some("status.podIPs"));
+    assert_eq!(field("HOST_IPS").as_deref(), Some("status.hostIPs"));
+    assert_eq!(field("POD_IP").as_deref(), Some("status.podIP"));
+    assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
+}
+
+// === the proxy's log filter ===
+
+#[test]
+fn invalid_or_silencing_log_filters_are_refused_naming_the_annotation() {
+    for value in ["info,,=x[", "bogus-level", "inf0", "picket=loud", " , "] {
+        let mut pod = fixture("plain");
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            LOG_LEVEL_KEY.to_string(),
+            value.to_string(),
+        )]));
+        let message = rejection(&plan_default(&pod), value);
+        assert!(message.contains(LOG_LEVEL_KEY), "{value}: {message}");
+    }
+    for value in [
+        "debug",
+        "WARN",
+        "off",
+        "picket_proxy=debug,info",
+        "picket_state::kube=trace",
+        "info,[accept]=debug",
+    ] {
+        let mut pod = fixture("plain");
+        pod.metadata.annotations = Some(BTreeMap::from([(
+            LOG_LEVEL_KEY.to_string(),
+            value.to_string(),
+        )]));
+        let plan = plan_default(&pod);
+        assert_eq!(
+            plan.decision,
+            Decision::Injected(SidecarMode::Native),
+            "{value}"
+        );
+        let patched = apply(&pod, &plan.ops);
+        assert_eq!(
+            env_value(find(&patched, PROXY_CONTAINER), "PICKET_LOG"),
+            Some(value)
+        );
+    }
 }

@@ -636,7 +636,8 @@ mod tests {
                 "pods/status",
                 "namespaces",
                 "namespaces/status",
-                "secrets"
+                "secrets",
+                "serviceaccounts"
             ]
         );
         let admission = resources("admissionregistration.k8s.io/v1");

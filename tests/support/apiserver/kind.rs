@@ -21,6 +21,8 @@ pub enum Kind {
     Secret,
     /// `admissionregistration.k8s.io/v1` MutatingWebhookConfiguration, cluster-scoped.
     MutatingWebhookConfiguration,
+    /// `v1` ServiceAccount, namespaced.
+    ServiceAccount,
 }
 
 /// How a strategic merge patch merges a list, as the `patchStrategy:"merge"` and
@@ -41,12 +43,13 @@ const META_LISTS: [(&str, ListMerge); 2] = [
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::Secret,
         Kind::MutatingWebhookConfiguration,
+        Kind::ServiceAccount,
     ];
 
     /// The `kind` field of an object, e.g. `Pod`.
@@ -57,6 +60,7 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Secret => "Secret",
             Kind::MutatingWebhookConfiguration => "MutatingWebhookConfiguration",
+            Kind::ServiceAccount => "ServiceAccount",
         }
     }
 
@@ -68,13 +72,14 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicyList",
             Kind::Secret => "SecretList",
             Kind::MutatingWebhookConfiguration => "MutatingWebhookConfigurationList",
+            Kind::ServiceAccount => "ServiceAccountList",
         }
     }
 
     /// The `apiVersion` field, e.g. `v1` or `networking.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret => "v1",
+            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io/v1",
         }
@@ -83,7 +88,7 @@ impl Kind {
     /// The API group, empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret => "",
+            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount => "",
             Kind::NetworkPolicy => "networking.k8s.io",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io",
         }
@@ -97,6 +102,7 @@ impl Kind {
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Secret => "secrets",
             Kind::MutatingWebhookConfiguration => "mutatingwebhookconfigurations",
+            Kind::ServiceAccount => "serviceaccounts",
         }
     }
 
@@ -106,6 +112,7 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::Namespace => &["ns"],
             Kind::NetworkPolicy => &["netpol"],
+            Kind::ServiceAccount => &["sa"],
             Kind::Secret | Kind::MutatingWebhookConfiguration => &[],
         }
     }
@@ -126,7 +133,7 @@ impl Kind {
         match self {
             Kind::Pod | Kind::NetworkPolicy => &["spec"],
             Kind::MutatingWebhookConfiguration => &["webhooks"],
-            Kind::Namespace | Kind::Secret => &[],
+            Kind::Namespace | Kind::Secret | Kind::ServiceAccount => &[],
         }
     }
 
@@ -140,6 +147,7 @@ impl Kind {
             Kind::Pod if !path.starts_with("metadata.") => return None,
             Kind::Pod | Kind::NetworkPolicy | Kind::Secret => &[],
             Kind::Namespace => &[("status.conditions", ListMerge::ByKey("type"))],
+            Kind::ServiceAccount => &[("secrets", ListMerge::ByKey("name"))],
             Kind::MutatingWebhookConfiguration => &[
                 ("webhooks", ListMerge::ByKey("name")),
                 ("webhooks.matchConditions", ListMerge::ByKey("name")),
@@ -185,8 +193,10 @@ impl Kind {
             Kind::Namespace => &["metadata.name", "name", "status.phase"],
             Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
             Kind::Secret => &["metadata.name", "metadata.namespace", "type"],
-            // No conversion of its own: the defaults every kind accepts.
-            Kind::MutatingWebhookConfiguration => &["metadata.name", "metadata.namespace"],
+            // No conversion of their own: the defaults every kind accepts.
+            Kind::MutatingWebhookConfiguration | Kind::ServiceAccount => {
+                &["metadata.name", "metadata.namespace"]
+            }
         }
     }
 

@@ -10,6 +10,7 @@
 //! | `/api/v1/namespaces`, `/api/v1/namespaces/{name}[/status]`  | list, watch, create, get, replace, patch, delete |
 //! | `/apis/networking.k8s.io/v1/[namespaces/{ns}/]networkpolicies[/{name}]` | the same, no status |
 //! | `/api/v1/[namespaces/{ns}/]secrets[/{name}]`                | the same                   |
+//! | `/api/v1/[namespaces/{ns}/]serviceaccounts[/{name}]`        | the same                   |
 //! | `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations[/{name}]` | the same |
 //! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create                     |
 //! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz` | get           |
@@ -26,8 +27,14 @@
 //! real registry's strategies: a created pod's status is reset to `Pending`, an update keeps
 //! the status (use the `status` subresource), a no-op update keeps the resourceVersion, a
 //! resourceVersion in an update is a precondition (409 `Conflict`), and a namespaced object
-//! needs its namespace to exist (404). Tests writing through [`ApiServer::apply`] play the part
-//! of the controllers and kubelet instead: what they give is stored as given, status included.
+//! needs its namespace to exist (404). A pod created over HTTP also goes through the
+//! ServiceAccount admission plugin's step (`admission.rs`): `spec.serviceAccountName` defaults
+//! to `default`, and, unless `automountServiceAccountToken` is false on the pod or its
+//! service account, every container and init container without a mount at
+//! `/var/run/secrets/kubernetes.io/serviceaccount` gets one of the pod's `kube-api-access-*`
+//! projected volume, added when absent; a service account other than `default` must be
+//! stored (else 403). Tests writing through [`ApiServer::apply`] play the part of the
+//! controllers and kubelet instead: what they give is stored as given, status included.
 //!
 //! PATCH takes the three patch types of the real server (`patch.rs`): JSON patch
 //! (`application/json-patch+json`), JSON merge patch (`application/merge-patch+json`) and
@@ -85,17 +92,18 @@
 //!
 //! # Limits
 //!
-//! Only Pods, Namespaces, NetworkPolicies, Secrets and MutatingWebhookConfigurations (and
-//! TokenReview). JSON only (no protobuf, no table output), HTTP/1.1 only. No server-side apply
+//! Only Pods, Namespaces, NetworkPolicies, Secrets, ServiceAccounts and
+//! MutatingWebhookConfigurations (and TokenReview). JSON only (no protobuf, no table output), HTTP/1.1 only. No server-side apply
 //! (415), no strategic merge patch of a pod's lists outside its metadata (415: the server does
 //! not carry the pod's patch strategies; use a merge patch), no dry run (400), no
 //! `/watch/` legacy paths, no graceful deletion (deletes are immediate; a namespace's objects
-//! are deleted with it), no deletecollection, no admission (the webhook configurations are
-//! stored, not called), no defaulting or validation beyond what is listed above (a webhook's
+//! are deleted with it), no deletecollection, no admission but the ServiceAccount step above
+//! (the webhook configurations are stored, not called), no defaulting or validation beyond what is listed above (a webhook's
 //! `sideEffects` is not required, for one), no authorization. The history grows until
 //! [`ApiServer::compact`]. A watch from a future resourceVersion simply waits for changes
 //! after it.
 
+mod admission;
 mod body;
 mod http;
 mod kind;

@@ -83,6 +83,16 @@ impl ApiError {
         .with_details(kind, name)
     }
 
+    /// 403: an admission plugin refused the request.
+    pub(crate) fn forbidden(kind: Kind, name: &str, why: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{} \"{name}\" is forbidden: {why}", qualified(kind)),
+        )
+        .with_details(kind, name)
+    }
+
     /// 400: a malformed request.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
+use super::admission;
 use super::kind::Kind;
 use super::patch::Patch;
 use super::selectors::Selectors;
@@ -229,6 +230,9 @@ impl Store {
             if self.get(Kind::Namespace, None, ns).is_none() {
                 return Err(ApiError::not_found(Kind::Namespace, ns));
             }
+            if kind == Kind::Pod && origin == Origin::Client {
+                self.admit_pod(&mut obj, ns, &name)?;
+            }
         }
         let key = key(kind, namespace.as_deref(), &name);
         if self.map(kind).contains_key(&key) {
@@ -253,6 +257,16 @@ impl Store {
         }
         strategy::prepare_for_create(kind, &mut obj, origin);
         Ok(self.record(kind, key, ChangeType::Added, obj, None))
+    }
+
+    /// The ServiceAccount admission plugin's step on a client's pod create (`admission.rs`).
+    fn admit_pod(&mut self, pod: &mut Value, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let account = admission::service_account_name(pod);
+        let stored = self.get(Kind::ServiceAccount, Some(namespace), &account);
+        let service_account = (account.as_str(), stored.as_deref());
+        admission::mount_token(pod, namespace, name, service_account, || {
+            self.random_suffix()
+        })
     }
 
     /// Replaces an object, or its status. A resourceVersion in the body is a precondition.

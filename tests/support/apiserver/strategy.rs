@@ -37,7 +37,7 @@ pub(crate) fn decode(kind: Kind, obj: &mut Value) -> Result<(), ApiError> {
     match kind {
         Kind::Secret => decode_secret(obj),
         Kind::MutatingWebhookConfiguration => decode_webhooks(obj),
-        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy => Ok(()),
+        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ServiceAccount => Ok(()),
     }
 }
 
@@ -46,7 +46,7 @@ pub(crate) fn validate(kind: Kind, obj: &Value, old: Option<&Value>) -> Result<(
     let errors = match kind {
         Kind::Secret => validate_secret(obj, old),
         Kind::MutatingWebhookConfiguration => validate_webhooks(obj),
-        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy => Vec::new(),
+        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ServiceAccount => Vec::new(),
     };
     if errors.is_empty() {
         return Ok(());

@@ -751,6 +751,80 @@ async fn clients_write_through_the_registry_strategies() {
 }
 
 #[tokio::test]
+async fn pod_creates_get_the_service_account_token_mounted_as_upstream() {
+    let server = server();
+    server
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: quiet, namespace: shop}\n\
+             automountServiceAccountToken: false\n",
+        )
+        .expect("applies");
+    let pods: Api<Pod> = Api::namespaced(client(&server).await, "shop");
+    let pod = |name: &str, account: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": account,
+                "initContainers": [{"name": "init", "image": "i"}],
+                "containers": [{"name": "app", "image": "a"}],
+            },
+        }))
+        .expect("pod")
+    };
+    let created = pods
+        .create(&PostParams::default(), &pod("web", ""))
+        .await
+        .expect("creates");
+    let spec = created.spec.expect("spec");
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    let volume = &spec.volumes.expect("volumes")[0];
+    assert!(volume.name.starts_with("kube-api-access-") && volume.name.len() == 21);
+    let token = volume
+        .projected
+        .as_ref()
+        .expect("projected")
+        .sources
+        .as_ref();
+    assert!(token.expect("sources")[0].service_account_token.is_some());
+    for container in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let mounts = container.volume_mounts.as_ref().expect("mounts");
+        assert_eq!(mounts.len(), 1, "{}", container.name);
+        assert_eq!(mounts[0].name, volume.name);
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(
+            mounts[0].mount_path,
+            "/var/run/secrets/kubernetes.io/serviceaccount"
+        );
+    }
+
+    let quiet = pods
+        .create(&PostParams::default(), &pod("quiet", "quiet"))
+        .await
+        .expect("creates");
+    assert!(quiet.spec.expect("spec").volumes.is_none());
+    let missing = api_error(
+        pods.create(&PostParams::default(), &pod("lost", "nobody"))
+            .await,
+    );
+    assert_eq!((missing.code, missing.reason.as_str()), (403, "Forbidden"));
+    assert!(missing
+        .message
+        .contains("serviceaccount \"nobody\" not found"));
+
+    // Tests applying pods play the controllers: what they give is stored as given.
+    let applied = server
+        .apply(&pod_yaml("shop", "given", "{}", "Running"))
+        .expect("applies");
+    assert!(applied[0]["spec"].get("volumes").is_none());
+}
+
+#[tokio::test]
 async fn refused_connections_fail_until_allowed_again() {
     let server = server();
     let pods: Api<Pod> = Api::all(client(&server).await);
