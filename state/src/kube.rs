@@ -1,6 +1,6 @@
 //! The Kubernetes API as a state source: watches of Pods (all namespaces,
 //! finished pods left out by a field selector), Namespaces and
-//! NetworkPolicies, listed from the API server's watch cache.
+//! NetworkPolicies, listed in pages of 500 with quorum reads.
 //!
 //! Objects are stripped to what the engine needs as they arrive (the
 //! watchers keep no store of their own). A relist (a restart, a watch gap,
@@ -157,7 +157,11 @@ impl Source for KubeSource {
     /// Starts one watch per kind and applies their updates until the process ends.
     async fn run(self, writer: StateWriter) {
         let (tx, rx) = mpsc::channel(4 * BATCH_MAX);
-        let config = watcher::Config::default().any_semantic().page_size(500);
+        // Paginated lists are quorum reads: kube-rs sends no resourceVersion=0
+        // with a limit (the watch cache would ignore the limit). So a relist
+        // can never come from a lagging cache on another API server replica
+        // and roll back what was applied (tests/kube_source.rs).
+        let config = watcher::Config::default().page_size(500);
         self.spawn_watch::<core::Namespace>(&config, &tx);
         self.spawn_watch::<core::Pod>(&config, &tx);
         self.spawn_watch::<net::NetworkPolicy>(&config, &tx);

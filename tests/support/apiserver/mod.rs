@@ -656,6 +656,19 @@ impl ApiServer {
         self.shared.faults.refuse.store(refuse, Ordering::SeqCst);
     }
 
+    /// Makes the watch cache lag: from now on, lists at any resourceVersion
+    /// (`resourceVersion=0`, what clients use to list cheaply) are served as
+    /// of now, as by an API server replica whose cache is behind, until
+    /// [`ApiServer::catch_up_cache`]. Quorum lists still read the newest state.
+    pub fn lag_cache(&self) {
+        self.shared.lock_store().freeze_cache();
+    }
+
+    /// Ends [`ApiServer::lag_cache`].
+    pub fn catch_up_cache(&self) {
+        self.shared.lock_store().thaw_cache();
+    }
+
     /// Forgets the history up to now, as an etcd compaction does: watches from, and exact or
     /// continued lists at, an older resourceVersion now get 410 Expired.
     pub fn compact(&self) {

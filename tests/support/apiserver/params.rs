@@ -7,7 +7,7 @@
 //! | request                                   | reads                                   |
 //! |-------------------------------------------|-----------------------------------------|
 //! | list, no resourceVersion                  | newest state                            |
-//! | list, `resourceVersion=0`                 | any state: the newest                   |
+//! | list, `resourceVersion=0`                 | any state: the watch cache (the newest, unless lagging) |
 //! | list, `resourceVersion=N`, no limit       | not older than N (waits up to 3 s)      |
 //! | list, `resourceVersion=N`, limit          | exactly N                               |
 //! | list, `resourceVersionMatch=Exact`        | exactly N                               |
@@ -243,7 +243,8 @@ pub(crate) fn parse_read(
         (ReadAt::Continue(token), None)
     } else {
         match (rv_match, n) {
-            (_, None | Some(0)) => (ReadAt::Latest, None),
+            (_, None) => (ReadAt::Latest, None),
+            (_, Some(0)) => (ReadAt::Cache, None),
             (Some("Exact"), Some(n)) => (ReadAt::Exact(n), Some(n)),
             (Some(_), Some(n)) => (ReadAt::Latest, Some(n)),
             (None, Some(n)) if limit.is_some() => (ReadAt::Exact(n), Some(n)),
@@ -302,10 +303,10 @@ mod tests {
     #[test]
     fn list_resource_version_semantics() {
         assert_eq!(list_read(""), (ReadAt::Latest, None));
-        assert_eq!(list_read("resourceVersion=0"), (ReadAt::Latest, None));
+        assert_eq!(list_read("resourceVersion=0"), (ReadAt::Cache, None));
         assert_eq!(
             list_read("resourceVersion=0&resourceVersionMatch=NotOlderThan"),
-            (ReadAt::Latest, None)
+            (ReadAt::Cache, None)
         );
         assert_eq!(list_read("resourceVersion=7"), (ReadAt::Latest, Some(7)));
         assert_eq!(

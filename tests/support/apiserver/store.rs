@@ -70,11 +70,17 @@ pub(crate) enum Part {
     Status,
 }
 
+/// Every object, by kind, then by key.
+type Objects = BTreeMap<Kind, BTreeMap<String, Arc<Value>>>;
+
 /// At which resourceVersion a list reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ReadAt {
-    /// The newest state.
+    /// The newest state (a quorum read).
     Latest,
+    /// Any state (`resourceVersion=0`): the watch cache's, which is the
+    /// newest unless a test made the cache lag ([`Store::freeze_cache`]).
+    Cache,
     /// The state at exactly this resourceVersion.
     Exact(u64),
     /// A page after the first, from a continue token.
@@ -137,12 +143,15 @@ pub(crate) struct Store {
     rv: u64,
     /// History holds every change with `rv > compacted`.
     compacted: u64,
-    objects: BTreeMap<Kind, BTreeMap<String, Arc<Value>>>,
+    objects: Objects,
     history: VecDeque<Arc<Change>>,
     watchers: Vec<(Kind, mpsc::Sender<Arc<Change>>)>,
     rv_tx: watch::Sender<u64>,
     seed: u64,
     counter: u64,
+    /// A lagging watch cache: lists at any resourceVersion are served from
+    /// this copy of every object, taken at its resourceVersion.
+    lagging_cache: Option<(u64, Objects)>,
 }
 
 // === impl Store ===
@@ -163,6 +172,7 @@ impl Store {
             rv_tx: watch::Sender::new(1),
             seed: nanos ^ (u64::from(std::process::id()) << 32),
             counter: 0,
+            lagging_cache: None,
         }
     }
 
@@ -177,6 +187,18 @@ impl Store {
     }
 
     /// Forgets the history: watches and lists at older resourceVersions now get 410 Expired.
+    /// From now on, lists at any resourceVersion (`resourceVersion=0`) are
+    /// served as of now, as a watch cache on a lagging API server replica
+    /// would, until [`Store::thaw_cache`].
+    pub(crate) fn freeze_cache(&mut self) {
+        self.lagging_cache = Some((self.rv, self.objects.clone()));
+    }
+
+    /// Lists at any resourceVersion are served from the newest state again.
+    pub(crate) fn thaw_cache(&mut self) {
+        self.lagging_cache = None;
+    }
+
     pub(crate) fn compact(&mut self) {
         self.compacted = self.rv;
         self.history.clear();
@@ -397,8 +419,11 @@ impl Store {
 
     /// One page of a list, at the resourceVersion the request asks for.
     pub(crate) fn list(&self, kind: Kind, req: &ListRequest) -> Result<ListPage, ApiError> {
+        if let (ReadAt::Cache, Some((rv, objects))) = (&req.read, &self.lagging_cache) {
+            return Ok(self.page(kind, req, *rv, String::new(), &objects[&kind]));
+        }
         let (rv, start) = match &req.read {
-            ReadAt::Latest => (self.rv, String::new()),
+            ReadAt::Latest | ReadAt::Cache => (self.rv, String::new()),
             ReadAt::Exact(rv) => {
                 self.check_not_compacted(*rv)?;
                 (*rv, String::new())
@@ -433,6 +458,18 @@ impl Store {
             }
         };
         let objects = self.snapshot(kind, rv);
+        Ok(self.page(kind, req, rv, start, &objects))
+    }
+
+    /// One page of `objects` (a kind's state at `rv`), from the key `start`.
+    fn page(
+        &self,
+        kind: Kind,
+        req: &ListRequest,
+        rv: u64,
+        start: String,
+        objects: &BTreeMap<String, Arc<Value>>,
+    ) -> ListPage {
         let prefix = req
             .namespace
             .as_ref()
@@ -472,12 +509,12 @@ impl Store {
             _ => None,
         };
         let remaining = (continue_token.is_some() && req.selectors.is_empty()).then_some(remaining);
-        Ok(ListPage {
+        ListPage {
             rv,
             items,
             continue_token,
             remaining,
-        })
+        }
     }
 
     /// Registers a watch of `kind`. Fails with 410 Expired when `from` is compacted away.
