@@ -79,6 +79,21 @@ fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
     (enforcer, writer)
 }
 
+/// Unrelated state changes, one every 10 ms: each commit re-checks every
+/// live connection.
+async fn churn(writer: &mut StateWriter, rounds: std::ops::Range<u32>) {
+    for round in rounds {
+        let mut labels = Labels::new();
+        labels.insert("round".into(), round.to_string());
+        writer.apply(Object::Namespace(namespace_with_labels(
+            "elsewhere",
+            labels,
+        )));
+        writer.commit();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_new_pods_first_connection_survives_unrelated_churn() {
     let (enforcer, mut writer) = enforcer(Duration::from_secs(5));
@@ -91,16 +106,7 @@ async fn a_new_pods_first_connection_survives_unrelated_churn() {
     });
     // Unrelated changes every 10 ms while the connection waits for its pod:
     // each re-check sees it registered and (the pod unknown) denied.
-    for round in 0..10 {
-        let mut labels = Labels::new();
-        labels.insert("round".into(), round.to_string());
-        writer.apply(Object::Namespace(namespace_with_labels(
-            "elsewhere",
-            labels,
-        )));
-        writer.commit();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    churn(&mut writer, 0..10).await;
     for object in objects(WEB) {
         writer.apply(object);
     }
@@ -110,16 +116,7 @@ async fn a_new_pods_first_connection_survives_unrelated_churn() {
         .unwrap()
         .expect("the new pod's connection is allowed once its Pod arrives");
     // More unrelated churn: the connection is allowed by every newer state.
-    for round in 10..15 {
-        let mut labels = Labels::new();
-        labels.insert("round".into(), round.to_string());
-        writer.apply(Object::Namespace(namespace_with_labels(
-            "elsewhere",
-            labels,
-        )));
-        writer.commit();
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    churn(&mut writer, 10..15).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(200), registration.killed())
             .await
