@@ -623,6 +623,34 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     sidecar
         .wait_ready(READY)
         .expect("the sidecar binds its ports and is ready");
+    // With the whole range covering the proxy's ports (1024-65000), a
+    // thousand relayed connections (the proxy dials the app from ephemeral
+    // ports too), then a restart of the sidecar: it binds again at once.
+    netns_exec(
+        &pod.netns,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"],
+    );
+    let api = SocketAddr::new(pod.ip, APP_PORT);
+    let relayed = picket_lab::in_netns(&c.pod("client").netns, || {
+        (0..1000)
+            .filter(|_| std::net::TcpStream::connect(api).is_ok_and(|mut s| echoes(&mut s)))
+            .count()
+    })
+    .unwrap();
+    assert_eq!(relayed, 1000);
+    drop(sidecar);
+    let mut sidecar = picket_lab::proxy::Sidecar::start_with(
+        &c.binary,
+        &c.lab,
+        &pod,
+        "shop",
+        &node_file,
+        &["--cluster-dir", &dir],
+    )
+    .unwrap();
+    sidecar
+        .wait_ready(READY)
+        .expect("the restarted sidecar binds at once");
     let mut s = c.connect("client", "api", APP_PORT);
     assert!(echoes(&mut s));
     drop(held);
