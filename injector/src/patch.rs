@@ -10,13 +10,15 @@
 //!  cfg ──┘            │
 //!                     ├─ Injected:        init container first, proxy (native sidecar
 //!                     │                   right after it, or first regular container),
-//!                     │                   volumes, annotations
+//!                     │                   volumes, the reserved-ports sysctl, annotations
 //!                     ├─ AlreadyInjected: nothing (or a reorder if another webhook
-//!                     │                   put its init container before ours); only when
-//!                     │                   our containers are exactly what we would inject
+//!                     │                   put its init container before ours, and the
+//!                     │                   sysctl if it dropped ours); only when our
+//!                     │                   containers are exactly what we would inject
 //!                     ├─ Skipped(reason): only `picket.io/status`
-//!                     └─ Rejected:        a per-pod annotation is invalid, or a container
-//!                                         named like ours is not ours
+//!                     └─ Rejected:        a per-pod annotation is invalid, a container
+//!                                         named like ours is not ours, or the pod's
+//!                                         port range sysctl cannot be reconciled
 //! ```
 
 #![warn(missing_docs)]
@@ -99,6 +101,12 @@ pub const DEFAULT_CONTAINER_KEY: &str = "kubectl.kubernetes.io/default-container
 pub const POD_SECURITY_ENFORCE_KEY: &str = "pod-security.kubernetes.io/enforce";
 /// The prefix of Prometheus scrape annotations.
 pub const PROMETHEUS_PREFIX: &str = "prometheus.io/";
+/// The sysctl reserving the proxy's ports in the pod's network namespace, set in
+/// `spec.securityContext.sysctls` (merged with the pod's own reservations).
+pub const RESERVED_PORTS_SYSCTL: &str = "net.ipv4.ip_local_reserved_ports";
+/// The sysctl of the pod's ephemeral port range (`low high`), checked against
+/// the reservations.
+pub const PORT_RANGE_SYSCTL: &str = "net.ipv4.ip_local_port_range";
 
 /// The namespace as the patch sees it.
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +152,9 @@ pub enum Rejection {
     /// A container carries one of our names but is not what we inject.
     #[error(transparent)]
     ForeignContainer(#[from] ForeignContainer),
+    /// The pod's sysctls cannot be reconciled with the proxy's reserved ports.
+    #[error(transparent)]
+    InvalidSysctl(#[from] InvalidSysctl),
 }
 
 /// Why a pod is not injected.
@@ -177,6 +188,19 @@ pub struct InvalidAnnotation {
     /// The annotation's key.
     pub key: &'static str,
     /// What is wrong with its value.
+    pub message: String,
+}
+
+/// A sysctl of the pod (`spec.securityContext.sysctls`) that the proxy's reserved
+/// ports ([`RESERVED_PORTS_SYSCTL`]) cannot be merged with.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("spec.securityContext.sysctls: {name} {value:?} {message}")]
+pub struct InvalidSysctl {
+    /// The sysctl's name.
+    pub name: &'static str,
+    /// The pod's value.
+    pub value: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
@@ -225,6 +249,7 @@ impl Rejection {
         match self {
             Rejection::InvalidAnnotation(_) => "invalid_annotation",
             Rejection::ForeignContainer(_) => "foreign_container",
+            Rejection::InvalidSysctl(_) => "invalid_sysctl",
         }
     }
 }
@@ -297,8 +322,10 @@ impl SkipReason {
 /// opt-outs (only where the namespace allows them), hostNetwork and Windows
 /// pods, namespaces enforcing Pod Security `baseline` or `restricted`, and pods
 /// that already use the proxy's ports or names are skipped with a
-/// `picket.io/status` annotation saying why; invalid per-pod annotations reject
-/// the pod; everything else is injected.
+/// `picket.io/status` annotation saying why; invalid per-pod annotations, and a
+/// port range sysctl that leaves no free port once the proxy's ports are
+/// reserved (or that does not parse), reject the pod; everything else is
+/// injected, the proxy's ports reserved in its sysctls.
 pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     if cfg.excluded_namespaces.iter().any(|n| n == ns.name) {
         return Plan {
@@ -318,7 +345,11 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
         Ok(settings) => settings,
         Err(invalid) => return rejected(invalid.into()),
     };
-    let ops = inject_ops(pod, cfg, &settings);
+    let reserved_ports = match sysctls::reserved_ports_ops(pod, &proxy_ports(cfg)) {
+        Ok(ops) => ops,
+        Err(invalid) => return rejected(invalid.into()),
+    };
+    let ops = inject_ops(pod, cfg, &settings, reserved_ports);
     if let Err(problem) = self_check(pod, &ops) {
         return skip(pod, SkipReason::SelfCheck(problem));
     }
@@ -345,20 +376,29 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     }
 }
 
-/// A pod with containers named like ours: nothing to do (but a reorder) when they
-/// are what we inject, rejected otherwise.
+/// A pod with containers named like ours: nothing to do (but a reorder, and our
+/// reserved ports if another webhook dropped them) when they are what we inject,
+/// rejected otherwise.
 fn already_injected(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Plan {
     let checked = PodSettings::from_pod(pod, cfg, opt_outs)
         .map_err(Rejection::from)
-        .and_then(|settings| check_ours(pod, cfg, &settings).map_err(Rejection::from));
+        .and_then(|settings| check_ours(pod, cfg, &settings).map_err(Rejection::from))
+        .and_then(|()| {
+            sysctls::reserved_ports_ops(pod, &proxy_ports(cfg)).map_err(Rejection::from)
+        });
     match checked {
-        Ok(()) => Plan {
+        Ok(reserved_ports) => Plan {
             decision: Decision::AlreadyInjected,
-            ops: reorder_ops(pod),
+            ops: reorder_ops(pod).into_iter().chain(reserved_ports).collect(),
             warnings: Vec::new(),
         },
         Err(rejection) => rejected(rejection),
     }
+}
+
+/// The ports the proxy listens on: inbound, admin, local admin.
+fn proxy_ports(cfg: &InjectConfig) -> [u16; 3] {
+    [cfg.inbound_port, cfg.admin_port, cfg.local_admin_port]
 }
 
 fn rejected(rejection: Rejection) -> Plan {
@@ -590,7 +630,7 @@ fn skip_reason(
             return Some(SkipReason::PodSecurity(level.to_string()));
         }
     }
-    let ours = [cfg.inbound_port, cfg.admin_port, cfg.local_admin_port];
+    let ours = proxy_ports(cfg);
     let containers = spec
         .containers
         .iter()
@@ -779,7 +819,14 @@ fn directives(filter: &str) -> Vec<&str> {
 
 // === building the patch ===
 
-fn inject_ops(pod: &Pod, cfg: &InjectConfig, settings: &PodSettings) -> Vec<PatchOperation> {
+/// The ops injecting the pod; `reserved_ports` (from [`sysctls::reserved_ports_ops`])
+/// go after the volumes.
+fn inject_ops(
+    pod: &Pod,
+    cfg: &InjectConfig,
+    settings: &PodSettings,
+    reserved_ports: Vec<PatchOperation>,
+) -> Vec<PatchOperation> {
     let spec = pod.spec.clone().unwrap_or_default();
     let token_mount = existing_token_mount(pod);
     let init = init_container(cfg, settings);
@@ -827,6 +874,7 @@ fn inject_ops(pod: &Pod, cfg: &InjectConfig, settings: &PodSettings) -> Vec<Patc
             }
         }
     }
+    ops.extend(reserved_ports);
 
     let status = serde_json::json!({
         "injected": true,
@@ -918,6 +966,8 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
     let mut env = vec![
         env(vars::INBOUND_PORT, cfg.inbound_port.to_string()),
         env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
+        // Init reserves all three ports (where /proc/sys is writable).
+        env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
         env(vars::NODE_FILE, NODE_FILE),
         env(vars::IPTABLES_BACKEND, cfg.iptables_backend.clone()),
         env(XTABLES_LOCKFILE_ENV, format!("{XTABLES_DIR}/xtables.lock")),
@@ -1243,6 +1293,8 @@ pub fn duplicate_names(pod: &Pod) -> Vec<String> {
     }
     dups
 }
+
+mod sysctls;
 
 #[cfg(test)]
 mod tests;

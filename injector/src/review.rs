@@ -543,4 +543,33 @@ mod tests {
         let message = json["response"]["status"]["message"].as_str().unwrap();
         assert!(message.contains("picket.io/sidecar-mode"), "{message}");
     }
+
+    #[test]
+    fn port_range_leaving_no_free_port_is_refused_naming_the_field() {
+        let mut object = plain_pod();
+        object["spec"]["securityContext"] = serde_json::json!({
+            "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "15006 15006"}],
+        });
+        let (request, triage) = parse(&review(pod_request(object))).unwrap();
+        let Triage::Pod { pod, namespace } = triage else {
+            panic!()
+        };
+        let labels = labels();
+        let ns = NamespaceView {
+            name: &namespace,
+            labels: Some(&labels),
+            annotations: Some(&labels),
+        };
+        let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
+        let json = serde_json::to_value(&reviewed.review).unwrap();
+        assert_eq!(json["response"]["allowed"], false);
+        assert_eq!(json["response"]["status"]["code"], 400);
+        assert!(json["response"].get("patch").is_none());
+        let message = json["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.securityContext.sysctls") && message.contains("15006 15006"),
+            "{message}"
+        );
+        assert_eq!(reviewed.reason, "invalid_sysctl");
+    }
 }

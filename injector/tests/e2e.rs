@@ -260,6 +260,16 @@ async fn injects_over_https_and_is_idempotent() {
             .as_deref(),
         Some("Always")
     );
+    let sysctls = spec.security_context.as_ref().unwrap().sysctls.as_ref();
+    let reserved: Vec<(&str, &str)> = sysctls
+        .into_iter()
+        .flatten()
+        .map(|s| (s.name.as_str(), s.value.as_str()))
+        .collect();
+    assert_eq!(
+        reserved,
+        [("net.ipv4.ip_local_reserved_ports", "15000,15006,15020")]
+    );
     let annotations = typed.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert!(annotations["picket.io/status"].contains("\"injected\":true"));

@@ -295,6 +295,7 @@ fn whole_arrays_and_maps_are_added_when_absent() {
             "/spec/volumes/-",
             "/spec/volumes/-",
             "/spec/volumes/-",
+            "/spec/securityContext",
             "/metadata/annotations"
         ]
     );
@@ -505,7 +506,13 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
 #[test]
 fn injected_pod_gets_no_second_copy() {
     for cfg in [InjectConfig::for_test(), container_mode()] {
-        for name in ["plain", "with-init", "generate-name", "run-as-non-root"] {
+        for name in [
+            "plain",
+            "with-init",
+            "generate-name",
+            "run-as-non-root",
+            "sysctls",
+        ] {
             let pod = fixture(name);
             let once = apply(&pod, &plan_in(&pod, &privileged_ns(), &cfg).ops);
             let again = plan_in(&once, &privileged_ns(), &cfg);
@@ -958,4 +965,254 @@ fn invalid_or_silencing_log_filters_are_refused_naming_the_annotation() {
             Some(value)
         );
     }
+}
+
+// === reserved ports ===
+
+const RESERVED: &str = "net.ipv4.ip_local_reserved_ports";
+const RANGE: &str = "net.ipv4.ip_local_port_range";
+
+/// The pod's sysctls, as (name, value) pairs in order.
+fn sysctls(pod: &Pod) -> Vec<(String, String)> {
+    let spec = pod.spec.as_ref().unwrap();
+    let sc = spec.security_context.as_ref();
+    sc.and_then(|sc| sc.sysctls.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|s| (s.name.clone(), s.value.clone()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The paths of the ops that touch `spec.securityContext`.
+fn security_context_paths(plan: &Plan) -> Vec<String> {
+    plan.ops
+        .iter()
+        .map(|op| op.path().to_string())
+        .filter(|p| p.starts_with("/spec/securityContext"))
+        .collect()
+}
+
+/// The sysctls fixture with its sysctls replaced.
+fn with_sysctls(list: &[(&str, &str)]) -> Pod {
+    let mut pod = fixture("sysctls");
+    let sc = pod
+        .spec
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.sysctls = Some(
+        list.iter()
+            .map(|(name, value)| k8s_openapi::api::core::v1::Sysctl {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect(),
+    );
+    pod
+}
+
+#[test]
+fn proxy_ports_are_reserved_in_a_new_security_context() {
+    for cfg in [InjectConfig::for_test(), container_mode()] {
+        let pod = fixture("plain");
+        let plan = plan_in(&pod, &privileged_ns(), &cfg);
+        // No securityContext: the whole object is added.
+        assert_eq!(security_context_paths(&plan), ["/spec/securityContext"]);
+        let patched = apply(&pod, &plan.ops);
+        check_invariants(&patched);
+        assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "15000,15006,15020")]));
+    }
+}
+
+#[test]
+fn security_context_without_sysctls_keeps_its_fields_and_gets_the_list() {
+    let pod = fixture("run-as-non-root");
+    let plan = plan_default(&pod);
+    assert_eq!(
+        security_context_paths(&plan),
+        ["/spec/securityContext/sysctls"]
+    );
+    let patched = apply(&pod, &plan.ops);
+    let sc = patched
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(1000));
+    assert_eq!(sc.fs_group, Some(2000));
+    assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "15000,15006,15020")]));
+}
+
+#[test]
+fn pods_own_sysctls_are_kept_and_its_reserved_ports_merged_with_ours() {
+    let pod = fixture("sysctls");
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    // Only the value of the pod's own entry changes.
+    assert_eq!(
+        security_context_paths(&plan),
+        ["/spec/securityContext/sysctls/2/value"]
+    );
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    assert_eq!(
+        sysctls(&patched),
+        pairs(&[
+            ("kernel.shm_rmid_forced", "1"),
+            (RANGE, "10000 20000"),
+            (RESERVED, "8080,15000-15006,15020"),
+        ])
+    );
+    let sc = patched
+        .spec
+        .as_ref()
+        .unwrap()
+        .security_context
+        .as_ref()
+        .unwrap();
+    assert_eq!(sc.run_as_user, Some(1000));
+
+    // Sysctls without the reserved ports: ours are appended.
+    let pod = with_sysctls(&[("kernel.shm_rmid_forced", "1")]);
+    let plan = plan_default(&pod);
+    assert_eq!(
+        security_context_paths(&plan),
+        ["/spec/securityContext/sysctls/-"]
+    );
+    assert_eq!(
+        sysctls(&apply(&pod, &plan.ops)),
+        pairs(&[
+            ("kernel.shm_rmid_forced", "1"),
+            (RESERVED, "15000,15006,15020"),
+        ])
+    );
+}
+
+#[test]
+fn reserved_ports_that_already_cover_ours_are_left_as_the_pod_wrote_them() {
+    let pod = with_sysctls(&[(RESERVED, "15020, 15000-15010")]);
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    assert_eq!(security_context_paths(&plan), Vec::<String>::new());
+    let patched = apply(&pod, &plan.ops);
+    assert_eq!(
+        sysctls(&patched),
+        pairs(&[(RESERVED, "15020, 15000-15010")])
+    );
+}
+
+#[test]
+fn configured_ports_are_reserved_and_init_gets_the_local_admin_port() {
+    let cfg = InjectConfig {
+        inbound_port: 16006,
+        admin_port: 16020,
+        local_admin_port: 16000,
+        ..InjectConfig::for_test()
+    };
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &cfg).ops);
+    assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "16000,16006,16020")]));
+    let init = find(&patched, INIT_CONTAINER);
+    assert_eq!(env_value(init, "PICKET_INBOUND_PORT"), Some("16006"));
+    assert_eq!(env_value(init, "PICKET_ADMIN_PORT"), Some("16020"));
+    assert_eq!(env_value(init, "PICKET_LOCAL_ADMIN_PORT"), Some("16000"));
+    let patched = apply(&pod, &plan_default(&pod).ops);
+    let init = find(&patched, INIT_CONTAINER);
+    assert_eq!(env_value(init, "PICKET_LOCAL_ADMIN_PORT"), Some("15000"));
+}
+
+#[test]
+fn port_ranges_that_overlap_our_ports_but_keep_a_free_port_are_fine() {
+    for (range, reserved) in [
+        ("10000 20000", "8080"),
+        ("15000 15007", "15001-15005"),
+        ("14999 15006", "15001-15005"),
+        ("15006  15007", ""),
+        ("32768\t60999", "15000"),
+        ("1024 65535", "1024-15005"),
+    ] {
+        let pod = with_sysctls(&[(RANGE, range), (RESERVED, reserved)]);
+        let plan = plan_default(&pod);
+        assert_eq!(
+            plan.decision,
+            Decision::Injected(SidecarMode::Native),
+            "{range:?} with {reserved:?}"
+        );
+        let patched = apply(&pod, &plan.ops);
+        assert_eq!(sysctls(&patched)[0], (RANGE.to_string(), range.to_string()));
+    }
+}
+
+#[test]
+fn port_ranges_with_no_free_port_or_that_do_not_parse_reject_the_pod() {
+    let cases: [(&[(&str, &str)], &str); 9] = [
+        // Entirely within our ports.
+        (&[(RANGE, "15006 15006")], "15006 15006"),
+        (&[(RANGE, "15000 15000")], "15000 15000"),
+        // Within ours plus the pod's own reservations.
+        (
+            &[(RANGE, "15000 15006"), (RESERVED, "15001-15005")],
+            "15000 15006",
+        ),
+        (
+            &[(RESERVED, "1-65535"), (RANGE, "1024 65535")],
+            "1024 65535",
+        ),
+        // Not two port numbers, low <= high.
+        (&[(RANGE, "15000")], "15000"),
+        (&[(RANGE, "a b")], "a b"),
+        (&[(RANGE, "20000 10000")], "20000 10000"),
+        (&[(RANGE, "1024 70000")], "1024 70000"),
+        (&[(RANGE, "1024 2048 4096")], "1024 2048 4096"),
+    ];
+    for (list, value) in cases {
+        let pod = with_sysctls(list);
+        let message = rejection(&plan_default(&pod), value);
+        for part in ["spec.securityContext.sysctls", RANGE, value] {
+            assert!(message.contains(part), "{value:?}: {part} not in {message}");
+        }
+    }
+    // The pod's own reserved ports must parse too: merged, they would change meaning.
+    let pod = with_sysctls(&[(RESERVED, "8080,http")]);
+    let message = rejection(&plan_default(&pod), "8080,http");
+    for part in ["spec.securityContext.sysctls", RESERVED, "8080,http"] {
+        assert!(message.contains(part), "{part} not in {message}");
+    }
+}
+
+#[test]
+fn reinvocation_restores_reserved_ports_another_webhook_dropped() {
+    let pod = fixture("sysctls");
+    let mut once = apply(&pod, &plan_default(&pod).ops);
+    let sc = once
+        .spec
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.sysctls.as_mut().unwrap().retain(|s| s.name != RESERVED);
+    let again = plan_default(&once);
+    assert_eq!(again.decision, Decision::AlreadyInjected);
+    let fixed = apply(&once, &again.ops);
+    assert_eq!(
+        sysctls(&fixed),
+        pairs(&[
+            ("kernel.shm_rmid_forced", "1"),
+            (RANGE, "10000 20000"),
+            (RESERVED, "15000,15006,15020"),
+        ])
+    );
+    assert!(plan_default(&fixed).ops.is_empty());
 }
