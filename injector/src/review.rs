@@ -572,4 +572,60 @@ mod tests {
         );
         assert_eq!(reviewed.reason, "invalid_sysctl");
     }
+
+    /// Untrusted AdmissionReviews: random bytes, random JSON-ish text and
+    /// odd but well-formed pods give a response or an error, never a panic.
+    #[test]
+    fn random_and_odd_reviews_never_panic() {
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = br#"{}[]:,"\ 0123456789.-eEtruefalsnapiVersionkindrequestuidobject"#;
+        for case in 0..3000 {
+            let len = case % 300 + 1;
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if case % 2 == 0 {
+                        alphabet[(r % alphabet.len() as u64) as usize]
+                    } else {
+                        (r & 0xff) as u8
+                    }
+                })
+                .collect();
+            let _ = parse(&body);
+        }
+        let odd_pods = [
+            serde_json::json!({"spec": {"containers": []}}),
+            serde_json::json!({"spec": {"containers": [{"name": ""}]}}),
+            serde_json::json!({"spec": {"containers": [{"name": "app", "ports": [{"containerPort": 15006}, {"containerPort": 70000}]}]}}),
+            serde_json::json!({"metadata": {"annotations": {"picket.io/exclude-inbound-ports": "1,2,99999,-3,,x"}}, "spec": {"containers": [{"name": "a"}]}}),
+            serde_json::json!({"metadata": {"annotations": {"picket.io/proxy-log-level": "\u{0}\u{7f}[[[="}}, "spec": {"containers": [{"name": "a"}]}}),
+            serde_json::json!({"spec": {"securityContext": {"sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "65535 1"}]}, "containers": [{"name": "a"}]}}),
+            serde_json::json!({"spec": {"initContainers": [{"name": "picket-init"}], "containers": [{"name": "picket-proxy"}]}}),
+            serde_json::json!({"spec": {"hostNetwork": true, "containers": [{"name": "a", "env": [{"name": "x".repeat(10_000)}]}]}}),
+            serde_json::json!({"spec": {"containers": [{"name": "a", "volumeMounts": [{"name": "v", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}], "volumes": [{"name": "v"}]}}),
+        ];
+        let labels = labels();
+        let ns = NamespaceView {
+            name: "shop",
+            labels: Some(&labels),
+            annotations: Some(&labels),
+        };
+        for pod in odd_pods {
+            match parse(&review(pod_request(pod))) {
+                Ok((request, Triage::Pod { pod, .. })) => {
+                    let reviewed =
+                        respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
+                    let json = serde_json::to_value(&reviewed.review).unwrap();
+                    assert_eq!(json["response"]["uid"], request.uid.as_str());
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
 }
