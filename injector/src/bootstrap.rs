@@ -82,6 +82,30 @@ pub enum BootstrapError {
     /// The Secret kept appearing and disappearing.
     #[error("secret {0} neither readable nor creatable after several attempts")]
     Unsettled(String),
+    /// The webhook configuration kept changing under our patch's preconditions.
+    #[error("mutatingwebhookconfiguration {0} kept changing while its caBundle was patched")]
+    Contended(String),
+}
+
+/// A webhook whose `caBundle` differs from ours, as read: the patch's
+/// preconditions (its position and name, and the bundle it held).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleWebhook {
+    /// Its index in `webhooks`.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// The `caBundle` it held (PEM bytes; empty when unset).
+    pub ca_bundle: Vec<u8>,
+}
+
+/// What a conditional update did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Updated {
+    /// Applied.
+    Done,
+    /// A precondition failed: the object changed since it was read.
+    Conflict,
 }
 
 /// Where the shared certificate is kept.
@@ -103,12 +127,13 @@ pub trait WebhookStore: Send + Sync {
     fn ca_bundles(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>, BootstrapError>> + Send;
-    /// Sets the `caBundle` of the named webhooks.
+    /// Sets the `caBundle` of these webhooks, provided each still stands
+    /// where it was read, with the bundle it held (optimistic concurrency).
     fn set_ca_bundle(
         &self,
-        webhooks: &[String],
+        stale: &[StaleWebhook],
         ca_pem: &[u8],
-    ) -> impl Future<Output = Result<(), BootstrapError>> + Send;
+    ) -> impl Future<Output = Result<Updated, BootstrapError>> + Send;
 }
 
 /// Secrets through the API.
@@ -154,23 +179,44 @@ pub async fn ensure_secret<S: SecretStore>(
     Err(BootstrapError::Unsettled(store.name().to_string()))
 }
 
-/// Sets `caBundle` on the webhooks where it differs from `ca_pem`; returns their names.
+/// Sets `caBundle` on the webhooks where it differs from `ca_pem`; returns
+/// their names. The patch holds only if the configuration did not change
+/// since it was read; if it did (another replica, an operator), it is read
+/// again, a few times.
 pub async fn ensure_ca_bundle<W: WebhookStore>(
     store: &W,
     ca_pem: &str,
 ) -> Result<Vec<String>, BootstrapError> {
-    let stale: Vec<String> = store
-        .ca_bundles()
-        .await?
-        .into_iter()
-        .filter(|(_, bundle)| bundle.as_slice() != ca_pem.as_bytes())
-        .map(|(name, _)| name)
-        .collect();
-    if !stale.is_empty() {
-        store.set_ca_bundle(&stale, ca_pem.as_bytes()).await?;
-        tracing::info!(webhooks = ?stale, "Patched caBundle");
+    for _ in 0..5 {
+        let stale: Vec<StaleWebhook> = store
+            .ca_bundles()
+            .await?
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, bundle))| bundle.as_slice() != ca_pem.as_bytes())
+            .map(|(index, (name, ca_bundle))| StaleWebhook {
+                index,
+                name,
+                ca_bundle,
+            })
+            .collect();
+        let names: Vec<String> = stale.iter().map(|w| w.name.clone()).collect();
+        if stale.is_empty() {
+            return Ok(names);
+        }
+        match store.set_ca_bundle(&stale, ca_pem.as_bytes()).await? {
+            Updated::Done => {
+                tracing::info!(webhooks = ?names, "Patched caBundle");
+                return Ok(names);
+            }
+            Updated::Conflict => {
+                tracing::info!(webhooks = ?names, "The webhook configuration changed since it was read; reading it again");
+            }
+        }
     }
-    Ok(stale)
+    Err(BootstrapError::Contended(
+        "the webhook configuration".into(),
+    ))
 }
 
 /// One round of both: the bundle to serve, and the webhooks patched.
@@ -312,30 +358,54 @@ impl WebhookStore for KubeWebhooks {
 
     async fn set_ca_bundle(
         &self,
-        webhooks: &[String],
+        stale: &[StaleWebhook],
         ca_pem: &[u8],
-    ) -> Result<(), BootstrapError> {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-        // Strategic merge: `webhooks` merges by name, so only caBundle changes.
-        let patch = serde_json::json!({
-            "webhooks": webhooks
-                .iter()
-                .map(|name| serde_json::json!({"name": name, "clientConfig": {"caBundle": encoded}}))
-                .collect::<Vec<_>>(),
-        });
-        self.api
+    ) -> Result<Updated, BootstrapError> {
+        let patch = ca_bundle_patch(stale, ca_pem);
+        let patched = self
+            .api
             .patch(
                 &self.name,
                 &PatchParams::default(),
-                &Patch::Strategic(patch),
+                &Patch::Json::<()>(patch),
             )
-            .await
-            .map_err(|source| BootstrapError::Api {
+            .await;
+        match patched {
+            Ok(_) => Ok(Updated::Done),
+            // A `test` that failed: the configuration changed since it was read.
+            Err(kube::Error::Api(status)) if status.code == 422 => Ok(Updated::Conflict),
+            Err(source) => Err(BootstrapError::Api {
                 what: format!("patch mutatingwebhookconfiguration {}", self.name),
                 source,
-            })?;
-        Ok(())
+            }),
+        }
     }
+}
+
+/// The JSON patch that sets `ca_pem` on the stale webhooks: for each, a
+/// `test` of its name at its index and of the bundle it held, then the new
+/// bundle. (An unset bundle cannot be tested for absence: racing replicas
+/// then write the same bundle, from the one shared Secret.)
+pub fn ca_bundle_patch(stale: &[StaleWebhook], ca_pem: &[u8]) -> json_patch::Patch {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut ops = Vec::new();
+    for webhook in stale {
+        let at = format!("/webhooks/{}", webhook.index);
+        ops.push(
+            serde_json::json!({"op": "test", "path": format!("{at}/name"), "value": webhook.name}),
+        );
+        let bundle = format!("{at}/clientConfig/caBundle");
+        if webhook.ca_bundle.is_empty() {
+            ops.push(serde_json::json!({"op": "add", "path": bundle, "value": b64(ca_pem)}));
+        } else {
+            ops.push(
+                serde_json::json!({"op": "test", "path": bundle, "value": b64(&webhook.ca_bundle)}),
+            );
+            ops.push(serde_json::json!({"op": "replace", "path": bundle, "value": b64(ca_pem)}));
+        }
+    }
+    serde_json::from_value(serde_json::Value::Array(ops))
+        .expect("JSON patch operations are well formed")
 }
 
 impl std::fmt::Debug for KubeWebhooks {
@@ -401,14 +471,25 @@ mod tests {
         async fn ca_bundles(&self) -> Result<Vec<(String, Vec<u8>)>, BootstrapError> {
             Ok(self.bundles.lock().unwrap().clone())
         }
-        async fn set_ca_bundle(&self, names: &[String], ca: &[u8]) -> Result<(), BootstrapError> {
+        async fn set_ca_bundle(
+            &self,
+            stale: &[StaleWebhook],
+            ca: &[u8],
+        ) -> Result<Updated, BootstrapError> {
             self.patches.fetch_add(1, Ordering::SeqCst);
-            for (name, bundle) in self.bundles.lock().unwrap().iter_mut() {
-                if names.contains(name) {
-                    *bundle = ca.to_vec();
-                }
+            let mut bundles = self.bundles.lock().unwrap();
+            let holds = stale.iter().all(|w| {
+                bundles
+                    .get(w.index)
+                    .is_some_and(|(name, bundle)| *name == w.name && *bundle == w.ca_bundle)
+            });
+            if !holds {
+                return Ok(Updated::Conflict);
             }
-            Ok(())
+            for w in stale {
+                bundles[w.index].1 = ca.to_vec();
+            }
+            Ok(Updated::Done)
         }
     }
 
@@ -464,6 +545,76 @@ mod tests {
             hooks.patches.load(Ordering::SeqCst),
             1,
             "patched when equal"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_patch_over_a_changed_configuration_reads_it_again() {
+        let ca = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n";
+        // Read: one webhook with an old bundle. Before the patch lands, an
+        // operator inserts another webhook in front: the index moved.
+        struct Moving(MemWebhooks, AtomicUsize);
+        impl WebhookStore for Moving {
+            async fn ca_bundles(&self) -> Result<Vec<(String, Vec<u8>)>, BootstrapError> {
+                self.0.ca_bundles().await
+            }
+            async fn set_ca_bundle(
+                &self,
+                stale: &[StaleWebhook],
+                ca: &[u8],
+            ) -> Result<Updated, BootstrapError> {
+                if self.1.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let mut bundles = self.0.bundles.lock().unwrap();
+                    bundles.insert(0, ("new.example.io".into(), ca.to_vec()));
+                }
+                self.0.set_ca_bundle(stale, ca).await
+            }
+        }
+        let hooks = Moving(
+            MemWebhooks {
+                bundles: Mutex::new(vec![("pods.picket.io".into(), b"old".to_vec())]),
+                ..MemWebhooks::default()
+            },
+            AtomicUsize::new(0),
+        );
+        let patched = ensure_ca_bundle(&hooks, ca).await.unwrap();
+        assert_eq!(patched, ["pods.picket.io"]);
+        assert_eq!(
+            hooks.0.patches.load(Ordering::SeqCst),
+            2,
+            "a conflict, then a patch"
+        );
+        let bundles = hooks.0.bundles.lock().unwrap().clone();
+        assert!(
+            bundles.iter().all(|(_, b)| b == ca.as_bytes()),
+            "{bundles:?}"
+        );
+    }
+
+    #[test]
+    fn the_patch_tests_the_name_and_the_old_bundle_before_writing() {
+        let stale = [
+            StaleWebhook {
+                index: 0,
+                name: "a.picket.io".into(),
+                ca_bundle: Vec::new(),
+            },
+            StaleWebhook {
+                index: 2,
+                name: "c.picket.io".into(),
+                ca_bundle: b"old".to_vec(),
+            },
+        ];
+        let patch = serde_json::to_value(ca_bundle_patch(&stale, b"new")).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!([
+                {"op": "test", "path": "/webhooks/0/name", "value": "a.picket.io"},
+                {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": "bmV3"},
+                {"op": "test", "path": "/webhooks/2/name", "value": "c.picket.io"},
+                {"op": "test", "path": "/webhooks/2/clientConfig/caBundle", "value": "b2xk"},
+                {"op": "replace", "path": "/webhooks/2/clientConfig/caBundle", "value": "bmV3"},
+            ])
         );
     }
 }

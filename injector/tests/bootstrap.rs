@@ -338,7 +338,7 @@ async fn two_injectors_starting_at_once_serve_the_same_certificate() {
 
     // The caBundle changed once: one new generation. Both injectors may have read the empty
     // caBundle before either patched it, and then both send the same patch, the second a
-    // no-op on the server; so one or two PATCHes, each a strategic merge that succeeded.
+    // no-op on the server; so one or two PATCHes, each a JSON patch that succeeded.
     assert_eq!(config["metadata"]["generation"], 2, "{config}");
     let writes = answers(&api, 0, |r| r.path == config_path() && r.method != "GET");
     assert!(

@@ -1,6 +1,6 @@
 //! The resource kinds the test API server serves, and what the server knows about each:
 //! paths, list kinds, scope, subresources, selectable fields, what counts as the spec for
-//! `metadata.generation`, and the list fields strategic merge patch merges.
+//! `metadata.generation`.
 //!
 //! Pure: no I/O. Used by the router, the store and the selectors.
 
@@ -24,22 +24,6 @@ pub enum Kind {
     /// `v1` ServiceAccount, namespaced.
     ServiceAccount,
 }
-
-/// How a strategic merge patch merges a list, as the `patchStrategy:"merge"` and
-/// `patchMergeKey` tags of the Go types declare it. Lists without an entry are replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ListMerge {
-    /// A list of scalars, merged as a set (e.g. `metadata.finalizers`).
-    Scalars,
-    /// A list of objects, merged element by element on this key (e.g. `name`).
-    ByKey(&'static str),
-}
-
-/// The merged lists every kind has through `ObjectMeta`.
-const META_LISTS: [(&str, ListMerge); 2] = [
-    ("metadata.finalizers", ListMerge::Scalars),
-    ("metadata.ownerReferences", ListMerge::ByKey("uid")),
-];
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
@@ -135,30 +119,6 @@ impl Kind {
             Kind::MutatingWebhookConfiguration => &["webhooks"],
             Kind::Namespace | Kind::Secret | Kind::ServiceAccount => &[],
         }
-    }
-
-    /// How a strategic merge patch merges the list at `path` (field names joined by `.`;
-    /// list elements add no segment, e.g. `webhooks.matchConditions`): `Some(None)` replaces
-    /// it, as for every list without a `patchStrategy`. `None` when the server does not know:
-    /// a pod's spec and status have too many merged lists to copy here, so only the lists of
-    /// its metadata are known.
-    pub(crate) fn list_merge(self, path: &str) -> Option<Option<ListMerge>> {
-        let own: &[(&str, ListMerge)] = match self {
-            Kind::Pod if !path.starts_with("metadata.") => return None,
-            Kind::Pod | Kind::NetworkPolicy | Kind::Secret => &[],
-            Kind::Namespace => &[("status.conditions", ListMerge::ByKey("type"))],
-            Kind::ServiceAccount => &[("secrets", ListMerge::ByKey("name"))],
-            Kind::MutatingWebhookConfiguration => &[
-                ("webhooks", ListMerge::ByKey("name")),
-                ("webhooks.matchConditions", ListMerge::ByKey("name")),
-            ],
-        };
-        let found = META_LISTS
-            .iter()
-            .chain(own)
-            .find(|(p, _)| *p == path)
-            .map(|(_, merge)| *merge);
-        Some(found)
     }
 
     /// The kind an object declares with `apiVersion` and `kind`, if served here.

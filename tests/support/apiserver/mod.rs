@@ -36,14 +36,11 @@
 //! stored (else 403). Tests writing through [`ApiServer::apply`] play the part of the
 //! controllers and kubelet instead: what they give is stored as given, status included.
 //!
-//! PATCH takes the three patch types of the real server (`patch.rs`): JSON patch
-//! (`application/json-patch+json`), JSON merge patch (`application/merge-patch+json`) and
-//! strategic merge patch (`application/strategic-merge-patch+json`), which merges the lists
-//! the Go types mark `patchStrategy:"merge"` by their merge key (a webhook configuration's
-//! `webhooks` by `name`, metadata's `finalizers` and `ownerReferences`) with the `$patch`,
-//! `$retainKeys`, `$deleteFromPrimitiveList` and `$setElementOrder` directives, and replaces
-//! the other lists. The patched object is then stored as an update, so a resourceVersion in
-//! the patch is a precondition and a patch that changes nothing changes no resourceVersion.
+//! PATCH takes the patch types the clients here send (`patch.rs`): JSON patch
+//! (`application/json-patch+json`, whose `test` operations are preconditions: 422 when one
+//! fails) and JSON merge patch (`application/merge-patch+json`). The patched object is then
+//! stored as an update, so a resourceVersion in the patch is a precondition and a patch that
+//! changes nothing changes no resourceVersion.
 //!
 //! Lists and watches follow the "Resource versions" and "Efficient detection of changes"
 //! sections of the Kubernetes API concepts (`params.rs` has the table): `resourceVersion`
@@ -94,8 +91,7 @@
 //!
 //! Only Pods, Namespaces, NetworkPolicies, Secrets, ServiceAccounts and
 //! MutatingWebhookConfigurations (and TokenReview). JSON only (no protobuf, no table output), HTTP/1.1 only. No server-side apply
-//! (415), no strategic merge patch of a pod's lists outside its metadata (415: the server does
-//! not carry the pod's patch strategies; use a merge patch), no dry run (400), no
+//! and no strategic merge patch (415: no client here sends one), no dry run (400), no
 //! `/watch/` legacy paths, no graceful deletion (deletes are immediate; a namespace's objects
 //! are deleted with it), no deletecollection, no admission but the ServiceAccount step above
 //! (the webhook configurations are stored, not called), no defaulting or validation beyond what is listed above (a webhook's

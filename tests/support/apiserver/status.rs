@@ -121,16 +121,6 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", message)
     }
 
-    /// 500: what the real server answers when a strategic merge patch fails in a way it
-    /// does not classify (a list element without its merge key, for one).
-    pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
-        Self::new(
-            500,
-            "InternalError",
-            format!("Internal error occurred: {message}"),
-        )
-    }
-
     /// 405: the path exists but not for this verb.
     pub(crate) fn method_not_allowed(method: &str) -> Self {
         Self::new(

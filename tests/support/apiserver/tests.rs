@@ -1029,7 +1029,7 @@ async fn secrets_are_created_once_and_replaced_patched_and_deleted_as_upstream()
         (409, "Conflict".into())
     );
 
-    // Merge patch, strategic merge patch (stringData still folded) and JSON patch.
+    // Merge patch and JSON patch; strategic merge patch is not emulated (no client sends it).
     let merged = secrets
         .patch(
             "tls",
@@ -1040,18 +1040,18 @@ async fn secrets_are_created_once_and_replaced_patched_and_deleted_as_upstream()
         .expect("merge patch");
     assert_eq!(merged.data.as_ref().expect("data")["extra"].0, b"extra");
     assert_eq!(merged.data.as_ref().expect("data")["tls.key"].0, b"KEY");
-    let strategic = secrets
-        .patch(
-            "tls",
-            &PatchParams::default(),
-            &Patch::Strategic(
-                json!({"stringData": {"tls.key": "NEW"}, "metadata": {"finalizers": ["a/b"]}}),
-            ),
-        )
-        .await
-        .expect("strategic merge patch");
-    assert_eq!(strategic.data.as_ref().expect("data")["tls.key"].0, b"NEW");
-    assert!(strategic.string_data.is_none());
+    assert_eq!(
+        status_of(
+            secrets
+                .patch(
+                    "tls",
+                    &PatchParams::default(),
+                    &Patch::Strategic(json!({"stringData": {"tls.key": "NEW"}})),
+                )
+                .await
+        ),
+        (415, "UnsupportedMediaType".into())
+    );
     let ops = json!([
         {"op": "test", "path": "/data/extra", "value": "ZXh0cmE="},
         {"op": "remove", "path": "/data/extra"},
@@ -1077,7 +1077,7 @@ async fn secrets_are_created_once_and_replaced_patched_and_deleted_as_upstream()
         .patch(
             "tls",
             &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"tls.key": "TkVX"}})),
+            &Patch::Merge(json!({"data": {"tls.key": "S0VZ"}})),
         )
         .await
         .expect("no-op patch");
@@ -1153,11 +1153,20 @@ async fn webhook_configurations_merge_webhooks_by_name() {
         (409, "AlreadyExists".into())
     );
 
-    // What the injector sends: a strategic merge patch of one webhook's caBundle.
+    // What the injector sends: a JSON patch of one webhook's caBundle, whose `test`
+    // operations are its preconditions (the webhook at that index, the bundle it held).
     let ca = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==";
-    let patch = json!({"webhooks": [{"name": "b.example.io", "clientConfig": {"caBundle": ca}}]});
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/webhooks/1/name", "value": "b.example.io"},
+        {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": ca},
+    ]))
+    .unwrap();
     let patched = configs
-        .patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch.clone()),
+        )
         .await
         .expect("patches");
     let webhooks = patched.webhooks.as_ref().expect("webhooks");
@@ -1180,25 +1189,46 @@ async fn webhook_configurations_merge_webhooks_by_name() {
             .as_ref()
             .map(|s| s.name.as_str()),
         Some("svc"),
-        "merged into the webhook, not replacing it"
+        "set inside the webhook, not replacing it"
     );
     assert_eq!(patched.metadata.generation, Some(2));
 
     // The same patch again changes nothing: no new resourceVersion, no new generation.
     let again = configs
-        .patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .patch("hooks", &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
         .expect("patches");
     assert_eq!(again.resource_version(), patched.resource_version());
     assert_eq!(again.metadata.generation, Some(2));
 
-    // A merge patch replaces the list instead; a webhook can be deleted by name.
-    let deleted = configs
-        .patch(
-            "hooks",
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"webhooks": [{"name": "a.example.io", "$patch": "delete"}]})),
+    // A failed precondition (the bundle changed since it was read) is 422 and changes nothing.
+    let outdated: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/webhooks/1/clientConfig/caBundle", "value": "b2xk"},
+        {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": "bmV3"},
+    ]))
+    .unwrap();
+    assert_eq!(
+        status_of(
+            configs
+                .patch(
+                    "hooks",
+                    &PatchParams::default(),
+                    &Patch::Json::<()>(outdated)
+                )
+                .await
         )
+        .0,
+        422
+    );
+
+    // A merge patch replaces the list; a JSON patch removes a webhook by index.
+    let remove: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/webhooks/0/name", "value": "a.example.io"},
+        {"op": "remove", "path": "/webhooks/0"},
+    ]))
+    .unwrap();
+    let deleted = configs
+        .patch("hooks", &PatchParams::default(), &Patch::Json::<()>(remove))
         .await
         .expect("patches");
     assert_eq!(deleted.webhooks.as_ref().map(Vec::len), Some(1));

@@ -404,8 +404,8 @@ fn patches_are_updates_and_generation_follows_each_kinds_spec() {
     );
 
     let hook = patch(
-        "application/strategic-merge-patch+json",
-        json!({"webhooks": [{"name": "a.b.c", "sideEffects": "None"}]}),
+        "application/json-patch+json",
+        json!([{"op": "add", "path": "/webhooks/0/sideEffects", "value": "None"}]),
     );
     let hooked = store
         .patch(MWC, None, "w", &hook, Part::Main)
