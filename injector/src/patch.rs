@@ -155,6 +155,22 @@ pub enum Rejection {
     /// The pod's sysctls cannot be reconciled with the proxy's reserved ports.
     #[error(transparent)]
     InvalidSysctl(#[from] InvalidSysctl),
+    /// The pod would run unenforced, or could switch enforcement off, in a
+    /// namespace that does not allow pods to.
+    #[error(transparent)]
+    Unenforceable(#[from] Unenforceable),
+}
+
+/// What in a pod would leave it unenforced, or let its containers switch
+/// enforcement off, where the namespace does not allow pods to go unenforced.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error(
+    "{problem}; the namespace does not allow pods to go unenforced (namespace annotation \
+     picket.io/allow-pod-opt-out: \"true\")"
+)]
+pub struct Unenforceable {
+    /// What it is, naming the container, port, volume or field.
+    pub problem: String,
 }
 
 /// Why a pod is not injected.
@@ -250,6 +266,7 @@ impl Rejection {
             Rejection::InvalidAnnotation(_) => "invalid_annotation",
             Rejection::ForeignContainer(_) => "foreign_container",
             Rejection::InvalidSysctl(_) => "invalid_sysctl",
+            Rejection::Unenforceable(_) => "unenforceable",
         }
     }
 }
@@ -335,11 +352,19 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
         };
     }
     let opt_outs = allows_pod_opt_outs(ns);
+    if let Some(problem) = foreign_mount(pod) {
+        return rejected(Unenforceable { problem }.into());
+    }
+    if !opt_outs {
+        if let Some(problem) = netfilter_access(pod) {
+            return rejected(Unenforceable { problem }.into());
+        }
+    }
     if has_our_containers(pod) {
         return already_injected(pod, cfg, opt_outs);
     }
     if let Some(reason) = skip_reason(pod, ns, cfg, opt_outs) {
-        return skip(pod, reason);
+        return skip_or_refuse(pod, reason, opt_outs);
     }
     let settings = match PodSettings::from_pod(pod, cfg, opt_outs) {
         Ok(settings) => settings,
@@ -351,7 +376,7 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     };
     let ops = inject_ops(pod, cfg, &settings, reserved_ports);
     if let Err(problem) = self_check(pod, &ops) {
-        return skip(pod, SkipReason::SelfCheck(problem));
+        return skip_or_refuse(pod, SkipReason::SelfCheck(problem), opt_outs);
     }
     let mut warnings = ignored_opt_outs(pod, ns);
     if ns.labels.is_none() {
@@ -407,6 +432,94 @@ fn rejected(rejection: Rejection) -> Plan {
         ops: Vec::new(),
         warnings: Vec::new(),
     }
+}
+
+/// [`skip`], but where the namespace does not allow pods to go unenforced, a
+/// reason the pod's author controls (ports or names that collide with ours, a
+/// pod the patch cannot be applied to) refuses the pod instead: otherwise
+/// declaring port 15006 would be an opt-out.
+fn skip_or_refuse(pod: &Pod, reason: SkipReason, opt_outs: bool) -> Plan {
+    let authored = matches!(
+        reason,
+        SkipReason::PortConflict(_) | SkipReason::NameConflict(_) | SkipReason::SelfCheck(_)
+    );
+    if authored && !opt_outs {
+        return rejected(
+            Unenforceable {
+                problem: format!("cannot inject: {}", reason.message()),
+            }
+            .into(),
+        );
+    }
+    skip(pod, reason)
+}
+
+/// A container of the pod's own that mounts one of the volumes the injection
+/// adds: the node file (which addresses count as the node, always allowed),
+/// the xtables lock or the proxy's token would be in the app's hands.
+fn foreign_mount(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let theirs = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
+        .map(|c| (c.name.as_str(), c.volume_mounts.iter().flatten()))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (c.name.as_str(), c.volume_mounts.iter().flatten())),
+        );
+    for (name, mounts) in theirs {
+        if let Some(mount) = mounts
+            .into_iter()
+            .find(|m| OUR_VOLUMES.contains(&m.name.as_str()))
+        {
+            return Some(format!(
+                "container {name} mounts the volume {}, which picket injects for its own containers",
+                mount.name
+            ));
+        }
+    }
+    None
+}
+
+/// A container of the pod's own that can rewrite the pod's iptables rules
+/// (privileged, or with NET_ADMIN, SYS_ADMIN or ALL): it could remove the
+/// redirect to the proxy.
+fn netfilter_access(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
+        .map(|c| (c.name.as_str(), c.security_context.as_ref()))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (c.name.as_str(), c.security_context.as_ref())),
+        );
+    for (name, context) in containers {
+        let Some(context) = context else { continue };
+        if context.privileged == Some(true) {
+            return Some(format!(
+                "container {name} is privileged and could remove the pod's redirect to the proxy"
+            ));
+        }
+        let added = context.capabilities.as_ref().and_then(|c| c.add.as_ref());
+        if let Some(cap) = added.into_iter().flatten().find(|cap| {
+            let cap = cap.trim_start_matches("CAP_");
+            ["NET_ADMIN", "SYS_ADMIN", "ALL"].contains(&cap)
+        }) {
+            return Some(format!(
+                "container {name} adds the capability {cap} and could remove the pod's redirect to the proxy"
+            ));
+        }
+    }
+    None
 }
 
 /// Leaves the pod alone but for `picket.io/status`, warning when the reason is not an opt-out.

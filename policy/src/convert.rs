@@ -44,6 +44,24 @@ pub struct CompiledPolicy {
     pub errors: Vec<InvalidField>,
 }
 
+/// Compiles a NetworkPolicy from the API, failing closed: when [`policy`]
+/// cannot compile the object at all (an invalid `podSelector` or
+/// `policyTypes`, say from a newer API version), it becomes a deny-all of its
+/// namespace in both directions, with the error; dropping it would open the
+/// pods it isolates. Only an object without namespace or name is an error.
+pub fn policy_failing_closed(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
+    let key = key_of(&np.metadata)?;
+    Ok(policy(np).unwrap_or_else(|error| CompiledPolicy {
+        policy: Policy {
+            key,
+            pod_selector: Selector::everything(),
+            ingress: Some(Vec::new()),
+            egress: Some(Vec::new()),
+        },
+        errors: vec![error],
+    }))
+}
+
 /// Compiles a NetworkPolicy. An invalid `podSelector` or `policyTypes` fails
 /// the whole object (no pods can be chosen); an invalid rule is kept as a
 /// broken rule that allows nothing, so the policy still isolates (fail closed).
@@ -133,16 +151,24 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
     let finished = status
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
-    // Every container has terminated: the pod holds its IPs no more (IPAM may
-    // already have given them to a new pod whose event has not arrived).
-    let terminated = status
-        .and_then(|s| s.container_statuses.as_deref())
-        .is_some_and(|statuses| {
-            !statuses.is_empty()
-                && statuses
-                    .iter()
-                    .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
-        });
+    // Every container has terminated, native sidecars and ephemeral
+    // containers included (any of them keeps the network namespace): the pod
+    // holds its IPs no more (IPAM may already have given them to a new pod
+    // whose event has not arrived).
+    let terminated = status.is_some_and(|s| {
+        let all = || {
+            [
+                &s.container_statuses,
+                &s.init_container_statuses,
+                &s.ephemeral_container_statuses,
+            ]
+            .into_iter()
+            .flatten()
+            .flatten()
+        };
+        s.container_statuses.as_ref().is_some_and(|c| !c.is_empty())
+            && all().all(|c| c.state.as_ref().is_some_and(|st| st.terminated.is_some()))
+    });
 
     let mut ips = Vec::new();
     if let Some(status) = status {

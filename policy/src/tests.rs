@@ -1024,6 +1024,23 @@ status:
 "#
     ));
     assert!(idx.pods_with_ip(ip("10.0.3.3")).is_empty());
+    // A native sidecar (or an ephemeral container) still running keeps the
+    // pod's network namespace, and so its IP.
+    let with_sidecar = with(&format!(
+        "{ALLOW_WEB_TO_DB}\n---\n{}",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: old, namespace: prod, labels: {app: web}}
+status:
+  podIP: 10.0.3.3
+  containerStatuses:
+  - {name: c, image: x, imageID: "", ready: false, restartCount: 0, state: {terminated: {exitCode: 0}}}
+  initContainerStatuses:
+  - {name: proxy, image: x, imageID: "", ready: true, restartCount: 0, state: {running: {}}}
+"#
+    ));
+    assert_eq!(with_sidecar.pods_with_ip(ip("10.0.3.3")), [key("prod/old")]);
     let d = from_ip(&idx, "10.0.3.3");
     assert!(
         !d.allowed,
@@ -1059,4 +1076,29 @@ status: {podIP: 10.0.3.3}
     ));
     assert_eq!(idx.pods_with_ip(ip("10.0.3.3")).len(), 2);
     assert!(!from_ip(&idx, "10.0.3.3").allowed);
+}
+
+#[test]
+fn a_policy_that_cannot_be_read_from_the_api_denies_its_whole_namespace() {
+    let np: NetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: future, namespace: prod}\nspec: {podSelector: {}, policyTypes: [Ingress, Sideways]}\n",
+    )
+    .unwrap();
+    assert!(convert::policy(&np).is_err(), "not compilable");
+    let compiled = convert::policy_failing_closed(&np).unwrap();
+    assert_eq!(compiled.errors.len(), 1);
+    let idx = with("");
+    let mut idx = idx;
+    idx.apply_policy(compiled.policy);
+    assert!(
+        !allowed(&idx, "prod/web", "prod/db", 5432),
+        "ingress denied"
+    );
+    assert!(!allowed(&idx, "dev/web", "prod/web", 80));
+    assert!(allowed(&idx, "dev/web", "dev/web", 80), "a pod to itself");
+    let unnamed: NetworkPolicy = serde_yaml::from_str("spec: {podSelector: {}}").unwrap();
+    assert!(
+        convert::policy_failing_closed(&unnamed).is_err(),
+        "nowhere to place it"
+    );
 }

@@ -19,6 +19,8 @@ use tokio::net::TcpListener;
 use crate::metrics::ProxyMetrics;
 use picket_common::logging::LogHandle;
 
+use picket_policy::NodeAddrs;
+
 use crate::enforce::registry::Registry;
 
 /// Readiness latches: ready once every one is set, and ready for good.
@@ -45,6 +47,9 @@ pub struct Admin {
     pub registry: Option<Arc<Registry>>,
     /// The log filter, changeable only on the local server.
     pub log: Option<LogHandle>,
+    /// Clients served beyond the connection cap: the node (kubelet probes
+    /// must never queue behind idle connections from pods).
+    pub node: NodeAddrs,
 }
 
 // === impl Readiness ===
@@ -90,16 +95,18 @@ impl Readiness {
 
 impl Admin {
     /// Serves HTTP/1 on the listener forever. At most
-    /// [`MAX_ADMIN_CONNECTIONS`] at a time (more are closed at once), each
-    /// for at most [`ADMIN_CONNECTION_TIMEOUT`]: idle connections from any pod
-    /// cannot pile up and take the descriptors inbound connections need.
+    /// [`MAX_ADMIN_CONNECTIONS`] at a time (more are closed at once, except
+    /// from the node), each for at most [`ADMIN_CONNECTION_TIMEOUT`]: idle
+    /// connections from pods can neither pile up and take the descriptors
+    /// inbound connections need, nor starve the kubelet's probes.
     pub async fn serve(self, listener: TcpListener) {
         let open = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
         crate::net::listener::accept_loop(&listener, |stream, peer| {
-            let Ok(permit) = open.clone().try_acquire_owned() else {
+            let permit = open.clone().try_acquire_owned().ok();
+            if permit.is_none() && !self.node.contains(peer.ip()) {
                 tracing::debug!(client.addr = %peer, "Too many admin connections; closing");
                 return;
-            };
+            }
             let admin = self.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {

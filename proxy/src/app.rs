@@ -150,6 +150,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             metrics: Some(metrics.clone()),
             registry: None,
             log: None,
+            node: enforcer.node.clone(),
         }
         .serve(public),
     );
@@ -169,6 +170,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             metrics: Some(metrics.clone()),
             registry: Some(registry.clone()),
             log,
+            node: NodeAddrs::default(),
         }
         .serve(local),
     );
@@ -263,7 +265,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         Ipv6Arg::Auto => match std::fs::read_to_string("/proc/net/if_inet6") {
             // No IPv6 in this kernel: nothing can arrive over it.
             Err(_) => Ipv6Rules::Off,
-            Ok(text) => match crate::node::global_ipv6(&text) {
+            Ok(text) => match crate::node::ipv6_address(&text) {
                 Some(address) => Ipv6Rules::Required(Some(address)),
                 None => Ipv6Rules::IfPossible,
             },
@@ -305,7 +307,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     );
     match iptables::apply_ipv6(&plan, ipv6, choice, &runner)? {
         Some(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
-        None => println!("ipv6 rules skipped (no global IPv6 address, or --ipv6 off)"),
+        None => println!("ipv6 rules skipped (no IPv6 address but loopback, or --ipv6 off)"),
     }
     // Where /proc/sys is writable (the lab, privileged runtimes); in a pod
     // the injector sets it through securityContext.sysctls.

@@ -7,21 +7,33 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-/// The pod's first global IPv6 address (scope global, not loopback) from the
-/// text of `/proc/net/if_inet6`, if it has one.
-pub fn global_ipv6(if_inet6: &str) -> Option<Ipv6Addr> {
-    if_inet6.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(hex), Some(scope), Some(device)) = (fields.first(), fields.get(3), fields.get(5))
-        else {
-            return None;
-        };
-        const SCOPE_GLOBAL: &str = "00";
-        if *scope != SCOPE_GLOBAL || *device == "lo" {
-            return None;
-        }
-        u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from)
-    })
+/// An IPv6 address of the pod on an interface other than loopback, a global
+/// one first, from the text of `/proc/net/if_inet6`. Any such address (a
+/// link-local `fe80::` one included: a neighbour on the same bridge reaches
+/// it) means inbound IPv6 traffic can reach the pod.
+pub fn ipv6_address(if_inet6: &str) -> Option<Ipv6Addr> {
+    const SCOPE_GLOBAL: &str = "00";
+    let addresses: Vec<(bool, Ipv6Addr)> = if_inet6
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(hex), Some(scope), Some(device)) =
+                (fields.first(), fields.get(3), fields.get(5))
+            else {
+                return None;
+            };
+            if *device == "lo" {
+                return None;
+            }
+            let address = u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from)?;
+            Some((*scope == SCOPE_GLOBAL, address))
+        })
+        .collect();
+    addresses
+        .iter()
+        .find(|(global, _)| *global)
+        .or_else(|| addresses.first())
+        .map(|(_, address)| *address)
 }
 
 /// Default gateways from the text of `/proc/net/route` (IPv4).
@@ -140,12 +152,23 @@ mod tests {
     }
 
     #[test]
-    fn a_global_ipv6_address_is_found_in_proc_if_inet6() {
-        let link_local_only = "00000000000000000000000000000001 01 80 10 80       lo\nfe800000000000000000000000000002 02 40 20 80     eth0\n";
-        assert_eq!(global_ipv6(link_local_only), None);
+    fn the_pods_ipv6_addresses_are_found_in_proc_if_inet6() {
+        let loopback = "00000000000000000000000000000001 01 80 10 80       lo\n";
+        assert_eq!(
+            ipv6_address(loopback),
+            None,
+            "loopback only: nothing arrives"
+        );
+        let link_local =
+            format!("{loopback}fe800000000000000000000000000002 02 40 20 80     eth0\n");
+        assert_eq!(ipv6_address(&link_local), Some("fe80::2".parse().unwrap()));
         let dual_stack =
-            format!("{link_local_only}fd000000000000000000000000000002 02 40 00 80     eth0\n");
-        assert_eq!(global_ipv6(&dual_stack), Some("fd00::2".parse().unwrap()));
+            format!("{link_local}fd000000000000000000000000000002 02 40 00 80     eth0\n");
+        assert_eq!(
+            ipv6_address(&dual_stack),
+            Some("fd00::2".parse().unwrap()),
+            "a global one first"
+        );
     }
 
     #[test]

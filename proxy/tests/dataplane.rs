@@ -557,7 +557,10 @@ fn a_saturated_admin_port_does_not_stop_inbound_connections() {
         assert!(echoes(&mut s), "an allowed connection is relayed");
         c.assert_reset("stranger", "api", APP_PORT);
     }
-    // And probes are answered again once idle admin connections time out.
+    // The node (kubelet probes) is served even while pods hold every slot.
+    let (status, _) = http_get(c.lab.node_netns(), admin, "/ready").unwrap();
+    assert_eq!(status, 200, "a probe from the node is answered at once");
+    // And pods are answered again once idle admin connections time out.
     eventually("/ready answers", Duration::from_secs(15), || {
         http_get(&server.pod.netns, admin, "/ready").is_ok_and(|(status, _)| status == 200)
     });

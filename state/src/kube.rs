@@ -311,9 +311,9 @@ impl Watched for net::NetworkPolicy {
     const KIND: Kind = Kind::Policy;
 
     fn convert(&self) -> Result<Object, String> {
-        let compiled = convert::policy(self).map_err(|e| e.to_string())?;
+        let compiled = convert::policy_failing_closed(self).map_err(|e| e.to_string())?;
         for e in &compiled.errors {
-            tracing::error!(policy = %compiled.policy.key, error = %e, "Rule cannot be compiled; its policy isolates and allows nothing through it");
+            tracing::error!(policy = %compiled.policy.key, error = %e, "Policy or rule cannot be compiled; it isolates and allows nothing through it (a policy that cannot be read at all denies its whole namespace)");
         }
         Ok(Object::Policy(compiled.policy))
     }

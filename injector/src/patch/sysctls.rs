@@ -131,11 +131,20 @@ fn parse_range(value: &str) -> Option<(u16, u16)> {
     }
 }
 
+/// The longest reserved-ports value taken: the kernel reads one page per
+/// write, and a longer value only costs the webhook time.
+const MAX_LIST_LEN: usize = 4096;
+
 /// The ports of a reserved-ports list (`8080,15000-15006`; spaces around
 /// entries and empty entries are allowed); `None` when an entry is not a port
-/// or a range `low-high`.
+/// or a range `low-high`, or the list is longer than the kernel takes.
+/// Overlapping ranges are merged first, so the work is bounded by the port
+/// space, not by how often a pod repeats `1-65535`.
 pub(super) fn parse_ports(list: &str) -> Option<BTreeSet<u16>> {
-    let mut ports = BTreeSet::new();
+    if list.len() > MAX_LIST_LEN {
+        return None;
+    }
+    let mut ranges: Vec<(u16, u16)> = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
         let low: u16 = low.trim().parse().ok()?;
@@ -143,7 +152,17 @@ pub(super) fn parse_ports(list: &str) -> Option<BTreeSet<u16>> {
         if low > high {
             return None;
         }
-        ports.extend(low..=high);
+        ranges.push((low, high));
+    }
+    ranges.sort_unstable();
+    let mut ports = BTreeSet::new();
+    let mut next: u32 = 0;
+    for (low, high) in ranges {
+        let from = u32::from(low).max(next);
+        for port in from..=u32::from(high) {
+            ports.insert(port as u16);
+        }
+        next = next.max(u32::from(high) + 1);
     }
     Some(ports)
 }
@@ -188,5 +207,16 @@ mod tests {
         for bad in ["0 10", "10", "", "10 9", "1 2 3", "1-2"] {
             assert_eq!(parse_range(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn huge_or_repetitive_lists_cost_no_more_than_the_port_space() {
+        let repeated = "1-65535,".repeat(500);
+        assert_eq!(parse_ports(&repeated).map(|p| p.len()), Some(65535));
+        assert_eq!(
+            parse_ports(&"1-65535,".repeat(600)),
+            None,
+            "longer than the kernel takes"
+        );
     }
 }

@@ -591,9 +591,81 @@ fn host_network_pods_are_never_injected() {
 
 #[test]
 fn port_conflicts_skip_with_a_warning() {
+    // Only where pods may go unenforced: elsewhere a colliding port would be
+    // an opt-out in disguise, and the pod is refused.
     let pod = fixture("port-conflict");
     let reason = SkipReason::PortConflict(15006);
-    assert_skipped(&pod, (&privileged_ns(), &NO_ANNOTATIONS), &reason, true);
+    assert_skipped(
+        &pod,
+        (&privileged_ns(), &allowing_opt_outs()),
+        &reason,
+        true,
+    );
+}
+
+#[test]
+fn what_would_leave_a_pod_unenforced_refuses_it_where_the_namespace_does_not_allow_it() {
+    let labels = privileged_ns();
+    let ns = NamespaceView {
+        name: "shop",
+        labels: Some(&labels),
+        annotations: Some(&NO_ANNOTATIONS),
+    };
+    let refused = |pod: &Pod| match plan(pod, &ns, &InjectConfig::for_test()).decision {
+        Decision::Rejected(Rejection::Unenforceable(u)) => u.to_string(),
+        other => panic!("not refused: {other:?}"),
+    };
+    let message = refused(&fixture("port-conflict"));
+    assert!(
+        message.contains("port 15006") && message.contains("allow-pod-opt-out"),
+        "{message}"
+    );
+
+    // An app container mounting the proxy's node file could make any address "the node".
+    let mut pod = fixture("plain");
+    pod.spec.as_mut().unwrap().containers[0].volume_mounts =
+        Some(vec![k8s_openapi::api::core::v1::VolumeMount {
+            name: "picket-run".into(),
+            mount_path: "/x".into(),
+            ..Default::default()
+        }]);
+    let message = refused(&pod);
+    assert!(
+        message.contains("mounts the volume picket-run"),
+        "{message}"
+    );
+
+    // An app container that can rewrite the pod's iptables could remove the redirect.
+    for (privileged, caps) in [
+        (Some(true), None),
+        (None, Some(vec!["NET_ADMIN".to_string()])),
+    ] {
+        let mut pod = fixture("plain");
+        pod.spec.as_mut().unwrap().containers[0].security_context =
+            Some(k8s_openapi::api::core::v1::SecurityContext {
+                privileged,
+                capabilities: caps.map(|add| k8s_openapi::api::core::v1::Capabilities {
+                    add: Some(add),
+                    drop: None,
+                }),
+                ..Default::default()
+            });
+        let message = refused(&pod);
+        assert!(
+            message.contains("could remove the pod's redirect"),
+            "{message}"
+        );
+        // Where pods may go unenforced, it is injected as before.
+        let allowing = allowing_opt_outs();
+        let open = NamespaceView {
+            annotations: Some(&allowing),
+            ..ns
+        };
+        assert!(matches!(
+            plan(&pod, &open, &InjectConfig::for_test()).decision,
+            Decision::Injected(_)
+        ));
+    }
 }
 
 #[test]

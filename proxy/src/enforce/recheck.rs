@@ -39,6 +39,11 @@ impl Enforcer {
                     continue;
                 }
                 conn.kill_as_of(snapshot.version);
+                if !conn.decided() {
+                    // Still waiting for state that decides it: the kill is a
+                    // no-op once it is admitted on a newer snapshot.
+                    continue;
+                }
                 killed += 1;
                 tracing::info!(
                     client.addr = %conn.client,

@@ -142,16 +142,21 @@ impl Registry {
         self.len() == 0
     }
 
-    /// The live connections, for the admin endpoint.
+    /// The live connections, for the admin endpoint (copied under the lock,
+    /// formatted outside it).
     pub fn list(&self) -> Vec<ConnectionInfo> {
-        let mut out: Vec<ConnectionInfo> = self
+        let copied: Vec<(ClientAddr, OrigDstAddr, Option<PolicyKey>, Instant)> = self
             .lock()
             .values()
-            .map(|t| ConnectionInfo {
-                client: t.client.to_string(),
-                destination: t.dst.to_string(),
-                allowed_by: t.allowed_by.as_ref().map(ToString::to_string),
-                age_seconds: t.opened.elapsed().as_secs_f64(),
+            .map(|t| (t.client, t.dst, t.allowed_by.clone(), t.opened))
+            .collect();
+        let mut out: Vec<ConnectionInfo> = copied
+            .into_iter()
+            .map(|(client, dst, allowed_by, opened)| ConnectionInfo {
+                client: client.to_string(),
+                destination: dst.to_string(),
+                allowed_by: allowed_by.as_ref().map(ToString::to_string),
+                age_seconds: opened.elapsed().as_secs_f64(),
             })
             .collect();
         out.sort_by(|a, b| a.client.cmp(&b.client));
@@ -167,6 +172,12 @@ impl Registry {
 // === impl LiveConnection ===
 
 impl LiveConnection {
+    /// Whether the connection has been decided (admitted) yet; one still
+    /// waiting for state is killed too, but is no teardown of a live one.
+    pub fn decided(&self) -> bool {
+        self.kill.decided_on.load(Ordering::Acquire) != 0
+    }
+
     /// Tells the connection to reset, whatever state it was admitted on.
     pub fn kill(&self) {
         self.kill_as_of(u64::MAX);

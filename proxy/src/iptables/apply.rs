@@ -44,11 +44,12 @@ pub struct Applied {
 pub enum Ipv6Rules {
     /// Not at all (`--ipv6 off`, or the kernel has no IPv6).
     Off,
-    /// Where they can be: the pod has no global IPv6 address, so a failure
-    /// leaves nothing to bypass the proxy through.
+    /// Where they can be: the pod has no IPv6 address but loopback, so a
+    /// failure leaves nothing to bypass the proxy through.
     IfPossible,
-    /// Mandatory: `--ipv6 on`, or the pod has this global IPv6 address and
-    /// without rules its IPv6 inbound traffic would reach the app directly.
+    /// Mandatory: `--ipv6 on`, or the pod has this IPv6 address (global, or
+    /// link-local, which a neighbour on the bridge reaches) and without rules
+    /// its IPv6 inbound traffic would reach the app directly.
     Required(Option<std::net::Ipv6Addr>),
 }
 
@@ -192,7 +193,7 @@ pub fn apply_ipv6(
         Ipv6Rules::IfPossible => match apply(plan, Family::V6, choice, runner) {
             Ok(applied) => Ok(Some(applied)),
             Err(error) => {
-                tracing::info!(%error, "IPv6 rules skipped: the pod has no global IPv6 address");
+                tracing::info!(%error, "IPv6 rules skipped: the pod has no IPv6 address");
                 Ok(None)
             }
         },
@@ -201,7 +202,7 @@ pub fn apply_ipv6(
                 .map(Some)
                 .map_err(|source| ApplyError::Ipv6Required {
                     why: match address {
-                        Some(a) => format!("the pod has the global IPv6 address {a}"),
+                        Some(a) => format!("the pod has the IPv6 address {a}"),
                         None => "--ipv6 on".into(),
                     },
                     source: Box::new(source),
@@ -365,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_rules_are_mandatory_on_a_pod_with_a_global_ipv6_address() {
+    fn ipv6_rules_are_mandatory_on_a_pod_with_an_ipv6_address() {
         // Only the IPv4 tools: the IPv6 rules cannot be written.
         let r = Recorder {
             tools: vec!["iptables-nft-restore", "iptables-nft-save"],
@@ -387,7 +388,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.starts_with("ipv6 rules are required (the pod has the global IPv6 address fd00::2), but cannot be written: no iptables binary found"),
+            error.starts_with("ipv6 rules are required (the pod has the IPv6 address fd00::2), but cannot be written: no iptables binary found"),
             "{error}"
         );
         assert_eq!(error.lines().count(), 1, "one clear line");

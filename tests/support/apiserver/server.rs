@@ -74,7 +74,25 @@ async fn serve_connection(
         }
         Err(_) => return,
     };
-    let service = service_fn(move |req| http::handle(shared.clone(), req));
+    // A request that arrives on this connection after a drop was asked for,
+    // before the select below has closed it, must not be served: the
+    // service's error makes hyper close the connection, as an outage would.
+    let generation = *drops.borrow_and_update();
+    let dropped = drops.clone();
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        let is_dropped = *dropped.borrow() != generation;
+        async move {
+            if is_dropped {
+                return Err(std::io::Error::other(
+                    "connection dropped by fault injection",
+                ));
+            }
+            http::handle(shared, req)
+                .await
+                .map_err(|never| match never {})
+        }
+    });
     let connection = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(tls), service);
