@@ -9,6 +9,7 @@
 pub mod duration;
 pub mod env;
 pub mod logging;
+pub mod port_list;
 
 /// The port redirected inbound connections arrive on (REDIRECT target).
 pub const INBOUND_PORT: u16 = 15006;

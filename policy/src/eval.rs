@@ -110,6 +110,8 @@ impl PolicyIndex {
     }
 
     /// [`Self::decide_from_ip`], with every rule tried reported to `trace`.
+    /// With several pods claiming `src`, each claimant's sides are reported
+    /// in turn, until one denies (a [`Recorder`] keeps the last of each side).
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate_from_ip<T: Trace>(
         &self,

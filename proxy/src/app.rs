@@ -76,11 +76,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     };
     tracing::info!(%pod, node = ?node, source = ?source, "Starting picket-proxy");
     raise_open_file_limit();
-    let own_ports = [
-        args.ports.inbound_port,
-        args.ports.admin_port,
-        args.ports.local_admin_port,
-    ];
+    let own_ports = args.ports.own();
     match reserved_ports::missing(Path::new(reserved_ports::SYSCTL), &own_ports) {
         Ok(missing) if missing.is_empty() => {}
         Ok(missing) => tracing::warn!(
@@ -272,11 +268,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         },
     };
     let gateways = crate::node::read_gateways();
-    let own_ports = [
-        args.ports.inbound_port,
-        args.ports.admin_port,
-        args.ports.local_admin_port,
-    ];
+    let own_ports = args.ports.own();
     if args.dry_run {
         for family in [Family::V4, Family::V6] {
             println!(

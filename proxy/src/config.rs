@@ -45,6 +45,15 @@ pub struct Ports {
     pub local_admin_port: u16,
 }
 
+// === impl Ports ===
+
+impl Ports {
+    /// Every port the proxy listens on: never dialled, reserved in the pod.
+    pub fn own(&self) -> [u16; 3] {
+        [self.inbound_port, self.admin_port, self.local_admin_port]
+    }
+}
+
 /// Arguments of `picket-proxy run`.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {

@@ -13,44 +13,21 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use picket_common::port_list;
+
 /// Where the kernel keeps the reserved ports of the current network namespace.
 pub const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
-/// The ports in a reserved-ports list (`1000,2000-2005`). Entries that do not
-/// parse are ignored (the kernel would not have accepted them).
-pub fn parse(list: &str) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (start, end) = entry.split_once('-').unwrap_or((entry, entry));
-        if let (Ok(start), Ok(end)) = (start.trim().parse::<u16>(), end.trim().parse::<u16>()) {
-            ports.extend(start..=end);
-        }
-    }
-    ports
-}
-
-/// A list with every port of `list` and of `ours`, as ranges (`1000,2000-2005`).
+/// A list with every port of `list` and of `ours` (an unreadable `list`
+/// counts as empty: the kernel writes only valid lists).
 pub fn merge(list: &str, ours: &[u16]) -> String {
     let mut ports = parse(list);
     ports.extend(ours.iter().copied());
-    let mut ranges: Vec<(u16, u16)> = Vec::new();
-    for port in ports {
-        match ranges.last_mut() {
-            Some((_, end)) if u32::from(*end) + 1 == u32::from(port) => *end = port,
-            _ => ranges.push((port, port)),
-        }
-    }
-    ranges
-        .iter()
-        .map(|&(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}-{b}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    port_list::format(&ports)
+}
+
+fn parse(list: &str) -> BTreeSet<u16> {
+    port_list::parse(list.trim()).unwrap_or_default()
 }
 
 /// Reserves `ours` in the sysctl at `path`, keeping what is already reserved.
@@ -78,9 +55,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_parse_and_merge_as_the_kernel_writes_them() {
-        assert_eq!(parse(""), BTreeSet::new());
-        assert_eq!(parse("80,100-102\n"), BTreeSet::from([80, 100, 101, 102]));
+    fn lists_merge_as_the_kernel_writes_them() {
         assert_eq!(merge("", &[15020, 15006, 15000]), "15000,15006,15020");
         assert_eq!(
             merge("8080,15001-15005", &[15000, 15006]),

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use picket_common::port_list;
+
 use json_patch::PatchOperation;
 use k8s_openapi::api::core::v1::{Pod, PodSecurityContext, Sysctl};
 use serde_json::Value;
@@ -41,7 +43,7 @@ pub(super) fn reserved_ports_ops(
     let own = match find(RESERVED_PORTS_SYSCTL) {
         None => None,
         Some((index, sysctl)) => {
-            let ports = parse_ports(&sysctl.value).ok_or_else(|| InvalidSysctl {
+            let ports = port_list::parse(&sysctl.value).ok_or_else(|| InvalidSysctl {
                 name: RESERVED_PORTS_SYSCTL,
                 value: sysctl.value.clone(),
                 message: "is not a list of ports and port ranges (8080,15000-15006)".into(),
@@ -56,7 +58,7 @@ pub(super) fn reserved_ports_ops(
         check_port_range(&range.value, &reserved, ours)?;
     }
 
-    let value = format_ports(&reserved);
+    let value = port_list::format(&reserved);
     let ops = match (security_context, sysctls, own) {
         (None, _, _) => {
             let sc = PodSecurityContext {
@@ -115,8 +117,8 @@ fn check_port_range(
         return Err(invalid(format!(
             "leaves no free port once {RESERVED_PORTS_SYSCTL} reserves {} (the pod's own \
              ports and the proxy's {}): widen the range",
-            format_ports(reserved),
-            format_ports(&ours.iter().copied().collect()),
+            port_list::format(reserved),
+            port_list::format(&ours.iter().copied().collect()),
         )));
     }
     Ok(())
@@ -131,92 +133,15 @@ fn parse_range(value: &str) -> Option<(u16, u16)> {
     }
 }
 
-/// The longest reserved-ports value taken: the kernel reads one page per
-/// write, and a longer value only costs the webhook time.
-const MAX_LIST_LEN: usize = 4096;
-
-/// The ports of a reserved-ports list (`8080,15000-15006`; spaces around
-/// entries and empty entries are allowed); `None` when an entry is not a port
-/// or a range `low-high`, or the list is longer than the kernel takes.
-/// Overlapping ranges are merged first, so the work is bounded by the port
-/// space, not by how often a pod repeats `1-65535`.
-pub(super) fn parse_ports(list: &str) -> Option<BTreeSet<u16>> {
-    if list.len() > MAX_LIST_LEN {
-        return None;
-    }
-    let mut ranges: Vec<(u16, u16)> = Vec::new();
-    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (low, high) = entry.split_once('-').unwrap_or((entry, entry));
-        let low: u16 = low.trim().parse().ok()?;
-        let high: u16 = high.trim().parse().ok()?;
-        if low > high {
-            return None;
-        }
-        ranges.push((low, high));
-    }
-    ranges.sort_unstable();
-    let mut ports = BTreeSet::new();
-    let mut next: u32 = 0;
-    for (low, high) in ranges {
-        let from = u32::from(low).max(next);
-        for port in from..=u32::from(high) {
-            ports.insert(port as u16);
-        }
-        next = next.max(u32::from(high) + 1);
-    }
-    Some(ports)
-}
-
-/// The ports as the kernel lists them: ascending, consecutive ports as ranges.
-pub(super) fn format_ports(ports: &BTreeSet<u16>) -> String {
-    let mut ranges: Vec<(u16, u16)> = Vec::new();
-    for &port in ports {
-        match ranges.last_mut() {
-            Some((_, high)) if u32::from(*high) + 1 == u32::from(port) => *high = port,
-            _ => ranges.push((port, port)),
-        }
-    }
-    let entries: Vec<String> = ranges
-        .into_iter()
-        .map(|(low, high)| {
-            if low == high {
-                low.to_string()
-            } else {
-                format!("{low}-{high}")
-            }
-        })
-        .collect();
-    entries.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn lists_parse_and_format_as_the_kernel_writes_them() {
-        assert_eq!(parse_ports(""), Some(BTreeSet::new()));
-        let ports = parse_ports(" 8080, 15001-15003 ,").unwrap();
-        assert_eq!(ports, BTreeSet::from([8080, 15001, 15002, 15003]));
-        assert_eq!(format_ports(&ports), "8080,15001-15003");
-        for bad in ["x", "80-", "90-80", "70000", "1-2-3"] {
-            assert_eq!(parse_ports(bad), None, "{bad}");
-        }
-        assert_eq!(format_ports(&BTreeSet::from([65534, 65535])), "65534-65535");
+    fn port_ranges_parse_as_the_kernel_writes_them() {
         assert_eq!(parse_range("32768\t60999\n"), Some((32768, 60999)));
         for bad in ["0 10", "10", "", "10 9", "1 2 3", "1-2"] {
             assert_eq!(parse_range(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn huge_or_repetitive_lists_cost_no_more_than_the_port_space() {
-        let repeated = "1-65535,".repeat(500);
-        assert_eq!(parse_ports(&repeated).map(|p| p.len()), Some(65535));
-        assert_eq!(
-            parse_ports(&"1-65535,".repeat(600)),
-            None,
-            "longer than the kernel takes"
-        );
     }
 }
