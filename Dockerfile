@@ -9,10 +9,16 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 # Only the sources: never the host's target/ directory.
 COPY Cargo.toml Cargo.lock ./
+COPY policy policy
+COPY state state
+COPY common common
 COPY proxy proxy
 COPY injector injector
+COPY cli cli
+COPY lab lab
 COPY tests tests
 COPY benches benches
+COPY manifests/examples manifests/examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p picket-proxy -p picket-injector \
