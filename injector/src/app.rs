@@ -32,7 +32,8 @@ pub async fn run(cli: Cli, config: InjectConfig) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(cli.admin_listen)
         .await
         .with_context(|| format!("binding the admin server to {}", cli.admin_listen))?;
-    tracing::info!(addr = %cli.admin_listen, "Admin server listening");
+    let bound = admin_listener.local_addr().unwrap_or(cli.admin_listen);
+    tracing::info!(addr = %bound, "Admin server listening");
     tokio::spawn(server::serve_admin(
         admin_listener,
         Admin {
@@ -81,7 +82,8 @@ pub async fn run(cli: Cli, config: InjectConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("binding the webhook to {}", cli.listen))?;
-    tracing::info!(addr = %cli.listen, "Webhook listening");
+    let bound = listener.local_addr().unwrap_or(cli.listen);
+    tracing::info!(addr = %bound, "Webhook listening");
     let serving = tokio::spawn(server::serve_https(
         listener,
         TlsAcceptor::from(tls_config),

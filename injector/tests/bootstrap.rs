@@ -12,7 +12,7 @@
 //!
 //! Every wait polls with a deadline.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use picket_test_support::announced::listening_addrs;
 use picket_test_support::apiserver::{ApiServer, Kind, RecordedRequest};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -42,17 +43,19 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Injector {
     name: &'static str,
     child: Child,
-    webhook: SocketAddr,
+    /// Its stderr, until the webhook's address has been read from it.
+    log: Option<std::process::ChildStderr>,
+    /// The webhook's address (port 0, read back from the log).
+    webhook: Option<SocketAddr>,
 }
 
 impl Injector {
     /// Starts the binary; does not wait for it (see [`Injector::wait_serving`]).
     fn spawn(name: &'static str, kubeconfig: &Path, dir: &Path) -> Injector {
-        let (webhook, admin) = (free_port(), free_port());
         let ca_out = dir.join(format!("{name}-ca.crt"));
-        let child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
-            .args(["--listen", &webhook.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--shutdown-delay", "0s"])
             .args(["--namespace-lookup", "none"])
             .args(["--tls-mode", "secret"])
@@ -65,24 +68,36 @@ impl Injector {
             .env("KUBECONFIG", kubeconfig)
             .env("PICKET_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start picket-injector");
         Injector {
             name,
+            log: child.stderr.take(),
             child,
-            webhook,
+            webhook: None,
         }
     }
 
     /// Polls until the webhook completes a TLS handshake; returns the certificate it served.
     async fn wait_serving(&mut self) -> CertificateDer<'static> {
         let started = Instant::now();
+        if let Some(log) = self.log.take() {
+            let Some(addrs) = listening_addrs(log, &["Webhook listening"], DEADLINE) else {
+                panic!(
+                    "injector {} never listened: {:?}",
+                    self.name,
+                    self.child.try_wait()
+                );
+            };
+            self.webhook = Some(addrs[0]);
+        }
+        let webhook = self.webhook.expect("read from the log");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("injector {} exited early: {status}", self.name);
             }
-            if let Ok(cert) = served_certificate(self.webhook).await {
+            if let Ok(cert) = served_certificate(webhook).await {
                 return cert;
             }
             assert!(
@@ -100,11 +115,6 @@ impl Drop for Injector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 /// Accepts any server certificate (signatures are still checked), to see what is served.
@@ -318,7 +328,7 @@ async fn two_injectors_starting_at_once_serve_the_same_certificate() {
         "the patch changed more than caBundle"
     );
     for injector in [&a, &b] {
-        let verified = verified_certificate(injector.webhook, &ca)
+        let verified = verified_certificate(injector.webhook.expect("serving"), &ca)
             .await
             .unwrap_or_else(|e| {
                 panic!(

@@ -4,7 +4,7 @@
 //! lookups are off, except in the Pod Security test, which reads namespaces
 //! from the test API server (`picket-test-support`) through the real kube client.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use hyper::body::Bytes;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
+use picket_test_support::announced::listening_addrs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -49,19 +50,26 @@ impl Injector {
         dir: tempfile::TempDir,
         ca_file: PathBuf,
     ) -> Injector {
-        let (webhook, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
-            .args(["--listen", &webhook.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
+        let mut child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--max-body-bytes", "65536"])
             .args(["--shutdown-delay", "0s"])
             .args(args)
             .env("PICKET_LOG", "debug")
             .envs(envs.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start picket-injector");
+        // Port 0, read back from the log: no other process can take the ports first.
+        let log = child.stderr.take().expect("stderr is piped");
+        let listening = ["Admin server listening", "Webhook listening"];
+        let Some([admin, webhook]) = listening_addrs(log, &listening, DEADLINE)
+            .and_then(|addrs| <[SocketAddr; 2]>::try_from(addrs).ok())
+        else {
+            panic!("picket-injector never listened: {:?}", child.try_wait());
+        };
         let mut injector = Injector {
             child,
             webhook,
@@ -118,11 +126,6 @@ impl Drop for Injector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }
 
 async fn post_with_ca(

@@ -4,7 +4,9 @@
 //!   over HTTPS for Pods, Namespaces, NetworkPolicies, Secrets, ServiceAccounts and
 //!   MutatingWebhookConfigurations (with PATCH), with the ServiceAccount admission step on
 //!   pod creates, and fault injection.
+//! - [`announced`]: the addresses a child process says it listens on.
 
+pub mod announced;
 pub mod apiserver;
 
 pub use apiserver::{ApiServer, ApiServerBuilder, Kind};
