@@ -1,10 +1,13 @@
 //! Bytes both ways between the client and the app, until both sides close.
 //!
-//! Zero copy: each direction splices socket -> pipe -> socket, taking a pipe
-//! from the pool only while data is in flight, so an idle connection holds
-//! nothing but its sockets. Where splice is unavailable (or no pipe can be
-//! had) a direction falls back to a plain copy through a buffer that exists
-//! only while that copy runs.
+//! Adaptive: each direction starts with plain reads and writes through a
+//! small buffer on the stack (a 64-byte request costs one recv and one send,
+//! less than two splices and a pipe), and switches to zero-copy splice
+//! (socket -> pipe -> socket, a pipe taken from the pool only while data is
+//! in flight) once a read fills that buffer, the sign of a bulk transfer. So
+//! an idle connection holds nothing but its sockets. Where splice is
+//! unavailable (or no pipe can be had) a direction falls back to a plain copy
+//! through a buffer that exists only while that copy runs.
 //!
 //! A half-close propagates: when one side sends FIN, the other side's write
 //! half is shut down and the opposite direction keeps flowing. An error on
@@ -62,6 +65,10 @@ pub static PIPES: PipePool = PipePool::new();
 
 const COPY_BUFFER: usize = 64 * 1024;
 
+/// The buffer small reads go through before a direction switches to splice:
+/// a read that fills it means more is waiting, and splice then pays.
+pub const SMALL_READ: usize = 4 * 1024;
+
 /// Relays until both directions have seen EOF, an error, or the idle timeout.
 pub async fn relay(
     client: &TcpStream,
@@ -118,7 +125,8 @@ impl Activity<'_> {
     }
 }
 
-/// One direction: splice when possible, else copy; then propagate the EOF.
+/// One direction: small reads first, then splice when possible, else copy;
+/// then propagate the EOF.
 async fn half(
     from: &TcpStream,
     to: &TcpStream,
@@ -126,12 +134,18 @@ async fn half(
     activity: &Activity<'_>,
 ) -> Result<u64, RelayError> {
     let io = |source| RelayError::Io { direction, source };
-    let total = match splice_half(from, to, activity).await {
-        Ok(total) => total,
-        Err(SpliceError::Unsupported(moved)) => {
-            moved + copy_half(from, to, activity).await.map_err(io)?
-        }
-        Err(SpliceError::Io(e)) => return Err(io(e)),
+    let (small, eof) = small_half(from, to, activity).await.map_err(io)?;
+    let total = if eof {
+        small
+    } else {
+        small
+            + match splice_half(from, to, activity).await {
+                Ok(total) => total,
+                Err(SpliceError::Unsupported(moved)) => {
+                    moved + copy_half(from, to, activity).await.map_err(io)?
+                }
+                Err(SpliceError::Io(e)) => return Err(io(e)),
+            }
     };
     // Propagate the half-close: the other side reads EOF, and may still reply.
     match SockRef::from(to).shutdown(Shutdown::Write) {
@@ -139,6 +153,58 @@ async fn half(
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Moves small reads with recv/send through a buffer on the stack, which is
+/// never held across an await (a partial write moves the rest to the heap
+/// for as long as it waits). Returns the bytes moved, and whether the
+/// direction ended (EOF) rather than a read filling the buffer.
+async fn small_half(
+    from: &TcpStream,
+    to: &TcpStream,
+    activity: &Activity<'_>,
+) -> io::Result<(u64, bool)> {
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let (n, rest) = {
+            let mut buffer = [0u8; SMALL_READ];
+            let n = match from.try_read(&mut buffer) {
+                Ok(0) => return Ok((total, true)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            };
+            let sent = match to.try_write(&buffer[..n]) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            (n, (sent < n).then(|| buffer[sent..n].to_vec()))
+        };
+        if let Some(rest) = rest {
+            write_all(to, &rest).await?;
+        }
+        total += n as u64;
+        activity.moved(n);
+        if n == SMALL_READ {
+            return Ok((total, false));
+        }
+    }
+}
+
+/// Writes all of `bytes`, waiting for room.
+async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        to.writable().await?;
+        match to.try_write(&bytes[sent..]) {
+            Ok(w) => sent += w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 enum SpliceError {
@@ -225,15 +291,7 @@ async fn copy_half(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) ->
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        let mut sent = 0;
-        while sent < n {
-            to.writable().await?;
-            match to.try_write(&buffer[sent..n]) {
-                Ok(w) => sent += w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all(to, &buffer[..n]).await?;
         total += n as u64;
         activity.moved(n);
     }
@@ -324,6 +382,55 @@ mod tests {
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.client_to_server, 8_000_000);
         assert!(PIPES.idle() >= 1, "the pipe went back to the pool");
+    }
+
+    #[tokio::test]
+    async fn small_exchanges_take_no_pipe_and_a_bulk_transfer_switches_to_splice() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
+        for round in 0..100u32 {
+            let msg = format!("request {round:>4}");
+            client.write_all(msg.as_bytes()).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            app.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, msg.as_bytes());
+            app.write_all(b"ok").await.unwrap();
+            let mut reply = [0u8; 2];
+            client.read_exact(&mut reply).await.unwrap();
+        }
+        // A megabyte, then a small tail: intact whatever path each part took.
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 253) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "the bytes arrive in order and intact");
+        drop(app);
+        let _client = writer.await.unwrap();
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.client_to_server, 100 * 12 + 1_000_003);
+        assert_eq!(moved.server_to_client, 200);
+    }
+
+    #[tokio::test]
+    async fn the_relay_future_holds_no_buffer() {
+        let (_client, proxy_client) = pair().await;
+        let (proxy_server, _app) = pair().await;
+        let c = counters();
+        let future = relay(&proxy_client, &proxy_server, None, &c);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size < SMALL_READ,
+            "the relay future is {size} bytes: a read buffer is held across an await"
+        );
     }
 
     #[tokio::test]
