@@ -614,18 +614,22 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     }
     // The sidecar binds every port at once and becomes ready.
     let dir = c.dir.path().to_string_lossy().into_owned();
-    let mut sidecar = picket_lab::proxy::Sidecar::start_with(
-        &c.binary,
-        &c.lab,
-        &pod,
-        "shop",
-        &node_file,
-        &["--cluster-dir", &dir],
-    )
-    .unwrap();
-    sidecar
-        .wait_ready(READY)
-        .expect("the sidecar binds its ports and is ready");
+    let start = || {
+        let mut sidecar = picket_lab::proxy::Sidecar::start_with(
+            &c.binary,
+            &c.lab,
+            &pod,
+            "shop",
+            &node_file,
+            &["--cluster-dir", &dir],
+        )
+        .unwrap();
+        sidecar
+            .wait_ready(READY)
+            .expect("the sidecar binds its ports and is ready");
+        sidecar
+    };
+    let sidecar = start();
     // With the whole range covering the proxy's ports (1024-65000), a
     // thousand relayed connections (the proxy dials the app from ephemeral
     // ports too), then a restart of the sidecar: it binds again at once.
@@ -642,18 +646,7 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     .unwrap();
     assert_eq!(relayed, 1000);
     drop(sidecar);
-    let mut sidecar = picket_lab::proxy::Sidecar::start_with(
-        &c.binary,
-        &c.lab,
-        &pod,
-        "shop",
-        &node_file,
-        &["--cluster-dir", &dir],
-    )
-    .unwrap();
-    sidecar
-        .wait_ready(READY)
-        .expect("the restarted sidecar binds at once");
+    let _restarted = start();
     let mut s = c.connect("client", "api", APP_PORT);
     assert!(echoes(&mut s));
     drop(held);
