@@ -49,7 +49,7 @@ impl Inbound {
     /// Handles one accepted connection to its end.
     pub async fn handle(self: Arc<Self>, stream: TcpStream, client: ClientAddr) {
         let _active = ActiveGuard::new(&self.active);
-        let dst = match orig_dst(&stream) {
+        let dst = match orig_dst(&stream, client) {
             Ok(dst) => dst,
             Err(error) => {
                 self.refused("no-original-destination");
@@ -98,7 +98,7 @@ impl Inbound {
             }
         };
         let client_stream = stream;
-        let _ = client_stream.set_nodelay(true);
+        // The accepted socket inherits TCP_NODELAY from the listener.
         let _ = upstream.set_nodelay(true);
         let opened = Instant::now();
         self.metrics.open.inc();

@@ -23,6 +23,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // Accepted sockets inherit it: one setsockopt per listener, not per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
@@ -101,4 +103,21 @@ mod libc_errno {
     pub const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
     pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
     pub const ENOMEM: i32 = rustix::io::Errno::NOMEM.raw_os_error();
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (accepted, _) = accepted.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "set once on the listener, not per connection"
+        );
+        drop(client);
+    }
 }

@@ -7,13 +7,13 @@ use std::io;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-use super::OrigDstAddr;
+use super::{ClientAddr, OrigDstAddr};
 
-/// Reads the address the client connected to before REDIRECT.
-pub fn orig_dst(stream: &TcpStream) -> io::Result<OrigDstAddr> {
+/// Reads the address the client connected to before REDIRECT. The family is
+/// the client's (each listener is of one family), which spares a getsockname.
+pub fn orig_dst(stream: &TcpStream, client: ClientAddr) -> io::Result<OrigDstAddr> {
     let sock = SockRef::from(stream);
-    let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() {
+    let addr = if client.0.is_ipv4() {
         sock.original_dst_v4()?
     } else {
         sock.original_dst_v6()?
