@@ -91,6 +91,25 @@ impl Injector {
         injector
     }
 
+    /// A self-signed injector that reads namespaces from `api`.
+    async fn looking_up_namespaces_in(api: &picket_test_support::ApiServer) -> Injector {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.kubeconfig(&kubeconfig).unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let ca = ca_file.to_str().unwrap().to_string();
+        let args = [
+            "--tls-mode",
+            "self-signed",
+            "--ca-out",
+            &ca,
+            "--namespace-lookup",
+            "kube",
+        ];
+        let envs = [("KUBECONFIG", kubeconfig.as_path())];
+        Injector::start_with(&args, &envs, dir, ca_file).await
+    }
+
     async fn self_signed() -> Injector {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.crt");
@@ -516,21 +535,7 @@ metadata:
 ",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig).unwrap();
-    let ca_file = dir.path().join("ca.crt");
-    let ca = ca_file.to_str().unwrap().to_string();
-    let args = [
-        "--tls-mode",
-        "self-signed",
-        "--ca-out",
-        &ca,
-        "--namespace-lookup",
-        "kube",
-    ];
-    let envs = [("KUBECONFIG", kubeconfig.as_path())];
-    let injector = Injector::start_with(&args, &envs, dir, ca_file).await;
+    let injector = Injector::looking_up_namespaces_in(&api).await;
 
     let pod = fixture("plain");
     let mut review = pod_review("uid-locked", &pod);
@@ -591,21 +596,7 @@ metadata:
 ",
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig).unwrap();
-    let ca_file = dir.path().join("ca.crt");
-    let ca = ca_file.to_str().unwrap().to_string();
-    let args = [
-        "--tls-mode",
-        "self-signed",
-        "--ca-out",
-        &ca,
-        "--namespace-lookup",
-        "kube",
-    ];
-    let envs = [("KUBECONFIG", kubeconfig.as_path())];
-    let injector = Injector::start_with(&args, &envs, dir, ca_file).await;
+    let injector = Injector::looking_up_namespaces_in(&api).await;
     let pod = fixture("opted-out-annotation");
 
     // Where the namespace does not allow it, the opt-out is ignored, with a warning.

@@ -329,6 +329,35 @@ mod tests {
         (client.unwrap(), accepted.unwrap().0)
     }
 
+    /// client <-> (relay) <-> app, the relay running on its own task.
+    async fn relayed() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<Transferred, RelayError>>,
+    ) {
+        let (client, proxy_client) = pair().await;
+        let (proxy_server, app) = pair().await;
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
+        (client, app, relay)
+    }
+
+    /// Sends `data` from the client, then EOF; asserts the app reads it all, intact.
+    async fn send_intact(mut client: TcpStream, app: &mut TcpStream, data: Vec<u8>) -> TcpStream {
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "the bytes arrive in order and intact");
+        writer.await.unwrap()
+    }
+
     #[tokio::test]
     async fn half_close_propagates_and_the_reply_still_flows() {
         // client <-> (proxy_client | proxy_server) <-> app
@@ -361,24 +390,10 @@ mod tests {
 
     #[tokio::test]
     async fn bulk_data_arrives_intact_and_pipes_go_back_to_the_pool() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_server, mut app) = pair().await;
-        let relay =
-            tokio::spawn(
-                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
-            );
+        let (client, mut app, relay) = relayed().await;
         let data: Vec<u8> = (0..8_000_000u32).map(|i| (i % 251) as u8).collect();
-        let expected = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&data).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = Vec::new();
-        app.read_to_end(&mut got).await.unwrap();
-        assert!(got == expected, "the bytes arrive in order and intact");
+        let _client = send_intact(client, &mut app, data).await;
         drop(app);
-        let _client = writer.await.unwrap();
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.client_to_server, 8_000_000);
         assert!(PIPES.idle() >= 1, "the pipe went back to the pool");
@@ -386,12 +401,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_exchanges_take_no_pipe_and_a_bulk_transfer_switches_to_splice() {
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_server, mut app) = pair().await;
-        let relay =
-            tokio::spawn(
-                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
-            );
+        let (mut client, mut app, relay) = relayed().await;
         for round in 0..100u32 {
             let msg = format!("request {round:>4}");
             client.write_all(msg.as_bytes()).await.unwrap();
@@ -404,17 +414,8 @@ mod tests {
         }
         // A megabyte, then a small tail: intact whatever path each part took.
         let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 253) as u8).collect();
-        let expected = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&data).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = Vec::new();
-        app.read_to_end(&mut got).await.unwrap();
-        assert!(got == expected, "the bytes arrive in order and intact");
+        let _client = send_intact(client, &mut app, data).await;
         drop(app);
-        let _client = writer.await.unwrap();
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.client_to_server, 100 * 12 + 1_000_003);
         assert_eq!(moved.server_to_client, 200);
