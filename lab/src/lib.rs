@@ -65,7 +65,8 @@ pub fn on_interrupt(cleanup: impl FnOnce() + Send + 'static) -> io::Result<()> {
 }
 
 /// Cleanup for an interrupted process (Ctrl-C), when destructors will not
-/// run: kills the sidecars this process started and deletes its namespaces.
+/// run: kills the sidecars this process started and deletes its namespaces
+/// and installed binaries.
 pub fn emergency_cleanup() {
     let children = std::mem::take(&mut *CHILDREN.lock().unwrap_or_else(|e| e.into_inner()));
     for pid in children {
@@ -78,6 +79,14 @@ pub fn emergency_cleanup() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(&mine) {
                 let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+    let bins = proxy::bin_dir_prefix(std::process::id());
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&bins) {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }

@@ -29,25 +29,78 @@ pub struct Sidecar {
     admin: SocketAddr,
 }
 
-/// Copies a binary to a world-readable directory, so the proxy UID can run it.
-pub fn install_binary(src: &Path) -> io::Result<PathBuf> {
+/// A binary placed where the proxy UID can run it; the directory holding it
+/// is removed on drop (and by [`super::emergency_cleanup`] on Ctrl-C).
+#[derive(Debug)]
+pub struct InstalledBinary {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+/// Places a binary in a world-readable directory, so the proxy UID can run it.
+pub fn install_binary(src: &Path) -> io::Result<InstalledBinary> {
     let name = src
         .file_name()
         .ok_or_else(|| io::Error::other("binary path has no file name"))?;
     install_binary_as(src, &name.to_string_lossy())
 }
 
-/// Copies a binary to a world-readable directory under another name.
-pub fn install_binary_as(src: &Path, name: &str) -> io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{}-bin-{}", super::PREFIX, std::process::id()));
+/// Places a binary in a world-readable directory under another name: a hard
+/// link when the binary is already executable by everyone and on the same
+/// file system (no copy of a debug build per test), a copy otherwise.
+pub fn install_binary_as(src: &Path, name: &str) -> io::Result<InstalledBinary> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{}{n}", bin_dir_prefix(std::process::id())));
     std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    let dst = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::copy(src, &tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &dst)?;
-    Ok(dst)
+    // From here on the guard removes the directory, whatever fails next.
+    let installed = InstalledBinary {
+        path: dir.join(name),
+        dir,
+    };
+    std::fs::set_permissions(&installed.dir, std::fs::Permissions::from_mode(0o755))?;
+    let everyone_can_run = std::fs::metadata(src)?.permissions().mode() & 0o005 == 0o005;
+    if !(everyone_can_run && std::fs::hard_link(src, &installed.path).is_ok()) {
+        let tmp = installed.dir.join(format!(".{name}.tmp"));
+        std::fs::copy(src, &tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &installed.path)?;
+    }
+    Ok(installed)
+}
+
+/// The start of the names of the directories [`install_binary`] makes for
+/// the process `pid`.
+pub(crate) fn bin_dir_prefix(pid: u32) -> String {
+    format!("{}-bin-{pid}-", super::PREFIX)
+}
+
+// === impl InstalledBinary ===
+
+impl InstalledBinary {
+    /// Where the binary is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for InstalledBinary {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for InstalledBinary {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for InstalledBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Makes a directory and its files readable by the proxy UID.
@@ -253,4 +306,27 @@ pub fn connect_from(netns: &str, source: Option<IpAddr>, to: SocketAddr) -> io::
         socket.connect(&to.into())?;
         Ok(TcpStream::from(socket))
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installed_binary_is_runnable_by_everyone_and_removed_on_drop() {
+        let src = std::env::current_exe().unwrap();
+        let installed = install_binary_as(&src, "picket-proxy").unwrap();
+        let mode = std::fs::metadata(installed.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o005, 0o005, "mode {mode:o}");
+        assert_eq!(
+            std::fs::metadata(installed.path()).unwrap().len(),
+            std::fs::metadata(&src).unwrap().len()
+        );
+        let dir = installed.path().parent().unwrap().to_path_buf();
+        let second = install_binary_as(&src, "picket-proxy").unwrap();
+        assert_ne!(second.path(), installed.path(), "each install has its own directory");
+        drop(installed);
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+        assert!(second.path().exists(), "dropping one install removed another");
+    }
 }

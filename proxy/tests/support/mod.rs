@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use picket_lab::app::EchoServer;
-use picket_lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
+use picket_lab::proxy::{
+    connect_from, install_binary, run_init, share_dir, InstalledBinary, Sidecar,
+};
 use picket_lab::{self as lab, Lab, LabPod};
 
 pub const APP_PORT: u16 = 8080;
@@ -30,7 +32,7 @@ pub struct Cluster {
     pub lab: Lab,
     pub dir: tempfile::TempDir,
     pub state: tempfile::TempDir,
-    pub binary: PathBuf,
+    pub binary: InstalledBinary,
     pub pods: BTreeMap<String, PodEntry>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
