@@ -104,6 +104,8 @@ fn pod(ns: usize, i: usize) -> Pod {
         host_network: false,
         deleting: false,
         created: None,
+        uid: "".into(),
+        service_account: "".into(),
     }
 }
 

@@ -220,6 +220,11 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.as_second()),
+        uid: p.metadata.uid.as_deref().unwrap_or_default().into(),
+        service_account: spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or_default()
+            .into(),
     })
 }
 
@@ -245,6 +250,11 @@ pub fn template_pod(
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         deleting: false,
         created: None,
+        uid: "".into(),
+        service_account: spec
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or_default()
+            .into(),
     })
 }
 

@@ -56,6 +56,11 @@ pub struct Pod {
     pub deleting: bool,
     /// When the pod was created (`metadata.creationTimestamp`, Unix seconds).
     pub created: Option<i64>,
+    /// `metadata.uid`; empty when not known (a workload template, a manifest
+    /// without one).
+    pub uid: Arc<str>,
+    /// `spec.serviceAccountName`; empty when not known.
+    pub service_account: Arc<str>,
 }
 
 /// One declared container port.

@@ -114,6 +114,25 @@ impl Selector {
         Ok(Self { requirements })
     }
 
+    /// A selector from requirements already compiled (as they travel from
+    /// the control plane): values and keys are put in the order
+    /// [`Self::compile`] gives them, so a round trip compares equal.
+    pub fn from_requirements(mut requirements: Vec<Requirement>) -> Self {
+        for r in &mut requirements {
+            if let Operator::In(values) | Operator::NotIn(values) = &mut r.operator {
+                values.sort();
+                values.dedup();
+            }
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Self { requirements }
+    }
+
+    /// The requirements, sorted by key.
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
+
     /// Whether these labels satisfy every requirement.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))

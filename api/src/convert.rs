@@ -1,0 +1,490 @@
+//! The engine's model to and from the wire.
+//!
+//! Pure. Decoding is strict and fails closed: a message the sidecar cannot
+//! read exactly (an address of the wrong length, an unknown enum value, a
+//! port out of range) is an error naming the object and the field, and the
+//! sidecar keeps its last view rather than apply part of one.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use picket_policy::selector::{Operator, Requirement};
+use picket_policy::{
+    ContainerPort, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
+    PortSpec, Protocol, Rule, Selector,
+};
+
+use crate::v1;
+
+/// A message that does not decode into the model.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{object}: {field}: {reason}")]
+pub struct InvalidMessage {
+    /// The object, as `kind namespace/name`.
+    pub object: String,
+    /// The field, relative to the object.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Where in a message decoding is, for errors.
+struct At<'a> {
+    object: &'a str,
+}
+
+impl At<'_> {
+    fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> InvalidMessage {
+        InvalidMessage {
+            object: self.object.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+// === to the wire ===
+
+/// A namespace on the wire.
+pub fn namespace_to_wire(ns: &Namespace) -> v1::Namespace {
+    v1::Namespace {
+        name: ns.name.to_string(),
+        labels: ns.labels.clone(),
+    }
+}
+
+/// A pod on the wire.
+pub fn pod_to_wire(pod: &Pod) -> v1::Pod {
+    v1::Pod {
+        namespace: pod.key.namespace.to_string(),
+        name: pod.key.name.to_string(),
+        labels: pod.labels.clone(),
+        ips: pod.ips.iter().map(ip_to_wire).collect(),
+        host_ips: pod.host_ips.iter().map(ip_to_wire).collect(),
+        ports: pod
+            .ports
+            .iter()
+            .map(|p| v1::ContainerPort {
+                name: p.name.clone(),
+                port: u32::from(p.port),
+                protocol: protocol_to_wire(p.protocol) as i32,
+            })
+            .collect(),
+        host_network: pod.host_network,
+        deleting: pod.deleting,
+        created: pod.created,
+        uid: pod.uid.to_string(),
+        service_account: pod.service_account.to_string(),
+    }
+}
+
+/// A compiled policy on the wire.
+pub fn policy_to_wire(policy: &Policy) -> v1::Policy {
+    let rules = |rules: &Option<Vec<Rule>>| {
+        rules.as_ref().map(|rules| v1::Rules {
+            rules: rules.iter().map(rule_to_wire).collect(),
+        })
+    };
+    v1::Policy {
+        namespace: policy.key.namespace.to_string(),
+        name: policy.key.name.to_string(),
+        pod_selector: Some(selector_to_wire(&policy.pod_selector)),
+        ingress: rules(&policy.ingress),
+        egress: rules(&policy.egress),
+    }
+}
+
+fn rule_to_wire(rule: &Rule) -> v1::Rule {
+    v1::Rule {
+        peers: rule.peers.as_ref().map(|peers| v1::Peers {
+            peers: peers.iter().map(peer_to_wire).collect(),
+        }),
+        ports: rule.ports.as_ref().map(|ports| v1::Ports {
+            ports: ports.iter().map(port_to_wire).collect(),
+        }),
+        broken: rule.broken.clone(),
+    }
+}
+
+fn peer_to_wire(peer: &Peer) -> v1::Peer {
+    use v1::pods_peer::Namespaces;
+    let peer = match peer {
+        Peer::Pods { namespaces, pods } => v1::peer::Peer::Pods(v1::PodsPeer {
+            namespaces: Some(match namespaces {
+                NamespaceScope::Policy(ns) => Namespaces::PolicyNamespace(ns.to_string()),
+                NamespaceScope::Selected(s) => Namespaces::Selected(selector_to_wire(s)),
+            }),
+            pods: pods.as_ref().map(selector_to_wire),
+        }),
+        Peer::IpBlock(block) => v1::peer::Peer::IpBlock(v1::IpBlock {
+            cidr: block.cidr.to_string(),
+            except: block.except.iter().map(ToString::to_string).collect(),
+        }),
+    };
+    v1::Peer { peer: Some(peer) }
+}
+
+fn port_to_wire(entry: &PortMatch) -> v1::PortMatch {
+    use v1::port_match::Port;
+    v1::PortMatch {
+        protocol: protocol_to_wire(entry.protocol) as i32,
+        port: Some(match &entry.port {
+            PortSpec::Any => Port::Any(v1::Empty {}),
+            PortSpec::Range(start, end) => Port::Range(v1::PortRange {
+                start: u32::from(*start),
+                end: u32::from(*end),
+            }),
+            PortSpec::Named(name) => Port::Named(name.clone()),
+        }),
+    }
+}
+
+fn selector_to_wire(selector: &Selector) -> v1::Selector {
+    v1::Selector {
+        requirements: selector
+            .requirements()
+            .iter()
+            .map(|r| {
+                let (operator, values) = match &r.operator {
+                    Operator::In(v) => (v1::Operator::In, v.clone()),
+                    Operator::NotIn(v) => (v1::Operator::NotIn, v.clone()),
+                    Operator::Exists => (v1::Operator::Exists, Vec::new()),
+                    Operator::DoesNotExist => (v1::Operator::DoesNotExist, Vec::new()),
+                };
+                v1::Requirement {
+                    key: r.key.clone(),
+                    operator: operator as i32,
+                    values,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn ip_to_wire(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn protocol_to_wire(protocol: Protocol) -> v1::Protocol {
+    match protocol {
+        Protocol::Tcp => v1::Protocol::Tcp,
+        Protocol::Udp => v1::Protocol::Udp,
+        Protocol::Sctp => v1::Protocol::Sctp,
+    }
+}
+
+// === from the wire ===
+
+/// A namespace from the wire.
+pub fn namespace_from_wire(ns: &v1::Namespace) -> Result<Namespace, InvalidMessage> {
+    let at = At {
+        object: &format!("namespace {}", ns.name),
+    };
+    if ns.name.is_empty() {
+        return Err(at.err("name", "must not be empty"));
+    }
+    Ok(Namespace {
+        name: ns.name.as_str().into(),
+        labels: ns.labels.clone(),
+    })
+}
+
+/// A pod from the wire.
+pub fn pod_from_wire(pod: &v1::Pod) -> Result<Pod, InvalidMessage> {
+    let object = format!("pod {}/{}", pod.namespace, pod.name);
+    let at = At { object: &object };
+    let key = key(&at, &pod.namespace, &pod.name)?;
+    let ips = |field: &str, list: &[Vec<u8>]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, b)| ip_from_wire(b).ok_or_else(|| at.err(format!("{field}[{i}]"), "not 4 or 16 bytes")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let ports = pod
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ok(ContainerPort {
+                name: p.name.clone(),
+                port: port_number(&at, &format!("ports[{i}].port"), p.port)?,
+                protocol: protocol_from_wire(&at, &format!("ports[{i}].protocol"), p.protocol)?,
+            })
+        })
+        .collect::<Result<Vec<_>, InvalidMessage>>()?;
+    Ok(Pod {
+        key,
+        labels: pod.labels.clone(),
+        ips: ips("ips", &pod.ips)?,
+        host_ips: ips("hostIps", &pod.host_ips)?,
+        ports,
+        host_network: pod.host_network,
+        deleting: pod.deleting,
+        created: pod.created,
+        uid: pod.uid.as_str().into(),
+        service_account: pod.service_account.as_str().into(),
+    })
+}
+
+/// A compiled policy from the wire.
+pub fn policy_from_wire(policy: &v1::Policy) -> Result<Policy, InvalidMessage> {
+    let object = format!("networkpolicy {}/{}", policy.namespace, policy.name);
+    let at = At { object: &object };
+    let key = key(&at, &policy.namespace, &policy.name)?;
+    let pod_selector = policy
+        .pod_selector
+        .as_ref()
+        .ok_or_else(|| at.err("podSelector", "missing"))
+        .and_then(|s| selector_from_wire(&at, "podSelector", s))?;
+    let rules = |field: &str, rules: &Option<v1::Rules>| {
+        rules
+            .as_ref()
+            .map(|r| {
+                r.rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| rule_from_wire(&at, &format!("{field}[{i}]"), rule))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+    };
+    Ok(Policy {
+        key,
+        pod_selector,
+        ingress: rules("ingress", &policy.ingress)?,
+        egress: rules("egress", &policy.egress)?,
+    })
+}
+
+fn rule_from_wire(at: &At<'_>, field: &str, rule: &v1::Rule) -> Result<Rule, InvalidMessage> {
+    let peers = rule
+        .peers
+        .as_ref()
+        .map(|p| {
+            p.peers
+                .iter()
+                .enumerate()
+                .map(|(i, peer)| peer_from_wire(at, &format!("{field}.peers[{i}]"), peer))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let ports = rule
+        .ports
+        .as_ref()
+        .map(|p| {
+            p.ports
+                .iter()
+                .enumerate()
+                .map(|(i, port)| port_from_wire(at, &format!("{field}.ports[{i}]"), port))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    Ok(Rule {
+        peers,
+        ports,
+        broken: rule.broken.clone(),
+    })
+}
+
+fn peer_from_wire(at: &At<'_>, field: &str, peer: &v1::Peer) -> Result<Peer, InvalidMessage> {
+    use v1::pods_peer::Namespaces;
+    match peer.peer.as_ref() {
+        Some(v1::peer::Peer::Pods(p)) => {
+            let namespaces = match p.namespaces.as_ref() {
+                Some(Namespaces::PolicyNamespace(ns)) if !ns.is_empty() => {
+                    NamespaceScope::Policy(ns.as_str().into())
+                }
+                Some(Namespaces::Selected(s)) => NamespaceScope::Selected(selector_from_wire(
+                    at,
+                    &format!("{field}.namespaces"),
+                    s,
+                )?),
+                _ => return Err(at.err(format!("{field}.namespaces"), "missing")),
+            };
+            let pods = p
+                .pods
+                .as_ref()
+                .map(|s| selector_from_wire(at, &format!("{field}.pods"), s))
+                .transpose()?;
+            Ok(Peer::Pods { namespaces, pods })
+        }
+        Some(v1::peer::Peer::IpBlock(b)) => {
+            let net = |f: String, s: &str| {
+                s.parse::<IpNet>()
+                    .map_err(|e| at.err(f, format!("{s:?}: {e}")))
+            };
+            Ok(Peer::IpBlock(IpBlock {
+                cidr: net(format!("{field}.ipBlock.cidr"), &b.cidr)?,
+                except: b
+                    .except
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| net(format!("{field}.ipBlock.except[{i}]"), e))
+                    .collect::<Result<_, _>>()?,
+            }))
+        }
+        None => Err(at.err(field, "a peer of no known kind")),
+    }
+}
+
+fn port_from_wire(
+    at: &At<'_>,
+    field: &str,
+    entry: &v1::PortMatch,
+) -> Result<PortMatch, InvalidMessage> {
+    use v1::port_match::Port;
+    let protocol = protocol_from_wire(at, &format!("{field}.protocol"), entry.protocol)?;
+    let port = match entry.port.as_ref() {
+        Some(Port::Any(_)) => PortSpec::Any,
+        Some(Port::Range(r)) => {
+            let start = port_number(at, &format!("{field}.range.start"), r.start)?;
+            let end = port_number(at, &format!("{field}.range.end"), r.end)?;
+            if end < start {
+                return Err(at.err(format!("{field}.range"), "end before start"));
+            }
+            PortSpec::Range(start, end)
+        }
+        Some(Port::Named(name)) => PortSpec::Named(name.clone()),
+        None => return Err(at.err(field, "a port of no known kind")),
+    };
+    Ok(PortMatch { protocol, port })
+}
+
+fn selector_from_wire(
+    at: &At<'_>,
+    field: &str,
+    selector: &v1::Selector,
+) -> Result<Selector, InvalidMessage> {
+    let requirements = selector
+        .requirements
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let operator = match v1::Operator::try_from(r.operator) {
+                Ok(v1::Operator::In) => Operator::In(r.values.clone()),
+                Ok(v1::Operator::NotIn) => Operator::NotIn(r.values.clone()),
+                Ok(v1::Operator::Exists) => Operator::Exists,
+                Ok(v1::Operator::DoesNotExist) => Operator::DoesNotExist,
+                Err(_) => {
+                    return Err(at.err(
+                        format!("{field}.requirements[{i}].operator"),
+                        format!("unknown operator {}", r.operator),
+                    ))
+                }
+            };
+            Ok(Requirement {
+                key: r.key.clone(),
+                operator,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Selector::from_requirements(requirements))
+}
+
+fn key(at: &At<'_>, namespace: &str, name: &str) -> Result<ObjectKey, InvalidMessage> {
+    if namespace.is_empty() || name.is_empty() {
+        return Err(at.err("namespace/name", "must not be empty"));
+    }
+    Ok(ObjectKey::new(namespace, name))
+}
+
+fn ip_from_wire(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn port_number(at: &At<'_>, field: &str, port: u32) -> Result<u16, InvalidMessage> {
+    u16::try_from(port).map_err(|_| at.err(field, format!("{port} is not a port")))
+}
+
+fn protocol_from_wire(at: &At<'_>, field: &str, protocol: i32) -> Result<Protocol, InvalidMessage> {
+    match v1::Protocol::try_from(protocol) {
+        Ok(v1::Protocol::Tcp) => Ok(Protocol::Tcp),
+        Ok(v1::Protocol::Udp) => Ok(Protocol::Udp),
+        Ok(v1::Protocol::Sctp) => Ok(Protocol::Sctp),
+        Err(_) => Err(at.err(field, format!("unknown protocol {protocol}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_round_trips() {
+        let yaml = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}, matchExpressions: [{key: tier, operator: NotIn, values: [b, a]}]}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+    - namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}
+      podSelector: {}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports:
+    - {port: 8080}
+    - {port: http, protocol: TCP}
+    - {port: 9000, endPort: 9010, protocol: UDP}
+    - {protocol: SCTP}
+  - {}
+  - from: [{podSelector: {matchExpressions: [{key: x, operator: Bogus}]}}]
+  egress:
+  - to: [{ipBlock: {cidr: "fd00::/8"}}]
+"#;
+        let np = serde_yaml::from_str(yaml).unwrap();
+        let policy = picket_policy::convert::policy(&np).unwrap().policy;
+        assert!(policy.ingress.as_ref().unwrap()[2].broken.is_some());
+        assert_eq!(policy_from_wire(&policy_to_wire(&policy)).unwrap(), policy);
+    }
+
+    #[test]
+    fn a_bad_message_names_the_object_and_field() {
+        let mut wire = v1::Pod {
+            namespace: "shop".into(),
+            name: "api-0".into(),
+            ips: vec![vec![10, 0, 0]],
+            ..Default::default()
+        };
+        let err = pod_from_wire(&wire).unwrap_err();
+        assert_eq!(err.to_string(), "pod shop/api-0: ips[0]: not 4 or 16 bytes");
+        wire.ips.clear();
+        wire.ports.push(v1::ContainerPort {
+            name: None,
+            port: 70_000,
+            protocol: 0,
+        });
+        let err = pod_from_wire(&wire).unwrap_err();
+        assert_eq!(err.field, "ports[0].port");
+    }
+
+    #[test]
+    fn a_pod_round_trips() {
+        let pod = Pod {
+            key: ObjectKey::new("shop", "api-0"),
+            labels: [("app".to_string(), "api".to_string())].into(),
+            ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            host_ips: vec!["192.168.0.1".parse().unwrap()],
+            ports: vec![ContainerPort {
+                name: Some("http".into()),
+                port: 8080,
+                protocol: Protocol::Tcp,
+            }],
+            host_network: false,
+            deleting: true,
+            created: Some(1_700_000_000),
+            uid: "u-1".into(),
+            service_account: "api".into(),
+        };
+        assert_eq!(pod_from_wire(&pod_to_wire(&pod)).unwrap(), pod);
+    }
+}
