@@ -43,6 +43,76 @@ impl At<'_> {
     }
 }
 
+/// One decoded `WatchResponse`: what to apply and delete.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Update {
+    /// The commit's generation.
+    pub generation: u64,
+    /// Drop everything held before applying.
+    pub full: bool,
+    /// Namespaces to add or replace.
+    pub namespaces: Vec<Namespace>,
+    /// Pods to add or replace.
+    pub pods: Vec<Pod>,
+    /// Policies to add or replace.
+    pub policies: Vec<Policy>,
+    /// Objects to delete.
+    pub removed: Vec<Removed>,
+}
+
+/// An object to delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// A namespace, by name.
+    Namespace(String),
+    /// A pod.
+    Pod(ObjectKey),
+    /// A policy.
+    Policy(ObjectKey),
+}
+
+/// Decodes a whole message, or fails naming the first bad object: a
+/// message is applied entirely or not at all.
+pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
+    let removed = msg
+        .removed
+        .iter()
+        .map(|r| {
+            let at = At {
+                object: &format!("removed {}/{}", r.namespace, r.name),
+            };
+            match v1::Kind::try_from(r.kind) {
+                Ok(v1::Kind::Namespace) if !r.name.is_empty() => {
+                    Ok(Removed::Namespace(r.name.clone()))
+                }
+                Ok(v1::Kind::Pod) => Ok(Removed::Pod(key(&at, &r.namespace, &r.name)?)),
+                Ok(v1::Kind::Policy) => Ok(Removed::Policy(key(&at, &r.namespace, &r.name)?)),
+                _ => Err(at.err("kind", format!("unknown kind {}", r.kind))),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Update {
+        generation: msg.generation,
+        full: msg.full,
+        namespaces: msg
+            .namespaces
+            .iter()
+            .map(namespace_from_wire)
+            .collect::<Result<_, _>>()?,
+        pods: msg
+            .pods
+            .iter()
+            .map(pod_from_wire)
+            .collect::<Result<_, _>>()?,
+        policies: msg
+            .policies
+            .iter()
+            .map(policy_from_wire)
+            .collect::<Result<_, _>>()?,
+        removed,
+    })
+}
+
 // === to the wire ===
 
 /// A namespace on the wire.
@@ -75,6 +145,7 @@ pub fn pod_to_wire(pod: &Pod) -> v1::Pod {
         created: pod.created,
         uid: pod.uid.to_string(),
         service_account: pod.service_account.to_string(),
+        sidecar: pod.sidecar,
     }
 }
 
@@ -200,7 +271,9 @@ pub fn pod_from_wire(pod: &v1::Pod) -> Result<Pod, InvalidMessage> {
     let ips = |field: &str, list: &[Vec<u8>]| {
         list.iter()
             .enumerate()
-            .map(|(i, b)| ip_from_wire(b).ok_or_else(|| at.err(format!("{field}[{i}]"), "not 4 or 16 bytes")))
+            .map(|(i, b)| {
+                ip_from_wire(b).ok_or_else(|| at.err(format!("{field}[{i}]"), "not 4 or 16 bytes"))
+            })
             .collect::<Result<Vec<_>, _>>()
     };
     let ports = pod
@@ -226,6 +299,7 @@ pub fn pod_from_wire(pod: &v1::Pod) -> Result<Pod, InvalidMessage> {
         created: pod.created,
         uid: pod.uid.as_str().into(),
         service_account: pod.service_account.as_str().into(),
+        sidecar: pod.sidecar,
     })
 }
 
@@ -484,6 +558,7 @@ spec:
             created: Some(1_700_000_000),
             uid: "u-1".into(),
             service_account: "api".into(),
+            sidecar: true,
         };
         assert_eq!(pod_from_wire(&pod_to_wire(&pod)).unwrap(), pod);
     }

@@ -106,6 +106,7 @@ fn pod(ns: usize, i: usize) -> Pod {
         created: None,
         uid: "".into(),
         service_account: "".into(),
+        sidecar: false,
     }
 }
 

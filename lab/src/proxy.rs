@@ -316,7 +316,10 @@ mod tests {
     fn an_installed_binary_is_runnable_by_everyone_and_removed_on_drop() {
         let src = std::env::current_exe().unwrap();
         let installed = install_binary_as(&src, "picket-proxy").unwrap();
-        let mode = std::fs::metadata(installed.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(installed.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o005, 0o005, "mode {mode:o}");
         assert_eq!(
             std::fs::metadata(installed.path()).unwrap().len(),
@@ -324,9 +327,16 @@ mod tests {
         );
         let dir = installed.path().parent().unwrap().to_path_buf();
         let second = install_binary_as(&src, "picket-proxy").unwrap();
-        assert_ne!(second.path(), installed.path(), "each install has its own directory");
+        assert_ne!(
+            second.path(),
+            installed.path(),
+            "each install has its own directory"
+        );
         drop(installed);
         assert!(!dir.exists(), "{} is left behind", dir.display());
-        assert!(second.path().exists(), "dropping one install removed another");
+        assert!(
+            second.path().exists(),
+            "dropping one install removed another"
+        );
     }
 }

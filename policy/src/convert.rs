@@ -221,11 +221,24 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
             .as_ref()
             .map(|t| t.0.as_second()),
         uid: p.metadata.uid.as_deref().unwrap_or_default().into(),
+        sidecar: spec.is_some_and(runs_sidecar),
         service_account: spec
             .and_then(|s| s.service_account_name.as_deref())
             .unwrap_or_default()
             .into(),
     })
+}
+
+/// The name of the sidecar container the injector adds.
+pub const SIDECAR_CONTAINER: &str = "picket-proxy";
+
+/// Whether a pod spec runs the sidecar (as a container, or as a native
+/// sidecar: an init container).
+fn runs_sidecar(spec: &core::PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == SIDECAR_CONTAINER)
 }
 
 /// A representative pod for a workload's template: it has the template's
@@ -251,6 +264,7 @@ pub fn template_pod(
         deleting: false,
         created: None,
         uid: "".into(),
+        sidecar: spec.is_some_and(runs_sidecar),
         service_account: spec
             .and_then(|s| s.service_account_name.as_deref())
             .unwrap_or_default()

@@ -292,6 +292,20 @@ impl PolicyIndex {
         self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
     }
 
+    /// Every pod that reports an IP in its status, holding it or not (a pod
+    /// being deleted that has yielded it to a newer one included).
+    pub fn pods_reporting_ip(&self, ip: IpAddr) -> &[PodKey] {
+        self.ip_reports.get(&ip).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The pods of a namespace, sorted by key.
+    pub fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &PodKey> {
+        self.pods_by_namespace
+            .get(namespace)
+            .into_iter()
+            .flat_map(|set| set.iter())
+    }
+
     /// The labels of a namespace; `None` when its Namespace object is not
     /// known (yet): then only `namespaceSelector: {}` may match its pods.
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {

@@ -23,5 +23,7 @@ pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrac
 
 #[cfg(test)]
 mod properties;
+#[cfg(any(test, feature = "testgen"))]
+pub mod testgen;
 #[cfg(test)]
 mod tests;

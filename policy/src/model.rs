@@ -61,6 +61,9 @@ pub struct Pod {
     pub uid: Arc<str>,
     /// `spec.serviceAccountName`; empty when not known.
     pub service_account: Arc<str>,
+    /// The pod runs Picket's sidecar (a container named `picket-proxy`, as
+    /// the injector adds it): only such pods may ask the control plane for a view.
+    pub sidecar: bool,
 }
 
 /// One declared container port.

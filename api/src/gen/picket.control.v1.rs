@@ -105,6 +105,9 @@ pub struct Pod {
     pub uid: ::prost::alloc::string::String,
     #[prost(string, tag = "11")]
     pub service_account: ::prost::alloc::string::String,
+    /// The pod runs Picket's sidecar.
+    #[prost(bool, tag = "12")]
+    pub sidecar: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ContainerPort {

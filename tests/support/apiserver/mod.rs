@@ -12,7 +12,7 @@
 //! | `/api/v1/[namespaces/{ns}/]secrets[/{name}]`                | the same                   |
 //! | `/api/v1/[namespaces/{ns}/]serviceaccounts[/{name}]`        | the same                   |
 //! | `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations[/{name}]` | the same |
-//! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create                     |
+//! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create (see below)         |
 //! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz` | get           |
 //!
 //! Objects are stored as JSON, so every field survives a round trip. Writes take the next value
@@ -55,10 +55,28 @@
 //! `timeoutSeconds` closes the stream. List items carry no `kind`/`apiVersion`, as on a
 //! real server; watch event objects do.
 //!
-//! Requests need no credentials (there is no authorization), but bearer tokens registered with
-//! [`ApiServer::add_token`] authenticate, both for TokenReview and in the request log
-//! ([`ApiServer::requests`], with each answer's status code), which tests use to assert how a
-//! client talked to the server.
+//! Requests need no credentials (there is no authorization), but bearer tokens authenticate,
+//! both for TokenReview and in the request log ([`ApiServer::requests`], with each answer's
+//! status code), which tests use to assert how a client talked to the server. Two sorts:
+//!
+//! - static tokens registered with [`ApiServer::add_token`] (and the kubeconfig's admin token):
+//!   a fixed user, for any audience a review names, which it echoes;
+//! - service-account tokens, issued as the TokenRequest API issues them
+//!   (`tokens.rs`): [`ApiServer::issue_pod_token`] binds one to a stored pod, as the kubelet's
+//!   projected `serviceAccountToken` volumes are, and
+//!   [`ApiServer::issue_service_account_token`] binds one to nothing. A review answers as the
+//!   real service-account authenticator: the user `system:serviceaccount:<ns>:<name>` with
+//!   the service account's uid, its groups and `system:authenticated`, the pod's name and uid
+//!   and the credential id (`JTI=…`) as `extra`, and as `audiences` those of the token among
+//!   the requested ones; a review without `spec.audiences` checks the server's own,
+//!   [`API_AUDIENCE`] (as do requests to the server, so only tokens for it show a user in the
+//!   request log). Not authenticated, with the real `error`, when no audience is in common,
+//!   when the token has expired (past a minute's leeway, on a clock tests move with
+//!   [`ApiServer::advance_token_clock`]), when the bound pod or a stored service account is
+//!   gone or was created again (another uid), and for an unknown token.
+//!
+//! [`ApiServer::open_watches_of`] counts the open watch streams of a kind, and
+//! [`ApiServer::watch_events_sent`] the events they sent, for tests of how clients watch.
 //!
 //! # Faults
 //!
@@ -90,14 +108,19 @@
 //! # Limits
 //!
 //! Only Pods, Namespaces, NetworkPolicies, Secrets, ServiceAccounts and
-//! MutatingWebhookConfigurations (and TokenReview). JSON only (no protobuf, no table output), HTTP/1.1 only. No server-side apply
-//! and no strategic merge patch (415: no client here sends one), no dry run (400), no
-//! `/watch/` legacy paths, no graceful deletion (deletes are immediate; a namespace's objects
-//! are deleted with it), no deletecollection, no admission but the ServiceAccount step above
-//! (the webhook configurations are stored, not called), no defaulting or validation beyond what is listed above (a webhook's
-//! `sideEffects` is not required, for one), no authorization. The history grows until
-//! [`ApiServer::compact`]. A watch from a future resourceVersion simply waits for changes
-//! after it.
+//! MutatingWebhookConfigurations (and TokenReview). JSON only (no protobuf, no table output),
+//! HTTP/1.1 only. No server-side apply and no strategic merge patch (415: no client here sends
+//! one), no dry run (400), no `/watch/` legacy paths, no graceful deletion (deletes are
+//! immediate; a namespace's objects are deleted with it), no deletecollection, no admission but
+//! the ServiceAccount step above (the webhook configurations are stored, not called), no
+//! defaulting or validation beyond what is listed above (a webhook's `sideEffects` is not
+//! required, for one), no authorization. Service-account tokens are issued through the Rust
+//! API only (no `serviceaccounts/{name}/token` subresource, no legacy Secret-based tokens);
+//! their signature is random and never checked (the server looks the whole token up); a
+//! service account that is not stored is taken to exist, with a made-up uid, as the admission
+//! step takes `default`; there are no nodes, so no node extras; kubelet tokens get no
+//! `warnafter` extension of their lifetime. The history grows until [`ApiServer::compact`]. A
+//! watch from a future resourceVersion simply waits for changes after it.
 
 mod admission;
 mod body;
@@ -111,6 +134,7 @@ mod status;
 mod store;
 mod strategy;
 mod tls;
+mod tokens;
 mod watch;
 
 #[cfg(test)]
@@ -120,7 +144,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -134,8 +158,10 @@ use tokio::sync::watch as signal;
 pub use kind::Kind;
 pub use status::ApiError;
 pub use tls::TlsError;
+pub use tokens::API_AUDIENCE;
 
 use store::{Origin, Preconditions, Store};
+use tokens::{Binding, Credential, ServiceAccountToken, StaticUser};
 
 /// Namespaces every cluster has, created at start unless the builder says otherwise.
 const DEFAULT_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -173,7 +199,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// The raw query string, still percent-encoded; see [`RecordedRequest::param`].
     pub query: String,
-    /// The user a registered bearer token authenticated, if any.
+    /// The user the bearer token authenticated as, if any (service-account tokens only when
+    /// valid for the server's own audience, [`API_AUDIENCE`]).
     pub user: Option<String>,
     /// The status code of the answer; `None` until the server has answered (a watch is
     /// answered 200 when its stream starts).
@@ -230,7 +257,11 @@ pub enum ApplyError {
 #[derive(Debug)]
 pub(crate) struct Shared {
     store: Mutex<Store>,
-    tokens: Mutex<HashMap<String, TokenUser>>,
+    tokens: Mutex<HashMap<String, Credential>>,
+    /// How far [`ApiServer::advance_token_clock`] has moved the tokens' clock.
+    token_clock: Mutex<Duration>,
+    /// Object events sent by watches, by kind, in the order of [`Kind::ALL`].
+    watch_events: [AtomicU64; Kind::ALL.len()],
     requests: Mutex<RequestLog>,
     barriers: Mutex<Barriers>,
     faults: Faults,
@@ -260,13 +291,6 @@ struct Barrier {
     arrived: usize,
     timeout: Duration,
     open: signal::Sender<bool>,
-}
-
-#[derive(Debug, Clone)]
-struct TokenUser {
-    username: String,
-    uid: String,
-    groups: Vec<String>,
 }
 
 /// Fault-injection switches, read by the accept loop, connections and watches.
@@ -364,15 +388,17 @@ impl ApiServerBuilder {
         let mut tokens = HashMap::new();
         tokens.insert(
             admin_token.clone(),
-            TokenUser {
+            Credential::Static(StaticUser {
                 username: ADMIN_USER.into(),
                 uid: "admin".into(),
                 groups: vec!["system:masters".into(), "system:authenticated".into()],
-            },
+            }),
         );
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             tokens: Mutex::new(tokens),
+            token_clock: Mutex::new(Duration::ZERO),
+            watch_events: std::array::from_fn(|_| AtomicU64::new(0)),
             requests: Mutex::new(RequestLog::default()),
             barriers: Mutex::new(Barriers::default()),
             faults: Faults {
@@ -590,14 +616,81 @@ impl ApiServer {
         self.shared.lock_store().rv()
     }
 
-    /// Registers a bearer token: TokenReview then authenticates it as `username` in `groups`.
+    /// Registers a bearer token: TokenReview then authenticates it as `username` in `groups`,
+    /// for whatever audiences the review names (which it echoes), as an authentication webhook
+    /// might.
     pub fn add_token(&self, token: &str, username: &str, groups: &[&str]) {
-        let user = TokenUser {
+        let user = StaticUser {
             username: username.to_string(),
             uid: format!("uid-{username}"),
             groups: groups.iter().map(|g| g.to_string()).collect(),
         };
-        self.shared.lock_tokens().insert(token.to_string(), user);
+        let credential = Credential::Static(user);
+        self.shared
+            .lock_tokens()
+            .insert(token.to_string(), credential);
+    }
+
+    /// Issues a service-account token bound to the stored pod `namespace/pod`, as the kubelet
+    /// gets one through the TokenRequest API for a pod's projected `serviceAccountToken`
+    /// volume: for the pod's `spec.serviceAccountName` (`default` if unset), valid for
+    /// `audiences` (the API server's own, [`API_AUDIENCE`], if empty) until `expiration` from
+    /// now on the tokens' clock ([`ApiServer::advance_token_clock`]). TokenReview then
+    /// authenticates it with the pod's name and uid as extras while that pod exists; a pod
+    /// deleted, or deleted and created again, invalidates it. See `tokens.rs` for what is
+    /// checked and the exact errors.
+    ///
+    /// Fails with 404 when the pod does not exist, and 422 when `expiration` is under 10
+    /// minutes or over 2^32 seconds (as TokenRequest validation does; to test expiry, advance
+    /// the clock).
+    pub fn issue_pod_token(
+        &self,
+        namespace: &str,
+        pod: &str,
+        audiences: &[&str],
+        expiration: Duration,
+    ) -> Result<String, ApiError> {
+        self.issue_token(namespace, Binding::Pod(pod), audiences, expiration)
+    }
+
+    /// Issues a service-account token bound to no object, as `kubectl create token` gets one:
+    /// like [`ApiServer::issue_pod_token`], but TokenReview gives no pod extras and no pod
+    /// deletion invalidates it. Fails with 404 when the namespace does not exist.
+    pub fn issue_service_account_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        expiration: Duration,
+    ) -> Result<String, ApiError> {
+        let binding = Binding::Unbound(service_account);
+        self.issue_token(namespace, binding, audiences, expiration)
+    }
+
+    fn issue_token(
+        &self,
+        namespace: &str,
+        binding: Binding<'_>,
+        audiences: &[&str],
+        expiration: Duration,
+    ) -> Result<String, ApiError> {
+        let now = self.shared.token_now();
+        let store = self.shared.lock_store();
+        let token =
+            ServiceAccountToken::issue(&store, namespace, binding, audiences, expiration, now)?;
+        drop(store);
+        let encoded = token.encode();
+        self.shared
+            .lock_tokens()
+            .insert(encoded.clone(), Credential::ServiceAccount(token));
+        Ok(encoded)
+    }
+
+    /// Moves the clock that service-account tokens are issued and checked by forward, so
+    /// that tests see tokens expire: a token is rejected once this clock is more than a
+    /// minute (the validator's leeway) past its expiry. Nothing else reads this clock.
+    pub fn advance_token_clock(&self, by: Duration) {
+        *lock(&self.shared.token_clock) += by;
     }
 
     /// Every request received so far, oldest first.
@@ -631,9 +724,23 @@ impl ApiServer {
         }
     }
 
-    /// How many watch streams are open.
+    /// How many watch streams are open, of every kind.
     pub fn open_watches(&self) -> usize {
-        self.shared.lock_store().open_watches()
+        self.shared.lock_store().open_watches(None)
+    }
+
+    /// How many watch streams of `kind` are open right now, all namespaces and cluster-wide
+    /// paths together. A stream stops counting when it ends, whatever the reason: the client
+    /// went away, `timeoutSeconds`, [`ApiServer::drop_watches`], or the server closing it as
+    /// too slow.
+    pub fn open_watches_of(&self, kind: Kind) -> usize {
+        self.shared.lock_store().open_watches(Some(kind))
+    }
+
+    /// How many ADDED, MODIFIED and DELETED events watches of `kind` have sent so far (to
+    /// the connection; not BOOKMARKs or ERRORs), over every watch since the server started.
+    pub fn watch_events_sent(&self, kind: Kind) -> u64 {
+        self.shared.watch_events[kind_index(kind)].load(Ordering::SeqCst)
     }
 
     /// Ends every open watch stream abruptly: the connection is cut without the final chunk.
@@ -731,8 +838,30 @@ impl Shared {
         lock(&self.store)
     }
 
-    fn lock_tokens(&self) -> MutexGuard<'_, HashMap<String, TokenUser>> {
+    fn lock_tokens(&self) -> MutexGuard<'_, HashMap<String, Credential>> {
         lock(&self.tokens)
+    }
+
+    /// Now, on the clock of service-account tokens.
+    fn token_now(&self) -> SystemTime {
+        SystemTime::now() + *lock(&self.token_clock)
+    }
+
+    /// Authenticates a bearer token for the `requested` audiences (`None`: the API server's
+    /// own, as for a request to it); the error is what TokenReview reports.
+    pub(crate) fn authenticate(
+        &self,
+        token: &str,
+        requested: Option<&[String]>,
+    ) -> Result<tokens::Authenticated, String> {
+        let credential = self.lock_tokens().get(token).cloned();
+        let now = self.token_now();
+        tokens::authenticate(credential.as_ref(), &self.lock_store(), now, requested)
+    }
+
+    /// Counts an object event a watch of `kind` sent.
+    pub(crate) fn count_watch_event(&self, kind: Kind) {
+        self.watch_events[kind_index(kind)].fetch_add(1, Ordering::SeqCst);
     }
 
     fn lock_requests(&self) -> MutexGuard<'_, RequestLog> {
@@ -783,7 +912,7 @@ impl Shared {
         }
     }
 
-    /// Answers a TokenReview as the real authenticator chain does for static tokens.
+    /// Answers a TokenReview as the real authenticator chain does (`tokens.rs`).
     fn review(&self, review: &Value) -> Result<Value, ApiError> {
         let spec = review.get("spec").cloned().unwrap_or_else(|| json!({}));
         let token = spec
@@ -795,25 +924,16 @@ impl Shared {
                 "token is required for TokenReview in authentication",
             ));
         }
-        let user = self.lock_tokens().get(token).cloned();
-        // TokenReviewStatus has `authenticated,omitempty` and a non-pointer `user`: an unknown
-        // token answers `{"user": {}}`.
-        let status = match user {
-            Some(user) => {
-                let mut status = json!({
-                    "authenticated": true,
-                    "user": {"username": user.username, "uid": user.uid, "groups": user.groups},
-                });
-                if let Some(audiences) = spec
-                    .get("audiences")
-                    .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()))
-                {
-                    status["audiences"] = audiences.clone();
-                }
-                status
-            }
-            None => json!({"user": {}}),
-        };
+        let audiences: Vec<String> = spec
+            .get("audiences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        // An empty `spec.audiences` means the API server's own.
+        let requested = (!audiences.is_empty()).then_some(audiences.as_slice());
+        let status = tokens::review_status(self.authenticate(token, requested));
         Ok(json!({
             "kind": "TokenReview",
             "apiVersion": "authentication.k8s.io/v1",
@@ -843,6 +963,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The position of `kind` in [`Kind::ALL`].
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("every kind is in Kind::ALL")
 }
 
 fn random_u64() -> u64 {

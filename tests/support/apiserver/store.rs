@@ -554,11 +554,12 @@ impl Store {
         })
     }
 
-    /// How many registered watches still have a client.
-    pub(crate) fn open_watches(&self) -> usize {
+    /// How many registered watches (of `kind`, or of every kind) are still streaming: a
+    /// watch's queue closes when its stream ends, for whatever reason.
+    pub(crate) fn open_watches(&self, kind: Option<Kind>) -> usize {
         self.watchers
             .iter()
-            .filter(|(_, tx)| !tx.is_closed())
+            .filter(|(k, tx)| kind.is_none_or(|kind| *k == kind) && !tx.is_closed())
             .count()
     }
 

@@ -1,15 +1,19 @@
 //! The server against a real kube-rs client: lists with paging, watches, the watcher's
 //! relist after compaction, bookmarks, selectors, 410s, TokenReview, faults, and the writes
-//! (create, replace, patch, delete) of Secrets and MutatingWebhookConfigurations.
+//! (create, replace, patch, delete) of Secrets and MutatingWebhookConfigurations, bound
+//! service-account tokens and the open-watch counters.
 //!
 //! Every wait polls with a deadline; no test sleeps to synchronise.
 
 use std::fmt::Debug;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{
@@ -674,6 +678,7 @@ async fn token_review_authenticates_registered_tokens() {
         .expect("reviews");
     let status = unknown.status.expect("a status");
     assert_ne!(status.authenticated, Some(true));
+    assert_eq!(status.error.as_deref(), Some("invalid bearer token"));
 
     // The kubeconfig's own token is recorded as the admin user.
     let request = server
@@ -1335,4 +1340,421 @@ async fn barriers_hold_requests_until_all_parties_arrive() {
         .expect("not held")
         .expect("reads")
         .expect("exists");
+}
+
+/// A lifetime comfortably inside TokenRequest's bounds.
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Reviews `token` over HTTP for `audiences` (none: the API server's own).
+async fn review(server: &ApiServer, token: &str, audiences: &[&str]) -> TokenReviewStatus {
+    let reviews: Api<TokenReview> = Api::all(client(server).await);
+    let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
+    let request = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.into(),
+            audiences: (!audiences.is_empty()).then_some(audiences),
+        },
+        ..Default::default()
+    };
+    let reviewed = reviews.create(&PostParams::default(), &request).await;
+    reviewed.expect("reviews").status.expect("a status")
+}
+
+/// The error of a review that did not authenticate, which must carry no user or audiences.
+fn rejection(status: TokenReviewStatus) -> String {
+    assert_ne!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(status.user, Some(UserInfo::default()), "an empty user");
+    assert_eq!(status.audiences, None);
+    status.error.expect("an error")
+}
+
+/// The user of a review that authenticated.
+fn authenticated_user(status: &TokenReviewStatus) -> UserInfo {
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    status.user.clone().expect("a user")
+}
+
+/// Namespace `shop`, ServiceAccount `shop/proxy` and a pod `shop/web` running as it; returns
+/// the uids of the service account and the pod.
+fn shop_with_web(server: &ApiServer) -> (String, String) {
+    let applied = server
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: proxy, namespace: shop}\n",
+        )
+        .expect("applies");
+    (uid_of(&applied[1]), web(server))
+}
+
+/// (Re)creates the pod `shop/web`, running as `proxy`; returns its uid.
+fn web(server: &ApiServer) -> String {
+    let applied = server
+        .apply(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\n\
+             spec:\n  serviceAccountName: proxy\n  containers: [{name: app, image: app}]\n",
+        )
+        .expect("applies");
+    uid_of(&applied[0])
+}
+
+fn uid_of(object: &Value) -> String {
+    object["metadata"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string()
+}
+
+/// One extra of a user, if it has it.
+fn extra(user: &UserInfo, key: &str) -> Option<Vec<String>> {
+    user.extra.as_ref()?.get(key).cloned()
+}
+
+const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+#[tokio::test]
+async fn pod_tokens_review_as_the_pod_for_the_audiences_in_common() {
+    let server = server();
+    let (account_uid, pod_uid) = shop_with_web(&server);
+    let token = server
+        .issue_pod_token("shop", "web", &["picket", "vault"], HOUR)
+        .expect("issues");
+    let again = server
+        .issue_pod_token("shop", "web", &["picket", "vault"], HOUR)
+        .expect("issues");
+    assert_ne!(token, again, "every token is new");
+
+    let status = review(&server, &token, &["other", "picket"]).await;
+    assert_eq!(status.audiences, Some(vec!["picket".to_string()]));
+    let user = authenticated_user(&status);
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:shop:proxy")
+    );
+    assert_eq!(user.uid, Some(account_uid.clone()));
+    assert_eq!(
+        user.groups,
+        Some(vec![
+            "system:serviceaccounts".to_string(),
+            "system:serviceaccounts:shop".to_string(),
+            "system:authenticated".to_string(),
+        ])
+    );
+    assert_eq!(extra(&user, POD_NAME), Some(vec!["web".to_string()]));
+    assert_eq!(extra(&user, POD_UID), Some(vec![pod_uid.clone()]));
+    let credential = extra(&user, CREDENTIAL_ID).expect("a credential id");
+    let jti = credential[0].strip_prefix("JTI=").expect("a JTI");
+    assert_eq!(user.extra.as_ref().map(|e| e.len()), Some(3));
+
+    // The token is a JWT in shape, with the claims upstream puts in.
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64")).expect("JSON");
+    assert_eq!(claims["sub"], "system:serviceaccount:shop:proxy");
+    assert_eq!(claims["aud"], json!(["picket", "vault"]));
+    assert_eq!(claims["jti"], jti);
+    assert_eq!(
+        claims["kubernetes.io"]["pod"],
+        json!({"name": "web", "uid": pod_uid})
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["serviceaccount"]["uid"],
+        account_uid.as_str()
+    );
+
+    // A pod whose service account is not stored runs as `default`, with a made-up, stable uid.
+    server
+        .apply(&pod_yaml("shop", "plain", "{}", "Running"))
+        .expect("applies");
+    let mut uids = Vec::new();
+    for _ in 0..2 {
+        let token = server
+            .issue_pod_token("shop", "plain", &["picket"], HOUR)
+            .expect("issues");
+        let user = authenticated_user(&review(&server, &token, &["picket"]).await);
+        assert_eq!(
+            user.username.as_deref(),
+            Some("system:serviceaccount:shop:default")
+        );
+        uids.push(user.uid.expect("a uid"));
+    }
+    assert_eq!(uids[0], uids[1]);
+    assert_ne!(uids[0], account_uid);
+}
+
+#[tokio::test]
+async fn tokens_for_other_audiences_are_rejected() {
+    let server = server();
+    shop_with_web(&server);
+    let token = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    let error = rejection(review(&server, &token, &["vault", "other"]).await);
+    assert_eq!(
+        error,
+        r#"[invalid bearer token, token audiences ["picket"] is invalid for the target audiences ["vault" "other"]]"#
+    );
+}
+
+#[tokio::test]
+async fn reviews_without_audiences_check_the_api_server_s_own() {
+    let server = server();
+    shop_with_web(&server);
+    let picket = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    let error = rejection(review(&server, &picket, &[]).await);
+    assert_eq!(
+        error,
+        format!(
+            "[invalid bearer token, token audiences [\"picket\"] is invalid for the target \
+             audiences [\"{API_AUDIENCE}\"]]"
+        )
+    );
+
+    // A token issued without audiences is for the API server, as a kubelet's default one.
+    let api = server
+        .issue_pod_token("shop", "web", &[], HOUR)
+        .expect("issues");
+    let status = review(&server, &api, &[]).await;
+    assert_eq!(status.audiences, Some(vec![API_AUDIENCE.to_string()]));
+    rejection(review(&server, &api, &["picket"]).await);
+
+    // Requests authenticate as the real server does them: for its own audience only.
+    for token in [&api, &picket] {
+        let kubeconfig = server.kubeconfig_yaml_with_token(token);
+        let kubeconfig = Kubeconfig::from_yaml(&kubeconfig).expect("kubeconfig parses");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kube accepts the kubeconfig");
+        let pods: Api<Pod> = Api::namespaced(Client::try_from(config).expect("client"), "shop");
+        pods.list(&ListParams::default()).await.expect("lists");
+    }
+    let users: Vec<Option<String>> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/namespaces/shop/pods")
+        .map(|r| r.user)
+        .collect();
+    assert_eq!(
+        users,
+        [Some("system:serviceaccount:shop:proxy".to_string()), None]
+    );
+}
+
+#[tokio::test]
+async fn expired_tokens_are_rejected_after_the_leeway() {
+    let server = server();
+    shop_with_web(&server);
+    let token = server
+        .issue_pod_token("shop", "web", &["picket"], Duration::from_secs(600))
+        .expect("issues");
+    // The validator allows a minute of clock skew past the expiry.
+    server.advance_token_clock(Duration::from_secs(600 + 50));
+    authenticated_user(&review(&server, &token, &["picket"]).await);
+    server.advance_token_clock(Duration::from_secs(15));
+    let error = rejection(review(&server, &token, &["picket"]).await);
+    assert_eq!(
+        error,
+        "[invalid bearer token, service account token has expired]"
+    );
+
+    // Tokens issued now live on the advanced clock.
+    let fresh = server
+        .issue_pod_token("shop", "web", &["picket"], Duration::from_secs(600))
+        .expect("issues");
+    authenticated_user(&review(&server, &fresh, &["picket"]).await);
+}
+
+#[tokio::test]
+async fn tokens_of_deleted_pods_are_rejected() {
+    let server = server();
+    shop_with_web(&server);
+    let token = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    server
+        .delete(Kind::Pod, Some("shop"), "web")
+        .expect("deletes");
+    let error = rejection(review(&server, &token, &["picket"]).await);
+    assert_eq!(
+        error,
+        "[invalid bearer token, service account token has been invalidated]"
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_a_pod_deleted_and_created_again_are_rejected() {
+    let server = server();
+    let (_, old_uid) = shop_with_web(&server);
+    let old = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    server
+        .delete(Kind::Pod, Some("shop"), "web")
+        .expect("deletes");
+    let new_uid = web(&server);
+    assert_ne!(old_uid, new_uid);
+
+    let error = rejection(review(&server, &old, &["picket"]).await);
+    assert_eq!(
+        error,
+        format!(
+            "[invalid bearer token, pod UID ({new_uid}) does not match service account pod ref \
+             claim ({old_uid})]"
+        )
+    );
+    // The new pod's token names the new uid.
+    let new = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    let user = authenticated_user(&review(&server, &new, &["picket"]).await);
+    assert_eq!(extra(&user, POD_UID), Some(vec![new_uid]));
+}
+
+#[tokio::test]
+async fn tokens_of_a_service_account_deleted_or_replaced_are_rejected() {
+    let server = server();
+    let (old_uid, _) = shop_with_web(&server);
+    let token = server
+        .issue_pod_token("shop", "web", &["picket"], HOUR)
+        .expect("issues");
+    server
+        .delete(Kind::ServiceAccount, Some("shop"), "proxy")
+        .expect("deletes");
+    let error = rejection(review(&server, &token, &["picket"]).await);
+    assert_eq!(
+        error,
+        "[invalid bearer token, serviceaccounts \"proxy\" not found]"
+    );
+
+    let applied = server
+        .apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: proxy, namespace: shop}\n")
+        .expect("applies");
+    let new_uid = uid_of(&applied[0]);
+    let error = rejection(review(&server, &token, &["picket"]).await);
+    assert_eq!(
+        error,
+        format!("[invalid bearer token, service account UID ({new_uid}) does not match claim ({old_uid})]")
+    );
+}
+
+#[tokio::test]
+async fn unbound_tokens_authenticate_without_pod_extras() {
+    let server = server();
+    let (account_uid, _) = shop_with_web(&server);
+    let token = server
+        .issue_service_account_token("shop", "proxy", &["picket"], HOUR)
+        .expect("issues");
+    let status = review(&server, &token, &["picket"]).await;
+    assert_eq!(status.audiences, Some(vec!["picket".to_string()]));
+    let user = authenticated_user(&status);
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:shop:proxy")
+    );
+    assert_eq!(user.uid, Some(account_uid));
+    let keys: Vec<String> = user
+        .extra
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(keys, [CREDENTIAL_ID], "no pod name or uid");
+
+    // No pod to lose: deleting one changes nothing.
+    server
+        .delete(Kind::Pod, Some("shop"), "web")
+        .expect("deletes");
+    let status = review(&server, &token, &["picket"]).await;
+    assert_eq!(status.authenticated, Some(true));
+}
+
+#[test]
+fn tokens_are_issued_for_stored_pods_with_lifetimes_token_request_allows() {
+    let server = server();
+    shop_with_web(&server);
+    let missing = server
+        .issue_pod_token("shop", "gone", &["picket"], HOUR)
+        .expect_err("no such pod");
+    assert_eq!(
+        (missing.code, missing.message.as_str()),
+        (404, "pods \"gone\" not found")
+    );
+    let short = server
+        .issue_pod_token("shop", "web", &["picket"], Duration::from_secs(60))
+        .expect_err("too short");
+    assert_eq!((short.code, short.reason), (422, "Invalid"));
+    let nowhere = server
+        .issue_service_account_token("nowhere", "proxy", &["picket"], HOUR)
+        .expect_err("no such namespace");
+    assert_eq!(nowhere.code, 404);
+}
+
+#[tokio::test]
+async fn open_watches_count_per_kind_until_their_streams_end() {
+    let server = server();
+    let client = client(&server).await;
+    let rv = server.resource_version().to_string();
+    let params = WatchParams::default().disable_bookmarks();
+    let all_pods: Api<Pod> = Api::all(client.clone());
+    let default_pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let namespaces: Api<Namespace> = Api::all(client);
+    let mut everywhere = all_pods.watch(&params, &rv).await.expect("watches").boxed();
+    let mut in_default = default_pods
+        .watch(&params, &rv)
+        .await
+        .expect("watches")
+        .boxed();
+    let _namespace_events = namespaces.watch(&params, &rv).await.expect("watches");
+    eventually("three watches open", || {
+        server.open_watches_of(Kind::Pod) == 2 && server.open_watches_of(Kind::Namespace) == 1
+    })
+    .await;
+    assert_eq!(server.open_watches_of(Kind::Secret), 0);
+    assert_eq!(server.open_watches(), 3);
+
+    server
+        .apply(&pod_yaml("default", "web", "{}", "Running"))
+        .expect("applies");
+    for events in [&mut everywhere, &mut in_default] {
+        match next(events, "the pod").await {
+            Ok(WatchEvent::Added(pod)) => assert_eq!(pod.name_any(), "web"),
+            other => panic!("expected the pod, got {other:?}"),
+        }
+    }
+    assert_eq!(server.watch_events_sent(Kind::Pod), 2);
+    assert_eq!(server.watch_events_sent(Kind::Namespace), 0);
+
+    // The client going away ends a stream.
+    drop(everywhere);
+    eventually("the dropped watch to close", || {
+        server.open_watches_of(Kind::Pod) == 1
+    })
+    .await;
+    assert_eq!(server.open_watches_of(Kind::Namespace), 1);
+
+    // So does timeoutSeconds.
+    let timed = WatchParams::default().timeout(1).disable_bookmarks();
+    let mut brief = all_pods.watch(&timed, &rv).await.expect("watches").boxed();
+    while let Some(event) = next_or_end(&mut brief).await {
+        event.expect("no stream error");
+    }
+    eventually("the timed-out watch to close", || {
+        server.open_watches_of(Kind::Pod) == 1
+    })
+    .await;
+
+    // And a fault.
+    server.drop_watches();
+    eventually("every watch to close", || server.open_watches() == 0).await;
+}
+
+/// The next item of a stream, `None` when it ends; a panic if neither comes in time.
+async fn next_or_end<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("an event or the end of the stream")
 }

@@ -205,7 +205,11 @@ impl Stream<'_> {
     }
 
     async fn send(&self, event: &str, object: &Value) -> bool {
-        self.sender.send(event_line(event, object)).await
+        let sent = self.sender.send(event_line(event, object)).await;
+        if sent && event != "BOOKMARK" {
+            self.shared.count_watch_event(self.req.kind);
+        }
+        sent
     }
 }
 

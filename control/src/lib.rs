@@ -1,0 +1,20 @@
+//! `picket-control`: watches the cluster once and streams each sidecar the
+//! view its pod's decisions need.
+//!
+//! - `view`: which objects one pod's view holds (pure).
+//! - `delta`: what a subscriber was sent and the next message (pure).
+//! - `auth`: the caller's pod, from its token's TokenReview.
+//! - `service`: the `Watch` service, one task per sidecar.
+//! - `serve`: TLS and HTTP/2.
+//! - `metrics`: the control plane's own metrics.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod delta;
+pub mod metrics;
+pub mod serve;
+pub mod service;
+pub mod view;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,69 @@
+//! The control plane's own metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Counters and gauges of the `Watch` service.
+#[derive(Debug, Clone)]
+pub struct ControlMetrics {
+    /// Sidecars connected now.
+    pub connected: IntGauge,
+    /// Messages sent.
+    pub messages: IntCounter,
+    /// Bytes of messages sent (protobuf encoded).
+    pub bytes: IntCounter,
+    /// Streams ended, by reason.
+    pub disconnects: IntCounterVec,
+    /// From sending a message to its acknowledgement.
+    pub convergence: Histogram,
+}
+
+impl ControlMetrics {
+    /// Registers the metrics.
+    pub fn new(registry: &Registry) -> Self {
+        let metrics = Self {
+            connected: IntGauge::new(
+                "picket_control_connected_sidecars",
+                "Sidecars connected to this replica",
+            )
+            .expect("valid"),
+            messages: IntCounter::new(
+                "picket_control_messages_sent_total",
+                "View messages sent to sidecars",
+            )
+            .expect("valid"),
+            bytes: IntCounter::new(
+                "picket_control_bytes_sent_total",
+                "Bytes of view messages sent to sidecars",
+            )
+            .expect("valid"),
+            disconnects: IntCounterVec::new(
+                Opts::new(
+                    "picket_control_stream_ends_total",
+                    "Watch streams ended, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("valid"),
+            convergence: Histogram::with_opts(
+                HistogramOpts::new(
+                    "picket_control_convergence_seconds",
+                    "From a view message sent to the sidecar's acknowledgement that it applied it",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("valid"),
+        };
+        for c in [
+            Box::new(metrics.connected.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.messages.clone()),
+            Box::new(metrics.bytes.clone()),
+            Box::new(metrics.disconnects.clone()),
+            Box::new(metrics.convergence.clone()),
+        ] {
+            let _ = registry.register(c);
+        }
+        metrics
+    }
+}

@@ -1,0 +1,308 @@
+//! The `Watch` service: one task per connected sidecar, which sends its
+//! pod's view in full, then one message per change of the view.
+//!
+//! Level-triggered, after Linkerd's watches and Typha's breadcrumbs: the
+//! cluster state is one `watch` channel the writer never blocks on; a
+//! subscriber wakes on a change, waits out the batch window, and diffs the
+//! latest state against what it has sent. A subscriber that falls behind
+//! skips the states it missed; one that does not drain for the stall bound
+//! is disconnected (it reconnects into a full view). Memory is what each
+//! subscriber last sent, not a queue per subscriber.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picket_api::v1;
+use picket_api::v1::control_server::Control;
+use picket_policy::{ObjectKey, PolicyIndex};
+use picket_state::{Snapshot, SnapshotRx};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
+use crate::delta::Sent;
+use crate::metrics::ControlMetrics;
+use crate::view::{self, Shared};
+
+/// Stream timing.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamConfig {
+    /// How long changes are gathered into one message.
+    pub batch: Duration,
+    /// How long a subscriber may not drain before it is disconnected.
+    pub stall: Duration,
+    /// How long a stream lives (jittered ±20%), so sidecars rebalance across
+    /// replicas and present fresh tokens.
+    pub lifetime: Duration,
+}
+
+/// The service.
+#[derive(Debug)]
+pub struct ControlService<R> {
+    snapshots: SnapshotRx,
+    auth: Arc<Authenticator<R>>,
+    metrics: Arc<ControlMetrics>,
+    config: StreamConfig,
+    shared: Arc<SharedCache>,
+}
+
+/// The views' shared work for the latest snapshot version.
+#[derive(Debug, Default)]
+pub struct SharedCache {
+    latest: std::sync::Mutex<(u64, Arc<Shared>)>,
+}
+
+type ResponseStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+// === impl SharedCache ===
+
+impl SharedCache {
+    fn for_version(&self, version: u64) -> Arc<Shared> {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.0 != version {
+            *latest = (version, Arc::new(Shared::default()));
+        }
+        latest.1.clone()
+    }
+}
+
+// === impl ControlService ===
+
+impl<R: Reviewer> ControlService<R> {
+    /// A service over the cluster state `snapshots`.
+    pub fn new(
+        snapshots: SnapshotRx,
+        auth: Arc<Authenticator<R>>,
+        metrics: Arc<ControlMetrics>,
+        config: StreamConfig,
+    ) -> Self {
+        Self {
+            snapshots,
+            auth,
+            metrics,
+            config,
+            shared: Arc::default(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<R: Reviewer> Control for ControlService<R> {
+    type WatchStream = ResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<v1::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let token = bearer(request.metadata()).unwrap_or_default();
+        let identity = self.auth.authenticate(token).await.map_err(|refusal| {
+            tracing::info!(%refusal, "Watch refused");
+            match refusal {
+                Refusal::RateLimited | Refusal::Unavailable(_) => {
+                    Status::unavailable(refusal.to_string())
+                }
+                other => Status::unauthenticated(other.to_string()),
+            }
+        })?;
+        let Some(snapshot) = self.snapshots.borrow().clone() else {
+            return Err(Status::unavailable(
+                "the control plane has not synced with the cluster yet",
+            ));
+        };
+        let me = check_pod(&snapshot.index, &identity).map_err(|why| {
+            tracing::info!(pod.namespace = %identity.namespace, pod.name = %identity.name, %why, "Watch refused");
+            Status::unauthenticated(why)
+        })?;
+        let (tx, rx) = mpsc::channel(1);
+        let subscriber = Subscriber {
+            me,
+            identity,
+            snapshots: self.snapshots.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config,
+            shared: self.shared.clone(),
+            sent: Sent::default(),
+            tx,
+            sent_at: None,
+        };
+        tokio::spawn(subscriber.run(request.into_inner()));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// The pod a token names, when the cluster has it as the token says and it
+/// runs the sidecar.
+fn check_pod(index: &PolicyIndex, id: &PodIdentity) -> Result<ObjectKey, String> {
+    let key = ObjectKey::new(&id.namespace, &id.name);
+    let Some(pod) = index.pod(&key) else {
+        return Err(format!("pod {key} not found"));
+    };
+    if *pod.uid != *id.uid {
+        return Err(format!(
+            "pod {key} has UID {}, the token is bound to {}",
+            pod.uid, id.uid
+        ));
+    }
+    if *pod.service_account != *id.service_account {
+        return Err(format!(
+            "pod {key} runs as service account {:?}, the token is {:?}'s",
+            pod.service_account, id.service_account
+        ));
+    }
+    if !pod.sidecar {
+        return Err(format!("pod {key} has no Picket sidecar"));
+    }
+    Ok(key)
+}
+
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// One connected sidecar.
+struct Subscriber {
+    me: ObjectKey,
+    identity: PodIdentity,
+    snapshots: SnapshotRx,
+    metrics: Arc<ControlMetrics>,
+    config: StreamConfig,
+    shared: Arc<SharedCache>,
+    sent: Sent,
+    tx: mpsc::Sender<Result<v1::WatchResponse, Status>>,
+    /// The last message sent and when, for convergence.
+    sent_at: Option<(u64, Instant)>,
+}
+
+/// Why a stream ends.
+enum End {
+    /// The sidecar went away.
+    Gone,
+    /// Its pod is gone or is another pod now.
+    Revoked(String),
+    /// It did not drain for the stall bound.
+    Stalled,
+    /// The stream reached its lifetime.
+    Expired,
+}
+
+impl Subscriber {
+    async fn run(mut self, mut requests: Streaming<v1::WatchRequest>) {
+        self.metrics.connected.inc();
+        let deadline = tokio::time::Instant::now() + jittered(self.config.lifetime);
+        let end = self.serve(&mut requests, deadline).await;
+        self.metrics.connected.dec();
+        let (label, status) = match end {
+            End::Gone => ("gone", None),
+            End::Revoked(why) => ("revoked", Some(Status::unauthenticated(why))),
+            End::Stalled => ("stalled", None),
+            End::Expired => (
+                "expired",
+                Some(Status::unavailable("stream lifetime reached; reconnect")),
+            ),
+        };
+        self.metrics.disconnects.with_label_values(&[label]).inc();
+        tracing::debug!(pod = %self.me, reason = label, "Watch ended");
+        if let Some(status) = status {
+            let _ = self.tx.try_send(Err(status));
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        requests: &mut Streaming<v1::WatchRequest>,
+        deadline: tokio::time::Instant,
+    ) -> End {
+        let mut full = true;
+        loop {
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                if let Err(end) = self.send_view(&snapshot, full).await {
+                    return end;
+                }
+                full = false;
+            }
+            // Wait for a change, reading acknowledgements meanwhile.
+            loop {
+                tokio::select! {
+                    changed = self.snapshots.changed() => {
+                        if changed.is_err() {
+                            return End::Gone;
+                        }
+                        break;
+                    }
+                    message = requests.message() => match message {
+                        Ok(Some(request)) => self.on_request(request),
+                        _ => return End::Gone,
+                    },
+                    () = tokio::time::sleep_until(deadline) => return End::Expired,
+                }
+            }
+            tokio::time::sleep(self.config.batch).await;
+        }
+    }
+
+    async fn send_view(&mut self, snapshot: &Snapshot, full: bool) -> Result<(), End> {
+        let index = &snapshot.index;
+        let still_mine = index
+            .pod(&self.me)
+            .is_some_and(|p| *p.uid == *self.identity.uid);
+        if !still_mine {
+            return Err(End::Revoked(format!("pod {} is gone", self.me)));
+        }
+        let shared = self.shared.for_version(snapshot.version);
+        let Some(scope) = view::scope(index, &shared, &self.me) else {
+            return Err(End::Revoked(format!("pod {} is gone", self.me)));
+        };
+        let Some(mut message) = self.sent.next(index, &scope, full) else {
+            return Ok(());
+        };
+        message.generation = snapshot.version;
+        message.me = Some(v1::PodRef {
+            namespace: self.identity.namespace.clone(),
+            name: self.identity.name.clone(),
+            uid: self.identity.uid.clone(),
+        });
+        let bytes = message.encoded_len();
+        let sent = tokio::time::timeout(self.config.stall, self.tx.send(Ok(message))).await;
+        match sent {
+            Ok(Ok(())) => {
+                self.metrics.messages.inc();
+                self.metrics.bytes.inc_by(bytes as u64);
+                self.sent_at = Some((snapshot.version, Instant::now()));
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Stalled),
+        }
+    }
+
+    fn on_request(&mut self, request: v1::WatchRequest) {
+        if let Some(v1::watch_request::Kind::Ack(ack)) = request.kind {
+            if let Some((generation, at)) = self.sent_at {
+                if ack.generation >= generation {
+                    self.metrics.convergence.observe(at.elapsed().as_secs_f64());
+                    self.sent_at = None;
+                }
+            }
+        }
+    }
+}
+
+/// `d` ± 20%.
+fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
+    d.mul_f64(factor)
+}

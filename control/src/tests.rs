@@ -1,0 +1,153 @@
+//! The differential property test of views: random clusters and random
+//! sequences of changes; after every change, every pod's view, sent as
+//! messages through the wire format and applied by a subscriber, decides
+//! every (source address, port) exactly as the engine on the whole cluster.
+
+use std::net::IpAddr;
+
+use picket_api::convert::{decode, Removed, Update};
+use picket_policy::testgen::{op, Op, Rng, IPS, NAMESPACES, PODS, PORTS};
+use picket_policy::{NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason};
+
+use crate::delta::Sent;
+use crate::view::{scope, Shared};
+
+/// Applies a decoded message to a subscriber's index, as the sidecar does.
+fn apply(index: &mut PolicyIndex, update: Update) {
+    if update.full {
+        *index = PolicyIndex::new();
+    }
+    for ns in update.namespaces {
+        index.apply_namespace(ns);
+    }
+    for pod in update.pods {
+        index.apply_pod(pod);
+    }
+    for policy in update.policies {
+        index.apply_policy(policy);
+    }
+    for removed in update.removed {
+        match removed {
+            Removed::Namespace(name) => index.delete_namespace(&name),
+            Removed::Pod(key) => index.delete_pod(&key),
+            Removed::Policy(key) => index.delete_policy(&key),
+        };
+    }
+}
+
+fn change(index: &mut PolicyIndex, op: Op) {
+    match op {
+        Op::Namespace(n) => index.apply_namespace(n),
+        Op::Pod(p) => index.apply_pod(p),
+        Op::Policy(p) => index.apply_policy(p),
+        Op::DeleteNamespace(n) => {
+            index.delete_namespace(&n);
+        }
+        Op::DeletePod(k) => {
+            index.delete_pod(&k);
+        }
+        Op::DeletePolicy(k) => {
+            index.delete_policy(&k);
+        }
+    }
+}
+
+/// A subscriber: what the control plane sent it and what it holds.
+#[derive(Default)]
+struct Subscriber {
+    sent: Sent,
+    held: PolicyIndex,
+    connected: bool,
+}
+
+#[test]
+fn every_view_decides_like_the_whole_cluster_after_every_change() {
+    let cases: u64 = std::env::var("PICKET_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let node = NodeAddrs::from_ips(["192.168.0.1".parse().unwrap()]);
+    let sources: Vec<IpAddr> = IPS
+        .iter()
+        .chain(&["10.0.0.6", "10.9.9.9"])
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    let pods: Vec<PodKey> = PODS
+        .iter()
+        .flat_map(|p| NAMESPACES.iter().map(move |ns| ObjectKey::new(ns, p)))
+        .collect();
+    let mut checked = 0u64;
+    let mut smaller = 0u64;
+    for seed in 1..=cases {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut cluster = PolicyIndex::new();
+        let mut subscribers: Vec<Subscriber> = pods.iter().map(|_| Subscriber::default()).collect();
+        let steps = 5 + rng.below(40);
+        for step in 0..steps {
+            change(&mut cluster, op(&mut rng));
+            // Now and then the control plane restarts: every subscriber
+            // reconnects into a full view.
+            let restart = rng.below(15) == 0;
+            let shared = Shared::default();
+            for (me, sub) in pods.iter().zip(&mut subscribers) {
+                let Some(view) = scope(&cluster, &shared, me) else {
+                    sub.connected = false;
+                    continue;
+                };
+                let full = restart || !sub.connected;
+                sub.connected = true;
+                if let Some(msg) = sub.sent.next(&cluster, &view, full) {
+                    let wire = prost::Message::encode_to_vec(&msg);
+                    let msg = prost::Message::decode(wire.as_slice()).unwrap();
+                    apply(&mut sub.held, decode(&msg).unwrap());
+                }
+                let dst = cluster.pod(me).unwrap();
+                if sub.held.counts().pods < cluster.counts().pods {
+                    smaller += 1;
+                }
+                for dst_ip in dst.ips.iter().copied().chain(["10.0.0.6".parse().unwrap()]) {
+                    for &src in &sources {
+                        for &port in PORTS {
+                            let want =
+                                cluster.decide_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node);
+                            let got = sub.held.decide_from_ip(
+                                src,
+                                me,
+                                dst_ip,
+                                port,
+                                Protocol::Tcp,
+                                &node,
+                            );
+                            assert_eq!(
+                                got.allowed, want.allowed,
+                                "seed {seed} step {step}: {src} -> {me} ({dst_ip}):{port}: view {got:?}, cluster {want:?}"
+                            );
+                            // A pod left out of the view is decided as an
+                            // address: the same verdict and the same ingress
+                            // rule, without the peer's name. A pod in the
+                            // view is decided exactly alike.
+                            if got.source.is_some() {
+                                assert_eq!(
+                                    got, want,
+                                    "seed {seed} step {step}: {src} -> {me}:{port}"
+                                );
+                            } else if let (
+                                Reason::Policies { ingress: a, .. },
+                                Reason::Policies { ingress: b, .. },
+                            ) = (&got.reason, &want.reason)
+                            {
+                                assert_eq!(
+                                    a, b,
+                                    "seed {seed} step {step}: {src} -> {me}:{port}: ingress side"
+                                );
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 10_000, "too few decisions compared: {checked}");
+    assert!(smaller > 0, "no view was ever smaller than the cluster");
+}

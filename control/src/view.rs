@@ -1,0 +1,191 @@
+//! Which objects of the cluster one pod's decisions read: its view.
+//!
+//! Pure: no I/O. The sidecar evaluates its view with the same engine, the
+//! same index and the same function as the full cluster, so the view is
+//! correct when, for every source address and port, the engine decides the
+//! same on the view as on the whole cluster. What it holds, for a pod `D`:
+//!
+//! - `D`, its namespace, and every policy that selects it;
+//! - every pod that a pod peer of `D`'s ingress rules matches (its labels
+//!   decide), and every pod whose egress is isolated unless `D`'s ingress
+//!   surely denies it whatever its egress says (its egress rules decide);
+//!   with each, the policies that select it for egress and its namespace;
+//! - with every pod, all the pods that report one of its IPs (who holds an
+//!   IP, and whether every holder is allowed, depends on all of them).
+//!
+//! A pod left out is one the engine treats exactly like an address that is
+//! no pod: it matches no pod peer of `D`'s, and its egress is not isolated
+//! (or does not matter). The differential tests check this against the
+//! engine on the full cluster.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use picket_policy::{
+    Direction, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey, Selector,
+};
+
+/// The keys of the objects in one pod's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Namespaces, by name.
+    pub namespaces: BTreeSet<Arc<str>>,
+    /// Pods.
+    pub pods: BTreeSet<PodKey>,
+    /// Policies.
+    pub policies: BTreeSet<PolicyKey>,
+}
+
+/// Work shared by every view computed from one index: the pods each pod
+/// peer selects, and the pods whose egress is isolated. Build one per index
+/// version and use it for every subscriber.
+#[derive(Debug, Default)]
+pub struct Shared {
+    peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
+    egress_isolated: std::sync::OnceLock<Arc<Vec<PodKey>>>,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The pods a pod peer selects, memoised by the peer's text.
+    fn peer_members(
+        &self,
+        index: &PolicyIndex,
+        namespaces: &NamespaceScope,
+        pods: Option<&Selector>,
+    ) -> Arc<Vec<PodKey>> {
+        let key = format!("{namespaces:?}|{pods:?}");
+        let mut memo = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = memo.get(&key) {
+            return found.clone();
+        }
+        let members: Vec<PodKey> = index
+            .pods()
+            .filter(|pod| matches_pod_peer(index, namespaces, pods, pod))
+            .map(|pod| pod.key.clone())
+            .collect();
+        let members = Arc::new(members);
+        memo.insert(key, members.clone());
+        members
+    }
+
+    /// The pods some policy isolates for egress.
+    fn egress_isolated(&self, index: &PolicyIndex) -> Arc<Vec<PodKey>> {
+        self.egress_isolated
+            .get_or_init(|| {
+                Arc::new(
+                    index
+                        .pods()
+                        .filter(|p| !index.selecting(&p.key, Direction::Egress).is_empty())
+                        .map(|p| p.key.clone())
+                        .collect(),
+                )
+            })
+            .clone()
+    }
+}
+
+/// The view of pod `me`; `None` when the index does not know it.
+pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope> {
+    let dst = index.pod(me)?;
+    let mut scope = Scope::default();
+    let ingress = index.selecting(me, Direction::Ingress);
+    for direction in [Direction::Ingress, Direction::Egress] {
+        for policy in index.selecting(me, direction) {
+            scope.policies.insert(policy.key.clone());
+        }
+    }
+    let mut sources = BTreeSet::new();
+    let mut every_peer = ingress.is_empty();
+    let mut blocks = Vec::new();
+    for rule in ingress.iter().flat_map(|p| p.ingress.iter().flatten()) {
+        if rule.broken.is_some() {
+            continue;
+        }
+        let Some(peers) = &rule.peers else {
+            every_peer = true;
+            continue;
+        };
+        for peer in peers {
+            match peer {
+                Peer::Pods { namespaces, pods } => {
+                    sources.extend(
+                        shared
+                            .peer_members(index, namespaces, pods.as_ref())
+                            .iter()
+                            .cloned(),
+                    );
+                }
+                Peer::IpBlock(block) => blocks.push(block),
+            }
+        }
+    }
+    for key in shared.egress_isolated(index).iter() {
+        let reachable = every_peer
+            || sources.contains(key)
+            || index.pod(key).is_some_and(|p| {
+                p.ips
+                    .iter()
+                    .any(|ip| blocks.iter().any(|b| b.contains(*ip)))
+            });
+        if reachable {
+            sources.insert(key.clone());
+        }
+    }
+    sources.insert(me.clone());
+    let pods = with_ip_sharers(index, sources);
+    for key in &pods {
+        let Some(pod) = index.pod(key) else { continue };
+        scope.namespaces.insert(pod.key.namespace.clone());
+        for policy in index.selecting(key, Direction::Egress) {
+            scope.policies.insert(policy.key.clone());
+        }
+    }
+    scope.namespaces.insert(dst.key.namespace.clone());
+    // A namespace the cluster does not know stays unknown in the view.
+    scope.namespaces.retain(|ns| index.namespace(ns).is_some());
+    scope.pods = pods;
+    Some(scope)
+}
+
+/// The pods, and every pod that reports an IP one of them reports, to a
+/// fixed point.
+fn with_ip_sharers(index: &PolicyIndex, pods: BTreeSet<PodKey>) -> BTreeSet<PodKey> {
+    let mut done = BTreeSet::new();
+    let mut todo: Vec<PodKey> = pods.into_iter().collect();
+    while let Some(key) = todo.pop() {
+        if !done.insert(key.clone()) {
+            continue;
+        }
+        let Some(pod) = index.pod(&key) else { continue };
+        if pod.host_network {
+            continue;
+        }
+        for ip in &pod.ips {
+            for other in index.pods_reporting_ip(*ip) {
+                if !done.contains(other) {
+                    todo.push(other.clone());
+                }
+            }
+        }
+    }
+    done
+}
+
+/// Whether a pod peer matches a pod, as the engine matches it.
+fn matches_pod_peer(
+    index: &PolicyIndex,
+    namespaces: &NamespaceScope,
+    pods: Option<&Selector>,
+    pod: &Pod,
+) -> bool {
+    let in_namespace = match namespaces {
+        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
+        NamespaceScope::Selected(selector) => match index.namespace_labels(&pod.key.namespace) {
+            Some(labels) => selector.matches(labels),
+            None => selector.is_everything(),
+        },
+    };
+    in_namespace && pods.is_none_or(|s| s.matches(&pod.labels))
+}
