@@ -1,1 +1,77 @@
-fn main() {}
+//! `picket-control`: the control plane. Thin: flags, logging, then `app::run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use picket_control::app::{run, Config};
+use picket_control::service::StreamConfig;
+
+/// Watches the cluster once and streams each sidecar its pod's view.
+#[derive(Debug, Parser)]
+#[command(name = "picket-control", version)]
+struct Cli {
+    /// Where sidecars connect (gRPC over TLS).
+    #[arg(long, env = "PICKET_CONTROL_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Where /ready, /live and /metrics are served.
+    #[arg(long, env = "PICKET_CONTROL_ADMIN", default_value = "0.0.0.0:9991")]
+    admin: SocketAddr,
+    /// The kubeconfig; default: in-cluster.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The serving certificate chain.
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_TLS_CERT_FILE",
+        default_value = "/var/run/picket-control/tls/tls.crt"
+    )]
+    tls_cert_file: PathBuf,
+    /// The serving certificate's key.
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_TLS_KEY_FILE",
+        default_value = "/var/run/picket-control/tls/tls.key"
+    )]
+    tls_key_file: PathBuf,
+    /// How long changes are gathered into one message.
+    #[arg(long, default_value = "10ms", value_parser = picket_common::duration::parse)]
+    batch: Duration,
+    /// How long a sidecar may not read before it is disconnected.
+    #[arg(long, default_value = "60s", value_parser = picket_common::duration::parse)]
+    stall: Duration,
+    /// How long a stream lives (±20%) before the sidecar reconnects.
+    #[arg(long, default_value = "30m", value_parser = picket_common::duration::parse)]
+    stream_lifetime: Duration,
+    /// TokenReviews a second.
+    #[arg(long, default_value_t = 100.0)]
+    token_review_rate: f64,
+    /// TokenReviews at once.
+    #[arg(long, default_value_t = 200.0)]
+    token_review_burst: f64,
+    /// Log as JSON.
+    #[arg(long, env = "PICKET_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _log = picket_common::logging::init(cli.log_json);
+    run(Config {
+        listen: cli.listen,
+        admin: cli.admin,
+        kubeconfig: cli.kubeconfig,
+        tls_cert_file: cli.tls_cert_file,
+        tls_key_file: cli.tls_key_file,
+        stream: StreamConfig {
+            batch: cli.batch,
+            stall: cli.stall,
+            lifetime: cli.stream_lifetime,
+        },
+        review_rate: cli.token_review_rate,
+        review_burst: cli.token_review_burst,
+    })
+    .await
+}

@@ -222,11 +222,16 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
             .map(|t| t.0.as_second()),
         uid: p.metadata.uid.as_deref().unwrap_or_default().into(),
         sidecar: spec.is_some_and(runs_sidecar),
-        service_account: spec
-            .and_then(|s| s.service_account_name.as_deref())
-            .unwrap_or_default()
-            .into(),
+        service_account: service_account(spec).into(),
     })
+}
+
+/// A pod's service account: `spec.serviceAccountName`, which the API
+/// server's ServiceAccount admission sets to `default` when it is empty.
+fn service_account(spec: Option<&core::PodSpec>) -> &str {
+    spec.and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
 }
 
 /// The name of the sidecar container the injector adds.
@@ -265,10 +270,7 @@ pub fn template_pod(
         created: None,
         uid: "".into(),
         sidecar: spec.is_some_and(runs_sidecar),
-        service_account: spec
-            .and_then(|s| s.service_account_name.as_deref())
-            .unwrap_or_default()
-            .into(),
+        service_account: service_account(spec).into(),
     })
 }
 

@@ -2,7 +2,7 @@
 //! cluster, and where it comes from.
 //!
 //! ```text
-//!  Source (kube.rs, dir.rs, next: the control-plane stream)
+//!  Source (kube.rs, dir.rs, control.rs)
 //!     │ apply / delete / replace_all(kind)          (kind.rs: Object, ObjectRef, Kind)
 //!     ▼
 //!  StateWriter (writer.rs) ── commit ──▶ watch<Arc<Snapshot>> ──▶ accept path, re-check
@@ -14,8 +14,10 @@
 //! - `files`: manifests on disk, parsed into the engine's model (also `picket reach`'s input).
 //! - `dir`: `--cluster-dir`, a watched directory of manifests.
 //! - `kube`: the Kubernetes API (list/watch).
+//! - `control`: the control plane's stream of this pod's view.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod dir;
 pub mod files;
 pub mod kind;

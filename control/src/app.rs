@@ -1,0 +1,128 @@
+//! Wiring: the cluster watch, the `Watch` service, and the admin endpoints
+//! (`/ready`: synced with the cluster; `/metrics`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use picket_state::kube::KubeSource;
+use picket_state::{SnapshotRx, Source as _, StateWriter};
+
+use crate::auth::{Authenticator, KubeReviewer};
+use crate::metrics::ControlMetrics;
+use crate::service::{ControlService, StreamConfig};
+
+/// What `picket-control` needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where sidecars connect (gRPC over TLS).
+    pub listen: SocketAddr,
+    /// Where `/ready` and `/metrics` are served.
+    pub admin: SocketAddr,
+    /// The kubeconfig; none: in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// The serving certificate chain (PEM).
+    pub tls_cert_file: PathBuf,
+    /// Its key (PEM).
+    pub tls_key_file: PathBuf,
+    /// Stream timing.
+    pub stream: StreamConfig,
+    /// TokenReviews a second, and at once.
+    pub review_rate: f64,
+    /// TokenReviews at once.
+    pub review_burst: f64,
+}
+
+/// Runs the control plane until the process ends.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let registry = prometheus::Registry::new();
+    let cert = std::fs::read(&config.tls_cert_file)
+        .with_context(|| format!("cannot read {}", config.tls_cert_file.display()))?;
+    let key = std::fs::read(&config.tls_key_file)
+        .with_context(|| format!("cannot read {}", config.tls_key_file.display()))?;
+    let tls = crate::serve::server_config(&cert, &key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.tls_cert_file.display()))?;
+    let client = picket_state::kube::client(config.kubeconfig.as_ref()).await?;
+    let restarts = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "picket_control_watch_restarts_total",
+            "Cluster watches restarted, by kind",
+        ),
+        &["kind"],
+    )?;
+    registry.register(Box::new(restarts.clone()))?;
+    let (writer, snapshots) = StateWriter::new();
+    tokio::spawn(KubeSource::new(client.clone(), restarts).run(writer));
+    let auth = Arc::new(Authenticator::new(
+        KubeReviewer(client),
+        config.review_rate,
+        config.review_burst,
+    ));
+    registry.register(Box::new(auth.reviews.clone()))?;
+    let metrics = Arc::new(ControlMetrics::new(&registry));
+    let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin))?;
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "Serving");
+    tokio::spawn(serve_admin(admin, snapshots, registry));
+    crate::serve::serve(listener, Arc::new(tls), service).await;
+    Ok(())
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    snapshots: SnapshotRx,
+    registry: prometheus::Registry,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshots = snapshots.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let answer = admin_answer(req.uri().path(), &snapshots, &registry);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn admin_answer(
+    path: &str,
+    snapshots: &SnapshotRx,
+    registry: &prometheus::Registry,
+) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/ready" if snapshots.borrow().is_some() => (StatusCode::OK, "ready\n".to_string()),
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not synced with the cluster yet\n".to_string(),
+        ),
+        "/live" => (StatusCode::OK, "ok\n".to_string()),
+        "/metrics" => {
+            let mut out = String::new();
+            let _ = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out);
+            (StatusCode::OK, out)
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,307 @@
+//! The control plane against the test API server, with sidecars' real
+//! stream client over loopback TLS: who may see what, what a view holds,
+//! and that a change through the API reaches the sidecars it concerns.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picket_control::auth::{Authenticator, KubeReviewer};
+use picket_control::metrics::ControlMetrics;
+use picket_control::service::{ControlService, StreamConfig};
+use picket_policy::{NodeAddrs, ObjectKey, Protocol};
+use picket_state::control::{
+    open, ControlConfig, ControlMetrics as SidecarMetrics, ControlSource, StreamError,
+};
+use picket_state::kube::KubeSource;
+use picket_state::{Snapshot, SnapshotRx, Source as _, StateWriter};
+use picket_test_support::apiserver::{ApiServer, Kind};
+
+const SERVER_NAME: &str = "picket-control.picket-system.svc";
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: shop}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec: {containers: [{name: app, ports: [{containerPort: 8080, name: http}]}, {name: picket-proxy}]}
+status: {podIP: 10.0.0.10, podIPs: [{ip: 10.0.0.10}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: app}, {name: picket-proxy}]}
+status: {podIP: 10.0.0.11, podIPs: [{ip: 10.0.0.11}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger, namespace: other, labels: {app: stranger}}
+spec: {containers: [{name: app}]}
+status: {podIP: 10.0.0.12, podIPs: [{ip: 10.0.0.12}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-from-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: http}]}]
+"#;
+
+/// The API server, the control plane serving on loopback, and a place for files.
+struct Plane {
+    api: ApiServer,
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    dir: tempdir::Dir,
+    _runtime_guard: tokio::task::JoinHandle<()>,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn plane(stall: Duration) -> Plane {
+    let api = ApiServer::bind("127.0.0.1:0").unwrap();
+    api.apply(CLUSTER).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "picket-control-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
+    let (writer, mut snapshots) = StateWriter::new();
+    let restarts =
+        prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["kind"]).unwrap();
+    tokio::spawn(KubeSource::new(client.clone(), restarts).run(writer));
+    wait_for(&mut snapshots, "the control plane's sync", |_| true).await;
+    let (ca_pem, cert_pem, key_pem) = certificates();
+    let tls =
+        picket_control::serve::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let auth = Arc::new(Authenticator::new(KubeReviewer(client), 1000.0, 1000.0));
+    let metrics = Arc::new(ControlMetrics::new(&prometheus::Registry::new()));
+    let service = ControlService::new(
+        snapshots,
+        auth,
+        metrics,
+        StreamConfig {
+            batch: Duration::from_millis(10),
+            stall,
+            lifetime: Duration::from_secs(3600),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let guard = tokio::spawn(picket_control::serve::serve(
+        listener,
+        Arc::new(tls),
+        service,
+    ));
+    Plane {
+        api,
+        addr,
+        ca_pem,
+        dir: tempdir::Dir(dir),
+        _runtime_guard: guard,
+    }
+}
+
+fn rand_suffix() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A CA and a serving certificate for [`SERVER_NAME`].
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+impl Plane {
+    /// A sidecar's stream configuration with this token.
+    fn sidecar(&self, name: &str, token: &str) -> ControlConfig {
+        let token_file = self.dir.0.join(format!("{name}.token"));
+        std::fs::write(&token_file, token).unwrap();
+        ControlConfig {
+            addr: self.addr.to_string(),
+            server_name: SERVER_NAME.into(),
+            ca_pem: self.ca_pem.clone().into_bytes(),
+            token_file,
+            max_backoff: Duration::from_millis(200),
+        }
+    }
+
+    fn token(&self, ns: &str, pod: &str, audience: &str) -> String {
+        self.api
+            .issue_pod_token(ns, pod, &[audience], Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    /// Runs a sidecar's real source; its snapshots.
+    fn start_sidecar(&self, name: &str, token: &str) -> SnapshotRx {
+        let (writer, snapshots) = StateWriter::new();
+        let metrics = SidecarMetrics::new(&prometheus::Registry::new());
+        tokio::spawn(ControlSource::new(self.sidecar(name, token), metrics).run(writer));
+        snapshots
+    }
+}
+
+async fn wait_for(
+    rx: &mut SnapshotRx,
+    what: &str,
+    ok: impl Fn(&Snapshot) -> bool,
+) -> Arc<Snapshot> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = rx.borrow_and_update().clone() {
+            if ok(&s) {
+                return s;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for {what}");
+        let _ = tokio::time::timeout(left, rx.changed()).await;
+    }
+}
+
+fn allowed(s: &Snapshot, src: &str, dst: &ObjectKey, port: u16) -> bool {
+    let src: IpAddr = src.parse().unwrap();
+    let dst_ip = s.index.pod(dst).unwrap().ips[0];
+    s.index
+        .decide_from_ip(src, dst, dst_ip, port, Protocol::Tcp, &NodeAddrs::default())
+        .allowed
+}
+
+async fn refusal(plane: &Plane, name: &str, token: &str) -> tonic::Code {
+    match open(&plane.sidecar(name, token)).await {
+        Ok((mut stream, _)) => match stream.message().await {
+            Err(status) => status.code(),
+            Ok(m) => panic!("{name}: expected a refusal, got {m:?}"),
+        },
+        Err(StreamError::Status(status)) => status.code(),
+        Err(other) => panic!("{name}: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_gets_its_pods_view_and_a_policy_change_reaches_it() {
+    let plane = plane(Duration::from_secs(60)).await;
+    let api_key = ObjectKey::new("shop", "api");
+    let mut api = plane.start_sidecar("api", &plane.token("shop", "api", "picket"));
+    let mut web = plane.start_sidecar("web", &plane.token("shop", "web", "picket"));
+    let view = wait_for(&mut api, "api's view", |s| s.index.pod(&api_key).is_some()).await;
+    // The view holds what api's decisions read: web (a peer), not the stranger.
+    assert!(view.index.pod(&ObjectKey::new("shop", "web")).is_some());
+    assert!(view
+        .index
+        .pod(&ObjectKey::new("other", "stranger"))
+        .is_none());
+    assert!(allowed(&view, "10.0.0.11", &api_key, 8080));
+    assert!(!allowed(&view, "10.0.0.11", &api_key, 9090));
+    assert!(!allowed(&view, "10.0.0.12", &api_key, 8080));
+    let web_view = wait_for(&mut web, "web's view", |s| {
+        s.index.pod(&ObjectKey::new("shop", "web")).is_some()
+    })
+    .await;
+    assert!(
+        web_view
+            .index
+            .policy(&ObjectKey::new("shop", "api-from-web"))
+            .is_none(),
+        "web is sent a policy that does not concern it"
+    );
+    // One watch per kind, however many sidecars are connected.
+    assert_eq!(plane.api.open_watches_of(Kind::Pod), 1);
+    assert_eq!(plane.api.open_watches_of(Kind::NetworkPolicy), 1);
+
+    // A policy through the API that forbids web reaches api's sidecar.
+    plane
+        .api
+        .apply(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: shop}\n\
+             spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]}\n",
+        )
+        .unwrap();
+    wait_for(&mut api, "the new policy", |s| {
+        !allowed(s, "10.0.0.11", &api_key, 8080)
+    })
+    .await;
+    // And a new pod that the policy names joins api's view.
+    plane
+        .api
+        .apply(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: nobody, namespace: shop, labels: {app: nobody}}\n\
+             spec: {containers: [{name: app}]}\nstatus: {podIP: 10.0.0.13, podIPs: [{ip: 10.0.0.13}]}\n",
+        )
+        .unwrap();
+    wait_for(&mut api, "a pod joining the view", |s| {
+        s.index.pod(&ObjectKey::new("shop", "nobody")).is_some()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_token_bound_to_a_live_injected_pod_for_audience_picket_gets_a_view() {
+    let plane = plane(Duration::from_secs(60)).await;
+    // A token for web yields web's view, whatever the stream is asked.
+    let (mut stream, _) = open(&plane.sidecar("web", &plane.token("shop", "web", "picket")))
+        .await
+        .unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    let me = first.me.unwrap();
+    assert_eq!((me.namespace.as_str(), me.name.as_str()), ("shop", "web"));
+    assert!(first.full);
+
+    use tonic::Code::Unauthenticated;
+    let wrong_audience = plane.token("shop", "api", "vault");
+    assert_eq!(
+        refusal(&plane, "audience", &wrong_audience).await,
+        Unauthenticated
+    );
+    let unbound = plane
+        .api
+        .issue_service_account_token("shop", "default", &["picket"], Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(refusal(&plane, "unbound", &unbound).await, Unauthenticated);
+    let uninjected = plane.token("other", "stranger", "picket");
+    assert_eq!(
+        refusal(&plane, "uninjected", &uninjected).await,
+        Unauthenticated
+    );
+    assert_eq!(
+        refusal(&plane, "garbage", "not-a-token").await,
+        Unauthenticated
+    );
+    // A token replayed after its pod is deleted.
+    let api_token = plane.token("shop", "api", "picket");
+    plane.api.delete(Kind::Pod, Some("shop"), "api").unwrap();
+    assert_eq!(
+        refusal(&plane, "deleted", &api_token).await,
+        Unauthenticated
+    );
+}

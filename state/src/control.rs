@@ -1,0 +1,363 @@
+//! The control-plane stream: `picket-control` sends this pod's view, in
+//! full on every (re)connect, then as deltas; each message is applied whole
+//! and committed, then acknowledged.
+//!
+//! Fail closed and keep last: before the first full view nothing is
+//! published (connections wait, then reset); once one is, it is kept
+//! through any outage, with no verdict change, while the source reconnects
+//! with backoff and jitter; a reconnect's full view replaces it. A message
+//! that does not decode ends the stream and changes nothing.
+//!
+//! I/O: TCP, TLS (the server's certificate verified against the configured
+//! CA, for the configured name), HTTP/2, gRPC.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use picket_api::convert::{decode, Removed, Update};
+use picket_api::v1;
+use picket_api::v1::control_client::ControlClient;
+use picket_policy::ObjectKey;
+use tokio::sync::mpsc;
+
+use crate::kind::{Kind, Object, ObjectRef};
+use crate::source::Source;
+use crate::writer::StateWriter;
+
+/// Where the control plane is and how to trust it.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// `host:port` to connect to.
+    pub addr: String,
+    /// The name the server's certificate must carry.
+    pub server_name: String,
+    /// The CA certificates (PEM) the server's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// The projected service-account token (audience `picket`), read at
+    /// every connect (the kubelet rotates it).
+    pub token_file: PathBuf,
+    /// The longest wait between reconnects.
+    pub max_backoff: Duration,
+}
+
+/// Metrics of the stream.
+#[derive(Clone, Debug)]
+pub struct ControlMetrics {
+    /// 1 while a stream is open.
+    pub connected: prometheus::IntGauge,
+    /// Full views received after the first (reconnects).
+    pub resyncs: prometheus::IntCounter,
+    /// Unix time of the last commit applied.
+    pub last_commit: prometheus::Gauge,
+}
+
+/// The control-plane source.
+#[derive(Debug)]
+pub struct ControlSource {
+    config: ControlConfig,
+    metrics: ControlMetrics,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The token file could not be read.
+    #[error("cannot read the token {path}: {source}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TCP, TLS or HTTP/2 failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered with a gRPC status.
+    #[error("control plane: {0}")]
+    Status(#[from] tonic::Status),
+    /// A message did not decode; nothing of it was applied.
+    #[error("undecodable message: {0}")]
+    Invalid(#[from] picket_api::convert::InvalidMessage),
+    /// The server ended the stream.
+    #[error("the control plane ended the stream")]
+    Ended,
+}
+
+// === impl ControlMetrics ===
+
+impl ControlMetrics {
+    /// Registers the metrics.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let metrics = Self {
+            connected: prometheus::IntGauge::new(
+                "picket_control_connected",
+                "1 while the stream from the control plane is open",
+            )
+            .expect("valid"),
+            resyncs: prometheus::IntCounter::new(
+                "picket_control_resyncs_total",
+                "Full views received after the first (reconnects)",
+            )
+            .expect("valid"),
+            last_commit: prometheus::Gauge::new(
+                "picket_control_last_commit_timestamp_seconds",
+                "When the last view change from the control plane was applied (Unix time)",
+            )
+            .expect("valid"),
+        };
+        let _ = registry.register(Box::new(metrics.connected.clone()));
+        let _ = registry.register(Box::new(metrics.resyncs.clone()));
+        let _ = registry.register(Box::new(metrics.last_commit.clone()));
+        metrics
+    }
+}
+
+// === impl ControlSource ===
+
+impl ControlSource {
+    /// A source streaming from the control plane.
+    pub fn new(config: ControlConfig, metrics: ControlMetrics) -> Self {
+        Self { config, metrics }
+    }
+
+    /// One stream, until it ends. `synced` tells whether a full view has
+    /// been applied before (so the next is a resync).
+    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> Result<(), StreamError> {
+        let (mut stream, acks) = open(&self.config).await?;
+        self.metrics.connected.set(1);
+        let result = loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break Err(StreamError::Ended),
+                Err(status) => break Err(status.into()),
+            };
+            let update = match decode(&message) {
+                Ok(update) => update,
+                Err(e) => break Err(e.into()),
+            };
+            if update.full {
+                if *synced {
+                    self.metrics.resyncs.inc();
+                }
+                *synced = true;
+            }
+            let generation = update.generation;
+            apply(writer, update);
+            writer.commit_if_complete();
+            self.metrics.last_commit.set(unix_now());
+            let _ = acks.try_send(v1::WatchRequest {
+                kind: Some(v1::watch_request::Kind::Ack(v1::Ack { generation })),
+            });
+        };
+        self.metrics.connected.set(0);
+        result
+    }
+}
+
+impl Source for ControlSource {
+    fn name(&self) -> &'static str {
+        "control"
+    }
+
+    async fn run(self, mut writer: StateWriter) {
+        let mut synced = false;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let was_synced = synced;
+            match self.stream(&mut writer, &mut synced).await {
+                Ok(()) | Err(StreamError::Ended) => {
+                    tracing::info!(
+                        "The control plane ended the stream; reconnecting (keeping the last view)"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Control-plane stream failed; reconnecting (keeping the last view)");
+                }
+            }
+            if synced && !was_synced {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(full_jitter(backoff)).await;
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+}
+
+/// Applies one decoded message to the writer: a full view replaces every
+/// kind; deltas apply and delete.
+pub fn apply(writer: &mut StateWriter, update: Update) {
+    if update.full {
+        writer.replace_all(
+            Kind::Namespace,
+            update
+                .namespaces
+                .into_iter()
+                .map(Object::Namespace)
+                .collect(),
+        );
+        writer.replace_all(
+            Kind::Pod,
+            update.pods.into_iter().map(Object::Pod).collect(),
+        );
+        writer.replace_all(
+            Kind::Policy,
+            update.policies.into_iter().map(Object::Policy).collect(),
+        );
+    } else {
+        for ns in update.namespaces {
+            writer.apply(Object::Namespace(ns));
+        }
+        for pod in update.pods {
+            writer.apply(Object::Pod(pod));
+        }
+        for policy in update.policies {
+            writer.apply(Object::Policy(policy));
+        }
+    }
+    for removed in update.removed {
+        let (kind, key) = match removed {
+            Removed::Namespace(name) => (Kind::Namespace, ObjectKey::new("", &name)),
+            Removed::Pod(key) => (Kind::Pod, key),
+            Removed::Policy(key) => (Kind::Policy, key),
+        };
+        writer.delete(&ObjectRef { kind, key });
+    }
+}
+
+/// Opens a `Watch` stream: connects, presents the token, says hello.
+/// Returns the stream and the sender for acknowledgements.
+pub async fn open(
+    config: &ControlConfig,
+) -> Result<
+    (
+        tonic::Streaming<v1::WatchResponse>,
+        mpsc::Sender<v1::WatchRequest>,
+    ),
+    StreamError,
+> {
+    let token =
+        std::fs::read_to_string(&config.token_file).map_err(|source| StreamError::Token {
+            path: config.token_file.clone(),
+            source,
+        })?;
+    let mut client = connect(config).await?;
+    let (acks, acks_rx) = mpsc::channel(16);
+    let _ = acks.try_send(v1::WatchRequest {
+        kind: Some(v1::watch_request::Kind::Hello(v1::Hello {
+            proxy_version: env!("CARGO_PKG_VERSION").into(),
+        })),
+    });
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(acks_rx));
+    let bearer = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| tonic::Status::unauthenticated("the token is not a valid header value"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    let stream = client.watch(request).await?.into_inner();
+    Ok((stream, acks))
+}
+
+/// A gRPC client over one TLS HTTP/2 connection.
+async fn connect(config: &ControlConfig) -> Result<ControlClient<H2>, StreamError> {
+    let fail = |reason: String| StreamError::Connect {
+        addr: config.addr.clone(),
+        reason,
+    };
+    let tls = client_tls(&config.ca_pem).map_err(fail)?;
+    let name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
+        .map_err(|e| fail(format!("server name {:?}: {e}", config.server_name)))?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&config.addr),
+    )
+    .await
+    .map_err(|_| fail("timed out".into()))?
+    .map_err(|e| fail(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("TLS: {e}")))?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let (send, connection) = builder
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| fail(format!("HTTP/2: {e}")))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "Control-plane connection ended");
+        }
+    });
+    let origin = format!("https://{}", config.server_name)
+        .parse()
+        .map_err(|e| fail(format!("origin: {e}")))?;
+    Ok(ControlClient::with_origin(H2(send), origin))
+}
+
+fn client_tls(ca_pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| format!("CA: {e}"))?;
+        roots.add(cert).map_err(|e| format!("CA: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("CA: no certificate in the PEM".into());
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// One HTTP/2 connection as the service tonic's client calls.
+#[derive(Clone, Debug)]
+struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+/// A random wait in `[0, d]` (full jitter), so sidecars do not reconnect in step.
+fn full_jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d.mul_f64(f64::from(nanos % 1_000_000) / 1_000_000.0)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
