@@ -9,6 +9,8 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 # Only the sources: never the host's target/ directory.
 COPY Cargo.toml Cargo.lock ./
+COPY api api
+COPY control control
 COPY policy policy
 COPY state state
 COPY common common
@@ -21,9 +23,10 @@ COPY benches benches
 COPY manifests/examples manifests/examples
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p picket-proxy -p picket-injector \
+    cargo build --release --locked -p picket-proxy -p picket-injector -p picket-control \
     && install -D -m 0755 target/release/picket-proxy /out/picket-proxy \
-    && install -D -m 0755 target/release/picket-injector /out/picket-injector
+    && install -D -m 0755 target/release/picket-injector /out/picket-injector \
+    && install -D -m 0755 target/release/picket-control /out/picket-control
 
 FROM debian:bookworm-slim AS proxy
 # Debian's iptables package ships both backends: iptables-nft-restore and
@@ -40,6 +43,7 @@ CMD ["run"]
 
 FROM debian:bookworm-slim AS injector
 COPY --from=build /out/picket-injector /usr/local/bin/picket-injector
+COPY --from=build /out/picket-control /usr/local/bin/picket-control
 USER 65532:65532
 EXPOSE 8443 9090
 ENTRYPOINT ["/usr/local/bin/picket-injector"]
