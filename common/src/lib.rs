@@ -1,13 +1,16 @@
 //! What Picket's binaries share, defined once: the proxy's ports and UID,
 //! the environment variables the injector sets and the proxy reads, the
-//! duration syntax of every flag, and log set-up.
+//! duration syntax of every flag, log set-up, the accept loop and jitter.
 //!
-//! Used by `picket-proxy`, `picket-injector` and the lab. No I/O beyond
-//! installing the log subscriber.
+//! Used by `picket-proxy`, `picket-control`, `picket-injector`, the state
+//! sources and the lab. No I/O beyond installing the log subscriber and
+//! accepting connections.
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod duration;
 pub mod env;
+pub mod jitter;
 pub mod logging;
 pub mod port_list;
 

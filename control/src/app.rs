@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -84,11 +83,7 @@ async fn serve_admin(
     snapshots: SnapshotRx,
     registry: prometheus::Registry,
 ) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+    picket_common::accept::accept_loop(&listener, |tcp, _| {
         let snapshots = snapshots.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
@@ -100,7 +95,8 @@ async fn serve_admin(
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
-    }
+    })
+    .await;
 }
 
 fn admin_answer(

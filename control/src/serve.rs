@@ -20,15 +20,7 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 pub async fn serve<S: Control>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: S) {
     let acceptor = TlsAcceptor::from(tls);
     let service = ControlServer::new(service);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "Accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    picket_common::accept::accept_loop(&listener, |tcp, peer| {
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
@@ -52,7 +44,8 @@ pub async fn serve<S: Control>(listener: TcpListener, tls: Arc<rustls::ServerCon
                 tracing::debug!(%peer, %error, "Connection ended");
             }
         });
-    }
+    })
+    .await;
 }
 
 /// A server TLS configuration for HTTP/2 from a PEM chain and key.

@@ -198,7 +198,8 @@ enum End {
 impl Subscriber {
     async fn run(mut self, mut requests: Streaming<v1::WatchRequest>) {
         self.metrics.connected.inc();
-        let deadline = tokio::time::Instant::now() + jittered(self.config.lifetime);
+        let deadline =
+            tokio::time::Instant::now() + picket_common::jitter::around(self.config.lifetime, 0.2);
         let end = self.serve(&mut requests, deadline).await;
         self.metrics.connected.dec();
         let (label, status) = match end {
@@ -296,13 +297,4 @@ impl Subscriber {
             }
         }
     }
-}
-
-/// `d` ± 20%.
-fn jittered(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
-    d.mul_f64(factor)
 }

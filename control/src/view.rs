@@ -21,9 +21,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use picket_policy::{
-    Direction, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey, Selector,
-};
+use picket_policy::eval::pods_peer_matches;
+use picket_policy::{Direction, NamespaceScope, Peer, PodKey, PolicyIndex, PolicyKey, Selector};
 
 /// The keys of the objects in one pod's view.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +61,14 @@ impl Shared {
         }
         let members: Vec<PodKey> = index
             .pods()
-            .filter(|pod| matches_pod_peer(index, namespaces, pods, pod))
+            .filter(|pod| {
+                pods_peer_matches(
+                    namespaces,
+                    pods,
+                    pod,
+                    index.namespace_labels(&pod.key.namespace),
+                )
+            })
             .map(|pod| pod.key.clone())
             .collect();
         let members = Arc::new(members);
@@ -171,21 +177,4 @@ fn with_ip_sharers(index: &PolicyIndex, pods: BTreeSet<PodKey>) -> BTreeSet<PodK
         }
     }
     done
-}
-
-/// Whether a pod peer matches a pod, as the engine matches it.
-fn matches_pod_peer(
-    index: &PolicyIndex,
-    namespaces: &NamespaceScope,
-    pods: Option<&Selector>,
-    pod: &Pod,
-) -> bool {
-    let in_namespace = match namespaces {
-        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
-        NamespaceScope::Selected(selector) => match index.namespace_labels(&pod.key.namespace) {
-            Some(labels) => selector.matches(labels),
-            None => selector.is_everything(),
-        },
-    };
-    in_namespace && pods.is_none_or(|s| s.matches(&pod.labels))
 }

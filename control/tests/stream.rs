@@ -59,30 +59,14 @@ struct Plane {
     api: ApiServer,
     addr: std::net::SocketAddr,
     ca_pem: String,
-    dir: tempdir::Dir,
-    _runtime_guard: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
 }
 
-mod tempdir {
-    /// A directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-async fn plane(stall: Duration) -> Plane {
+async fn plane() -> Plane {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
     api.apply(CLUSTER).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "picket-control-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
     api.kubeconfig(&kubeconfig).unwrap();
     let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
     let (writer, mut snapshots) = StateWriter::new();
@@ -101,13 +85,13 @@ async fn plane(stall: Duration) -> Plane {
         metrics,
         StreamConfig {
             batch: Duration::from_millis(10),
-            stall,
+            stall: Duration::from_secs(60),
             lifetime: Duration::from_secs(3600),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let guard = tokio::spawn(picket_control::serve::serve(
+    tokio::spawn(picket_control::serve::serve(
         listener,
         Arc::new(tls),
         service,
@@ -116,14 +100,8 @@ async fn plane(stall: Duration) -> Plane {
         api,
         addr,
         ca_pem,
-        dir: tempdir::Dir(dir),
-        _runtime_guard: guard,
+        dir,
     }
-}
-
-fn rand_suffix() -> u32 {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A CA and a serving certificate for [`SERVER_NAME`].
@@ -145,7 +123,7 @@ fn certificates() -> (String, String, String) {
 impl Plane {
     /// A sidecar's stream configuration with this token.
     fn sidecar(&self, name: &str, token: &str) -> ControlConfig {
-        let token_file = self.dir.0.join(format!("{name}.token"));
+        let token_file = self.dir.path().join(format!("{name}.token"));
         std::fs::write(&token_file, token).unwrap();
         ControlConfig {
             addr: self.addr.to_string(),
@@ -210,7 +188,7 @@ async fn refusal(plane: &Plane, name: &str, token: &str) -> tonic::Code {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_gets_its_pods_view_and_a_policy_change_reaches_it() {
-    let plane = plane(Duration::from_secs(60)).await;
+    let plane = plane().await;
     let api_key = ObjectKey::new("shop", "api");
     let mut api = plane.start_sidecar("api", &plane.token("shop", "api", "picket"));
     let mut web = plane.start_sidecar("web", &plane.token("shop", "web", "picket"));
@@ -267,7 +245,7 @@ async fn a_sidecar_gets_its_pods_view_and_a_policy_change_reaches_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_token_bound_to_a_live_injected_pod_for_audience_picket_gets_a_view() {
-    let plane = plane(Duration::from_secs(60)).await;
+    let plane = plane().await;
     // A token for web yields web's view, whatever the stream is asked.
     let (mut stream, _) = open(&plane.sidecar("web", &plane.token("shop", "web", "picket")))
         .await

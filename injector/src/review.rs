@@ -391,6 +391,23 @@ mod tests {
         BTreeMap::new()
     }
 
+    /// Parses a pod CREATE review and answers it, in its namespace with no
+    /// labels or annotations.
+    fn review_pod(object: Value) -> (AdmissionRequest, Reviewed) {
+        let (request, triage) = parse(&review(pod_request(object))).unwrap();
+        let Triage::Pod { pod, namespace } = triage else {
+            panic!("not a pod: {triage:?}");
+        };
+        let labels = labels();
+        let ns = NamespaceView {
+            name: &namespace,
+            labels: Some(&labels),
+            annotations: Some(&labels),
+        };
+        let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
+        (request, reviewed)
+    }
+
     #[test]
     fn pod_create_is_patched_with_base64_json_patch_and_uid() {
         let (request, triage) = parse(&review(pod_request(plain_pod()))).unwrap();
@@ -525,17 +542,7 @@ mod tests {
         let mut object = plain_pod();
         object["metadata"]["annotations"] =
             serde_json::json!({"picket.io/sidecar-mode": "sometimes"});
-        let (request, triage) = parse(&review(pod_request(object))).unwrap();
-        let Triage::Pod { pod, namespace } = triage else {
-            panic!()
-        };
-        let labels = labels();
-        let ns = NamespaceView {
-            name: &namespace,
-            labels: Some(&labels),
-            annotations: Some(&labels),
-        };
-        let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
+        let (request, reviewed) = review_pod(object);
         let json = serde_json::to_value(&reviewed.review).unwrap();
         assert_eq!(json["response"]["uid"], request.uid);
         assert_eq!(json["response"]["allowed"], false);
@@ -550,17 +557,7 @@ mod tests {
         object["spec"]["securityContext"] = serde_json::json!({
             "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "15006 15006"}],
         });
-        let (request, triage) = parse(&review(pod_request(object))).unwrap();
-        let Triage::Pod { pod, namespace } = triage else {
-            panic!()
-        };
-        let labels = labels();
-        let ns = NamespaceView {
-            name: &namespace,
-            labels: Some(&labels),
-            annotations: Some(&labels),
-        };
-        let reviewed = respond_to_pod(&request.uid, &pod, &ns, &InjectConfig::for_test());
+        let (_, reviewed) = review_pod(object);
         let json = serde_json::to_value(&reviewed.review).unwrap();
         assert_eq!(json["response"]["allowed"], false);
         assert_eq!(json["response"]["status"]["code"], 400);

@@ -265,15 +265,7 @@ fn http1() -> hyper::server::conn::http1::Builder {
 
 /// Serves `/mutate` over TLS on `listener`, forever.
 pub async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, webhook: Arc<Webhook>) {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "Accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    picket_common::accept::accept_loop(&listener, |tcp, peer| {
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
         tokio::spawn(async move {
@@ -296,20 +288,13 @@ pub async fn serve_https(listener: TcpListener, acceptor: TlsAcceptor, webhook: 
                 tracing::debug!(%error, peer = %peer, "Connection ended with an error");
             }
         });
-    }
+    })
+    .await;
 }
 
 /// Serves the admin endpoints over plain HTTP on `listener`, forever.
 pub async fn serve_admin(listener: TcpListener, admin: Admin) {
-    loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "Admin accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    picket_common::accept::accept_loop(&listener, |tcp, _| {
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -318,7 +303,8 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin) {
             });
             let _ = http1().serve_connection(TokioIo::new(tcp), service).await;
         });
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

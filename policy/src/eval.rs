@@ -19,7 +19,7 @@ use super::model::{
     Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch, PortSpec,
     Protocol, Rule,
 };
-use super::selector::Labels;
+use super::selector::{Labels, Selector};
 use super::trace::{Explanation, NoTrace, Recorder, Trace};
 
 /// The outcome of one decision.
@@ -348,21 +348,30 @@ fn peer_matches(rule_peer: &Peer, peer: Endpoint<'_>) -> bool {
                 namespace_labels,
                 ..
             },
-        ) => {
-            let in_namespace = match namespaces {
-                NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
-                // An unknown namespace's labels are unknown, not empty:
-                // `NotIn`/`DoesNotExist` must not match it. Only `{}` does.
-                NamespaceScope::Selected(selector) => match namespace_labels {
-                    Some(labels) => selector.matches(labels),
-                    None => selector.is_everything(),
-                },
-            };
-            in_namespace && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
-        }
+        ) => pods_peer_matches(namespaces, pods.as_ref(), pod, namespace_labels),
         (Peer::Pods { .. }, Endpoint::Address(_)) => false,
         (Peer::IpBlock(block), peer) => peer.ip().is_some_and(|ip| block.contains(ip)),
     }
+}
+
+/// Whether a pod peer (`namespaceSelector`/`podSelector`) matches a pod whose
+/// namespace has `namespace_labels` (`None`: the namespace is not known).
+pub fn pods_peer_matches(
+    namespaces: &NamespaceScope,
+    pods: Option<&Selector>,
+    pod: &Pod,
+    namespace_labels: Option<&Labels>,
+) -> bool {
+    let in_namespace = match namespaces {
+        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
+        // An unknown namespace's labels are unknown, not empty:
+        // `NotIn`/`DoesNotExist` must not match it. Only `{}` does.
+        NamespaceScope::Selected(selector) => match namespace_labels {
+            Some(labels) => selector.matches(labels),
+            None => selector.is_everything(),
+        },
+    };
+    in_namespace && pods.is_none_or(|s| s.matches(&pod.labels))
 }
 
 /// Which port entry of the rule matches: `Some(None)` when it allows all ports.

@@ -130,20 +130,23 @@ impl ControlSource {
         Self { config, metrics }
     }
 
-    /// One stream, until it ends. `synced` tells whether a full view has
-    /// been applied before (so the next is a resync).
-    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> Result<(), StreamError> {
-        let (mut stream, acks) = open(&self.config).await?;
+    /// One stream, until it ends, and why it did. `synced` tells whether a
+    /// full view has been applied before (so the next is a resync).
+    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> StreamError {
+        let (mut stream, acks) = match open(&self.config).await {
+            Ok(opened) => opened,
+            Err(error) => return error,
+        };
         self.metrics.connected.set(1);
-        let result = loop {
+        let end = loop {
             let message = match stream.message().await {
                 Ok(Some(message)) => message,
-                Ok(None) => break Err(StreamError::Ended),
-                Err(status) => break Err(status.into()),
+                Ok(None) => break StreamError::Ended,
+                Err(status) => break status.into(),
             };
             let update = match decode(&message) {
                 Ok(update) => update,
-                Err(e) => break Err(e.into()),
+                Err(e) => break e.into(),
             };
             if update.full {
                 if *synced {
@@ -160,7 +163,7 @@ impl ControlSource {
             });
         };
         self.metrics.connected.set(0);
-        result
+        end
     }
 }
 
@@ -175,19 +178,19 @@ impl Source for ControlSource {
         loop {
             let was_synced = synced;
             match self.stream(&mut writer, &mut synced).await {
-                Ok(()) | Err(StreamError::Ended) => {
+                StreamError::Ended => {
                     tracing::info!(
                         "The control plane ended the stream; reconnecting (keeping the last view)"
                     );
                 }
-                Err(error) => {
+                error => {
                     tracing::warn!(%error, "Control-plane stream failed; reconnecting (keeping the last view)");
                 }
             }
             if synced && !was_synced {
                 backoff = Duration::from_millis(100);
             }
-            tokio::time::sleep(full_jitter(backoff)).await;
+            tokio::time::sleep(picket_common::jitter::full(backoff)).await;
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
     }
@@ -346,14 +349,6 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for H2 {
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         Box::pin(self.0.send_request(request))
     }
-}
-
-/// A random wait in `[0, d]` (full jitter), so sidecars do not reconnect in step.
-fn full_jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    d.mul_f64(f64::from(nanos % 1_000_000) / 1_000_000.0)
 }
 
 fn unix_now() -> f64 {

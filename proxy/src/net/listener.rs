@@ -7,14 +7,14 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::conn::Inbound;
 use super::orig_dst::reset;
 use super::ClientAddr;
+pub use picket_common::accept::accept_loop;
 
 /// Binds a TCP listener with the options a proxy wants.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -57,52 +57,6 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
         tokio::spawn(inbound.clone().handle(stream, ClientAddr(peer)));
     })
     .await
-}
-
-/// Accepts connections forever and hands each to `handle`; every listener
-/// of the proxy (inbound and admin) runs this one loop. When accepting fails
-/// for lack of resources (out of file descriptors or memory) it backs off,
-/// 10 ms doubling to 1 s, instead of spinning: the pending connections wait
-/// in the backlog until descriptors free up.
-pub async fn accept_loop(listener: &TcpListener, mut handle: impl FnMut(TcpStream, SocketAddr)) {
-    const FIRST_BACKOFF: Duration = Duration::from_millis(10);
-    const MAX_BACKOFF: Duration = Duration::from_secs(1);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                backoff = FIRST_BACKOFF;
-                handle(stream, peer);
-            }
-            Err(error) => {
-                let resources = matches!(
-                    error.raw_os_error(),
-                    Some(
-                        libc_errno::EMFILE
-                            | libc_errno::ENFILE
-                            | libc_errno::ENOBUFS
-                            | libc_errno::ENOMEM
-                    )
-                );
-                if resources {
-                    tracing::warn!(%error, ?backoff, "Accept failed for lack of resources; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                } else {
-                    // A connection that went away before it was accepted, and the like.
-                    tracing::debug!(%error, "Accept failed");
-                }
-            }
-        }
-    }
-}
-
-/// The errno values that mean "out of resources" on accept.
-mod libc_errno {
-    pub const EMFILE: i32 = rustix::io::Errno::MFILE.raw_os_error();
-    pub const ENFILE: i32 = rustix::io::Errno::NFILE.raw_os_error();
-    pub const ENOBUFS: i32 = rustix::io::Errno::NOBUFS.raw_os_error();
-    pub const ENOMEM: i32 = rustix::io::Errno::NOMEM.raw_os_error();
 }
 
 #[cfg(test)]
