@@ -13,6 +13,9 @@ use tokio_rustls::TlsAcceptor;
 /// How often an idle connection is pinged, and how long a ping may take.
 const KEEPALIVE: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a stream the server buffers beyond what the peer's window
+/// admits: a sidecar that stops reading stalls its subscriber's sends soon.
+const SEND_BUFFER: usize = 64 * 1024;
 /// How long a TLS handshake may take.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -36,7 +39,8 @@ pub async fn serve<S: Control>(listener: TcpListener, tls: Arc<rustls::ServerCon
             let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             http.timer(TokioTimer::new())
                 .keep_alive_interval(Some(KEEPALIVE))
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .max_send_buf_size(SEND_BUFFER);
             let served = http
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
                 .await;

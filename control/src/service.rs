@@ -6,7 +6,8 @@
 //! subscriber wakes on a change, waits out the batch window, and diffs the
 //! latest state against what it has sent. A subscriber that falls behind
 //! skips the states it missed; one that does not drain for the stall bound
-//! is disconnected (it reconnects into a full view). Memory is what each
+//! (its send stays blocked, or it acknowledges nothing it was sent) is
+//! disconnected, and reconnects into a full view. Memory is what each
 //! subscriber last sent, not a queue per subscriber.
 
 use std::pin::Pin;
@@ -127,6 +128,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             sent: Sent::default(),
             tx,
             sent_at: None,
+            unacked_since: None,
         };
         tokio::spawn(subscriber.run(request.into_inner()));
         Ok(Response::new(Box::pin(
@@ -181,6 +183,9 @@ struct Subscriber {
     tx: mpsc::Sender<Result<v1::WatchResponse, Status>>,
     /// The last message sent and when, for convergence.
     sent_at: Option<(u64, Instant)>,
+    /// Since when a sent message waits for its acknowledgement: a sidecar
+    /// that applies nothing for the stall bound is disconnected.
+    unacked_since: Option<tokio::time::Instant>,
 }
 
 /// Why a stream ends.
@@ -234,7 +239,9 @@ impl Subscriber {
             }
             // Wait for a change, reading acknowledgements meanwhile.
             loop {
+                let stalled_at = self.unacked_since.map(|t| t + self.config.stall);
                 tokio::select! {
+                    () = sleep_until_some(stalled_at) => return End::Stalled,
                     changed = self.snapshots.changed() => {
                         if changed.is_err() {
                             return End::Gone;
@@ -280,6 +287,8 @@ impl Subscriber {
                 self.metrics.messages.inc();
                 self.metrics.bytes.inc_by(bytes as u64);
                 self.sent_at = Some((snapshot.version, Instant::now()));
+                self.unacked_since
+                    .get_or_insert_with(tokio::time::Instant::now);
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Gone),
@@ -293,8 +302,17 @@ impl Subscriber {
                 if ack.generation >= generation {
                     self.metrics.convergence.observe(at.elapsed().as_secs_f64());
                     self.sent_at = None;
+                    self.unacked_since = None;
                 }
             }
         }
+    }
+}
+
+/// Sleeps until `at`; never returns without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -63,6 +63,10 @@ struct Plane {
 }
 
 async fn plane() -> Plane {
+    plane_with_stall(Duration::from_secs(60)).await
+}
+
+async fn plane_with_stall(stall: Duration) -> Plane {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
     api.apply(CLUSTER).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +89,7 @@ async fn plane() -> Plane {
         metrics,
         StreamConfig {
             batch: Duration::from_millis(10),
-            stall: Duration::from_secs(60),
+            stall,
             lifetime: Duration::from_secs(3600),
         },
     );
@@ -281,5 +285,56 @@ async fn only_a_token_bound_to_a_live_injected_pod_for_audience_picket_gets_a_vi
     assert_eq!(
         refusal(&plane, "deleted", &api_token).await,
         Unauthenticated
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sidecar_delays_no_other_and_is_disconnected() {
+    let plane = plane_with_stall(Duration::from_millis(500)).await;
+    // A sidecar that opens its stream and never reads.
+    let token = plane.token("shop", "web", "picket");
+    let (mut stalled, _acks) = open(&plane.sidecar("stalled", &token)).await.unwrap();
+    let api_key = ObjectKey::new("shop", "api");
+    let mut api = plane.start_sidecar("api", &plane.token("shop", "api", "picket"));
+    wait_for(&mut api, "api's view", |s| s.index.pod(&api_key).is_some()).await;
+    // Changes that concern both, more than the flow-control windows and the
+    // server's send buffer hold: web's labels change, with many labels.
+    let many: String = (0..250)
+        .map(|l| format!(", l{l}: {}", "x".repeat(60)))
+        .collect();
+    for i in 0..60 {
+        plane
+            .api
+            .apply(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: shop, labels: {{app: web, round: \"{i}\"{many}}}}}\n\
+                 spec: {{containers: [{{name: app}}, {{name: picket-proxy}}]}}\nstatus: {{podIP: 10.0.0.11, podIPs: [{{ip: 10.0.0.11}}]}}\n"
+            ))
+            .unwrap();
+    }
+    // The reading sidecar is not held up by the stalled one.
+    wait_for(&mut api, "the last change", |s| {
+        s.index
+            .pod(&ObjectKey::new("shop", "web"))
+            .is_some_and(|p| p.labels.get("round").map(String::as_str) == Some("59"))
+    })
+    .await;
+    // The server closed the stalled stream: reading it now reaches its end,
+    // before the last change.
+    let mut last_round = None;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stalled.message()).await {
+            Ok(Ok(Some(message))) => {
+                for pod in &message.pods {
+                    last_round = pod.labels.get("round").cloned().or(last_round);
+                }
+            }
+            Ok(Ok(None) | Err(_)) => break,
+            Err(_) => panic!("the stalled stream was never closed"),
+        }
+    }
+    assert_ne!(
+        last_round.as_deref(),
+        Some("59"),
+        "the stalled stream was never cut"
     );
 }

@@ -29,6 +29,13 @@ use crate::kind::{Kind, Object, ObjectRef};
 use crate::source::Source;
 use crate::writer::StateWriter;
 
+/// The first wait before a reconnect; it doubles up to the configured cap.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// HTTP/2 flow-control windows: a view is small, so a sidecar that stops
+/// reading is felt by the control plane within 64 KiB, not megabytes.
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+
 /// Where the control plane is and how to trust it.
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
@@ -130,13 +137,15 @@ impl ControlSource {
         Self { config, metrics }
     }
 
-    /// One stream, until it ends, and why it did. `synced` tells whether a
-    /// full view has been applied before (so the next is a resync).
-    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> StreamError {
+    /// One stream, until it ends: why it did, and whether it delivered a
+    /// full view. `synced` tells whether a full view has been applied
+    /// before (so the next is a resync).
+    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> (StreamError, bool) {
         let (mut stream, acks) = match open(&self.config).await {
             Ok(opened) => opened,
-            Err(error) => return error,
+            Err(error) => return (error, false),
         };
+        let mut viewed = false;
         self.metrics.connected.set(1);
         let end = loop {
             let message = match stream.message().await {
@@ -153,6 +162,7 @@ impl ControlSource {
                     self.metrics.resyncs.inc();
                 }
                 *synced = true;
+                viewed = true;
             }
             let generation = update.generation;
             apply(writer, update);
@@ -163,7 +173,7 @@ impl ControlSource {
             });
         };
         self.metrics.connected.set(0);
-        end
+        (end, viewed)
     }
 }
 
@@ -174,10 +184,10 @@ impl Source for ControlSource {
 
     async fn run(self, mut writer: StateWriter) {
         let mut synced = false;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            let was_synced = synced;
-            match self.stream(&mut writer, &mut synced).await {
+            let (end, viewed) = self.stream(&mut writer, &mut synced).await;
+            match end {
                 StreamError::Ended => {
                     tracing::info!(
                         "The control plane ended the stream; reconnecting (keeping the last view)"
@@ -187,8 +197,9 @@ impl Source for ControlSource {
                     tracing::warn!(%error, "Control-plane stream failed; reconnecting (keeping the last view)");
                 }
             }
-            if synced && !was_synced {
-                backoff = Duration::from_millis(100);
+            // A stream that delivered a full view was healthy: start over.
+            if viewed {
+                backoff = FIRST_BACKOFF;
             }
             tokio::time::sleep(picket_common::jitter::full(backoff)).await;
             backoff = (backoff * 2).min(self.config.max_backoff);
@@ -295,7 +306,9 @@ async fn connect(config: &ControlConfig) -> Result<ControlClient<H2>, StreamErro
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     let (send, connection) = builder
         .handshake(TokioIo::new(tls))
         .await
