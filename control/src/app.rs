@@ -38,8 +38,24 @@ pub struct Config {
     pub review_burst: f64,
 }
 
-/// Runs the control plane until the process ends.
+/// Binds the listeners and runs the control plane until the process ends.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin))?;
+    run_on(config, listener, admin).await
+}
+
+/// Runs the control plane on listeners the caller bound (in a network
+/// namespace, on port 0); `config.listen` and `config.admin` are unused.
+pub async fn run_on(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
     let registry = prometheus::Registry::new();
     let cert = std::fs::read(&config.tls_cert_file)
         .with_context(|| format!("cannot read {}", config.tls_cert_file.display()))?;
@@ -66,12 +82,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     registry.register(Box::new(auth.reviews.clone()))?;
     let metrics = Arc::new(ControlMetrics::new(&registry));
     let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let admin = tokio::net::TcpListener::bind(config.admin)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.admin))?;
     tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "Serving");
     tokio::spawn(serve_admin(admin, snapshots, registry));
     crate::serve::serve(listener, Arc::new(tls), service).await;

@@ -231,6 +231,22 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> io::Resul
     })
 }
 
+/// Runs `f` on a new thread inside a network namespace and returns at
+/// once: for servers that live in a namespace (a control plane on the node).
+pub fn spawn_in_netns<T: Send + 'static>(
+    netns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<io::Result<T>>> {
+    let file = File::open(format!("/var/run/netns/{netns}"))?;
+    Ok(std::thread::spawn(move || {
+        rustix::thread::move_into_link_name_space(
+            file.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        Ok(f())
+    }))
+}
+
 /// Whether this process can build a lab (root).
 pub fn can_run() -> bool {
     rustix::process::geteuid().is_root()

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 
 use picket_common::logging::{self, LogHandle};
 use picket_policy::{NodeAddrs, PodKey};
+use picket_state::control::{ControlConfig, ControlMetrics, ControlSource};
 use picket_state::dir::DirSource;
 use picket_state::kube::KubeSource;
 use picket_state::{Source, StateWriter};
@@ -175,6 +176,11 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         (SourceArg::Files, Some(dir)) => {
             spawn_source(DirSource::new(dir).with_resync(args.resync), writer);
         }
+        (SourceArg::Control, _) => {
+            let config = control_config(&args)?;
+            let stream_metrics = ControlMetrics::new(metrics.registry());
+            spawn_source(ControlSource::new(config, stream_metrics), writer);
+        }
         _ => {
             let client = picket_state::kube::client(args.kubeconfig.as_ref()).await?;
             spawn_source(
@@ -216,6 +222,35 @@ fn raise_open_file_limit() {
         }
         Err(error) => tracing::warn!(%error, "Cannot raise the open-file limit"),
     }
+}
+
+/// Where the control plane is and how to trust it, from the flags.
+fn control_config(args: &RunArgs) -> anyhow::Result<ControlConfig> {
+    let ca_pem = match (&args.control_ca, &args.control_ca_file) {
+        (Some(pem), _) => pem.clone().into_bytes(),
+        (None, Some(file)) => std::fs::read(file)
+            .with_context(|| format!("--control-ca-file: cannot read {}", file.display()))?,
+        (None, None) => {
+            bail!("--source control needs --control-ca or --control-ca-file (PICKET_CONTROL_CA)")
+        }
+    };
+    let server_name = match &args.control_server_name {
+        Some(name) => name.clone(),
+        None => args
+            .control_addr
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_string())
+            .with_context(|| {
+                format!("--control-addr {:?}: expected host:port", args.control_addr)
+            })?,
+    };
+    Ok(ControlConfig {
+        addr: args.control_addr.clone(),
+        server_name,
+        ca_pem,
+        token_file: args.control_token_file.clone(),
+        max_backoff: args.control_max_backoff,
+    })
 }
 
 /// Runs a state source on the runtime.

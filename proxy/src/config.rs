@@ -94,6 +94,32 @@ pub struct RunArgs {
     /// A kubeconfig for running outside a cluster (source kube; default: in-cluster configuration).
     #[arg(long, env = "PICKET_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// The control plane, `host:port` (source control).
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_ADDR",
+        default_value = "picket-control.picket-system.svc:8443"
+    )]
+    pub control_addr: String,
+    /// The name the control plane's certificate must carry (default: the host of --control-addr).
+    #[arg(long, env = "PICKET_CONTROL_SERVER_NAME")]
+    pub control_server_name: Option<String>,
+    /// The CA certificates (PEM text) the control plane's certificate must chain to (source control).
+    #[arg(long, env = "PICKET_CONTROL_CA", conflicts_with = "control_ca_file")]
+    pub control_ca: Option<String>,
+    /// A file holding those CA certificates (source control).
+    #[arg(long, env = "PICKET_CONTROL_CA_FILE")]
+    pub control_ca_file: Option<PathBuf>,
+    /// The projected service-account token for audience `picket` (source control).
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_TOKEN_FILE",
+        default_value = "/var/run/secrets/picket/token"
+    )]
+    pub control_token_file: PathBuf,
+    /// The longest wait between reconnects to the control plane.
+    #[arg(long, env = "PICKET_CONTROL_MAX_BACKOFF", default_value = "10s", value_parser = parse_duration)]
+    pub control_max_backoff: Duration,
     /// How long a connection from an unknown pod-network IP waits for a state update before it is decided.
     #[arg(long, env = "PICKET_UNKNOWN_IP_WAIT", default_value = "500ms", value_parser = parse_duration)]
     pub unknown_ip_wait: Duration,
@@ -159,6 +185,8 @@ pub enum SourceArg {
     Kube,
     /// A watched directory of manifests (--cluster-dir).
     Files,
+    /// The control plane's stream of this pod's view (picket-control).
+    Control,
 }
 
 /// `--log-format` values.

@@ -226,6 +226,11 @@ impl ProxyMetrics {
             .inc_by(n as u64);
     }
 
+    /// The registry, for metrics of other modules (the state source's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition of every metric, with scrape-time gauges updated.
     pub fn encode(&self, ready: bool) -> String {
         self.ready.set(ready as i64);

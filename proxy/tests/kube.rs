@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -98,11 +97,6 @@ impl KubeCluster {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-}
-
-fn read_reset(stream: &mut std::net::TcpStream) -> bool {
-    let mut buf = [0u8; 4];
-    matches!(stream.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 const DENY_ALL: &str = "{podSelector: {}}";

@@ -224,6 +224,12 @@ pub fn assert_reset(stream: &mut TcpStream) {
     }
 }
 
+/// Waits (blocking, without writing) for the connection to be reset.
+pub fn read_reset(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 4];
+    matches!(stream.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset)
+}
+
 /// Polls until `f` holds or the deadline passes.
 pub fn eventually(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -1,0 +1,254 @@
+//! End to end with the control plane: the test API server and
+//! `picket-control` run in the lab's node namespace, the sidecar runs in its
+//! pod with `--source control` and only its pod's view. Needs root.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use picket_control::app::{run_on, Config};
+use picket_control::service::StreamConfig;
+use picket_lab::proxy::share_dir;
+use picket_test_support::apiserver::{ApiServer, Kind};
+use support::*;
+
+const SERVER_NAME: &str = "picket-control.picket-system.svc";
+const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n";
+
+/// `picket-control` on a thread inside the node's namespace; stopped on drop.
+struct ControlPlane {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl ControlPlane {
+    /// Starts it on `addr` (port 0: any), serving with the files in `tls`.
+    fn start(
+        netns: &str,
+        addr: SocketAddr,
+        kubeconfig: PathBuf,
+        tls: (PathBuf, PathBuf),
+    ) -> (Self, SocketAddr) {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = picket_lab::spawn_in_netns(netns, move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+                let admin = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+                    .await
+                    .unwrap();
+                bound_tx.send(listener.local_addr().unwrap()).unwrap();
+                let config = Config {
+                    listen: addr,
+                    admin: addr,
+                    kubeconfig: Some(kubeconfig),
+                    tls_cert_file: tls.0,
+                    tls_key_file: tls.1,
+                    stream: StreamConfig {
+                        batch: Duration::from_millis(10),
+                        stall: Duration::from_secs(60),
+                        lifetime: Duration::from_secs(3600),
+                    },
+                    review_rate: 100.0,
+                    review_burst: 200.0,
+                };
+                tokio::select! {
+                    ended = run_on(config, listener, admin) => ended.unwrap(),
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime closes every socket of the control plane.
+        })
+        .unwrap();
+        let bound = bound_rx
+            .recv_timeout(READY)
+            .expect("the control plane binds");
+        (
+            Self {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            bound,
+        )
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A CA and a serving certificate for [`SERVER_NAME`], as PEM files in `dir`.
+fn certificates(dir: &std::path::Path) -> (PathBuf, (PathBuf, PathBuf)) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    (
+        write("ca.crt", ca_cert.pem()),
+        (
+            write("tls.crt", cert.pem()),
+            write("tls.key", key.serialize_pem()),
+        ),
+    )
+}
+
+fn apply_pod(c: &Cluster, api: &ApiServer, name: &str, sidecar: bool) {
+    let (pod, ns, labels) = &c.pods[name];
+    let labels: std::collections::BTreeMap<_, _> = labels.iter().cloned().collect();
+    let mut containers = vec![
+        serde_json::json!({"name": "app", "ports": [{"containerPort": APP_PORT, "name": "http"}]}),
+    ];
+    if sidecar {
+        containers.push(serde_json::json!({"name": "picket-proxy"}));
+    }
+    let doc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {"containers": containers},
+        "status": {"phase": "Running", "podIP": pod.ip.to_string(), "podIPs": [{"ip": pod.ip.to_string()}],
+                   "hostIP": c.lab.host_ip().to_string()},
+    });
+    api.apply(&doc.to_string()).unwrap();
+}
+
+#[test]
+fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_outage() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "stranger", &[("role", "stranger")]),
+    ]);
+    let gateway = c.lab.gateway();
+    let node = c.lab.node_netns().to_string();
+    let listener = picket_lab::in_netns(&node, || std::net::TcpListener::bind((gateway, 0)))
+        .unwrap()
+        .unwrap();
+    let api = ApiServer::builder()
+        .host(gateway.to_string())
+        .start(listener)
+        .unwrap();
+    let dir = c.state.path();
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    api.apply(NS).unwrap();
+    apply_pod(&c, &api, "api", true);
+    apply_pod(&c, &api, "client", false);
+    apply_pod(&c, &api, "stranger", false);
+    api.apply(&policy("shop", "allow-client", ALLOW_CLIENT))
+        .unwrap();
+    let (ca, tls) = certificates(dir);
+    let (plane, addr) = ControlPlane::start(
+        &node,
+        SocketAddr::new(gateway, 0),
+        kubeconfig.clone(),
+        tls.clone(),
+    );
+    let token = dir.join("token");
+    std::fs::write(
+        &token,
+        api.issue_pod_token("shop", "api", &["picket"], Duration::from_secs(3600))
+            .unwrap(),
+    )
+    .unwrap();
+    share_dir(dir).unwrap();
+    let addr_arg = addr.to_string();
+    let (ca_arg, token_arg) = (
+        ca.to_string_lossy().into_owned(),
+        token.to_string_lossy().into_owned(),
+    );
+    let _server = c.server_with(
+        "api",
+        true,
+        &[
+            "--source",
+            "control",
+            "--control-addr",
+            &addr_arg,
+            "--control-server-name",
+            SERVER_NAME,
+            "--control-ca-file",
+            &ca_arg,
+            "--control-token-file",
+            &token_arg,
+            "--control-max-backoff",
+            "500ms",
+            "--state-wait",
+            "300ms",
+        ],
+    );
+    let mut live = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut live), "allowed by allow-client");
+    c.assert_reset("stranger", "api", APP_PORT);
+
+    // A policy through the API that forbids the client resets its live connection.
+    api.apply(&policy(
+        "shop",
+        "allow-client",
+        "{podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {role: nobody}}}]}]}",
+    ))
+    .unwrap();
+    assert!(
+        read_reset(&mut live),
+        "the live connection is reset by the change"
+    );
+    api.apply(&policy("shop", "allow-client", ALLOW_CLIENT))
+        .unwrap();
+    eventually("allow-client again", READY, || {
+        allowed_now(&c, "client", "api")
+    });
+    let mut live = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut live));
+
+    // The control plane goes away for 30 s: no verdict changes, nothing is reset,
+    // even though the cluster changes meanwhile.
+    drop(plane);
+    api.delete(Kind::NetworkPolicy, Some("shop"), "allow-client")
+        .unwrap();
+    api.apply(&policy("shop", "deny-all", "{podSelector: {}}"))
+        .unwrap();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        assert!(echoes(&mut live), "the live connection survives the outage");
+        assert!(allowed_now(&c, "client", "api"), "the client stays allowed");
+        c.assert_reset("stranger", "api", APP_PORT);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+
+    // Back on the same address: the sidecar resyncs, and what changed takes effect.
+    let (_plane, _) = ControlPlane::start(&node, addr, kubeconfig, tls);
+    assert!(
+        read_reset(&mut live),
+        "the resync resets what deny-all forbids"
+    );
+    eventually("deny-all to take effect", READY, || {
+        !allowed_now(&c, "client", "api")
+    });
+}
