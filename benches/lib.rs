@@ -41,3 +41,30 @@ pub fn target_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .context("cannot find target/ from the bench's path")
 }
+
+/// Builds a workspace binary in release mode (a no-op when it is up to
+/// date) and returns its path; the environment variable `env_override`
+/// names another binary instead.
+pub fn release_binary(
+    target: &std::path::Path,
+    package: &str,
+    bin: &str,
+    env_override: &str,
+) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env_override) {
+        return Ok(path.into());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    eprintln!("building {bin} (release)");
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .status()
+        .with_context(|| format!("cannot run cargo to build {bin}"))?;
+    ensure!(status.success(), "cargo build of {bin} failed");
+    let binary = target.join("release").join(bin);
+    ensure!(binary.exists(), "no {}", binary.display());
+    Ok(binary)
+}

@@ -413,23 +413,7 @@ fn start_proxy(
 /// Builds `picket-proxy` in release mode (a no-op when it is up to date) and
 /// returns its path; `PICKET_PROXY_BIN` names another binary instead.
 pub fn proxy_binary(target: &Path) -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("PICKET_PROXY_BIN") {
-        return Ok(bin.into());
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    eprintln!("propagation: building picket-proxy (release)");
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "picket-proxy", "--bin"])
-        .arg("picket-proxy")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .status()
-        .context("cannot run cargo to build picket-proxy")?;
-    ensure!(status.success(), "cargo build of picket-proxy failed");
-    let binary = target.join("release").join("picket-proxy");
-    ensure!(binary.exists(), "no {}", binary.display());
-    Ok(binary)
+    picket_benches::release_binary(target, "picket-proxy", "picket-proxy", "PICKET_PROXY_BIN")
 }
 
 /// Checks what the bench needs, with a clear message for what is missing.
