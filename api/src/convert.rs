@@ -58,6 +58,8 @@ pub struct Update {
     pub policies: Vec<Policy>,
     /// Objects to delete.
     pub removed: Vec<Removed>,
+    /// Answers to `Resolve`: whether a pod holds the address.
+    pub resolved: Vec<(IpAddr, bool)>,
 }
 
 /// An object to delete.
@@ -91,8 +93,22 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
             }
         })
         .collect::<Result<_, _>>()?;
+    let resolved = msg
+        .resolved
+        .iter()
+        .map(|r| {
+            ip_from_wire(&r.ip)
+                .map(|ip| (ip, r.pod))
+                .ok_or_else(|| InvalidMessage {
+                    object: "resolved".into(),
+                    field: "ip".into(),
+                    reason: "not 4 or 16 bytes".into(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Update {
         generation: msg.generation,
+        resolved,
         full: msg.full,
         namespaces: msg
             .namespaces
@@ -232,7 +248,8 @@ fn selector_to_wire(selector: &Selector) -> v1::Selector {
     }
 }
 
-fn ip_to_wire(ip: &IpAddr) -> Vec<u8> {
+/// An address on the wire: 4 or 16 bytes.
+pub fn ip_to_wire(ip: &IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -465,7 +482,8 @@ fn key(at: &At<'_>, namespace: &str, name: &str) -> Result<ObjectKey, InvalidMes
     Ok(ObjectKey::new(namespace, name))
 }
 
-fn ip_from_wire(bytes: &[u8]) -> Option<IpAddr> {
+/// An address from the wire; `None` unless 4 or 16 bytes.
+pub fn ip_from_wire(bytes: &[u8]) -> Option<IpAddr> {
     match bytes.len() {
         4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
         16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),

@@ -82,7 +82,8 @@ pub async fn run_on(
     registry.register(Box::new(auth.reviews.clone()))?;
     let metrics = Arc::new(ControlMetrics::new(&registry));
     let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
-    tracing::info!(listen = %listener.local_addr()?, admin = %admin.local_addr()?, "Serving");
+    tracing::info!(addr = %listener.local_addr()?, "Control plane listening");
+    tracing::info!(addr = %admin.local_addr()?, "Admin server listening");
     tokio::spawn(serve_admin(admin, snapshots, registry));
     crate::serve::serve(listener, Arc::new(tls), service).await;
     Ok(())

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use picket_api::convert::{ip_from_wire, ip_to_wire};
 use picket_api::v1;
 use picket_api::v1::control_server::Control;
 use picket_policy::{ObjectKey, PolicyIndex};
@@ -26,6 +27,9 @@ use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
 use crate::delta::Sent;
 use crate::metrics::ControlMetrics;
 use crate::view::{self, Shared};
+
+/// The most unanswered address questions a subscriber keeps.
+const MAX_RESOLVES: usize = 1024;
 
 /// Stream timing.
 #[derive(Clone, Copy, Debug)]
@@ -129,6 +133,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             tx,
             sent_at: None,
             unacked_since: None,
+            resolves: Vec::new(),
         };
         tokio::spawn(subscriber.run(request.into_inner()));
         Ok(Response::new(Box::pin(
@@ -186,6 +191,8 @@ struct Subscriber {
     /// Since when a sent message waits for its acknowledgement: a sidecar
     /// that applies nothing for the stall bound is disconnected.
     unacked_since: Option<tokio::time::Instant>,
+    /// Addresses asked about, to answer with the next message.
+    resolves: Vec<std::net::IpAddr>,
 }
 
 /// Why a stream ends.
@@ -237,8 +244,9 @@ impl Subscriber {
                 }
                 full = false;
             }
-            // Wait for a change, reading acknowledgements meanwhile.
-            loop {
+            // Wait for a change, reading acknowledgements meanwhile; a
+            // question about an address is answered at once.
+            let changed = loop {
                 let stalled_at = self.unacked_since.map(|t| t + self.config.stall);
                 tokio::select! {
                     () = sleep_until_some(stalled_at) => return End::Stalled,
@@ -246,16 +254,22 @@ impl Subscriber {
                         if changed.is_err() {
                             return End::Gone;
                         }
-                        break;
+                        break true;
                     }
                     message = requests.message() => match message {
-                        Ok(Some(request)) => self.on_request(request),
+                        Ok(Some(request)) => {
+                            if self.on_request(request) {
+                                break false;
+                            }
+                        }
                         _ => return End::Gone,
                     },
                     () = tokio::time::sleep_until(deadline) => return End::Expired,
                 }
+            };
+            if changed {
+                tokio::time::sleep(self.config.batch).await;
             }
-            tokio::time::sleep(self.config.batch).await;
         }
     }
 
@@ -271,9 +285,21 @@ impl Subscriber {
         let Some(scope) = view::scope(index, &shared, &self.me) else {
             return Err(End::Revoked(format!("pod {} is gone", self.me)));
         };
-        let Some(mut message) = self.sent.next(index, &scope, full) else {
+        let change = self.sent.next(index, &scope, full);
+        if change.is_none() && self.resolves.is_empty() {
             return Ok(());
-        };
+        }
+        let mut message = change.unwrap_or_default();
+        // After the view's change: a pod the question is about that belongs
+        // in the view is in this message.
+        message.resolved = self
+            .resolves
+            .drain(..)
+            .map(|ip| v1::Resolved {
+                ip: ip_to_wire(&ip),
+                pod: !index.pods_with_ip(ip).is_empty(),
+            })
+            .collect();
         message.generation = snapshot.version;
         message.me = Some(v1::PodRef {
             namespace: self.identity.namespace.clone(),
@@ -296,15 +322,31 @@ impl Subscriber {
         }
     }
 
-    fn on_request(&mut self, request: v1::WatchRequest) {
-        if let Some(v1::watch_request::Kind::Ack(ack)) = request.kind {
-            if let Some((generation, at)) = self.sent_at {
-                if ack.generation >= generation {
-                    self.metrics.convergence.observe(at.elapsed().as_secs_f64());
-                    self.sent_at = None;
-                    self.unacked_since = None;
+    /// Takes a request; `true` when it asks a question to answer now.
+    fn on_request(&mut self, request: v1::WatchRequest) -> bool {
+        match request.kind {
+            Some(v1::watch_request::Kind::Ack(ack)) => {
+                if let Some((generation, at)) = self.sent_at {
+                    if ack.generation >= generation {
+                        self.metrics.convergence.observe(at.elapsed().as_secs_f64());
+                        self.sent_at = None;
+                        self.unacked_since = None;
+                    }
+                }
+                false
+            }
+            Some(v1::watch_request::Kind::Resolve(resolve)) => {
+                // Bounded: a sidecar asks about addresses of connections it
+                // holds waiting; beyond the bound it simply waits them out.
+                match ip_from_wire(&resolve.ip) {
+                    Some(ip) if self.resolves.len() < MAX_RESOLVES => {
+                        self.resolves.push(ip);
+                        true
+                    }
+                    _ => false,
                 }
             }
+            _ => false,
         }
     }
 }

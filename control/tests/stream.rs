@@ -11,7 +11,7 @@ use picket_control::metrics::ControlMetrics;
 use picket_control::service::{ControlService, StreamConfig};
 use picket_policy::{NodeAddrs, ObjectKey, Protocol};
 use picket_state::control::{
-    open, ControlConfig, ControlMetrics as SidecarMetrics, ControlSource, StreamError,
+    open, ControlConfig, ControlMetrics as SidecarMetrics, ControlSource, Resolver, StreamError,
 };
 use picket_state::kube::KubeSource;
 use picket_state::{Snapshot, SnapshotRx, Source as _, StateWriter};
@@ -146,10 +146,16 @@ impl Plane {
 
     /// Runs a sidecar's real source; its snapshots.
     fn start_sidecar(&self, name: &str, token: &str) -> SnapshotRx {
+        self.start_sidecar_with_resolver(name, token).0
+    }
+
+    /// The same, with the handle that asks about addresses.
+    fn start_sidecar_with_resolver(&self, name: &str, token: &str) -> (SnapshotRx, Resolver) {
         let (writer, snapshots) = StateWriter::new();
         let metrics = SidecarMetrics::new(&prometheus::Registry::new());
-        tokio::spawn(ControlSource::new(self.sidecar(name, token), metrics).run(writer));
-        snapshots
+        let (source, resolver) = ControlSource::new(self.sidecar(name, token), metrics);
+        tokio::spawn(source.run(writer));
+        (snapshots, resolver)
     }
 }
 
@@ -336,5 +342,51 @@ async fn a_stalled_sidecar_delays_no_other_and_is_disconnected() {
         last_round.as_deref(),
         Some("59"),
         "the stalled stream was never cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_says_whether_an_address_the_view_lacks_is_a_pod() {
+    let plane = plane().await;
+    let api_key = ObjectKey::new("shop", "api");
+    let (mut api, resolver) =
+        plane.start_sidecar_with_resolver("api", &plane.token("shop", "api", "picket"));
+    wait_for(&mut api, "api's view", |s| s.index.pod(&api_key).is_some()).await;
+    let stranger: IpAddr = "10.0.0.12".parse().unwrap();
+    assert!(
+        api.borrow()
+            .as_ref()
+            .unwrap()
+            .index
+            .pods_with_ip(stranger)
+            .is_empty(),
+        "the stranger is outside api's view"
+    );
+    assert_eq!(resolver.is_pod(stranger).await, Some(true));
+    assert_eq!(
+        resolver.is_pod("10.9.9.9".parse().unwrap()).await,
+        Some(false)
+    );
+    // A pod that belongs in the view is in it when the answer comes.
+    plane
+        .api
+        .apply(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: web-2, namespace: shop, labels: {app: web}}\n\
+             spec: {containers: [{name: app}]}\nstatus: {podIP: 10.0.0.14, podIPs: [{ip: 10.0.0.14}]}\n",
+        )
+        .unwrap();
+    let web_2: IpAddr = "10.0.0.14".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resolver.is_pod(web_2).await != Some(true) {
+        assert!(Instant::now() < deadline, "the new pod was never known");
+    }
+    assert!(
+        !api.borrow()
+            .as_ref()
+            .unwrap()
+            .index
+            .pods_with_ip(web_2)
+            .is_empty(),
+        "answered before the view held the pod"
     );
 }

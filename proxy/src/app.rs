@@ -95,9 +95,20 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         client_to_server: metrics.bytes.with_label_values(&["in"]),
         server_to_client: metrics.bytes.with_label_values(&["out"]),
     };
+    // The control-plane source is made first: the enforcer asks it about
+    // addresses the view does not know.
+    let (control, resolver) = match source {
+        SourceArg::Control => {
+            let stream_metrics = ControlMetrics::new(metrics.registry());
+            let (control, resolver) = ControlSource::new(control_config(&args)?, stream_metrics);
+            (Some(control), Some(resolver))
+        }
+        _ => (None, None),
+    };
     let enforcer = Arc::new(Enforcer {
         pod,
         node,
+        resolver,
         registry: registry.clone(),
         snapshots,
         waits: Waits {
@@ -172,16 +183,12 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         .serve(local),
     );
 
-    match (source, &args.cluster_dir) {
-        (SourceArg::Files, Some(dir)) => {
+    match (control, &args.cluster_dir) {
+        (Some(control), _) => spawn_source(control, writer),
+        (None, Some(dir)) if source == SourceArg::Files => {
             spawn_source(DirSource::new(dir).with_resync(args.resync), writer);
         }
-        (SourceArg::Control, _) => {
-            let config = control_config(&args)?;
-            let stream_metrics = ControlMetrics::new(metrics.registry());
-            spawn_source(ControlSource::new(config, stream_metrics), writer);
-        }
-        _ => {
+        (None, _) => {
             let client = picket_state::kube::client(args.kubeconfig.as_ref()).await?;
             spawn_source(
                 KubeSource::new(client, metrics.watch_restarts.clone()),

@@ -117,7 +117,7 @@ impl ProxyMetrics {
         );
         let unknown_ip_waits = counter_vec(
             "picket_unknown_ip_waits_total",
-            "Connections from an unknown source IP that waited for a state update, by result (resolved, timeout).",
+            "Connections from an unknown source IP that waited for a state update, by result (resolved; outside-view: the control plane says a pod outside this pod's view holds it; timeout).",
             &["result"],
         );
         let open = IntGauge::new(

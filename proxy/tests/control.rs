@@ -207,6 +207,16 @@ fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_
     let mut live = c.connect("client", "api", APP_PORT);
     assert!(echoes(&mut live), "allowed by allow-client");
     c.assert_reset("stranger", "api", APP_PORT);
+    // The stranger is outside api's view: the control plane says it is a pod,
+    // so its connection was decided at once, not after the unknown-IP wait.
+    let (api_pod, _, _) = &c.pods["api"];
+    assert_eq!(
+        metric(
+            api_pod,
+            "picket_unknown_ip_waits_total{result=\"outside-view\"}"
+        ),
+        1.0
+    );
 
     // A policy through the API that forbids the client resets its live connection.
     api.apply(&policy(

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use picket_lab::proxy::{http_get, share_dir};
-use picket_lab::{in_netns, LabPod};
+use picket_lab::in_netns;
 use picket_test_support::apiserver::{ApiServer, Kind};
 use support::*;
 
@@ -88,14 +88,6 @@ impl KubeCluster {
                 "300ms",
             ],
         )
-    }
-
-    fn metric(&self, pod: &LabPod, name: &str) -> f64 {
-        let (_, text) = http_get(&pod.netns, SocketAddr::new(pod.ip, 15020), "/metrics").unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
     }
 }
 
@@ -177,7 +169,7 @@ fn a_new_pod_is_recognised_on_its_first_connection_even_before_its_event() {
         );
     });
     assert!(
-        k.metric(
+        metric(
             &server.pod,
             "picket_unknown_ip_waits_total{result=\"resolved\"}"
         ) >= 1.0
@@ -199,7 +191,7 @@ fn enforcement_survives_the_api_going_away_and_resumes_after() {
     k.api.refuse_connections(true);
     k.api.drop_connections();
     eventually("the watch to notice", READY, || {
-        k.metric(&server.pod, "picket_watch_restarts_total") >= 1.0
+        metric(&server.pod, "picket_watch_restarts_total") >= 1.0
     });
     for _ in 0..3 {
         assert!(
@@ -244,7 +236,7 @@ fn a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist() {
     k.api.refuse_connections(true);
     k.api.drop_connections();
     eventually("the watch to notice", READY, || {
-        k.metric(&server.pod, "picket_watch_restarts_total") >= 1.0
+        metric(&server.pod, "picket_watch_restarts_total") >= 1.0
     });
     k.api
         .delete(Kind::NetworkPolicy, Some("shop"), "allow-client")
@@ -258,7 +250,7 @@ fn a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist() {
     );
     k.c.assert_reset("client", "api", APP_PORT);
     assert_eq!(
-        k.metric(
+        metric(
             &server.pod,
             "picket_state_objects{kind=\"networkpolicies\"}"
         ),

@@ -8,10 +8,16 @@
 //! with backoff and jitter; a reconnect's full view replaces it. A message
 //! that does not decode ends the stream and changes nothing.
 //!
+//! The data plane asks, through a [`Resolver`], whether an address the view
+//! does not know is a pod's: a pod outside the view is decided as an
+//! address at once, instead of waiting for a Pod event that never comes.
+//!
 //! I/O: TCP, TLS (the server's certificate verified against the configured
 //! CA, for the configured name), HTTP/2, gRPC.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,11 +25,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use picket_api::convert::{decode, Removed, Update};
+use picket_api::convert::{decode, ip_to_wire, Removed, Update};
 use picket_api::v1;
 use picket_api::v1::control_client::ControlClient;
 use picket_policy::ObjectKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::kind::{Kind, Object, ObjectRef};
 use crate::source::Source;
@@ -68,6 +74,31 @@ pub struct ControlMetrics {
 pub struct ControlSource {
     config: ControlConfig,
     metrics: ControlMetrics,
+    questions: mpsc::Receiver<Question>,
+}
+
+/// Asks the control plane whether an address is a pod's (the data plane's
+/// handle; see [`ControlSource::new`]).
+#[derive(Clone, Debug)]
+pub struct Resolver(mpsc::Sender<Question>);
+
+/// An address asked about, and where the answer goes.
+type Question = (IpAddr, oneshot::Sender<bool>);
+
+/// The most questions waiting to be sent.
+const MAX_QUESTIONS: usize = 1024;
+
+// === impl Resolver ===
+
+impl Resolver {
+    /// Whether some pod of the cluster holds `ip`, once the view holds every
+    /// change that pod makes to it. `None`: no answer (not connected, too
+    /// many questions, the stream ended).
+    pub async fn is_pod(&self, ip: IpAddr) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        self.0.try_send((ip, tx)).ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Why a stream ended.
@@ -132,28 +163,55 @@ impl ControlMetrics {
 // === impl ControlSource ===
 
 impl ControlSource {
-    /// A source streaming from the control plane.
-    pub fn new(config: ControlConfig, metrics: ControlMetrics) -> Self {
-        Self { config, metrics }
+    /// A source streaming from the control plane, and the handle that asks
+    /// it about addresses the view does not know.
+    pub fn new(config: ControlConfig, metrics: ControlMetrics) -> (Self, Resolver) {
+        let (tx, questions) = mpsc::channel(MAX_QUESTIONS);
+        (
+            Self {
+                config,
+                metrics,
+                questions,
+            },
+            Resolver(tx),
+        )
     }
 
     /// One stream, until it ends: why it did, and whether it delivered a
     /// full view. `synced` tells whether a full view has been applied
     /// before (so the next is a resync).
-    async fn stream(&self, writer: &mut StateWriter, synced: &mut bool) -> (StreamError, bool) {
-        let (mut stream, acks) = match open(&self.config).await {
+    async fn stream(&mut self, writer: &mut StateWriter, synced: &mut bool) -> (StreamError, bool) {
+        let (mut stream, requests) = match open(&self.config).await {
             Ok(opened) => opened,
             Err(error) => return (error, false),
         };
         let mut viewed = false;
+        let mut asked: HashMap<IpAddr, Vec<oneshot::Sender<bool>>> = HashMap::new();
         self.metrics.connected.set(1);
         let end = loop {
-            let message = match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                Some((ip, answer)) = self.questions.recv() => {
+                    let waiting = asked.entry(ip).or_default();
+                    let sent = !waiting.is_empty()
+                        || requests
+                            .try_send(v1::WatchRequest {
+                                kind: Some(v1::watch_request::Kind::Resolve(v1::Resolve { ip: ip_to_wire(&ip) })),
+                            })
+                            .is_ok();
+                    // Not sent (the queue is full): no answer, the asker waits out its bound.
+                    if sent {
+                        waiting.push(answer);
+                    }
+                    continue;
+                }
+            };
+            let message = match message {
                 Ok(Some(message)) => message,
                 Ok(None) => break StreamError::Ended,
                 Err(status) => break status.into(),
             };
-            let update = match decode(&message) {
+            let mut update = match decode(&message) {
                 Ok(update) => update,
                 Err(e) => break e.into(),
             };
@@ -165,10 +223,17 @@ impl ControlSource {
                 viewed = true;
             }
             let generation = update.generation;
+            let resolved = std::mem::take(&mut update.resolved);
             apply(writer, update);
             writer.commit_if_complete();
             self.metrics.last_commit.set(unix_now());
-            let _ = acks.try_send(v1::WatchRequest {
+            // Answered after the commit: the view already holds the pod.
+            for (ip, pod) in resolved {
+                for answer in asked.remove(&ip).unwrap_or_default() {
+                    let _ = answer.send(pod);
+                }
+            }
+            let _ = requests.try_send(v1::WatchRequest {
                 kind: Some(v1::watch_request::Kind::Ack(v1::Ack { generation })),
             });
         };
@@ -182,7 +247,7 @@ impl Source for ControlSource {
         "control"
     }
 
-    async fn run(self, mut writer: StateWriter) {
+    async fn run(mut self, mut writer: StateWriter) {
         let mut synced = false;
         let mut backoff = FIRST_BACKOFF;
         loop {
@@ -265,7 +330,7 @@ pub async fn open(
             source,
         })?;
     let mut client = connect(config).await?;
-    let (acks, acks_rx) = mpsc::channel(16);
+    let (acks, acks_rx) = mpsc::channel(64);
     let _ = acks.try_send(v1::WatchRequest {
         kind: Some(v1::watch_request::Kind::Hello(v1::Hello {
             proxy_version: env!("CARGO_PKG_VERSION").into(),

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use picket_policy::{Decision, Direction, NodeAddrs, PodKey, PortSpec, Protocol, Reason, Side};
+use picket_state::control::Resolver;
 use picket_state::{Snapshot, SnapshotRx};
 
 use crate::metrics::{workload_of, ProxyMetrics};
@@ -50,6 +51,9 @@ pub struct Enforcer {
     pub registry: Arc<Registry>,
     /// The latest cluster state.
     pub snapshots: SnapshotRx,
+    /// With the control plane as source: asks whether an address the view
+    /// does not know is a pod's (one outside the view is decided at once).
+    pub resolver: Option<Resolver>,
     /// Bounded waits.
     pub waits: Waits,
     /// This pod's own addresses from the downward API (`POD_IPS`, `POD_IP`);
@@ -174,12 +178,22 @@ impl Enforcer {
         })
     }
 
-    /// Waits (bounded) for a snapshot that knows the client's IP.
+    /// Waits (bounded) for a snapshot that knows the client's IP. With the
+    /// control plane, asks it first: an address some pod holds is one
+    /// outside this pod's view (any pod that belongs in the view is in it
+    /// when the answer comes), decided now on the current snapshot.
     async fn wait_for_ip(&self, client: ClientAddr) -> Option<Arc<Snapshot>> {
         let ip = client.0.ip();
+        let deadline = tokio::time::Instant::now() + self.waits.unknown_ip;
+        if let Some(resolver) = &self.resolver {
+            if let Ok(Some(true)) = tokio::time::timeout_at(deadline, resolver.is_pod(ip)).await {
+                self.count_wait("outside-view");
+                return self.snapshots.borrow().clone();
+            }
+        }
         let mut rx = self.snapshots.clone();
-        let found = tokio::time::timeout(
-            self.waits.unknown_ip,
+        let found = tokio::time::timeout_at(
+            deadline,
             rx.wait_for(|s| {
                 s.as_ref()
                     .is_some_and(|s| !s.index.pods_with_ip(ip).is_empty())
@@ -190,11 +204,15 @@ impl Enforcer {
             Ok(Ok(snapshot)) => ("resolved", snapshot.clone()),
             _ => ("timeout", None),
         };
+        self.count_wait(outcome);
+        snapshot
+    }
+
+    fn count_wait(&self, outcome: &str) {
         self.metrics
             .unknown_ip_waits
             .with_label_values(&[outcome])
             .inc();
-        snapshot
     }
 
     /// Counts a decision by outcome, deciding policy and (bounded) port.

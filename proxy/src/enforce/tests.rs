@@ -68,6 +68,7 @@ fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         node: NodeAddrs::default(),
         registry: Registry::new(),
         snapshots,
+        resolver: None,
         waits: Waits {
             state: Duration::from_secs(1),
             unknown_ip,

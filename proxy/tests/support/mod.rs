@@ -224,6 +224,18 @@ pub fn assert_reset(stream: &mut TcpStream) {
     }
 }
 
+/// The sum of a metric's series (those whose line starts with `name`) on a
+/// pod's sidecar.
+pub fn metric(pod: &LabPod, name: &str) -> f64 {
+    let (_, text) =
+        picket_lab::proxy::http_get(&pod.netns, SocketAddr::new(pod.ip, 15020), "/metrics")
+            .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Waits (blocking, without writing) for the connection to be reset.
 pub fn read_reset(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 4];
