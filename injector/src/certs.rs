@@ -12,6 +12,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use thiserror::Error;
 
 /// The Service the API server calls, in the namespace the manifests install.
@@ -64,6 +66,26 @@ pub fn service_names(service: &str, namespace: &str, extra: &[String]) -> Vec<St
         }
     }
     names
+}
+
+/// Checks that `pem` is a CA bundle for sidecars: at least one certificate, each
+/// well formed, and no other PEM section (it is copied into every injected pod
+/// spec, where a private key must never go).
+pub fn check_ca_pem(pem: &str) -> Result<(), String> {
+    if let Some(other) = pem
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("-----BEGIN ") && *line != "-----BEGIN CERTIFICATE-----")
+    {
+        return Err(format!("holds {other:?}: only certificates may be given"));
+    }
+    let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("invalid PEM: {e}"))?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(())
 }
 
 /// Generates a new CA and a serving certificate for `names` (the first is the common name).
@@ -168,5 +190,20 @@ mod tests {
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
         assert_ne!(bundle.ca_cert_pem, bundle.cert_pem);
         assert!(!format!("{bundle:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_ca_bundle_holds_certificates_and_nothing_else() {
+        let one = generate(&["a.example".into()], SystemTime::now()).unwrap();
+        let two = generate(&["b.example".into()], SystemTime::now()).unwrap();
+        assert_eq!(check_ca_pem(&one.ca_cert_pem), Ok(()));
+        let both = format!("{}{}", one.ca_cert_pem, two.ca_cert_pem);
+        assert_eq!(check_ca_pem(&both), Ok(()));
+        let with_key = format!("{}{}", one.ca_cert_pem, one.ca_key_pem);
+        let err = check_ca_pem(&with_key).unwrap_err();
+        assert!(err.contains("PRIVATE KEY"), "{err}");
+        assert!(check_ca_pem("").unwrap_err().contains("no PEM certificate"));
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n";
+        assert!(check_ca_pem(broken).unwrap_err().contains("invalid PEM"));
     }
 }

@@ -1,6 +1,9 @@
 //! The command line of `picket-injector`: every flag has a `PICKET_INJECTOR_*`
 //! environment variable. Parsed once in `main.rs`; [`InjectArgs::to_config`]
-//! validates the injection settings into an [`InjectConfig`].
+//! validates the injection settings into an [`InjectConfig`], and
+//! [`Cli::control_target`] the state source's (the control plane's CA may be
+//! the injector's own, known once its certificate Secret is read: `app.rs`
+//! completes the configuration then).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +12,10 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 
 use crate::config::{
-    InjectConfig, Resources, SidecarMode, DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT,
+    InjectConfig, Resources, SidecarMode, StateSource, DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT,
     DEFAULT_LOCAL_ADMIN_PORT, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_UID,
 };
-use crate::quantity;
+use crate::{certs, quantity};
 
 /// `picket-injector`: Picket's mutating admission webhook.
 #[derive(Debug, Parser)]
@@ -46,6 +49,9 @@ pub struct Cli {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub inject: InjectArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub state: StateArgs,
 }
 
 /// Where the serving certificate comes from.
@@ -198,10 +204,121 @@ pub struct InjectArgs {
     pub excluded_namespaces: Vec<String>,
 }
 
+/// Where injected sidecars get the cluster state from.
+#[derive(Clone, Debug, Args)]
+pub struct StateArgs {
+    /// direct: each sidecar watches the API server (the app's service accounts need the ClusterRole picket-proxy); control: from picket-control.
+    #[arg(long, env = "PICKET_INJECTOR_STATE_SOURCE", value_enum, default_value_t = StateSource::Direct)]
+    pub state_source: StateSource,
+    /// The control plane's host:port, for the sidecars (state source control; default: picket-control.NAMESPACE.svc:8443, NAMESPACE being --namespace).
+    #[arg(long, env = "PICKET_INJECTOR_CONTROL_ADDR")]
+    pub control_addr: Option<String>,
+    /// The CA certificate(s) of the control plane, PEM, read at start (state source control; default in --tls-mode secret: the injector's own CA).
+    #[arg(long, env = "PICKET_INJECTOR_CONTROL_CA_FILE")]
+    pub control_ca_file: Option<PathBuf>,
+}
+
+/// The control plane the sidecars are pointed at, as the flags give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlTarget {
+    /// `host:port`.
+    pub addr: String,
+    /// Where its CA comes from.
+    pub ca: ControlCa,
+}
+
+/// Where the control plane's CA comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ControlCa {
+    /// The PEM read from `--control-ca-file` at start.
+    File(String),
+    /// The CA of the injector's certificate Secret (`--tls-mode secret`), which
+    /// also issues the control plane's certificate; followed when it changes.
+    Injector,
+}
+
+impl std::fmt::Debug for ControlCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlCa::File(pem) => write!(f, "File({} bytes)", pem.len()),
+            ControlCa::Injector => f.write_str("Injector"),
+        }
+    }
+}
+
+/// The control plane's default address: its Service in the injector's namespace.
+pub fn default_control_addr(namespace: &str) -> String {
+    format!("picket-control.{namespace}.svc:8443")
+}
+
+// === impl Cli ===
+
+impl Cli {
+    /// The control plane for `--state-source control`, `None` for direct;
+    /// reads `--control-ca-file`. The error names the flag.
+    pub fn control_target(&self) -> Result<Option<ControlTarget>, String> {
+        let state = &self.state;
+        if state.state_source == StateSource::Direct {
+            return Ok(None);
+        }
+        let addr = match &state.control_addr {
+            Some(addr) => check_host_port(addr).map(|()| addr.clone())?,
+            None => default_control_addr(&self.tls.namespace),
+        };
+        let ca = match (&state.control_ca_file, self.tls.tls_mode) {
+            (Some(path), _) => ControlCa::File(read_ca_file(path)?),
+            (None, TlsMode::Secret) => ControlCa::Injector,
+            (None, mode) => {
+                return Err(format!(
+                    "--state-source control needs the control plane's CA: give \
+                     --control-ca-file (PICKET_INJECTOR_CONTROL_CA_FILE); only with \
+                     --tls-mode secret is the injector's own CA used (--tls-mode is {})",
+                    mode.as_str()
+                ))
+            }
+        };
+        Ok(Some(ControlTarget { addr, ca }))
+    }
+}
+
+/// `host:port`, as the sidecar splits it (the host is its TLS server name).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let valid = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("--control-addr {addr:?}: expected host:port"))
+    }
+}
+
+fn read_ca_file(path: &std::path::Path) -> Result<String, String> {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| format!("--control-ca-file: cannot read {}: {e}", path.display()))?;
+    certs::check_ca_pem(&pem).map_err(|e| format!("--control-ca-file: {}: {e}", path.display()))?;
+    Ok(pem)
+}
+
+// === impl TlsMode ===
+
+impl TlsMode {
+    /// The flag's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Secret => "secret",
+            TlsMode::Files => "files",
+            TlsMode::SelfSigned => "self-signed",
+        }
+    }
+}
+
 // === impl InjectArgs ===
 
 impl InjectArgs {
-    /// Validates the settings; the error names the flag.
+    /// Validates the settings; the error names the flag. The state source is
+    /// direct (`control: None`): see [`Cli::control_target`].
     pub fn to_config(&self) -> Result<InjectConfig, String> {
         let quantity = |flag: &str, value: &str| -> Result<Option<String>, String> {
             if value.is_empty() {
@@ -272,6 +389,7 @@ impl InjectArgs {
             proxy_log_level: self.proxy_log_level.clone(),
             excluded_namespaces: self.excluded_namespaces.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            control: None,
         })
     }
 }
@@ -306,6 +424,127 @@ mod tests {
             .contains("--proxy-memory-limit"));
         let cli = parse(&["--proxy-memory-limit", ""]);
         assert_eq!(cli.inject.to_config().unwrap().resources.memory_limit, None);
+    }
+
+    #[test]
+    fn state_source_is_direct_unless_asked() {
+        let cli = parse(&[]);
+        assert_eq!(cli.state.state_source, StateSource::Direct);
+        assert_eq!(cli.control_target(), Ok(None));
+        // Control flags without control mode are ignored (a leftover variable must not stop it).
+        let cli = parse(&["--control-addr", "nonsense", "--tls-mode", "files"]);
+        assert_eq!(cli.control_target(), Ok(None));
+    }
+
+    #[test]
+    fn state_flags_have_their_environment_variables() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let env = |id: &str| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap();
+            arg.get_env().map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env("state_source").as_deref(),
+            Some("PICKET_INJECTOR_STATE_SOURCE")
+        );
+        assert_eq!(
+            env("control_addr").as_deref(),
+            Some("PICKET_INJECTOR_CONTROL_ADDR")
+        );
+        assert_eq!(
+            env("control_ca_file").as_deref(),
+            Some("PICKET_INJECTOR_CONTROL_CA_FILE")
+        );
+    }
+
+    #[test]
+    fn control_in_secret_mode_trusts_the_injectors_ca_at_its_namespaces_service() {
+        let cli = parse(&["--state-source", "control"]);
+        let target = cli.control_target().unwrap().unwrap();
+        assert_eq!(target.addr, "picket-control.picket-system.svc:8443");
+        assert_eq!(target.ca, ControlCa::Injector);
+        let cli = parse(&["--state-source", "control", "--namespace", "picket"]);
+        let target = cli.control_target().unwrap().unwrap();
+        assert_eq!(target.addr, "picket-control.picket.svc:8443");
+        let cli = parse(&[
+            "--state-source",
+            "control",
+            "--control-addr",
+            "[fd00::1]:9443",
+        ]);
+        assert_eq!(
+            cli.control_target().unwrap().unwrap().addr,
+            "[fd00::1]:9443"
+        );
+    }
+
+    #[test]
+    fn control_without_a_ca_fails_at_start_naming_the_flag() {
+        for mode in ["files", "self-signed"] {
+            let cli = parse(&["--state-source", "control", "--tls-mode", mode]);
+            let err = cli.control_target().unwrap_err();
+            assert!(
+                err.contains("--control-ca-file") && err.contains("--state-source control"),
+                "{mode}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ca_file_is_read_at_start_and_must_hold_only_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = certs::generate(&["a.example".into()], std::time::SystemTime::now()).unwrap();
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, &bundle.ca_cert_pem).unwrap();
+        let ca = ca.to_str().unwrap();
+        // The file wins over the injector's own CA, in every TLS mode.
+        for mode in ["files", "secret"] {
+            let args = [
+                "--state-source",
+                "control",
+                "--tls-mode",
+                mode,
+                "--control-ca-file",
+                ca,
+            ];
+            let target = parse(&args).control_target().unwrap().unwrap();
+            assert_eq!(
+                target.ca,
+                ControlCa::File(bundle.ca_cert_pem.clone()),
+                "{mode}"
+            );
+        }
+
+        let key = dir.path().join("tls.key");
+        std::fs::write(&key, format!("{}{}", bundle.ca_cert_pem, bundle.key_pem)).unwrap();
+        let missing = dir.path().join("missing.crt");
+        for (path, problem) in [(&key, "PRIVATE KEY"), (&missing, "cannot read")] {
+            let path = path.to_str().unwrap();
+            let args = ["--state-source", "control", "--control-ca-file", path];
+            let err = parse(&args).control_target().unwrap_err();
+            assert!(
+                err.contains("--control-ca-file") && err.contains(problem) && err.contains(path),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_control_addr_without_a_port_is_refused_naming_the_flag() {
+        for bad in [
+            "picket-control",
+            ":8443",
+            "picket-control:http",
+            "picket-control:0",
+        ] {
+            let cli = parse(&["--state-source", "control", "--control-addr", bad]);
+            let err = cli.control_target().unwrap_err();
+            assert!(
+                err.contains("--control-addr") && err.contains("host:port"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

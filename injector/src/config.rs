@@ -2,9 +2,14 @@
 //!
 //! Pure data, built once at startup from the command line (`cli.rs`) and
 //! passed by reference to [`crate::patch::plan`]. Tests build it with
-//! [`InjectConfig::for_test`].
+//! [`InjectConfig::for_test`]. The one part that changes while serving is the
+//! control plane's CA in `--tls-mode secret` (the injector's own, which a
+//! rotation replaces): [`LiveConfig`] holds the configuration in force, and
+//! each review takes a snapshot of it.
 
 #![warn(missing_docs)]
+
+use std::sync::{Arc, RwLock};
 
 use clap::ValueEnum;
 
@@ -30,6 +35,28 @@ pub enum SidecarMode {
     Native,
     /// The first regular container; the app may start before the proxy is ready.
     Container,
+}
+
+/// Where injected sidecars get the cluster state from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateSource {
+    /// Each sidecar watches the API server with its pod's service account
+    /// (`PICKET_SOURCE=kube`): the app's service accounts need the ClusterRole
+    /// `picket-proxy`.
+    Direct,
+    /// Each sidecar gets its pod's view from the control plane
+    /// (`PICKET_SOURCE=control`), authenticated by a projected token for the
+    /// audience `picket`: no RBAC for the app's service accounts.
+    Control,
+}
+
+/// The control plane that injected sidecars connect to (state source control).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// Its address, `host:port` (`PICKET_CONTROL_ADDR`).
+    pub addr: String,
+    /// The PEM of the CA certificate(s) its certificate chains to (`PICKET_CONTROL_CA`).
+    pub ca_pem: String,
 }
 
 /// CPU and memory for the proxy (and the init container), as Kubernetes quantities.
@@ -74,6 +101,28 @@ pub struct InjectConfig {
     pub excluded_namespaces: Vec<String>,
     /// The version written into `picket.io/status`.
     pub version: String,
+    /// The control plane the sidecars get their state from; `None`: they watch
+    /// the API server themselves ([`StateSource::Direct`]).
+    pub control: Option<ControlPlane>,
+}
+
+/// The configuration in force, swapped whole when the control plane's CA
+/// changes; the webhook takes a snapshot per review.
+#[derive(Debug)]
+pub struct LiveConfig {
+    current: RwLock<Arc<InjectConfig>>,
+}
+
+// === impl StateSource ===
+
+impl StateSource {
+    /// The name used in flags, logs and `picket.io/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateSource::Direct => "direct",
+            StateSource::Control => "control",
+        }
+    }
 }
 
 // === impl SidecarMode ===
@@ -132,6 +181,87 @@ impl InjectConfig {
                 .map(|s| (*s).to_string())
                 .collect(),
             version: "0.1.0".into(),
+            control: None,
         }
+    }
+
+    /// Where the sidecars get their state from.
+    pub fn state_source(&self) -> StateSource {
+        match self.control {
+            None => StateSource::Direct,
+            Some(_) => StateSource::Control,
+        }
+    }
+}
+
+// === impl LiveConfig ===
+
+impl LiveConfig {
+    /// Holds `config` until it is changed.
+    pub fn new(config: InjectConfig) -> Self {
+        LiveConfig {
+            current: RwLock::new(Arc::new(config)),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<InjectConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Points new sidecars at a control plane with this CA from now on; `false`
+    /// when it is the CA already in force, or the sidecars get no control plane.
+    pub fn set_control_ca(&self, ca_pem: &str) -> bool {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let Some(control) = &current.control else {
+            return false;
+        };
+        if control.ca_pem == ca_pem {
+            return false;
+        }
+        let mut config = InjectConfig::clone(&current);
+        if let Some(control) = &mut config.control {
+            control.ca_pem = ca_pem.to_string();
+        }
+        *current = Arc::new(config);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controlled(ca_pem: &str) -> InjectConfig {
+        InjectConfig {
+            control: Some(ControlPlane {
+                addr: "picket-control.picket-system.svc:8443".into(),
+                ca_pem: ca_pem.into(),
+            }),
+            ..InjectConfig::for_test()
+        }
+    }
+
+    #[test]
+    fn a_new_control_ca_is_in_the_next_snapshot_and_not_in_older_ones() {
+        let live = LiveConfig::new(controlled("old CA"));
+        let before = live.current();
+        assert!(!live.set_control_ca("old CA"), "the same CA is no change");
+        assert!(live.set_control_ca("new CA"));
+        let ca = |cfg: &InjectConfig| cfg.control.as_ref().unwrap().ca_pem.clone();
+        assert_eq!(ca(&live.current()), "new CA");
+        assert_eq!(ca(&before), "old CA", "a snapshot never changes");
+        assert_eq!(live.current().state_source(), StateSource::Control);
+    }
+
+    #[test]
+    fn direct_mode_has_no_ca_to_change() {
+        let live = LiveConfig::new(InjectConfig::for_test());
+        assert!(!live.set_control_ca("a CA"));
+        assert_eq!(live.current().control, None);
+        assert_eq!(live.current().state_source(), StateSource::Direct);
     }
 }

@@ -9,8 +9,12 @@ use picket_injector::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     picket_common::logging::init(false);
-    let config = match cli.inject.to_config() {
-        Ok(config) => config,
+    let settings = cli
+        .inject
+        .to_config()
+        .and_then(|config| Ok((config, cli.control_target()?)));
+    let (config, control) = match settings {
+        Ok(settings) => settings,
         Err(message) => {
             eprintln!("picket-injector: {message}");
             return ExitCode::from(64);
@@ -21,7 +25,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let result = match runtime {
-        Ok(rt) => rt.block_on(picket_injector::app::run(cli, config)),
+        Ok(rt) => rt.block_on(picket_injector::app::run(cli, config, control)),
         Err(e) => Err(e.into()),
     };
     match result {

@@ -10,7 +10,8 @@
 //!  cfg ──┘            │
 //!                     ├─ Injected:        init container first, proxy (native sidecar
 //!                     │                   right after it, or first regular container),
-//!                     │                   volumes, the reserved-ports sysctl, annotations
+//!                     │                   volumes, the reserved-ports sysctl, annotations;
+//!                     │                   state source control: the proxy's env and token
 //!                     ├─ AlreadyInjected: nothing (or a reorder if another webhook
 //!                     │                   put its init container before ours, and the
 //!                     │                   sysctl if it dropped ours); only when our
@@ -39,7 +40,7 @@ use picket_common::env as vars;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config::{InjectConfig, Resources, SidecarMode};
+use crate::config::{InjectConfig, Resources, SidecarMode, StateSource};
 use crate::quantity;
 
 /// The init container's name.
@@ -52,19 +53,44 @@ pub const RUN_VOLUME: &str = "picket-run";
 pub const RUN_DIR: &str = "/var/run/picket";
 /// The file `picket-proxy init` writes the node's addresses to, on [`RUN_VOLUME`].
 pub const NODE_FILE: &str = picket_common::NODE_FILE;
-/// The projected service-account token, added when the pod mounts none.
+/// The projected service-account token, added when the pod mounts none (state source direct).
 pub const TOKEN_VOLUME: &str = "picket-token";
+/// The proxy's projected token for the control plane (state source control),
+/// mounted into the proxy alone.
+pub const CONTROL_TOKEN_VOLUME: &str = "picket-control-token";
+/// Where [`CONTROL_TOKEN_VOLUME`] is mounted in the proxy.
+pub const CONTROL_TOKEN_DIR: &str = "/var/run/secrets/picket";
+/// The token's file in [`CONTROL_TOKEN_DIR`].
+pub const CONTROL_TOKEN_PATH: &str = "token";
+/// The audience of the control token: the control plane accepts no other.
+pub const CONTROL_AUDIENCE: &str = "picket";
+/// The control token's lifetime; the kubelet renews it before it expires.
+pub const CONTROL_TOKEN_SECONDS: i64 = 3600;
+/// The proxy's variable naming the control plane, `host:port`.
+pub const CONTROL_ADDR_ENV: &str = "PICKET_CONTROL_ADDR";
+/// The proxy's variable holding the PEM of the control plane's CA.
+pub const CONTROL_CA_ENV: &str = "PICKET_CONTROL_CA";
+/// The proxy's variable naming its control token's file.
+pub const CONTROL_TOKEN_FILE_ENV: &str = "PICKET_CONTROL_TOKEN_FILE";
 /// The emptyDir where the init container's iptables takes its lock (the root is read-only).
 pub const XTABLES_VOLUME: &str = "picket-xtables";
 /// Where [`XTABLES_VOLUME`] is mounted in the init container.
 pub const XTABLES_DIR: &str = "/run/xtables";
 /// The variable iptables reads its lock file's path from (default `/run/xtables.lock`).
 pub const XTABLES_LOCKFILE_ENV: &str = "XTABLES_LOCKFILE";
-/// An empty emptyDir the init container mounts, read-only, at [`SA_TOKEN_DIR`]: the
-/// ServiceAccount admission plugin then mounts no token into it.
+/// An empty emptyDir the init container (and, with state source control, the
+/// proxy) mounts, read-only, at [`SA_TOKEN_DIR`]: the ServiceAccount admission
+/// plugin then mounts no token into it.
 pub const NO_TOKEN_VOLUME: &str = "picket-no-token";
-/// The volumes the injection adds; a pod already using one of these names is not injected.
-pub const OUR_VOLUMES: [&str; 4] = [RUN_VOLUME, XTABLES_VOLUME, NO_TOKEN_VOLUME, TOKEN_VOLUME];
+/// The volumes the injection adds (in either state source); a pod already using
+/// one of these names is not injected.
+pub const OUR_VOLUMES: [&str; 5] = [
+    RUN_VOLUME,
+    XTABLES_VOLUME,
+    NO_TOKEN_VOLUME,
+    TOKEN_VOLUME,
+    CONTROL_TOKEN_VOLUME,
+];
 /// Where the proxy reads its service-account token, as in-cluster clients expect.
 pub const SA_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The name of the proxy's admin port.
@@ -190,8 +216,13 @@ pub enum SkipReason {
     PodSecurity(String),
     /// The pod already uses a port the proxy needs.
     PortConflict(u16),
-    /// The pod already uses a name (container, volume or port) the injection needs.
-    NameConflict(String),
+    /// The pod already uses a name (volume or port) the injection needs.
+    NameConflict {
+        /// Where, e.g. `spec.volumes[0].name`.
+        field: String,
+        /// The name.
+        name: String,
+    },
     /// The patched pod failed the last check (duplicate names or ports); a bug
     /// or an unforeseen pod, never sent to the API server.
     SelfCheck(String),
@@ -284,7 +315,7 @@ impl SkipReason {
             SkipReason::Windows => "windows",
             SkipReason::PodSecurity(_) => "pod_security",
             SkipReason::PortConflict(_) => "port_conflict",
-            SkipReason::NameConflict(_) => "name_conflict",
+            SkipReason::NameConflict { .. } => "name_conflict",
             SkipReason::SelfCheck(_) => "self_check",
         }
     }
@@ -309,8 +340,8 @@ impl SkipReason {
             SkipReason::PortConflict(port) => {
                 format!("pod already uses port {port}, which the proxy needs")
             }
-            SkipReason::NameConflict(name) => {
-                format!("pod already uses the name {name:?}, which the injection needs")
+            SkipReason::NameConflict { field, name } => {
+                format!("{field}: pod already uses the name {name:?}, which the injection needs")
             }
             SkipReason::SelfCheck(problem) => {
                 format!("the injected pod would be invalid ({problem})")
@@ -342,7 +373,10 @@ impl SkipReason {
 /// `picket.io/status` annotation saying why; invalid per-pod annotations, and a
 /// port range sysctl that leaves no free port once the proxy's ports are
 /// reserved (or that does not parse), reject the pod; everything else is
-/// injected, the proxy's ports reserved in its sysctls.
+/// injected, the proxy's ports reserved in its sysctls. With a control plane
+/// (`cfg.control`), the proxy gets its state from it instead of the API server:
+/// it holds a projected token for the audience `picket` ([`CONTROL_TOKEN_VOLUME`],
+/// mounted into no other container) and no API token.
 pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     if cfg.excluded_namespaces.iter().any(|n| n == ns.name) {
         return Plan {
@@ -386,7 +420,7 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
             ns.name
         ));
     }
-    if existing_token_mount(pod).is_none() {
+    if cfg.control.is_none() && existing_token_mount(pod).is_none() {
         warnings.push(format!(
             "picket: the pod mounts no service-account token (automountServiceAccountToken: \
              false on the pod or its service account), but the proxy container gets one of its \
@@ -441,7 +475,7 @@ fn rejected(rejection: Rejection) -> Plan {
 fn skip_or_refuse(pod: &Pod, reason: SkipReason, opt_outs: bool) -> Plan {
     let authored = matches!(
         reason,
-        SkipReason::PortConflict(_) | SkipReason::NameConflict(_) | SkipReason::SelfCheck(_)
+        SkipReason::PortConflict(_) | SkipReason::NameConflict { .. } | SkipReason::SelfCheck(_)
     );
     if authored && !opt_outs {
         return rejected(
@@ -456,7 +490,7 @@ fn skip_or_refuse(pod: &Pod, reason: SkipReason, opt_outs: bool) -> Plan {
 
 /// A container of the pod's own that mounts one of the volumes the injection
 /// adds: the node file (which addresses count as the node, always allowed),
-/// the xtables lock or the proxy's token would be in the app's hands.
+/// the xtables lock or the proxy's tokens would be in the app's hands.
 fn foreign_mount(pod: &Pod) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     let theirs = spec
@@ -623,9 +657,10 @@ fn check_ours(
         mode,
         ..settings.clone()
     };
-    // The proxy reads the app's token, or its own (`picket-token`) when the app had
-    // none at injection: the ServiceAccount plugin may have mounted one into the app
-    // since. Either is the pod's own service account.
+    // Direct: the proxy reads the app's token, or its own (`picket-token`) when the
+    // app had none at injection: the ServiceAccount plugin may have mounted one into
+    // the app since. Either is the pod's own service account. (Control: one proxy,
+    // whatever the app mounts; its env names the control plane and CA in force.)
     let proxies = [existing_token_mount(pod), None].map(|t| proxy_container(cfg, &settings, t));
     let expected = [
         (INIT_CONTAINER, init, vec![init_container(cfg, &settings)]),
@@ -744,23 +779,29 @@ fn skip_reason(
         }
     }
     let ours = proxy_ports(cfg);
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten());
-    for container in containers {
-        for port in container.ports.iter().flatten() {
+    let regular = spec.containers.iter().enumerate();
+    let regular = regular.map(|(i, c)| ("spec.containers", i, c));
+    let inits = spec.init_containers.iter().flatten().enumerate();
+    let inits = inits.map(|(i, c)| ("spec.initContainers", i, c));
+    for (list, i, container) in regular.chain(inits) {
+        for (j, port) in container.ports.iter().flatten().enumerate() {
             if let Some(&taken) = ours.iter().find(|p| i32::from(**p) == port.container_port) {
                 return Some(SkipReason::PortConflict(taken));
             }
             if port.name.as_deref() == Some(ADMIN_PORT_NAME) {
-                return Some(SkipReason::NameConflict(ADMIN_PORT_NAME.into()));
+                return Some(SkipReason::NameConflict {
+                    field: format!("{list}[{i}].ports[{j}].name"),
+                    name: ADMIN_PORT_NAME.into(),
+                });
             }
         }
     }
-    for volume in spec.volumes.iter().flatten() {
+    for (i, volume) in spec.volumes.iter().flatten().enumerate() {
         if OUR_VOLUMES.contains(&volume.name.as_str()) {
-            return Some(SkipReason::NameConflict(volume.name.clone()));
+            return Some(SkipReason::NameConflict {
+                field: format!("spec.volumes[{i}].name"),
+                name: volume.name.clone(),
+            });
         }
     }
     None
@@ -976,7 +1017,9 @@ fn inject_ops(
         empty_dir(XTABLES_VOLUME),
         empty_dir(NO_TOKEN_VOLUME),
     ];
-    if token_mount.is_none() {
+    if cfg.control.is_some() {
+        volumes.push(control_token_volume());
+    } else if token_mount.is_none() {
         volumes.push(token_volume());
     }
     match &spec.volumes {
@@ -989,7 +1032,7 @@ fn inject_ops(
     }
     ops.extend(reserved_ports);
 
-    let status = serde_json::json!({
+    let mut status = serde_json::json!({
         "injected": true,
         "version": cfg.version,
         "mode": settings.mode.as_str(),
@@ -1003,9 +1046,12 @@ fn inject_ops(
             SidecarMode::Container => vec![PROXY_CONTAINER],
         },
         "volumes": volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-    })
-    .to_string();
-    let mut annotations = vec![(STATUS_KEY, status)];
+    });
+    if cfg.control.is_some() {
+        // Only here: the status of a direct injection stays as it was.
+        status["stateSource"] = StateSource::Control.as_str().into();
+    }
+    let mut annotations = vec![(STATUS_KEY, status.to_string())];
     let existing = pod.metadata.annotations.as_ref();
     let has_scrape_annotations =
         existing.is_some_and(|map| map.keys().any(|key| key.starts_with(PROMETHEUS_PREFIX)));
@@ -1133,12 +1179,7 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
             // Root must not hold the app's token: with a mount of its own at the
             // token's path, the ServiceAccount admission plugin (which runs again
             // after the webhooks when they are reinvoked) leaves it alone.
-            VolumeMount {
-                name: NO_TOKEN_VOLUME.into(),
-                mount_path: SA_TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            no_token_mount(),
         ]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
@@ -1150,7 +1191,7 @@ fn proxy_container(
     settings: &PodSettings,
     token_mount: Option<VolumeMount>,
 ) -> Container {
-    let mut env = vec![
+    let downward = [
         field_env(vars::POD_NAME, "metadata.name"),
         field_env(vars::POD_NAMESPACE, "metadata.namespace"),
         field_env(vars::POD_IP, "status.podIP"),
@@ -1159,7 +1200,8 @@ fn proxy_container(
         field_env(vars::POD_IPS, "status.podIPs"),
         field_env(vars::HOST_IPS, "status.hostIPs"),
         field_env("NODE_NAME", "spec.nodeName"),
-        env(vars::SOURCE, "kube"),
+    ];
+    let settings_env = [
         // One malloc arena: the proxy's large allocations come in bursts
         // (decoding lists) and glibc's per-thread arenas keep the freed
         // memory (measured: 66 MiB PSS with 10,000 pods, 47 MiB with this).
@@ -1169,6 +1211,11 @@ fn proxy_container(
         env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
         env(vars::NODE_FILE, NODE_FILE),
     ];
+    let mut env: Vec<EnvVar> = downward
+        .into_iter()
+        .chain(state_env(cfg))
+        .chain(settings_env)
+        .collect();
     if let Some(level) = &settings.log_level {
         env.push(env_var(vars::LOG, level.clone()));
     }
@@ -1184,12 +1231,6 @@ fn proxy_container(
         ..Probe::default()
     };
     let native = settings.mode == SidecarMode::Native;
-    let token_mount = token_mount.unwrap_or_else(|| VolumeMount {
-        name: TOKEN_VOLUME.into(),
-        mount_path: SA_TOKEN_DIR.into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    });
     Container {
         name: PROXY_CONTAINER.into(),
         image: Some(cfg.proxy_image.clone()),
@@ -1227,9 +1268,62 @@ fn proxy_container(
         // the proxy is ready; up to five minutes for the first cluster state.
         startup_probe: native.then(|| http_probe("/ready", 1, 300)),
         restart_policy: native.then(|| "Always".into()),
-        volume_mounts: Some(vec![run_mount(), token_mount]),
+        volume_mounts: Some(proxy_mounts(cfg, token_mount)),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
+    }
+}
+
+/// Where the proxy gets its state: the API server (`kube`), or the control
+/// plane, with its address, its CA and the token to present.
+fn state_env(cfg: &InjectConfig) -> Vec<EnvVar> {
+    let Some(control) = &cfg.control else {
+        return vec![env(vars::SOURCE, "kube")];
+    };
+    vec![
+        env(vars::SOURCE, "control"),
+        env(CONTROL_ADDR_ENV, control.addr.clone()),
+        env(CONTROL_CA_ENV, control.ca_pem.clone()),
+        env(
+            CONTROL_TOKEN_FILE_ENV,
+            format!("{CONTROL_TOKEN_DIR}/{CONTROL_TOKEN_PATH}"),
+        ),
+    ]
+}
+
+/// The proxy's mounts: the node file's directory, then, direct, an API token
+/// (the app's, `api_token`, or without one [`TOKEN_VOLUME`]); control, no API
+/// token (an empty directory at its path, so that the ServiceAccount admission
+/// plugin adds none) and the control token.
+fn proxy_mounts(cfg: &InjectConfig, api_token: Option<VolumeMount>) -> Vec<VolumeMount> {
+    if cfg.control.is_some() {
+        return vec![
+            run_mount(),
+            no_token_mount(),
+            VolumeMount {
+                name: CONTROL_TOKEN_VOLUME.into(),
+                mount_path: CONTROL_TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ];
+    }
+    let api_token = api_token.unwrap_or_else(|| VolumeMount {
+        name: TOKEN_VOLUME.into(),
+        mount_path: SA_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    });
+    vec![run_mount(), api_token]
+}
+
+/// [`NO_TOKEN_VOLUME`] at the service-account token's path, read-only.
+fn no_token_mount() -> VolumeMount {
+    VolumeMount {
+        name: NO_TOKEN_VOLUME.into(),
+        mount_path: SA_TOKEN_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
     }
 }
 
@@ -1294,6 +1388,31 @@ fn token_volume() -> Volume {
                     ..VolumeProjection::default()
                 },
             ]),
+            default_mode: Some(0o644),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The proxy's token for the control plane: the pod's service account, bound to
+/// the pod, for the audience `picket` alone (the API server does not accept it).
+/// The kubelet projects it whatever `automountServiceAccountToken` says.
+fn control_token_volume() -> Volume {
+    let token = VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(CONTROL_AUDIENCE.into()),
+            expiration_seconds: Some(CONTROL_TOKEN_SECONDS),
+            path: CONTROL_TOKEN_PATH.into(),
+            ..ServiceAccountTokenProjection::default()
+        }),
+        ..VolumeProjection::default()
+    };
+    Volume {
+        name: CONTROL_TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![token]),
+            // The API server's default, written out: the pod as stored is the one sent.
             default_mode: Some(0o644),
             ..ProjectedVolumeSource::default()
         }),

@@ -19,7 +19,7 @@ use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::InjectConfig;
+use crate::config::LiveConfig;
 use crate::metrics::{self, Metrics};
 use crate::namespace::NamespaceLookup;
 use crate::patch::NamespaceView;
@@ -33,8 +33,8 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// What `/mutate` needs.
 #[derive(Debug)]
 pub struct Webhook {
-    /// What to inject.
-    pub config: Arc<InjectConfig>,
+    /// What to inject (a snapshot per review: the control plane's CA may change).
+    pub config: Arc<LiveConfig>,
     /// Namespace labels and annotations, for the Pod Security check and pod opt-outs.
     pub namespaces: Arc<dyn NamespaceLookup>,
     /// Counters.
@@ -169,7 +169,8 @@ impl Webhook {
                     labels: meta.as_deref().map(|m| &m.labels),
                     annotations: meta.as_deref().map(|m| &m.annotations),
                 };
-                let reviewed = review::respond_to_pod(&request.uid, &pod, &view, &self.config);
+                let reviewed =
+                    review::respond_to_pod(&request.uid, &pod, &view, &self.config.current());
                 let name = pod
                     .metadata
                     .name
@@ -310,11 +311,12 @@ pub async fn serve_admin(listener: TcpListener, admin: Admin) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::InjectConfig;
     use crate::namespace::NoNamespaces;
 
     fn webhook() -> Webhook {
         Webhook {
-            config: Arc::new(InjectConfig::for_test()),
+            config: Arc::new(LiveConfig::new(InjectConfig::for_test())),
             namespaces: Arc::new(NoNamespaces),
             metrics: Metrics::register(&Registry::new()).unwrap(),
             max_body_bytes: 1024,
@@ -325,6 +327,63 @@ mod tests {
         Request::post("/mutate")
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
+    }
+
+    /// Reviews a plain pod; returns the patched proxy's `PICKET_CONTROL_CA`.
+    async fn control_ca_injected(w: &Webhook) -> Option<String> {
+        use base64::Engine as _;
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "app", "image": "nginx"}]},
+        });
+        let review = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u", "namespace": "shop", "operation": "CREATE", "object": pod,
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+            },
+        });
+        let response = w.handle(post(&review.to_string())).await;
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let patch = answer["response"]["patch"].as_str().expect("a patch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(patch)
+            .unwrap();
+        let ops: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut patched = pod.clone();
+        json_patch::patch(&mut patched, &ops).unwrap();
+        let proxy = &patched["spec"]["initContainers"][1];
+        let env = proxy["env"].as_array()?;
+        let ca = env.iter().find(|e| e["name"] == "PICKET_CONTROL_CA")?;
+        ca["value"].as_str().map(str::to_string)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn each_review_injects_the_control_ca_in_force_then() {
+        let control = crate::config::ControlPlane {
+            addr: "picket-control.picket-system.svc:8443".into(),
+            ca_pem: "first CA".into(),
+        };
+        let w = Webhook {
+            config: Arc::new(LiveConfig::new(InjectConfig {
+                control: Some(control),
+                ..InjectConfig::for_test()
+            })),
+            max_body_bytes: 64 * 1024,
+            ..webhook()
+        };
+        assert_eq!(control_ca_injected(&w).await.as_deref(), Some("first CA"));
+        assert!(w.config.set_control_ca("rotated CA"));
+        assert_eq!(control_ca_injected(&w).await.as_deref(), Some("rotated CA"));
+        // Direct mode: no CA at all.
+        let direct = Webhook {
+            max_body_bytes: 64 * 1024,
+            ..webhook()
+        };
+        assert_eq!(control_ca_injected(&direct).await, None);
     }
 
     #[tokio::test(flavor = "current_thread")]

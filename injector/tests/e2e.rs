@@ -703,3 +703,206 @@ async fn stored_pod_gives_the_token_to_the_proxy_but_not_to_the_root_init_contai
         assert!(again["response"].get("patch").is_none(), "{name}: {again}");
     }
 }
+
+// === state source control ===
+
+/// The value of the proxy's variable `name` in a patched pod.
+fn proxy_env(pod: &Value, name: &str) -> Option<String> {
+    let spec = &pod["spec"];
+    let containers = ["initContainers", "containers"]
+        .into_iter()
+        .filter_map(|list| spec[list].as_array())
+        .flatten();
+    let proxy = containers
+        .into_iter()
+        .find(|c| c["name"] == "picket-proxy")?;
+    let var = proxy["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?;
+    var["value"].as_str().map(str::to_string)
+}
+
+/// For each container (both lists), the service-account token volumes it mounts.
+fn token_volumes_by_container(pod: &Pod) -> Vec<(String, Vec<String>)> {
+    let spec = pod.spec.as_ref().unwrap();
+    let is_token = |name: &str| {
+        spec.volumes.iter().flatten().any(|v| {
+            v.name == name
+                && v.projected
+                    .as_ref()
+                    .and_then(|p| p.sources.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s.service_account_token.is_some())
+        })
+    };
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| {
+            let tokens = c.volume_mounts.iter().flatten();
+            let tokens = tokens.filter(|m| is_token(&m.name)).map(|m| m.name.clone());
+            (c.name.clone(), tokens.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn control_mode_without_a_ca_exits_64_naming_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+        .args(["--tls-mode", "self-signed", "--namespace-lookup", "none"])
+        .args(["--state-source", "control"])
+        .output()
+        .expect("run picket-injector");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--control-ca-file"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_control_mode_only_the_proxy_holds_the_control_token_once_stored() {
+    let api = picket_test_support::ApiServer::bind("127.0.0.1:0").expect("test API server");
+    api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control_ca = picket_injector::certs::generate(
+        &["picket-control.picket-system.svc".into()],
+        std::time::SystemTime::now(),
+    )
+    .unwrap()
+    .ca_cert_pem;
+    let control_ca_file = dir.path().join("control-ca.crt");
+    std::fs::write(&control_ca_file, &control_ca).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let ca_out = ca_file.to_str().unwrap().to_string();
+    let control_ca_path = control_ca_file.to_str().unwrap().to_string();
+    let args = [
+        "--tls-mode",
+        "self-signed",
+        "--ca-out",
+        &ca_out,
+        "--state-source",
+        "control",
+        "--control-ca-file",
+        &control_ca_path,
+    ];
+    let injector = Injector::start(&args, dir, ca_file).await;
+
+    for name in ["plain", "generate-name", "no-automount"] {
+        let pod = fixture(name);
+        let response = injector.review(&pod_review(name, &pod)).await;
+        assert!(
+            response["response"].get("warnings").is_none(),
+            "{name}: {response}"
+        );
+        let patched = apply(&pod, &response["response"]).expect("a patch");
+        let env = |var| proxy_env(&patched, var);
+        assert_eq!(env("PICKET_SOURCE").as_deref(), Some("control"), "{name}");
+        assert_eq!(
+            env("PICKET_CONTROL_ADDR").as_deref(),
+            Some("picket-control.picket-system.svc:8443")
+        );
+        assert_eq!(env("PICKET_CONTROL_CA"), Some(control_ca.clone()), "{name}");
+        assert_eq!(
+            env("PICKET_CONTROL_TOKEN_FILE").as_deref(),
+            Some("/var/run/secrets/picket/token")
+        );
+
+        // As stored, after the ServiceAccount admission plugin: the proxy holds the control
+        // token and no API token, the init container neither, the app its own token if any.
+        let stored = create_pod(&api, &patched).await;
+        for (container, tokens) in token_volumes_by_container(&stored) {
+            match container.as_str() {
+                "picket-proxy" => assert_eq!(tokens, ["picket-control-token"], "{name}"),
+                "picket-init" => assert!(tokens.is_empty(), "{name}: {tokens:?}"),
+                app => {
+                    let expected = usize::from(name != "no-automount");
+                    assert_eq!(tokens.len(), expected, "{name}: {app}: {tokens:?}");
+                    assert!(tokens.iter().all(|t| t.starts_with("kube-api-access-")));
+                }
+            }
+        }
+
+        // Reviewed again as stored (a reinvocation): ours, unchanged.
+        let stored = serde_json::to_value(&stored).unwrap();
+        let again = injector.review(&pod_review(name, &stored)).await;
+        assert_eq!(again["response"]["allowed"], true, "{name}: {again}");
+        assert!(again["response"].get("patch").is_none(), "{name}: {again}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_secret_mode_sidecars_trust_the_injectors_ca_and_follow_its_rotation() {
+    use picket_test_support::apiserver::Kind;
+    let api = picket_test_support::ApiServer::bind("127.0.0.1:0").expect("test API server");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/install/resources");
+    for name in ["00-namespace.yaml", "50-webhook.yaml"] {
+        api.apply(&std::fs::read_to_string(manifests.join(name)).unwrap())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    let ca_out = ca_file.to_str().unwrap().to_string();
+    let args = [
+        "--namespace-lookup",
+        "none",
+        "--tls-mode",
+        "secret",
+        "--namespace",
+        "picket-system",
+        "--tls-resync",
+        "200ms",
+        "--ca-out",
+        &ca_out,
+        "--state-source",
+        "control",
+    ];
+    let envs = [("KUBECONFIG", kubeconfig.as_path())];
+    let injector = Injector::start_with(&args, &envs, dir, ca_file).await;
+    let secret_ca = || {
+        let secret = api.get(Kind::Secret, Some("picket-system"), "picket-injector-tls")?;
+        let ca = secret["data"]["ca.crt"].as_str()?;
+        let ca = base64::engine::general_purpose::STANDARD.decode(ca).ok()?;
+        String::from_utf8(ca).ok()
+    };
+    let pod = fixture("plain");
+    let injected_ca = |response: &Value| {
+        let patched = apply(&pod, &response["response"]).expect("a patch");
+        proxy_env(&patched, "PICKET_CONTROL_CA")
+    };
+
+    let first = secret_ca().expect("the injector created its Secret");
+    assert_eq!(injector.ca(), first, "--ca-out is the Secret's CA");
+    let response = injector.review(&pod_review("uid-first", &pod)).await;
+    assert_eq!(injected_ca(&response), Some(first.clone()));
+
+    // Rotate: a resync recreates the Secret with a new CA, which new sidecars then trust.
+    api.delete(Kind::Secret, Some("picket-system"), "picket-injector-tls")
+        .unwrap();
+    let started = Instant::now();
+    let body = serde_json::to_vec(&pod_review("uid-rotated", &pod)).unwrap();
+    loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the rotated CA never injected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(second) = secret_ca().filter(|ca| *ca != first) else {
+            continue;
+        };
+        // The new certificate is served once the resync loaded it.
+        let Ok((StatusCode::OK, body)) =
+            post_with_ca(injector.webhook, &second, body.clone()).await
+        else {
+            continue;
+        };
+        let response: Value = serde_json::from_slice(&body).unwrap();
+        if injected_ca(&response) == Some(second) {
+            break;
+        }
+    }
+}

@@ -1288,3 +1288,5 @@ fn reinvocation_restores_reserved_ports_another_webhook_dropped() {
     );
     assert!(plan_default(&fixed).ops.is_empty());
 }
+
+mod control;
