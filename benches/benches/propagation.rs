@@ -53,11 +53,14 @@ struct Config {
     size: Size,
     proxy: ProxyOptions,
     nice: i32,
+    /// The sidecar streams from picket-control (`--source control`).
+    control: bool,
 }
 
 const USAGE: &str = "usage: propagation [--rounds N] [--connections N] [--churn-seconds S] \
                      [--churn-rate W] [--pods N] [--namespaces N] [--policies N] \
-                     [--proxy-log FILTER] [--proxy-env NAME=VALUE]... [--nice N]";
+                     [--proxy-log FILTER] [--proxy-env NAME=VALUE]... [--nice N] \
+                     [--source kube|control]";
 
 impl Config {
     fn from_args(args: &[String]) -> Result<Self> {
@@ -74,8 +77,10 @@ impl Config {
             proxy: ProxyOptions {
                 log_filter: setup::PROXY_LOG.to_string(),
                 env: Vec::new(),
+                control: None,
             },
             nice: -10,
+            control: false,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -107,6 +112,13 @@ impl Config {
                         .with_context(|| format!("--nice {v:?}: not an integer"))?;
                 }
                 "--proxy-log" => config.proxy.log_filter = value()?.clone(),
+                "--source" => {
+                    config.control = match value()?.as_str() {
+                        "kube" => false,
+                        "control" => true,
+                        other => bail!("--source {other:?}: kube or control"),
+                    };
+                }
                 "--proxy-env" => {
                     let v = value()?;
                     let (name, val) = v
@@ -159,12 +171,25 @@ fn run(config: Config) -> Result<()> {
     rustix::process::setpriority_process(None, config.nice).context("cannot set the nice value")?;
     let target = picket_benches::target_dir()?;
     let binary = setup::proxy_binary(&target)?;
+    let mut config = config;
+    if config.control {
+        config.proxy.control = Some(picket_benches::release_binary(
+            &target,
+            "picket-control",
+            "picket-control",
+            "PICKET_CONTROL_BIN",
+        )?);
+    }
     // The bench holds both ends of every connection; the proxy two per connection.
     picket_benches::raise_nofile(4 * config.connections as u64 + 1024)?;
     setup::cleanup_on_signal()?;
     let started = Instant::now();
     let load_before = procfs::loadavg();
-    let out_dir = target.join("picket-propagation");
+    let out_dir = target.join(if config.control {
+        "picket-propagation-control"
+    } else {
+        "picket-propagation"
+    });
 
     let mut bench = Bench::start(&binary, &out_dir, config.size, &config.proxy)?;
     let mut results = Results {
@@ -242,6 +267,13 @@ fn run(config: Config) -> Result<()> {
     results.load = (load_before, procfs::loadavg());
     results.elapsed_s = started.elapsed().as_secs_f64();
     print!("{}", results.table());
+    if let Some(control) = &bench.control {
+        println!(
+            "\npicket-control: RSS {:.1} MiB, CPU {:.2} s in all",
+            procfs::rss_kib(control.pid)? as f64 / 1024.0,
+            procfs::cpu_seconds(control.pid)?
+        );
+    }
     std::fs::create_dir_all(&out_dir)?;
     let json = out_dir.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&results.json())?)?;

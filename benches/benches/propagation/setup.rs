@@ -76,6 +76,27 @@ pub struct ProxyOptions {
     pub log_filter: String,
     /// More environment variables (e.g. `MALLOC_ARENA_MAX=1`).
     pub env: Vec<(String, String)>,
+    /// `picket-control`: the sidecar then streams its view from it (run in
+    /// the node namespace) instead of watching the API itself.
+    pub control: Option<PathBuf>,
+}
+
+/// The control plane's name in its certificate.
+const CONTROL_NAME: &str = "picket-control.picket-system.svc";
+
+/// `picket-control` in the node namespace; killed on drop.
+#[derive(Debug)]
+pub struct ControlPlane {
+    child: Child,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// How long setting up took.
@@ -99,6 +120,8 @@ pub struct SetupTimes {
 pub struct Bench {
     /// The sidecar.
     pub proxy: Proc,
+    /// The control plane, when the sidecar streams from it.
+    pub control: Option<ControlPlane>,
     /// The app in the server pod.
     pub echo: EchoServer,
     /// The test API server, in the node namespace.
@@ -169,6 +192,16 @@ impl Bench {
         ] {
             docs.push(cluster::lab_pod(&pod.name, pod.ip, host_ip, labels));
         }
+        if options.control.is_some() {
+            // The control plane serves only pods that run the sidecar.
+            if let Some(containers) = docs
+                .iter_mut()
+                .find(|d| d["metadata"]["name"] == server.name.as_str())
+                .and_then(|d| d["spec"]["containers"].as_array_mut())
+            {
+                containers.push(json!({"name": "picket-proxy"}));
+            }
+        }
         let generated_docs = generated.initial_objects();
         let pod_docs: Vec<_> = generated_docs
             .iter()
@@ -197,6 +230,23 @@ impl Bench {
         share_dir(&state)?;
         let echo = EchoServer::start(&server.netns, SocketAddr::new(server.ip, APP_PORT))?;
 
+        let (control, source_args) = match &options.control {
+            Some(binary) => {
+                let (control, args) =
+                    start_control(binary, &lab, &api, &state, &kubeconfig, &server.name)?;
+                (Some(control), args)
+            }
+            None => (
+                None,
+                vec![
+                    "--source".into(),
+                    "kube".into(),
+                    "--kubeconfig".into(),
+                    kubeconfig.into(),
+                ],
+            ),
+        };
+        share_dir(&state)?;
         let log_path = out_dir.join("proxy.log");
         eprintln!(
             "propagation: starting the sidecar (log: {})",
@@ -207,12 +257,14 @@ impl Bench {
             &proxy_bin,
             &lab,
             &server,
-            (node_file.as_path(), kubeconfig.as_path()),
+            node_file.as_path(),
+            &source_args,
             &log_path,
             options,
         )?;
         let mut bench = Self {
             proxy,
+            control,
             echo,
             api,
             server,
@@ -253,6 +305,14 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.times.ready = started.elapsed();
+        if self.control.is_some() {
+            // The view is this pod's part of the cluster: what it holds once ready.
+            let m = self.metrics()?;
+            self.expected = (m.pods as usize, m.namespaces as usize, m.policies as usize);
+            self.times.synced = self.times.ready;
+            self.times.sync_cpu_s = procfs::cpu_seconds(self.proxy.pid)?;
+            return Ok(());
+        }
         let (pods, namespaces, policies) = self.expected;
         loop {
             let m = self.metrics()?;
@@ -366,7 +426,8 @@ fn start_proxy(
     binary: &Path,
     lab: &Lab,
     pod: &LabPod,
-    (node_file, kubeconfig): (&Path, &Path),
+    node_file: &Path,
+    source_args: &[std::ffi::OsString],
     log: &Path,
     options: &ProxyOptions,
 ) -> Result<Proc> {
@@ -380,8 +441,7 @@ fn start_proxy(
         .arg("run")
         .arg("--node-file")
         .arg(node_file)
-        .args(["--source", "kube", "--kubeconfig"])
-        .arg(kubeconfig)
+        .args(source_args)
         .args(["--log-format", "json"])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -414,6 +474,88 @@ fn start_proxy(
 /// returns its path; `PICKET_PROXY_BIN` names another binary instead.
 pub fn proxy_binary(target: &Path) -> Result<PathBuf> {
     picket_benches::release_binary(target, "picket-proxy", "picket-proxy", "PICKET_PROXY_BIN")
+}
+
+/// Starts `picket-control` in the node namespace, listening on the
+/// bridge, serving a certificate made here; writes the CA and the server
+/// pod's bound token into `state`. Returns it and the sidecar's flags.
+fn start_control(
+    binary: &Path,
+    lab: &Lab,
+    api: &ApiServer,
+    state: &Path,
+    kubeconfig: &Path,
+    pod: &str,
+) -> Result<(ControlPlane, Vec<std::ffi::OsString>)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![CONTROL_NAME.to_string()])?.signed_by(&key, &issuer)?;
+    let (ca_file, cert_file, key_file, token_file) = (
+        state.join("ca.crt"),
+        state.join("tls.crt"),
+        state.join("tls.key"),
+        state.join("token"),
+    );
+    fs::write(&ca_file, ca_cert.pem())?;
+    fs::write(&cert_file, cert.pem())?;
+    fs::write(&key_file, key.serialize_pem())?;
+    fs::write(
+        &token_file,
+        api.issue_pod_token(
+            LAB_NAMESPACE,
+            pod,
+            &["picket"],
+            Duration::from_secs(24 * 3600),
+        )?,
+    )?;
+    let gateway = lab.gateway();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", lab.node_netns()])
+        .arg(binary)
+        .arg("--listen")
+        .arg(format!("{gateway}:0"))
+        .arg("--admin")
+        .arg(format!("{gateway}:0"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--tls-cert-file")
+        .arg(&cert_file)
+        .arg("--tls-key-file")
+        .arg(&key_file)
+        .env("PICKET_LOG", "warn,picket_control::app=info")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start picket-control (ip netns exec)")?;
+    let log = child.stderr.take().context("no stderr")?;
+    let pid = child.id();
+    let control = ControlPlane { child, pid };
+    let addrs = picket_test_support::announced::listening_addrs(
+        log,
+        &["Control plane listening"],
+        Duration::from_secs(60),
+    )
+    .context("picket-control did not say where it listens")?;
+    let args = [
+        "--source".into(),
+        "control".into(),
+        "--control-addr".into(),
+        addrs[0].to_string().into(),
+        "--control-server-name".into(),
+        CONTROL_NAME.into(),
+        "--control-ca-file".into(),
+        ca_file.into(),
+        "--control-token-file".into(),
+        token_file.into(),
+        "--control-max-backoff".into(),
+        "1s".into(),
+    ];
+    Ok((control, args.to_vec()))
 }
 
 /// Checks what the bench needs, with a clear message for what is missing.
