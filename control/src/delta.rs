@@ -92,6 +92,11 @@ impl Sent {
         (full || !empty).then_some(msg)
     }
 
+    /// Whether the subscriber holds this pod.
+    pub fn holds_pod(&self, key: &PodKey) -> bool {
+        self.pods.contains_key(key)
+    }
+
     /// How many objects the subscriber holds.
     pub fn size(&self) -> Size {
         Size {

@@ -9,6 +9,9 @@ pub struct ControlMetrics {
     pub connected: IntGauge,
     /// Messages sent.
     pub messages: IntCounter,
+    /// Commits a subscriber skipped without computing its view: nothing
+    /// they changed could touch it.
+    pub skipped: IntCounter,
     /// Bytes of messages sent (protobuf encoded).
     pub bytes: IntCounter,
     /// Streams ended, by reason.
@@ -29,6 +32,11 @@ impl ControlMetrics {
             messages: IntCounter::new(
                 "picket_control_messages_sent_total",
                 "View messages sent to sidecars",
+            )
+            .expect("valid"),
+            skipped: IntCounter::new(
+                "picket_control_views_skipped_total",
+                "Commits a sidecar's stream skipped without computing its view (nothing they changed could touch it)",
             )
             .expect("valid"),
             bytes: IntCounter::new(
@@ -58,6 +66,7 @@ impl ControlMetrics {
         for c in [
             Box::new(metrics.connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.messages.clone()),
+            Box::new(metrics.skipped.clone()),
             Box::new(metrics.bytes.clone()),
             Box::new(metrics.disconnects.clone()),
             Box::new(metrics.convergence.clone()),

@@ -134,6 +134,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             sent_at: None,
             unacked_since: None,
             resolves: Vec::new(),
+            seen_version: 0,
         };
         tokio::spawn(subscriber.run(request.into_inner()));
         Ok(Response::new(Box::pin(
@@ -193,6 +194,8 @@ struct Subscriber {
     unacked_since: Option<tokio::time::Instant>,
     /// Addresses asked about, to answer with the next message.
     resolves: Vec<std::net::IpAddr>,
+    /// The snapshot version the view was last brought up to.
+    seen_version: u64,
 }
 
 /// Why a stream ends.
@@ -275,6 +278,21 @@ impl Subscriber {
 
     async fn send_view(&mut self, snapshot: &Snapshot, full: bool) -> Result<(), End> {
         let index = &snapshot.index;
+        // Most changes concern other pods' views: skip them without
+        // computing this one.
+        let affected = full
+            || !self.resolves.is_empty()
+            || snapshot
+                .log
+                .between(self.seen_version, snapshot.version)
+                .is_none_or(|changed| {
+                    view::may_change(index, &self.me, &changed, |k| self.sent.holds_pod(k))
+                });
+        self.seen_version = snapshot.version;
+        if !affected {
+            self.metrics.skipped.inc();
+            return Ok(());
+        }
         let still_mine = index
             .pod(&self.me)
             .is_some_and(|p| *p.uid == *self.identity.uid);

@@ -10,7 +10,8 @@ use picket_policy::testgen::{op, Op, Rng, IPS, NAMESPACES, PODS, PORTS};
 use picket_policy::{NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason};
 
 use crate::delta::Sent;
-use crate::view::{scope, Shared};
+use crate::view::{may_change, scope, Shared};
+use picket_state::{Kind, ObjectRef};
 
 /// Applies a decoded message to a subscriber's index, as the sidecar does.
 fn apply(index: &mut PolicyIndex, update: Update) {
@@ -35,21 +36,38 @@ fn apply(index: &mut PolicyIndex, update: Update) {
     }
 }
 
-fn change(index: &mut PolicyIndex, op: Op) {
-    match op {
-        Op::Namespace(n) => index.apply_namespace(n),
-        Op::Pod(p) => index.apply_pod(p),
-        Op::Policy(p) => index.apply_policy(p),
+/// Applies a change to the cluster; what it changed, as the writer's log has it.
+fn change(index: &mut PolicyIndex, op: Op) -> ObjectRef {
+    let (kind, key) = match op {
+        Op::Namespace(n) => {
+            let key = ObjectKey::new("", &n.name);
+            index.apply_namespace(n);
+            (Kind::Namespace, key)
+        }
+        Op::Pod(p) => {
+            let key = p.key.clone();
+            index.apply_pod(p);
+            (Kind::Pod, key)
+        }
+        Op::Policy(p) => {
+            let key = p.key.clone();
+            index.apply_policy(p);
+            (Kind::Policy, key)
+        }
         Op::DeleteNamespace(n) => {
             index.delete_namespace(&n);
+            (Kind::Namespace, ObjectKey::new("", &n))
         }
         Op::DeletePod(k) => {
             index.delete_pod(&k);
+            (Kind::Pod, k)
         }
         Op::DeletePolicy(k) => {
             index.delete_policy(&k);
+            (Kind::Policy, k)
         }
-    }
+    };
+    ObjectRef { kind, key }
 }
 
 /// A subscriber: what the control plane sent it and what it holds.
@@ -78,13 +96,14 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
         .collect();
     let mut checked = 0u64;
     let mut smaller = 0u64;
+    let mut skipped = 0u64;
     for seed in 1..=cases {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut cluster = PolicyIndex::new();
         let mut subscribers: Vec<Subscriber> = pods.iter().map(|_| Subscriber::default()).collect();
         let steps = 5 + rng.below(40);
         for step in 0..steps {
-            change(&mut cluster, op(&mut rng));
+            let changed = change(&mut cluster, op(&mut rng));
             // Now and then the control plane restarts: every subscriber
             // reconnects into a full view.
             let restart = rng.below(15) == 0;
@@ -96,7 +115,15 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
                 };
                 let full = restart || !sub.connected;
                 sub.connected = true;
-                if let Some(msg) = sub.sent.next(&cluster, &view, full) {
+                // As the control plane does: skip the subscribers the change
+                // cannot touch. A wrong skip shows as a divergence below.
+                let touched = full
+                    || may_change(&cluster, me, std::slice::from_ref(&changed), |k| {
+                        sub.sent.holds_pod(k)
+                    });
+                if !touched {
+                    skipped += 1;
+                } else if let Some(msg) = sub.sent.next(&cluster, &view, full) {
                     let wire = prost::Message::encode_to_vec(&msg);
                     let msg = prost::Message::decode(wire.as_slice()).unwrap();
                     apply(&mut sub.held, decode(&msg).unwrap());
@@ -150,4 +177,5 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     }
     assert!(checked > 10_000, "too few decisions compared: {checked}");
     assert!(smaller > 0, "no view was ever smaller than the cluster");
+    assert!(skipped > 0, "no change was ever skipped");
 }

@@ -22,7 +22,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
-use picket_policy::{Direction, NamespaceScope, Peer, PodKey, PolicyIndex, PolicyKey, Selector};
+use picket_policy::{
+    Direction, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey, Selector,
+};
+use picket_state::{Kind, ObjectRef};
 
 /// The keys of the objects in one pod's view.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,50 +95,75 @@ impl Shared {
     }
 }
 
+/// What `me`'s ingress rules let in, as the view needs it.
+struct Ingress<'a> {
+    /// Pod peers: namespaces and pods.
+    peers: Vec<(&'a NamespaceScope, Option<&'a Selector>)>,
+    /// `ipBlock` peers.
+    blocks: Vec<&'a IpBlock>,
+    /// Some rule allows every peer, or `me` is not isolated for ingress.
+    every_peer: bool,
+}
+
+impl<'a> Ingress<'a> {
+    fn of(index: &'a PolicyIndex, me: &PodKey) -> Self {
+        let policies = index.selecting(me, Direction::Ingress);
+        let mut ingress = Self {
+            peers: Vec::new(),
+            blocks: Vec::new(),
+            every_peer: policies.is_empty(),
+        };
+        for rule in policies.iter().flat_map(|p| p.ingress.iter().flatten()) {
+            if rule.broken.is_some() {
+                continue;
+            }
+            let Some(peers) = &rule.peers else {
+                ingress.every_peer = true;
+                continue;
+            };
+            for peer in peers {
+                match peer {
+                    Peer::Pods { namespaces, pods } => {
+                        ingress.peers.push((namespaces, pods.as_ref()))
+                    }
+                    Peer::IpBlock(block) => ingress.blocks.push(block),
+                }
+            }
+        }
+        ingress
+    }
+
+    /// Whether an egress-isolated pod could be let in: its egress rules then decide.
+    fn may_admit(&self, pod: &Pod) -> bool {
+        self.every_peer
+            || pod
+                .ips
+                .iter()
+                .any(|ip| self.blocks.iter().any(|b| b.contains(*ip)))
+    }
+}
+
 /// The view of pod `me`; `None` when the index does not know it.
 pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope> {
     let dst = index.pod(me)?;
     let mut scope = Scope::default();
-    let ingress = index.selecting(me, Direction::Ingress);
     for direction in [Direction::Ingress, Direction::Egress] {
         for policy in index.selecting(me, direction) {
             scope.policies.insert(policy.key.clone());
         }
     }
+    let ingress = Ingress::of(index, me);
     let mut sources = BTreeSet::new();
-    let mut every_peer = ingress.is_empty();
-    let mut blocks = Vec::new();
-    for rule in ingress.iter().flat_map(|p| p.ingress.iter().flatten()) {
-        if rule.broken.is_some() {
-            continue;
-        }
-        let Some(peers) = &rule.peers else {
-            every_peer = true;
-            continue;
-        };
-        for peer in peers {
-            match peer {
-                Peer::Pods { namespaces, pods } => {
-                    sources.extend(
-                        shared
-                            .peer_members(index, namespaces, pods.as_ref())
-                            .iter()
-                            .cloned(),
-                    );
-                }
-                Peer::IpBlock(block) => blocks.push(block),
-            }
-        }
+    for (namespaces, pods) in &ingress.peers {
+        sources.extend(
+            shared
+                .peer_members(index, namespaces, *pods)
+                .iter()
+                .cloned(),
+        );
     }
     for key in shared.egress_isolated(index).iter() {
-        let reachable = every_peer
-            || sources.contains(key)
-            || index.pod(key).is_some_and(|p| {
-                p.ips
-                    .iter()
-                    .any(|ip| blocks.iter().any(|b| b.contains(*ip)))
-            });
-        if reachable {
+        if sources.contains(key) || index.pod(key).is_some_and(|p| ingress.may_admit(p)) {
             sources.insert(key.clone());
         }
     }
@@ -153,6 +181,45 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
     scope.namespaces.retain(|ns| index.namespace(ns).is_some());
     scope.pods = pods;
     Some(scope)
+}
+
+/// Whether changes to `changed` may change `me`'s view, which holds the pods
+/// `in_view`: `false` means the view is exactly what it was (the subscriber
+/// skips its work). A changed policy or namespace always may; a changed pod
+/// may when it is `me` or was in the view, or now matches what [`scope`]
+/// takes in: a pod peer of `me`'s ingress, an egress-isolated pod `me` may
+/// admit, a pod sharing an IP with one in the view.
+pub fn may_change(
+    index: &PolicyIndex,
+    me: &PodKey,
+    changed: &[ObjectRef],
+    in_view: impl Fn(&PodKey) -> bool,
+) -> bool {
+    let ingress = Ingress::of(index, me);
+    changed.iter().any(|object| {
+        if object.kind != Kind::Pod {
+            return true;
+        }
+        let key = &object.key;
+        if key == me || in_view(key) {
+            return true;
+        }
+        let Some(pod) = index.pod(key) else {
+            // Gone, and never in the view: nothing to remove.
+            return false;
+        };
+        let namespace_labels = index.namespace_labels(&pod.key.namespace);
+        ingress
+            .peers
+            .iter()
+            .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
+            || (!index.selecting(key, Direction::Egress).is_empty() && ingress.may_admit(pod))
+            || (!pod.host_network
+                && pod
+                    .ips
+                    .iter()
+                    .any(|ip| index.pods_reporting_ip(*ip).iter().any(&in_view)))
+    })
 }
 
 /// The pods, and every pod that reports an IP one of them reports, to a

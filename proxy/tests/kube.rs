@@ -7,8 +7,8 @@ mod support;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use picket_lab::proxy::{http_get, share_dir};
 use picket_lab::in_netns;
+use picket_lab::proxy::{http_get, share_dir};
 use picket_test_support::apiserver::{ApiServer, Kind};
 use support::*;
 

@@ -9,6 +9,7 @@
 //! ```
 //!
 //! - `kind`: the kinds of object the state holds, described once.
+//! - `changes`: which objects each recent commit changed.
 //! - `writer`: the one writer (apply, delete, replace-all-of-kind) and the snapshots it publishes.
 //! - `source`: the seam every source implements.
 //! - `files`: manifests on disk, parsed into the engine's model (also `picket reach`'s input).
@@ -17,6 +18,7 @@
 //! - `control`: the control plane's stream of this pod's view.
 #![warn(missing_docs)]
 
+pub mod changes;
 pub mod control;
 pub mod dir;
 pub mod files;

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use picket_policy::{Namespace, ObjectKey, Pod, Policy, PolicyIndex};
 
+use crate::changes::{ChangeLog, Changed};
 use crate::kind::{Kind, KindSet, Object, ObjectRef};
 
 /// What kind of change a commit carried: the bounded reasons a live
@@ -45,6 +46,8 @@ pub struct Snapshot {
     pub version: u64,
     /// What changed since the previous snapshot, most telling first.
     pub changes: Vec<ChangeReason>,
+    /// Which objects each recent commit changed (shared by every snapshot).
+    pub log: Arc<ChangeLog>,
 }
 
 // === impl ChangeReason ===
@@ -79,6 +82,9 @@ pub struct StateWriter {
     published: bool,
     /// The kinds replaced whole at least once (the readiness latch).
     listed: KindSet,
+    /// The objects changed since the last commit.
+    touched: Changed,
+    log: Arc<ChangeLog>,
 }
 
 // === impl StateWriter ===
@@ -97,6 +103,8 @@ impl StateWriter {
                 other_change: false,
                 published: false,
                 listed: KindSet::default(),
+                touched: Changed::Everything,
+                log: Arc::default(),
             },
             rx,
         )
@@ -105,6 +113,7 @@ impl StateWriter {
     /// Adds or replaces an object.
     pub fn apply(&mut self, object: Object) {
         self.note(&object);
+        self.touched.push(object.reference());
         match object {
             Object::Pod(p) => self.index.apply_pod(p),
             Object::Namespace(n) => self.index.apply_namespace(n),
@@ -123,6 +132,7 @@ impl StateWriter {
         };
         if known {
             self.changes.insert(object.kind.presence_change(false));
+            self.touched.push(object.clone());
         }
         self.dirty |= known;
     }
@@ -174,6 +184,7 @@ impl StateWriter {
             })),
         }
         self.listed.insert(kind);
+        self.touched = Changed::Everything;
         self.dirty = true;
     }
 
@@ -285,10 +296,15 @@ impl StateWriter {
         }
         self.published = true;
         self.version += 1;
+        self.log.push(
+            self.version,
+            std::mem::replace(&mut self.touched, Changed::none()),
+        );
         let snapshot = Snapshot {
             index: self.index.clone(),
             version: self.version,
             changes,
+            log: self.log.clone(),
         };
         self.tx.send_replace(Some(Arc::new(snapshot)));
         true
