@@ -12,7 +12,7 @@ use picket_api::convert::{namespace_to_wire, pod_to_wire, policy_to_wire};
 use picket_api::v1;
 use picket_policy::{Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
 
-use crate::view::Scope;
+use crate::view::{Held, Scope};
 
 /// The objects a subscriber holds, as last sent.
 #[derive(Debug, Default)]
@@ -20,6 +20,9 @@ pub struct Sent {
     namespaces: HashMap<Arc<str>, Arc<Namespace>>,
     pods: HashMap<PodKey, Arc<Pod>>,
     policies: HashMap<PolicyKey, Arc<Policy>>,
+    /// How many held pods each namespace has (whether or not its Namespace
+    /// object exists).
+    pod_namespaces: HashMap<Arc<str>, usize>,
 }
 
 /// How many objects a subscriber holds.
@@ -85,16 +88,15 @@ impl Sent {
                     .push(removed(v1::Kind::Policy, &key.namespace, &key.name))
             },
         );
+        self.pod_namespaces.clear();
+        for key in self.pods.keys() {
+            *self.pod_namespaces.entry(key.namespace.clone()).or_default() += 1;
+        }
         let empty = msg.namespaces.is_empty()
             && msg.pods.is_empty()
             && msg.policies.is_empty()
             && msg.removed.is_empty();
         (full || !empty).then_some(msg)
-    }
-
-    /// Whether the subscriber holds this pod.
-    pub fn holds_pod(&self, key: &PodKey) -> bool {
-        self.pods.contains_key(key)
     }
 
     /// How many objects the subscriber holds.
@@ -134,6 +136,20 @@ fn sync<'a, K, V>(
         }
     }
     *held = next;
+}
+
+impl Held for Sent {
+    fn pod(&self, key: &PodKey) -> bool {
+        self.pods.contains_key(key)
+    }
+
+    fn policy(&self, key: &PolicyKey) -> bool {
+        self.policies.contains_key(key)
+    }
+
+    fn namespace(&self, name: &str) -> bool {
+        self.pod_namespaces.contains_key(name) || self.namespaces.contains_key(name)
+    }
 }
 
 fn removed(kind: v1::Kind, namespace: &str, name: &str) -> v1::ObjectRef {

@@ -285,9 +285,7 @@ impl Subscriber {
             || snapshot
                 .log
                 .between(self.seen_version, snapshot.version)
-                .is_none_or(|changed| {
-                    view::may_change(index, &self.me, &changed, |k| self.sent.holds_pod(k))
-                });
+                .is_none_or(|changed| view::may_change(index, &self.me, &changed, &self.sent));
         self.seen_version = snapshot.version;
         if !affected {
             self.metrics.skipped.inc();

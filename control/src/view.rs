@@ -183,43 +183,83 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
     Some(scope)
 }
 
-/// Whether changes to `changed` may change `me`'s view, which holds the pods
-/// `in_view`: `false` means the view is exactly what it was (the subscriber
-/// skips its work). A changed policy or namespace always may; a changed pod
-/// may when it is `me` or was in the view, or now matches what [`scope`]
-/// takes in: a pod peer of `me`'s ingress, an egress-isolated pod `me` may
-/// admit, a pod sharing an IP with one in the view.
+/// What a subscriber holds, as [`may_change`] asks it.
+pub trait Held {
+    /// It holds this pod.
+    fn pod(&self, key: &PodKey) -> bool;
+    /// It holds this policy.
+    fn policy(&self, key: &PolicyKey) -> bool;
+    /// It holds this namespace, or pods of it (`me` among them).
+    fn namespace(&self, name: &str) -> bool;
+}
+
+/// Whether changes to `changed` may change `me`'s view, given what the
+/// subscriber `held`: `false` means the view is exactly what it was (the
+/// subscriber skips its work). It mirrors what [`scope`] reads:
+/// - a pod: when it is `me` or held, or now matches what the scope takes in
+///   (a pod peer of `me`'s ingress, an egress-isolated pod `me` may admit, a
+///   pod sharing an IP with one held);
+/// - a policy: when held, or in a namespace with held pods (it may select
+///   them, or `me`, for either direction), or in an unknown namespace, or
+///   when it isolates egress and `me` admits by address (every
+///   egress-isolated pod may then join);
+/// - a namespace: when held (`me`'s own among them), or unknown, or when a
+///   peer of `me`'s ingress selects namespaces by label.
 pub fn may_change(
     index: &PolicyIndex,
     me: &PodKey,
     changed: &[ObjectRef],
-    in_view: impl Fn(&PodKey) -> bool,
+    held: &impl Held,
 ) -> bool {
     let ingress = Ingress::of(index, me);
+    let admits_by_address = ingress.every_peer || !ingress.blocks.is_empty();
     changed.iter().any(|object| {
-        if object.kind != Kind::Pod {
-            return true;
-        }
         let key = &object.key;
-        if key == me || in_view(key) {
-            return true;
+        match object.kind {
+            Kind::Policy => {
+                held.policy(key)
+                    || held.namespace(&key.namespace)
+                    || index.namespace(&key.namespace).is_none()
+                    || (admits_by_address && index.policy(key).is_some_and(|p| p.egress.is_some()))
+            }
+            Kind::Namespace => {
+                held.namespace(&key.name)
+                    || index.namespace(&key.name).is_none()
+                    || ingress
+                        .peers
+                        .iter()
+                        .any(|(namespaces, _)| matches!(namespaces, NamespaceScope::Selected(_)))
+            }
+            Kind::Pod => pod_may_change(index, me, &ingress, key, held),
         }
-        let Some(pod) = index.pod(key) else {
-            // Gone, and never in the view: nothing to remove.
-            return false;
-        };
-        let namespace_labels = index.namespace_labels(&pod.key.namespace);
-        ingress
-            .peers
-            .iter()
-            .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
-            || (!index.selecting(key, Direction::Egress).is_empty() && ingress.may_admit(pod))
-            || (!pod.host_network
-                && pod
-                    .ips
-                    .iter()
-                    .any(|ip| index.pods_reporting_ip(*ip).iter().any(&in_view)))
     })
+}
+
+fn pod_may_change(
+    index: &PolicyIndex,
+    me: &PodKey,
+    ingress: &Ingress<'_>,
+    key: &PodKey,
+    held: &impl Held,
+) -> bool {
+    if key == me || held.pod(key) {
+        return true;
+    }
+    let Some(pod) = index.pod(key) else {
+        // Gone, and never in the view: nothing to remove.
+        return false;
+    };
+    let namespace_labels = index.namespace_labels(&pod.key.namespace);
+    ingress
+        .peers
+        .iter()
+        .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
+        || (!index.selecting(key, Direction::Egress).is_empty() && ingress.may_admit(pod))
+        || (!pod.host_network
+            && pod
+                .ips
+                .iter()
+                .any(|ip| index.pods_reporting_ip(*ip).iter().any(|k| held.pod(k))))
 }
 
 /// The pods, and every pod that reports an IP one of them reports, to a
