@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use picket_api::convert::{namespace_to_wire, pod_to_wire, policy_to_wire};
 use picket_api::v1;
-use picket_policy::{Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
+use picket_policy::{Direction, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
 
-use crate::view::{Held, Scope};
+use picket_state::{Kind, ObjectRef};
+
+use crate::view::{self, Held, Scope, Shared};
 
 /// The objects a subscriber holds, as last sent.
 #[derive(Debug, Default)]
@@ -90,13 +92,123 @@ impl Sent {
         );
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
-            *self.pod_namespaces.entry(key.namespace.clone()).or_default() += 1;
+            *self
+                .pod_namespaces
+                .entry(key.namespace.clone())
+                .or_default() += 1;
         }
         let empty = msg.namespaces.is_empty()
             && msg.pods.is_empty()
             && msg.policies.is_empty()
             && msg.removed.is_empty();
         (full || !empty).then_some(msg)
+    }
+
+    /// The message that brings the subscriber of `me` to `index`, given the
+    /// objects `changed` since it was last brought up to date (`None`:
+    /// unknown, anything may have changed). Changes that cannot touch the
+    /// view cost a check and send nothing; pod changes are applied pod by pod
+    /// when that is exact; anything else recomputes the view. `Err(())`: the
+    /// index no longer has `me`.
+    pub fn update(
+        &mut self,
+        index: &PolicyIndex,
+        shared: &Shared,
+        me: &PodKey,
+        changed: Option<&[ObjectRef]>,
+        full: bool,
+    ) -> Result<Option<v1::WatchResponse>, ()> {
+        if index.pod(me).is_none() {
+            return Err(());
+        }
+        if let (false, Some(changed)) = (full, changed) {
+            if !view::may_change(index, me, changed, self) {
+                return Ok(None);
+            }
+            if changed.iter().all(|c| c.kind == Kind::Pod) {
+                let mut pods: Vec<PodKey> = changed.iter().map(|c| c.key.clone()).collect();
+                pods.sort();
+                pods.dedup();
+                if let Some(message) = self.pods_changed(index, me, &pods) {
+                    return Ok(message);
+                }
+            }
+        }
+        let scope = view::scope(index, shared, me).ok_or(())?;
+        Ok(self.next(index, &scope, full))
+    }
+
+    /// The message for changes to `changed_pods` alone (no policy or
+    /// namespace changed), computed pod by pod, or `None` when that cannot
+    /// be exact and the whole view must be recomputed: `me` changed (its
+    /// selection may have), an address is shared by several pods (who holds
+    /// it depends on all of them), or a pod joins whose egress policies or
+    /// namespace are not held yet and are not simple to add.
+    /// `Some(None)`: nothing to send.
+    pub fn pods_changed(
+        &mut self,
+        index: &PolicyIndex,
+        me: &PodKey,
+        changed_pods: &[PodKey],
+    ) -> Option<Option<v1::WatchResponse>> {
+        let mut msg = v1::WatchResponse::default();
+        let shared_ip = |pod: &Pod| {
+            pod.ips
+                .iter()
+                .any(|ip| index.pods_reporting_ip(*ip).len() > 1)
+        };
+        for key in changed_pods {
+            if key == me {
+                return None;
+            }
+            let new = index.pod(key);
+            if self.pods.get(key).is_some_and(|old| shared_ip(old))
+                || new.is_some_and(|p| shared_ip(p))
+            {
+                return None;
+            }
+            match new.filter(|p| view::is_source(index, me, p)) {
+                Some(pod) => {
+                    let egress = index.selecting(key, Direction::Egress);
+                    if egress.iter().any(|p| !self.policies.contains_key(&p.key)) {
+                        return None;
+                    }
+                    if !self.namespaces.contains_key(&key.namespace) {
+                        if let Some(ns) = index.namespace(&key.namespace) {
+                            self.namespaces.insert(key.namespace.clone(), ns.clone());
+                            msg.namespaces.push(namespace_to_wire(ns));
+                        }
+                    }
+                    let unchanged = self
+                        .pods
+                        .get(key)
+                        .is_some_and(|old| Arc::ptr_eq(old, pod) || **old == **pod);
+                    if !unchanged {
+                        if self.pods.insert(key.clone(), pod.clone()).is_none() {
+                            *self
+                                .pod_namespaces
+                                .entry(key.namespace.clone())
+                                .or_default() += 1;
+                        }
+                        msg.pods.push(pod_to_wire(pod));
+                    }
+                }
+                None => {
+                    if self.pods.remove(key).is_some() {
+                        if let Some(n) = self.pod_namespaces.get_mut(&key.namespace) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.pod_namespaces.remove(&key.namespace);
+                            }
+                        }
+                        msg.removed
+                            .push(removed(v1::Kind::Pod, &key.namespace, &key.name));
+                    }
+                }
+            }
+        }
+        let empty = msg.namespaces.is_empty() && msg.pods.is_empty() && msg.removed.is_empty();
+        Some((!empty).then_some(msg))
     }
 
     /// How many objects the subscriber holds.

@@ -9,8 +9,8 @@ pub struct ControlMetrics {
     pub connected: IntGauge,
     /// Messages sent.
     pub messages: IntCounter,
-    /// Commits a subscriber skipped without computing its view: nothing
-    /// they changed could touch it.
+    /// Commits that changed nothing in a subscriber's view (most skipped
+    /// without computing it).
     pub skipped: IntCounter,
     /// Bytes of messages sent (protobuf encoded).
     pub bytes: IntCounter,
@@ -36,7 +36,7 @@ impl ControlMetrics {
             .expect("valid"),
             skipped: IntCounter::new(
                 "picket_control_views_skipped_total",
-                "Commits a sidecar's stream skipped without computing its view (nothing they changed could touch it)",
+                "Commits that changed nothing in a sidecar's view (most skipped without computing it)",
             )
             .expect("valid"),
             bytes: IntCounter::new(

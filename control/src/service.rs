@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
 use crate::delta::Sent;
 use crate::metrics::ControlMetrics;
-use crate::view::{self, Shared};
+use crate::view::Shared;
 
 /// The most unanswered address questions a subscriber keeps.
 const MAX_RESOLVES: usize = 1024;
@@ -278,30 +278,25 @@ impl Subscriber {
 
     async fn send_view(&mut self, snapshot: &Snapshot, full: bool) -> Result<(), End> {
         let index = &snapshot.index;
-        // Most changes concern other pods' views: skip them without
-        // computing this one.
-        let affected = full
-            || !self.resolves.is_empty()
-            || snapshot
-                .log
-                .between(self.seen_version, snapshot.version)
-                .is_none_or(|changed| view::may_change(index, &self.me, &changed, &self.sent));
+        let changed = snapshot.log.between(self.seen_version, snapshot.version);
         self.seen_version = snapshot.version;
-        if !affected {
-            self.metrics.skipped.inc();
-            return Ok(());
-        }
         let still_mine = index
             .pod(&self.me)
             .is_some_and(|p| *p.uid == *self.identity.uid);
         if !still_mine {
             return Err(End::Revoked(format!("pod {} is gone", self.me)));
         }
+        // Most changes concern other pods' views: they cost a check here.
         let shared = self.shared.for_version(snapshot.version);
-        let Some(scope) = view::scope(index, &shared, &self.me) else {
+        let Ok(change) = self
+            .sent
+            .update(index, &shared, &self.me, changed.as_deref(), full)
+        else {
             return Err(End::Revoked(format!("pod {} is gone", self.me)));
         };
-        let change = self.sent.next(index, &scope, full);
+        if change.is_none() {
+            self.metrics.skipped.inc();
+        }
         if change.is_none() && self.resolves.is_empty() {
             return Ok(());
         }

@@ -143,6 +143,24 @@ impl<'a> Ingress<'a> {
     }
 }
 
+/// Whether a pod is one the scope takes in for itself (not for sharing an
+/// IP): it matches a pod peer of `me`'s ingress, or its egress is isolated
+/// and `me` may admit it.
+pub fn is_source(index: &PolicyIndex, me: &PodKey, pod: &Pod) -> bool {
+    let ingress = Ingress::of(index, me);
+    ingress.takes_in(index, pod)
+}
+
+impl Ingress<'_> {
+    fn takes_in(&self, index: &PolicyIndex, pod: &Pod) -> bool {
+        let namespace_labels = index.namespace_labels(&pod.key.namespace);
+        self.peers
+            .iter()
+            .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
+            || (!index.selecting(&pod.key, Direction::Egress).is_empty() && self.may_admit(pod))
+    }
+}
+
 /// The view of pod `me`; `None` when the index does not know it.
 pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope> {
     let dst = index.pod(me)?;
@@ -249,12 +267,7 @@ fn pod_may_change(
         // Gone, and never in the view: nothing to remove.
         return false;
     };
-    let namespace_labels = index.namespace_labels(&pod.key.namespace);
-    ingress
-        .peers
-        .iter()
-        .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
-        || (!index.selecting(key, Direction::Egress).is_empty() && ingress.may_admit(pod))
+    ingress.takes_in(index, pod)
         || (!pod.host_network
             && pod
                 .ips
