@@ -16,6 +16,10 @@ use picket_state::{Kind, ObjectRef};
 
 use crate::view::{self, Held, Scope, Shared};
 
+/// The subscriber's pod is no longer in the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gone;
+
 /// The objects a subscriber holds, as last sent.
 #[derive(Debug, Default)]
 pub struct Sent {
@@ -108,7 +112,7 @@ impl Sent {
     /// objects `changed` since it was last brought up to date (`None`:
     /// unknown, anything may have changed). Changes that cannot touch the
     /// view cost a check and send nothing; pod changes are applied pod by pod
-    /// when that is exact; anything else recomputes the view. `Err(())`: the
+    /// when that is exact; anything else recomputes the view. `Err(Gone)`: the
     /// index no longer has `me`.
     pub fn update(
         &mut self,
@@ -117,9 +121,9 @@ impl Sent {
         me: &PodKey,
         changed: Option<&[ObjectRef]>,
         full: bool,
-    ) -> Result<Option<v1::WatchResponse>, ()> {
+    ) -> Result<Option<v1::WatchResponse>, Gone> {
         if index.pod(me).is_none() {
-            return Err(());
+            return Err(Gone);
         }
         if let (false, Some(changed)) = (full, changed) {
             if !view::may_change(index, me, changed, self) {
@@ -134,7 +138,7 @@ impl Sent {
                 }
             }
         }
-        let scope = view::scope(index, shared, me).ok_or(())?;
+        let scope = view::scope(index, shared, me).ok_or(Gone)?;
         Ok(self.next(index, &scope, full))
     }
 
