@@ -18,7 +18,7 @@
 //! (or does not matter). The differential tests check this against the
 //! engine on the full cluster.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
@@ -31,11 +31,11 @@ use picket_state::{Kind, ObjectRef};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scope {
     /// Namespaces, by name.
-    pub namespaces: BTreeSet<Arc<str>>,
+    pub namespaces: HashSet<Arc<str>>,
     /// Pods.
-    pub pods: BTreeSet<PodKey>,
+    pub pods: HashSet<PodKey>,
     /// Policies.
-    pub policies: BTreeSet<PolicyKey>,
+    pub policies: HashSet<PolicyKey>,
 }
 
 /// Work shared by every view computed from one index: the pods each pod
@@ -133,6 +133,11 @@ impl<'a> Ingress<'a> {
         ingress
     }
 
+    /// Whether some pod may be let in for its address alone.
+    fn admits_by_address(&self) -> bool {
+        self.every_peer || !self.blocks.is_empty()
+    }
+
     /// Whether an egress-isolated pod could be let in: its egress rules then decide.
     fn may_admit(&self, pod: &Pod) -> bool {
         self.every_peer
@@ -171,7 +176,7 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
         }
     }
     let ingress = Ingress::of(index, me);
-    let mut sources = BTreeSet::new();
+    let mut sources = HashSet::new();
     for (namespaces, pods) in &ingress.peers {
         sources.extend(
             shared
@@ -180,9 +185,13 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
                 .cloned(),
         );
     }
-    for key in shared.egress_isolated(index).iter() {
-        if sources.contains(key) || index.pod(key).is_some_and(|p| ingress.may_admit(p)) {
-            sources.insert(key.clone());
+    // Only a pod that admits by address takes in egress-isolated pods that
+    // no pod peer names (the others are among the peers already).
+    if ingress.admits_by_address() {
+        for key in shared.egress_isolated(index).iter() {
+            if !sources.contains(key) && index.pod(key).is_some_and(|p| ingress.may_admit(p)) {
+                sources.insert(key.clone());
+            }
         }
     }
     sources.insert(me.clone());
@@ -230,7 +239,7 @@ pub fn may_change(
     held: &impl Held,
 ) -> bool {
     let ingress = Ingress::of(index, me);
-    let admits_by_address = ingress.every_peer || !ingress.blocks.is_empty();
+    let admits_by_address = ingress.admits_by_address();
     changed.iter().any(|object| {
         let key = &object.key;
         match object.kind {
@@ -277,8 +286,8 @@ fn pod_may_change(
 
 /// The pods, and every pod that reports an IP one of them reports, to a
 /// fixed point.
-fn with_ip_sharers(index: &PolicyIndex, pods: BTreeSet<PodKey>) -> BTreeSet<PodKey> {
-    let mut done = BTreeSet::new();
+fn with_ip_sharers(index: &PolicyIndex, pods: HashSet<PodKey>) -> HashSet<PodKey> {
+    let mut done = HashSet::with_capacity(pods.len());
     let mut todo: Vec<PodKey> = pods.into_iter().collect();
     while let Some(key) = todo.pop() {
         if !done.insert(key.clone()) {
