@@ -62,8 +62,23 @@ impl Shared {
         if let Some(found) = memo.get(&key) {
             return found.clone();
         }
-        let members: Vec<PodKey> = index
-            .pods()
+        // Only the pods of the namespaces the peer can name: its own, or
+        // those whose labels match (every pod for `{}`, which also matches
+        // pods of namespaces not known yet).
+        let candidates: Vec<&PodKey> = match namespaces {
+            NamespaceScope::Policy(ns) => index.pods_in(ns).collect(),
+            NamespaceScope::Selected(selector) if selector.is_everything() => {
+                index.pods().map(|p| &p.key).collect()
+            }
+            NamespaceScope::Selected(selector) => index
+                .namespaces()
+                .filter(|ns| selector.matches(&ns.labels))
+                .flat_map(|ns| index.pods_in(&ns.name))
+                .collect(),
+        };
+        let members: Vec<PodKey> = candidates
+            .into_iter()
+            .filter_map(|key| index.pod(key))
             .filter(|pod| {
                 pods_peer_matches(
                     namespaces,
