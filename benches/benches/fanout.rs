@@ -98,17 +98,10 @@ impl Drop for ControlPlane {
 }
 
 fn start_control(binary: &Path, dir: &Path, kubeconfig: &Path) -> Result<ControlPlane> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])?.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("ca.crt"), ca_cert.pem())?;
-    std::fs::write(dir.join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    let certs = picket_test_support::certs::serving_certificate(&[SERVER_NAME])?;
+    std::fs::write(dir.join("ca.crt"), certs.ca_pem)?;
+    std::fs::write(dir.join("tls.crt"), certs.cert_pem)?;
+    std::fs::write(dir.join("tls.key"), certs.key_pem)?;
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("--kubeconfig")

@@ -78,7 +78,11 @@ async fn plane_with_stall(stall: Duration) -> Plane {
         prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["kind"]).unwrap();
     tokio::spawn(KubeSource::new(client.clone(), restarts).run(writer));
     wait_for(&mut snapshots, "the control plane's sync", |_| true).await;
-    let (ca_pem, cert_pem, key_pem) = certificates();
+    let picket_test_support::certs::TestCerts {
+        ca_pem,
+        cert_pem,
+        key_pem,
+    } = picket_test_support::certs::serving_certificate(&[SERVER_NAME]).unwrap();
     let tls =
         picket_control::serve::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let auth = Arc::new(Authenticator::new(KubeReviewer(client), 1000.0, 1000.0));
@@ -106,22 +110,6 @@ async fn plane_with_stall(stall: Duration) -> Plane {
         ca_pem,
         dir,
     }
-}
-
-/// A CA and a serving certificate for [`SERVER_NAME`].
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
 }
 
 impl Plane {

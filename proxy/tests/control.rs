@@ -92,27 +92,17 @@ impl Drop for ControlPlane {
 
 /// A CA and a serving certificate for [`SERVER_NAME`], as PEM files in `dir`.
 fn certificates(dir: &std::path::Path) -> (PathBuf, (PathBuf, PathBuf)) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
+    let certs = picket_test_support::certs::serving_certificate(&[SERVER_NAME]).unwrap();
     let write = |name: &str, pem: String| {
         let path = dir.join(name);
         std::fs::write(&path, pem).unwrap();
         path
     };
     (
-        write("ca.crt", ca_cert.pem()),
+        write("ca.crt", certs.ca_pem),
         (
-            write("tls.crt", cert.pem()),
-            write("tls.key", key.serialize_pem()),
+            write("tls.crt", certs.cert_pem),
+            write("tls.key", certs.key_pem),
         ),
     )
 }

@@ -5,8 +5,10 @@
 //!   MutatingWebhookConfigurations (with PATCH), with the ServiceAccount admission step on
 //!   pod creates, and fault injection.
 //! - [`announced`]: the addresses a child process says it listens on.
+//! - [`certs`]: a throwaway CA and a serving certificate.
 
 pub mod announced;
 pub mod apiserver;
+pub mod certs;
 
 pub use apiserver::{ApiServer, ApiServerBuilder, Kind};

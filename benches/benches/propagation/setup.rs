@@ -487,23 +487,16 @@ fn start_control(
     kubeconfig: &Path,
     pod: &str,
 ) -> Result<(ControlPlane, Vec<std::ffi::OsString>)> {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![CONTROL_NAME.to_string()])?.signed_by(&key, &issuer)?;
+    let certs = picket_test_support::certs::serving_certificate(&[CONTROL_NAME])?;
     let (ca_file, cert_file, key_file, token_file) = (
         state.join("ca.crt"),
         state.join("tls.crt"),
         state.join("tls.key"),
         state.join("token"),
     );
-    fs::write(&ca_file, ca_cert.pem())?;
-    fs::write(&cert_file, cert.pem())?;
-    fs::write(&key_file, key.serialize_pem())?;
+    fs::write(&ca_file, certs.ca_pem)?;
+    fs::write(&cert_file, certs.cert_pem)?;
+    fs::write(&key_file, certs.key_pem)?;
     fs::write(
         &token_file,
         api.issue_pod_token(
