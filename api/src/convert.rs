@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use picket_policy::selector::{Operator, Requirement};
 use picket_policy::{
-    ContainerPort, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
-    PortSpec, Protocol, Rule, Selector,
+    ContainerPort, EgressToward, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Rule, Selector, TowardRule,
 };
 
 use crate::v1;
@@ -60,6 +60,17 @@ pub struct Update {
     pub removed: Vec<Removed>,
     /// Answers to `Resolve`: whether a pod holds the address.
     pub resolved: Vec<(IpAddr, bool)>,
+    /// Sources' egress sides toward the view's pod to set or remove.
+    pub egress: Vec<EgressEntry>,
+}
+
+/// One source's egress side toward the view's pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EgressEntry {
+    /// A pod of the view; `None`: it is not isolated for egress (remove).
+    Pod(ObjectKey, Option<EgressToward>),
+    /// The pods claiming an address the view holds no pod for; none: remove.
+    Address(IpAddr, Vec<EgressToward>),
 }
 
 /// An object to delete.
@@ -106,8 +117,14 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
                 })
         })
         .collect::<Result<_, _>>()?;
+    let egress = msg
+        .egress
+        .iter()
+        .map(egress_from_wire)
+        .collect::<Result<_, _>>()?;
     Ok(Update {
         generation: msg.generation,
+        egress,
         resolved,
         full: msg.full,
         namespaces: msg
@@ -130,6 +147,45 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
 }
 
 // === to the wire ===
+
+/// A pod's egress side toward the view's pod on the wire (`None`: remove).
+pub fn pod_egress_to_wire(key: &ObjectKey, egress: Option<&EgressToward>) -> v1::SourceEgress {
+    v1::SourceEgress {
+        source: Some(v1::source_egress::Source::Pod(v1::PodRef {
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
+            uid: String::new(),
+        })),
+        claimants: egress.into_iter().map(toward_to_wire).collect(),
+    }
+}
+
+/// An address's egress sides toward the view's pod on the wire (none: remove).
+pub fn address_egress_to_wire<'a>(
+    ip: &IpAddr,
+    claimants: impl IntoIterator<Item = &'a EgressToward>,
+) -> v1::SourceEgress {
+    v1::SourceEgress {
+        source: Some(v1::source_egress::Source::Address(ip_to_wire(ip))),
+        claimants: claimants.into_iter().map(toward_to_wire).collect(),
+    }
+}
+
+fn toward_to_wire(egress: &EgressToward) -> v1::EgressToward {
+    v1::EgressToward {
+        policies: egress.policies as u32,
+        rules: egress
+            .rules
+            .iter()
+            .map(|r| v1::TowardRule {
+                policy_namespace: r.policy.namespace.to_string(),
+                policy_name: r.policy.name.to_string(),
+                index: r.index as u32,
+                rule: Some(rule_to_wire(&r.rule)),
+            })
+            .collect(),
+    }
+}
 
 /// A namespace on the wire.
 pub fn namespace_to_wire(ns: &Namespace) -> v1::Namespace {
@@ -347,6 +403,79 @@ pub fn policy_from_wire(policy: &v1::Policy) -> Result<Policy, InvalidMessage> {
         pod_selector,
         ingress: rules("ingress", &policy.ingress)?,
         egress: rules("egress", &policy.egress)?,
+    })
+}
+
+fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMessage> {
+    use v1::source_egress::Source;
+    let object = match &entry.source {
+        Some(Source::Pod(pod)) => format!("egress of {}/{}", pod.namespace, pod.name),
+        Some(Source::Address(ip)) => format!("egress of {:?}", ip_from_wire(ip)),
+        None => "egress".to_string(),
+    };
+    let at = At { object: &object };
+    let claimants = entry
+        .claimants
+        .iter()
+        .enumerate()
+        .map(|(i, c)| toward_from_wire(&at, &format!("claimants[{i}]"), c))
+        .collect::<Result<Vec<_>, _>>()?;
+    match &entry.source {
+        Some(Source::Pod(pod)) => {
+            let key = key(&at, &pod.namespace, &pod.name)?;
+            if claimants.len() > 1 {
+                return Err(at.err("claimants", "a pod has one egress side"));
+            }
+            Ok(EgressEntry::Pod(key, claimants.into_iter().next()))
+        }
+        Some(Source::Address(ip)) => {
+            let ip = ip_from_wire(ip).ok_or_else(|| at.err("address", "not 4 or 16 bytes"))?;
+            Ok(EgressEntry::Address(ip, claimants))
+        }
+        None => Err(at.err("source", "missing")),
+    }
+}
+
+fn toward_from_wire(
+    at: &At<'_>,
+    field: &str,
+    egress: &v1::EgressToward,
+) -> Result<EgressToward, InvalidMessage> {
+    if egress.policies == 0 {
+        return Err(at.err(
+            format!("{field}.policies"),
+            "at least one policy isolates it",
+        ));
+    }
+    let rules = egress
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let field = format!("{field}.rules[{i}]");
+            let rule = r
+                .rule
+                .as_ref()
+                .ok_or_else(|| at.err(format!("{field}.rule"), "missing"))?;
+            let rule = rule_from_wire(at, &format!("{field}.rule"), rule)?;
+            if rule
+                .peers
+                .iter()
+                .flatten()
+                .any(|p| !matches!(p, Peer::IpBlock(_)))
+            {
+                return Err(at.err(format!("{field}.rule.peers"), "only ipBlock peers"));
+            }
+            Ok(TowardRule {
+                policy: key(at, &r.policy_namespace, &r.policy_name)?,
+                index: r.index as usize,
+                rule,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(EgressToward {
+        policies: egress.policies as usize,
+        rules,
     })
 }
 

@@ -6,21 +6,25 @@
 //! states it missed and gets one message from what it has to what is now.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use picket_api::convert::{namespace_to_wire, pod_to_wire, policy_to_wire};
+use picket_api::convert::{
+    address_egress_to_wire, namespace_to_wire, pod_egress_to_wire, pod_to_wire, policy_to_wire,
+};
 use picket_api::v1;
-use picket_policy::{Direction, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
+use picket_policy::shards::Shards;
+use picket_policy::{EgressToward, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
 
 use picket_state::{Kind, ObjectRef};
 
-use crate::view::{self, Held, Scope, Shared};
+use crate::view::{self, Compiler, Held, Ingress, Scope, Shared};
 
 /// The subscriber's pod is no longer in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gone;
 
-/// The objects a subscriber holds, as last sent.
+/// The objects and entries a subscriber holds, as last sent.
 #[derive(Debug, Default)]
 pub struct Sent {
     namespaces: HashMap<Arc<str>, Arc<Namespace>>,
@@ -29,9 +33,14 @@ pub struct Sent {
     /// How many held pods each namespace has (whether or not its Namespace
     /// object exists).
     pod_namespaces: HashMap<Arc<str>, usize>,
+    pod_egress: HashMap<PodKey, Arc<EgressToward>>,
+    address_egress: HashMap<IpAddr, Arc<[Arc<EgressToward>]>>,
+    /// Every pod as of the last update (shared with the index: 64
+    /// pointers): what a pod was before it changed or went away.
+    seen: Shards<PodKey, Arc<Pod>>,
 }
 
-/// How many objects a subscriber holds.
+/// How many objects and entries a subscriber holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Size {
     /// Namespaces.
@@ -40,6 +49,17 @@ pub struct Size {
     pub pods: usize,
     /// Policies.
     pub policies: usize,
+    /// Egress entries, by pod and by address.
+    pub egress: usize,
+}
+
+/// The message being built, and whether anything is in it.
+fn is_empty(msg: &v1::WatchResponse) -> bool {
+    msg.namespaces.is_empty()
+        && msg.pods.is_empty()
+        && msg.policies.is_empty()
+        && msg.removed.is_empty()
+        && msg.egress.is_empty()
 }
 
 // === impl Sent ===
@@ -94,6 +114,31 @@ impl Sent {
                     .push(removed(v1::Kind::Policy, &key.namespace, &key.name))
             },
         );
+        let held_pods = &self.pods;
+        let mut pod_egress = std::mem::take(&mut self.pod_egress);
+        sync_keyed(
+            &mut pod_egress,
+            scope.pod_egress.iter().map(|(k, e)| (k.clone(), e.clone())),
+            |key, egress| {
+                // A pod's entry goes with the pod: only held pods' removals are sent.
+                if egress.is_some() || held_pods.contains_key(key) {
+                    msg.egress
+                        .push(pod_egress_to_wire(key, egress.map(|e| &**e)));
+                }
+            },
+        );
+        self.pod_egress = pod_egress;
+        sync_keyed(
+            &mut self.address_egress,
+            scope
+                .address_egress
+                .iter()
+                .map(|(ip, entry)| (*ip, Arc::from(entry.as_slice()))),
+            |ip, entry: Option<&Arc<[Arc<EgressToward>]>>| {
+                let claimants = entry.into_iter().flat_map(|e| e.iter().map(|e| &**e));
+                msg.egress.push(address_egress_to_wire(ip, claimants))
+            },
+        );
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -101,20 +146,30 @@ impl Sent {
                 .entry(key.namespace.clone())
                 .or_default() += 1;
         }
-        let empty = msg.namespaces.is_empty()
-            && msg.pods.is_empty()
-            && msg.policies.is_empty()
-            && msg.removed.is_empty();
-        (full || !empty).then_some(msg)
+        (full || !is_empty(&msg)).then_some(msg)
     }
 
     /// The message that brings the subscriber of `me` to `index`, given the
     /// objects `changed` since it was last brought up to date (`None`:
     /// unknown, anything may have changed). Changes that cannot touch the
-    /// view cost a check and send nothing; pod changes are applied pod by pod
-    /// when that is exact; anything else recomputes the view. `Err(Gone)`: the
-    /// index no longer has `me`.
+    /// view cost a check and send nothing; pod changes are applied pod by
+    /// pod, and changes to policies of other namespaces than `me`'s entry by
+    /// entry, when that is exact; anything else recomputes the view.
+    /// `Err(Gone)`: the index no longer has `me`.
     pub fn update(
+        &mut self,
+        index: &PolicyIndex,
+        shared: &Shared,
+        me: &PodKey,
+        changed: Option<&[ObjectRef]>,
+        full: bool,
+    ) -> Result<Option<v1::WatchResponse>, Gone> {
+        let message = self.compute(index, shared, me, changed, full);
+        self.seen = index.pod_map();
+        message
+    }
+
+    fn compute(
         &mut self,
         index: &PolicyIndex,
         shared: &Shared,
@@ -129,11 +184,15 @@ impl Sent {
             if !view::may_change(index, me, changed, self) {
                 return Ok(None);
             }
+            let mut keys: Vec<PodKey> = changed.iter().map(|c| c.key.clone()).collect();
+            keys.sort();
+            keys.dedup();
             if changed.iter().all(|c| c.kind == Kind::Pod) {
-                let mut pods: Vec<PodKey> = changed.iter().map(|c| c.key.clone()).collect();
-                pods.sort();
-                pods.dedup();
-                if let Some(message) = self.pods_changed(index, me, &pods) {
+                if let Some(message) = self.pods_changed(index, me, &keys) {
+                    return Ok(message);
+                }
+            } else if changed.iter().all(|c| c.kind == Kind::Policy) {
+                if let Some(message) = self.policies_changed(index, me, &keys) {
                     return Ok(message);
                 }
             }
@@ -145,16 +204,17 @@ impl Sent {
     /// The message for changes to `changed_pods` alone (no policy or
     /// namespace changed), computed pod by pod, or `None` when that cannot
     /// be exact and the whole view must be recomputed: `me` changed (its
-    /// selection may have), an address is shared by several pods (who holds
-    /// it depends on all of them), or a pod joins whose egress policies or
-    /// namespace are not held yet and are not simple to add.
-    /// `Some(None)`: nothing to send.
+    /// selection may have), or an address is shared by several pods (who
+    /// holds it depends on all of them). `Some(None)`: nothing to send.
     pub fn pods_changed(
         &mut self,
         index: &PolicyIndex,
         me: &PodKey,
         changed_pods: &[PodKey],
     ) -> Option<Option<v1::WatchResponse>> {
+        let dst = index.pod(me)?;
+        let ingress = Ingress::of(index, me);
+        let mut compiler = Compiler::new(index, dst);
         let mut msg = v1::WatchResponse::default();
         let shared_ip = |pod: &Pod| {
             pod.ips
@@ -165,18 +225,16 @@ impl Sent {
             if key == me {
                 return None;
             }
+            let old = self.seen.get(key).cloned();
             let new = index.pod(key);
-            if self.pods.get(key).is_some_and(|old| shared_ip(old))
+            if old.as_deref().is_some_and(shared_ip)
+                || self.pods.get(key).is_some_and(|p| shared_ip(p))
                 || new.is_some_and(|p| shared_ip(p))
             {
                 return None;
             }
-            match new.filter(|p| view::is_source(index, me, p)) {
+            match new.filter(|p| ingress.names(index, p)) {
                 Some(pod) => {
-                    let egress = index.selecting(key, Direction::Egress);
-                    if egress.iter().any(|p| !self.policies.contains_key(&p.key)) {
-                        return None;
-                    }
                     if !self.namespaces.contains_key(&key.namespace) {
                         if let Some(ns) = index.namespace(&key.namespace) {
                             self.namespaces.insert(key.namespace.clone(), ns.clone());
@@ -196,9 +254,18 @@ impl Sent {
                         }
                         msg.pods.push(pod_to_wire(pod));
                     }
+                    let egress = compiler.of(key);
+                    if self.pod_egress.get(key) != egress.as_ref() {
+                        msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
+                        match egress {
+                            Some(egress) => self.pod_egress.insert(key.clone(), egress),
+                            None => self.pod_egress.remove(key),
+                        };
+                    }
                 }
                 None => {
                     if self.pods.remove(key).is_some() {
+                        self.pod_egress.remove(key);
                         if let Some(n) = self.pod_namespaces.get_mut(&key.namespace) {
                             *n -= 1;
                             if *n == 0 {
@@ -210,17 +277,95 @@ impl Sent {
                     }
                 }
             }
+            // The addresses it had and has: their entries, now.
+            let ips = old.iter().chain(new).flat_map(|p| p.ips.iter().copied());
+            for ip in ips.collect::<Vec<_>>() {
+                self.sync_address(&mut compiler, &ingress, ip, &mut msg);
+            }
         }
-        let empty = msg.namespaces.is_empty() && msg.pods.is_empty() && msg.removed.is_empty();
-        Some((!empty).then_some(msg))
+        Some((!is_empty(&msg)).then_some(msg))
     }
 
-    /// How many objects the subscriber holds.
+    /// The message for changes to `changed_policies` alone, when none is
+    /// held or in `me`'s namespace: they select no pod of the view's own
+    /// (pods are selected in their policy's namespace), so they change only
+    /// the egress entries of the pods of their namespaces, computed again
+    /// entry by entry. `None`: the whole view must be recomputed.
+    pub fn policies_changed(
+        &mut self,
+        index: &PolicyIndex,
+        me: &PodKey,
+        changed_policies: &[PolicyKey],
+    ) -> Option<Option<v1::WatchResponse>> {
+        if changed_policies
+            .iter()
+            .any(|k| k.namespace == me.namespace || self.policies.contains_key(k))
+        {
+            return None;
+        }
+        let dst = index.pod(me)?;
+        let ingress = Ingress::of(index, me);
+        let mut compiler = Compiler::new(index, dst);
+        let mut msg = v1::WatchResponse::default();
+        let mut namespaces: Vec<&str> = changed_policies.iter().map(|k| &*k.namespace).collect();
+        namespaces.dedup();
+        for namespace in namespaces {
+            for key in index.pods_in(namespace) {
+                if self.pods.contains_key(key) {
+                    let egress = compiler.of(key);
+                    if self.pod_egress.get(key) != egress.as_ref() {
+                        msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
+                        match egress {
+                            Some(egress) => self.pod_egress.insert(key.clone(), egress),
+                            None => self.pod_egress.remove(key),
+                        };
+                    }
+                } else if ingress.admits_by_address() {
+                    if let Some(pod) = index.pod(key) {
+                        for ip in &pod.ips {
+                            self.sync_address(&mut compiler, &ingress, *ip, &mut msg);
+                        }
+                    }
+                }
+            }
+        }
+        Some((!is_empty(&msg)).then_some(msg))
+    }
+
+    /// Brings the entry of `ip` up to date, into `msg`.
+    fn sync_address(
+        &mut self,
+        compiler: &mut Compiler<'_>,
+        ingress: &Ingress<'_>,
+        ip: IpAddr,
+        msg: &mut v1::WatchResponse,
+    ) {
+        let pods = &self.pods;
+        let entry = compiler.address(ingress, ip, |k| pods.contains_key(k));
+        let old = self.address_egress.get(&ip);
+        let unchanged = match old {
+            Some(old) => old.len() == entry.len() && old.iter().zip(&entry).all(|(a, b)| a == b),
+            None => entry.is_empty(),
+        };
+        if unchanged {
+            return;
+        }
+        msg.egress
+            .push(address_egress_to_wire(&ip, entry.iter().map(|e| &**e)));
+        if entry.is_empty() {
+            self.address_egress.remove(&ip);
+        } else {
+            self.address_egress.insert(ip, entry.into());
+        }
+    }
+
+    /// How many objects and entries the subscriber holds.
     pub fn size(&self) -> Size {
         Size {
             namespaces: self.namespaces.len(),
             pods: self.pods.len(),
             policies: self.policies.len(),
+            egress: self.pod_egress.len() + self.address_egress.len(),
         }
     }
 }
@@ -254,6 +399,32 @@ fn sync<'a, K, V>(
     *held = next;
 }
 
+/// Brings `held` to `wanted` like [`sync`], for values compared by value:
+/// calls `change` with each new or changed value, and with `None` for each
+/// key no longer wanted.
+fn sync_keyed<K, V>(
+    held: &mut HashMap<K, V>,
+    wanted: impl Iterator<Item = (K, V)>,
+    mut change: impl FnMut(&K, Option<&V>),
+) where
+    K: std::hash::Hash + Eq + Clone,
+    V: PartialEq,
+{
+    let mut next = HashMap::with_capacity(held.len());
+    for (key, value) in wanted {
+        if held.get(&key) != Some(&value) {
+            change(&key, Some(&value));
+        }
+        next.insert(key, value);
+    }
+    for key in held.keys() {
+        if !next.contains_key(key) {
+            change(key, None);
+        }
+    }
+    *held = next;
+}
+
 impl Held for Sent {
     fn pod(&self, key: &PodKey) -> bool {
         self.pods.contains_key(key)
@@ -265,6 +436,14 @@ impl Held for Sent {
 
     fn namespace(&self, name: &str) -> bool {
         self.pod_namespaces.contains_key(name) || self.namespaces.contains_key(name)
+    }
+
+    fn address(&self, ip: IpAddr) -> bool {
+        self.address_egress.contains_key(&ip)
+    }
+
+    fn seen(&self, key: &PodKey) -> Option<&Arc<Pod>> {
+        self.seen.get(key)
     }
 }
 

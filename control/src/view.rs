@@ -7,23 +7,30 @@
 //!
 //! - `D`, its namespace, and every policy that selects it;
 //! - every pod that a pod peer of `D`'s ingress rules matches (its labels
-//!   decide), and every pod whose egress is isolated unless `D`'s ingress
-//!   surely denies it whatever its egress says (its egress rules decide);
-//!   with each, the policies that select it for egress and its namespace;
-//! - with every pod, all the pods that report one of its IPs (who holds an
-//!   IP, and whether every holder is allowed, depends on all of them).
+//!   decide), with its namespace, and all the pods that report one of its
+//!   IPs (who holds an IP, and whether every holder is allowed, depends on
+//!   all of them);
+//! - no other pod's egress policies, but what they allow toward `D`,
+//!   compiled ([`picket_policy::toward`]): for each egress-isolated pod
+//!   held, and, by address, for each egress-isolated pod not held that `D`
+//!   may let in by its address alone (an `ipBlock` peer, or a rule or a side
+//!   that admits every peer). With a default egress policy in every
+//!   namespace that is an entry per pod of the cluster, a few bytes each,
+//!   instead of the whole cluster's objects.
 //!
 //! A pod left out is one the engine treats exactly like an address that is
-//! no pod: it matches no pod peer of `D`'s, and its egress is not isolated
-//! (or does not matter). The differential tests check this against the
-//! engine on the full cluster.
+//! no pod: it matches no pod peer of `D`'s, and its egress side is its
+//! address entry (or it is not isolated, or it does not matter). The
+//! differential tests check this against the engine on the full cluster.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
 use picket_policy::{
-    Direction, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey, Selector,
+    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey,
+    Selector,
 };
 use picket_state::{Kind, ObjectRef};
 
@@ -36,6 +43,11 @@ pub struct Scope {
     pub pods: HashSet<PodKey>,
     /// Policies.
     pub policies: HashSet<PolicyKey>,
+    /// The egress sides toward `me` of the egress-isolated pods held.
+    pub pod_egress: HashMap<PodKey, Arc<EgressToward>>,
+    /// The egress sides toward `me` of the egress-isolated pods not held
+    /// that `me` may let in by address, by address (sorted by pod).
+    pub address_egress: HashMap<IpAddr, Vec<Arc<EgressToward>>>,
 }
 
 /// Work shared by every view computed from one index: the pods each pod
@@ -111,7 +123,8 @@ impl Shared {
 }
 
 /// What `me`'s ingress rules let in, as the view needs it.
-struct Ingress<'a> {
+#[derive(Debug)]
+pub struct Ingress<'a> {
     /// Pod peers: namespaces and pods.
     peers: Vec<(&'a NamespaceScope, Option<&'a Selector>)>,
     /// `ipBlock` peers.
@@ -121,7 +134,8 @@ struct Ingress<'a> {
 }
 
 impl<'a> Ingress<'a> {
-    fn of(index: &'a PolicyIndex, me: &PodKey) -> Self {
+    /// What `me`'s ingress rules let in.
+    pub fn of(index: &'a PolicyIndex, me: &PodKey) -> Self {
         let policies = index.selecting(me, Direction::Ingress);
         let mut ingress = Self {
             peers: Vec::new(),
@@ -149,35 +163,80 @@ impl<'a> Ingress<'a> {
     }
 
     /// Whether some pod may be let in for its address alone.
-    fn admits_by_address(&self) -> bool {
+    pub fn admits_by_address(&self) -> bool {
         self.every_peer || !self.blocks.is_empty()
     }
 
-    /// Whether an egress-isolated pod could be let in: its egress rules then decide.
-    fn may_admit(&self, pod: &Pod) -> bool {
-        self.every_peer
-            || pod
-                .ips
-                .iter()
-                .any(|ip| self.blocks.iter().any(|b| b.contains(*ip)))
+    /// Whether a source at `ip` may be let in for its address alone.
+    pub fn admits_address(&self, ip: IpAddr) -> bool {
+        self.every_peer || self.blocks.iter().any(|b| b.contains(ip))
     }
-}
 
-/// Whether a pod is one the scope takes in for itself (not for sharing an
-/// IP): it matches a pod peer of `me`'s ingress, or its egress is isolated
-/// and `me` may admit it.
-pub fn is_source(index: &PolicyIndex, me: &PodKey, pod: &Pod) -> bool {
-    let ingress = Ingress::of(index, me);
-    ingress.takes_in(index, pod)
-}
-
-impl Ingress<'_> {
-    fn takes_in(&self, index: &PolicyIndex, pod: &Pod) -> bool {
+    /// Whether a pod peer matches `pod`: the view holds it.
+    pub fn names(&self, index: &PolicyIndex, pod: &Pod) -> bool {
         let namespace_labels = index.namespace_labels(&pod.key.namespace);
         self.peers
             .iter()
             .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
-            || (!index.selecting(&pod.key, Direction::Egress).is_empty() && self.may_admit(pod))
+    }
+
+    /// Whether a peer selects namespaces by label.
+    fn selects_namespaces(&self) -> bool {
+        self.peers
+            .iter()
+            .any(|(namespaces, _)| matches!(namespaces, NamespaceScope::Selected(_)))
+    }
+}
+
+/// Compiles sources' egress sides toward one pod, once per distinct set of
+/// egress policies (the pods of a namespace mostly share theirs).
+#[derive(Debug)]
+pub struct Compiler<'a> {
+    index: &'a PolicyIndex,
+    dst: &'a Pod,
+    memo: HashMap<Vec<usize>, Option<Arc<EgressToward>>>,
+}
+
+impl<'a> Compiler<'a> {
+    /// A compiler toward `dst`.
+    pub fn new(index: &'a PolicyIndex, dst: &'a Pod) -> Self {
+        Self {
+            index,
+            dst,
+            memo: HashMap::new(),
+        }
+    }
+
+    /// `src`'s egress side toward the pod; `None`: not isolated.
+    pub fn of(&mut self, src: &PodKey) -> Option<Arc<EgressToward>> {
+        let policies = self.index.selecting(src, Direction::Egress);
+        if policies.is_empty() {
+            return None;
+        }
+        let key: Vec<usize> = policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+        let (index, dst) = (self.index, self.dst);
+        self.memo
+            .entry(key)
+            .or_insert_with(|| index.egress_toward(src, dst).map(Arc::new))
+            .clone()
+    }
+
+    /// The address entry of `ip` for a view that holds `held`: the egress
+    /// sides of the egress-isolated pods claiming it, sorted by pod, when
+    /// none is held and `ingress` may let the address in; else empty.
+    pub fn address(
+        &mut self,
+        ingress: &Ingress<'_>,
+        ip: IpAddr,
+        held: impl Fn(&PodKey) -> bool,
+    ) -> Vec<Arc<EgressToward>> {
+        let claimants = self.index.pods_with_ip(ip);
+        if !ingress.admits_address(ip) || claimants.iter().any(held) {
+            return Vec::new();
+        }
+        let mut claimants: Vec<&PodKey> = claimants.iter().collect();
+        claimants.sort();
+        claimants.into_iter().filter_map(|k| self.of(k)).collect()
     }
 }
 
@@ -200,22 +259,32 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
                 .cloned(),
         );
     }
-    // Only a pod that admits by address takes in egress-isolated pods that
-    // no pod peer names (the others are among the peers already).
-    if ingress.admits_by_address() {
-        for key in shared.egress_isolated(index).iter() {
-            if !sources.contains(key) && index.pod(key).is_some_and(|p| ingress.may_admit(p)) {
-                sources.insert(key.clone());
+    sources.insert(me.clone());
+    let pods = with_ip_sharers(index, sources);
+    let mut compiler = Compiler::new(index, dst);
+    for key in &pods {
+        scope.namespaces.insert(key.namespace.clone());
+        if key != me {
+            if let Some(egress) = compiler.of(key) {
+                scope.pod_egress.insert(key.clone(), egress);
             }
         }
     }
-    sources.insert(me.clone());
-    let pods = with_ip_sharers(index, sources);
-    for key in &pods {
-        let Some(pod) = index.pod(key) else { continue };
-        scope.namespaces.insert(pod.key.namespace.clone());
-        for policy in index.selecting(key, Direction::Egress) {
-            scope.policies.insert(policy.key.clone());
+    // Only a pod that admits by address needs the egress sides of pods it
+    // does not hold.
+    if ingress.admits_by_address() {
+        for key in shared.egress_isolated(index).iter() {
+            let Some(pod) = index.pod(key).filter(|_| !pods.contains(key)) else {
+                continue;
+            };
+            for ip in &pod.ips {
+                if !scope.address_egress.contains_key(ip) {
+                    let entry = compiler.address(&ingress, *ip, |k| pods.contains(k));
+                    if !entry.is_empty() {
+                        scope.address_egress.insert(*ip, entry);
+                    }
+                }
+            }
         }
     }
     scope.namespaces.insert(dst.key.namespace.clone());
@@ -233,18 +302,23 @@ pub trait Held {
     fn policy(&self, key: &PolicyKey) -> bool;
     /// It holds this namespace, or pods of it (`me` among them).
     fn namespace(&self, name: &str) -> bool;
+    /// It holds an entry for this address.
+    fn address(&self, ip: IpAddr) -> bool;
+    /// The pod as the subscriber was last brought up to date with it.
+    fn seen(&self, key: &PodKey) -> Option<&Arc<Pod>>;
 }
 
 /// Whether changes to `changed` may change `me`'s view, given what the
 /// subscriber `held`: `false` means the view is exactly what it was (the
 /// subscriber skips its work). It mirrors what [`scope`] reads:
-/// - a pod: when it is `me` or held, or now matches what the scope takes in
-///   (a pod peer of `me`'s ingress, an egress-isolated pod `me` may admit, a
-///   pod sharing an IP with one held);
-/// - a policy: when held, or in a namespace with held pods (it may select
-///   them, or `me`, for either direction), or in an unknown namespace, or
-///   when it isolates egress and `me` admits by address (every
-///   egress-isolated pod may then join);
+/// - a pod: when it is `me` or held, or now matches a pod peer of `me`'s
+///   ingress, or has (had) an address behind an entry or shared with another
+///   pod (the claim may pass), or now needs an entry (egress-isolated, and
+///   `me` admits it by address);
+/// - a policy: when held, or in `me`'s namespace (it may select `me`), or in
+///   a namespace with held pods or with pods behind address entries (it may
+///   isolate them for egress), or in an unknown namespace, or when it
+///   isolates egress and `me` admits by address (its pods may need entries);
 /// - a namespace: when held (`me`'s own among them), or unknown, or when a
 ///   peer of `me`'s ingress selects namespaces by label.
 pub fn may_change(
@@ -254,23 +328,25 @@ pub fn may_change(
     held: &impl Held,
 ) -> bool {
     let ingress = Ingress::of(index, me);
-    let admits_by_address = ingress.admits_by_address();
     changed.iter().any(|object| {
         let key = &object.key;
         match object.kind {
             Kind::Policy => {
                 held.policy(key)
+                    || key.namespace == me.namespace
                     || held.namespace(&key.namespace)
                     || index.namespace(&key.namespace).is_none()
-                    || (admits_by_address && index.policy(key).is_some_and(|p| p.egress.is_some()))
+                    || (ingress.admits_by_address()
+                        && (index.policy(key).is_some_and(|p| p.egress.is_some())
+                            || index
+                                .pods_in(&key.namespace)
+                                .filter_map(|k| index.pod(k))
+                                .any(|p| p.ips.iter().any(|ip| held.address(*ip)))))
             }
             Kind::Namespace => {
                 held.namespace(&key.name)
                     || index.namespace(&key.name).is_none()
-                    || ingress
-                        .peers
-                        .iter()
-                        .any(|(namespaces, _)| matches!(namespaces, NamespaceScope::Selected(_)))
+                    || ingress.selects_namespaces()
             }
             Kind::Pod => pod_may_change(index, me, &ingress, key, held),
         }
@@ -287,16 +363,24 @@ fn pod_may_change(
     if key == me || held.pod(key) {
         return true;
     }
+    // An address it had: behind an entry, or shared, so that its claim may
+    // pass to another pod.
+    let had =
+        |ip: &IpAddr| held.address(*ip) || index.pods_reporting_ip(*ip).iter().any(|k| k != key);
+    if held.seen(key).is_some_and(|old| old.ips.iter().any(had)) {
+        return true;
+    }
     let Some(pod) = index.pod(key) else {
-        // Gone, and never in the view: nothing to remove.
+        // Gone, and neither held nor behind an entry: nothing to remove.
         return false;
     };
-    ingress.takes_in(index, pod)
+    ingress.names(index, pod)
         || (!pod.host_network
-            && pod
-                .ips
-                .iter()
-                .any(|ip| index.pods_reporting_ip(*ip).iter().any(|k| held.pod(k))))
+            && pod.ips.iter().any(|ip| {
+                had(ip)
+                    || (ingress.admits_address(*ip)
+                        && !index.selecting(key, Direction::Egress).is_empty())
+            }))
 }
 
 /// The pods, and every pod that reports an IP one of them reports, to a

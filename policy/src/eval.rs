@@ -20,6 +20,7 @@ use super::model::{
     Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
+use super::toward::EgressToward;
 use super::trace::{Explanation, NoTrace, Recorder, Trace};
 
 /// The outcome of one decision.
@@ -243,15 +244,22 @@ impl PolicyIndex {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
         let ingress = self.side(to.pod, Direction::Ingress, src, to, trace);
-        let egress = match src {
-            Endpoint::Pod { pod, .. } if ingress.allows() || T::EVERY_RULE => {
-                let egress = self.side(
-                    pod,
-                    Direction::Egress,
-                    self.endpoint(to.pod, to.ip),
-                    to,
-                    trace,
-                );
+        let egress = match (src, &self.egress_toward_me) {
+            (Endpoint::Pod { pod, .. }, _) if ingress.allows() || T::EVERY_RULE => {
+                let egress = match &self.egress_toward_me {
+                    // A view: the source's egress side, compiled.
+                    Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
+                        trace.side(&pod.key, Direction::Egress);
+                        self.compiled_side(e, to, trace)
+                    }),
+                    None => self.side(
+                        pod,
+                        Direction::Egress,
+                        self.endpoint(to.pod, to.ip),
+                        to,
+                        trace,
+                    ),
+                };
                 // The ingress side already denies: the egress side cannot change that.
                 if ingress.allows() {
                     egress
@@ -259,9 +267,28 @@ impl PolicyIndex {
                     Side::NotEvaluated
                 }
             }
-            Endpoint::Pod { .. } => Side::NotEvaluated,
-            Endpoint::Address(_) if !ingress.allows() => Side::NotEvaluated,
-            Endpoint::Address(_) => Side::NotApplicable,
+            (Endpoint::Pod { .. }, _) => Side::NotEvaluated,
+            (Endpoint::Address(_), _) if !ingress.allows() => Side::NotEvaluated,
+            // A view: pods it does not hold may claim the address; every
+            // one of them must allow.
+            (Endpoint::Address(ip), Some(compiled)) => match compiled.address(ip) {
+                Some(claimants) => {
+                    let mut side = Side::NotApplicable;
+                    for egress in claimants.iter() {
+                        let said = self.compiled_side(egress, to, trace);
+                        if !said.allows() {
+                            side = said;
+                            break;
+                        }
+                        if side == Side::NotApplicable {
+                            side = said;
+                        }
+                    }
+                    side
+                }
+                None => Side::NotApplicable,
+            },
+            (Endpoint::Address(_), None) => Side::NotApplicable,
         };
         let allowed = ingress.allows() && egress.allows();
         Decision {
@@ -315,6 +342,47 @@ impl PolicyIndex {
         }
         allowed.unwrap_or(Side::Denied {
             policies: policies.len(),
+        })
+    }
+}
+
+// === impl PolicyIndex: compiled egress sides ===
+
+impl PolicyIndex {
+    /// A source's egress side from its compiled rules toward the destination.
+    fn compiled_side<T: Trace>(
+        &self,
+        egress: &EgressToward,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
+        let mut allowed = None;
+        let mut policy = None;
+        for toward in &egress.rules {
+            if policy != Some(&toward.policy) {
+                trace.policy(&toward.policy);
+                policy = Some(&toward.policy);
+            }
+            let peer_entry = rule_matches_peer(&toward.rule, self.endpoint(to.pod, to.ip));
+            let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
+                rule_matches_port(&toward.rule, to.pod, to.port, to.protocol)
+            } else {
+                None
+            };
+            trace.rule(toward.index, &toward.rule, peer_entry, port_entry);
+            if allowed.is_none() && peer_entry.is_some() && port_entry.is_some() {
+                let side = Side::Allowed {
+                    policy: toward.policy.clone(),
+                    rule: toward.index,
+                };
+                if !T::EVERY_RULE {
+                    return side;
+                }
+                allowed = Some(side);
+            }
+        }
+        allowed.unwrap_or(Side::Denied {
+            policies: egress.policies,
         })
     }
 }

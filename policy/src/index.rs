@@ -18,6 +18,7 @@ use super::shards::Shards;
 
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
 use super::selector::Labels;
+use super::toward::EgressTowardMe;
 
 /// Pods, namespaces and policies, indexed for decisions.
 ///
@@ -40,6 +41,8 @@ pub struct PolicyIndex {
     /// The policies selecting each pod, per direction; absent when none do.
     selection: Shards<PodKey, Selection>,
     policy_count: usize,
+    /// In a pod's view: the sources' egress sides, compiled (see `toward`).
+    pub(super) egress_toward_me: Option<EgressTowardMe>,
 }
 
 /// The policies that select one pod, sorted by key.
@@ -131,6 +134,10 @@ impl PolicyIndex {
             }
         }
         self.selection.remove(key);
+        // In a view, a pod's compiled egress side lives and dies with it.
+        if let Some(compiled) = &mut self.egress_toward_me {
+            compiled.set_pod(key.clone(), None);
+        }
         true
     }
 
@@ -310,6 +317,12 @@ impl PolicyIndex {
     /// known (yet): then only `namespaceSelector: {}` may match its pods.
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
         self.namespaces.get(name).map(|n| &n.labels)
+    }
+
+    /// Every pod, as a map that a clone shares (64 pointers): what a
+    /// subscriber keeps to know the pods as it last saw them.
+    pub fn pod_map(&self) -> Shards<PodKey, Arc<Pod>> {
+        self.pods.clone()
     }
 
     /// The policies that select a pod for a direction, sorted by key.

@@ -10,6 +10,7 @@ pub mod index;
 pub mod model;
 pub mod selector;
 pub mod shards;
+pub mod toward;
 pub mod trace;
 
 pub use eval::{Decision, Reason, Side};
@@ -19,6 +20,7 @@ pub use model::{
     PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
 pub use selector::{Labels, Selector};
+pub use toward::{EgressToward, EgressTowardMe, TowardRule};
 pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
 
 #[cfg(test)]

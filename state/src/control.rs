@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use picket_api::convert::{decode, ip_to_wire, Removed, Update};
+use picket_api::convert::{decode, ip_to_wire, EgressEntry, Removed, Update};
 use picket_api::v1;
 use picket_api::v1::control_client::ControlClient;
 use picket_policy::ObjectKey;
@@ -273,9 +273,11 @@ impl Source for ControlSource {
 }
 
 /// Applies one decoded message to the writer: a full view replaces every
-/// kind; deltas apply and delete.
+/// kind and every egress entry; deltas apply and delete objects, then set
+/// egress entries (a pod's entry goes with the pod).
 pub fn apply(writer: &mut StateWriter, update: Update) {
     if update.full {
+        writer.reset_egress_toward_me();
         writer.replace_all(
             Kind::Namespace,
             update
@@ -310,6 +312,13 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
             Removed::Policy(key) => (Kind::Policy, key),
         };
         writer.delete(&ObjectRef { kind, key });
+    }
+    // After the pods: a pod's entry goes with it.
+    for entry in update.egress {
+        match entry {
+            EgressEntry::Pod(key, egress) => writer.set_pod_egress(key, egress),
+            EgressEntry::Address(ip, claimants) => writer.set_address_egress(ip, claimants),
+        }
     }
 }
 

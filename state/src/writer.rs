@@ -10,11 +10,14 @@
 //! Synchronous; no I/O.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use picket_policy::{Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+use picket_policy::{
+    EgressToward, EgressTowardMe, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex,
+};
 
 use crate::changes::{ChangeLog, Changed};
 use crate::kind::{Kind, KindSet, Object, ObjectRef};
@@ -35,6 +38,9 @@ pub enum ChangeReason {
     NamespaceLabels,
     /// A pod's IPs changed (or it appeared or went away).
     PodIp,
+    /// What a source's egress policies allow toward this pod changed (in
+    /// control mode, where the view carries that compiled).
+    PeerEgress,
 }
 
 /// An immutable view of the cluster, shared by every connection.
@@ -62,6 +68,7 @@ impl ChangeReason {
             Self::PodLabels => "pod-labels",
             Self::NamespaceLabels => "namespace-labels",
             Self::PodIp => "pod-ip",
+            Self::PeerEgress => "peer-egress",
         }
     }
 }
@@ -186,6 +193,46 @@ impl StateWriter {
         self.listed.insert(kind);
         self.touched = Changed::Everything;
         self.dirty = true;
+    }
+
+    /// Makes the state a pod's view whose sources' egress sides come from
+    /// compiled entries alone (control mode), and drops every entry: a full
+    /// view sets them all again.
+    pub fn reset_egress_toward_me(&mut self) {
+        let compiled = self.index.egress_toward_me_mut();
+        if !compiled.is_empty() {
+            *compiled = EgressTowardMe::default();
+            self.changes.insert(ChangeReason::PeerEgress);
+        }
+        self.touched = Changed::Everything;
+        self.dirty = true;
+    }
+
+    /// Sets (`Some`) or removes a held pod's compiled egress side.
+    pub fn set_pod_egress(&mut self, key: PodKey, egress: Option<EgressToward>) {
+        let compiled = self.index.egress_toward_me_mut();
+        if compiled.pod(&key).map(|e| &**e) != egress.as_ref() {
+            compiled.set_pod(key, egress.map(Arc::new));
+            self.changes.insert(ChangeReason::PeerEgress);
+            self.touched = Changed::Everything;
+            self.dirty = true;
+        }
+    }
+
+    /// Sets the compiled egress sides of the pods behind an address the
+    /// view holds no pod for; none removes the entry.
+    pub fn set_address_egress(&mut self, ip: IpAddr, claimants: Vec<EgressToward>) {
+        let compiled = self.index.egress_toward_me_mut();
+        let same = match compiled.address(ip) {
+            Some(old) => old.iter().map(|e| &**e).eq(claimants.iter()),
+            None => claimants.is_empty(),
+        };
+        if !same {
+            compiled.set_address(ip, claimants.into_iter().map(Arc::new).collect());
+            self.changes.insert(ChangeReason::PeerEgress);
+            self.touched = Changed::Everything;
+            self.dirty = true;
+        }
     }
 
     /// The object of `kind` the state holds under `key`.

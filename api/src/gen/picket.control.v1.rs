@@ -69,6 +69,55 @@ pub struct WatchResponse {
     /// Answers to Resolve, after the view changes in this message.
     #[prost(message, repeated, tag = "8")]
     pub resolved: ::prost::alloc::vec::Vec<Resolved>,
+    /// What the egress policies of the sources allow toward this pod (set or
+    /// replace by source; no claimant removes the entry). A view holds no
+    /// egress policy but its own pod's: a source's egress side is read from
+    /// these entries alone, and a source without one is not isolated.
+    #[prost(message, repeated, tag = "9")]
+    pub egress: ::prost::alloc::vec::Vec<SourceEgress>,
+}
+/// A source's egress side toward this pod: for a pod of the view (exactly
+/// one claimant), or for an address whose pods the view does not hold (one
+/// claimant per egress-isolated pod claiming it, each of which must allow).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SourceEgress {
+    #[prost(message, repeated, tag = "3")]
+    pub claimants: ::prost::alloc::vec::Vec<EgressToward>,
+    #[prost(oneof = "source_egress::Source", tags = "1, 2")]
+    pub source: ::core::option::Option<source_egress::Source>,
+}
+/// Nested message and enum types in `SourceEgress`.
+pub mod source_egress {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Source {
+        #[prost(message, tag = "1")]
+        Pod(super::PodRef),
+        #[prost(bytes, tag = "2")]
+        Address(::prost::alloc::vec::Vec<u8>),
+    }
+}
+/// What one source's egress policies allow toward this pod.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EgressToward {
+    /// How many policies isolate the source for egress (at least one).
+    #[prost(uint32, tag = "1")]
+    pub policies: u32,
+    /// The rules that may match this pod, in evaluation order: peers empty
+    /// when a pod peer matched it, else the rule's ipBlock peers.
+    #[prost(message, repeated, tag = "2")]
+    pub rules: ::prost::alloc::vec::Vec<TowardRule>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TowardRule {
+    #[prost(string, tag = "1")]
+    pub policy_namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub policy_name: ::prost::alloc::string::String,
+    /// The rule's index in the policy's egress list.
+    #[prost(uint32, tag = "3")]
+    pub index: u32,
+    #[prost(message, optional, tag = "4")]
+    pub rule: ::core::option::Option<Rule>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PodRef {

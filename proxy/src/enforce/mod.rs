@@ -166,6 +166,14 @@ impl Enforcer {
         if self.waits.unknown_ip.is_zero() || !snapshot.index.pods_with_ip(ip).is_empty() {
             return false;
         }
+        // In control mode, a pod the view holds by address only is known.
+        if snapshot
+            .index
+            .egress_toward_me()
+            .is_some_and(|c| c.address(ip).is_some())
+        {
+            return false;
+        }
         if !self.pod_cidrs.is_empty() {
             return self.pod_cidrs.iter().any(|n| n.contains(&ip));
         }
