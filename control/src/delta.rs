@@ -5,7 +5,6 @@
 //! Pure: no I/O. Level-triggered: a subscriber that falls behind skips the
 //! states it missed and gets one message from what it has to what is now.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -15,6 +14,7 @@ use picket_api::convert::{
 use picket_api::v1;
 use picket_policy::shards::Shards;
 use picket_policy::{EgressToward, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
+use rustc_hash::FxHashMap as HashMap;
 
 use picket_state::{Kind, ObjectRef};
 
@@ -184,21 +184,66 @@ impl Sent {
             if !view::may_change(index, me, changed, self) {
                 return Ok(None);
             }
-            let mut keys: Vec<PodKey> = changed.iter().map(|c| c.key.clone()).collect();
-            keys.sort();
-            keys.dedup();
-            if changed.iter().all(|c| c.kind == Kind::Pod) {
-                if let Some(message) = self.pods_changed(index, me, &keys) {
-                    return Ok(message);
-                }
-            } else if changed.iter().all(|c| c.kind == Kind::Policy) {
-                if let Some(message) = self.policies_changed(index, me, &keys) {
-                    return Ok(message);
-                }
+            if let Some(message) = self.objects_changed(index, me, changed) {
+                return Ok(message);
             }
         }
         let scope = view::scope(index, shared, me).ok_or(Gone)?;
         Ok(self.next(index, &scope, full))
+    }
+
+    /// The message for pod and policy changes, when each kind can be
+    /// applied by itself (see [`Self::pods_changed`] and
+    /// [`Self::policies_changed`]): the policies' preconditions leave `me`'s
+    /// selection, and so what its ingress names, as it was, so the pods'
+    /// changes compose with theirs. `None` for a namespace change, or when
+    /// either kind needs the view recomputed.
+    fn objects_changed(
+        &mut self,
+        index: &PolicyIndex,
+        me: &PodKey,
+        changed: &[ObjectRef],
+    ) -> Option<Option<v1::WatchResponse>> {
+        let keys = |kind: Kind| {
+            let mut keys: Vec<PodKey> = changed
+                .iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| c.key.clone())
+                .collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        };
+        if changed.iter().any(|c| c.kind == Kind::Namespace) {
+            return None;
+        }
+        let (pods, policies) = (keys(Kind::Pod), keys(Kind::Policy));
+        if !policies.is_empty() && !self.may_apply_policies(me, &policies) {
+            return None;
+        }
+        let mut msg = v1::WatchResponse::default();
+        if !pods.is_empty() {
+            if let Some(pods) = self.pods_changed(index, me, &pods)? {
+                msg = pods;
+            }
+        }
+        if !policies.is_empty() {
+            if let Some(policies) = self.policies_changed(index, me, &policies)? {
+                msg.namespaces.extend(policies.namespaces);
+                msg.pods.extend(policies.pods);
+                msg.removed.extend(policies.removed);
+                msg.egress.extend(policies.egress);
+            }
+        }
+        Some((!is_empty(&msg)).then_some(msg))
+    }
+
+    /// Whether changes to these policies can be applied entry by entry:
+    /// none is held or in `me`'s namespace.
+    fn may_apply_policies(&self, me: &PodKey, policies: &[PolicyKey]) -> bool {
+        !policies
+            .iter()
+            .any(|k| k.namespace == me.namespace || self.policies.contains_key(k))
     }
 
     /// The message for changes to `changed_pods` alone (no policy or
@@ -221,18 +266,20 @@ impl Sent {
                 .iter()
                 .any(|ip| index.pods_reporting_ip(*ip).len() > 1)
         };
+        // Every reason to recompute is found before anything is recorded as
+        // sent: what is sent must stay what the subscriber holds.
+        let exact = changed_pods.iter().all(|key| {
+            key != me
+                && !self.seen.get(key).is_some_and(|p| shared_ip(p))
+                && !self.pods.get(key).is_some_and(|p| shared_ip(p))
+                && !index.pod(key).is_some_and(|p| shared_ip(p))
+        });
+        if !exact {
+            return None;
+        }
         for key in changed_pods {
-            if key == me {
-                return None;
-            }
             let old = self.seen.get(key).cloned();
             let new = index.pod(key);
-            if old.as_deref().is_some_and(shared_ip)
-                || self.pods.get(key).is_some_and(|p| shared_ip(p))
-                || new.is_some_and(|p| shared_ip(p))
-            {
-                return None;
-            }
             match new.filter(|p| ingress.names(index, p)) {
                 Some(pod) => {
                     if !self.namespaces.contains_key(&key.namespace) {
@@ -297,10 +344,7 @@ impl Sent {
         me: &PodKey,
         changed_policies: &[PolicyKey],
     ) -> Option<Option<v1::WatchResponse>> {
-        if changed_policies
-            .iter()
-            .any(|k| k.namespace == me.namespace || self.policies.contains_key(k))
-        {
+        if !self.may_apply_policies(me, changed_policies) {
             return None;
         }
         let dst = index.pod(me)?;
@@ -308,6 +352,7 @@ impl Sent {
         let mut compiler = Compiler::new(index, dst);
         let mut msg = v1::WatchResponse::default();
         let mut namespaces: Vec<&str> = changed_policies.iter().map(|k| &*k.namespace).collect();
+        namespaces.sort();
         namespaces.dedup();
         for namespace in namespaces {
             for key in index.pods_in(namespace) {
@@ -381,7 +426,7 @@ fn sync<'a, K, V>(
     K: std::hash::Hash + Eq + Clone,
     V: PartialEq + 'a,
 {
-    let mut next = HashMap::with_capacity(held.len());
+    let mut next = HashMap::with_capacity_and_hasher(held.len(), Default::default());
     for (key, object) in wanted {
         let unchanged = held
             .get(&key)
@@ -410,7 +455,7 @@ fn sync_keyed<K, V>(
     K: std::hash::Hash + Eq + Clone,
     V: PartialEq,
 {
-    let mut next = HashMap::with_capacity(held.len());
+    let mut next = HashMap::with_capacity_and_hasher(held.len(), Default::default());
     for (key, value) in wanted {
         if held.get(&key) != Some(&value) {
             change(&key, Some(&value));

@@ -87,6 +87,9 @@ struct Subscriber {
     sent: Sent,
     held: PolicyIndex,
     connected: bool,
+    /// Changes not yet brought to it: a subscriber that lags gets several
+    /// changes of several kinds at once.
+    pending: Vec<ObjectRef>,
 }
 
 #[test]
@@ -108,6 +111,7 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     let mut checked = 0u64;
     let mut smaller = 0u64;
     let mut skipped = 0u64;
+    let mut lagged = 0u64;
     // Decisions an address entry denied: egress-isolated pods left out of the view.
     let mut denied_by_address = 0u64;
     for seed in 1..=cases {
@@ -122,11 +126,16 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
             let restart = rng.below(15) == 0;
             let shared = Shared::default();
             for (me, sub) in pods.iter().zip(&mut subscribers) {
+                sub.pending.push(changed.clone());
                 let full = restart || !sub.connected;
+                if !full && rng.below(3) == 0 {
+                    lagged += 1;
+                    continue;
+                }
                 // As the control plane does: skip what the change cannot
                 // touch, apply pod changes pod by pod when exact, else
                 // recompute. A wrong shortcut shows as a divergence below.
-                let changed = [changed.clone()];
+                let changed = std::mem::take(&mut sub.pending);
                 let Ok(message) = sub.sent.update(&cluster, &shared, me, Some(&changed), full)
                 else {
                     sub.connected = false;
@@ -202,6 +211,7 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     assert!(checked > 10_000, "too few decisions compared: {checked}");
     assert!(smaller > 0, "no view was ever smaller than the cluster");
     assert!(skipped > 0, "no change was ever skipped");
+    assert!(lagged > 0, "no subscriber ever lagged");
     assert!(
         denied_by_address > 0,
         "no address entry ever decided a source's egress side"

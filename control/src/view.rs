@@ -23,7 +23,6 @@
 //! address entry (or it is not isolated, or it does not matter). The
 //! differential tests check this against the engine on the full cluster.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -33,6 +32,7 @@ use picket_policy::{
     Selector,
 };
 use picket_state::{Kind, ObjectRef};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// The keys of the objects in one pod's view.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -203,7 +203,7 @@ impl<'a> Compiler<'a> {
         Self {
             index,
             dst,
-            memo: HashMap::new(),
+            memo: HashMap::default(),
         }
     }
 
@@ -250,7 +250,7 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
         }
     }
     let ingress = Ingress::of(index, me);
-    let mut sources = HashSet::new();
+    let mut sources = HashSet::default();
     for (namespaces, pods) in &ingress.peers {
         sources.extend(
             shared
@@ -386,7 +386,7 @@ fn pod_may_change(
 /// The pods, and every pod that reports an IP one of them reports, to a
 /// fixed point.
 fn with_ip_sharers(index: &PolicyIndex, pods: HashSet<PodKey>) -> HashSet<PodKey> {
-    let mut done = HashSet::with_capacity(pods.len());
+    let mut done = HashSet::with_capacity_and_hasher(pods.len(), Default::default());
     let mut todo: Vec<PodKey> = pods.into_iter().collect();
     while let Some(key) = todo.pop() {
         if !done.insert(key.clone()) {

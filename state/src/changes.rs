@@ -75,9 +75,11 @@ impl ChangeLog {
             return None;
         }
         let mut out = Vec::new();
-        for (version, changed) in commits.iter() {
-            if *version <= since || *version > until {
-                continue;
+        // Versions increase: skip to the first commit after `since`.
+        let first = commits.partition_point(|(v, _)| *v <= since);
+        for (version, changed) in commits.range(first..) {
+            if *version > until {
+                break;
             }
             match changed {
                 Changed::Objects(objects) => out.extend(objects.iter().cloned()),
