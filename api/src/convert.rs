@@ -62,6 +62,8 @@ pub struct Update {
     pub resolved: Vec<(IpAddr, bool)>,
     /// Sources' egress sides toward the view's pod to set or remove.
     pub egress: Vec<EgressEntry>,
+    /// More parts of this commit follow: publish nothing yet.
+    pub more: bool,
 }
 
 /// One source's egress side toward the view's pod.
@@ -124,6 +126,7 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
         .collect::<Result<_, _>>()?;
     Ok(Update {
         generation: msg.generation,
+        more: msg.more,
         egress,
         resolved,
         full: msg.full,

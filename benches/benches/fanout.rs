@@ -159,6 +159,25 @@ fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
         .sum())
 }
 
+/// The view updates counted so far, by how they were computed.
+fn updates_by_how(addr: SocketAddr) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let (_, body) = admin_get(addr, "/metrics")?;
+    let mut out = serde_json::Map::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("picket_control_view_updates_total{how=\"") else {
+            continue;
+        };
+        let Some((how, value)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        out.insert(
+            how.to_string(),
+            json!(value.trim().parse::<f64>().unwrap_or(0.0)),
+        );
+    }
+    Ok(out)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -289,6 +308,7 @@ fn main() -> Result<()> {
     let messages_before = metric(control.admin, "picket_control_messages_sent_total")?;
     let bytes_before = metric(control.admin, "picket_control_bytes_sent_total")?;
     let cpu_before = procfs::cpu_seconds(control.child.id())?;
+    let updates_before = updates_by_how(control.admin)?;
     let churn_started = Instant::now();
 
     let mut latencies = Vec::new();
@@ -345,6 +365,14 @@ fn main() -> Result<()> {
     let messages = metric(control.admin, "picket_control_messages_sent_total")? - messages_before;
     let bytes = metric(control.admin, "picket_control_bytes_sent_total")? - bytes_before;
     let cpu = procfs::cpu_seconds(control.child.id())? - cpu_before;
+    let mut updates = updates_by_how(control.admin)?;
+    for (how, value) in updates.iter_mut() {
+        let before = updates_before
+            .get(how)
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0);
+        *value = json!(value.as_f64().unwrap_or(0.0) - before);
+    }
     let rss_churned = procfs::rss_kib(control.child.id())?;
     // Every API write of the window: the churn and each round's create and delete.
     let api_writes = writes as f64 + 2.0 * config.rounds as f64;
@@ -370,6 +398,7 @@ fn main() -> Result<()> {
         },
         "control_cpu_ms_per_api_write": cpu * 1e3 / api_writes,
         "per_api_write": {"messages": messages / api_writes, "bytes": bytes / api_writes},
+        "view_updates_during_churn": updates,
         "connect_all_sidecars_s": connect_all.as_secs_f64(),
         "view_pods": {"p50": view_pods.get(view_pods.len() / 2), "max": view_pods.last()},
         "api_watches": {"pods": watches[0], "namespaces": watches[1], "networkpolicies": watches[2]},

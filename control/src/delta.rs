@@ -13,12 +13,14 @@ use picket_api::convert::{
 };
 use picket_api::v1;
 use picket_policy::shards::Shards;
-use picket_policy::{EgressToward, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey};
+use picket_policy::{
+    Direction, EgressToward, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey,
+};
 use rustc_hash::FxHashMap as HashMap;
 
 use picket_state::{Kind, ObjectRef};
 
-use crate::view::{self, Compiler, Held, Ingress, Scope, Shared};
+use crate::view::{self, AddressEntry, Compiler, Held, Ingress, Scope, Shared};
 
 /// The subscriber's pod is no longer in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +36,39 @@ pub struct Sent {
     /// object exists).
     pod_namespaces: HashMap<Arc<str>, usize>,
     pod_egress: HashMap<PodKey, Arc<EgressToward>>,
-    address_egress: HashMap<IpAddr, Arc<[Arc<EgressToward>]>>,
+    address_egress: HashMap<IpAddr, AddressEntry>,
     /// Every pod as of the last update (shared with the index: 64
     /// pointers): what a pod was before it changed or went away.
     seen: Shards<PodKey, Arc<Pod>>,
+    /// How the last update was computed.
+    how: How,
+}
+
+/// How the last update was computed: the label of
+/// `picket_control_view_updates_total`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum How {
+    /// The changes could not touch the view: nothing computed.
+    #[default]
+    Skipped,
+    /// Applied pod by pod and entry by entry.
+    Entries,
+    /// The view was computed again and compared with what was sent.
+    Recomputed,
+    /// The whole view was sent (a new stream).
+    Full,
+}
+
+impl How {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skipped => "skipped",
+            Self::Entries => "entries",
+            Self::Recomputed => "recomputed",
+            Self::Full => "full",
+        }
+    }
 }
 
 /// How many objects and entries a subscriber holds.
@@ -86,20 +117,25 @@ impl Sent {
             scope
                 .namespaces
                 .iter()
-                .filter_map(|n| index.namespace(n).map(|o| (n.clone(), o))),
-            |ns| msg.namespaces.push(namespace_to_wire(ns)),
-            |name| msg.removed.push(removed(v1::Kind::Namespace, "", name)),
+                .filter_map(|n| index.namespace(n).map(|o| (n.clone(), o.clone()))),
+            |n| scope.namespaces.contains(n),
+            |name, ns| match ns {
+                Some(ns) => msg.namespaces.push(namespace_to_wire(ns)),
+                None => msg.removed.push(removed(v1::Kind::Namespace, "", name)),
+            },
         );
         sync(
             &mut self.pods,
             scope
                 .pods
                 .iter()
-                .filter_map(|k| index.pod(k).map(|o| (k.clone(), o))),
-            |pod| msg.pods.push(pod_to_wire(pod)),
-            |key| {
-                msg.removed
-                    .push(removed(v1::Kind::Pod, &key.namespace, &key.name))
+                .filter_map(|k| index.pod(k).map(|o| (k.clone(), o.clone()))),
+            |k| scope.pods.contains(k),
+            |key, pod| match pod {
+                Some(pod) => msg.pods.push(pod_to_wire(pod)),
+                None => msg
+                    .removed
+                    .push(removed(v1::Kind::Pod, &key.namespace, &key.name)),
             },
         );
         sync(
@@ -107,34 +143,35 @@ impl Sent {
             scope
                 .policies
                 .iter()
-                .filter_map(|k| index.policy(k).map(|o| (k.clone(), o))),
-            |policy| msg.policies.push(policy_to_wire(policy)),
-            |key| {
-                msg.removed
-                    .push(removed(v1::Kind::Policy, &key.namespace, &key.name))
+                .filter_map(|k| index.policy(k).map(|o| (k.clone(), o.clone()))),
+            |k| scope.policies.contains(k),
+            |key, policy| match policy {
+                Some(policy) => msg.policies.push(policy_to_wire(policy)),
+                None => msg
+                    .removed
+                    .push(removed(v1::Kind::Policy, &key.namespace, &key.name)),
             },
         );
         let held_pods = &self.pods;
-        let mut pod_egress = std::mem::take(&mut self.pod_egress);
-        sync_keyed(
-            &mut pod_egress,
+        sync(
+            &mut self.pod_egress,
             scope.pod_egress.iter().map(|(k, e)| (k.clone(), e.clone())),
+            |k| scope.pod_egress.contains_key(k),
             |key, egress| {
                 // A pod's entry goes with the pod: only held pods' removals are sent.
                 if egress.is_some() || held_pods.contains_key(key) {
-                    msg.egress
-                        .push(pod_egress_to_wire(key, egress.map(|e| &**e)));
+                    msg.egress.push(pod_egress_to_wire(key, egress));
                 }
             },
         );
-        self.pod_egress = pod_egress;
-        sync_keyed(
+        sync(
             &mut self.address_egress,
             scope
                 .address_egress
                 .iter()
-                .map(|(ip, entry)| (*ip, Arc::from(entry.as_slice()))),
-            |ip, entry: Option<&Arc<[Arc<EgressToward>]>>| {
+                .map(|(ip, entry)| (*ip, entry.clone())),
+            |ip| scope.address_egress.contains_key(ip),
+            |ip, entry| {
                 let claimants = entry.into_iter().flat_map(|e| e.iter().map(|e| &**e));
                 msg.egress.push(address_egress_to_wire(ip, claimants))
             },
@@ -169,6 +206,11 @@ impl Sent {
         message
     }
 
+    /// How the last [`Self::update`] was computed.
+    pub fn how(&self) -> How {
+        self.how
+    }
+
     fn compute(
         &mut self,
         index: &PolicyIndex,
@@ -182,14 +224,18 @@ impl Sent {
         }
         if let (false, Some(changed)) = (full, changed) {
             if !view::may_change(index, me, changed, self) {
+                self.how = How::Skipped;
                 return Ok(None);
             }
             if let Some(message) = self.objects_changed(index, me, changed) {
+                self.how = How::Entries;
                 return Ok(message);
             }
         }
         let scope = view::scope(index, shared, me).ok_or(Gone)?;
-        Ok(self.next(index, &scope, full))
+        let message = self.next(index, &scope, full);
+        self.how = if full { How::Full } else { How::Recomputed };
+        Ok(message)
     }
 
     /// The message for pod and policy changes, when each kind can be
@@ -218,7 +264,7 @@ impl Sent {
             return None;
         }
         let (pods, policies) = (keys(Kind::Pod), keys(Kind::Policy));
-        if !policies.is_empty() && !self.may_apply_policies(me, &policies) {
+        if !policies.is_empty() && !Self::may_apply_policies(index, self, me, &policies) {
             return None;
         }
         let mut msg = v1::WatchResponse::default();
@@ -239,11 +285,21 @@ impl Sent {
     }
 
     /// Whether changes to these policies can be applied entry by entry:
-    /// none is held or in `me`'s namespace.
-    fn may_apply_policies(&self, me: &PodKey, policies: &[PolicyKey]) -> bool {
+    /// none selected `me` (none is held) or selects it now.
+    fn may_apply_policies(
+        index: &PolicyIndex,
+        held: &Self,
+        me: &PodKey,
+        policies: &[PolicyKey],
+    ) -> bool {
+        let selecting = |k: &PolicyKey| {
+            [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .any(|d| index.selecting(me, d).iter().any(|p| p.key == *k))
+        };
         !policies
             .iter()
-            .any(|k| k.namespace == me.namespace || self.policies.contains_key(k))
+            .any(|k| held.policies.contains_key(k) || selecting(k))
     }
 
     /// The message for changes to `changed_pods` alone (no policy or
@@ -333,10 +389,10 @@ impl Sent {
         Some((!is_empty(&msg)).then_some(msg))
     }
 
-    /// The message for changes to `changed_policies` alone, when none is
-    /// held or in `me`'s namespace: they select no pod of the view's own
-    /// (pods are selected in their policy's namespace), so they change only
-    /// the egress entries of the pods of their namespaces, computed again
+    /// The message for changes to `changed_policies` alone, when none
+    /// selected `me` or selects it now: then what `me`'s ingress names is
+    /// unchanged, and they change only the egress entries of the pods of
+    /// their namespaces (a policy selects pods of its own), computed again
     /// entry by entry. `None`: the whole view must be recomputed.
     pub fn policies_changed(
         &mut self,
@@ -344,7 +400,7 @@ impl Sent {
         me: &PodKey,
         changed_policies: &[PolicyKey],
     ) -> Option<Option<v1::WatchResponse>> {
-        if !self.may_apply_policies(me, changed_policies) {
+        if !Self::may_apply_policies(index, self, me, changed_policies) {
             return None;
         }
         let dst = index.pod(me)?;
@@ -355,7 +411,7 @@ impl Sent {
         namespaces.sort();
         namespaces.dedup();
         for namespace in namespaces {
-            for key in index.pods_in(namespace) {
+            for key in index.pods_in(namespace).filter(|k| *k != me) {
                 if self.pods.contains_key(key) {
                     let egress = compiler.of(key);
                     if self.pod_egress.get(key) != egress.as_ref() {
@@ -387,21 +443,20 @@ impl Sent {
     ) {
         let pods = &self.pods;
         let entry = compiler.address(ingress, ip, |k| pods.contains_key(k));
-        let old = self.address_egress.get(&ip);
-        let unchanged = match old {
-            Some(old) => old.len() == entry.len() && old.iter().zip(&entry).all(|(a, b)| a == b),
-            None => entry.is_empty(),
+        let unchanged = match (self.address_egress.get(&ip), &entry) {
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new) || **old == **new,
+            (None, None) => true,
+            _ => false,
         };
         if unchanged {
             return;
         }
-        msg.egress
-            .push(address_egress_to_wire(&ip, entry.iter().map(|e| &**e)));
-        if entry.is_empty() {
-            self.address_egress.remove(&ip);
-        } else {
-            self.address_egress.insert(ip, entry.into());
-        }
+        let claimants = entry.iter().flat_map(|e| e.iter().map(|e| &**e));
+        msg.egress.push(address_egress_to_wire(&ip, claimants));
+        match entry {
+            Some(entry) => self.address_egress.insert(ip, entry),
+            None => self.address_egress.remove(&ip),
+        };
     }
 
     /// How many objects and entries the subscriber holds.
@@ -415,59 +470,43 @@ impl Sent {
     }
 }
 
-/// Brings `held` to `wanted`: calls `send` for each new or changed object
-/// and `remove` for each key no longer wanted.
-fn sync<'a, K, V>(
+/// Brings `held` to `wanted` in place: calls `change` with each new or
+/// changed value (compared by pointer, then by value), and with `None` for
+/// each key held that `is_wanted` no longer wants.
+fn sync<K, V>(
     held: &mut HashMap<K, Arc<V>>,
-    wanted: impl Iterator<Item = (K, &'a Arc<V>)>,
-    mut send: impl FnMut(&V),
-    mut remove: impl FnMut(&K),
-) where
-    K: std::hash::Hash + Eq + Clone,
-    V: PartialEq + 'a,
-{
-    let mut next = HashMap::with_capacity_and_hasher(held.len(), Default::default());
-    for (key, object) in wanted {
-        let unchanged = held
-            .get(&key)
-            .is_some_and(|old| Arc::ptr_eq(old, object) || **old == **object);
-        if !unchanged {
-            send(object);
-        }
-        next.insert(key, object.clone());
-    }
-    for key in held.keys() {
-        if !next.contains_key(key) {
-            remove(key);
-        }
-    }
-    *held = next;
-}
-
-/// Brings `held` to `wanted` like [`sync`], for values compared by value:
-/// calls `change` with each new or changed value, and with `None` for each
-/// key no longer wanted.
-fn sync_keyed<K, V>(
-    held: &mut HashMap<K, V>,
-    wanted: impl Iterator<Item = (K, V)>,
+    wanted: impl Iterator<Item = (K, Arc<V>)>,
+    is_wanted: impl Fn(&K) -> bool,
     mut change: impl FnMut(&K, Option<&V>),
 ) where
-    K: std::hash::Hash + Eq + Clone,
-    V: PartialEq,
+    K: std::hash::Hash + Eq,
+    V: PartialEq + ?Sized,
 {
-    let mut next = HashMap::with_capacity_and_hasher(held.len(), Default::default());
+    let mut count = 0;
     for (key, value) in wanted {
-        if held.get(&key) != Some(&value) {
-            change(&key, Some(&value));
+        count += 1;
+        match held.get_mut(&key) {
+            Some(old) if Arc::ptr_eq(old, &value) || **old == *value => {}
+            Some(old) => {
+                change(&key, Some(&value));
+                *old = value;
+            }
+            None => {
+                change(&key, Some(&value));
+                held.insert(key, value);
+            }
         }
-        next.insert(key, value);
     }
-    for key in held.keys() {
-        if !next.contains_key(key) {
-            change(key, None);
-        }
+    // Every wanted key is held now: more held means some are not wanted.
+    if held.len() > count {
+        held.retain(|key, _| {
+            let keep = is_wanted(key);
+            if !keep {
+                change(key, None);
+            }
+            keep
+        });
     }
-    *held = next;
 }
 
 impl Held for Sent {

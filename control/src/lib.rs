@@ -3,6 +3,7 @@
 //!
 //! - `view`: which objects one pod's view holds (pure).
 //! - `delta`: what a subscriber was sent and the next message (pure).
+//! - `parts`: a large message as parts of bounded size (pure).
 //! - `auth`: the caller's pod, from its token's TokenReview.
 //! - `service`: the `Watch` service, one task per sidecar.
 //! - `serve`: TLS and HTTP/2.
@@ -14,6 +15,7 @@ pub mod app;
 pub mod auth;
 pub mod delta;
 pub mod metrics;
+pub mod parts;
 pub mod serve;
 pub mod service;
 pub mod view;

@@ -9,9 +9,9 @@ pub struct ControlMetrics {
     pub connected: IntGauge,
     /// Messages sent.
     pub messages: IntCounter,
-    /// Commits that changed nothing in a subscriber's view (most skipped
-    /// without computing it).
-    pub skipped: IntCounter,
+    /// Subscribers' updates, by how they were computed (skipped, entries,
+    /// recomputed, full).
+    pub updates: IntCounterVec,
     /// Bytes of messages sent (protobuf encoded).
     pub bytes: IntCounter,
     /// Streams ended, by reason.
@@ -34,9 +34,12 @@ impl ControlMetrics {
                 "View messages sent to sidecars",
             )
             .expect("valid"),
-            skipped: IntCounter::new(
-                "picket_control_views_skipped_total",
-                "Commits that changed nothing in a sidecar's view (most skipped without computing it)",
+            updates: IntCounterVec::new(
+                Opts::new(
+                    "picket_control_view_updates_total",
+                    "Sidecar view updates, by how they were computed: skipped (the changes cannot touch the view), entries (applied object by object), recomputed, full (a new stream)",
+                ),
+                &["how"],
             )
             .expect("valid"),
             bytes: IntCounter::new(
@@ -66,7 +69,7 @@ impl ControlMetrics {
         for c in [
             Box::new(metrics.connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.messages.clone()),
-            Box::new(metrics.skipped.clone()),
+            Box::new(metrics.updates.clone()),
             Box::new(metrics.bytes.clone()),
             Box::new(metrics.disconnects.clone()),
             Box::new(metrics.convergence.clone()),

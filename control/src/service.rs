@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
 use crate::delta::Sent;
 use crate::metrics::ControlMetrics;
+use crate::parts::{into_parts, PART_BYTES};
 use crate::view::Shared;
 
 /// The most unanswered address questions a subscriber keeps.
@@ -294,9 +295,10 @@ impl Subscriber {
         else {
             return Err(End::Revoked(format!("pod {} is gone", self.me)));
         };
-        if change.is_none() {
-            self.metrics.skipped.inc();
-        }
+        self.metrics
+            .updates
+            .with_label_values(&[self.sent.how().as_str()])
+            .inc();
         if change.is_none() && self.resolves.is_empty() {
             return Ok(());
         }
@@ -317,20 +319,23 @@ impl Subscriber {
             name: self.identity.name.clone(),
             uid: self.identity.uid.clone(),
         });
-        let bytes = message.encoded_len();
-        let sent = tokio::time::timeout(self.config.stall, self.tx.send(Ok(message))).await;
-        match sent {
-            Ok(Ok(())) => {
-                self.metrics.messages.inc();
-                self.metrics.bytes.inc_by(bytes as u64);
-                self.sent_at = Some((snapshot.version, Instant::now()));
-                self.unacked_since
-                    .get_or_insert_with(tokio::time::Instant::now);
-                Ok(())
+        // In parts: no stream keeps a buffer the size of a whole view. The
+        // stall bound holds for each part.
+        for part in into_parts(message, PART_BYTES) {
+            let bytes = part.encoded_len();
+            match tokio::time::timeout(self.config.stall, self.tx.send(Ok(part))).await {
+                Ok(Ok(())) => {
+                    self.metrics.messages.inc();
+                    self.metrics.bytes.inc_by(bytes as u64);
+                }
+                Ok(Err(_)) => return Err(End::Gone),
+                Err(_) => return Err(End::Stalled),
             }
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Stalled),
         }
+        self.sent_at = Some((snapshot.version, Instant::now()));
+        self.unacked_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        Ok(())
     }
 
     /// Takes a request; `true` when it asks a question to answer now.

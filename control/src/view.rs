@@ -47,7 +47,7 @@ pub struct Scope {
     pub pod_egress: HashMap<PodKey, Arc<EgressToward>>,
     /// The egress sides toward `me` of the egress-isolated pods not held
     /// that `me` may let in by address, by address (sorted by pod).
-    pub address_egress: HashMap<IpAddr, Vec<Arc<EgressToward>>>,
+    pub address_egress: HashMap<IpAddr, AddressEntry>,
 }
 
 /// Work shared by every view computed from one index: the pods each pod
@@ -189,13 +189,25 @@ impl<'a> Ingress<'a> {
 }
 
 /// Compiles sources' egress sides toward one pod, once per distinct set of
-/// egress policies (the pods of a namespace mostly share theirs).
+/// egress policies (the pods of a namespace mostly share theirs); the
+/// address entry of a single claimant is shared too.
 #[derive(Debug)]
 pub struct Compiler<'a> {
     index: &'a PolicyIndex,
     dst: &'a Pod,
-    memo: HashMap<Vec<usize>, Option<Arc<EgressToward>>>,
+    memo: HashMap<Box<[usize]>, Option<Compiled>>,
+    key: Vec<usize>,
 }
+
+/// One source's compiled egress side, and the address entry it alone makes.
+#[derive(Clone, Debug)]
+struct Compiled {
+    side: Arc<EgressToward>,
+    alone: AddressEntry,
+}
+
+/// The egress sides of the pods claiming an address, sorted by pod.
+pub type AddressEntry = Arc<[Arc<EgressToward>]>;
 
 impl<'a> Compiler<'a> {
     /// A compiler toward `dst`.
@@ -204,39 +216,58 @@ impl<'a> Compiler<'a> {
             index,
             dst,
             memo: HashMap::default(),
+            key: Vec::new(),
         }
     }
 
-    /// `src`'s egress side toward the pod; `None`: not isolated.
-    pub fn of(&mut self, src: &PodKey) -> Option<Arc<EgressToward>> {
+    fn compiled(&mut self, src: &PodKey) -> Option<&Compiled> {
         let policies = self.index.selecting(src, Direction::Egress);
         if policies.is_empty() {
             return None;
         }
-        let key: Vec<usize> = policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
-        let (index, dst) = (self.index, self.dst);
-        self.memo
-            .entry(key)
-            .or_insert_with(|| index.egress_toward(src, dst).map(Arc::new))
-            .clone()
+        self.key.clear();
+        self.key
+            .extend(policies.iter().map(|p| Arc::as_ptr(p) as usize));
+        if !self.memo.contains_key(self.key.as_slice()) {
+            let compiled = self.index.egress_toward(src, self.dst).map(|side| {
+                let side = Arc::new(side);
+                Compiled {
+                    alone: Arc::from([side.clone()]),
+                    side,
+                }
+            });
+            self.memo.insert(self.key.as_slice().into(), compiled);
+        }
+        self.memo.get(self.key.as_slice())?.as_ref()
+    }
+
+    /// `src`'s egress side toward the pod; `None`: not isolated.
+    pub fn of(&mut self, src: &PodKey) -> Option<Arc<EgressToward>> {
+        self.compiled(src).map(|c| c.side.clone())
     }
 
     /// The address entry of `ip` for a view that holds `held`: the egress
     /// sides of the egress-isolated pods claiming it, sorted by pod, when
-    /// none is held and `ingress` may let the address in; else empty.
+    /// none is held and `ingress` may let the address in; else `None`.
     pub fn address(
         &mut self,
         ingress: &Ingress<'_>,
         ip: IpAddr,
         held: impl Fn(&PodKey) -> bool,
-    ) -> Vec<Arc<EgressToward>> {
-        let claimants = self.index.pods_with_ip(ip);
+    ) -> Option<AddressEntry> {
+        let index = self.index;
+        let claimants = index.pods_with_ip(ip);
         if !ingress.admits_address(ip) || claimants.iter().any(held) {
-            return Vec::new();
+            return None;
+        }
+        if let [alone] = claimants {
+            return self.compiled(alone).map(|c| c.alone.clone());
         }
         let mut claimants: Vec<&PodKey> = claimants.iter().collect();
         claimants.sort();
-        claimants.into_iter().filter_map(|k| self.of(k)).collect()
+        let sides: Vec<Arc<EgressToward>> =
+            claimants.into_iter().filter_map(|k| self.of(k)).collect();
+        (!sides.is_empty()).then(|| sides.into())
     }
 }
 
@@ -279,8 +310,7 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
             };
             for ip in &pod.ips {
                 if !scope.address_egress.contains_key(ip) {
-                    let entry = compiler.address(&ingress, *ip, |k| pods.contains(k));
-                    if !entry.is_empty() {
+                    if let Some(entry) = compiler.address(&ingress, *ip, |k| pods.contains(k)) {
                         scope.address_egress.insert(*ip, entry);
                     }
                 }

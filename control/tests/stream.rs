@@ -63,12 +63,20 @@ struct Plane {
 }
 
 async fn plane() -> Plane {
-    plane_with_stall(Duration::from_secs(60)).await
+    plane_with(Duration::from_secs(60), "").await
 }
 
 async fn plane_with_stall(stall: Duration) -> Plane {
+    plane_with(stall, "").await
+}
+
+/// A plane whose cluster also holds `extra` when the control plane syncs.
+async fn plane_with(stall: Duration, extra: &str) -> Plane {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
     api.apply(CLUSTER).unwrap();
+    if !extra.is_empty() {
+        api.apply(extra).unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     api.kubeconfig(&kubeconfig).unwrap();
@@ -367,4 +375,62 @@ async fn the_control_plane_says_whether_an_address_the_view_lacks_is_a_pod() {
             .is_empty(),
         "answered before the view held the pod"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_isolated_pods_a_view_does_not_hold_arrive_by_address_in_parts_published_whole() {
+    // 3,000 pods whose egress a default policy isolates: web admits every
+    // peer (it is not isolated for ingress), so each one's egress side
+    // decides, and web's view carries an entry per address, not the pods.
+    let mut extra = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: default-deny-egress, namespace: other}\n\
+         spec: {podSelector: {}, policyTypes: [Egress]}\n",
+    );
+    for i in 0..3000 {
+        extra.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: batch-{i}, namespace: other, labels: {{app: batch}}}}\n\
+             spec: {{containers: [{{name: app}}]}}\nstatus: {{podIP: 10.1.{}.{}, podIPs: [{{ip: 10.1.{}.{}}}]}}\n",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1,
+        ));
+    }
+    let plane = plane_with(Duration::from_secs(60), &extra).await;
+    let web_key = ObjectKey::new("shop", "web");
+    let mut web = plane.start_sidecar("web", &plane.token("shop", "web", "picket"));
+    let view = wait_for(&mut web, "web's view", |_| true).await;
+    // The first view published is the whole view: its parts were applied
+    // before anything was published.
+    assert_eq!(view.version, 1, "the view was published part by part");
+    let entries = view.index.egress_toward_me().expect("a view").len();
+    assert_eq!(
+        entries,
+        (0, 3001),
+        "an entry per address (the stranger's too)"
+    );
+    assert!(
+        view.index.counts().pods < 10,
+        "the pods themselves stay out of the view"
+    );
+    assert!(
+        !allowed(&view, "10.1.3.7", &web_key, 80),
+        "their own egress denies them"
+    );
+    assert!(
+        allowed(&view, "10.9.9.9", &web_key, 80),
+        "an address no pod holds is let in"
+    );
+    // A policy that lets them out to shop reaches web by entries.
+    plane
+        .api
+        .apply(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: batch-to-shop, namespace: other}\n\
+             spec: {podSelector: {matchLabels: {app: batch}}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {team: shop}}}]}]}\n",
+        )
+        .unwrap();
+    wait_for(&mut web, "the batch pods let out", |s| {
+        allowed(s, "10.1.3.7", &web_key, 80)
+    })
+    .await;
 }

@@ -223,8 +223,13 @@ impl ControlSource {
                 viewed = true;
             }
             let generation = update.generation;
+            let more = update.more;
             let resolved = std::mem::take(&mut update.resolved);
             apply(writer, update);
+            // A part of a commit: the rest follows before anything is published.
+            if more {
+                continue;
+            }
             writer.commit_if_complete();
             self.metrics.last_commit.set(unix_now());
             // Answered after the commit: the view already holds the pod.

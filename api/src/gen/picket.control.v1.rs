@@ -46,8 +46,9 @@ pub struct Ack {
     #[prost(uint64, tag = "1")]
     pub generation: u64,
 }
-/// One commit: apply `namespaces`, `pods` and `policies` (add or replace by
-/// key), delete `removed`, then publish. With `full`, everything held before
+/// One commit, or one part of one (see `more`): apply `namespaces`, `pods`
+/// and `policies` (add or replace by key), delete `removed`, set `egress`,
+/// then publish. With `full`, everything held before
 /// that is not in this message is dropped first.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WatchResponse {
@@ -75,6 +76,12 @@ pub struct WatchResponse {
     /// these entries alone, and a source without one is not isolated.
     #[prost(message, repeated, tag = "9")]
     pub egress: ::prost::alloc::vec::Vec<SourceEgress>,
+    /// More parts of this commit follow (a large commit is sent in parts, so
+    /// that no stream buffers a whole large view): apply this part, then
+    /// publish and acknowledge nothing until the part without `more`. Only the
+    /// first part has `full`; the answers to Resolve come with the last.
+    #[prost(bool, tag = "10")]
+    pub more: bool,
 }
 /// A source's egress side toward this pod: for a pod of the view (exactly
 /// one claimant), or for an address whose pods the view does not hold (one
