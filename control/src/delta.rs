@@ -20,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use picket_state::{Kind, ObjectRef};
 
-use crate::view::{self, AddressEntry, Compiler, Held, Ingress, Scope, Shared};
+use crate::view::{self, AddressTable, Compiler, Held, Ingress, Scope, Shared};
 
 /// The subscriber's pod is no longer in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Sent {
     /// object exists).
     pod_namespaces: HashMap<Arc<str>, usize>,
     pod_egress: HashMap<PodKey, Arc<EgressToward>>,
-    address_egress: HashMap<IpAddr, AddressEntry>,
+    address_egress: AddressTable,
     /// Every pod as of the last update (shared with the index: 64
     /// pointers): what a pod was before it changed or went away.
     seen: Shards<PodKey, Arc<Pod>>,
@@ -164,18 +164,11 @@ impl Sent {
                 }
             },
         );
-        sync(
-            &mut self.address_egress,
-            scope
-                .address_egress
-                .iter()
-                .map(|(ip, entry)| (*ip, entry.clone())),
-            |ip| scope.address_egress.contains_key(ip),
-            |ip, entry| {
+        self.address_egress
+            .sync(&scope.address_egress, |ip, entry| {
                 let claimants = entry.into_iter().flat_map(|e| e.iter().map(|e| &**e));
                 msg.egress.push(address_egress_to_wire(ip, claimants))
-            },
-        );
+            });
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -453,10 +446,7 @@ impl Sent {
         }
         let claimants = entry.iter().flat_map(|e| e.iter().map(|e| &**e));
         msg.egress.push(address_egress_to_wire(&ip, claimants));
-        match entry {
-            Some(entry) => self.address_egress.insert(ip, entry),
-            None => self.address_egress.remove(&ip),
-        };
+        self.address_egress.set(ip, entry);
     }
 
     /// How many objects and entries the subscriber holds.
@@ -523,7 +513,7 @@ impl Held for Sent {
     }
 
     fn address(&self, ip: IpAddr) -> bool {
-        self.address_egress.contains_key(&ip)
+        self.address_egress.get(&ip).is_some()
     }
 
     fn seen(&self, key: &PodKey) -> Option<&Arc<Pod>> {

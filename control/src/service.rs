@@ -32,6 +32,12 @@ use crate::view::Shared;
 /// The most unanswered address questions a subscriber keeps.
 const MAX_RESOLVES: usize = 1024;
 
+/// How many whole views are computed and sent at once. When every sidecar
+/// reconnects at once (a replica restarts), each would otherwise hold its
+/// whole view in memory until its sidecar has read it: the others wait
+/// their turn, and memory stays bounded.
+pub const FULL_VIEWS_IN_FLIGHT: usize = 8;
+
 /// Stream timing.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamConfig {
@@ -52,6 +58,8 @@ pub struct ControlService<R> {
     metrics: Arc<ControlMetrics>,
     config: StreamConfig,
     shared: Arc<SharedCache>,
+    /// Whole views being computed and sent (see [`FULL_VIEWS_IN_FLIGHT`]).
+    full_views: Arc<tokio::sync::Semaphore>,
 }
 
 /// The views' shared work for the latest snapshot version.
@@ -91,6 +99,7 @@ impl<R: Reviewer> ControlService<R> {
             metrics,
             config,
             shared: Arc::default(),
+            full_views: Arc::new(tokio::sync::Semaphore::new(FULL_VIEWS_IN_FLIGHT)),
         }
     }
 }
@@ -130,6 +139,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             metrics: self.metrics.clone(),
             config: self.config,
             shared: self.shared.clone(),
+            full_views: self.full_views.clone(),
             sent: Sent::default(),
             tx,
             sent_at: None,
@@ -186,6 +196,7 @@ struct Subscriber {
     metrics: Arc<ControlMetrics>,
     config: StreamConfig,
     shared: Arc<SharedCache>,
+    full_views: Arc<tokio::sync::Semaphore>,
     sent: Sent,
     tx: mpsc::Sender<Result<v1::WatchResponse, Status>>,
     /// The last message sent and when, for convergence.
@@ -278,6 +289,16 @@ impl Subscriber {
     }
 
     async fn send_view(&mut self, snapshot: &Snapshot, full: bool) -> Result<(), End> {
+        let _turn = match full {
+            true => Some(
+                self.full_views
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| End::Gone)?,
+            ),
+            false => None,
+        };
         let index = &snapshot.index;
         let changed = snapshot.log.between(self.seen_version, snapshot.version);
         self.seen_version = snapshot.version;

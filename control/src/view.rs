@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
 use picket_policy::{
-    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey,
-    Selector,
+    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, Policy, PolicyIndex,
+    PolicyKey, Selector,
 };
 use picket_state::{Kind, ObjectRef};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -47,7 +47,7 @@ pub struct Scope {
     pub pod_egress: HashMap<PodKey, Arc<EgressToward>>,
     /// The egress sides toward `me` of the egress-isolated pods not held
     /// that `me` may let in by address, by address (sorted by pod).
-    pub address_egress: HashMap<IpAddr, AddressEntry>,
+    pub address_egress: AddressTable,
 }
 
 /// Work shared by every view computed from one index: the pods each pod
@@ -56,7 +56,83 @@ pub struct Scope {
 #[derive(Debug, Default)]
 pub struct Shared {
     peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
-    egress_isolated: std::sync::OnceLock<Arc<Vec<PodKey>>>,
+    egress_sources: std::sync::OnceLock<Arc<EgressSources>>,
+}
+
+/// The egress-isolated pods by the addresses they claim, with their sets of
+/// egress policies: what a view that admits by address compiles its entries
+/// from, built once per index version.
+#[derive(Debug, Default)]
+pub struct EgressSources {
+    /// Sorted by address: the sets of its egress-isolated claimants, in
+    /// the order of their keys.
+    by_ip: Vec<(IpAddr, Vec<u32>)>,
+    /// Each distinct set of egress policies.
+    sets: Vec<Vec<Arc<Policy>>>,
+}
+
+/// The address entries of a view, sorted by address (compact, and two
+/// tables compare by a merge, without hashing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressTable(Vec<(IpAddr, AddressEntry)>);
+
+impl AddressTable {
+    /// The entry of an address.
+    pub fn get(&self, ip: &IpAddr) -> Option<&AddressEntry> {
+        let i = self.0.binary_search_by(|(k, _)| k.cmp(ip)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Sets (`Some`) or removes an address's entry.
+    pub fn set(&mut self, ip: IpAddr, entry: Option<AddressEntry>) {
+        match (self.0.binary_search_by(|(k, _)| k.cmp(&ip)), entry) {
+            (Ok(i), Some(entry)) => self.0[i].1 = entry,
+            (Ok(i), None) => {
+                self.0.remove(i);
+            }
+            (Err(i), Some(entry)) => self.0.insert(i, (ip, entry)),
+            (Err(_), None) => {}
+        }
+    }
+
+    /// The entries, by address.
+    pub fn iter(&self) -> impl Iterator<Item = &(IpAddr, AddressEntry)> {
+        self.0.iter()
+    }
+
+    /// How many addresses have entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no address has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Brings this table to `wanted`, calling `change` for each entry new or
+    /// changed (compared by pointer, then by value) and with `None` for each
+    /// address no longer wanted.
+    pub fn sync(
+        &mut self,
+        wanted: &AddressTable,
+        mut change: impl FnMut(&IpAddr, Option<&AddressEntry>),
+    ) {
+        let (mut old, new) = (self.0.iter().peekable(), wanted.0.iter());
+        for (ip, entry) in new {
+            while let Some((gone, _)) = old.next_if(|(k, _)| k < ip) {
+                change(gone, None);
+            }
+            match old.next_if(|(k, _)| k == ip) {
+                Some((_, was)) if Arc::ptr_eq(was, entry) || **was == **entry => {}
+                _ => change(ip, Some(entry)),
+            }
+        }
+        for (gone, _) in old {
+            change(gone, None);
+        }
+        self.0.clone_from(&wanted.0);
+    }
 }
 
 // === impl Shared ===
@@ -106,17 +182,39 @@ impl Shared {
         members
     }
 
-    /// The pods some policy isolates for egress.
-    fn egress_isolated(&self, index: &PolicyIndex) -> Arc<Vec<PodKey>> {
-        self.egress_isolated
+    /// The egress-isolated pods by address.
+    fn egress_sources(&self, index: &PolicyIndex) -> Arc<EgressSources> {
+        self.egress_sources
             .get_or_init(|| {
-                Arc::new(
-                    index
-                        .pods()
-                        .filter(|p| !index.selecting(&p.key, Direction::Egress).is_empty())
-                        .map(|p| p.key.clone())
-                        .collect(),
-                )
+                let mut ids: HashMap<Vec<usize>, u32> = HashMap::default();
+                let mut sets = Vec::new();
+                let mut claims: Vec<(IpAddr, &PodKey, u32)> = Vec::new();
+                for pod in index.pods() {
+                    let policies = index.selecting(&pod.key, Direction::Egress);
+                    if policies.is_empty() {
+                        continue;
+                    }
+                    let ptrs: Vec<usize> =
+                        policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+                    let id = *ids.entry(ptrs).or_insert_with(|| {
+                        sets.push(policies.to_vec());
+                        (sets.len() - 1) as u32
+                    });
+                    for ip in &pod.ips {
+                        if index.pods_with_ip(*ip).contains(&pod.key) {
+                            claims.push((*ip, &pod.key, id));
+                        }
+                    }
+                }
+                claims.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+                let mut by_ip: Vec<(IpAddr, Vec<u32>)> = Vec::new();
+                for (ip, _, id) in claims {
+                    match by_ip.last_mut() {
+                        Some((last, ids)) if *last == ip => ids.push(id),
+                        _ => by_ip.push((ip, vec![id])),
+                    }
+                }
+                Arc::new(EgressSources { by_ip, sets })
             })
             .clone()
     }
@@ -197,6 +295,8 @@ pub struct Compiler<'a> {
     dst: &'a Pod,
     memo: HashMap<Box<[usize]>, Option<Compiled>>,
     key: Vec<usize>,
+    /// By id of [`EgressSources`]' sets.
+    by_set: HashMap<u32, Compiled>,
 }
 
 /// One source's compiled egress side, and the address entry it alone makes.
@@ -217,6 +317,7 @@ impl<'a> Compiler<'a> {
             dst,
             memo: HashMap::default(),
             key: Vec::new(),
+            by_set: HashMap::default(),
         }
     }
 
@@ -239,6 +340,28 @@ impl<'a> Compiler<'a> {
             self.memo.insert(self.key.as_slice().into(), compiled);
         }
         self.memo.get(self.key.as_slice())?.as_ref()
+    }
+
+    /// The entry of an address whose egress-isolated claimants have the
+    /// sets `ids` of `sources`.
+    fn of_sets(&mut self, sources: &EgressSources, ids: &[u32]) -> AddressEntry {
+        let (index, dst) = (self.index, self.dst);
+        let mut compiled = |id: u32| {
+            self.by_set
+                .entry(id)
+                .or_insert_with(|| {
+                    let side = Arc::new(index.egress_of_toward(&sources.sets[id as usize], dst));
+                    Compiled {
+                        alone: Arc::from([side.clone()]),
+                        side,
+                    }
+                })
+                .clone()
+        };
+        match ids {
+            [id] => compiled(*id).alone,
+            ids => ids.iter().map(|id| compiled(*id).side).collect(),
+        }
     }
 
     /// `src`'s egress side toward the pod; `None`: not isolated.
@@ -302,18 +425,18 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
         }
     }
     // Only a pod that admits by address needs the egress sides of pods it
-    // does not hold.
+    // does not hold; an address some held pod reports is the held pods'.
     if ingress.admits_by_address() {
-        for key in shared.egress_isolated(index).iter() {
-            let Some(pod) = index.pod(key).filter(|_| !pods.contains(key)) else {
-                continue;
-            };
-            for ip in &pod.ips {
-                if !scope.address_egress.contains_key(ip) {
-                    if let Some(entry) = compiler.address(&ingress, *ip, |k| pods.contains(k)) {
-                        scope.address_egress.insert(*ip, entry);
-                    }
-                }
+        let held_ips: HashSet<IpAddr> = pods
+            .iter()
+            .filter_map(|k| index.pod(k))
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        let sources = shared.egress_sources(index);
+        for (ip, ids) in &sources.by_ip {
+            if !held_ips.contains(ip) && ingress.admits_address(*ip) {
+                let entry = compiler.of_sets(&sources, ids);
+                scope.address_egress.0.push((*ip, entry));
             }
         }
     }

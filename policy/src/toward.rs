@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::eval::pods_peer_matches;
 use super::index::PolicyIndex;
-use super::model::{Direction, Peer, Pod, PodKey, PolicyKey, Rule};
+use super::model::{Direction, Peer, Pod, PodKey, Policy, PolicyKey, Rule};
 use super::shards::Shards;
 
 /// What one source's egress policies allow toward one destination pod.
@@ -105,9 +105,12 @@ impl PolicyIndex {
     /// isolates `src` for egress (it may connect anywhere).
     pub fn egress_toward(&self, src: &PodKey, dst: &Pod) -> Option<EgressToward> {
         let policies = self.selecting(src, Direction::Egress);
-        if policies.is_empty() {
-            return None;
-        }
+        (!policies.is_empty()).then(|| self.egress_of_toward(policies, dst))
+    }
+
+    /// What a source selected for egress by exactly `policies` (at least
+    /// one) may open on `dst`: the same for every source they select.
+    pub fn egress_of_toward(&self, policies: &[Arc<Policy>], dst: &Pod) -> EgressToward {
         let namespace_labels = self.namespace_labels(&dst.key.namespace);
         let mut rules = Vec::new();
         for policy in policies {
@@ -147,10 +150,10 @@ impl PolicyIndex {
                 });
             }
         }
-        Some(EgressToward {
+        EgressToward {
             policies: policies.len(),
             rules,
-        })
+        }
     }
 
     /// The compiled egress sides of the sources, when this index is a
