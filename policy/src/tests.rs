@@ -1102,3 +1102,117 @@ fn a_policy_that_cannot_be_read_from_the_api_denies_its_whole_namespace() {
         "nowhere to place it"
     );
 }
+
+// === compiled egress sides (control-mode views) ===
+
+const EGRESS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {env: prod}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {containers: [{name: db, ports: [{containerPort: 5432, name: postgres}]}]}
+status: {podIP: 10.0.0.2, podIPs: [{ip: 10.0.0.2}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: prod, labels: {app: web}}
+spec: {containers: [{name: web}]}
+status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: free, namespace: prod, labels: {app: free}}
+spec: {containers: [{name: free}]}
+status: {podIP: 10.0.0.3, podIPs: [{ip: 10.0.0.3}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-out, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: postgres}]
+  - to: [{ipBlock: {cidr: 10.0.0.0/30}}]
+    ports: [{port: 9090}]
+  - to: [{podSelector: {matchLabels: {app: cache}}}]
+  - ports: [{port: 53}]
+"#;
+
+#[test]
+fn an_egress_side_compiled_toward_one_pod_keeps_only_the_rules_that_may_match_it() {
+    let index = index(EGRESS);
+    let web = ObjectKey::new("prod", "web");
+    let db = index.pod(&ObjectKey::new("prod", "db")).unwrap();
+    let compiled = index.egress_toward(&web, db).unwrap();
+    assert_eq!(compiled.policies, 1);
+    // The pod peer that names db matches whatever address is dialled; the
+    // ipBlock is kept for the address; the rule for caches cannot match db.
+    let rules: Vec<(usize, bool)> = compiled
+        .rules
+        .iter()
+        .map(|r| (r.index, r.rule.peers.is_none()))
+        .collect();
+    assert_eq!(rules, vec![(0, true), (1, false), (3, true)]);
+    // Not isolated for egress: nothing to compile.
+    assert!(index
+        .egress_toward(&ObjectKey::new("prod", "free"), db)
+        .is_none());
+}
+
+#[test]
+fn a_view_with_compiled_egress_sides_decides_like_the_whole_cluster() {
+    let full = index(EGRESS);
+    let (web, db) = (ObjectKey::new("prod", "web"), ObjectKey::new("prod", "db"));
+    let db_pod = full.pod(&db).unwrap().clone();
+    // db's view: db itself, and web's egress side by address only.
+    let mut view = PolicyIndex::new();
+    view.apply_pod((*db_pod).clone());
+    let side = full.egress_toward(&web, &db_pod).map(std::sync::Arc::new);
+    view.egress_toward_me_mut()
+        .set_address("10.0.0.1".parse().unwrap(), side.into_iter().collect());
+    let node = NodeAddrs::default();
+    for dst_ip in ["10.0.0.2", "10.9.9.9"] {
+        let dst_ip: IpAddr = dst_ip.parse().unwrap();
+        for port in [53, 80, 5432, 9090] {
+            for src in ["10.0.0.1", "10.0.0.3", "10.7.7.7"] {
+                let src: IpAddr = src.parse().unwrap();
+                let want = full.decide_from_ip(src, &db, dst_ip, port, Protocol::Tcp, &node);
+                let got = view.decide_from_ip(src, &db, dst_ip, port, Protocol::Tcp, &node);
+                assert_eq!(
+                    got.allowed, want.allowed,
+                    "{src} -> {dst_ip}:{port}: {got:?} / {want:?}"
+                );
+            }
+        }
+    }
+    // web to db on postgres, by the first rule; on 80 by nothing.
+    let on = |port| {
+        view.decide_from_ip(
+            "10.0.0.1".parse().unwrap(),
+            &db,
+            "10.0.0.2".parse().unwrap(),
+            port,
+            Protocol::Tcp,
+            &node,
+        )
+    };
+    assert!(matches!(
+        on(5432).reason,
+        Reason::Policies {
+            egress: Side::Allowed { rule: 0, .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        on(80).reason,
+        Reason::Policies {
+            egress: Side::Denied { policies: 1 },
+            ..
+        }
+    ));
+}

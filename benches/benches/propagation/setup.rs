@@ -355,6 +355,18 @@ impl Bench {
             teardowns: sum("picket_inbound_teardowns_total"),
             watch_restarts: sum("picket_watch_restarts_total"),
             open: sum("picket_inbound_open_connections"),
+            commit_age_s: text
+                .lines()
+                .find(|l| l.starts_with("picket_control_last_commit_timestamp_seconds "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .filter(|t| *t > 0.0)
+                .map(|t| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    now - t
+                }),
         })
     }
 
@@ -391,6 +403,8 @@ pub struct Metrics {
     pub watch_restarts: f64,
     /// `picket_inbound_open_connections`.
     pub open: f64,
+    /// Seconds since the last commit from the control plane (control mode).
+    pub commit_age_s: Option<f64>,
 }
 
 /// The proxy's memory and CPU at one moment.
