@@ -89,6 +89,17 @@ pub enum Removed {
 /// Decodes a whole message, or fails naming the first bad object: a
 /// message is applied entirely or not at all.
 pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
+    if msg.full && msg.view_format != crate::VIEW_FORMAT {
+        return Err(InvalidMessage {
+            object: "view".into(),
+            field: "view_format".into(),
+            reason: format!(
+                "the control plane serves view format {}, this sidecar speaks {}: upgrade picket-control",
+                msg.view_format,
+                crate::VIEW_FORMAT
+            ),
+        });
+    }
     let removed = msg
         .removed
         .iter()
@@ -639,6 +650,97 @@ fn protocol_from_wire(at: &At<'_>, field: &str, protocol: i32) -> Result<Protoco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_view_of_another_format_is_refused() {
+        for format in [0, 1, 3] {
+            let msg = v1::WatchResponse {
+                full: true,
+                view_format: format,
+                ..Default::default()
+            };
+            let error = decode(&msg).unwrap_err();
+            assert_eq!(error.field, "view_format", "{format}");
+        }
+        let msg = v1::WatchResponse {
+            full: true,
+            view_format: crate::VIEW_FORMAT,
+            ..Default::default()
+        };
+        assert!(decode(&msg).unwrap().full);
+        // Deltas and later parts carry no format: the stream's full view did.
+        assert!(decode(&v1::WatchResponse::default()).is_ok());
+    }
+
+    #[test]
+    fn egress_entries_round_trip_and_bad_ones_are_refused() {
+        let side = EgressToward {
+            policies: 2,
+            rules: vec![TowardRule {
+                policy: ObjectKey::new("shop", "out"),
+                index: 3,
+                rule: Rule {
+                    peers: Some(vec![Peer::IpBlock(IpBlock {
+                        cidr: "10.0.0.0/8".parse().unwrap(),
+                        except: vec!["10.1.0.0/16".parse().unwrap()],
+                    })]),
+                    ports: None,
+                    broken: None,
+                },
+            }],
+        };
+        let key = ObjectKey::new("shop", "web");
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let msg = v1::WatchResponse {
+            egress: vec![
+                pod_egress_to_wire(&key, Some(&side)),
+                pod_egress_to_wire(&key, None),
+                address_egress_to_wire(&ip, [&side, &side]),
+            ],
+            ..Default::default()
+        };
+        let update = decode(&msg).unwrap();
+        assert_eq!(
+            update.egress,
+            vec![
+                EgressEntry::Pod(key.clone(), Some(side.clone())),
+                EgressEntry::Pod(key.clone(), None),
+                EgressEntry::Address(ip, vec![side.clone(), side.clone()]),
+            ]
+        );
+        // A compiled rule with a pod peer would match this pod by its own
+        // labels: refused, as is a side that no policy isolates.
+        let mut bad = address_egress_to_wire(&ip, [&side]);
+        bad.claimants[0].rules[0].rule.as_mut().unwrap().peers = Some(v1::Peers {
+            peers: vec![v1::Peer {
+                peer: Some(v1::peer::Peer::Pods(v1::PodsPeer {
+                    namespaces: Some(v1::pods_peer::Namespaces::PolicyNamespace("shop".into())),
+                    pods: None,
+                })),
+            }],
+        });
+        let msg = v1::WatchResponse {
+            egress: vec![bad],
+            ..Default::default()
+        };
+        assert!(decode(&msg).unwrap_err().field.ends_with("rule.peers"));
+        let mut bad = address_egress_to_wire(&ip, [&side]);
+        bad.claimants[0].policies = 0;
+        let msg = v1::WatchResponse {
+            egress: vec![bad],
+            ..Default::default()
+        };
+        assert!(decode(&msg).unwrap_err().field.ends_with("policies"));
+        let bad = v1::SourceEgress {
+            source: Some(v1::source_egress::Source::Address(vec![1, 2, 3])),
+            claimants: Vec::new(),
+        };
+        let msg = v1::WatchResponse {
+            egress: vec![bad],
+            ..Default::default()
+        };
+        assert_eq!(decode(&msg).unwrap_err().field, "address");
+    }
 
     #[test]
     fn a_policy_round_trips() {

@@ -8,6 +8,17 @@
 
 pub mod convert;
 
+/// The view format this code speaks: 2 is views with other pods' egress
+/// sides compiled (`SourceEgress`) and large commits in parts (`more`). A
+/// sidecar or a control plane of another format would read a view wrong
+/// (fail open), so they refuse each other: the sidecar sends it in the
+/// [`VIEW_FORMAT_HEADER`] of its `Watch`, the control plane in
+/// `WatchResponse.view_format` of every full view.
+pub const VIEW_FORMAT: u32 = 2;
+
+/// The request header that carries the sidecar's [`VIEW_FORMAT`].
+pub const VIEW_FORMAT_HEADER: &str = "picket-view-format";
+
 /// The generated messages and service code.
 #[allow(missing_docs, clippy::all, clippy::pedantic, rust_2018_idioms)]
 pub mod v1 {

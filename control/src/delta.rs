@@ -110,6 +110,7 @@ impl Sent {
         }
         let mut msg = v1::WatchResponse {
             full,
+            view_format: if full { picket_api::VIEW_FORMAT } else { 0 },
             ..Default::default()
         };
         sync(

@@ -17,7 +17,8 @@ use prost::Message as _;
 /// of its own.
 pub const PART_BYTES: usize = 16 * 1024;
 
-/// `msg` as parts of about `limit` bytes each: the first keeps `full`, the
+/// `msg` as parts of about `limit` bytes each: the first keeps `full` (and
+/// the view format), the
 /// last the answers to `Resolve`, every one the generation and `me`; all
 /// but the last have `more`. A message within the limit is one part.
 pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse> {
@@ -35,6 +36,7 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         resolved,
         egress,
         more: _,
+        view_format,
     } = msg;
     let mut parts = Parts {
         limit,
@@ -70,6 +72,7 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
     let mut done = parts.finish();
     if let Some(first) = done.first_mut() {
         first.full = full;
+        first.view_format = view_format;
     }
     if let Some(last) = done.last_mut() {
         last.resolved = resolved;
@@ -167,6 +170,7 @@ mod tests {
                 ip: vec![10, 9, 9, 9],
                 pod: true,
             }],
+            view_format: picket_api::VIEW_FORMAT,
             ..Default::default()
         }
     }
@@ -185,6 +189,7 @@ mod tests {
             assert_eq!(part.generation, 7);
             assert_eq!(part.me, whole.me);
             assert_eq!(part.full, i == 0, "part {i}");
+            assert_eq!(part.view_format != 0, i == 0, "part {i}");
             assert_eq!(part.more, i + 1 < parts.len(), "part {i}");
             assert_eq!(part.resolved.is_empty(), i + 1 < parts.len(), "part {i}");
         }
@@ -192,6 +197,7 @@ mod tests {
         let mut joined = v1::WatchResponse {
             generation: 7,
             full: true,
+            view_format: picket_api::VIEW_FORMAT,
             me: whole.me.clone(),
             ..Default::default()
         };

@@ -112,6 +112,21 @@ impl<R: Reviewer> Control for ControlService<R> {
         &self,
         request: Request<Streaming<v1::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // A sidecar of another view format would read views wrong: refused
+        // before anything is sent (it keeps its last view, or waits).
+        let format = request
+            .metadata()
+            .get(picket_api::VIEW_FORMAT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok());
+        if format != Some(picket_api::VIEW_FORMAT) {
+            tracing::info!(?format, "Watch refused: view format");
+            return Err(Status::failed_precondition(format!(
+                "this control plane serves view format {}, the sidecar speaks {}: restart the pod to get the current proxy",
+                picket_api::VIEW_FORMAT,
+                format.map_or("an older one".to_string(), |f| f.to_string()),
+            )));
+        }
         let token = bearer(request.metadata()).unwrap_or_default();
         let identity = self.auth.authenticate(token).await.map_err(|refusal| {
             tracing::info!(%refusal, "Watch refused");
@@ -341,10 +356,15 @@ impl Subscriber {
             uid: self.identity.uid.clone(),
         });
         // In parts: no stream keeps a buffer the size of a whole view. The
-        // stall bound holds for each part.
+        // stall bound holds for each part of a delta, and for the whole of a
+        // full view (which holds one of the few turns meanwhile).
+        let mut deadline = tokio::time::Instant::now() + self.config.stall;
         for part in into_parts(message, PART_BYTES) {
             let bytes = part.encoded_len();
-            match tokio::time::timeout(self.config.stall, self.tx.send(Ok(part))).await {
+            if !full {
+                deadline = tokio::time::Instant::now() + self.config.stall;
+            }
+            match tokio::time::timeout_at(deadline, self.tx.send(Ok(part))).await {
                 Ok(Ok(())) => {
                     self.metrics.messages.inc();
                     self.metrics.bytes.inc_by(bytes as u64);

@@ -145,9 +145,13 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
                 match message {
                     None => skipped += 1,
                     Some(msg) => {
-                        let wire = prost::Message::encode_to_vec(&msg);
-                        let msg = prost::Message::decode(wire.as_slice()).unwrap();
-                        apply(&mut sub.held, decode(&msg).unwrap());
+                        // In small parts, each through the wire, applied in
+                        // order (published only after the last).
+                        for part in crate::parts::into_parts(msg, 300) {
+                            let wire = prost::Message::encode_to_vec(&part);
+                            let part = prost::Message::decode(wire.as_slice()).unwrap();
+                            apply(&mut sub.held, decode(&part).unwrap());
+                        }
                     }
                 }
                 let dst = cluster.pod(me).unwrap();

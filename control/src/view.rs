@@ -425,11 +425,13 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
         }
     }
     // Only a pod that admits by address needs the egress sides of pods it
-    // does not hold; an address some held pod reports is the held pods'.
+    // does not hold; an address some held pod claims is the held pods' (a
+    // host-network pod claims none: it reports its node's).
     if ingress.admits_by_address() {
         let held_ips: HashSet<IpAddr> = pods
             .iter()
             .filter_map(|k| index.pod(k))
+            .filter(|p| !p.host_network)
             .flat_map(|p| p.ips.iter().copied())
             .collect();
         let sources = shared.egress_sources(index);

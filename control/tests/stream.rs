@@ -11,7 +11,8 @@ use picket_control::metrics::ControlMetrics;
 use picket_control::service::{ControlService, StreamConfig};
 use picket_policy::{NodeAddrs, ObjectKey, Protocol};
 use picket_state::control::{
-    open, ControlConfig, ControlMetrics as SidecarMetrics, ControlSource, Resolver, StreamError,
+    open, open_as, ControlConfig, ControlMetrics as SidecarMetrics, ControlSource, Resolver,
+    StreamError,
 };
 use picket_state::kube::KubeSource;
 use picket_state::{Snapshot, SnapshotRx, Source as _, StateWriter};
@@ -433,4 +434,29 @@ async fn egress_isolated_pods_a_view_does_not_hold_arrive_by_address_in_parts_pu
         allowed(s, "10.1.3.7", &web_key, 80)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_of_another_view_format_is_refused_before_anything_is_sent() {
+    // An older sidecar would ignore the compiled egress sides and the parts
+    // of a view and read it wide open: it gets no view at all.
+    let plane = plane().await;
+    let config = plane.sidecar("api", &plane.token("shop", "api", "picket"));
+    for format in [None, Some(1), Some(picket_api::VIEW_FORMAT + 1)] {
+        let code = match open_as(&config, format).await {
+            Ok((mut stream, _)) => match stream.message().await {
+                Err(status) => status.code(),
+                Ok(m) => panic!("{format:?}: expected a refusal, got {m:?}"),
+            },
+            Err(StreamError::Status(status)) => status.code(),
+            Err(other) => panic!("{format:?}: {other}"),
+        };
+        assert_eq!(code, tonic::Code::FailedPrecondition, "{format:?}");
+    }
+    let (mut stream, _) = open_as(&config, Some(picket_api::VIEW_FORMAT))
+        .await
+        .unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(first.full);
+    assert_eq!(first.view_format, picket_api::VIEW_FORMAT);
 }

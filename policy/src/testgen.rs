@@ -76,9 +76,17 @@ pub fn pod(rng: &mut Rng) -> Pod {
     } else {
         ""
     };
+    // Now and then a host-network pod, which reports its node's address
+    // (here one of the pod addresses: a stale pod of a node whose address
+    // a pod now has) and claims none.
+    let host_network = if rng.below(8) == 0 {
+        ", hostNetwork: true"
+    } else {
+        ""
+    };
     let yaml = format!(
         "metadata: {{name: {}, namespace: {}, labels: {{app: {}}}, creationTimestamp: \"2026-12-01T0{}:00:00Z\"{deleting}}}\n\
-         spec: {{containers: [{{name: c, ports: [{{containerPort: 5432, name: pg}}]}}]}}\n\
+         spec: {{containers: [{{name: c, ports: [{{containerPort: 5432, name: pg}}]}}]{host_network}}}\n\
          status: {{podIP: {}}}\n",
         rng.pick(PODS),
         rng.pick(NAMESPACES),

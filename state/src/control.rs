@@ -327,10 +327,26 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
     }
 }
 
-/// Opens a `Watch` stream: connects, presents the token, says hello.
-/// Returns the stream and the sender for acknowledgements.
+/// Opens a `Watch` stream: connects, presents the token and this code's
+/// view format, says hello. Returns the stream and the sender for
+/// acknowledgements.
 pub async fn open(
     config: &ControlConfig,
+) -> Result<
+    (
+        tonic::Streaming<v1::WatchResponse>,
+        mpsc::Sender<v1::WatchRequest>,
+    ),
+    StreamError,
+> {
+    open_as(config, Some(picket_api::VIEW_FORMAT)).await
+}
+
+/// [`open`], presenting `view_format` (`None`: no header, as sidecars
+/// before view format 2): what a sidecar of another version sends.
+pub async fn open_as(
+    config: &ControlConfig,
+    view_format: Option<u32>,
 ) -> Result<
     (
         tonic::Streaming<v1::WatchResponse>,
@@ -355,6 +371,12 @@ pub async fn open(
         .parse()
         .map_err(|_| tonic::Status::unauthenticated("the token is not a valid header value"))?;
     request.metadata_mut().insert("authorization", bearer);
+    if let Some(format) = view_format {
+        request.metadata_mut().insert(
+            picket_api::VIEW_FORMAT_HEADER,
+            format.to_string().parse().expect("digits"),
+        );
+    }
     let stream = client.watch(request).await?.into_inner();
     Ok((stream, acks))
 }

@@ -82,6 +82,12 @@ pub struct WatchResponse {
     /// first part has `full`; the answers to Resolve come with the last.
     #[prost(bool, tag = "10")]
     pub more: bool,
+    /// On the first part of a full view: the view format (2: compiled egress
+    /// sides and parts). A sidecar refuses a view of a format it does not
+    /// speak, as the control plane refuses a sidecar whose `picket-view-format`
+    /// request header names another.
+    #[prost(uint32, tag = "11")]
+    pub view_format: u32,
 }
 /// A source's egress side toward this pod: for a pod of the view (exactly
 /// one claimant), or for an address whose pods the view does not hold (one
