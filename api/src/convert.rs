@@ -704,7 +704,7 @@ mod tests {
             update.egress,
             vec![
                 EgressEntry::Pod(key.clone(), Some(side.clone())),
-                EgressEntry::Pod(key.clone(), None),
+                EgressEntry::Pod(key, None),
                 EgressEntry::Address(ip, vec![side.clone(), side.clone()]),
             ]
         );

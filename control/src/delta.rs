@@ -351,14 +351,7 @@ impl Sent {
                         }
                         msg.pods.push(pod_to_wire(pod));
                     }
-                    let egress = compiler.of(key);
-                    if self.pod_egress.get(key) != egress.as_ref() {
-                        msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
-                        match egress {
-                            Some(egress) => self.pod_egress.insert(key.clone(), egress),
-                            None => self.pod_egress.remove(key),
-                        };
-                    }
+                    self.sync_pod_egress(&mut compiler, key, &mut msg);
                 }
                 None => {
                     if self.pods.remove(key).is_some() {
@@ -407,14 +400,7 @@ impl Sent {
         for namespace in namespaces {
             for key in index.pods_in(namespace).filter(|k| *k != me) {
                 if self.pods.contains_key(key) {
-                    let egress = compiler.of(key);
-                    if self.pod_egress.get(key) != egress.as_ref() {
-                        msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
-                        match egress {
-                            Some(egress) => self.pod_egress.insert(key.clone(), egress),
-                            None => self.pod_egress.remove(key),
-                        };
-                    }
+                    self.sync_pod_egress(&mut compiler, key, &mut msg);
                 } else if ingress.admits_by_address() {
                     if let Some(pod) = index.pod(key) {
                         for ip in &pod.ips {
@@ -425,6 +411,23 @@ impl Sent {
             }
         }
         Some((!is_empty(&msg)).then_some(msg))
+    }
+
+    /// Brings the entry of held pod `key` up to date, into `msg`.
+    fn sync_pod_egress(
+        &mut self,
+        compiler: &mut Compiler<'_>,
+        key: &PodKey,
+        msg: &mut v1::WatchResponse,
+    ) {
+        let egress = compiler.of(key);
+        if self.pod_egress.get(key) != egress.as_ref() {
+            msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
+            match egress {
+                Some(egress) => self.pod_egress.insert(key.clone(), egress),
+                None => self.pod_egress.remove(key),
+            };
+        }
     }
 
     /// Brings the entry of `ip` up to date, into `msg`.
