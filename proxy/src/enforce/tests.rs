@@ -153,3 +153,33 @@ fn ports_format_without_allocating() {
     assert_eq!(super::format_port(80, &mut buf), "80");
     assert_eq!(super::format_port(65535, &mut buf), "65535");
 }
+
+#[tokio::test]
+async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wait() {
+    // In control mode a pod the view does not hold, but whose own egress
+    // decides, arrives as an address entry: it is a known pod, so its
+    // connection is decided at once, not held for the unknown-IP wait.
+    let (enforcer, mut writer) = enforcer(Duration::from_secs(3600));
+    writer.set_address_egress(
+        "10.0.7.7".parse().unwrap(),
+        vec![picket_policy::EgressToward {
+            policies: 1,
+            rules: Vec::new(),
+        }],
+    );
+    writer.commit();
+    let client = ClientAddr(addr("10.0.7.7:40000"));
+    let dst = OrigDstAddr(addr("10.0.0.1:8080"));
+    // A deadline far below the wait: a connection held for the wait fails it.
+    let decided = tokio::time::timeout(Duration::from_secs(60), enforcer.admit(client, dst))
+        .await
+        .expect("decided without waiting out the unknown-IP wait");
+    assert_eq!(decided.err(), Some(Refusal::Denied));
+    let text = enforcer.metrics.encode(true);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("picket_unknown_ip_waits_total{") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
