@@ -234,10 +234,11 @@ impl Sent {
 
     /// The message for pod and policy changes, when each kind can be
     /// applied by itself (see [`Self::pods_changed`] and
-    /// [`Self::policies_changed`]): the policies' preconditions leave `me`'s
-    /// selection, and so what its ingress names, as it was, so the pods'
-    /// changes compose with theirs. `None` for a namespace change, or when
-    /// either kind needs the view recomputed.
+    /// [`Self::policies_changed`]), with one `me`'s ingress and one compiler
+    /// for both: the policies' precondition leaves `me`'s selection, and so
+    /// what its ingress names, as it was, so the pods' changes compose with
+    /// theirs. `None` for a namespace change, or when either kind needs the
+    /// view recomputed (nothing is recorded then).
     fn objects_changed(
         &mut self,
         index: &PolicyIndex,
@@ -261,20 +262,14 @@ impl Sent {
         if !policies.is_empty() && !Self::may_apply_policies(index, self, me, &policies) {
             return None;
         }
+        let dst = index.pod(me)?;
+        let ingress = Ingress::of(index, me);
+        let mut compiler = Compiler::new(index, dst);
         let mut msg = v1::WatchResponse::default();
         if !pods.is_empty() {
-            if let Some(pods) = self.pods_changed(index, me, &pods)? {
-                msg = pods;
-            }
+            self.pods_changed(index, me, &ingress, &mut compiler, &pods, &mut msg)?;
         }
-        if !policies.is_empty() {
-            if let Some(policies) = self.policies_changed(index, me, &policies)? {
-                msg.namespaces.extend(policies.namespaces);
-                msg.pods.extend(policies.pods);
-                msg.removed.extend(policies.removed);
-                msg.egress.extend(policies.egress);
-            }
-        }
+        self.policies_changed(index, me, &ingress, &mut compiler, &policies, &mut msg);
         Some((!is_empty(&msg)).then_some(msg))
     }
 
@@ -296,21 +291,20 @@ impl Sent {
             .any(|k| held.policies.contains_key(k) || selecting(k))
     }
 
-    /// The message for changes to `changed_pods` alone (no policy or
-    /// namespace changed), computed pod by pod, or `None` when that cannot
-    /// be exact and the whole view must be recomputed: `me` changed (its
-    /// selection may have), or an address is shared by several pods (who
-    /// holds it depends on all of them). `Some(None)`: nothing to send.
-    pub fn pods_changed(
+    /// Applies changes to `changed_pods` pod by pod, into `msg`, or
+    /// returns `None`, having recorded nothing, when that cannot be exact
+    /// and the whole view must be recomputed: `me` changed (its selection
+    /// may have), or an address is shared by several pods (who holds it
+    /// depends on all of them).
+    fn pods_changed(
         &mut self,
         index: &PolicyIndex,
         me: &PodKey,
+        ingress: &Ingress<'_>,
+        compiler: &mut Compiler<'_>,
         changed_pods: &[PodKey],
-    ) -> Option<Option<v1::WatchResponse>> {
-        let dst = index.pod(me)?;
-        let ingress = Ingress::of(index, me);
-        let mut compiler = Compiler::new(index, dst);
-        let mut msg = v1::WatchResponse::default();
+        msg: &mut v1::WatchResponse,
+    ) -> Option<()> {
         let shared_ip = |pod: &Pod| {
             pod.ips
                 .iter()
@@ -351,7 +345,7 @@ impl Sent {
                         }
                         msg.pods.push(pod_to_wire(pod));
                     }
-                    self.sync_pod_egress(&mut compiler, key, &mut msg);
+                    self.sync_pod_egress(compiler, key, msg);
                 }
                 None => {
                     if self.pods.remove(key).is_some() {
@@ -370,47 +364,42 @@ impl Sent {
             // The addresses it had and has: their entries, now.
             let ips = old.iter().chain(new).flat_map(|p| p.ips.iter().copied());
             for ip in ips.collect::<Vec<_>>() {
-                self.sync_address(&mut compiler, &ingress, ip, &mut msg);
+                self.sync_address(compiler, ingress, ip, msg);
             }
         }
-        Some((!is_empty(&msg)).then_some(msg))
+        Some(())
     }
 
-    /// The message for changes to `changed_policies` alone, when none
-    /// selected `me` or selects it now: then what `me`'s ingress names is
-    /// unchanged, and they change only the egress entries of the pods of
-    /// their namespaces (a policy selects pods of its own), computed again
-    /// entry by entry. `None`: the whole view must be recomputed.
-    pub fn policies_changed(
+    /// Applies changes to `changed_policies` entry by entry, into `msg`.
+    /// Only when [`Self::may_apply_policies`]: none selected `me` or
+    /// selects it now, so what `me`'s ingress names is unchanged, and they
+    /// change only the egress entries of the pods of their namespaces (a
+    /// policy selects pods of its own).
+    fn policies_changed(
         &mut self,
         index: &PolicyIndex,
         me: &PodKey,
+        ingress: &Ingress<'_>,
+        compiler: &mut Compiler<'_>,
         changed_policies: &[PolicyKey],
-    ) -> Option<Option<v1::WatchResponse>> {
-        if !Self::may_apply_policies(index, self, me, changed_policies) {
-            return None;
-        }
-        let dst = index.pod(me)?;
-        let ingress = Ingress::of(index, me);
-        let mut compiler = Compiler::new(index, dst);
-        let mut msg = v1::WatchResponse::default();
+        msg: &mut v1::WatchResponse,
+    ) {
         let mut namespaces: Vec<&str> = changed_policies.iter().map(|k| &*k.namespace).collect();
         namespaces.sort();
         namespaces.dedup();
         for namespace in namespaces {
             for key in index.pods_in(namespace).filter(|k| *k != me) {
                 if self.pods.contains_key(key) {
-                    self.sync_pod_egress(&mut compiler, key, &mut msg);
+                    self.sync_pod_egress(compiler, key, msg);
                 } else if ingress.admits_by_address() {
                     if let Some(pod) = index.pod(key) {
                         for ip in &pod.ips {
-                            self.sync_address(&mut compiler, &ingress, *ip, &mut msg);
+                            self.sync_address(compiler, ingress, *ip, msg);
                         }
                     }
                 }
             }
         }
-        Some((!is_empty(&msg)).then_some(msg))
     }
 
     /// Brings the entry of held pod `key` up to date, into `msg`.

@@ -244,22 +244,9 @@ impl PolicyIndex {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
         let ingress = self.side(to.pod, Direction::Ingress, src, to, trace);
-        let egress = match (src, &self.egress_toward_me) {
-            (Endpoint::Pod { pod, .. }, _) if ingress.allows() || T::EVERY_RULE => {
-                let egress = match &self.egress_toward_me {
-                    // A view: the source's egress side, compiled.
-                    Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
-                        trace.side(&pod.key, Direction::Egress);
-                        self.compiled_side(e, to, trace)
-                    }),
-                    None => self.side(
-                        pod,
-                        Direction::Egress,
-                        self.endpoint(to.pod, to.ip),
-                        to,
-                        trace,
-                    ),
-                };
+        let egress = match src {
+            Endpoint::Pod { pod, .. } if ingress.allows() || T::EVERY_RULE => {
+                let egress = self.pod_egress_side(pod, to, trace);
                 // The ingress side already denies: the egress side cannot change that.
                 if ingress.allows() {
                     egress
@@ -267,28 +254,9 @@ impl PolicyIndex {
                     Side::NotEvaluated
                 }
             }
-            (Endpoint::Pod { .. }, _) => Side::NotEvaluated,
-            (Endpoint::Address(_), _) if !ingress.allows() => Side::NotEvaluated,
-            // A view: pods it does not hold may claim the address; every
-            // one of them must allow.
-            (Endpoint::Address(ip), Some(compiled)) => match compiled.address(ip) {
-                Some(claimants) => {
-                    let mut side = Side::NotApplicable;
-                    for egress in claimants.iter() {
-                        let said = self.compiled_side(egress, to, trace);
-                        if !said.allows() {
-                            side = said;
-                            break;
-                        }
-                        if side == Side::NotApplicable {
-                            side = said;
-                        }
-                    }
-                    side
-                }
-                None => Side::NotApplicable,
-            },
-            (Endpoint::Address(_), None) => Side::NotApplicable,
+            Endpoint::Pod { .. } => Side::NotEvaluated,
+            Endpoint::Address(_) if !ingress.allows() => Side::NotEvaluated,
+            Endpoint::Address(ip) => self.address_egress_side(ip, to, trace),
         };
         let allowed = ingress.allows() && egress.allows();
         Decision {
@@ -349,6 +317,48 @@ impl PolicyIndex {
 // === impl PolicyIndex: compiled egress sides ===
 
 impl PolicyIndex {
+    /// A source pod's egress side: from its policies, or in a view from its
+    /// compiled entry (none: not isolated).
+    fn pod_egress_side<T: Trace>(&self, pod: &Pod, to: &Destination<'_>, trace: &mut T) -> Side {
+        match &self.egress_toward_me {
+            Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
+                trace.side(&pod.key, Direction::Egress);
+                self.compiled_side(e, to, trace)
+            }),
+            None => self.side(
+                pod,
+                Direction::Egress,
+                self.endpoint(to.pod, to.ip),
+                to,
+                trace,
+            ),
+        }
+    }
+
+    /// The egress side of an address no pod of the index claims: in a view,
+    /// the pods it does not hold that claim it, every one of which must allow.
+    fn address_egress_side<T: Trace>(
+        &self,
+        ip: IpAddr,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
+        let Some(claimants) = self.egress_toward_me.as_ref().and_then(|c| c.address(ip)) else {
+            return Side::NotApplicable;
+        };
+        let mut side = Side::NotApplicable;
+        for egress in claimants.iter() {
+            let said = self.compiled_side(egress, to, trace);
+            if !said.allows() {
+                return said;
+            }
+            if side == Side::NotApplicable {
+                side = said;
+            }
+        }
+        side
+    }
+
     /// A source's egress side from its compiled rules toward the destination.
     fn compiled_side<T: Trace>(
         &self,
