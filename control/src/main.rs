@@ -35,8 +35,9 @@ struct Cli {
         default_value = "/var/run/picket-control/tls/tls.key"
     )]
     tls_key_file: PathBuf,
-    /// How long changes are gathered into one message.
-    #[arg(long, default_value = "10ms", value_parser = picket_common::duration::parse)]
+    /// How long a sidecar's stream gathers commits into one message, beyond
+    /// the cluster watch's own batches of at most 10 ms (0: none).
+    #[arg(long, default_value = "0s", value_parser = picket_common::duration::parse)]
     batch: Duration,
     /// How long a sidecar may not read before it is disconnected.
     #[arg(long, default_value = "60s", value_parser = picket_common::duration::parse)]

@@ -3,9 +3,11 @@
 //!
 //! Level-triggered, after Linkerd's watches and Typha's breadcrumbs: the
 //! cluster state is one `watch` channel the writer never blocks on; a
-//! subscriber wakes on a change, waits out the batch window, and diffs the
-//! latest state against what it has sent. A subscriber that falls behind
-//! skips the states it missed; one that does not drain for the stall bound
+//! subscriber wakes on a change (a commit: the state source gathers the
+//! cluster's events into batches of at most 10 ms), waits out its own batch
+//! window if one is configured (none by default: a second window only adds
+//! latency), and diffs the latest state against what it has sent. A
+//! subscriber that falls behind skips the states it missed; one that does not drain for the stall bound
 //! (its send stays blocked, or it acknowledges nothing it was sent) is
 //! disconnected, and reconnects into a full view. Memory is what each
 //! subscriber last sent, not a queue per subscriber.
@@ -41,7 +43,8 @@ pub const FULL_VIEWS_IN_FLIGHT: usize = 8;
 /// Stream timing.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamConfig {
-    /// How long changes are gathered into one message.
+    /// How long a subscriber gathers commits into one message, beyond the
+    /// state source's batching (zero: none).
     pub batch: Duration,
     /// How long a subscriber may not drain before it is disconnected.
     pub stall: Duration,
@@ -297,7 +300,7 @@ impl Subscriber {
                     () = tokio::time::sleep_until(deadline) => return End::Expired,
                 }
             };
-            if changed {
+            if changed && !self.config.batch.is_zero() {
                 tokio::time::sleep(self.config.batch).await;
             }
         }

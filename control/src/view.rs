@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
 use picket_policy::{
-    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, Policy, PolicyIndex,
-    PolicyKey, Selector,
+    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey,
+    Selector,
 };
 use picket_state::{Kind, ObjectRef};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -51,24 +51,11 @@ pub struct Scope {
 }
 
 /// Work shared by every view computed from one index: the pods each pod
-/// peer selects, and the pods whose egress is isolated. Build one per index
-/// version and use it for every subscriber.
+/// peer selects. Build one per index version and use it for every
+/// subscriber.
 #[derive(Debug, Default)]
 pub struct Shared {
     peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
-    egress_sources: std::sync::OnceLock<Arc<EgressSources>>,
-}
-
-/// The egress-isolated pods by the addresses they claim, with their sets of
-/// egress policies: what a view that admits by address compiles its entries
-/// from, built once per index version.
-#[derive(Debug, Default)]
-pub struct EgressSources {
-    /// Sorted by address: the sets of its egress-isolated claimants, in
-    /// the order of their keys.
-    by_ip: Vec<(IpAddr, Vec<u32>)>,
-    /// Each distinct set of egress policies.
-    sets: Vec<Vec<Arc<Policy>>>,
 }
 
 /// The address entries of a view, sorted by address (compact, and two
@@ -181,43 +168,6 @@ impl Shared {
         memo.insert(key, members.clone());
         members
     }
-
-    /// The egress-isolated pods by address.
-    fn egress_sources(&self, index: &PolicyIndex) -> Arc<EgressSources> {
-        self.egress_sources
-            .get_or_init(|| {
-                let mut ids: HashMap<Vec<usize>, u32> = HashMap::default();
-                let mut sets = Vec::new();
-                let mut claims: Vec<(IpAddr, &PodKey, u32)> = Vec::new();
-                for pod in index.pods() {
-                    let policies = index.selecting(&pod.key, Direction::Egress);
-                    if policies.is_empty() {
-                        continue;
-                    }
-                    let ptrs: Vec<usize> =
-                        policies.iter().map(|p| Arc::as_ptr(p) as usize).collect();
-                    let id = *ids.entry(ptrs).or_insert_with(|| {
-                        sets.push(policies.to_vec());
-                        (sets.len() - 1) as u32
-                    });
-                    for ip in &pod.ips {
-                        if index.pods_with_ip(*ip).contains(&pod.key) {
-                            claims.push((*ip, &pod.key, id));
-                        }
-                    }
-                }
-                claims.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-                let mut by_ip: Vec<(IpAddr, Vec<u32>)> = Vec::new();
-                for (ip, _, id) in claims {
-                    match by_ip.last_mut() {
-                        Some((last, ids)) if *last == ip => ids.push(id),
-                        _ => by_ip.push((ip, vec![id])),
-                    }
-                }
-                Arc::new(EgressSources { by_ip, sets })
-            })
-            .clone()
-    }
 }
 
 /// What `me`'s ingress rules let in, as the view needs it.
@@ -295,8 +245,6 @@ pub struct Compiler<'a> {
     dst: &'a Pod,
     memo: HashMap<Box<[usize]>, Option<Compiled>>,
     key: Vec<usize>,
-    /// By id of [`EgressSources`]' sets.
-    by_set: HashMap<u32, Compiled>,
 }
 
 /// One source's compiled egress side, and the address entry it alone makes.
@@ -317,7 +265,6 @@ impl<'a> Compiler<'a> {
             dst,
             memo: HashMap::default(),
             key: Vec::new(),
-            by_set: HashMap::default(),
         }
     }
 
@@ -340,28 +287,6 @@ impl<'a> Compiler<'a> {
             self.memo.insert(self.key.as_slice().into(), compiled);
         }
         self.memo.get(self.key.as_slice())?.as_ref()
-    }
-
-    /// The entry of an address whose egress-isolated claimants have the
-    /// sets `ids` of `sources`.
-    fn of_sets(&mut self, sources: &EgressSources, ids: &[u32]) -> AddressEntry {
-        let (index, dst) = (self.index, self.dst);
-        let mut compiled = |id: u32| {
-            self.by_set
-                .entry(id)
-                .or_insert_with(|| {
-                    let side = Arc::new(index.egress_of_toward(&sources.sets[id as usize], dst));
-                    Compiled {
-                        alone: Arc::from([side.clone()]),
-                        side,
-                    }
-                })
-                .clone()
-        };
-        match ids {
-            [id] => compiled(*id).alone,
-            ids => ids.iter().map(|id| compiled(*id).side).collect(),
-        }
     }
 
     /// `src`'s egress side toward the pod; `None`: not isolated.
@@ -434,13 +359,15 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
             .filter(|p| !p.host_network)
             .flat_map(|p| p.ips.iter().copied())
             .collect();
-        let sources = shared.egress_sources(index);
-        for (ip, ids) in &sources.by_ip {
-            if !held_ips.contains(ip) && ingress.admits_address(*ip) {
-                let entry = compiler.of_sets(&sources, ids);
-                scope.address_egress.0.push((*ip, entry));
-            }
-        }
+        // A held pod holding an address reports it: past `held_ips`, no
+        // claimant is held.
+        let mut entries: Vec<(IpAddr, AddressEntry)> = index
+            .held_ips()
+            .filter(|ip| !held_ips.contains(ip))
+            .filter_map(|ip| Some((ip, compiler.address(&ingress, ip, |_| false)?)))
+            .collect();
+        entries.sort_unstable_by_key(|(ip, _)| *ip);
+        scope.address_egress = AddressTable(entries);
     }
     scope.namespaces.insert(dst.key.namespace.clone());
     // A namespace the cluster does not know stays unknown in the view.

@@ -39,7 +39,9 @@ pub struct PolicyIndex {
     /// Every pod that reports each IP, holding it or not.
     ip_reports: Shards<IpAddr, Vec<PodKey>>,
     /// The policies selecting each pod, per direction; absent when none do.
-    selection: Shards<PodKey, Selection>,
+    /// Shared, so that copying a shard (a policy change touches the shards
+    /// of all its namespace's pods) copies pointers, not lists.
+    selection: Shards<PodKey, Arc<Selection>>,
     policy_count: usize,
     /// In a pod's view: the sources' egress sides, compiled (see `toward`).
     pub(super) egress_toward_me: Option<EgressTowardMe>,
@@ -169,13 +171,15 @@ impl PolicyIndex {
                 continue;
             };
             let selects = policy.pod_selector.matches(&pod.labels);
-            let was_selected = old.is_some() && self.selection.contains_key(key);
+            let was_selected = old.is_some()
+                && self
+                    .selection
+                    .get(key)
+                    .is_some_and(|s| s.contains(&policy.key));
             if !selects && !was_selected {
                 continue;
             }
-            let entry = self
-                .selection
-                .get_or_insert_with(key.clone(), Selection::default);
+            let entry = Arc::make_mut(self.selection.get_or_insert_with(key.clone(), Arc::default));
             entry.remove(&policy.key);
             if selects {
                 entry.insert(&policy);
@@ -201,7 +205,12 @@ impl PolicyIndex {
         self.policy_count -= 1;
         if let Some(pods) = self.pods_by_namespace.get(&key.namespace).cloned() {
             for pod in pods.iter() {
+                // Only the entries that hold it are copied.
+                if !self.selection.get(pod).is_some_and(|s| s.contains(key)) {
+                    continue;
+                }
                 if let Some(entry) = self.selection.get_mut(pod) {
+                    let entry = Arc::make_mut(entry);
                     entry.remove(key);
                     if entry.is_empty() {
                         self.selection.remove(pod);
@@ -297,6 +306,12 @@ impl PolicyIndex {
     /// it. An IP no pod holds matches only `ipBlock` peers.
     pub fn pods_with_ip(&self, ip: IpAddr) -> &[PodKey] {
         self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Every IP some pod holds (see [`Self::pods_with_ip`]), in no
+    /// particular order.
+    pub fn held_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.pods_by_ip.keys().copied()
     }
 
     /// Every pod that reports an IP in its status, holding it or not (a pod
@@ -402,7 +417,7 @@ impl PolicyIndex {
         if selection.is_empty() {
             self.selection.remove(&pod.key);
         } else {
-            self.selection.insert(pod.key.clone(), selection);
+            self.selection.insert(pod.key.clone(), Arc::new(selection));
         }
     }
 }
@@ -427,6 +442,11 @@ impl Selection {
                 list.insert(at, policy.clone());
             }
         }
+    }
+
+    fn contains(&self, key: &PolicyKey) -> bool {
+        let has = |list: &[Arc<Policy>]| list.iter().any(|p| p.key == *key);
+        has(&self.ingress) || has(&self.egress)
     }
 
     fn remove(&mut self, key: &PolicyKey) {

@@ -1216,3 +1216,26 @@ fn a_view_with_compiled_egress_sides_decides_like_the_whole_cluster() {
         }
     ));
 }
+
+#[test]
+fn keys_hash_once_and_compare_by_their_names() {
+    use std::hash::BuildHasher;
+    let hash = |k: &PodKey| rustc_hash::FxBuildHasher.hash_one(k);
+    let (a, b) = (ObjectKey::new("shop", "web"), ObjectKey::new("shop", "web"));
+    assert!(!std::sync::Arc::ptr_eq(&a.name, &b.name), "two allocations");
+    assert_eq!(a, b);
+    assert_eq!(hash(&a), hash(&b));
+    // The same letters split differently are another key.
+    let (c, d) = (ObjectKey::new("ab", "c"), ObjectKey::new("a", "bc"));
+    assert_ne!(c, d);
+    assert_ne!(hash(&c), hash(&d));
+    assert!(
+        ObjectKey::new("a", "z") < ObjectKey::new("b", "a"),
+        "by namespace, then name"
+    );
+    assert!(ObjectKey::new("a", "b") < ObjectKey::new("a", "c"));
+    assert_eq!(
+        format!("{a:?}"),
+        r#"ObjectKey { namespace: "shop", name: "web" }"#
+    );
+}

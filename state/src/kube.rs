@@ -256,16 +256,34 @@ fn convert<K: Watched>(object: &K) -> Option<Object> {
 }
 
 /// Applies updates in batches; publishes only once every kind has been listed.
+///
+/// Leading edge: an update that follows a quiet window is applied at once,
+/// with whatever is already queued; updates arriving within the window of
+/// the last batch are gathered until that window ends. A lone event waits
+/// for nothing, and a burst still costs at most one commit per window.
 async fn apply_updates(mut rx: mpsc::Receiver<Update>, mut writer: StateWriter) {
+    let mut last_batch: Option<tokio::time::Instant> = None;
     while let Some(first) = rx.recv().await {
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(update)) => batch.push(update),
-                _ => break,
+        match gather_until(last_batch, tokio::time::Instant::now()) {
+            Some(end) => {
+                while batch.len() < BATCH_MAX {
+                    match tokio::time::timeout_at(end, rx.recv()).await {
+                        Ok(Some(update)) => batch.push(update),
+                        _ => break,
+                    }
+                }
+            }
+            None => {
+                while batch.len() < BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(update) => batch.push(update),
+                        Err(_) => break,
+                    }
+                }
             }
         }
+        last_batch = Some(tokio::time::Instant::now());
         for update in batch {
             match update {
                 Update::Apply(object) => writer.apply(object),
@@ -279,6 +297,18 @@ async fn apply_updates(mut rx: mpsc::Receiver<Update>, mut writer: StateWriter) 
             tracing::debug!("Cluster state committed");
         }
     }
+}
+
+/// Until when a batch that starts `now` gathers updates, given when the
+/// last batch was applied: the end of that batch's window, or `None` (apply
+/// at once) after a quiet window.
+fn gather_until(
+    last_batch: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    last_batch
+        .map(|t| t + BATCH_WINDOW)
+        .filter(|end| *end > now)
 }
 
 // === impl Watched ===
@@ -316,5 +346,32 @@ impl Watched for net::NetworkPolicy {
             tracing::error!(policy = %compiled.policy.key, error = %e, "Policy or rule cannot be compiled; it isolates and allows nothing through it (a policy that cannot be read at all denies its whole namespace)");
         }
         Ok(Object::Policy(compiled.policy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_waits_only_within_the_window_of_the_last() {
+        let t = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(gather_until(None, t), None, "the first update: at once");
+        assert_eq!(
+            gather_until(Some(t), t + ms(3)),
+            Some(t + BATCH_WINDOW),
+            "within the window: gathered until it ends"
+        );
+        assert_eq!(
+            gather_until(Some(t), t + BATCH_WINDOW),
+            None,
+            "the window over: at once"
+        );
+        assert_eq!(
+            gather_until(Some(t), t + ms(500)),
+            None,
+            "after quiet: at once"
+        );
     }
 }
