@@ -221,3 +221,68 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
         "no address entry ever decided a source's egress side"
     );
 }
+
+/// A cluster from YAML documents of Namespaces, Pods and NetworkPolicies.
+fn cluster_of(yaml: &str) -> PolicyIndex {
+    use k8s_openapi::api::{core::v1 as core, networking::v1 as net};
+    let mut index = PolicyIndex::new();
+    for doc in yaml.split("---\n") {
+        let value: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+        match value["kind"].as_str().unwrap() {
+            "Namespace" => index.apply_namespace(
+                picket_policy::convert::namespace(
+                    &serde_yaml::from_value::<core::Namespace>(value).unwrap(),
+                )
+                .unwrap(),
+            ),
+            "Pod" => index.apply_pod(
+                picket_policy::convert::pod(&serde_yaml::from_value::<core::Pod>(value).unwrap())
+                    .unwrap(),
+            ),
+            "NetworkPolicy" => index.apply_policy(
+                picket_policy::convert::policy(
+                    &serde_yaml::from_value::<net::NetworkPolicy>(value).unwrap(),
+                )
+                .unwrap()
+                .policy,
+            ),
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    index
+}
+
+#[test]
+fn an_address_two_pods_hold_lets_in_only_what_both_egress_sides_allow() {
+    let node = NodeAddrs::from_ips(["192.168.0.1".parse().unwrap()]);
+    for (b_egress, allowed) in [("[{}]", true), ("[]", false)] {
+        // shop/db admits every peer; a/p1 and b/p2 both hold 10.0.0.9 (both
+        // live), each isolated for egress by its namespace's policy: a's
+        // allows everything, b's as the case says.
+        let cluster = cluster_of(&format!(
+            "kind: Namespace\nmetadata: {{name: shop}}\n---\n\
+             kind: Namespace\nmetadata: {{name: a}}\n---\n\
+             kind: Namespace\nmetadata: {{name: b}}\n---\n\
+             kind: Pod\nmetadata: {{name: db, namespace: shop}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.0.1}}\n---\n\
+             kind: Pod\nmetadata: {{name: p1, namespace: a, creationTimestamp: \"2026-12-01T01:00:00Z\"}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.0.9}}\n---\n\
+             kind: Pod\nmetadata: {{name: p2, namespace: b, creationTimestamp: \"2026-12-01T02:00:00Z\"}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.0.9}}\n---\n\
+             kind: NetworkPolicy\nmetadata: {{name: out, namespace: a}}\nspec: {{podSelector: {{}}, policyTypes: [Egress], egress: [{{}}]}}\n---\n\
+             kind: NetworkPolicy\nmetadata: {{name: out, namespace: b}}\nspec: {{podSelector: {{}}, policyTypes: [Egress], egress: {b_egress}}}\n"
+        ));
+        let (me, src) = (ObjectKey::new("shop", "db"), "10.0.0.9".parse().unwrap());
+        assert_eq!(cluster.pods_with_ip(src).len(), 2, "both hold the address");
+        let dst_ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let want = cluster.decide_from_ip(src, &me, dst_ip, 80, Protocol::Tcp, &node);
+        assert_eq!(want.allowed, allowed);
+        let mut sent = Sent::default();
+        let message = sent
+            .update(&cluster, &Shared::default(), &me, None, true)
+            .unwrap()
+            .unwrap();
+        let mut view = PolicyIndex::new();
+        apply(&mut view, decode(&message).unwrap());
+        assert!(view.pods_with_ip(src).is_empty(), "the view holds neither");
+        let got = view.decide_from_ip(src, &me, dst_ip, 80, Protocol::Tcp, &node);
+        assert_eq!(got.allowed, allowed, "b's egress side {b_egress}: {got:?}");
+    }
+}

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
 use picket_policy::{
-    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, PolicyIndex, PolicyKey,
-    Selector,
+    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, Policy, PolicyIndex,
+    PolicyKey, Selector,
 };
 use picket_state::{Kind, ObjectRef};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -51,11 +51,28 @@ pub struct Scope {
 }
 
 /// Work shared by every view computed from one index: the pods each pod
-/// peer selects. Build one per index version and use it for every
-/// subscriber.
+/// peer selects, and the addresses egress-isolated pods hold. Build one per
+/// index version and use it for every subscriber.
 #[derive(Debug, Default)]
 pub struct Shared {
     peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
+    claims: std::sync::OnceLock<Arc<AddressClaims>>,
+}
+
+/// The addresses egress-isolated pods hold, with their holders' sets of
+/// egress policies: what a view that admits by address compiles its entries
+/// from. Built once per index version, when a view first needs it: the
+/// views recomputed in one version (those of the pods a new policy selects)
+/// then each read it in one pass, in order, with no lookup per pod.
+#[derive(Debug, Default)]
+pub struct AddressClaims {
+    /// Sorted by address: the group of its egress-isolated holders.
+    by_ip: Vec<(IpAddr, u32)>,
+    /// Each distinct group: the sets of its holders, in the order of their
+    /// keys (an address mostly has one holder).
+    groups: Vec<Box<[u32]>>,
+    /// Each distinct set of egress policies.
+    sets: Vec<Vec<Arc<Policy>>>,
 }
 
 /// The address entries of a view, sorted by address (compact, and two
@@ -125,6 +142,13 @@ impl AddressTable {
 // === impl Shared ===
 
 impl Shared {
+    /// The addresses egress-isolated pods hold, built on first use.
+    fn address_claims(&self, index: &PolicyIndex) -> Arc<AddressClaims> {
+        self.claims
+            .get_or_init(|| Arc::new(AddressClaims::of(index)))
+            .clone()
+    }
+
     /// The pods a pod peer selects, memoised by the peer's text.
     fn peer_members(
         &self,
@@ -167,6 +191,87 @@ impl Shared {
         let members = Arc::new(members);
         memo.insert(key, members.clone());
         members
+    }
+}
+
+// === impl AddressClaims ===
+
+impl AddressClaims {
+    fn of(index: &PolicyIndex) -> Self {
+        let mut claims = Self::default();
+        let mut set_ids: HashMap<Box<[usize]>, u32> = HashMap::default();
+        let mut group_ids: HashMap<Box<[u32]>, u32> = HashMap::default();
+        let (mut ptrs, mut group) = (Vec::new(), Vec::new());
+        for (ip, holders) in index.held_ips() {
+            let mut holders: Vec<&PodKey> = holders.iter().collect();
+            holders.sort_unstable();
+            group.clear();
+            for key in holders {
+                let policies = index.selecting(key, Direction::Egress);
+                if policies.is_empty() {
+                    continue;
+                }
+                ptrs.clear();
+                ptrs.extend(policies.iter().map(|p| Arc::as_ptr(p) as usize));
+                let id = match set_ids.get(ptrs.as_slice()) {
+                    Some(id) => *id,
+                    None => {
+                        let id = claims.sets.len() as u32;
+                        claims.sets.push(policies.to_vec());
+                        set_ids.insert(ptrs.as_slice().into(), id);
+                        id
+                    }
+                };
+                group.push(id);
+            }
+            if group.is_empty() {
+                continue;
+            }
+            let id = match group_ids.get(group.as_slice()) {
+                Some(id) => *id,
+                None => {
+                    let id = claims.groups.len() as u32;
+                    claims.groups.push(group.as_slice().into());
+                    group_ids.insert(group.as_slice().into(), id);
+                    id
+                }
+            };
+            claims.by_ip.push((ip, id));
+        }
+        claims.by_ip.sort_unstable_by_key(|(ip, _)| *ip);
+        claims
+    }
+
+    /// The address entries toward `dst` of the addresses `wanted`, in
+    /// order: each set compiled once, each group's entry made once.
+    fn entries(
+        &self,
+        index: &PolicyIndex,
+        dst: &Pod,
+        wanted: impl Fn(IpAddr) -> bool,
+    ) -> Vec<(IpAddr, AddressEntry)> {
+        let mut sides: Vec<Option<Arc<EgressToward>>> = vec![None; self.sets.len()];
+        let mut entries: Vec<Option<AddressEntry>> = vec![None; self.groups.len()];
+        let mut side = |id: u32| {
+            sides[id as usize]
+                .get_or_insert_with(|| {
+                    Arc::new(index.egress_of_toward(&self.sets[id as usize], dst))
+                })
+                .clone()
+        };
+        self.by_ip
+            .iter()
+            .filter(|(ip, _)| wanted(*ip))
+            .map(|(ip, group)| {
+                let entry = entries[*group as usize].get_or_insert_with(|| {
+                    self.groups[*group as usize]
+                        .iter()
+                        .map(|id| side(*id))
+                        .collect()
+                });
+                (*ip, entry.clone())
+            })
+            .collect()
     }
 }
 
@@ -359,14 +464,10 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
             .filter(|p| !p.host_network)
             .flat_map(|p| p.ips.iter().copied())
             .collect();
-        // A held pod holding an address reports it: past `held_ips`, no
-        // claimant is held.
-        let mut entries: Vec<(IpAddr, AddressEntry)> = index
-            .held_ips()
-            .filter(|ip| !held_ips.contains(ip))
-            .filter_map(|ip| Some((ip, compiler.address(&ingress, ip, |_| false)?)))
-            .collect();
-        entries.sort_unstable_by_key(|(ip, _)| *ip);
+        let claims = shared.address_claims(index);
+        let entries = claims.entries(index, dst, |ip| {
+            !held_ips.contains(&ip) && ingress.admits_address(ip)
+        });
         scope.address_egress = AddressTable(entries);
     }
     scope.namespaces.insert(dst.key.namespace.clone());

@@ -308,10 +308,12 @@ impl PolicyIndex {
         self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
     }
 
-    /// Every IP some pod holds (see [`Self::pods_with_ip`]), in no
-    /// particular order.
-    pub fn held_ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.pods_by_ip.keys().copied()
+    /// Every IP some pod holds, with the pods holding it (see
+    /// [`Self::pods_with_ip`]), in no particular order.
+    pub fn held_ips(&self) -> impl Iterator<Item = (IpAddr, &[PodKey])> + '_ {
+        self.pods_by_ip
+            .iter()
+            .map(|(ip, pods)| (*ip, pods.as_slice()))
     }
 
     /// Every pod that reports an IP in its status, holding it or not (a pod
