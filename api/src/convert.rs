@@ -71,8 +71,9 @@ pub struct Update {
 pub enum EgressEntry {
     /// A pod of the view; `None`: it is not isolated for egress (remove).
     Pod(ObjectKey, Option<EgressToward>),
-    /// The pods claiming an address the view holds no pod for; none: remove.
-    Address(IpAddr, Vec<EgressToward>),
+    /// The pods claiming each of these addresses, which the view holds no
+    /// pod for (the same for all of them); none: remove.
+    Addresses(Vec<IpAddr>, Vec<EgressToward>),
 }
 
 /// An object to delete.
@@ -165,22 +166,25 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
 /// A pod's egress side toward the view's pod on the wire (`None`: remove).
 pub fn pod_egress_to_wire(key: &ObjectKey, egress: Option<&EgressToward>) -> v1::SourceEgress {
     v1::SourceEgress {
-        source: Some(v1::source_egress::Source::Pod(v1::PodRef {
+        pod: Some(v1::PodRef {
             namespace: key.namespace.to_string(),
             name: key.name.to_string(),
             uid: String::new(),
-        })),
+        }),
+        addresses: Vec::new(),
         claimants: egress.into_iter().map(toward_to_wire).collect(),
     }
 }
 
-/// An address's egress sides toward the view's pod on the wire (none: remove).
-pub fn address_egress_to_wire<'a>(
-    ip: &IpAddr,
+/// The egress sides toward the view's pod of the pods claiming each of
+/// `ips` (the same for all; none: remove) on the wire.
+pub fn addresses_egress_to_wire<'a>(
+    ips: &[IpAddr],
     claimants: impl IntoIterator<Item = &'a EgressToward>,
 ) -> v1::SourceEgress {
     v1::SourceEgress {
-        source: Some(v1::source_egress::Source::Address(ip_to_wire(ip))),
+        pod: None,
+        addresses: ips.iter().map(ip_to_wire).collect(),
         claimants: claimants.into_iter().map(toward_to_wire).collect(),
     }
 }
@@ -421,11 +425,10 @@ pub fn policy_from_wire(policy: &v1::Policy) -> Result<Policy, InvalidMessage> {
 }
 
 fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMessage> {
-    use v1::source_egress::Source;
-    let object = match &entry.source {
-        Some(Source::Pod(pod)) => format!("egress of {}/{}", pod.namespace, pod.name),
-        Some(Source::Address(ip)) => format!("egress of {:?}", ip_from_wire(ip)),
-        None => "egress".to_string(),
+    let object = match (&entry.pod, entry.addresses.first()) {
+        (Some(pod), _) => format!("egress of {}/{}", pod.namespace, pod.name),
+        (None, Some(ip)) => format!("egress of {:?} and others", ip_from_wire(ip)),
+        (None, None) => "egress".to_string(),
     };
     let at = At { object: &object };
     let claimants = entry
@@ -434,19 +437,31 @@ fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMess
         .enumerate()
         .map(|(i, c)| toward_from_wire(&at, &format!("claimants[{i}]"), c))
         .collect::<Result<Vec<_>, _>>()?;
-    match &entry.source {
-        Some(Source::Pod(pod)) => {
+    match (&entry.pod, entry.addresses.is_empty()) {
+        (Some(pod), true) => {
             let key = key(&at, &pod.namespace, &pod.name)?;
             if claimants.len() > 1 {
                 return Err(at.err("claimants", "a pod has one egress side"));
             }
             Ok(EgressEntry::Pod(key, claimants.into_iter().next()))
         }
-        Some(Source::Address(ip)) => {
-            let ip = ip_from_wire(ip).ok_or_else(|| at.err("address", "not 4 or 16 bytes"))?;
-            Ok(EgressEntry::Address(ip, claimants))
+        (None, false) => {
+            let ips = entry
+                .addresses
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| {
+                    ip_from_wire(ip)
+                        .ok_or_else(|| at.err(&format!("addresses[{i}]"), "not 4 or 16 bytes"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(EgressEntry::Addresses(ips, claimants))
         }
-        None => Err(at.err("source", "missing")),
+        (Some(_), false) => Err(at.err(
+            "addresses",
+            "an entry is for a pod or for addresses, not both",
+        )),
+        (None, true) => Err(at.err("pod", "an entry names a pod or addresses")),
     }
 }
 
@@ -653,7 +668,7 @@ mod tests {
 
     #[test]
     fn a_full_view_of_another_format_is_refused() {
-        for format in [0, 1, 3] {
+        for format in [0, 1, 2, 4] {
             let msg = v1::WatchResponse {
                 full: true,
                 view_format: format,
@@ -691,11 +706,13 @@ mod tests {
         };
         let key = ObjectKey::new("shop", "web");
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let ips: Vec<IpAddr> = vec![ip, "fd00::7".parse().unwrap()];
         let msg = v1::WatchResponse {
             egress: vec![
                 pod_egress_to_wire(&key, Some(&side)),
                 pod_egress_to_wire(&key, None),
-                address_egress_to_wire(&ip, [&side, &side]),
+                addresses_egress_to_wire(&ips, [&side, &side]),
+                addresses_egress_to_wire(&ips[..1], []),
             ],
             ..Default::default()
         };
@@ -704,13 +721,14 @@ mod tests {
             update.egress,
             vec![
                 EgressEntry::Pod(key.clone(), Some(side.clone())),
-                EgressEntry::Pod(key, None),
-                EgressEntry::Address(ip, vec![side.clone(), side.clone()]),
+                EgressEntry::Pod(key.clone(), None),
+                EgressEntry::Addresses(ips.clone(), vec![side.clone(), side.clone()]),
+                EgressEntry::Addresses(vec![ip], Vec::new()),
             ]
         );
         // A compiled rule with a pod peer would match this pod by its own
         // labels: refused, as is a side that no policy isolates.
-        let mut bad = address_egress_to_wire(&ip, [&side]);
+        let mut bad = addresses_egress_to_wire(&[ip], [&side]);
         bad.claimants[0].rules[0].rule.as_mut().unwrap().peers = Some(v1::Peers {
             peers: vec![v1::Peer {
                 peer: Some(v1::peer::Peer::Pods(v1::PodsPeer {
@@ -724,22 +742,27 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(&msg).unwrap_err().field.ends_with("rule.peers"));
-        let mut bad = address_egress_to_wire(&ip, [&side]);
+        let mut bad = addresses_egress_to_wire(&[ip], [&side]);
         bad.claimants[0].policies = 0;
         let msg = v1::WatchResponse {
             egress: vec![bad],
             ..Default::default()
         };
         assert!(decode(&msg).unwrap_err().field.ends_with("policies"));
-        let bad = v1::SourceEgress {
-            source: Some(v1::source_egress::Source::Address(vec![1, 2, 3])),
-            claimants: Vec::new(),
+        let refused = |bad: v1::SourceEgress| {
+            let msg = v1::WatchResponse {
+                egress: vec![bad],
+                ..Default::default()
+            };
+            decode(&msg).unwrap_err().field
         };
-        let msg = v1::WatchResponse {
-            egress: vec![bad],
-            ..Default::default()
-        };
-        assert_eq!(decode(&msg).unwrap_err().field, "address");
+        let mut bad = addresses_egress_to_wire(&ips, []);
+        bad.addresses[1] = vec![1, 2, 3];
+        assert_eq!(refused(bad), "addresses[1]");
+        let mut bad = pod_egress_to_wire(&key, None);
+        bad.addresses = vec![vec![10, 0, 0, 7]];
+        assert_eq!(refused(bad), "addresses", "a pod and addresses");
+        assert_eq!(refused(addresses_egress_to_wire(&[], [])), "pod", "neither");
     }
 
     #[test]

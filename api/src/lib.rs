@@ -8,13 +8,14 @@
 
 pub mod convert;
 
-/// The view format this code speaks: 2 is views with other pods' egress
-/// sides compiled (`SourceEgress`) and large commits in parts (`more`). A
+/// The view format this code speaks: 3 is views with other pods' egress
+/// sides compiled (`SourceEgress`), large commits in parts (`more`), and
+/// addresses with the same egress sides in one entry (`addresses`). A
 /// sidecar or a control plane of another format would read a view wrong
 /// (fail open), so they refuse each other: the sidecar sends it in the
 /// [`VIEW_FORMAT_HEADER`] of its `Watch`, the control plane in
 /// `WatchResponse.view_format` of every full view.
-pub const VIEW_FORMAT: u32 = 2;
+pub const VIEW_FORMAT: u32 = 3;
 
 /// The request header that carries the sidecar's [`VIEW_FORMAT`].
 pub const VIEW_FORMAT_HEADER: &str = "picket-view-format";

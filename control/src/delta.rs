@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use picket_api::convert::{
-    address_egress_to_wire, namespace_to_wire, pod_egress_to_wire, pod_to_wire, policy_to_wire,
+    addresses_egress_to_wire, namespace_to_wire, pod_egress_to_wire, pod_to_wire, policy_to_wire,
 };
 use picket_api::v1;
 use picket_policy::shards::Shards;
@@ -20,7 +20,10 @@ use rustc_hash::FxHashMap as HashMap;
 
 use picket_state::{Kind, ObjectRef};
 
-use crate::view::{self, AddressTable, Compiler, Held, Ingress, Scope, Shared};
+use crate::view::{self, AddressEntry, AddressTable, Compiler, Held, Ingress, Scope, Shared};
+
+/// The most addresses one `SourceEgress` carries (about 6 KiB).
+const ADDRESSES_PER_ENTRY: usize = 1024;
 
 /// The subscriber's pod is no longer in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +85,37 @@ pub struct Size {
     pub policies: usize,
     /// Egress entries, by pod and by address.
     pub egress: usize,
+}
+
+/// The address entries one message changes, gathered by entry: addresses
+/// with the same claimants (one compiled entry, shared) go in one
+/// `SourceEgress`, and so do the addresses whose entries are removed.
+#[derive(Debug, Default)]
+struct AddressChanges {
+    groups: Vec<(Option<AddressEntry>, Vec<IpAddr>)>,
+    /// By the entry's pointer (0: removed): its group.
+    by_entry: HashMap<usize, usize>,
+}
+
+impl AddressChanges {
+    fn add(&mut self, ip: IpAddr, entry: Option<&AddressEntry>) {
+        let ptr = entry.map_or(0, |e| Arc::as_ptr(e).cast::<()>() as usize);
+        let groups = &mut self.groups;
+        let at = *self.by_entry.entry(ptr).or_insert_with(|| {
+            groups.push((entry.cloned(), Vec::new()));
+            groups.len() - 1
+        });
+        self.groups[at].1.push(ip);
+    }
+
+    fn into_wire(self, msg: &mut v1::WatchResponse) {
+        for (entry, ips) in self.groups {
+            for ips in ips.chunks(ADDRESSES_PER_ENTRY) {
+                let claimants = entry.iter().flat_map(|e| e.iter().map(|e| &**e));
+                msg.egress.push(addresses_egress_to_wire(ips, claimants));
+            }
+        }
+    }
 }
 
 /// The message being built, and whether anything is in it.
@@ -165,11 +199,10 @@ impl Sent {
                 }
             },
         );
+        let mut addresses = AddressChanges::default();
         self.address_egress
-            .sync(&scope.address_egress, |ip, entry| {
-                let claimants = entry.into_iter().flat_map(|e| e.iter().map(|e| &**e));
-                msg.egress.push(address_egress_to_wire(ip, claimants))
-            });
+            .sync(&scope.address_egress, |ip, entry| addresses.add(*ip, entry));
+        addresses.into_wire(&mut msg);
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -266,10 +299,14 @@ impl Sent {
         let ingress = Ingress::of(index, me);
         let mut compiler = Compiler::new(index, dst);
         let mut msg = v1::WatchResponse::default();
+        let mut addresses = AddressChanges::default();
         if !pods.is_empty() {
-            self.pods_changed(index, me, &ingress, &mut compiler, &pods, &mut msg)?;
+            let out = (&mut msg, &mut addresses);
+            self.pods_changed(index, me, &ingress, &mut compiler, &pods, out)?;
         }
-        self.policies_changed(index, me, &ingress, &mut compiler, &policies, &mut msg);
+        let out = (&mut msg, &mut addresses);
+        self.policies_changed(index, me, &ingress, &mut compiler, &policies, out);
+        addresses.into_wire(&mut msg);
         Some((!is_empty(&msg)).then_some(msg))
     }
 
@@ -303,7 +340,7 @@ impl Sent {
         ingress: &Ingress<'_>,
         compiler: &mut Compiler<'_>,
         changed_pods: &[PodKey],
-        msg: &mut v1::WatchResponse,
+        (msg, addresses): (&mut v1::WatchResponse, &mut AddressChanges),
     ) -> Option<()> {
         let shared_ip = |pod: &Pod| {
             pod.ips
@@ -364,7 +401,7 @@ impl Sent {
             // The addresses it had and has: their entries, now.
             let ips = old.iter().chain(new).flat_map(|p| p.ips.iter().copied());
             for ip in ips.collect::<Vec<_>>() {
-                self.sync_address(compiler, ingress, ip, msg);
+                self.sync_address(compiler, ingress, ip, addresses);
             }
         }
         Some(())
@@ -382,7 +419,7 @@ impl Sent {
         ingress: &Ingress<'_>,
         compiler: &mut Compiler<'_>,
         changed_policies: &[PolicyKey],
-        msg: &mut v1::WatchResponse,
+        (msg, addresses): (&mut v1::WatchResponse, &mut AddressChanges),
     ) {
         let mut namespaces: Vec<&str> = changed_policies.iter().map(|k| &*k.namespace).collect();
         namespaces.sort();
@@ -394,7 +431,7 @@ impl Sent {
                 } else if ingress.admits_by_address() {
                     if let Some(pod) = index.pod(key) {
                         for ip in &pod.ips {
-                            self.sync_address(compiler, ingress, *ip, msg);
+                            self.sync_address(compiler, ingress, *ip, addresses);
                         }
                     }
                 }
@@ -419,13 +456,13 @@ impl Sent {
         }
     }
 
-    /// Brings the entry of `ip` up to date, into `msg`.
+    /// Brings the entry of `ip` up to date, into `addresses`.
     fn sync_address(
         &mut self,
         compiler: &mut Compiler<'_>,
         ingress: &Ingress<'_>,
         ip: IpAddr,
-        msg: &mut v1::WatchResponse,
+        addresses: &mut AddressChanges,
     ) {
         let pods = &self.pods;
         let entry = compiler.address(ingress, ip, |k| pods.contains_key(k));
@@ -437,8 +474,7 @@ impl Sent {
         if unchanged {
             return;
         }
-        let claimants = entry.iter().flat_map(|e| e.iter().map(|e| &**e));
-        msg.egress.push(address_egress_to_wire(&ip, claimants));
+        addresses.add(ip, entry.as_ref());
         self.address_egress.set(ip, entry);
     }
 

@@ -133,12 +133,8 @@ mod tests {
 
     fn address(i: usize) -> v1::SourceEgress {
         v1::SourceEgress {
-            source: Some(v1::source_egress::Source::Address(vec![
-                10,
-                1,
-                (i / 256) as u8,
-                (i % 256) as u8,
-            ])),
+            pod: None,
+            addresses: vec![vec![10, 1, (i / 256) as u8, (i % 256) as u8]],
             claimants: vec![v1::EgressToward {
                 policies: 1,
                 rules: Vec::new(),

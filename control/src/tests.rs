@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use picket_api::convert::{decode, EgressEntry, Removed, Update};
 use picket_policy::testgen::{op, Op, Rng, IPS, NAMESPACES, PODS, PORTS};
-use picket_policy::{NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason, Side};
+use picket_policy::{
+    EgressToward, NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason, Side,
+};
 
 use crate::delta::Sent;
 use crate::view::Shared;
@@ -40,8 +42,12 @@ fn apply(index: &mut PolicyIndex, update: Update) {
         let compiled = index.egress_toward_me_mut();
         match entry {
             EgressEntry::Pod(key, egress) => compiled.set_pod(key, egress.map(Arc::new)),
-            EgressEntry::Address(ip, claimants) => {
-                compiled.set_address(ip, claimants.into_iter().map(Arc::new).collect())
+            EgressEntry::Addresses(ips, claimants) => {
+                let claimants: Arc<[Arc<EgressToward>]> =
+                    claimants.into_iter().map(Arc::new).collect();
+                for ip in ips {
+                    compiled.set_address(ip, claimants.clone());
+                }
             }
         }
     }
@@ -285,4 +291,59 @@ fn an_address_two_pods_hold_lets_in_only_what_both_egress_sides_allow() {
         let got = view.decide_from_ip(src, &me, dst_ip, 80, Protocol::Tcp, &node);
         assert_eq!(got.allowed, allowed, "b's egress side {b_egress}: {got:?}");
     }
+}
+
+#[test]
+fn addresses_with_the_same_egress_side_travel_as_one_entry() {
+    let pods: String = (0..50)
+        .map(|i| {
+            format!(
+                "---\nkind: Pod\nmetadata: {{name: p{i}, namespace: a}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.1.{i}}}\n"
+            )
+        })
+        .collect();
+    let policy = |egress: &str| {
+        format!(
+            "kind: NetworkPolicy\nmetadata: {{name: out, namespace: a}}\nspec: {{podSelector: {{}}, policyTypes: [Egress], egress: {egress}}}\n"
+        )
+    };
+    let mut cluster = cluster_of(&format!(
+        "kind: Namespace\nmetadata: {{name: shop}}\n---\n\
+         kind: Namespace\nmetadata: {{name: a}}\n---\n\
+         kind: Pod\nmetadata: {{name: db, namespace: shop}}\nspec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.0.1}}\n\
+         {pods}---\n{}",
+        policy("[]")
+    ));
+    let me = ObjectKey::new("shop", "db");
+    let (shared, mut sent) = (Shared::default(), Sent::default());
+    let full = sent
+        .update(&cluster, &shared, &me, None, true)
+        .unwrap()
+        .unwrap();
+    let addresses = |msg: &picket_api::v1::WatchResponse| -> Vec<usize> {
+        msg.egress.iter().map(|e| e.addresses.len()).collect()
+    };
+    assert_eq!(addresses(&full), vec![50], "one entry for the 50 pods of a");
+    let mut view = PolicyIndex::new();
+    apply(&mut view, decode(&full).unwrap());
+    let node = NodeAddrs::default();
+    let dst: IpAddr = "10.0.0.1".parse().unwrap();
+    let decide = |view: &PolicyIndex, src: &str| {
+        view.decide_from_ip(src.parse().unwrap(), &me, dst, 80, Protocol::Tcp, &node)
+            .allowed
+    };
+    assert!(!decide(&view, "10.0.1.7"), "a's egress allows nothing");
+    // The policy now lets a out: one delta entry for all its addresses.
+    let changed = cluster_of(&policy("[{}]"));
+    let new_policy = changed.policy(&ObjectKey::new("a", "out")).unwrap();
+    cluster.apply_policy((**new_policy).clone());
+    let changes = [ObjectRef::new(Kind::Policy, "a", "out")];
+    let delta = sent
+        .update(&cluster, &Shared::default(), &me, Some(&changes), false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(addresses(&delta), vec![50]);
+    apply(&mut view, decode(&delta).unwrap());
+    assert!(decide(&view, "10.0.1.7"));
+    assert!(decide(&view, "10.0.1.49"));
 }

@@ -79,11 +79,11 @@ impl EgressTowardMe {
     }
 
     /// Sets the entries of an address; none removes it.
-    pub fn set_address(&mut self, ip: IpAddr, claimants: Vec<Arc<EgressToward>>) {
+    pub fn set_address(&mut self, ip: IpAddr, claimants: Arc<[Arc<EgressToward>]>) {
         if claimants.is_empty() {
             self.addresses.remove(&ip);
         } else {
-            self.addresses.insert(ip, claimants.into());
+            self.addresses.insert(ip, claimants);
         }
     }
 

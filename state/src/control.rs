@@ -322,7 +322,13 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
     for entry in update.egress {
         match entry {
             EgressEntry::Pod(key, egress) => writer.set_pod_egress(key, egress),
-            EgressEntry::Address(ip, claimants) => writer.set_address_egress(ip, claimants),
+            EgressEntry::Addresses(ips, claimants) => {
+                let claimants: Arc<[Arc<picket_policy::EgressToward>]> =
+                    claimants.into_iter().map(Arc::new).collect();
+                for ip in ips {
+                    writer.set_address_egress(ip, claimants.clone());
+                }
+            }
         }
     }
 }

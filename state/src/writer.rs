@@ -220,15 +220,16 @@ impl StateWriter {
     }
 
     /// Sets the compiled egress sides of the pods behind an address the
-    /// view holds no pod for; none removes the entry.
-    pub fn set_address_egress(&mut self, ip: IpAddr, claimants: Vec<EgressToward>) {
+    /// view holds no pod for; none removes the entry. Addresses with the
+    /// same claimants share them.
+    pub fn set_address_egress(&mut self, ip: IpAddr, claimants: Arc<[Arc<EgressToward>]>) {
         let compiled = self.index.egress_toward_me_mut();
         let same = match compiled.address(ip) {
-            Some(old) => old.iter().map(|e| &**e).eq(claimants.iter()),
+            Some(old) => Arc::ptr_eq(old, &claimants) || old.iter().eq(claimants.iter()),
             None => claimants.is_empty(),
         };
         if !same {
-            compiled.set_address(ip, claimants.into_iter().map(Arc::new).collect());
+            compiled.set_address(ip, claimants);
             self.changes.insert(ChangeReason::PeerEgress);
             self.touched = Changed::Everything;
             self.dirty = true;

@@ -82,32 +82,28 @@ pub struct WatchResponse {
     /// first part has `full`; the answers to Resolve come with the last.
     #[prost(bool, tag = "10")]
     pub more: bool,
-    /// On the first part of a full view: the view format (2: compiled egress
-    /// sides and parts). A sidecar refuses a view of a format it does not
-    /// speak, as the control plane refuses a sidecar whose `picket-view-format`
-    /// request header names another.
+    /// On the first part of a full view: the view format (3: compiled egress
+    /// sides, parts, and addresses sharing an entry). A sidecar refuses a view
+    /// of a format it does not speak, as the control plane refuses a sidecar
+    /// whose `picket-view-format` request header names another.
     #[prost(uint32, tag = "11")]
     pub view_format: u32,
 }
 /// A source's egress side toward this pod: for a pod of the view (exactly
-/// one claimant), or for an address whose pods the view does not hold (one
-/// claimant per egress-isolated pod claiming it, each of which must allow).
+/// one claimant), or for addresses whose pods the view does not hold (one
+/// claimant per egress-isolated pod claiming them, each of which must
+/// allow). Exactly one of `pod` and `addresses`. Addresses with the same
+/// claimants share one entry: a view that admits by address has an entry
+/// for every egress-isolated pod of the cluster, and the pods of a
+/// namespace mostly have the same side.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SourceEgress {
+    #[prost(message, optional, tag = "1")]
+    pub pod: ::core::option::Option<PodRef>,
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
     #[prost(message, repeated, tag = "3")]
     pub claimants: ::prost::alloc::vec::Vec<EgressToward>,
-    #[prost(oneof = "source_egress::Source", tags = "1, 2")]
-    pub source: ::core::option::Option<source_egress::Source>,
-}
-/// Nested message and enum types in `SourceEgress`.
-pub mod source_egress {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
-    pub enum Source {
-        #[prost(message, tag = "1")]
-        Pod(super::PodRef),
-        #[prost(bytes, tag = "2")]
-        Address(::prost::alloc::vec::Vec<u8>),
-    }
 }
 /// What one source's egress policies allow toward this pod.
 #[derive(Clone, PartialEq, ::prost::Message)]

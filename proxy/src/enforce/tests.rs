@@ -162,10 +162,10 @@ async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wa
     let (enforcer, mut writer) = enforcer(Duration::from_secs(3600));
     writer.set_address_egress(
         "10.0.7.7".parse().unwrap(),
-        vec![picket_policy::EgressToward {
+        std::sync::Arc::from([std::sync::Arc::new(picket_policy::EgressToward {
             policies: 1,
             rules: Vec::new(),
-        }],
+        })]),
     );
     writer.commit();
     let client = ClientAddr(addr("10.0.7.7:40000"));
