@@ -452,7 +452,7 @@ fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMess
                 .enumerate()
                 .map(|(i, ip)| {
                     ip_from_wire(ip)
-                        .ok_or_else(|| at.err(&format!("addresses[{i}]"), "not 4 or 16 bytes"))
+                        .ok_or_else(|| at.err(format!("addresses[{i}]"), "not 4 or 16 bytes"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(EgressEntry::Addresses(ips, claimants))
