@@ -203,8 +203,18 @@ impl AddressClaims {
         let mut group_ids: HashMap<Box<[u32]>, u32> = HashMap::default();
         let (mut ptrs, mut group) = (Vec::new(), Vec::new());
         for (ip, holders) in index.held_ips() {
-            let mut holders: Vec<&PodKey> = holders.iter().collect();
-            holders.sort_unstable();
+            // The index keeps holders sorted; sorted again only if not.
+            let sorted;
+            let holders: &[PodKey] = if holders.is_sorted() {
+                holders
+            } else {
+                sorted = {
+                    let mut h = holders.to_vec();
+                    h.sort_unstable();
+                    h
+                };
+                &sorted
+            };
             group.clear();
             for key in holders {
                 let policies = index.selecting(key, Direction::Egress);
