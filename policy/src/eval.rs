@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use super::index::PolicyIndex;
 use super::model::{
-    Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch, PortSpec,
+    ContainerPort, Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch, PortSpec,
     Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
@@ -45,6 +45,20 @@ pub enum Reason {
     HostNetworkDestination,
     /// The destination pod is unknown: denied (fail closed).
     UnknownDestination,
+    /// The source pod of an outbound connection is unknown: denied (fail closed).
+    UnknownSource,
+    /// The source of an outbound connection uses host networking:
+    /// NetworkPolicy does not apply.
+    HostNetworkSource,
+    /// An outbound connection, decided at its source: the source's egress
+    /// side alone (the destination's ingress is its own sidecar's to enforce).
+    Egress {
+        /// The source's egress side.
+        egress: Side,
+        /// The pod holding the address dialled (the one that denied, when
+        /// several hold it); `None`: an address that is no pod's.
+        destination: Option<PodKey>,
+    },
     /// The policies of each side decided.
     Policies {
         /// The destination's ingress side.
@@ -133,24 +147,19 @@ impl PolicyIndex {
         if dst_pod.ips.contains(&src) {
             return Decision::allow(Reason::SamePod, Some(dst.clone()));
         }
-        let to = Destination {
-            pod: dst_pod,
-            ip: Some(dst_ip),
-            port,
-            protocol,
-        };
+        let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
         let mut allowed = None;
         for key in self.pods_with_ip(src) {
             let Some(src_pod) = self.pod(key) else {
                 continue;
             };
-            let decision = self.evaluate(self.endpoint(src_pod, Some(src)), &to, trace);
+            let decision = self.evaluate(self.endpoint(src_pod, Some(src)), dst_pod, &to, trace);
             if !decision.allowed {
                 return decision;
             }
             allowed.get_or_insert(decision);
         }
-        allowed.unwrap_or_else(|| self.evaluate(Endpoint::Address(src), &to, trace))
+        allowed.unwrap_or_else(|| self.evaluate(Endpoint::Address(src), dst_pod, &to, trace))
     }
 
     /// Decides a connection between two pods by key, from the source's first IP
@@ -204,22 +213,18 @@ impl PolicyIndex {
             return Decision::allow(Reason::SamePod, Some(src.clone()));
         }
         let src_ip = src_pod.ips.first().copied();
-        let to = Destination {
-            pod: dst_pod,
-            ip: dst_pod.ip_like(src_ip),
-            port,
-            protocol,
-        };
+        let to = self.pod_destination(dst_pod, dst_pod.ip_like(src_ip), port, protocol);
         if !src_pod.host_network {
-            return self.evaluate(self.endpoint(src_pod, src_ip), &to, trace);
+            return self.evaluate(self.endpoint(src_pod, src_ip), dst_pod, &to, trace);
         }
         let Some(ip) = src_ip.or_else(|| src_pod.host_ips.first().copied()) else {
-            return self.evaluate(Endpoint::Address(IpAddr::from([0, 0, 0, 0])), &to, trace);
+            let unknown = Endpoint::Address(IpAddr::from([0, 0, 0, 0]));
+            return self.evaluate(unknown, dst_pod, &to, trace);
         };
         if node.contains(ip) || src_pod.host_ips.iter().any(|h| node.contains(*h)) {
             return Decision::allow(Reason::Node, None);
         }
-        self.evaluate(Endpoint::Address(ip), &to, trace)
+        self.evaluate(Endpoint::Address(ip), dst_pod, &to, trace)
     }
 
     fn endpoint<'a>(&'a self, pod: &'a Pod, ip: Option<IpAddr>) -> Endpoint<'a> {
@@ -230,6 +235,22 @@ impl PolicyIndex {
         }
     }
 
+    /// A pod as the destination of a decision, dialled at `ip`.
+    fn pod_destination<'a>(
+        &'a self,
+        pod: &'a Pod,
+        ip: Option<IpAddr>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Destination<'a> {
+        Destination {
+            peer: self.endpoint(pod, ip),
+            ports: &pod.ports,
+            port,
+            protocol,
+        }
+    }
+
     /// The one evaluation: the destination's ingress side, then the source's
     /// egress side. Without a trace that wants every rule, the egress side is
     /// skipped once ingress denies, and each side stops at the first rule
@@ -237,13 +258,14 @@ impl PolicyIndex {
     fn evaluate<T: Trace>(
         &self,
         src: Endpoint<'_>,
+        dst: &Pod,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Decision {
-        if to.pod.host_network {
+        if dst.host_network {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
-        let ingress = self.side(to.pod, Direction::Ingress, src, to, trace);
+        let ingress = self.side(dst, Direction::Ingress, src, to, trace);
         let egress = match src {
             Endpoint::Pod { pod, .. } if ingress.allows() || T::EVERY_RULE => {
                 let egress = self.pod_egress_side(pod, to, trace);
@@ -291,7 +313,7 @@ impl PolicyIndex {
             {
                 let peer_entry = rule_matches_peer(rule, peer);
                 let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
-                    rule_matches_port(rule, to.pod, to.port, to.protocol)
+                    rule_matches_port(rule, to)
                 } else {
                     None
                 };
@@ -314,6 +336,77 @@ impl PolicyIndex {
     }
 }
 
+// === impl PolicyIndex: outbound decisions ===
+
+impl PolicyIndex {
+    /// Decides a connection this pod (`src`) opens to an address, as its
+    /// outbound proxy sees it: `src`'s egress side toward the pod holding
+    /// `dst_ip` (its labels for pod peers, its ports for named ports), or
+    /// toward the address when no pod holds it (only `ipBlock` peers match).
+    ///
+    /// The node's addresses (`node`, and the source's hostIPs) and the pod's
+    /// own addresses are always allowed. An address several live pods hold
+    /// is allowed only if it is allowed toward every one of them.
+    pub fn decide_to_ip(
+        &self,
+        src: &PodKey,
+        dst_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+    ) -> Decision {
+        self.evaluate_to_ip(src, dst_ip, port, protocol, node, &mut NoTrace)
+    }
+
+    /// [`Self::decide_to_ip`], with every rule tried reported to `trace`.
+    pub fn evaluate_to_ip<T: Trace>(
+        &self,
+        src: &PodKey,
+        dst_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
+    ) -> Decision {
+        let Some(src_pod) = self.pod(src) else {
+            return Decision::deny(Reason::UnknownSource, None);
+        };
+        let source = Some(src.clone());
+        if node.contains(dst_ip) || src_pod.host_ips.contains(&dst_ip) {
+            return Decision::allow(Reason::Node, source);
+        }
+        if src_pod.ips.contains(&dst_ip) {
+            return Decision::allow(Reason::SamePod, source);
+        }
+        if src_pod.host_network {
+            return Decision::allow(Reason::HostNetworkSource, source);
+        }
+        let mut allowed = None;
+        for key in self.pods_with_ip(dst_ip) {
+            let Some(dst_pod) = self.pod(key) else {
+                continue;
+            };
+            let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
+            let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
+            let decision = Decision::egress(egress, Some(key.clone()), src);
+            if !decision.allowed {
+                return decision;
+            }
+            allowed.get_or_insert(decision);
+        }
+        allowed.unwrap_or_else(|| {
+            let to = Destination {
+                peer: Endpoint::Address(dst_ip),
+                ports: &[],
+                port,
+                protocol,
+            };
+            let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
+            Decision::egress(egress, None, src)
+        })
+    }
+}
+
 // === impl PolicyIndex: compiled egress sides ===
 
 impl PolicyIndex {
@@ -325,13 +418,7 @@ impl PolicyIndex {
                 trace.side(&pod.key, Direction::Egress);
                 self.compiled_side(e, to, trace)
             }),
-            None => self.side(
-                pod,
-                Direction::Egress,
-                self.endpoint(to.pod, to.ip),
-                to,
-                trace,
-            ),
+            None => self.side(pod, Direction::Egress, to.peer, to, trace),
         }
     }
 
@@ -373,9 +460,9 @@ impl PolicyIndex {
                 trace.policy(&toward.policy);
                 policy = Some(&toward.policy);
             }
-            let peer_entry = rule_matches_peer(&toward.rule, self.endpoint(to.pod, to.ip));
+            let peer_entry = rule_matches_peer(&toward.rule, to.peer);
             let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
-                rule_matches_port(&toward.rule, to.pod, to.port, to.protocol)
+                rule_matches_port(&toward.rule, to)
             } else {
                 None
             };
@@ -397,11 +484,13 @@ impl PolicyIndex {
     }
 }
 
-/// The destination of a decision: the pod, the address and port dialled.
+/// The destination of a decision: as the peer of egress rules (a pod and
+/// the address dialled, or an address no pod holds), the ports its named
+/// ports resolve on, and the port dialled.
 #[derive(Clone, Copy, Debug)]
 struct Destination<'a> {
-    pod: &'a Pod,
-    ip: Option<IpAddr>,
+    peer: Endpoint<'a>,
+    ports: &'a [ContainerPort],
     port: u16,
     protocol: Protocol,
 }
@@ -453,33 +542,28 @@ pub fn pods_peer_matches(
 }
 
 /// Which port entry of the rule matches: `Some(None)` when it allows all ports.
-fn rule_matches_port(
-    rule: &Rule,
-    dst: &Pod,
-    port: u16,
-    protocol: Protocol,
-) -> Option<Option<usize>> {
+fn rule_matches_port(rule: &Rule, to: &Destination<'_>) -> Option<Option<usize>> {
     if rule.broken.is_some() {
         return None;
     }
     let Some(ports) = &rule.ports else {
         return Some(None);
     };
-    ports
-        .iter()
-        .position(|p| port_matches(p, dst, port, protocol))
-        .map(Some)
+    ports.iter().position(|p| port_matches(p, to)).map(Some)
 }
 
-fn port_matches(entry: &PortMatch, dst: &Pod, port: u16, protocol: Protocol) -> bool {
-    if entry.protocol != protocol {
+/// Whether a port entry matches the port dialled; a named port matches
+/// when the destination declares that name for it (an address that is no
+/// pod declares none).
+fn port_matches(entry: &PortMatch, to: &Destination<'_>) -> bool {
+    if entry.protocol != to.protocol {
         return false;
     }
     match &entry.port {
         PortSpec::Any => true,
-        PortSpec::Range(start, end) => (*start..=*end).contains(&port),
-        PortSpec::Named(name) => dst.ports.iter().any(|cp| {
-            cp.port == port && cp.protocol == protocol && cp.name.as_deref() == Some(name)
+        PortSpec::Range(start, end) => (*start..=*end).contains(&to.port),
+        PortSpec::Named(name) => to.ports.iter().any(|cp| {
+            cp.port == to.port && cp.protocol == to.protocol && cp.name.as_deref() == Some(name)
         }),
     }
 }
@@ -521,6 +605,29 @@ impl Decision {
         }
     }
 
+    fn egress(egress: Side, destination: Option<PodKey>, src: &PodKey) -> Self {
+        Self {
+            allowed: egress.allows(),
+            reason: Reason::Egress {
+                egress,
+                destination,
+            },
+            source: Some(src.clone()),
+        }
+    }
+
+    /// The policy whose rule allowed the connection at its source (an
+    /// outbound decision), if any.
+    pub fn egress_policy(&self) -> Option<&PolicyKey> {
+        match &self.reason {
+            Reason::Egress {
+                egress: Side::Allowed { policy, .. },
+                ..
+            } => Some(policy),
+            _ => None,
+        }
+    }
+
     /// The policy whose rule allowed the connection at the destination, if any.
     pub fn ingress_policy(&self) -> Option<&PolicyKey> {
         match &self.reason {
@@ -539,6 +646,10 @@ impl Decision {
             Reason::SamePod => "same-pod",
             Reason::HostNetworkDestination => "host-network",
             Reason::UnknownDestination => "unknown-destination",
+            Reason::UnknownSource => "unknown-source",
+            Reason::HostNetworkSource => "host-network-source",
+            Reason::Egress { egress, .. } if egress.allows() => "allowed",
+            Reason::Egress { .. } => "egress-denied",
             Reason::Policies { ingress, egress } => match (ingress.allows(), egress.allows()) {
                 (true, true) => "allowed",
                 (false, _) => "ingress-denied",
@@ -557,6 +668,18 @@ impl fmt::Display for Decision {
                 f.write_str("destination uses host networking (NetworkPolicy does not apply)")
             }
             Reason::UnknownDestination => f.write_str("destination pod unknown (fail closed)"),
+            Reason::UnknownSource => f.write_str("source pod unknown (fail closed)"),
+            Reason::HostNetworkSource => {
+                f.write_str("source uses host networking (NetworkPolicy does not apply)")
+            }
+            Reason::Egress {
+                egress,
+                destination: Some(pod),
+            } => write!(f, "egress toward {pod}: {egress}"),
+            Reason::Egress {
+                egress,
+                destination: None,
+            } => write!(f, "egress toward an address that is no pod's: {egress}"),
             Reason::Policies { ingress, egress } => {
                 write!(f, "ingress: {ingress}; egress: {egress}")
             }

@@ -29,6 +29,8 @@ fn decisions(index: &PolicyIndex) -> Vec<(String, Decision)> {
                 let dst_ip = "10.0.0.6".parse().unwrap();
                 let d = index.decide_from_ip(src, dst, dst_ip, *port, Protocol::Tcp, &node);
                 out.push((format!("{ip} -> {dst}:{port}"), d));
+                let d = index.decide_to_ip(dst, src, *port, Protocol::Tcp, &node);
+                out.push((format!("{dst} -> {ip}:{port} (outbound)"), d));
             }
         }
     }

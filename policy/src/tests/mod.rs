@@ -1239,3 +1239,5 @@ fn keys_hash_once_and_compare_by_their_names() {
         r#"ObjectKey { namespace: "shop", name: "web" }"#
     );
 }
+
+mod outbound;
