@@ -3,6 +3,16 @@
 
 /// The inbound port.
 pub const INBOUND_PORT: &str = "PICKET_INBOUND_PORT";
+/// The outbound port.
+pub const OUTBOUND_PORT: &str = "PICKET_OUTBOUND_PORT";
+/// Whether init captures the pod's outbound connections (`on`, `off`).
+pub const OUTBOUND_CAPTURE: &str = "PICKET_OUTBOUND_CAPTURE";
+/// Outbound destination ports that bypass the proxy.
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "PICKET_EXCLUDE_OUTBOUND_PORTS";
+/// Outbound destination networks that bypass the proxy.
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "PICKET_EXCLUDE_OUTBOUND_CIDRS";
+/// The proxy's UID, whose connections init never captures.
+pub const PROXY_UID: &str = "PICKET_PROXY_UID";
 /// The admin port.
 pub const ADMIN_PORT: &str = "PICKET_ADMIN_PORT";
 /// The local admin port.

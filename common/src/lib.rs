@@ -16,6 +16,8 @@ pub mod port_list;
 
 /// The port redirected inbound connections arrive on (REDIRECT target).
 pub const INBOUND_PORT: u16 = 15006;
+/// The port captured outbound connections arrive on (REDIRECT target in nat OUTPUT).
+pub const OUTBOUND_PORT: u16 = 15001;
 /// The admin port (/live, /ready, /metrics), bound on the pod IP; never redirected.
 pub const ADMIN_PORT: u16 = 15020;
 /// The local admin port (/connections, PUT /log-level), bound on 127.0.0.1.

@@ -15,10 +15,12 @@ use picket_state::kube::KubeSource;
 use picket_state::{Source, StateWriter};
 
 use crate::admin::{Admin, Readiness};
-use crate::config::{BackendArg, InitArgs, Ipv6Arg, RunArgs, SourceArg};
+use crate::config::{BackendArg, InitArgs, Ipv6Arg, OutboundArg, RunArgs, SourceArg};
 use crate::enforce::registry::Registry;
 use crate::enforce::{Enforcer, Waits};
-use crate::iptables::{self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, Plan};
+use crate::iptables::{
+    self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, OutboundPlan, Plan,
+};
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Inbound, Limits};
 use crate::net::listener;
@@ -290,13 +292,35 @@ fn node_addrs(args: &RunArgs) -> NodeAddrs {
     node
 }
 
-/// Writes the pod's iptables rules and records its gateways.
-pub fn init(args: InitArgs) -> anyhow::Result<()> {
-    let plan = Plan {
+/// What init captures: inbound always; outbound when asked, leaving alone
+/// the proxy's UID, the node's addresses (its hostIPs and the pod's
+/// gateways) and the excluded ports and networks.
+fn init_plan(args: &InitArgs, gateways: &[IpAddr]) -> Plan {
+    let outbound = (args.outbound_capture == OutboundArg::On).then(|| OutboundPlan {
+        port: args.ports.outbound_port,
+        proxy_uid: args.proxy_uid,
+        node_addrs: args
+            .host_ips
+            .iter()
+            .chain(args.host_ip.iter())
+            .chain(gateways)
+            .copied()
+            .collect(),
+        exclude_ports: args.exclude_outbound_ports.clone(),
+        exclude_cidrs: args.exclude_outbound_cidrs.clone(),
+    });
+    Plan {
         inbound_port: args.ports.inbound_port,
         admin_port: args.ports.admin_port,
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
-    };
+        outbound,
+    }
+}
+
+/// Writes the pod's iptables rules and records its gateways.
+pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    let gateways = crate::node::read_gateways();
+    let plan = init_plan(&args, &gateways);
     let ipv6 = match args.ipv6 {
         Ipv6Arg::On => Ipv6Rules::Required(None),
         Ipv6Arg::Off => Ipv6Rules::Off,
@@ -309,7 +333,6 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
             },
         },
     };
-    let gateways = crate::node::read_gateways();
     let own_ports = args.ports.own();
     if args.dry_run {
         for family in [Family::V4, Family::V6] {
@@ -317,7 +340,10 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
                 "# {} (iptables-restore --noflush; the jump is omitted on a re-run)",
                 family.as_str()
             );
-            print!("{}", iptables::rules::render(&plan, family, false));
+            print!(
+                "{}",
+                iptables::rules::render(&plan, family, iptables::Jumps::default())
+            );
         }
         for gw in &gateways {
             println!("# gateway {gw}");

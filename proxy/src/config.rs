@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use picket_common::duration::parse as parse_duration;
-use picket_common::{env, ADMIN_PORT, INBOUND_PORT, LOCAL_ADMIN_PORT, NODE_FILE};
+use picket_common::{
+    env, ADMIN_PORT, INBOUND_PORT, LOCAL_ADMIN_PORT, NODE_FILE, OUTBOUND_PORT, PROXY_UID,
+};
 
 /// `picket-proxy`: the Picket sidecar.
 #[derive(Debug, Parser)]
@@ -37,6 +39,9 @@ pub struct Ports {
     /// The port redirected connections arrive on.
     #[arg(long, env = env::INBOUND_PORT, default_value_t = INBOUND_PORT)]
     pub inbound_port: u16,
+    /// The port captured outbound connections arrive on (bound on loopback).
+    #[arg(long, env = env::OUTBOUND_PORT, default_value_t = OUTBOUND_PORT)]
+    pub outbound_port: u16,
     /// The admin port (/live, /ready), bound on the pod IP; never redirected.
     #[arg(long, env = env::ADMIN_PORT, default_value_t = ADMIN_PORT)]
     pub admin_port: u16,
@@ -49,8 +54,13 @@ pub struct Ports {
 
 impl Ports {
     /// Every port the proxy listens on: never dialled, reserved in the pod.
-    pub fn own(&self) -> [u16; 3] {
-        [self.inbound_port, self.admin_port, self.local_admin_port]
+    pub fn own(&self) -> [u16; 4] {
+        [
+            self.inbound_port,
+            self.outbound_port,
+            self.admin_port,
+            self.local_admin_port,
+        ]
     }
 }
 
@@ -164,6 +174,26 @@ pub struct InitArgs {
     /// Inbound ports that bypass the proxy, comma-separated.
     #[arg(long, env = env::EXCLUDE_INBOUND_PORTS, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
+    /// Whether the pod's own outbound TCP connections are captured, so that
+    /// its egress policies are enforced at the source.
+    #[arg(long, env = env::OUTBOUND_CAPTURE, value_enum, default_value_t = OutboundArg::Off)]
+    pub outbound_capture: OutboundArg,
+    /// Outbound destination ports that bypass the proxy, comma-separated.
+    #[arg(long, env = env::EXCLUDE_OUTBOUND_PORTS, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destination networks that bypass the proxy, comma-separated.
+    #[arg(long, env = env::EXCLUDE_OUTBOUND_CIDRS, value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<IpNet>,
+    /// The proxy's UID: its own connections are never captured.
+    #[arg(long, env = env::PROXY_UID, default_value_t = PROXY_UID)]
+    pub proxy_uid: u32,
+    /// The node's addresses (downward API `status.hostIPs`), comma-separated:
+    /// outbound connections to them are not captured.
+    #[arg(long, env = env::HOST_IPS, value_delimiter = ',')]
+    pub host_ips: Vec<IpAddr>,
+    /// The node's address (downward API `status.hostIP`).
+    #[arg(long, env = env::HOST_IP)]
+    pub host_ip: Option<IpAddr>,
     /// The iptables backend.
     #[arg(long, env = env::IPTABLES_BACKEND, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
@@ -207,6 +237,15 @@ pub enum BackendArg {
     Nft,
     /// iptables-legacy.
     Legacy,
+}
+
+/// `--outbound-capture` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutboundArg {
+    /// Capture the pod's outbound TCP connections.
+    On,
+    /// Leave them alone (egress is then enforced only at destinations with a sidecar).
+    Off,
 }
 
 /// `--ipv6` values.

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::rules::{self, Family, Plan, CHAIN, JUMP};
+use super::rules::{self, Family, Jumps, Plan, CHAIN};
 
 /// Which iptables implementation holds the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,8 +222,9 @@ pub fn apply(
     let backend = choose_backend(family, choice, runner)?;
     let save = backend.tool(family, "save");
     let current = run_checked(runner, &save, &["-t", "nat"], None)?;
-    let rerun = current.stdout.lines().any(|l| l.trim() == JUMP);
-    let document = rules::render(plan, family, rerun);
+    let present = Jumps::in_listing(&current.stdout);
+    let rerun = present.inbound;
+    let document = rules::render(plan, family, present);
     let restore = backend.tool(family, "restore");
     run_checked(runner, &restore, &["-w", "5", "--noflush"], Some(&document))?;
     Ok(Applied {
@@ -361,6 +362,7 @@ mod tests {
         Plan {
             inbound_port: 15006,
             admin_port: 15020,
+            outbound: None,
             exclude_inbound_ports: vec![],
         }
     }
@@ -408,7 +410,7 @@ mod tests {
         let calls = r.calls.borrow();
         let (cmd, stdin) = calls.last().unwrap();
         assert_eq!(cmd, "iptables-nft-restore -w 5 --noflush");
-        assert!(stdin.as_deref().unwrap().contains(JUMP));
+        assert!(stdin.as_deref().unwrap().contains(rules::JUMP));
     }
 
     #[test]

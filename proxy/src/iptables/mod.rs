@@ -11,4 +11,4 @@ pub use apply::{
     apply, apply_ipv6, Applied, ApplyError, Backend, BackendChoice, CommandRunner, Ipv6Rules,
     Runner,
 };
-pub use rules::{Family, Plan, CHAIN, JUMP};
+pub use rules::{Family, Jumps, OutboundPlan, Plan, CHAIN, JUMP, OUTBOUND_CHAIN, OUTBOUND_JUMP};
