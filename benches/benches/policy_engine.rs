@@ -279,6 +279,7 @@ fn report(c: &Cluster) {
         .enumerate()
         .map(|(i, src)| {
             registry.register(
+                picket_policy::Direction::Ingress,
                 picket_proxy::net::ClientAddr(std::net::SocketAddr::new(
                     *src,
                     10_000 + (i % 50_000) as u16,
@@ -292,13 +293,13 @@ fn report(c: &Cluster) {
         let mut state = index.clone();
         let start = Instant::now();
         state.apply_policy(policy(0, 0, if round % 2 == 0 { 7 } else { 3 }));
-        let killed = registry.recheck(|client, dst| {
+        let killed = registry.recheck(|conn| {
             state
                 .decide_from_ip(
-                    client.0.ip(),
+                    conn.client.0.ip(),
                     &dst_key,
-                    dst.0.ip(),
-                    dst.0.port(),
+                    conn.dst.0.ip(),
+                    conn.dst.0.port(),
                     Protocol::Tcp,
                     &node,
                 )

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 
 use super::index::PolicyIndex;
 use super::model::{
-    ContainerPort, Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch, PortSpec,
-    Protocol, Rule,
+    ContainerPort, Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch,
+    PortSpec, Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
 use super::toward::EgressToward;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use picket_common::logging::{self, LogHandle};
-use picket_policy::{NodeAddrs, PodKey};
+use picket_policy::{Direction, NodeAddrs, PodKey};
 use picket_state::control::{ControlConfig, ControlMetrics, ControlSource};
 use picket_state::dir::DirSource;
 use picket_state::kube::KubeSource;
@@ -22,7 +22,7 @@ use crate::iptables::{
     self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, OutboundPlan, Plan,
 };
 use crate::metrics::ProxyMetrics;
-use crate::net::conn::{Inbound, Limits};
+use crate::net::conn::{Limits, Proxy};
 use crate::net::listener;
 use crate::net::relay::RelayCounters;
 use crate::reserved_ports;
@@ -126,23 +126,48 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         pod_cidrs: args.pod_cidrs.clone(),
         metrics: metrics.clone(),
     });
-    let inbound = Arc::new(Inbound {
+    let limits = Limits {
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections,
+    };
+    let inbound = Arc::new(Proxy {
+        direction: Direction::Ingress,
         enforcer: enforcer.clone(),
         own_ports: own_ports.to_vec(),
-        limits: Limits {
-            connect_timeout: args.connect_timeout,
-            idle_timeout: args.idle_timeout,
-            max_connections: args.max_connections,
-        },
+        limits: limits.clone(),
         active: Default::default(),
         metrics: metrics.clone(),
         bytes,
+    });
+    // Captured only when init wrote the outbound chain; bound in any case
+    // (loopback only), so the port is the proxy's whatever init did.
+    let outbound = Arc::new(Proxy {
+        direction: Direction::Egress,
+        enforcer: enforcer.clone(),
+        own_ports: own_ports.to_vec(),
+        limits,
+        active: Default::default(),
+        metrics: metrics.clone(),
+        bytes: RelayCounters {
+            client_to_server: metrics.outbound.bytes.with_label_values(&["out"]),
+            server_to_client: metrics.outbound.bytes.with_label_values(&["in"]),
+        },
     });
 
     let listeners = listener::bind_inbound(args.ports.inbound_port)
         .with_context(|| format!("cannot bind the inbound port {}", args.ports.inbound_port))?;
     for l in listeners {
         tokio::spawn(listener::serve(l, inbound.clone()));
+    }
+    let listeners = listener::bind_outbound(args.ports.outbound_port).with_context(|| {
+        format!(
+            "cannot bind the outbound port {} on loopback",
+            args.ports.outbound_port
+        )
+    })?;
+    for l in listeners {
+        tokio::spawn(listener::serve(l, outbound.clone()));
     }
     readiness.set_listener_bound();
 

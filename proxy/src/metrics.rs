@@ -16,7 +16,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use picket_policy::IndexCounts;
+use picket_policy::{Direction, IndexCounts, PodKey};
 use picket_state::{ChangeReason, Kind};
 
 /// The default limit on distinct peer namespaces and workloads in labels.
@@ -56,8 +56,26 @@ pub struct ProxyMetrics {
     pub watch_restarts: IntCounterVec,
     /// Connections from unknown IPs that waited for a state update, by result.
     pub unknown_ip_waits: IntCounterVec,
+    /// The outbound side's own families (captured connections this pod opens).
+    pub outbound: OutboundMetrics,
     last_update_ms: std::sync::atomic::AtomicU64,
     peers: LabelLimiter,
+}
+
+/// The metrics of captured outbound connections: the inbound families'
+/// siblings, with the destination in place of the peer.
+#[derive(Debug)]
+pub struct OutboundMetrics {
+    /// Connections decided, by outcome, deciding policy and destination (bounded).
+    pub connections: IntCounterVec,
+    /// Connections refused before a decision, by reason.
+    pub refused: IntCounterVec,
+    /// Connections being relayed.
+    pub open: IntGauge,
+    /// Bytes relayed, by direction.
+    pub bytes: IntCounterVec,
+    /// Live connections reset by a state change, by reason.
+    pub teardowns: IntCounterVec,
 }
 
 /// Lets through at most `limit` distinct values; the rest become `other`.
@@ -125,6 +143,34 @@ impl ProxyMetrics {
             "Inbound connections being relayed.",
         )
         .expect("valid metric");
+        let outbound_open = IntGauge::new(
+            "picket_outbound_open_connections",
+            "Outbound connections (captured, this pod's own) being relayed.",
+        )
+        .expect("valid metric");
+        let outbound = OutboundMetrics {
+            connections: counter_vec(
+                "picket_outbound_connections_total",
+                "Outbound connections this pod opened, decided at the source by its egress policies: by outcome (allowed, denied), deciding policy (namespace/name, no-policy, node, same-pod, isolated) and destination (namespace/workload of the pod dialled, bounded; external: an address that is no pod's).",
+                &["outcome", "policy", "destination"],
+            ),
+            refused: counter_vec(
+                "picket_outbound_refused_total",
+                "Outbound connections reset before a policy decision, by reason (no-state, loop, over-limit, no-original-destination).",
+                &["reason"],
+            ),
+            open: outbound_open.clone(),
+            bytes: counter_vec(
+                "picket_outbound_bytes_total",
+                "Bytes relayed on outbound connections, by direction (out: app to destination, in: destination to app).",
+                &["direction"],
+            ),
+            teardowns: counter_vec(
+                "picket_outbound_teardowns_total",
+                "Live outbound connections reset because a state change forbids them, by reason.",
+                &["reason"],
+            ),
+        };
         let ready =
             IntGauge::new("picket_ready", "1 once the proxy is ready.").expect("valid metric");
         let state_age = Gauge::new(
@@ -166,6 +212,7 @@ impl ProxyMetrics {
         .expect("valid metric");
         for c in [
             Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(outbound_open),
             Box::new(ready.clone()),
             Box::new(state_age.clone()),
             Box::new(state_updates.clone()),
@@ -193,6 +240,7 @@ impl ProxyMetrics {
             state_updates,
             watch_restarts,
             unknown_ip_waits,
+            outbound,
             last_update_ms: Default::default(),
             peers: LabelLimiter::new(peer_label_limit),
         }
@@ -219,11 +267,53 @@ impl ProxyMetrics {
         }
     }
 
-    /// Records connections torn down by a state change.
-    pub fn torn_down(&self, reason: ChangeReason, n: usize) {
-        self.teardowns
+    /// Records connections of one direction torn down by a state change.
+    pub fn torn_down(&self, direction: Direction, reason: ChangeReason, n: usize) {
+        self.teardowns_of(direction)
             .with_label_values(&[reason.as_str()])
             .inc_by(n as u64);
+    }
+
+    /// Connections of a direction refused before a decision, by reason.
+    pub fn refused_of(&self, direction: Direction) -> &IntCounterVec {
+        match direction {
+            Direction::Ingress => &self.refused,
+            Direction::Egress => &self.outbound.refused,
+        }
+    }
+
+    /// Connections of a direction being relayed.
+    pub fn open_of(&self, direction: Direction) -> &IntGauge {
+        match direction {
+            Direction::Ingress => &self.open,
+            Direction::Egress => &self.outbound.open,
+        }
+    }
+
+    /// Live connections of a direction reset by a state change, by reason.
+    pub fn teardowns_of(&self, direction: Direction) -> &IntCounterVec {
+        match direction {
+            Direction::Ingress => &self.teardowns,
+            Direction::Egress => &self.outbound.teardowns,
+        }
+    }
+
+    /// Records an outbound decision's destination, bounded like peers.
+    pub fn outbound_decided(&self, outcome: &str, policy: &str, destination: Option<&PodKey>) {
+        let label;
+        let destination = match destination {
+            Some(pod) => {
+                let namespace = self.peers.admit("ns", &pod.namespace);
+                let workload = self.peers.admit(namespace, workload_of(&pod.name));
+                label = format!("{namespace}/{workload}");
+                &label
+            }
+            None => "external",
+        };
+        self.outbound
+            .connections
+            .with_label_values(&[outcome, policy, destination])
+            .inc();
     }
 
     /// The registry, for metrics of other modules (the state source's).

@@ -66,7 +66,10 @@ spec: {podSelector: {}, policyTypes: [Egress]}
 fn an_ip_block_opens_exactly_its_addresses_and_ports() {
     let idx = with(WEB_EGRESS);
     assert!(to_ip(&idx, "prod/web", "203.0.113.10", 443).allowed);
-    assert!(!to_ip(&idx, "prod/web", "203.0.113.9", 443).allowed, "except");
+    assert!(
+        !to_ip(&idx, "prod/web", "203.0.113.9", 443).allowed,
+        "except"
+    );
     assert!(!to_ip(&idx, "prod/web", "203.0.114.10", 443).allowed);
     assert!(!to_ip(&idx, "prod/web", "203.0.113.10", 80).allowed);
     let d = to_ip(&idx, "prod/web", "203.0.113.10", 443);
@@ -77,9 +80,18 @@ fn an_ip_block_opens_exactly_its_addresses_and_ports() {
 fn pod_peers_match_the_destination_pods_labels_and_named_ports_its_ports() {
     let idx = with(WEB_EGRESS);
     assert!(to_ip(&idx, "prod/web", "10.0.0.2", 5432).allowed);
-    assert!(to_ip(&idx, "prod/web", "fd00::2", 5432).allowed, "any of its IPs");
-    assert!(!to_ip(&idx, "prod/web", "10.0.0.2", 5433).allowed, "not named");
-    assert!(!to_ip(&idx, "prod/web", "10.0.1.1", 5432).allowed, "app=web");
+    assert!(
+        to_ip(&idx, "prod/web", "fd00::2", 5432).allowed,
+        "any of its IPs"
+    );
+    assert!(
+        !to_ip(&idx, "prod/web", "10.0.0.2", 5433).allowed,
+        "not named"
+    );
+    assert!(
+        !to_ip(&idx, "prod/web", "10.0.1.1", 5432).allowed,
+        "app=web"
+    );
 }
 
 #[test]
@@ -127,8 +139,14 @@ metadata: {name: deny-out, namespace: prod}
 spec: {podSelector: {}, policyTypes: [Egress]}
 "#,
     );
-    assert_eq!(to_ip(&idx, "prod/web", "192.168.1.1", 10250).reason, Reason::Node);
-    assert_eq!(to_ip(&idx, "prod/db", "fd00::2", 5432).reason, Reason::SamePod);
+    assert_eq!(
+        to_ip(&idx, "prod/web", "192.168.1.1", 10250).reason,
+        Reason::Node
+    );
+    assert_eq!(
+        to_ip(&idx, "prod/db", "fd00::2", 5432).reason,
+        Reason::SamePod
+    );
     let other_node = idx.decide_to_ip(
         &key("prod/web"),
         ip("192.168.1.1"),
@@ -194,13 +212,8 @@ spec:
             for port in [80, 443, 5432] {
                 let dst_ip = idx.pod(&key(dst)).unwrap().ips[0];
                 let at_source = to_ip(&idx, src, &dst_ip.to_string(), port);
-                let explained = idx.explain_between_pods(
-                    &key(src),
-                    &key(dst),
-                    port,
-                    Protocol::Tcp,
-                    &node(),
-                );
+                let explained =
+                    idx.explain_between_pods(&key(src), &key(dst), port, Protocol::Tcp, &node());
                 let Reason::Policies {
                     ingress: Side::NotIsolated,
                     egress,

@@ -1,5 +1,7 @@
-//! Enforcement for this pod: every inbound connection is registered, then
-//! decided against the latest cluster snapshot; every new snapshot re-checks
+//! Enforcement for this pod: every connection, inbound (a peer opened it)
+//! or outbound (this pod did, captured), is registered, then decided
+//! against the latest cluster snapshot: inbound by this pod's ingress side
+//! and the source's egress side, outbound by this pod's egress side; every new snapshot re-checks
 //! the live ones and tears down those no longer allowed (ztunnel's
 //! connection manager and policy watcher, in one place).
 //!
@@ -40,7 +42,7 @@ pub struct Waits {
     pub unknown_ip: Duration,
 }
 
-/// Admission and teardown of this pod's inbound connections.
+/// Admission and teardown of this pod's connections, both directions.
 #[derive(Debug)]
 pub struct Enforcer {
     /// This proxy's pod.
@@ -73,6 +75,9 @@ pub enum Refusal {
     /// The original destination is not one of this pod's addresses (loopback,
     /// another pod routed through this one): the proxy is no open relay.
     ForeignDestination,
+    /// An outbound connection to loopback or an unspecified address: not
+    /// captured, so it reached the outbound port directly (it would loop).
+    Loop,
     /// The policies deny it.
     Denied,
 }
@@ -80,16 +85,33 @@ pub enum Refusal {
 // === impl Enforcer ===
 
 impl Enforcer {
-    /// Decides a connection against a snapshot.
-    pub fn decide(&self, snapshot: &Snapshot, client: ClientAddr, dst: OrigDstAddr) -> Decision {
-        snapshot.index.decide_from_ip(
-            client.0.ip(),
-            &self.pod,
-            dst.0.ip(),
-            dst.0.port(),
-            Protocol::Tcp,
-            &self.node,
-        )
+    /// Decides a connection against a snapshot: an inbound one (`Ingress`)
+    /// from its client to this pod, an outbound one (`Egress`) from this
+    /// pod to its original destination.
+    pub fn decide(
+        &self,
+        snapshot: &Snapshot,
+        direction: Direction,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+    ) -> Decision {
+        match direction {
+            Direction::Ingress => snapshot.index.decide_from_ip(
+                client.0.ip(),
+                &self.pod,
+                dst.0.ip(),
+                dst.0.port(),
+                Protocol::Tcp,
+                &self.node,
+            ),
+            Direction::Egress => snapshot.index.decide_to_ip(
+                &self.pod,
+                dst.0.ip().to_canonical(),
+                dst.0.port(),
+                Protocol::Tcp,
+                &self.node,
+            ),
+        }
     }
 
     /// Registers a connection, then decides it (waiting, bounded, for the
@@ -98,53 +120,79 @@ impl Enforcer {
     /// Refused: counted and logged here; the caller resets the connection.
     pub async fn admit(
         &self,
+        direction: Direction,
         client: ClientAddr,
         dst: OrigDstAddr,
     ) -> Result<Registration, Refusal> {
         // Register before checking: a re-check after this point sees the connection.
-        let registration = self.registry.register(client, dst);
+        let registration = self.registry.register(direction, client, dst);
+        let refused = self.metrics.refused_of(direction);
         let Some(mut snapshot) = self.current_snapshot().await else {
-            self.metrics.refused.with_label_values(&["no-state"]).inc();
-            tracing::info!(client.addr = %client, dst.addr = %dst, "No cluster state yet; reset");
+            refused.with_label_values(&["no-state"]).inc();
+            tracing::info!(client.addr = %client, dst.addr = %dst, ?direction, "No cluster state yet; reset");
             return Err(Refusal::NoState);
         };
-        if !self.is_own_address(&snapshot, dst) {
-            self.metrics
-                .refused
-                .with_label_values(&["foreign-destination"])
-                .inc();
-            tracing::warn!(client.addr = %client, dst.addr = %dst, "Original destination is not this pod's address; reset without dialling");
-            return Err(Refusal::ForeignDestination);
+        match direction {
+            Direction::Ingress if !self.is_own_address(&snapshot, dst) => {
+                refused.with_label_values(&["foreign-destination"]).inc();
+                tracing::warn!(client.addr = %client, dst.addr = %dst, "Original destination is not this pod's address; reset without dialling");
+                return Err(Refusal::ForeignDestination);
+            }
+            Direction::Egress if is_local(dst) => {
+                refused.with_label_values(&["loop"]).inc();
+                tracing::warn!(client.addr = %client, dst.addr = %dst, "Outbound connection to a loopback address reached the proxy uncaptured; reset without dialling");
+                return Err(Refusal::Loop);
+            }
+            _ => {}
         }
+        // The address that may be a pod the state does not know yet.
+        let (peer_ip, peer_known): (_, fn(&Decision) -> bool) = match direction {
+            Direction::Ingress => (client.0.ip(), |d| d.source.is_some()),
+            Direction::Egress => (dst.0.ip().to_canonical(), |d| {
+                matches!(
+                    d.reason,
+                    Reason::Egress {
+                        destination: Some(_),
+                        ..
+                    }
+                )
+            }),
+        };
         let decided_at = Instant::now();
-        let mut decision = self.decide(&snapshot, client, dst);
+        let mut decision = self.decide(&snapshot, direction, client, dst);
         self.metrics
             .decision
             .observe(decided_at.elapsed().as_secs_f64());
-        if !decision.allowed
-            && decision.source.is_none()
-            && self.may_be_a_new_pod(&snapshot, client)
+        if !decision.allowed && !peer_known(&decision) && self.may_be_a_new_pod(&snapshot, peer_ip)
         {
-            if let Some(newer) = self.wait_for_ip(client).await {
+            if let Some(newer) = self.wait_for_ip(peer_ip).await {
                 snapshot = newer;
-                decision = self.decide(&snapshot, client, dst);
+                decision = self.decide(&snapshot, direction, client, dst);
             }
         }
-        self.count_decision(&snapshot, &decision, dst.0.port());
+        match direction {
+            Direction::Ingress => self.count_decision(&snapshot, &decision, dst.0.port()),
+            Direction::Egress => self.count_outbound(&decision),
+        }
         registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {
             tracing::info!(
+                ?direction,
                 client.addr = %client,
-                dst.port = dst.0.port(),
+                dst.addr = %dst,
                 peer = ?decision.source.as_ref().map(ToString::to_string),
                 reason = %decision,
                 "Connection denied"
             );
             return Err(Refusal::Denied);
         }
-        registration.set_allowed_by(decision.ingress_policy().cloned());
-        tracing::debug!(client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
+        let allowed_by = match direction {
+            Direction::Ingress => decision.ingress_policy(),
+            Direction::Egress => decision.egress_policy(),
+        };
+        registration.set_allowed_by(allowed_by.cloned());
+        tracing::debug!(?direction, client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
         Ok(registration)
     }
 
@@ -160,9 +208,10 @@ impl Enforcer {
                     .is_some_and(|p| p.ips.contains(&ip)))
     }
 
-    /// Whether an unknown source may be a pod whose Pod event has not arrived yet.
-    fn may_be_a_new_pod(&self, snapshot: &Snapshot, client: ClientAddr) -> bool {
-        let ip = client.0.ip();
+    /// Whether an unknown peer address (the source of an inbound
+    /// connection, the destination of an outbound one) may be a pod whose
+    /// Pod event has not arrived yet.
+    fn may_be_a_new_pod(&self, snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
         if self.waits.unknown_ip.is_zero() || !snapshot.index.pods_with_ip(ip).is_empty() {
             return false;
         }
@@ -190,8 +239,7 @@ impl Enforcer {
     /// control plane, asks it first: an address some pod holds is one
     /// outside this pod's view (any pod that belongs in the view is in it
     /// when the answer comes), decided now on the current snapshot.
-    async fn wait_for_ip(&self, client: ClientAddr) -> Option<Arc<Snapshot>> {
-        let ip = client.0.ip();
+    async fn wait_for_ip(&self, ip: std::net::IpAddr) -> Option<Arc<Snapshot>> {
         let deadline = tokio::time::Instant::now() + self.waits.unknown_ip;
         if let Some(resolver) = &self.resolver {
             if let Ok(Some(true)) = tokio::time::timeout_at(deadline, resolver.is_pod(ip)).await {
@@ -264,6 +312,38 @@ impl Enforcer {
         }
     }
 
+    /// Counts an outbound decision by outcome, deciding policy and destination.
+    fn count_outbound(&self, decision: &Decision) {
+        let policy_label;
+        let (policy, destination) = match &decision.reason {
+            Reason::Egress {
+                egress,
+                destination,
+                ..
+            } => {
+                let policy = match egress {
+                    _ if !decision.allowed => "isolated",
+                    Side::Allowed { policy, .. } => {
+                        policy_label = policy.to_string();
+                        &policy_label
+                    }
+                    _ => "no-policy",
+                };
+                (policy, destination.as_ref())
+            }
+            _ if !decision.allowed => ("isolated", None),
+            Reason::Node => ("node", None),
+            Reason::SamePod => ("same-pod", None),
+            _ => ("no-policy", None),
+        };
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        self.metrics.outbound_decided(outcome, policy, destination);
+    }
+
     /// Whether the port is one the pod declares or a policy selecting it names:
     /// only those get their own label value (a port scan must not make 65,000 series).
     fn port_is_labelled(&self, snapshot: &Snapshot, port: u16) -> bool {
@@ -293,6 +373,13 @@ impl Enforcer {
             _ => None,
         }
     }
+}
+
+/// Whether an original destination is loopback or unspecified: never
+/// captured, so never dialled from the outbound port.
+fn is_local(dst: OrigDstAddr) -> bool {
+    let ip = dst.0.ip().to_canonical();
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// Writes a port number into a small buffer, without allocating.

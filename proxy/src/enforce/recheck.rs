@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use picket_policy::Direction;
 use picket_state::ChangeReason;
 
 use super::Enforcer;
@@ -32,9 +33,9 @@ impl Enforcer {
                 .first()
                 .copied()
                 .unwrap_or(ChangeReason::PolicyModified);
-            let mut killed = 0;
+            let mut killed = [0usize; 2];
             for conn in self.registry.live() {
-                let decision = self.decide(&snapshot, conn.client, conn.dst);
+                let decision = self.decide(&snapshot, conn.direction, conn.client, conn.dst);
                 if decision.allowed {
                     continue;
                 }
@@ -44,8 +45,9 @@ impl Enforcer {
                     // no-op once it is admitted on a newer snapshot.
                     continue;
                 }
-                killed += 1;
+                killed[(conn.direction == Direction::Egress) as usize] += 1;
                 tracing::info!(
+                    direction = ?conn.direction,
                     client.addr = %conn.client,
                     dst.addr = %conn.dst,
                     change = reason.as_str(),
@@ -53,12 +55,14 @@ impl Enforcer {
                     "Connection torn down"
                 );
             }
-            self.metrics.torn_down(reason, killed);
+            self.metrics
+                .torn_down(Direction::Ingress, reason, killed[0]);
+            self.metrics.torn_down(Direction::Egress, reason, killed[1]);
             tracing::debug!(
                 version = snapshot.version,
                 changes = ?snapshot.changes,
                 live = self.registry.len(),
-                torn_down = killed,
+                torn_down = killed[0] + killed[1],
                 took = ?start.elapsed(),
                 "State applied; live connections re-checked"
             );

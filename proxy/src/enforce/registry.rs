@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use picket_policy::PolicyKey;
+use picket_policy::{Direction, PolicyKey};
 
 use crate::net::{ClientAddr, OrigDstAddr};
 
@@ -27,6 +27,7 @@ pub struct Registry {
 
 #[derive(Debug)]
 struct Tracked {
+    direction: Direction,
     client: ClientAddr,
     dst: OrigDstAddr,
     allowed_by: Option<PolicyKey>,
@@ -58,6 +59,8 @@ pub struct Registration {
 /// One live connection as a re-check sees it: a copy taken under the lock.
 #[derive(Clone, Debug)]
 pub struct LiveConnection {
+    /// Inbound (`Ingress`: a peer opened it) or outbound (`Egress`: this pod did).
+    pub direction: Direction,
     /// The client.
     pub client: ClientAddr,
     /// The original destination.
@@ -68,6 +71,8 @@ pub struct LiveConnection {
 /// One live connection, as the admin endpoint shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectionInfo {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
     /// The client.
     pub client: String,
     /// The original destination.
@@ -87,12 +92,18 @@ impl Registry {
     }
 
     /// Registers a connection before it is checked.
-    pub fn register(self: &Arc<Self>, client: ClientAddr, dst: OrigDstAddr) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        direction: Direction,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Kill::default());
         self.lock().insert(
             id,
             Tracked {
+                direction,
                 client,
                 dst,
                 allowed_by: None,
@@ -112,6 +123,7 @@ impl Registry {
         self.lock()
             .values()
             .map(|t| LiveConnection {
+                direction: t.direction,
                 client: t.client,
                 dst: t.dst,
                 kill: t.kill.clone(),
@@ -121,10 +133,10 @@ impl Registry {
 
     /// Re-checks every live connection; tells those no longer allowed to
     /// reset, and returns how many were.
-    pub fn recheck(&self, mut allowed: impl FnMut(ClientAddr, OrigDstAddr) -> bool) -> usize {
+    pub fn recheck(&self, mut allowed: impl FnMut(&LiveConnection) -> bool) -> usize {
         let mut killed = 0;
         for conn in self.live() {
-            if !allowed(conn.client, conn.dst) {
+            if !allowed(&conn) {
                 conn.kill();
                 killed += 1;
             }
@@ -145,19 +157,32 @@ impl Registry {
     /// The live connections, for the admin endpoint (copied under the lock,
     /// formatted outside it).
     pub fn list(&self) -> Vec<ConnectionInfo> {
-        let copied: Vec<(ClientAddr, OrigDstAddr, Option<PolicyKey>, Instant)> = self
+        type Copied = (
+            Direction,
+            ClientAddr,
+            OrigDstAddr,
+            Option<PolicyKey>,
+            Instant,
+        );
+        let copied: Vec<Copied> = self
             .lock()
             .values()
-            .map(|t| (t.client, t.dst, t.allowed_by.clone(), t.opened))
+            .map(|t| (t.direction, t.client, t.dst, t.allowed_by.clone(), t.opened))
             .collect();
         let mut out: Vec<ConnectionInfo> = copied
             .into_iter()
-            .map(|(client, dst, allowed_by, opened)| ConnectionInfo {
-                client: client.to_string(),
-                destination: dst.to_string(),
-                allowed_by: allowed_by.as_ref().map(ToString::to_string),
-                age_seconds: opened.elapsed().as_secs_f64(),
-            })
+            .map(
+                |(direction, client, dst, allowed_by, opened)| ConnectionInfo {
+                    direction: match direction {
+                        Direction::Ingress => "inbound",
+                        Direction::Egress => "outbound",
+                    },
+                    client: client.to_string(),
+                    destination: dst.to_string(),
+                    allowed_by: allowed_by.as_ref().map(ToString::to_string),
+                    age_seconds: opened.elapsed().as_secs_f64(),
+                },
+            )
             .collect();
         out.sort_by(|a, b| a.client.cmp(&b.client));
         out
@@ -246,10 +271,10 @@ mod tests {
         let registry = Registry::new();
         let (a, dst) = addrs("10.0.0.2:1000");
         let (b, _) = addrs("10.0.0.3:1000");
-        let keep = registry.register(a, dst);
-        let kill = registry.register(b, dst);
+        let keep = registry.register(Direction::Ingress, a, dst);
+        let kill = registry.register(Direction::Egress, b, dst);
         assert_eq!(registry.len(), 2);
-        let killed = registry.recheck(|client, _| client == a);
+        let killed = registry.recheck(|conn| conn.client == a);
         assert_eq!(killed, 1);
         tokio::time::timeout(Duration::from_secs(5), kill.killed())
             .await

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use picket_policy::convert::namespace_with_labels;
-use picket_policy::{Labels, NodeAddrs, PodKey};
+use picket_policy::{Direction, Labels, NodeAddrs, PodKey};
 use picket_state::files::parse_manifest;
 use picket_state::{Kind, Object, StateWriter};
 
@@ -103,7 +103,7 @@ async fn a_new_pods_first_connection_survives_unrelated_churn() {
     let dst = OrigDstAddr(addr("10.0.0.1:8080"));
     let admission = tokio::spawn({
         let enforcer = enforcer.clone();
-        async move { enforcer.admit(client, dst).await }
+        async move { enforcer.admit(Direction::Ingress, client, dst).await }
     });
     // Unrelated changes every 10 ms while the connection waits for its pod:
     // each re-check sees it registered and (the pod unknown) denied.
@@ -132,7 +132,9 @@ async fn a_connection_to_an_address_not_the_pods_own_is_refused() {
     let web = ClientAddr(addr("10.0.0.9:40000"));
     // Loopback, another pod's address: never dialled, whatever the policies say.
     for foreign in ["127.0.0.1:6060", "10.0.0.7:8080", "[::1]:6060"] {
-        let refused = enforcer.admit(web, OrigDstAddr(addr(foreign))).await;
+        let refused = enforcer
+            .admit(Direction::Ingress, web, OrigDstAddr(addr(foreign)))
+            .await;
         assert_eq!(
             refused.err(),
             Some(Refusal::ForeignDestination),
@@ -171,15 +173,142 @@ async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wa
     let client = ClientAddr(addr("10.0.7.7:40000"));
     let dst = OrigDstAddr(addr("10.0.0.1:8080"));
     // A deadline far below the wait: a connection held for the wait fails it.
-    let decided = tokio::time::timeout(Duration::from_secs(60), enforcer.admit(client, dst))
-        .await
-        .expect("decided without waiting out the unknown-IP wait");
+    let decided = tokio::time::timeout(
+        Duration::from_secs(60),
+        enforcer.admit(Direction::Ingress, client, dst),
+    )
+    .await
+    .expect("decided without waiting out the unknown-IP wait");
     assert_eq!(decided.err(), Some(Refusal::Denied));
     let text = enforcer.metrics.encode(true);
     assert!(
         !text
             .lines()
             .any(|l| l.starts_with("picket_unknown_ip_waits_total{") && !l.ends_with(" 0")),
+        "{text}"
+    );
+}
+
+/// shop/api may dial only pods labelled app=web, on 8080.
+const API_EGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-out, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}]
+"#;
+
+fn apply(writer: &mut StateWriter, yaml: &str) {
+    for object in objects(yaml) {
+        writer.apply(object);
+    }
+    writer.commit();
+}
+
+#[tokio::test]
+async fn outbound_connections_are_decided_by_this_pods_egress_side() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, WEB);
+    apply(&mut writer, API_EGRESS);
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let web = OrigDstAddr(addr("10.0.5.5:8080"));
+    enforcer
+        .admit(Direction::Egress, me, web)
+        .await
+        .expect("app=web on 8080 is allowed");
+    for denied in ["10.0.5.5:9090", "198.51.100.7:443"] {
+        let refused = enforcer
+            .admit(Direction::Egress, me, OrigDstAddr(addr(denied)))
+            .await;
+        assert_eq!(refused.err(), Some(Refusal::Denied), "{denied}");
+    }
+    // The receiver's view of the same pair stays the ingress one: api
+    // admits only app=web, and a denial there says nothing of egress.
+    let text = enforcer.metrics.encode(true);
+    for line in [
+        r#"picket_outbound_connections_total{destination="shop/web",outcome="allowed",policy="shop/api-out"} 1"#,
+        r#"picket_outbound_connections_total{destination="shop/web",outcome="denied",policy="isolated"} 1"#,
+        r#"picket_outbound_connections_total{destination="external",outcome="denied",policy="isolated"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn an_outbound_connection_to_loopback_is_never_dialled() {
+    let (enforcer, _writer) = enforcer(Duration::ZERO);
+    let me = ClientAddr(addr("127.0.0.1:40000"));
+    for local in ["127.0.0.1:15001", "[::1]:80", "0.0.0.0:80"] {
+        let refused = enforcer
+            .admit(Direction::Egress, me, OrigDstAddr(addr(local)))
+            .await;
+        assert_eq!(refused.err(), Some(Refusal::Loop), "{local}");
+    }
+    let text = enforcer.metrics.encode(true);
+    assert!(
+        text.contains("picket_outbound_refused_total{reason=\"loop\"} 3"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_outbound_connection_to_a_new_pod_waits_for_its_pod() {
+    let (enforcer, mut writer) = enforcer(Duration::from_secs(30));
+    apply(&mut writer, API_EGRESS);
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let web = OrigDstAddr(addr("10.0.5.5:8080"));
+    let admission = tokio::spawn({
+        let enforcer = enforcer.clone();
+        async move { enforcer.admit(Direction::Egress, me, web).await }
+    });
+    churn(&mut writer, 0..3).await;
+    apply(&mut writer, WEB);
+    let decided = tokio::time::timeout(Duration::from_secs(20), admission)
+        .await
+        .expect("decided once the Pod arrives, not at the end of the wait")
+        .unwrap();
+    decided.expect("allowed once its labels are known");
+}
+
+#[tokio::test]
+async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, WEB);
+    tokio::spawn(enforcer.clone().recheck_on_change(Readiness::new()));
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let to_web = enforcer
+        .admit(Direction::Egress, me, OrigDstAddr(addr("10.0.5.5:8080")))
+        .await
+        .expect("not isolated yet");
+    let outside = enforcer
+        .admit(Direction::Egress, me, OrigDstAddr(addr("198.51.100.7:443")))
+        .await
+        .expect("not isolated yet");
+    let from_web = enforcer
+        .admit(
+            Direction::Ingress,
+            ClientAddr(addr("10.0.5.5:50000")),
+            OrigDstAddr(addr("10.0.0.1:8080")),
+        )
+        .await
+        .expect("ingress allows app=web");
+    apply(&mut writer, API_EGRESS);
+    tokio::time::timeout(Duration::from_secs(20), outside.killed())
+        .await
+        .expect("the egress policy forbids the outside address: torn down");
+    for (what, kept) in [("to web", &to_web), ("from web", &from_web)] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), kept.killed())
+                .await
+                .is_err(),
+            "{what} is still allowed"
+        );
+    }
+    let text = enforcer.metrics.encode(true);
+    assert!(
+        text.contains("picket_outbound_teardowns_total{reason=\"policy-added\"} 1"),
         "{text}"
     );
 }

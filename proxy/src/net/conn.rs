@@ -1,11 +1,14 @@
-//! One inbound connection: original destination, loop guard, admission by
-//! the enforcer (registration and decision), then relay or reset; a
-//! re-check can reset it at any time.
+//! One connection, inbound (redirected from PREROUTING: a peer dials this
+//! pod) or outbound (captured in OUTPUT: this pod dials out): original
+//! destination, loop guard, admission by the enforcer (registration and
+//! decision), then relay or reset; a re-check can reset it at any time.
+//! Both directions share every step but the guards and the decision.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use picket_policy::Direction;
 use tokio::net::TcpStream;
 
 use super::orig_dst::{orig_dst, reset};
@@ -26,9 +29,11 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Everything an inbound connection needs, shared by all of them.
+/// Everything the connections of one direction need, shared by all of them.
 #[derive(Debug)]
-pub struct Inbound {
+pub struct Proxy {
+    /// `Ingress`: inbound connections; `Egress`: captured outbound ones.
+    pub direction: Direction,
     /// Admission and teardown (the policy side of every connection).
     pub enforcer: Arc<Enforcer>,
     /// The proxy's own ports: a connection to them is reset, never dialled.
@@ -43,9 +48,9 @@ pub struct Inbound {
     pub bytes: RelayCounters,
 }
 
-// === impl Inbound ===
+// === impl Proxy ===
 
-impl Inbound {
+impl Proxy {
     /// Handles one accepted connection to its end.
     pub async fn handle(self: Arc<Self>, stream: TcpStream, client: ClientAddr) {
         let _active = ActiveGuard::new(&self.active);
@@ -58,13 +63,13 @@ impl Inbound {
                 return;
             }
         };
-        if self.own_ports.contains(&dst.0.port()) {
+        if self.direction == Direction::Ingress && self.own_ports.contains(&dst.0.port()) {
             self.refused("own-port");
             tracing::debug!(client.addr = %client, dst.addr = %dst, "Connection to the proxy's own port; reset");
             reset(stream);
             return;
         }
-        let Ok(registration) = self.enforcer.admit(client, dst).await else {
+        let Ok(registration) = self.enforcer.admit(self.direction, client, dst).await else {
             reset(stream);
             return;
         };
@@ -83,7 +88,7 @@ impl Inbound {
                     "connect-other"
                 };
                 self.metrics.relay_errors.with_label_values(&[kind]).inc();
-                tracing::info!(dst.addr = %dst, %error, "App connect failed; reset");
+                tracing::info!(direction = ?self.direction, dst.addr = %dst, %error, "Connect failed; reset");
                 reset(stream);
                 return;
             }
@@ -92,7 +97,7 @@ impl Inbound {
                     .relay_errors
                     .with_label_values(&["connect-timeout"])
                     .inc();
-                tracing::info!(dst.addr = %dst, timeout = ?self.limits.connect_timeout, "App connect timed out; reset");
+                tracing::info!(direction = ?self.direction, dst.addr = %dst, timeout = ?self.limits.connect_timeout, "Connect timed out; reset");
                 reset(stream);
                 return;
             }
@@ -101,12 +106,13 @@ impl Inbound {
         // The accepted socket inherits TCP_NODELAY from the listener.
         let _ = upstream.set_nodelay(true);
         let opened = Instant::now();
-        self.metrics.open.inc();
+        let open = self.metrics.open_of(self.direction);
+        open.inc();
         let outcome = tokio::select! {
             result = relay(&client_stream, &upstream, self.limits.idle_timeout, &self.bytes) => Some(result),
             () = registration.killed() => None,
         };
-        self.metrics.open.dec();
+        open.dec();
         self.metrics
             .duration
             .observe(opened.elapsed().as_secs_f64());
@@ -146,7 +152,10 @@ impl Inbound {
     }
 
     fn refused(&self, reason: &str) {
-        self.metrics.refused.with_label_values(&[reason]).inc();
+        self.metrics
+            .refused_of(self.direction)
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 

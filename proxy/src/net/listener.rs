@@ -1,7 +1,10 @@
-//! The inbound listeners and their accept loops.
+//! The listeners and their accept loops.
 //!
-//! The listeners bind the wildcard address: REDIRECT rewrites the destination
-//! to the incoming interface's address, never loopback.
+//! The inbound listeners bind the wildcard address: REDIRECT in PREROUTING
+//! rewrites the destination to the incoming interface's address, never
+//! loopback. The outbound listeners bind loopback only: REDIRECT in OUTPUT
+//! rewrites the destination to it, and nothing from outside the pod can
+//! reach them.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 
-use super::conn::Inbound;
+use super::conn::Proxy;
 use super::orig_dst::reset;
 use super::ClientAddr;
 pub use picket_common::accept::accept_loop;
@@ -41,13 +44,23 @@ pub fn bind_inbound(port: u16) -> io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// Binds the outbound port on 127.0.0.1 and, when the kernel has IPv6, on [::1].
+pub fn bind_outbound(port: u16) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = vec![bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?];
+    match bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {
+        Ok(l) => listeners.push(l),
+        Err(error) => tracing::debug!(%error, "No IPv6 outbound listener"),
+    }
+    Ok(listeners)
+}
+
 /// Accepts connections forever, one task each; over the limit, resets.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
+pub async fn serve(listener: TcpListener, inbound: Arc<Proxy>) {
     accept_loop(&listener, |stream, peer| {
         if inbound.active.load(Ordering::Relaxed) >= inbound.limits.max_connections {
             inbound
                 .metrics
-                .refused
+                .refused_of(inbound.direction)
                 .with_label_values(&["over-limit"])
                 .inc();
             tracing::warn!(client.addr = %peer, limit = inbound.limits.max_connections, "Connection limit reached; reset");
