@@ -192,6 +192,18 @@ impl Lab {
         IpAddr::V4(Ipv4Addr::new(192, 168, self.subnet, 1))
     }
 
+    /// An address outside the pod network (TEST-NET-2, 198.51.100.0/24),
+    /// held by the node namespace on its loopback: what pods reach through
+    /// their gateway as "the internet". `n` picks the host (1 to 254).
+    pub fn add_external(&self, n: u8) -> io::Result<IpAddr> {
+        let addr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, n));
+        self.ip_in(
+            &self.node,
+            &["addr", "add", &format!("{addr}/32"), "dev", "lo"],
+        )?;
+        Ok(addr)
+    }
+
     /// The pods, in the order they were added.
     pub fn pods(&self) -> &[LabPod] {
         &self.pods

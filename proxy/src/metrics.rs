@@ -298,8 +298,15 @@ impl ProxyMetrics {
         }
     }
 
-    /// Records an outbound decision's destination, bounded like peers.
-    pub fn outbound_decided(&self, outcome: &str, policy: &str, destination: Option<&PodKey>) {
+    /// Records an outbound decision, its destination bounded like peers:
+    /// the pod's `namespace/workload`, else `otherwise` (`external`, `node`).
+    pub fn outbound_decided(
+        &self,
+        outcome: &str,
+        policy: &str,
+        destination: Option<&PodKey>,
+        otherwise: &str,
+    ) {
         let label;
         let destination = match destination {
             Some(pod) => {
@@ -308,7 +315,7 @@ impl ProxyMetrics {
                 label = format!("{namespace}/{workload}");
                 &label
             }
-            None => "external",
+            None => otherwise,
         };
         self.outbound
             .connections

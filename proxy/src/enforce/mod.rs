@@ -315,7 +315,7 @@ impl Enforcer {
     /// Counts an outbound decision by outcome, deciding policy and destination.
     fn count_outbound(&self, decision: &Decision) {
         let policy_label;
-        let (policy, destination) = match &decision.reason {
+        let (policy, destination, otherwise) = match &decision.reason {
             Reason::Egress {
                 egress,
                 destination,
@@ -329,19 +329,20 @@ impl Enforcer {
                     }
                     _ => "no-policy",
                 };
-                (policy, destination.as_ref())
+                (policy, destination.as_ref(), "external")
             }
-            _ if !decision.allowed => ("isolated", None),
-            Reason::Node => ("node", None),
-            Reason::SamePod => ("same-pod", None),
-            _ => ("no-policy", None),
+            _ if !decision.allowed => ("isolated", None, "external"),
+            Reason::Node => ("node", None, "node"),
+            Reason::SamePod => ("same-pod", Some(&self.pod), "external"),
+            _ => ("no-policy", None, "external"),
         };
         let outcome = if decision.allowed {
             "allowed"
         } else {
             "denied"
         };
-        self.metrics.outbound_decided(outcome, policy, destination);
+        self.metrics
+            .outbound_decided(outcome, policy, destination, otherwise);
     }
 
     /// Whether the port is one the pod declares or a policy selecting it names:

@@ -123,20 +123,43 @@ impl Cluster {
 
     /// The same, with the sidecar's flags (its state source among them) given whole.
     pub fn server_with(&self, name: &str, ready: bool, args: &[&str]) -> Server {
+        self.server_with_init(name, ready, &[], args)
+    }
+
+    /// A pod whose init also captures its outbound connections, reading
+    /// the cluster from the watched directory.
+    pub fn start_capturing(&self, name: &str) -> Server {
+        let dir = self.dir.path().to_string_lossy();
+        self.server_with_init(
+            name,
+            true,
+            &["--outbound-capture", "on"],
+            &["--cluster-dir", &dir],
+        )
+    }
+
+    /// The same, with more flags for init.
+    pub fn server_with_init(
+        &self,
+        name: &str,
+        ready: bool,
+        init_args: &[&str],
+        args: &[&str],
+    ) -> Server {
         let (pod, ns, _) = &self.pods[name];
         let node_file = self.state.path().join(name).join("node");
         let excluded = EXCLUDED_PORT.to_string();
-        let out = run_init(
-            &self.binary,
-            pod,
-            &[
-                "--node-file",
-                node_file.to_str().unwrap(),
-                "--exclude-inbound-ports",
-                &excluded,
-            ],
-        )
-        .unwrap();
+        let host_ip = self.lab.host_ip().to_string();
+        let mut init = vec![
+            "--node-file",
+            node_file.to_str().unwrap(),
+            "--exclude-inbound-ports",
+            &excluded,
+            "--host-ip",
+            &host_ip,
+        ];
+        init.extend_from_slice(init_args);
+        let out = run_init(&self.binary, pod, &init).unwrap();
         assert!(
             out.status.success(),
             "init failed: {}",

@@ -1,0 +1,229 @@
+//! End to end, outbound: a pod whose init captures its outbound
+//! connections, the real sidecar deciding them by the pod's egress
+//! policies at the source, toward pods without a sidecar and toward an
+//! address outside the pod network. Needs root; one at a time.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use picket_lab::app::EchoServer;
+use picket_lab::proxy::connect_from;
+use support::*;
+
+const DENY_EGRESS: &str = "{podSelector: {}, policyTypes: [Egress]}";
+
+/// client (captures its outbound connections), db (app=db, no sidecar).
+fn cluster() -> Cluster {
+    Cluster::new(&[
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "db", &[("app", "db")]),
+    ])
+}
+
+/// Dials `to` from the client pod's namespace, as its app would.
+fn dial(c: &Cluster, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    let stream = connect_from(&c.pod("client").netns, None, to)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+fn reaches(c: &Cluster, to: SocketAddr) -> bool {
+    dial(c, to).is_ok_and(|mut s| echoes(&mut s))
+}
+
+fn assert_reset_at(c: &Cluster, to: SocketAddr) {
+    match dial(c, to) {
+        Ok(mut s) => assert_reset(&mut s),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{to}: expected a reset, got {e}"),
+    }
+}
+
+#[test]
+fn default_deny_egress_is_enforced_at_the_source_and_rules_open_exactly_what_they_name() {
+    if !lab_available() {
+        return;
+    }
+    let c = cluster();
+    let internet = c.lab.add_external(10).unwrap();
+    let elsewhere = c.lab.add_external(11).unwrap();
+    let node = c.lab.node_netns().to_string();
+    let outside = EchoServer::start(&node, SocketAddr::new(internet, APP_PORT)).unwrap();
+    let outside_tls = EchoServer::start(&node, SocketAddr::new(internet, 8443)).unwrap();
+    let other = EchoServer::start(&node, SocketAddr::new(elsewhere, APP_PORT)).unwrap();
+    let db_ip = c.pod("db").ip;
+    let db = EchoServer::start(&c.pod("db").netns, SocketAddr::new(db_ip, APP_PORT)).unwrap();
+    let db_admin = EchoServer::start(&c.pod("db").netns, SocketAddr::new(db_ip, 9090)).unwrap();
+    c.write("deny.yaml", &policy("shop", "deny-egress", DENY_EGRESS));
+    let client = c.start_capturing("client");
+    // A re-run (the pod restarted) refills the chain and adds no second jump.
+    let node_file = c.state.path().join("client").join("node");
+    let rerun = picket_lab::proxy::run_init(
+        &c.binary,
+        c.pod("client"),
+        &[
+            "--node-file",
+            node_file.to_str().unwrap(),
+            "--outbound-capture",
+            "on",
+        ],
+    )
+    .unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let saved = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &c.pod("client").netns,
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .output()
+        .unwrap();
+    let saved = String::from_utf8_lossy(&saved.stdout);
+    assert_eq!(
+        saved
+            .lines()
+            .filter(|l| *l == picket_proxy::iptables::OUTBOUND_JUMP)
+            .count(),
+        1,
+        "{saved}"
+    );
+
+    // Default deny: neither the internet nor a pod without a sidecar.
+    assert_reset_at(&c, SocketAddr::new(internet, APP_PORT));
+    assert_reset_at(&c, SocketAddr::new(db_ip, APP_PORT));
+    assert_eq!(outside.accepted() + db.accepted(), 0, "nothing was dialled");
+
+    // An ipBlock for one address and port opens exactly that.
+    c.write(
+        "internet.yaml",
+        &policy(
+            "shop",
+            "to-internet",
+            &format!("{{podSelector: {{matchLabels: {{role: client}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: {internet}/32}}}}], ports: [{{port: {APP_PORT}}}]}}]}}"),
+        ),
+    );
+    eventually("the ipBlock rule applies", READY, || {
+        reaches(&c, SocketAddr::new(internet, APP_PORT))
+    });
+    assert_reset_at(&c, SocketAddr::new(internet, 8443));
+    assert_reset_at(&c, SocketAddr::new(elsewhere, APP_PORT));
+    assert_reset_at(&c, SocketAddr::new(db_ip, APP_PORT));
+    assert_eq!(outside_tls.accepted() + other.accepted() + db.accepted(), 0);
+
+    // A named port resolves on the destination pod: `http` is its 8080.
+    c.write(
+        "db.yaml",
+        &policy(
+            "shop",
+            "to-db",
+            "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: db}}}], ports: [{port: http}]}]}",
+        ),
+    );
+    eventually("the named-port rule applies", READY, || {
+        reaches(&c, SocketAddr::new(db_ip, APP_PORT))
+    });
+    assert_reset_at(&c, SocketAddr::new(db_ip, 9090));
+    assert_eq!(db_admin.accepted(), 0);
+    assert!(
+        metric(
+            &client.pod,
+            "picket_outbound_connections_total{destination=\"external\",outcome=\"denied\""
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            &client.pod,
+            "picket_outbound_connections_total{destination=\"shop/db\",outcome=\"allowed\""
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn a_live_outbound_connection_is_reset_at_both_ends_when_egress_forbids_it() {
+    if !lab_available() {
+        return;
+    }
+    let c = cluster();
+    let internet = c.lab.add_external(10).unwrap();
+    let outside =
+        EchoServer::start(c.lab.node_netns(), SocketAddr::new(internet, APP_PORT)).unwrap();
+    let client = c.start_capturing("client");
+    let mut live = dial(&c, SocketAddr::new(internet, APP_PORT)).unwrap();
+    assert!(echoes(&mut live), "not isolated: allowed");
+    live.set_read_timeout(Some(READY)).unwrap();
+    c.write("deny.yaml", &policy("shop", "deny-egress", DENY_EGRESS));
+    assert!(read_reset(&mut live), "the app's connection is reset");
+    eventually("the destination sees the reset", READY, || {
+        outside.resets() == 1
+    });
+    assert_eq!(
+        metric(
+            &client.pod,
+            "picket_outbound_teardowns_total{reason=\"policy-added\"}"
+        ),
+        1.0
+    );
+}
+
+/// The sum of a metric's series, read from the sidecar's local admin port
+/// (loopback: never captured, so reading counts no connection).
+fn local_metric(pod: &picket_lab::LabPod, name: &str) -> f64 {
+    let (_, text) = picket_lab::proxy::http_get(
+        &pod.netns,
+        SocketAddr::from(([127, 0, 0, 1], picket_common::LOCAL_ADMIN_PORT)),
+        "/metrics",
+    )
+    .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each() {
+    if !lab_available() {
+        return;
+    }
+    let c = cluster();
+    let client_only = "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress]}";
+    c.write("deny.yaml", &policy("shop", "deny-egress", client_only));
+    let client = c.start_capturing("client");
+    let pod = &client.pod;
+    let me = SocketAddr::new(pod.ip, APP_PORT);
+    let (inbound, outbound) = (
+        "picket_inbound_connections_total",
+        "picket_outbound_connections_total",
+    );
+    // (Waiting for readiness dialled the pod's own admin port: counted.)
+    let outbound_before = local_metric(pod, outbound);
+    // The pod to itself: captured once (outbound), never redirected inbound.
+    let mut s = dial(&c, me).unwrap();
+    assert!(echoes(&mut s), "a pod may always reach itself");
+    drop(s);
+    assert_eq!(local_metric(pod, outbound) - outbound_before, 1.0);
+    assert!(
+        local_metric(
+            pod,
+            "picket_outbound_connections_total{destination=\"shop/client\",outcome=\"allowed\",policy=\"same-pod\"}"
+        ) >= 1.0
+    );
+    assert_eq!(local_metric(pod, inbound), 0.0);
+    // A peer to the pod: redirected inbound once; the proxy's own
+    // connection to its app is not captured on the way out.
+    let mut s = c.connect("db", "client", APP_PORT);
+    assert!(echoes(&mut s), "the client pod admits every peer");
+    drop(s);
+    assert_eq!(local_metric(pod, inbound), 1.0);
+    assert_eq!(local_metric(pod, outbound) - outbound_before, 1.0);
+    assert_eq!(client.echo.accepted(), 2);
+}
