@@ -161,6 +161,13 @@ pub struct InjectArgs {
     /// The proxy's local admin port (127.0.0.1).
     #[arg(long, env = "PICKET_INJECTOR_PROXY_LOCAL_ADMIN_PORT", default_value_t = DEFAULT_LOCAL_ADMIN_PORT)]
     pub proxy_local_admin_port: u16,
+    /// The proxy's outbound port (bound on loopback; captured connections arrive there).
+    #[arg(long, env = "PICKET_INJECTOR_PROXY_OUTBOUND_PORT", default_value_t = picket_common::OUTBOUND_PORT)]
+    pub proxy_outbound_port: u16,
+    /// Whether pods' outbound connections are captured (egress enforced at
+    /// the source); a pod may opt out with `picket.io/outbound-capture: disabled`.
+    #[arg(long, env = "PICKET_INJECTOR_OUTBOUND_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub outbound_capture: bool,
     /// Inbound ports that bypass the proxy in every pod, comma-separated.
     #[arg(
         long,
@@ -365,12 +372,13 @@ impl InjectArgs {
             self.proxy_inbound_port,
             self.proxy_admin_port,
             self.proxy_local_admin_port,
+            self.proxy_outbound_port,
         ];
-        if ports.contains(&0)
-            || ports[0] == ports[1]
-            || ports[1] == ports[2]
-            || ports[0] == ports[2]
-        {
+        let distinct = ports
+            .iter()
+            .enumerate()
+            .all(|(i, p)| !ports[..i].contains(p));
+        if ports.contains(&0) || !distinct {
             return Err(format!(
                 "proxy ports must be distinct and non-zero, got {ports:?}"
             ));
@@ -383,7 +391,9 @@ impl InjectArgs {
             inbound_port: self.proxy_inbound_port,
             admin_port: self.proxy_admin_port,
             local_admin_port: self.proxy_local_admin_port,
+            outbound_port: self.proxy_outbound_port,
             exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            outbound_capture: self.outbound_capture,
             resources,
             iptables_backend: self.iptables_backend.clone(),
             proxy_log_level: self.proxy_log_level.clone(),

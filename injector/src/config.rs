@@ -89,8 +89,12 @@ pub struct InjectConfig {
     pub admin_port: u16,
     /// The proxy's local admin port (127.0.0.1).
     pub local_admin_port: u16,
+    /// The proxy's outbound port (loopback).
+    pub outbound_port: u16,
     /// Inbound ports that bypass the proxy in every pod.
     pub exclude_inbound_ports: Vec<u16>,
+    /// Whether init captures pods' outbound connections (a pod may opt out).
+    pub outbound_capture: bool,
     /// The proxy's resources (a pod can override each).
     pub resources: Resources,
     /// `--backend` of `picket-proxy init`: auto, nft or legacy.
@@ -173,6 +177,8 @@ impl InjectConfig {
             admin_port: DEFAULT_ADMIN_PORT,
             local_admin_port: DEFAULT_LOCAL_ADMIN_PORT,
             exclude_inbound_ports: Vec::new(),
+            outbound_port: picket_common::OUTBOUND_PORT,
+            outbound_capture: true,
             resources: Resources::default(),
             iptables_backend: "auto".into(),
             proxy_log_level: None,

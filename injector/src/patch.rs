@@ -106,6 +106,12 @@ pub const DISABLED: &str = "disabled";
 pub const STATUS_KEY: &str = "picket.io/status";
 /// Annotation: inbound ports that bypass the proxy, comma-separated.
 pub const EXCLUDE_INBOUND_PORTS_KEY: &str = "picket.io/exclude-inbound-ports";
+/// Annotation: `disabled` turns outbound capture off for the pod.
+pub const OUTBOUND_CAPTURE_KEY: &str = "picket.io/outbound-capture";
+/// Annotation: outbound destination ports that bypass the proxy, comma-separated.
+pub const EXCLUDE_OUTBOUND_PORTS_KEY: &str = "picket.io/exclude-outbound-ports";
+/// Annotation: outbound destination networks (CIDRs) that bypass the proxy, comma-separated.
+pub const EXCLUDE_OUTBOUND_CIDRS_KEY: &str = "picket.io/exclude-outbound-cidrs";
 /// Annotation: `native` or `container`.
 pub const SIDECAR_MODE_KEY: &str = "picket.io/sidecar-mode";
 /// Annotation: the proxy's CPU request.
@@ -270,6 +276,7 @@ pub struct ForeignContainer {
 struct PodSettings {
     mode: SidecarMode,
     exclude_inbound_ports: Vec<u16>,
+    outbound: Option<OutboundSettings>,
     resources: Resources,
     log_level: Option<String>,
 }
@@ -455,9 +462,14 @@ fn already_injected(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Plan {
     }
 }
 
-/// The ports the proxy listens on: inbound, admin, local admin.
-fn proxy_ports(cfg: &InjectConfig) -> [u16; 3] {
-    [cfg.inbound_port, cfg.admin_port, cfg.local_admin_port]
+/// The ports the proxy listens on: inbound, admin, local admin, outbound.
+fn proxy_ports(cfg: &InjectConfig) -> [u16; 4] {
+    [
+        cfg.inbound_port,
+        cfg.admin_port,
+        cfg.local_admin_port,
+        cfg.outbound_port,
+    ]
 }
 
 fn rejected(rejection: Rejection) -> Plan {
@@ -738,8 +750,15 @@ fn ignored_opt_outs(pod: &Pod, ns: &NamespaceView<'_>) -> Vec<String> {
     if lookup(annotations, INJECT_KEY) == Some(DISABLED) {
         ignored.push(format!("annotation {INJECT_KEY}={DISABLED}"));
     }
-    if lookup(annotations, EXCLUDE_INBOUND_PORTS_KEY).is_some() {
-        ignored.push(format!("annotation {EXCLUDE_INBOUND_PORTS_KEY}"));
+    for key in [
+        EXCLUDE_INBOUND_PORTS_KEY,
+        OUTBOUND_CAPTURE_KEY,
+        EXCLUDE_OUTBOUND_PORTS_KEY,
+        EXCLUDE_OUTBOUND_CIDRS_KEY,
+    ] {
+        if lookup(annotations, key).is_some() {
+            ignored.push(format!("annotation {key}"));
+        }
     }
     ignored
         .into_iter()
@@ -811,6 +830,76 @@ fn lookup<'a>(map: Option<&'a BTreeMap<String, String>>, key: &str) -> Option<&'
     map.and_then(|m| m.get(key)).map(String::as_str)
 }
 
+/// What init's outbound capture leaves alone for one pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OutboundSettings {
+    exclude_ports: Vec<u16>,
+    exclude_cidrs: Vec<ipnet::IpNet>,
+}
+
+// === impl OutboundSettings ===
+
+impl OutboundSettings {
+    /// The pod's outbound capture: `None` when off (the injector's
+    /// configuration, or the pod's `disabled` where its namespace allows
+    /// opt-outs). The control plane's views do not carry egress
+    /// destinations yet, so pods it serves are not captured: their egress is
+    /// enforced at destinations with a sidecar, as before.
+    fn from_pod<'a>(
+        get: &impl Fn(&'static str) -> Option<&'a str>,
+        cfg: &InjectConfig,
+        opt_outs: bool,
+    ) -> Result<Option<Self>, InvalidAnnotation> {
+        let pod_says = |key| get(key).filter(|_| opt_outs);
+        match pod_says(OUTBOUND_CAPTURE_KEY) {
+            None | Some("enabled") => {}
+            Some(DISABLED) => return Ok(None),
+            Some(other) => {
+                return Err(InvalidAnnotation {
+                    key: OUTBOUND_CAPTURE_KEY,
+                    message: format!("{other:?} is neither \"enabled\" nor \"disabled\""),
+                })
+            }
+        }
+        if !cfg.outbound_capture || cfg.control.is_some() {
+            return Ok(None);
+        }
+        let mut settings = Self::default();
+        for item in list(pod_says(EXCLUDE_OUTBOUND_PORTS_KEY)) {
+            let port = item
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InvalidAnnotation {
+                    key: EXCLUDE_OUTBOUND_PORTS_KEY,
+                    message: format!("{item:?} is not a port number (1-65535)"),
+                })?;
+            settings.exclude_ports.push(port);
+        }
+        settings.exclude_ports.sort_unstable();
+        settings.exclude_ports.dedup();
+        for item in list(pod_says(EXCLUDE_OUTBOUND_CIDRS_KEY)) {
+            let net = item
+                .parse::<ipnet::IpNet>()
+                .map_err(|e| InvalidAnnotation {
+                    key: EXCLUDE_OUTBOUND_CIDRS_KEY,
+                    message: format!("{item:?} is not a CIDR such as 10.0.0.0/8: {e}"),
+                })?;
+            settings.exclude_cidrs.push(net.trunc());
+        }
+        Ok(Some(settings))
+    }
+}
+
+/// The non-empty items of a comma-separated annotation.
+fn list(value: Option<&str>) -> impl Iterator<Item = &str> {
+    value
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
 // === impl PodSettings ===
 
 impl PodSettings {
@@ -850,6 +939,7 @@ impl PodSettings {
         }
         exclude_inbound_ports.sort_unstable();
         exclude_inbound_ports.dedup();
+        let outbound = OutboundSettings::from_pod(&get, cfg, opt_outs)?;
 
         let mut resources = cfg.resources.clone();
         for (key, slot) in [
@@ -909,6 +999,7 @@ impl PodSettings {
         Ok(PodSettings {
             mode,
             exclude_inbound_ports,
+            outbound,
             resources,
             log_level,
         })
@@ -1124,6 +1215,7 @@ fn reorder_ops(pod: &Pod) -> Vec<PatchOperation> {
 fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
     let mut env = vec![
         env(vars::INBOUND_PORT, cfg.inbound_port.to_string()),
+        env(vars::OUTBOUND_PORT, cfg.outbound_port.to_string()),
         env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
         // Init reserves all three ports (where /proc/sys is writable).
         env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
@@ -1138,6 +1230,26 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
             .map(u16::to_string)
             .collect();
         env.push(env_var(vars::EXCLUDE_INBOUND_PORTS, ports.join(",")));
+    }
+    if let Some(outbound) = &settings.outbound {
+        // Not `on`: YAML 1.1 readers of a rendered pod would see a boolean.
+        env.push(env_var(vars::OUTBOUND_CAPTURE, "enabled".into()));
+        env.push(env_var(vars::PROXY_UID, cfg.proxy_uid.to_string()));
+        // The node's addresses are never captured (kubelet, node-local services).
+        env.push(field_env(vars::HOST_IP, "status.hostIP"));
+        env.push(field_env(vars::HOST_IPS, "status.hostIPs"));
+        if !outbound.exclude_ports.is_empty() {
+            let ports: Vec<String> = outbound.exclude_ports.iter().map(u16::to_string).collect();
+            env.push(env_var(vars::EXCLUDE_OUTBOUND_PORTS, ports.join(",")));
+        }
+        if !outbound.exclude_cidrs.is_empty() {
+            let nets: Vec<String> = outbound
+                .exclude_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            env.push(env_var(vars::EXCLUDE_OUTBOUND_CIDRS, nets.join(",")));
+        }
     }
     Container {
         name: INIT_CONTAINER.into(),
@@ -1207,6 +1319,7 @@ fn proxy_container(
         // memory (measured: 66 MiB PSS with 10,000 pods, 47 MiB with this).
         env("MALLOC_ARENA_MAX", "1"),
         env(vars::INBOUND_PORT, cfg.inbound_port.to_string()),
+        env(vars::OUTBOUND_PORT, cfg.outbound_port.to_string()),
         env(vars::ADMIN_PORT, cfg.admin_port.to_string()),
         env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
         env(vars::NODE_FILE, NODE_FILE),

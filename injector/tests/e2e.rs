@@ -290,7 +290,10 @@ async fn injects_over_https_and_is_idempotent() {
         .collect();
     assert_eq!(
         reserved,
-        [("net.ipv4.ip_local_reserved_ports", "15000,15006,15020")]
+        [(
+            "net.ipv4.ip_local_reserved_ports",
+            "15000-15001,15006,15020"
+        )]
     );
     let annotations = typed.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations["prometheus.io/scrape"], "true");

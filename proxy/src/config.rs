@@ -242,9 +242,12 @@ pub enum BackendArg {
 /// `--outbound-capture` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutboundArg {
-    /// Capture the pod's outbound TCP connections.
+    /// Capture the pod's outbound TCP connections (also `enabled`).
+    #[value(alias = "enabled")]
     On,
-    /// Leave them alone (egress is then enforced only at destinations with a sidecar).
+    /// Leave them alone (egress is then enforced only at destinations with
+    /// a sidecar; also `disabled`).
+    #[value(alias = "disabled")]
     Off,
 }
 

@@ -484,6 +484,9 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
         (EXCLUDE_INBOUND_PORTS_KEY, "70000"),
         (EXCLUDE_INBOUND_PORTS_KEY, "15006"),
         (SIDECAR_MODE_KEY, "sometimes"),
+        (OUTBOUND_CAPTURE_KEY, "off"),
+        (EXCLUDE_OUTBOUND_PORTS_KEY, "53,dns"),
+        (EXCLUDE_OUTBOUND_CIDRS_KEY, "10.0.0.0/33"),
         (MEMORY_LIMIT_KEY, "lots"),
         (CPU_REQUEST_KEY, "2"),
     ];
@@ -499,6 +502,98 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
         assert!(plan.ops.is_empty());
         assert!(invalid.to_string().contains(key), "{invalid}");
     }
+}
+
+// === outbound capture ===
+
+fn annotated(pairs: &[(&str, &str)]) -> Pod {
+    let mut pod = fixture("plain");
+    pod.metadata.annotations = Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    pod
+}
+
+#[test]
+fn outbound_capture_is_on_with_the_node_addresses_and_the_pods_exclusions() {
+    let pod = annotated(&[
+        (EXCLUDE_OUTBOUND_PORTS_KEY, "5432, 53,5432"),
+        (
+            EXCLUDE_OUTBOUND_CIDRS_KEY,
+            "169.254.169.254/32,10.96.0.7/12",
+        ),
+    ]);
+    let patched = apply(
+        &pod,
+        &plan_allowing_opt_outs(&pod, &InjectConfig::for_test()).ops,
+    );
+    let init = find(&patched, INIT_CONTAINER);
+    assert_eq!(env_value(init, "PICKET_OUTBOUND_CAPTURE"), Some("enabled"));
+    assert_eq!(env_value(init, "PICKET_PROXY_UID"), Some("1337"));
+    assert_eq!(
+        env_value(init, "PICKET_EXCLUDE_OUTBOUND_PORTS"),
+        Some("53,5432")
+    );
+    assert_eq!(
+        env_value(init, "PICKET_EXCLUDE_OUTBOUND_CIDRS"),
+        Some("169.254.169.254/32,10.96.0.0/12")
+    );
+    let host_ip = init
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "HOST_IPS")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(
+        host_ip,
+        Some("status.hostIPs"),
+        "the node is never captured"
+    );
+}
+
+#[test]
+fn a_pod_may_turn_outbound_capture_off_only_where_its_namespace_allows_opt_outs() {
+    let pod = annotated(&[(OUTBOUND_CAPTURE_KEY, "disabled")]);
+    let allowed = apply(
+        &pod,
+        &plan_allowing_opt_outs(&pod, &InjectConfig::for_test()).ops,
+    );
+    assert_eq!(
+        env_value(find(&allowed, INIT_CONTAINER), "PICKET_OUTBOUND_CAPTURE"),
+        None
+    );
+    let plan = plan_in(&pod, &privileged_ns(), &InjectConfig::for_test());
+    let ignored = apply(&pod, &plan.ops);
+    assert_eq!(
+        env_value(find(&ignored, INIT_CONTAINER), "PICKET_OUTBOUND_CAPTURE"),
+        Some("enabled"),
+        "the namespace does not allow opt-outs: still captured"
+    );
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains(OUTBOUND_CAPTURE_KEY)),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn outbound_capture_is_off_when_the_injector_turns_it_off() {
+    let pod = fixture("plain");
+    let off = InjectConfig {
+        outbound_capture: false,
+        ..InjectConfig::for_test()
+    };
+    let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &off).ops);
+    assert_eq!(
+        env_value(find(&patched, INIT_CONTAINER), "PICKET_OUTBOUND_CAPTURE"),
+        None
+    );
 }
 
 // === idempotence ===
@@ -1100,7 +1195,10 @@ fn proxy_ports_are_reserved_in_a_new_security_context() {
         assert_eq!(security_context_paths(&plan), ["/spec/securityContext"]);
         let patched = apply(&pod, &plan.ops);
         check_invariants(&patched);
-        assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "15000,15006,15020")]));
+        assert_eq!(
+            sysctls(&patched),
+            pairs(&[(RESERVED, "15000-15001,15006,15020")])
+        );
     }
 }
 
@@ -1123,7 +1221,10 @@ fn security_context_without_sysctls_keeps_its_fields_and_gets_the_list() {
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.run_as_user, Some(1000));
     assert_eq!(sc.fs_group, Some(2000));
-    assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "15000,15006,15020")]));
+    assert_eq!(
+        sysctls(&patched),
+        pairs(&[(RESERVED, "15000-15001,15006,15020")])
+    );
 }
 
 #[test]
@@ -1166,7 +1267,7 @@ fn pods_own_sysctls_are_kept_and_its_reserved_ports_merged_with_ours() {
         sysctls(&apply(&pod, &plan.ops)),
         pairs(&[
             ("kernel.shm_rmid_forced", "1"),
-            (RESERVED, "15000,15006,15020"),
+            (RESERVED, "15000-15001,15006,15020"),
         ])
     );
 }
@@ -1190,11 +1291,15 @@ fn configured_ports_are_reserved_and_init_gets_the_local_admin_port() {
         inbound_port: 16006,
         admin_port: 16020,
         local_admin_port: 16000,
+        outbound_port: 16001,
         ..InjectConfig::for_test()
     };
     let pod = fixture("plain");
     let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &cfg).ops);
-    assert_eq!(sysctls(&patched), pairs(&[(RESERVED, "16000,16006,16020")]));
+    assert_eq!(
+        sysctls(&patched),
+        pairs(&[(RESERVED, "16000-16001,16006,16020")])
+    );
     let init = find(&patched, INIT_CONTAINER);
     assert_eq!(env_value(init, "PICKET_INBOUND_PORT"), Some("16006"));
     assert_eq!(env_value(init, "PICKET_ADMIN_PORT"), Some("16020"));
@@ -1283,7 +1388,7 @@ fn reinvocation_restores_reserved_ports_another_webhook_dropped() {
         pairs(&[
             ("kernel.shm_rmid_forced", "1"),
             (RANGE, "10000 20000"),
-            (RESERVED, "15000,15006,15020"),
+            (RESERVED, "15000-15001,15006,15020"),
         ])
     );
     assert!(plan_default(&fixed).ops.is_empty());

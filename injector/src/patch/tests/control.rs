@@ -64,6 +64,18 @@ fn plain_pod_in_control_mode() {
 }
 
 #[test]
+fn pods_the_control_plane_serves_are_not_captured_outbound_yet() {
+    // Their views do not carry egress destinations: capturing would deny
+    // what a pod peer of their egress rules allows.
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &control_mode()).ops);
+    assert_eq!(
+        env_value(find(&patched, INIT_CONTAINER), "PICKET_OUTBOUND_CAPTURE"),
+        None
+    );
+}
+
+#[test]
 fn the_proxy_alone_mounts_a_token_for_the_audience_picket() {
     for cfg in [control_mode(), controlled(SidecarMode::Container, CA)] {
         let pod = fixture("plain");
