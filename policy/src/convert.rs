@@ -12,6 +12,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -21,6 +22,10 @@ use super::model::{
     PortSpec, Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
+use super::service::{Endpoint, EndpointSlice, Service, ServicePort};
+
+/// The label naming the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The label every namespace carries, set by the API server.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -223,6 +228,114 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
         uid: p.metadata.uid.as_deref().unwrap_or_default().into(),
         sidecar: spec.is_some_and(runs_sidecar),
         service_account: service_account(spec).into(),
+    })
+}
+
+/// Compiles a Service: its ClusterIPs (none when headless, `None`, or an
+/// ExternalName) and ports (protocol defaulting to TCP).
+pub fn service(s: &core::Service) -> Result<Service, InvalidField> {
+    let key = key_of(&s.metadata)?;
+    let spec = s.spec.as_ref();
+    let external = spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName");
+    let mut listed: Vec<&str> = spec
+        .and_then(|s| s.cluster_ips.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    if listed.is_empty() {
+        listed.extend(spec.and_then(|s| s.cluster_ip.as_deref()));
+    }
+    let mut cluster_ips = Vec::new();
+    for (i, text) in listed.into_iter().enumerate() {
+        if external || text.is_empty() || text == "None" {
+            continue;
+        }
+        cluster_ips.push(ip(text, &format!("spec.clusterIPs[{i}]"))?);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let field = format!("spec.ports[{i}]");
+        ports.push(ServicePort {
+            name: p.name.as_deref().filter(|n| !n.is_empty()).map(Into::into),
+            port: port_number(p.port, &format!("{field}.port"))?,
+            protocol: protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
+        });
+    }
+    Ok(Service {
+        key,
+        cluster_ips,
+        ports,
+    })
+}
+
+/// Compiles an EndpointSlice: its Service (label
+/// `kubernetes.io/service-name`), target ports and endpoints; addresses of
+/// an FQDN slice are not IPs and are left out.
+pub fn endpoint_slice(s: &discovery::EndpointSlice) -> Result<EndpointSlice, InvalidField> {
+    let key = key_of(&s.metadata)?;
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|n| !n.is_empty())
+        .map(|name| ObjectKey::new(&key.namespace, name));
+    let mut ports = Vec::new();
+    for (i, p) in s.ports.as_deref().unwrap_or_default().iter().enumerate() {
+        let field = format!("ports[{i}]");
+        // A port without a number: the Service's targetPort names a port no
+        // endpoint declares; it resolves to nothing.
+        let Some(number) = p.port else {
+            continue;
+        };
+        ports.push(ServicePort {
+            name: p.name.as_deref().filter(|n| !n.is_empty()).map(Into::into),
+            port: port_number(number, &format!("{field}.port"))?,
+            protocol: protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
+        });
+    }
+    let fqdn = s.address_type == "FQDN";
+    let mut endpoints = Vec::new();
+    for (i, e) in s
+        .endpoints
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let mut addresses = Vec::new();
+        for (j, a) in e.addresses.iter().enumerate() {
+            if !fqdn {
+                addresses.push(ip(a, &format!("endpoints[{i}].addresses[{j}]"))?);
+            }
+        }
+        let pod = e
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| {
+                Some(ObjectKey::new(
+                    r.namespace.as_deref().unwrap_or(&key.namespace),
+                    r.name.as_deref()?,
+                ))
+            });
+        endpoints.push(Endpoint {
+            addresses,
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            pod,
+        });
+    }
+    Ok(EndpointSlice {
+        key,
+        service,
+        ports,
+        endpoints,
     })
 }
 

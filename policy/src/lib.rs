@@ -9,6 +9,7 @@ pub mod eval;
 pub mod index;
 pub mod model;
 pub mod selector;
+pub mod service;
 pub mod shards;
 pub mod toward;
 pub mod trace;
@@ -20,6 +21,7 @@ pub use model::{
     PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
 pub use selector::{Labels, Selector};
+pub use service::{Endpoint, EndpointSlice, Resolved, Service, ServiceIndex, ServicePort};
 pub use toward::{EgressToward, EgressTowardMe, TowardRule};
 pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
 

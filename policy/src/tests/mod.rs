@@ -1241,3 +1241,4 @@ fn keys_hash_once_and_compare_by_their_names() {
 }
 
 mod outbound;
+mod services;
