@@ -542,6 +542,8 @@ pub fn may_change(
                     || ingress.selects_namespaces()
             }
             Kind::Pod => pod_may_change(index, me, &ingress, key, held),
+            // Views hold no Services (the control plane watches none yet).
+            Kind::Service | Kind::EndpointSlice => false,
         }
     })
 }

@@ -218,7 +218,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         (None, _) => {
             let client = picket_state::kube::client(args.kubeconfig.as_ref()).await?;
             spawn_source(
-                KubeSource::new(client, metrics.watch_restarts.clone()),
+                KubeSource::new(client, metrics.watch_restarts.clone()).with_services(),
                 writer,
             );
         }

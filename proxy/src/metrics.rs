@@ -16,7 +16,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use picket_policy::{Direction, IndexCounts, PodKey};
+use picket_policy::{Direction, PodKey};
 use picket_state::{ChangeReason, Kind};
 
 /// The default limit on distinct peer namespaces and workloads in labels.
@@ -256,14 +256,14 @@ impl ProxyMetrics {
     }
 
     /// Records an applied state update.
-    pub fn state_applied(&self, counts: IndexCounts) {
+    pub fn state_applied(&self, snapshot: &picket_state::Snapshot) {
         self.state_updates.inc();
         self.last_update_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         for kind in Kind::ALL {
             self.state_objects
                 .with_label_values(&[kind.label()])
-                .set(kind.count(&counts) as i64);
+                .set(kind.count(snapshot) as i64);
         }
     }
 

@@ -2,7 +2,8 @@
 //! read into the engine's model.
 //!
 //! Does file I/O; the parsing of one file's text (`parse_manifest`) is pure.
-//! Namespaces, Pods and NetworkPolicies are read as they are; workloads
+//! Namespaces, Pods, NetworkPolicies, Services and EndpointSlices are read
+//! as they are; workloads
 //! (Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController,
 //! Job, CronJob) each become one representative pod built from their
 //! template; `kind: List` (and `*List`) is unwrapped; other kinds are skipped
@@ -19,7 +20,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 
 use picket_policy::convert::{self, InvalidField};
-use picket_policy::{Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex};
+use picket_policy::{
+    EndpointSlice, Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex, Service,
+};
 
 use crate::kind::{Kind, Object};
 
@@ -35,6 +38,10 @@ pub struct ClusterObjects {
     pub pods: Vec<Pod>,
     /// Compiled NetworkPolicies.
     pub policies: Vec<Policy>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
     /// Things worth telling the user that did not stop the load.
     pub warnings: Vec<String>,
     /// Rules that could not be compiled (their policies still isolate).
@@ -113,6 +120,13 @@ impl ClusterObjects {
                 .collect(),
             Kind::Pod => self.pods.iter().cloned().map(Object::Pod).collect(),
             Kind::Policy => self.policies.iter().cloned().map(Object::Policy).collect(),
+            Kind::Service => self.services.iter().cloned().map(Object::Service).collect(),
+            Kind::EndpointSlice => self
+                .slices
+                .iter()
+                .cloned()
+                .map(Object::EndpointSlice)
+                .collect(),
         }
     }
 
@@ -121,12 +135,16 @@ impl ClusterObjects {
         self.namespaces.extend(other.namespaces.iter().cloned());
         self.pods.extend(other.pods.iter().cloned());
         self.policies.extend(other.policies.iter().cloned());
+        self.services.extend(other.services.iter().cloned());
+        self.slices.extend(other.slices.iter().cloned());
     }
 
     fn extend(&mut self, other: ClusterObjects) {
         self.namespaces.extend(other.namespaces);
         self.pods.extend(other.pods);
         self.policies.extend(other.policies);
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
         self.warnings.extend(other.warnings);
         self.errors.extend(other.errors);
     }
@@ -285,6 +303,17 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
             }
             out.policies.push(compiled.policy);
         }
+        "Service" => {
+            let service: core::Service = typed(value).map_err(|(f, r)| error(f, r))?;
+            out.services
+                .push(convert::service(&service).map_err(invalid)?);
+        }
+        "EndpointSlice" => {
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+                typed(value).map_err(|(f, r)| error(f, r))?;
+            out.slices
+                .push(convert::endpoint_slice(&slice).map_err(invalid)?);
+        }
         "Deployment"
         | "StatefulSet"
         | "DaemonSet"
@@ -411,6 +440,18 @@ fn check_duplicates(all: &ClusterObjects, path: &Path) -> Result<(), LoadError> 
             return Err(dup("NetworkPolicy", policy.key.to_string()));
         }
     }
+    let mut seen = BTreeSet::new();
+    for service in &all.services {
+        if !seen.insert(&service.key) {
+            return Err(dup("Service", service.key.to_string()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for slice in &all.slices {
+        if !seen.insert(&slice.key) {
+            return Err(dup("EndpointSlice", slice.key.to_string()));
+        }
+    }
     Ok(())
 }
 
@@ -474,10 +515,10 @@ mod tests {
     #[test]
     fn unknown_kinds_are_skipped_with_a_warning() {
         let objects =
-            parse("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n").unwrap();
+            parse("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s, namespace: x}\n").unwrap();
         assert!(objects.pods.is_empty());
         assert_eq!(objects.warnings.len(), 1);
-        assert!(objects.warnings[0].contains("Service x/s"));
+        assert!(objects.warnings[0].contains("ConfigMap x/s"));
     }
 
     #[test]

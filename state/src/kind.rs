@@ -6,7 +6,7 @@
 //!
 //! Pure data; no I/O.
 
-use picket_policy::{Namespace, ObjectKey, Pod, Policy};
+use picket_policy::{EndpointSlice, Namespace, ObjectKey, Pod, Policy, Service};
 
 use crate::writer::ChangeReason;
 
@@ -19,6 +19,10 @@ pub enum Kind {
     Namespace,
     /// NetworkPolicies.
     Policy,
+    /// Services (the outbound proxy resolves ClusterIPs).
+    Service,
+    /// EndpointSlices (a Service's endpoints).
+    EndpointSlice,
 }
 
 /// One object of a kind the engine reads.
@@ -30,6 +34,10 @@ pub enum Object {
     Namespace(Namespace),
     /// A compiled NetworkPolicy.
     Policy(Policy),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
 }
 
 /// An object's identity, for deletes. Cluster-scoped objects (namespaces)
@@ -51,7 +59,20 @@ pub struct KindSet(u8);
 impl Kind {
     /// Every kind, in the order a source should replace them (namespaces
     /// first: pods and policies refer to them).
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::Policy,
+        Kind::Service,
+        Kind::EndpointSlice,
+    ];
+
+    /// The kinds policy decisions read: every source serves them (the
+    /// control plane's views hold only these).
+    pub const POLICY: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::Policy];
+
+    /// The kinds Service resolution reads (the outbound proxy).
+    pub const SERVICES: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
     /// The metric and log label (`picket_state_objects{kind=...}`, watch restarts).
     pub fn label(self) -> &'static str {
@@ -59,6 +80,8 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::Namespace => "namespaces",
             Kind::Policy => "networkpolicies",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 
@@ -70,15 +93,20 @@ impl Kind {
             (Kind::Namespace, _) => ChangeReason::NamespaceLabels,
             (Kind::Policy, true) => ChangeReason::PolicyAdded,
             (Kind::Policy, false) => ChangeReason::PolicyDeleted,
+            (Kind::Service | Kind::EndpointSlice, _) => ChangeReason::ServiceEndpoints,
         }
     }
 
-    /// How many objects of this kind an index holds.
-    pub fn count(self, counts: &picket_policy::IndexCounts) -> usize {
+    /// How many objects of this kind a snapshot holds.
+    pub fn count(self, snapshot: &crate::Snapshot) -> usize {
+        let counts = snapshot.index.counts();
+        let (services, slices) = snapshot.services.counts();
         match self {
             Kind::Pod => counts.pods,
             Kind::Namespace => counts.namespaces,
             Kind::Policy => counts.policies,
+            Kind::Service => services,
+            Kind::EndpointSlice => slices,
         }
     }
 
@@ -96,6 +124,8 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Namespace(_) => Kind::Namespace,
             Object::Policy(_) => Kind::Policy,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 
@@ -105,6 +135,8 @@ impl Object {
             Object::Pod(p) => p.key.clone(),
             Object::Namespace(n) => ObjectKey::new("", &n.name),
             Object::Policy(p) => p.key.clone(),
+            Object::Service(s) => s.key.clone(),
+            Object::EndpointSlice(s) => s.key.clone(),
         };
         ObjectRef {
             kind: self.kind(),
@@ -141,7 +173,21 @@ impl KindSet {
 
     /// Whether the set holds every kind.
     pub fn is_all(self) -> bool {
-        Kind::ALL.iter().all(|k| self.contains(*k))
+        self.covers(self::KindSet::of(&Kind::ALL))
+    }
+
+    /// The set of these kinds.
+    pub fn of(kinds: &[Kind]) -> Self {
+        let mut set = Self::default();
+        for kind in kinds {
+            set.insert(*kind);
+        }
+        set
+    }
+
+    /// Whether the set holds every kind of `other`.
+    pub fn covers(self, other: KindSet) -> bool {
+        self.0 & other.0 == other.0
     }
 }
 

@@ -1,13 +1,14 @@
 //! The Kubernetes API as a state source: watches of Pods (all namespaces,
 //! finished pods left out by a field selector), Namespaces and
-//! NetworkPolicies, listed in pages of 500 with quorum reads.
+//! NetworkPolicies, and, for a sidecar that captures outbound connections,
+//! Services and EndpointSlices; listed in pages of 500 with quorum reads.
 //!
 //! Objects are stripped to what the engine needs as they arrive (the
 //! watchers keep no store of their own). A relist (a restart, a watch gap,
 //! 410 Gone) ends with a complete snapshot of its kind, which replaces that
 //! kind wholesale: objects deleted during the gap go. Events are applied in
 //! batches (at most 10 ms or 1,000 events) and nothing is published until the
-//! initial lists of all three kinds are in: a partial state could open pods.
+//! initial lists of every kind watched are in: a partial state could open pods.
 //! A broken watch is retried with backoff and jitter while the last state
 //! keeps being enforced; each transition is logged once.
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -77,6 +79,8 @@ pub struct KubeSource {
     client: Client,
     /// `picket_watch_restarts_total{kind}`.
     watch_restarts: IntCounterVec,
+    /// Whether Services and EndpointSlices are watched too.
+    services: bool,
 }
 
 /// Why the API client could not be built.
@@ -136,7 +140,16 @@ impl KubeSource {
         Self {
             client,
             watch_restarts,
+            services: false,
         }
+    }
+
+    /// Watches Services and EndpointSlices too (two more watches), and
+    /// publishes nothing before they are listed: the outbound proxy resolves
+    /// ClusterIPs with them.
+    pub fn with_services(mut self) -> Self {
+        self.services = true;
+        self
     }
 
     fn spawn_watch<K: Watched>(&self, config: &watcher::Config, tx: &mpsc::Sender<Update>) {
@@ -155,7 +168,7 @@ impl Source for KubeSource {
     }
 
     /// Starts one watch per kind and applies their updates until the process ends.
-    async fn run(self, writer: StateWriter) {
+    async fn run(self, mut writer: StateWriter) {
         let (tx, rx) = mpsc::channel(4 * BATCH_MAX);
         // Paginated lists are quorum reads: kube-rs sends no resourceVersion=0
         // with a limit (the watch cache would ignore the limit). So a relist
@@ -165,6 +178,11 @@ impl Source for KubeSource {
         self.spawn_watch::<core::Namespace>(&config, &tx);
         self.spawn_watch::<core::Pod>(&config, &tx);
         self.spawn_watch::<net::NetworkPolicy>(&config, &tx);
+        if self.services {
+            writer.require_services();
+            self.spawn_watch::<core::Service>(&config, &tx);
+            self.spawn_watch::<discovery::EndpointSlice>(&config, &tx);
+        }
         drop(tx);
         apply_updates(rx, writer).await;
     }
@@ -346,6 +364,26 @@ impl Watched for net::NetworkPolicy {
             tracing::error!(policy = %compiled.policy.key, error = %e, "Policy or rule cannot be compiled; it isolates and allows nothing through it (a policy that cannot be read at all denies its whole namespace)");
         }
         Ok(Object::Policy(compiled.policy))
+    }
+}
+
+impl Watched for core::Service {
+    const KIND: Kind = Kind::Service;
+
+    fn convert(&self) -> Result<Object, String> {
+        convert::service(self)
+            .map(Object::Service)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Watched for discovery::EndpointSlice {
+    const KIND: Kind = Kind::EndpointSlice;
+
+    fn convert(&self) -> Result<Object, String> {
+        convert::endpoint_slice(self)
+            .map(Object::EndpointSlice)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use picket_policy::{
     EgressToward, EgressTowardMe, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex,
+    ServiceIndex,
 };
 
 use crate::changes::{ChangeLog, Changed};
@@ -41,6 +42,9 @@ pub enum ChangeReason {
     /// What a source's egress policies allow toward this pod changed (in
     /// control mode, where the view carries that compiled).
     PeerEgress,
+    /// A Service or its endpoints changed: live connections keep their
+    /// endpoint (as with kube-proxy), so nothing is torn down for it alone.
+    ServiceEndpoints,
 }
 
 /// An immutable view of the cluster, shared by every connection.
@@ -48,6 +52,9 @@ pub enum ChangeReason {
 pub struct Snapshot {
     /// The engine's index.
     pub index: PolicyIndex,
+    /// Services and their endpoints (empty where the source serves none:
+    /// the control plane's views).
+    pub services: Arc<ServiceIndex>,
     /// Increases with every commit.
     pub version: u64,
     /// What changed since the previous snapshot, most telling first.
@@ -69,6 +76,7 @@ impl ChangeReason {
             Self::NamespaceLabels => "namespace-labels",
             Self::PodIp => "pod-ip",
             Self::PeerEgress => "peer-egress",
+            Self::ServiceEndpoints => "service-endpoints",
         }
     }
 }
@@ -80,6 +88,9 @@ pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
 #[derive(Debug)]
 pub struct StateWriter {
     index: PolicyIndex,
+    services: Arc<ServiceIndex>,
+    /// The kinds that must be replaced whole before anything is published.
+    required: KindSet,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
     version: u64,
     dirty: bool,
@@ -103,6 +114,8 @@ impl StateWriter {
         (
             Self {
                 index: PolicyIndex::new(),
+                services: Arc::default(),
+                required: KindSet::of(&Kind::POLICY),
                 tx,
                 version: 0,
                 dirty: true,
@@ -117,6 +130,15 @@ impl StateWriter {
         )
     }
 
+    /// Requires Services and EndpointSlices to be listed before anything
+    /// is published (a source that serves them: the outbound proxy must not
+    /// take a ClusterIP for a plain address).
+    pub fn require_services(&mut self) {
+        for kind in Kind::SERVICES {
+            self.required.insert(kind);
+        }
+    }
+
     /// Adds or replaces an object.
     pub fn apply(&mut self, object: Object) {
         self.note(&object);
@@ -125,6 +147,8 @@ impl StateWriter {
             Object::Pod(p) => self.index.apply_pod(p),
             Object::Namespace(n) => self.index.apply_namespace(n),
             Object::Policy(p) => self.index.apply_policy(p),
+            Object::Service(s) => Arc::make_mut(&mut self.services).apply_service(s),
+            Object::EndpointSlice(s) => Arc::make_mut(&mut self.services).apply_slice(s),
         }
         self.dirty = true;
     }
@@ -136,6 +160,15 @@ impl StateWriter {
             Kind::Pod => self.index.delete_pod(key),
             Kind::Namespace => self.index.delete_namespace(&key.name),
             Kind::Policy => self.index.delete_policy(key),
+            // Checked first: a miss must not copy the shared index.
+            Kind::Service => {
+                self.services.service(key).is_some()
+                    && Arc::make_mut(&mut self.services).delete_service(key)
+            }
+            Kind::EndpointSlice => {
+                self.services.slice(key).is_some()
+                    && Arc::make_mut(&mut self.services).delete_slice(key)
+            }
         };
         if known {
             self.changes.insert(object.kind.presence_change(false));
@@ -189,6 +222,18 @@ impl StateWriter {
                 Object::Policy(p) => Some(p),
                 _ => None,
             })),
+            Kind::Service => Arc::make_mut(&mut self.services).replace_services(
+                objects.filter_map(|o| match o {
+                    Object::Service(s) => Some(s),
+                    _ => None,
+                }),
+            ),
+            Kind::EndpointSlice => {
+                Arc::make_mut(&mut self.services).replace_slices(objects.filter_map(|o| match o {
+                    Object::EndpointSlice(s) => Some(s),
+                    _ => None,
+                }))
+            }
         }
         self.listed.insert(kind);
         self.touched = Changed::Everything;
@@ -248,6 +293,14 @@ impl StateWriter {
                 .index
                 .policy(key)
                 .map(|p| Object::Policy((**p).clone())),
+            Kind::Service => self
+                .services
+                .service(key)
+                .map(|s| Object::Service((**s).clone())),
+            Kind::EndpointSlice => self
+                .services
+                .slice(key)
+                .map(|s| Object::EndpointSlice((**s).clone())),
         }
     }
 
@@ -261,6 +314,8 @@ impl StateWriter {
                 .map(|n| ObjectKey::new("", &n.name))
                 .collect(),
             Kind::Policy => self.index.policies().map(|p| p.key.clone()).collect(),
+            Kind::Service => self.services.services().map(|s| s.key.clone()).collect(),
+            Kind::EndpointSlice => self.services.slices().map(|s| s.key.clone()).collect(),
         }
     }
 
@@ -270,6 +325,16 @@ impl StateWriter {
             Object::Pod(p) => self.note_pod(p),
             Object::Namespace(n) => self.note_namespace(n),
             Object::Policy(p) => self.note_policy(p),
+            Object::Service(s) => {
+                if self.services.service(&s.key).is_none_or(|old| **old != *s) {
+                    self.changes.insert(ChangeReason::ServiceEndpoints);
+                }
+            }
+            Object::EndpointSlice(s) => {
+                if self.services.slice(&s.key).is_none_or(|old| **old != *s) {
+                    self.changes.insert(ChangeReason::ServiceEndpoints);
+                }
+            }
         }
     }
 
@@ -277,7 +342,7 @@ impl StateWriter {
     /// that, the state is partial and must not be published (it could open
     /// pods).
     pub fn is_complete(&self) -> bool {
-        self.listed.is_all()
+        self.listed.covers(self.required)
     }
 
     /// Commits (see [`Self::commit`]) only once the state is complete; the
@@ -350,6 +415,7 @@ impl StateWriter {
         );
         let snapshot = Snapshot {
             index: self.index.clone(),
+            services: self.services.clone(),
             version: self.version,
             changes,
             log: self.log.clone(),

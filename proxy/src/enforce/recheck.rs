@@ -26,7 +26,7 @@ impl Enforcer {
                 continue;
             };
             readiness.set_state_loaded();
-            self.metrics.state_applied(snapshot.index.counts());
+            self.metrics.state_applied(&snapshot);
             let start = std::time::Instant::now();
             let reason = snapshot
                 .changes

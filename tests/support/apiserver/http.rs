@@ -57,17 +57,19 @@ enum Route {
 }
 
 /// The served API groups other than the core group, each at `v1`.
-const GROUPS: [&str; 3] = [
+const GROUPS: [&str; 4] = [
     "networking.k8s.io",
     "authentication.k8s.io",
     "admissionregistration.k8s.io",
+    "discovery.k8s.io",
 ];
 
 /// `{group}/v1` of each of [`GROUPS`].
-const GROUP_VERSIONS: [&str; 3] = [
+const GROUP_VERSIONS: [&str; 4] = [
     "networking.k8s.io/v1",
     "authentication.k8s.io/v1",
     "admissionregistration.k8s.io/v1",
+    "discovery.k8s.io/v1",
 ];
 
 /// Answers one request. Never fails: errors become `Status` bodies.
@@ -603,7 +605,7 @@ mod tests {
     #[test]
     fn unknown_paths_are_not_found() {
         for path in [
-            "/api/v1/services",
+            "/api/v1/configmaps",
             "/api/v2/pods",
             "/apis/networking.k8s.io/v1/pods",
             "/api/v1/namespaces/a/namespaces",
@@ -638,7 +640,9 @@ mod tests {
                 "namespaces",
                 "namespaces/status",
                 "secrets",
-                "serviceaccounts"
+                "serviceaccounts",
+                "services",
+                "services/status"
             ]
         );
         let admission = resources("admissionregistration.k8s.io/v1");

@@ -23,17 +23,23 @@ pub enum Kind {
     MutatingWebhookConfiguration,
     /// `v1` ServiceAccount, namespaced.
     ServiceAccount,
+    /// `v1` Service, namespaced.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice, namespaced.
+    EndpointSlice,
 }
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::Secret,
         Kind::MutatingWebhookConfiguration,
         Kind::ServiceAccount,
+        Kind::Service,
+        Kind::EndpointSlice,
     ];
 
     /// The `kind` field of an object, e.g. `Pod`.
@@ -45,6 +51,8 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::MutatingWebhookConfiguration => "MutatingWebhookConfiguration",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
@@ -57,14 +65,19 @@ impl Kind {
             Kind::Secret => "SecretList",
             Kind::MutatingWebhookConfiguration => "MutatingWebhookConfigurationList",
             Kind::ServiceAccount => "ServiceAccountList",
+            Kind::Service => "ServiceList",
+            Kind::EndpointSlice => "EndpointSliceList",
         }
     }
 
     /// The `apiVersion` field, e.g. `v1` or `networking.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount => "v1",
+            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => {
+                "v1"
+            }
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io/v1",
         }
     }
@@ -72,8 +85,9 @@ impl Kind {
     /// The API group, empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount => "",
+            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => "",
             Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::EndpointSlice => "discovery.k8s.io",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io",
         }
     }
@@ -87,6 +101,8 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::MutatingWebhookConfiguration => "mutatingwebhookconfigurations",
             Kind::ServiceAccount => "serviceaccounts",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
         }
     }
 
@@ -97,7 +113,8 @@ impl Kind {
             Kind::Namespace => &["ns"],
             Kind::NetworkPolicy => &["netpol"],
             Kind::ServiceAccount => &["sa"],
-            Kind::Secret | Kind::MutatingWebhookConfiguration => &[],
+            Kind::Service => &["svc"],
+            Kind::Secret | Kind::MutatingWebhookConfiguration | Kind::EndpointSlice => &[],
         }
     }
 
@@ -108,7 +125,7 @@ impl Kind {
 
     /// Whether the kind has a `status` subresource (NetworkPolicy lost its in 1.27).
     pub(crate) fn has_status(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Namespace)
+        matches!(self, Kind::Pod | Kind::Namespace | Kind::Service)
     }
 
     /// The top-level fields whose changes bump `metadata.generation`, as the registry
@@ -117,7 +134,9 @@ impl Kind {
         match self {
             Kind::Pod | Kind::NetworkPolicy => &["spec"],
             Kind::MutatingWebhookConfiguration => &["webhooks"],
-            Kind::Namespace | Kind::Secret | Kind::ServiceAccount => &[],
+            // The EndpointSlice strategy bumps it when these change.
+            Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
+            Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => &[],
         }
     }
 
@@ -154,9 +173,10 @@ impl Kind {
             Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
             Kind::Secret => &["metadata.name", "metadata.namespace", "type"],
             // No conversion of their own: the defaults every kind accepts.
-            Kind::MutatingWebhookConfiguration | Kind::ServiceAccount => {
-                &["metadata.name", "metadata.namespace"]
-            }
+            Kind::MutatingWebhookConfiguration
+            | Kind::ServiceAccount
+            | Kind::Service
+            | Kind::EndpointSlice => &["metadata.name", "metadata.namespace"],
         }
     }
 

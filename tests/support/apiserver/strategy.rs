@@ -37,7 +37,12 @@ pub(crate) fn decode(kind: Kind, obj: &mut Value) -> Result<(), ApiError> {
     match kind {
         Kind::Secret => decode_secret(obj),
         Kind::MutatingWebhookConfiguration => decode_webhooks(obj),
-        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ServiceAccount => Ok(()),
+        Kind::Pod
+        | Kind::Namespace
+        | Kind::NetworkPolicy
+        | Kind::ServiceAccount
+        | Kind::Service
+        | Kind::EndpointSlice => Ok(()),
     }
 }
 
@@ -46,7 +51,12 @@ pub(crate) fn validate(kind: Kind, obj: &Value, old: Option<&Value>) -> Result<(
     let errors = match kind {
         Kind::Secret => validate_secret(obj, old),
         Kind::MutatingWebhookConfiguration => validate_webhooks(obj),
-        Kind::Pod | Kind::Namespace | Kind::NetworkPolicy | Kind::ServiceAccount => Vec::new(),
+        Kind::Pod
+        | Kind::Namespace
+        | Kind::NetworkPolicy
+        | Kind::ServiceAccount
+        | Kind::Service
+        | Kind::EndpointSlice => Vec::new(),
     };
     if errors.is_empty() {
         return Ok(());

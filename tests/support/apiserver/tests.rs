@@ -881,7 +881,7 @@ fn works_from_sync_code_and_writes_a_kubeconfig() {
         ["default", "kube-node-lease", "kube-public", "kube-system"]
     );
     let err = server
-        .apply("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n")
+        .apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n")
         .expect_err("not served");
     assert!(matches!(err, ApplyError::UnknownKind { .. }), "{err}");
 }
@@ -930,7 +930,8 @@ async fn lists_leave_kind_off_items_and_discovery_answers() {
         [
             "networking.k8s.io",
             "authentication.k8s.io",
-            "admissionregistration.k8s.io"
+            "admissionregistration.k8s.io",
+            "discovery.k8s.io"
         ]
     );
     let core = client
