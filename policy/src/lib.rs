@@ -8,6 +8,7 @@ pub mod convert;
 pub mod eval;
 pub mod index;
 pub mod model;
+pub mod route;
 pub mod selector;
 pub mod service;
 pub mod shards;
@@ -20,6 +21,7 @@ pub use model::{
     ContainerPort, Direction, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod,
     PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
+pub use route::Route;
 pub use selector::{Labels, Selector};
 pub use service::{Endpoint, EndpointSlice, Resolved, Service, ServiceIndex, ServicePort};
 pub use toward::{EgressToward, EgressTowardMe, TowardRule};

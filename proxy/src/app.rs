@@ -125,6 +125,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             .collect(),
         pod_cidrs: args.pod_cidrs.clone(),
         metrics: metrics.clone(),
+        next_endpoint: Default::default(),
     });
     let limits = Limits {
         connect_timeout: args.connect_timeout,

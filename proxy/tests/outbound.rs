@@ -226,4 +226,93 @@ fn a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each() {
     assert_eq!(local_metric(pod, inbound), 1.0);
     assert_eq!(local_metric(pod, outbound) - outbound_before, 1.0);
     assert_eq!(client.echo.accepted(), 2);
+    // Hairpin: the pod to its own Service lands on itself, one hop again.
+    c.write(
+        "service.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: me, namespace: shop}}\nspec: {{clusterIP: 10.96.0.20, ports: [{{port: 80, targetPort: {APP_PORT}}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: me-1, namespace: shop, labels: {{kubernetes.io/service-name: me}}}}\naddressType: IPv4\nports: [{{port: {APP_PORT}}}]\nendpoints: [{{addresses: [{}]}}]\n",
+            pod.ip
+        ),
+    );
+    let service = SocketAddr::from(([10, 96, 0, 20], 80));
+    let to_me = "picket_outbound_connections_total{destination=\"shop/client\",outcome=\"allowed\"";
+    let (allowed_before, accepted_before) = (local_metric(pod, to_me), client.echo.accepted());
+    eventually("the Service is known", READY, || reaches(&c, service));
+    let hops = local_metric(pod, to_me) - allowed_before;
+    assert!(hops >= 1.0, "{hops}");
+    assert_eq!(local_metric(pod, inbound), 1.0, "never redirected inbound");
+    assert_eq!(
+        (client.echo.accepted() - accepted_before) as f64,
+        hops,
+        "each allowed outbound hop reached the app once, directly"
+    );
+}
+
+#[test]
+fn a_service_is_reached_only_at_the_endpoints_the_egress_policy_allows() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "db-1", &[("app", "db")]),
+        ("shop", "db-2", &[("app", "db")]),
+        ("shop", "cache", &[("app", "cache")]),
+    ]);
+    let echo = |name: &str| {
+        let pod = c.pod(name);
+        EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT)).unwrap()
+    };
+    let (db1, db2, cache) = (echo("db-1"), echo("db-2"), echo("cache"));
+    // A ClusterIP nothing in the lab routes: only the proxy's own
+    // resolution can make a connection to it work.
+    let cluster_ip = "10.96.0.10";
+    let endpoints: Vec<String> = ["db-1", "db-2", "cache"]
+        .iter()
+        .map(|n| format!("{{addresses: [{}]}}", c.pod(n).ip))
+        .collect();
+    c.write(
+        "service.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: backend, namespace: shop}}\nspec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: 80, targetPort: http}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: backend-1, namespace: shop, labels: {{kubernetes.io/service-name: backend}}}}\naddressType: IPv4\nports: [{{name: http, port: {APP_PORT}}}]\nendpoints: [{}]\n",
+            endpoints.join(", ")
+        ),
+    );
+    c.write(
+        "policy.yaml",
+        &policy(
+            "shop",
+            "client-to-db",
+            "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: db}}}]}]}",
+        ),
+    );
+    let client = c.start_capturing("client");
+    let service = SocketAddr::new(cluster_ip.parse().unwrap(), 80);
+    for _ in 0..10 {
+        assert!(
+            reaches(&c, service),
+            "every connection lands on an allowed endpoint"
+        );
+    }
+    assert_eq!(cache.accepted(), 0, "the policy forbids the cache");
+    assert_eq!((db1.accepted(), db2.accepted()), (5, 5), "in turn");
+    // No endpoint allowed any more: reset, with the Service named.
+    c.write(
+        "policy.yaml",
+        &policy(
+            "shop",
+            "client-to-db",
+            "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: nothing}}}]}]}",
+        ),
+    );
+    eventually("no endpoint is allowed", READY, || {
+        dial(&c, service).is_ok_and(|mut s| !echoes(&mut s))
+    });
+    assert_reset_at(&c, service);
+    assert!(
+        local_metric(
+            &client.pod,
+            "picket_outbound_connections_total{destination=\"shop/backend\",outcome=\"denied\""
+        ) >= 1.0
+    );
 }

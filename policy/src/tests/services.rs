@@ -75,3 +75,100 @@ endpoints: [{addresses: [db.example.com]}]
     assert_eq!(fqdn.service, None);
     assert!(fqdn.endpoints[0].addresses.is_empty());
 }
+
+/// shop/db has three endpoints: prod/db (app=db, 10.0.0.2), and two more
+/// pods, one labelled app=db, one app=cache.
+fn db_service() -> ServiceIndex {
+    let mut services = ServiceIndex::new();
+    services.apply_service(
+        service(
+            r#"
+metadata: {name: db, namespace: prod}
+spec: {clusterIP: 10.96.0.10, ports: [{name: sql, port: 5432}]}
+"#,
+        )
+        .unwrap(),
+    );
+    services.apply_slice(slice(
+        r#"
+metadata: {name: db-1, namespace: prod, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: sql, port: 5432}]
+endpoints: [{addresses: [10.0.0.2]}, {addresses: [10.0.0.7]}, {addresses: [10.0.0.8]}]
+"#,
+    ));
+    services
+}
+
+const MORE_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db-2, namespace: prod, labels: {app: db}}
+status: {podIP: 10.0.0.7}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cache, namespace: prod, labels: {app: cache}}
+status: {podIP: 10.0.0.8}
+"#;
+
+fn route(idx: &PolicyIndex, to: &str) -> Route {
+    idx.route(
+        &db_service(),
+        &key("prod/web"),
+        to.parse().unwrap(),
+        Protocol::Tcp,
+        &node(),
+    )
+}
+
+#[test]
+fn a_cluster_ip_routes_to_the_endpoints_the_egress_side_allows() {
+    let to_db = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-out, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: db}}}]}]
+"#;
+    let idx = index(&format!("{BASE}\n---\n{MORE_PODS}\n---\n{to_db}"));
+    let r = route(&idx, "10.96.0.10:5432");
+    assert_eq!(r.service, Some(key("prod/db")));
+    assert_eq!(r.candidates, 3);
+    let allowed: Vec<String> = r.allowed.iter().map(|(a, _)| a.to_string()).collect();
+    assert_eq!(allowed, ["10.0.0.2:5432", "10.0.0.7:5432"], "not the cache");
+    assert_eq!(
+        r.denied.clone().unwrap().reason,
+        Reason::Egress {
+            egress: Side::Denied { policies: 1 },
+            destination: Some(key("prod/cache"))
+        }
+    );
+    // Round robin over the allowed ones.
+    assert_eq!(r.pick(0).unwrap().0, r.allowed[0].0);
+    assert_eq!(r.pick(3).unwrap().0, r.allowed[1].0);
+    // The ClusterIP itself is no pod: dialled directly, it is an address.
+    let direct = route(&idx, "10.0.0.9:5432");
+    assert_eq!((direct.service, direct.allowed.len()), (None, 0));
+}
+
+#[test]
+fn a_service_port_it_does_not_serve_or_a_deny_all_routes_nowhere() {
+    let idx = index(&format!("{BASE}\n---\n{MORE_PODS}"));
+    let r = route(&idx, "10.96.0.10:5432");
+    assert_eq!(r.allowed.len(), 3, "not isolated: every endpoint");
+    let none = route(&idx, "10.96.0.10:80");
+    assert_eq!(
+        (none.candidates, none.allowed.len(), none.denied.clone()),
+        (0, 0, None)
+    );
+    assert!(none.pick(0).is_none());
+    let deny = index(&format!(
+        "{BASE}\n---\n{MORE_PODS}\n---\n{}",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d, namespace: prod}\nspec: {podSelector: {}, policyTypes: [Egress]}\n"
+    ));
+    let r = route(&deny, "10.96.0.10:5432");
+    assert!(r.allowed.is_empty() && r.denied.is_some());
+}

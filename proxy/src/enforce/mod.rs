@@ -17,6 +17,7 @@
 //! No sockets: callers hand in addresses and get a registration whose
 //! `killed()` resolves when a re-check forbids the connection.
 
+mod outbound;
 mod recheck;
 pub mod registry;
 
@@ -65,6 +66,19 @@ pub struct Enforcer {
     pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Metrics.
     pub metrics: Arc<ProxyMetrics>,
+    /// The round robin over a Service's allowed endpoints.
+    pub next_endpoint: std::sync::atomic::AtomicUsize,
+}
+
+/// An admitted connection: its place in the table, and where to dial (the
+/// original destination; for an outbound connection to a Service, the
+/// endpoint chosen).
+#[derive(Debug)]
+pub struct Admitted {
+    /// The registration, whose `killed()` resolves when a re-check forbids it.
+    pub registration: Registration,
+    /// Where to connect.
+    pub dial: OrigDstAddr,
 }
 
 /// Why a connection was not admitted.
@@ -104,13 +118,7 @@ impl Enforcer {
                 Protocol::Tcp,
                 &self.node,
             ),
-            Direction::Egress => snapshot.index.decide_to_ip(
-                &self.pod,
-                dst.0.ip().to_canonical(),
-                dst.0.port(),
-                Protocol::Tcp,
-                &self.node,
-            ),
+            Direction::Egress => self.decide_outbound(snapshot, dst),
         }
     }
 
@@ -123,11 +131,11 @@ impl Enforcer {
         direction: Direction,
         client: ClientAddr,
         dst: OrigDstAddr,
-    ) -> Result<Registration, Refusal> {
+    ) -> Result<Admitted, Refusal> {
         // Register before checking: a re-check after this point sees the connection.
         let registration = self.registry.register(direction, client, dst);
         let refused = self.metrics.refused_of(direction);
-        let Some(mut snapshot) = self.current_snapshot().await else {
+        let Some(snapshot) = self.current_snapshot().await else {
             refused.with_label_values(&["no-state"]).inc();
             tracing::info!(client.addr = %client, dst.addr = %dst, ?direction, "No cluster state yet; reset");
             return Err(Refusal::NoState);
@@ -136,44 +144,49 @@ impl Enforcer {
             Direction::Ingress if !self.is_own_address(&snapshot, dst) => {
                 refused.with_label_values(&["foreign-destination"]).inc();
                 tracing::warn!(client.addr = %client, dst.addr = %dst, "Original destination is not this pod's address; reset without dialling");
-                return Err(Refusal::ForeignDestination);
+                Err(Refusal::ForeignDestination)
+            }
+            Direction::Ingress => {
+                self.admit_inbound(registration, snapshot, client, dst)
+                    .await
             }
             Direction::Egress if is_local(dst) => {
                 refused.with_label_values(&["loop"]).inc();
                 tracing::warn!(client.addr = %client, dst.addr = %dst, "Outbound connection to a loopback address reached the proxy uncaptured; reset without dialling");
-                return Err(Refusal::Loop);
+                Err(Refusal::Loop)
             }
-            _ => {}
+            Direction::Egress => {
+                self.admit_outbound(registration, snapshot, client, dst)
+                    .await
+            }
         }
-        // The address that may be a pod the state does not know yet.
-        let (peer_ip, peer_known): (_, fn(&Decision) -> bool) = match direction {
-            Direction::Ingress => (client.0.ip(), |d| d.source.is_some()),
-            Direction::Egress => (dst.0.ip().to_canonical(), |d| {
-                matches!(
-                    d.reason,
-                    Reason::Egress {
-                        destination: Some(_),
-                        ..
-                    }
-                )
-            }),
-        };
+    }
+
+    /// Decides an inbound connection (waiting, bounded, for a state that
+    /// knows a new client pod).
+    async fn admit_inbound(
+        &self,
+        registration: Registration,
+        mut snapshot: Arc<Snapshot>,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+    ) -> Result<Admitted, Refusal> {
         let decided_at = Instant::now();
+        let direction = Direction::Ingress;
         let mut decision = self.decide(&snapshot, direction, client, dst);
         self.metrics
             .decision
             .observe(decided_at.elapsed().as_secs_f64());
-        if !decision.allowed && !peer_known(&decision) && self.may_be_a_new_pod(&snapshot, peer_ip)
+        if !decision.allowed
+            && decision.source.is_none()
+            && self.may_be_a_new_pod(&snapshot, client.0.ip())
         {
-            if let Some(newer) = self.wait_for_ip(peer_ip).await {
+            if let Some(newer) = self.wait_for_ip(client.0.ip()).await {
                 snapshot = newer;
                 decision = self.decide(&snapshot, direction, client, dst);
             }
         }
-        match direction {
-            Direction::Ingress => self.count_decision(&snapshot, &decision, dst.0.port()),
-            Direction::Egress => self.count_outbound(&decision),
-        }
+        self.count_decision(&snapshot, &decision, dst.0.port());
         registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {
@@ -187,13 +200,12 @@ impl Enforcer {
             );
             return Err(Refusal::Denied);
         }
-        let allowed_by = match direction {
-            Direction::Ingress => decision.ingress_policy(),
-            Direction::Egress => decision.egress_policy(),
-        };
-        registration.set_allowed_by(allowed_by.cloned());
+        registration.set_allowed_by(decision.ingress_policy().cloned());
         tracing::debug!(?direction, client.addr = %client, dst.addr = %dst, reason = %decision, "Connection allowed");
-        Ok(registration)
+        Ok(Admitted {
+            registration,
+            dial: dst,
+        })
     }
 
     /// Whether the original destination is one of this pod's own addresses.
@@ -310,39 +322,6 @@ impl Enforcer {
                 None => self.metrics.denied_peer("none", "none"),
             }
         }
-    }
-
-    /// Counts an outbound decision by outcome, deciding policy and destination.
-    fn count_outbound(&self, decision: &Decision) {
-        let policy_label;
-        let (policy, destination, otherwise) = match &decision.reason {
-            Reason::Egress {
-                egress,
-                destination,
-                ..
-            } => {
-                let policy = match egress {
-                    _ if !decision.allowed => "isolated",
-                    Side::Allowed { policy, .. } => {
-                        policy_label = policy.to_string();
-                        &policy_label
-                    }
-                    _ => "no-policy",
-                };
-                (policy, destination.as_ref(), "external")
-            }
-            _ if !decision.allowed => ("isolated", None, "external"),
-            Reason::Node => ("node", None, "node"),
-            Reason::SamePod => ("same-pod", Some(&self.pod), "external"),
-            _ => ("no-policy", None, "external"),
-        };
-        let outcome = if decision.allowed {
-            "allowed"
-        } else {
-            "denied"
-        };
-        self.metrics
-            .outbound_decided(outcome, policy, destination, otherwise);
     }
 
     /// Whether the port is one the pod declares or a policy selecting it names:

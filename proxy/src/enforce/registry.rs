@@ -228,6 +228,14 @@ impl Registration {
         }
     }
 
+    /// Records where the connection is dialled (a Service's endpoint, for
+    /// an outbound connection to its ClusterIP): re-checks decide that.
+    pub fn set_dst(&self, dst: OrigDstAddr) {
+        if let Some(t) = self.registry.lock().get_mut(&self.id) {
+            t.dst = dst;
+        }
+    }
+
     /// Records the snapshot version the connection was admitted on.
     pub fn set_decided_on(&self, version: u64) {
         self.kill.decided_on.store(version, Ordering::Release);

@@ -76,6 +76,7 @@ fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         pod_ips: vec![],
         pod_cidrs: vec![],
         metrics: Arc::new(ProxyMetrics::new(10)),
+        next_endpoint: Default::default(),
     });
     (enforcer, writer)
 }
@@ -119,9 +120,12 @@ async fn a_new_pods_first_connection_survives_unrelated_churn() {
     // More unrelated churn: the connection is allowed by every newer state.
     churn(&mut writer, 10..15).await;
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), registration.killed())
-            .await
-            .is_err(),
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            registration.registration.killed()
+        )
+        .await
+        .is_err(),
         "a teardown decided on an older state must not reset a connection allowed by a newer one"
     );
 }
@@ -295,12 +299,12 @@ async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only
         .await
         .expect("ingress allows app=web");
     apply(&mut writer, API_EGRESS);
-    tokio::time::timeout(Duration::from_secs(20), outside.killed())
+    tokio::time::timeout(Duration::from_secs(20), outside.registration.killed())
         .await
         .expect("the egress policy forbids the outside address: torn down");
     for (what, kept) in [("to web", &to_web), ("from web", &from_web)] {
         assert!(
-            tokio::time::timeout(Duration::from_millis(200), kept.killed())
+            tokio::time::timeout(Duration::from_millis(200), kept.registration.killed())
                 .await
                 .is_err(),
             "{what} is still allowed"
@@ -309,6 +313,146 @@ async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only
     let text = enforcer.metrics.encode(true);
     assert!(
         text.contains("picket_outbound_teardowns_total{reason=\"policy-added\"} 1"),
+        "{text}"
+    );
+}
+
+/// shop/db (10.96.0.10:5432) has three endpoints: db-1 and db-2 (app=db),
+/// cache (app=cache); shop/api may dial app=db only.
+const DB_SERVICE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: shop, labels: {app: db}}
+status: {podIP: 10.0.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db-2, namespace: shop, labels: {app: db}}
+status: {podIP: 10.0.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cache, namespace: shop, labels: {app: cache}}
+status: {podIP: 10.0.1.3}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: sql, port: 5432, targetPort: 15432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-x, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}]
+endpoints: [{addresses: [10.0.1.1]}, {addresses: [10.0.1.2]}, {addresses: [10.0.1.3]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: db}}}]}]
+"#;
+
+#[tokio::test]
+async fn a_service_is_dialled_at_an_endpoint_its_egress_allows_in_turn() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, DB_SERVICE);
+    tokio::spawn(enforcer.clone().recheck_on_change(Readiness::new()));
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let service = OrigDstAddr(addr("10.96.0.10:5432"));
+    let mut dialled = Vec::new();
+    let mut live = Vec::new();
+    for _ in 0..4 {
+        let admitted = enforcer
+            .admit(Direction::Egress, me, service)
+            .await
+            .expect("two endpoints are allowed");
+        dialled.push(admitted.dial.0.to_string());
+        live.push(admitted);
+    }
+    assert_eq!(
+        dialled,
+        [
+            "10.0.1.1:15432",
+            "10.0.1.2:15432",
+            "10.0.1.1:15432",
+            "10.0.1.2:15432"
+        ],
+        "round robin over the allowed endpoints, at their target port; never the cache"
+    );
+    let table: Vec<String> = enforcer
+        .registry
+        .list()
+        .into_iter()
+        .map(|c| c.destination)
+        .collect();
+    assert!(table.iter().all(|d| d.starts_with("10.0.1.")), "{table:?}");
+
+    // db-2 leaves the Service: its live connections stay (as with kube-proxy).
+    apply(
+        &mut writer,
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-x, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: sql, port: 15432}]
+endpoints: [{addresses: [10.0.1.1]}, {addresses: [10.0.1.3]}]
+"#,
+    );
+    let next = enforcer
+        .admit(Direction::Egress, me, service)
+        .await
+        .unwrap();
+    assert_eq!(next.dial.0.to_string(), "10.0.1.1:15432");
+    // db-2 is relabelled: the policy forbids it now, and its connections go.
+    apply(
+        &mut writer,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db-2, namespace: shop, labels: {app: retired}}
+status: {podIP: 10.0.1.2}
+"#,
+    );
+    for (i, admitted) in live.iter().enumerate() {
+        let killed = tokio::time::timeout(
+            Duration::from_millis(if i % 2 == 1 { 20_000 } else { 200 }),
+            admitted.registration.killed(),
+        )
+        .await
+        .is_ok();
+        assert_eq!(killed, i % 2 == 1, "connection {i} to {}", dialled[i]);
+    }
+}
+
+#[tokio::test]
+async fn a_service_without_an_allowed_endpoint_is_denied_naming_it() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, DB_SERVICE);
+    // Both db pods relabelled: only the cache is an endpoint, and it is denied.
+    apply(
+        &mut writer,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: db-1, namespace: shop, labels: {app: x}}\nstatus: {podIP: 10.0.1.1}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db-2, namespace: shop, labels: {app: x}}\nstatus: {podIP: 10.0.1.2}\n",
+    );
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    // 5432: no endpoint allowed; 80: a port the Service does not serve.
+    for port in [5432, 80] {
+        let refused = enforcer
+            .admit(
+                Direction::Egress,
+                me,
+                OrigDstAddr(addr(&format!("10.96.0.10:{port}"))),
+            )
+            .await;
+        assert_eq!(refused.err(), Some(Refusal::Denied), "{port}");
+    }
+    let text = enforcer.metrics.encode(true);
+    assert!(
+        text.contains(r#"picket_outbound_connections_total{destination="shop/db",outcome="denied",policy="isolated"} 2"#),
         "{text}"
     );
 }

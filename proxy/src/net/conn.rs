@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use super::orig_dst::{orig_dst, reset};
 use super::relay::{relay, RelayCounters, RelayError};
 use super::ClientAddr;
-use crate::enforce::Enforcer;
+use crate::enforce::{Admitted, Enforcer};
 use crate::metrics::ProxyMetrics;
 
 /// Limits on connections; each is configurable.
@@ -69,14 +69,16 @@ impl Proxy {
             reset(stream);
             return;
         }
-        let Ok(registration) = self.enforcer.admit(self.direction, client, dst).await else {
+        let Ok(Admitted { registration, dial }) =
+            self.enforcer.admit(self.direction, client, dst).await
+        else {
             reset(stream);
             return;
         };
 
         let upstream = match tokio::time::timeout(
             self.limits.connect_timeout,
-            TcpStream::connect(dst.0),
+            TcpStream::connect(dial.0),
         )
         .await
         {
@@ -88,7 +90,7 @@ impl Proxy {
                     "connect-other"
                 };
                 self.metrics.relay_errors.with_label_values(&[kind]).inc();
-                tracing::info!(direction = ?self.direction, dst.addr = %dst, %error, "Connect failed; reset");
+                tracing::info!(direction = ?self.direction, dst.addr = %dst, dial.addr = %dial, %error, "Connect failed; reset");
                 reset(stream);
                 return;
             }
