@@ -51,10 +51,15 @@ pub enum Reason {
     /// NetworkPolicy does not apply.
     HostNetworkSource,
     /// An outbound connection, decided at its source: the source's egress
-    /// side alone (the destination's ingress is its own sidecar's to enforce).
+    /// side, and the destination's ingress side when the destination pod
+    /// runs no sidecar to enforce it itself.
     Egress {
         /// The source's egress side.
         egress: Side,
+        /// The destination's ingress side, checked here on its behalf: a
+        /// pod without a sidecar; `None`: the destination checks its own
+        /// (or it is no pod).
+        ingress: Option<Side>,
         /// The pod holding the address dialled (the one that denied, when
         /// several hold it); `None`: an address that is no pod's.
         destination: Option<PodKey>,
@@ -343,6 +348,9 @@ impl PolicyIndex {
     /// outbound proxy sees it: `src`'s egress side toward the pod holding
     /// `dst_ip` (its labels for pod peers, its ports for named ports), or
     /// toward the address when no pod holds it (only `ipBlock` peers match).
+    /// A destination pod without a sidecar cannot enforce its own ingress
+    /// rules: they are checked here too, so the connection is allowed only
+    /// when both sides allow it, as NetworkPolicy says.
     ///
     /// The node's addresses (`node`, and the source's hostIPs) and the pod's
     /// own addresses are always allowed. An address several live pods hold
@@ -388,7 +396,11 @@ impl PolicyIndex {
             };
             let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            let decision = Decision::egress(egress, Some(key.clone()), src);
+            let ingress = (!dst_pod.sidecar && (egress.allows() || T::EVERY_RULE)).then(|| {
+                let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
+                self.side(dst_pod, Direction::Ingress, from, &to, trace)
+            });
+            let decision = Decision::egress(egress, ingress, Some(key.clone()), src);
             if !decision.allowed {
                 return decision;
             }
@@ -402,7 +414,7 @@ impl PolicyIndex {
                 protocol,
             };
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            Decision::egress(egress, None, src)
+            Decision::egress(egress, None, None, src)
         })
     }
 }
@@ -605,11 +617,17 @@ impl Decision {
         }
     }
 
-    fn egress(egress: Side, destination: Option<PodKey>, src: &PodKey) -> Self {
+    fn egress(
+        egress: Side,
+        ingress: Option<Side>,
+        destination: Option<PodKey>,
+        src: &PodKey,
+    ) -> Self {
         Self {
-            allowed: egress.allows(),
+            allowed: egress.allows() && ingress.as_ref().is_none_or(Side::allows),
             reason: Reason::Egress {
                 egress,
+                ingress,
                 destination,
             },
             source: Some(src.clone()),
@@ -648,8 +666,12 @@ impl Decision {
             Reason::UnknownDestination => "unknown-destination",
             Reason::UnknownSource => "unknown-source",
             Reason::HostNetworkSource => "host-network-source",
-            Reason::Egress { egress, .. } if egress.allows() => "allowed",
-            Reason::Egress { .. } => "egress-denied",
+            Reason::Egress { egress, .. } if !egress.allows() => "egress-denied",
+            Reason::Egress {
+                ingress: Some(ingress),
+                ..
+            } if !ingress.allows() => "ingress-denied",
+            Reason::Egress { .. } => "allowed",
             Reason::Policies { ingress, egress } => match (ingress.allows(), egress.allows()) {
                 (true, true) => "allowed",
                 (false, _) => "ingress-denied",
@@ -674,11 +696,19 @@ impl fmt::Display for Decision {
             }
             Reason::Egress {
                 egress,
+                ingress,
                 destination: Some(pod),
-            } => write!(f, "egress toward {pod}: {egress}"),
+            } => {
+                write!(f, "egress toward {pod}: {egress}")?;
+                match ingress {
+                    Some(ingress) => write!(f, "; its ingress (no sidecar there): {ingress}"),
+                    None => Ok(()),
+                }
+            }
             Reason::Egress {
                 egress,
                 destination: None,
+                ..
             } => write!(f, "egress toward an address that is no pod's: {egress}"),
             Reason::Policies { ingress, egress } => {
                 write!(f, "ingress: {ingress}; egress: {egress}")

@@ -30,6 +30,7 @@ fn a_pod_no_egress_policy_selects_may_dial_anything() {
     assert_eq!(
         d.reason,
         Reason::Egress {
+            ingress: None,
             egress: Side::NotIsolated,
             destination: None
         }
@@ -54,6 +55,7 @@ spec: {podSelector: {}, policyTypes: [Egress]}
     assert_eq!(
         pod.reason,
         Reason::Egress {
+            ingress: None,
             egress: Side::Denied { policies: 1 },
             destination: Some(key("dev/web"))
         }
@@ -180,6 +182,7 @@ status: {podIP: 10.0.0.2, hostIP: 192.168.1.1}
     assert_eq!(
         d.reason,
         Reason::Egress {
+            ingress: None,
             egress: Side::Denied { policies: 1 },
             destination: Some(key("dev/stale"))
         }
@@ -230,4 +233,51 @@ spec:
             }
         }
     }
+}
+
+#[test]
+fn a_destination_without_a_sidecar_has_its_ingress_checked_at_the_source() {
+    // prod/db admits only app=api; no pod of BASE runs a sidecar.
+    let idx = with(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-in, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]
+"#,
+    );
+    let d = to_ip(&idx, "prod/web", "10.0.0.2", 5432);
+    assert!(!d.allowed);
+    assert_eq!(d.reason_label(), "ingress-denied");
+    assert_eq!(
+        d.reason,
+        Reason::Egress {
+            egress: Side::NotIsolated,
+            ingress: Some(Side::Denied { policies: 1 }),
+            destination: Some(key("prod/db"))
+        }
+    );
+    // The same pod with a sidecar checks its own ingress: not here.
+    let sidecar = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: prod, labels: {app: db}}
+spec: {containers: [{name: c, ports: [{containerPort: 5432, name: postgres}]}, {name: picket-proxy}]}
+status: {podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}], hostIP: 192.168.1.1}
+"#;
+    let mut idx = idx;
+    let pod = serde_yaml::from_str::<core::Pod>(sidecar).unwrap();
+    idx.apply_pod(convert::pod(&pod).unwrap());
+    let d = to_ip(&idx, "prod/web", "10.0.0.2", 5432);
+    assert!(d.allowed, "{d}");
+    assert_eq!(
+        d.reason,
+        Reason::Egress {
+            egress: Side::NotIsolated,
+            ingress: None,
+            destination: Some(key("prod/db"))
+        }
+    );
 }

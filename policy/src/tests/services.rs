@@ -142,6 +142,7 @@ spec:
     assert_eq!(
         r.denied.clone().unwrap().reason,
         Reason::Egress {
+            ingress: None,
             egress: Side::Denied { policies: 1 },
             destination: Some(key("prod/cache"))
         }
