@@ -120,7 +120,13 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
                 .unwrap_or_default();
             let explanation =
                 index.explain_between_pods(&from, &to, args.port, Protocol::Tcp, &node);
-            Ok(render::explanation(&explanation))
+            let mut text = render::explanation(&explanation);
+            text.push_str(if reach::enforced(&index, &from, &to) {
+                "  enforced: yes (an end runs the Picket sidecar)\n"
+            } else {
+                "  enforced: NO: neither end runs the Picket sidecar (not injected), so nothing enforces this verdict\n"
+            });
+            Ok(text)
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Probe {
     pub protocol: Protocol,
     /// The engine's decision.
     pub decision: Decision,
+    /// Whether the data plane enforces it (see [`enforced`]).
+    pub enforced: bool,
 }
 
 /// The JSON shape of a probe; other tools consume it, keep it stable.
@@ -33,6 +35,36 @@ struct JsonProbe {
     protocol: &'static str,
     allowed: bool,
     reason: String,
+    enforced: bool,
+}
+
+/// The label that turns injection on for a namespace, or (`disabled`) off for a pod.
+const INJECT_LABEL: &str = "picket.io/inject";
+
+/// Whether a pod runs Picket's sidecar, or will: its spec has the
+/// container, or its namespace is labelled for injection and the pod does
+/// not opt out (an opt-out counts whether or not its namespace honours it:
+/// claiming enforcement must be certain).
+pub fn runs_sidecar(index: &PolicyIndex, pod: &PodKey) -> bool {
+    let Some(p) = index.pod(pod) else {
+        return false;
+    };
+    if p.sidecar {
+        return true;
+    }
+    let injected = index
+        .namespace_labels(&pod.namespace)
+        .and_then(|l| l.get(INJECT_LABEL))
+        .is_some_and(|v| v == "enabled");
+    injected && p.labels.get(INJECT_LABEL).is_none_or(|v| v != "disabled") && !p.host_network
+}
+
+/// Whether the data plane enforces a verdict between two pods: one end
+/// runs the sidecar. The destination's checks both sides (its ingress, the
+/// source's egress); a source that captures its outbound connections checks
+/// its egress and, toward a pod without a sidecar, that pod's ingress.
+pub fn enforced(index: &PolicyIndex, from: &PodKey, to: &PodKey) -> bool {
+    runs_sidecar(index, to) || runs_sidecar(index, from)
 }
 
 /// Evaluates every ordered pair of pods (self pairs included) on each port:
@@ -63,6 +95,7 @@ pub fn probes(index: &PolicyIndex, ports: &[u16]) -> Vec<Probe> {
                     port,
                     protocol: Protocol::Tcp,
                     decision,
+                    enforced: enforced(index, from, to),
                 });
             }
         }
@@ -81,6 +114,7 @@ pub fn render_json(probes: &[Probe]) -> serde_json::Result<String> {
             protocol: p.protocol.as_str(),
             allowed: p.decision.allowed,
             reason: p.decision.to_string(),
+            enforced: p.enforced,
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&rows)?;
@@ -170,5 +204,95 @@ fn explain_note(decision: &Decision) -> Option<String> {
         } => None,
         Reason::SamePod => None,
         _ => Some(decision.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picket_state::files::parse_manifest;
+
+    fn index(yaml: &str) -> PolicyIndex {
+        parse_manifest(std::path::Path::new("t.yaml"), yaml)
+            .unwrap()
+            .index()
+    }
+
+    fn key(s: &str) -> PodKey {
+        PodKey::parse(s).unwrap()
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: on, labels: {picket.io/inject: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: off}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: on}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: out, namespace: on, labels: {picket.io/inject: disabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: off}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: off}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: injected, namespace: off}
+spec: {containers: [{name: app}, {name: picket-proxy}]}
+"#;
+
+    #[test]
+    fn a_verdict_is_enforced_only_where_an_end_runs_the_sidecar() {
+        let idx = index(CLUSTER);
+        assert!(runs_sidecar(&idx, &key("on/a")), "injected namespace");
+        assert!(!runs_sidecar(&idx, &key("on/out")), "opted out");
+        assert!(
+            runs_sidecar(&idx, &key("off/injected")),
+            "has the container"
+        );
+        assert!(enforced(&idx, &key("off/b"), &key("on/a")));
+        assert!(enforced(&idx, &key("on/a"), &key("off/b")), "at the source");
+        assert!(enforced(&idx, &key("off/b"), &key("off/injected")));
+        assert!(!enforced(&idx, &key("off/b"), &key("off/c")));
+        assert!(!enforced(&idx, &key("on/out"), &key("off/c")));
+        let json = render_json(&probes(&idx, &[80])).unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        let unenforced: Vec<String> = rows
+            .iter()
+            .filter(|r| r["enforced"] == false)
+            .map(|r| {
+                format!(
+                    "{} -> {}",
+                    r["from"].as_str().unwrap(),
+                    r["to"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            unenforced,
+            [
+                "off/b -> off/b",
+                "off/b -> off/c",
+                "off/b -> on/out",
+                "off/c -> off/b",
+                "off/c -> off/c",
+                "off/c -> on/out",
+                "on/out -> off/b",
+                "on/out -> off/c",
+                "on/out -> on/out",
+            ]
+        );
     }
 }

@@ -46,9 +46,13 @@ fn reach_json_tells_the_seed_story() {
         fields.sort();
         assert_eq!(
             fields,
-            ["allowed", "from", "port", "protocol", "reason", "to"]
+            ["allowed", "enforced", "from", "port", "protocol", "reason", "to"]
         );
         assert_eq!(p["protocol"], "TCP");
+        assert_eq!(
+            p["enforced"], true,
+            "the namespace is labelled for injection"
+        );
     }
     let to_api: Vec<(&str, bool)> = probes
         .iter()
