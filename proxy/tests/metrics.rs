@@ -141,7 +141,21 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
     }
     let c = two_pods();
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
-    let server = c.start("api");
+    // api dials out too (captured): one outside address allowed, another not.
+    let internet = c.lab.add_external(10).unwrap();
+    let elsewhere = c.lab.add_external(11).unwrap();
+    let node = c.lab.node_netns().to_string();
+    let _outside =
+        picket_lab::app::EchoServer::start(&node, SocketAddr::new(internet, APP_PORT)).unwrap();
+    c.write(
+        "egress.yaml",
+        &policy(
+            "shop",
+            "api-out",
+            &format!("{{podSelector: {{matchLabels: {{app: api}}}}, policyTypes: [Egress], egress: [{{to: [{{ipBlock: {{cidr: {internet}/32}}}}]}}]}}"),
+        ),
+    );
+    let server = c.start_capturing("api");
     let admin = SocketAddr::new(server.pod.ip, 15020);
     let prometheus = Prometheus::start(c.lab.node_netns(), admin);
 
@@ -153,6 +167,24 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
     assert!(echoes(&mut live));
     for _ in 0..2 {
         c.assert_reset("stranger", "api", APP_PORT);
+    }
+    let dial_out = |ip| {
+        let s =
+            picket_lab::proxy::connect_from(&server.pod.netns, None, SocketAddr::new(ip, APP_PORT));
+        s.and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(s)
+        })
+    };
+    for _ in 0..2 {
+        assert!(
+            echoes(&mut dial_out(internet).unwrap()),
+            "allowed by its ipBlock"
+        );
+    }
+    match dial_out(elsewhere) {
+        Ok(mut s) => assert_reset(&mut s),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
     eventually(
         "two scrapes with the open connection",
@@ -216,6 +248,14 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
         1.0
     );
     assert_eq!(count(&format!("picket_ready{{{ns}}}")), 1.0);
+    assert_eq!(
+        count(&format!("picket_outbound_connections_total{{{ns}, outcome=\"allowed\", destination=\"external\", policy=\"shop/api-out\"}}")),
+        2.0
+    );
+    assert_eq!(
+        count(&format!("picket_outbound_connections_total{{{ns}, outcome=\"denied\", destination=\"external\"}}")),
+        1.0
+    );
     assert!(
         count(&format!(
             "picket_inbound_bytes_total{{{ns}, direction=\"in\"}}"
