@@ -464,6 +464,27 @@ mod tests {
     }
 
     #[test]
+    fn a_writer_that_requires_services_publishes_nothing_before_they_are_listed() {
+        let (mut writer, rx) = StateWriter::new();
+        writer.require_services();
+        for kind in Kind::POLICY {
+            writer.replace_all(kind, vec![]);
+        }
+        assert!(!writer.commit_if_complete(), "no Services listed yet");
+        writer.replace_all(Kind::Service, vec![]);
+        assert!(!writer.commit_if_complete(), "no EndpointSlices listed yet");
+        assert!(rx.borrow().is_none());
+        writer.replace_all(Kind::EndpointSlice, vec![]);
+        assert!(writer.commit_if_complete());
+        // Without the requirement (the control plane's views), the policy kinds suffice.
+        let (mut writer, _rx) = StateWriter::new();
+        for kind in Kind::POLICY {
+            writer.replace_all(kind, vec![]);
+        }
+        assert!(writer.commit_if_complete());
+    }
+
+    #[test]
     fn nothing_is_published_before_the_first_commit_and_unchanged_state_is_not_republished() {
         let (mut writer, rx) = StateWriter::new();
         assert!(rx.borrow().is_none());

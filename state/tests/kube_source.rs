@@ -89,3 +89,77 @@ async fn a_relist_from_a_lagging_watch_cache_does_not_roll_the_state_back() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_services_the_state_resolves_cluster_ips_and_follows_their_endpoints() {
+    let api = ApiServer::bind("127.0.0.1:0").unwrap();
+    api.apply(CLUSTER).unwrap();
+    api.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
+    let restarts = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("watch_restarts_total", "restarts"),
+        &["kind"],
+    )
+    .unwrap();
+    let (writer, rx) = StateWriter::new();
+    tokio::spawn(
+        KubeSource::new(client, restarts)
+            .with_services()
+            .run(writer),
+    );
+    let endpoints = |rx: &SnapshotRx| -> Option<Vec<String>> {
+        let snapshot = rx.borrow().clone()?;
+        let resolved = snapshot.services.resolve(
+            "10.96.0.10".parse().unwrap(),
+            80,
+            picket_policy::Protocol::Tcp,
+        )?;
+        Some(resolved.endpoints.iter().map(ToString::to_string).collect())
+    };
+    eventually("the first state", || rx.borrow().is_some()).await;
+    // Published only with the Services listed: the first state resolves.
+    assert_eq!(endpoints(&rx), Some(vec!["10.0.0.1:8080".to_string()]));
+    api.apply(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]
+"#,
+    )
+    .unwrap();
+    eventually("the new endpoint", || {
+        endpoints(&rx).is_some_and(|e| e.len() == 2)
+    })
+    .await;
+    let watched: std::collections::BTreeSet<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.param("watch").as_deref() == Some("true"))
+        .filter_map(|r| r.path.rsplit('/').next().map(str::to_string))
+        .collect();
+    assert!(
+        watched.contains("services") && watched.contains("endpointslices"),
+        "{watched:?}"
+    );
+}
