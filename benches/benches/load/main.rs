@@ -12,7 +12,6 @@ mod report;
 mod setup;
 
 use picket_benches::procfs;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -137,7 +136,7 @@ fn run() -> Result<()> {
 
     eprintln!("load: warming up");
     for server in &bench.servers {
-        warm_up(&bench, server.addr())?;
+        warm_up(&bench, server)?;
     }
 
     let modes = bench.servers.len();
@@ -165,6 +164,9 @@ fn run() -> Result<()> {
 
     std::thread::sleep(Duration::from_millis(500));
     for (i, server) in bench.servers.iter().enumerate() {
+        if server.source.is_some() {
+            continue;
+        }
         if let (Some(pid), Some(memory)) = (server.relay_pid(), &mut results.modes[i].memory) {
             memory.after_run_pss_kib = procfs::pss_kib(pid).ok();
         }
@@ -187,10 +189,17 @@ fn measure_phase(
     stats: &mut PhaseStats,
 ) -> Result<()> {
     let addr = server.addr();
-    let relay = server.relay_pid();
-    let relay_cpu = || relay.map_or(Ok(0.0), procfs::cpu_seconds);
+    let relays = server.relay_pids();
+    // Both relays of a two-hop mode: the CPU of the whole path.
+    let relay_cpu = || -> Result<f64> {
+        relays
+            .iter()
+            .map(|pid| procfs::cpu_seconds(*pid))
+            .sum::<Result<f64, _>>()
+            .map_err(Into::into)
+    };
     let (relay0, app0) = (relay_cpu()?, procfs::cpu_seconds(bench.app.pid)?);
-    let outcome = picket_lab::in_netns(&bench.client.netns, || match phase {
+    let outcome = picket_lab::in_netns(server.client_netns(bench), || match phase {
         Phase::Bulk1 => client::bulk(addr, 1, config.phase),
         Phase::Bulk8 => client::bulk(addr, config.streams, config.phase),
         Phase::ConnRate => client::short_connections(addr, config.concurrency, config.phase),
@@ -260,7 +269,8 @@ fn profile(
 /// Idle PSS of the relay, then its PSS and file descriptors while it holds
 /// `n` idle connections (each after one exchange).
 fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Memory>> {
-    let Some(pid) = server.relay_pid() else {
+    // One relay's memory: the two-hop modes have two, measured in the one-hop rows.
+    let (Some(pid), None) = (server.relay_pid(), &server.source) else {
         return Ok(None);
     };
     std::thread::sleep(Duration::from_millis(300));
@@ -269,7 +279,7 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
     let idle_fds = procfs::fd_count(pid)?;
     let idle_threads = procfs::threads(pid)?;
     let addr = server.addr();
-    let held = picket_lab::in_netns(&bench.client.netns, || client::open_idle(addr, n))??;
+    let held = picket_lab::in_netns(server.client_netns(bench), || client::open_idle(addr, n))??;
     std::thread::sleep(Duration::from_millis(300));
     let memory = Memory {
         idle_pss_kib,
@@ -288,12 +298,16 @@ fn measure_memory(bench: &Bench, server: &Server, n: usize) -> Result<Option<Mem
 
 /// A little of every phase, unrecorded: first connections, page faults and
 /// allocator growth happen before the clock runs.
-fn warm_up(bench: &Bench, addr: SocketAddr) -> Result<()> {
+fn warm_up(bench: &Bench, server: &Server) -> Result<()> {
     let short = Duration::from_millis(250);
-    picket_lab::in_netns(&bench.client.netns, || -> std::io::Result<Outcome> {
-        client::bulk(addr, 1, short)?;
-        client::short_connections(addr, 8, short)?;
-        client::ping_pong(addr, short)
-    })??;
+    let addr = server.addr();
+    picket_lab::in_netns(
+        server.client_netns(bench),
+        || -> std::io::Result<Outcome> {
+            client::bulk(addr, 1, short)?;
+            client::short_connections(addr, 8, short)?;
+            client::ping_pong(addr, short)
+        },
+    )??;
     Ok(())
 }

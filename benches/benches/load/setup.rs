@@ -46,15 +46,23 @@ pub enum Mode {
     /// The same HAProxy with splicing: forced (`option splice-request` and
     /// `option splice-response`), or `option splice-auto`.
     HaproxySplice,
+    /// Two sidecars: the client's pod captures its outbound connections
+    /// (its own `picket-proxy`), the server's pod its inbound ones.
+    Picket2Hop,
+    /// The same two hops through HAProxy: one in the client's pod behind
+    /// the outbound REDIRECT, one in the server's pod behind the inbound one.
+    Haproxy2Hop,
 }
 
 impl Mode {
     /// Every mode, in the order each round runs them.
-    pub const ALL: [Mode; 4] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Direct,
         Mode::Picket,
         Mode::Haproxy,
         Mode::HaproxySplice,
+        Mode::Picket2Hop,
+        Mode::Haproxy2Hop,
     ];
 
     /// The mode's name in the report.
@@ -64,7 +72,19 @@ impl Mode {
             Mode::Picket => "picket",
             Mode::Haproxy => "haproxy",
             Mode::HaproxySplice => "haproxy-splice",
+            Mode::Picket2Hop => "picket-2hop",
+            Mode::Haproxy2Hop => "haproxy-2hop",
         }
+    }
+
+    /// Whether the client's own pod relays too (outbound capture).
+    pub fn two_hops(self) -> bool {
+        matches!(self, Mode::Picket2Hop | Mode::Haproxy2Hop)
+    }
+
+    /// Whether the relays are Picket's.
+    fn is_picket(self) -> bool {
+        matches!(self, Mode::Picket | Mode::Picket2Hop)
     }
 
     fn pod_name(self) -> String {
@@ -133,6 +153,18 @@ pub struct Server {
     pub pod: LabPod,
     /// The relay process (none for direct).
     pub relay: Option<Proc>,
+    /// The two-hop modes' client: its own pod, and the relay capturing its
+    /// outbound connections.
+    pub source: Option<Source>,
+}
+
+/// The client side of a two-hop mode.
+#[derive(Debug)]
+pub struct Source {
+    /// The client's pod (outbound capture).
+    pub pod: LabPod,
+    /// The relay in it.
+    pub relay: Proc,
 }
 
 impl Server {
@@ -144,6 +176,21 @@ impl Server {
     /// The relay's pid, if it has one.
     pub fn relay_pid(&self) -> Option<u32> {
         self.relay.as_ref().map(|r| r.pid)
+    }
+
+    /// Every relay's pid: the server's, and the client side's in a two-hop mode.
+    pub fn relay_pids(&self) -> Vec<u32> {
+        self.relay_pid()
+            .into_iter()
+            .chain(self.source.as_ref().map(|s| s.relay.pid))
+            .collect()
+    }
+
+    /// The namespace the load generator runs in for this mode.
+    pub fn client_netns<'a>(&'a self, bench: &'a Bench) -> &'a str {
+        self.source
+            .as_ref()
+            .map_or(&bench.client.netns, |s| &s.pod.netns)
     }
 }
 
@@ -270,17 +317,29 @@ impl Bench {
         let client = lab.add_pod("loadgen")?;
         remember_netns(&client.netns);
         let mut pods = Vec::new();
+        let mut sources = Vec::new();
         for mode in Mode::ALL {
             let pod = lab.add_pod(&mode.pod_name())?;
             remember_netns(&pod.netns);
             pods.push((mode, pod));
+            if mode.two_hops() {
+                let source = lab.add_pod(&format!("loadgen-{}", mode.name()))?;
+                remember_netns(&source.netns);
+                sources.push((mode, source));
+            }
         }
-        for pod in std::iter::once(&client).chain(pods.iter().map(|(_, p)| p)) {
+        for pod in std::iter::once(&client)
+            .chain(pods.iter().map(|(_, p)| p))
+            .chain(sources.iter().map(|(_, p)| p))
+        {
             tune_netns(pod)?;
         }
 
         let cluster = work.0.join("cluster");
-        write_cluster(&cluster, &lab, &client, &pods)?;
+        let clients: Vec<&LabPod> = std::iter::once(&client)
+            .chain(sources.iter().map(|(_, p)| p))
+            .collect();
+        write_cluster(&cluster, &lab, &clients, &pods)?;
 
         // The app first: relays connect to it.
         let specs: Vec<String> = pods
@@ -296,14 +355,14 @@ impl Bench {
         for (mode, pod) in pods {
             let relay = match mode {
                 Mode::Direct => None,
-                Mode::Picket | Mode::Haproxy | Mode::HaproxySplice => {
+                _ => {
                     let node_file = work.0.join("state").join(&pod.name).join("node");
-                    init(&proxy, &pod, &node_file)?;
+                    init(&proxy, &lab, &pod, &node_file, false)?;
                     share_dir(&work.0.join("state"))?;
                     share_dir(node_file.parent().unwrap_or(&work.0))?;
                     let log = File::create(log_dir.join(format!("{}.log", mode.name())))?;
                     Some(match mode {
-                        Mode::Picket => {
+                        Mode::Picket | Mode::Picket2Hop => {
                             start_picket(&proxy, &lab, &pod, &cluster, &node_file, workers, log)?
                         }
                         _ => start_haproxy(
@@ -315,7 +374,29 @@ impl Bench {
                     })
                 }
             };
-            servers.push(Server { mode, pod, relay });
+            let source = match sources.iter().position(|(m, _)| *m == mode) {
+                None => None,
+                Some(i) => {
+                    let (_, source) = sources.remove(i);
+                    let node_file = work.0.join("state").join(&source.name).join("node");
+                    init(&proxy, &lab, &source, &node_file, true)?;
+                    share_dir(&work.0.join("state"))?;
+                    share_dir(node_file.parent().unwrap_or(&work.0))?;
+                    let log = File::create(log_dir.join(format!("{}-client.log", mode.name())))?;
+                    let relay = if mode.is_picket() {
+                        start_picket(&proxy, &lab, &source, &cluster, &node_file, workers, log)?
+                    } else {
+                        start_haproxy_outbound(&work.0, &source, &pod, log)?
+                    };
+                    Some(Source { pod: source, relay })
+                }
+            };
+            servers.push(Server {
+                mode,
+                pod,
+                relay,
+                source,
+            });
         }
         let haproxy_version = Command::new("haproxy")
             .arg("-v")
@@ -346,22 +427,39 @@ impl Bench {
     /// mode; checks that each relay pid is the relay itself.
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + READY;
-        let client_netns = self.client.netns.clone();
         for server in &mut self.servers {
             let name = server.mode.name();
-            let admin = SocketAddr::new(server.pod.ip, picket_common::ADMIN_PORT);
+            let client_netns = server
+                .source
+                .as_ref()
+                .map_or(self.client.netns.clone(), |s| s.pod.netns.clone());
             loop {
                 if let Some(relay) = &mut server.relay {
                     relay.check_alive(name).with_context(|| {
                         format!("see {}", self.log_dir.join(format!("{name}.log")).display())
                     })?;
                 }
-                let ready = match server.mode {
-                    Mode::Picket => {
-                        matches!(http_get(&server.pod.netns, admin, "/ready"), Ok((200, _)))
-                            && probe(&client_netns, server.addr())
-                    }
-                    _ => probe(&client_netns, server.addr()),
+                if let Some(source) = &mut server.source {
+                    source.relay.check_alive(name).with_context(|| {
+                        format!(
+                            "see {}",
+                            self.log_dir.join(format!("{name}-client.log")).display()
+                        )
+                    })?;
+                }
+                let ready = if server.mode.is_picket() {
+                    let ready = |netns: &str, ip| {
+                        let admin = SocketAddr::new(ip, picket_common::ADMIN_PORT);
+                        matches!(http_get(netns, admin, "/ready"), Ok((200, _)))
+                    };
+                    ready(&server.pod.netns, server.pod.ip)
+                        && server
+                            .source
+                            .as_ref()
+                            .is_none_or(|s| ready(&s.pod.netns, s.pod.ip))
+                        && probe(&client_netns, server.addr())
+                } else {
+                    probe(&client_netns, server.addr())
                 };
                 if ready {
                     break;
@@ -373,17 +471,14 @@ impl Bench {
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if let Some(relay) = &server.relay {
-                let comm = procfs::comm(relay.pid)?;
-                let expected = match server.mode {
-                    Mode::Picket => "picket-proxy",
-                    _ => "haproxy",
+            for pid in server.relay_pids() {
+                let comm = procfs::comm(pid)?;
+                let expected = if server.mode.is_picket() {
+                    "picket-proxy"
+                } else {
+                    "haproxy"
                 };
-                ensure!(
-                    comm == expected,
-                    "pid {} is {comm}, not {expected}",
-                    relay.pid
-                );
+                ensure!(comm == expected, "pid {pid} is {comm}, not {expected}");
             }
         }
         Ok(())
@@ -433,7 +528,12 @@ fn tune_netns(pod: &LabPod) -> Result<()> {
 /// A small cluster: the lab pods, two more namespaces of pods that exist
 /// only on paper, and a handful of policies; the server pods admit the
 /// load generator on the app port.
-fn write_cluster(dir: &Path, lab: &Lab, client: &LabPod, pods: &[(Mode, LabPod)]) -> Result<()> {
+fn write_cluster(
+    dir: &Path,
+    lab: &Lab,
+    clients: &[&LabPod],
+    pods: &[(Mode, LabPod)],
+) -> Result<()> {
     use serde_json::json;
     let host_ip = lab.host_ip().to_string();
     let pod = |ns: &str, name: &str, ip: String, labels: serde_json::Value| {
@@ -451,12 +551,14 @@ fn write_cluster(dir: &Path, lab: &Lab, client: &LabPod, pods: &[(Mode, LabPod)]
             "metadata": {"name": ns, "labels": {"team": team, "kubernetes.io/metadata.name": ns}},
         }));
     }
-    docs.push(pod(
-        NAMESPACE,
-        &client.name,
-        client.ip.to_string(),
-        json!({"app": "loadgen"}),
-    ));
+    for client in clients {
+        docs.push(pod(
+            NAMESPACE,
+            &client.name,
+            client.ip.to_string(),
+            json!({"app": "loadgen"}),
+        ));
+    }
     for (mode, p) in pods {
         docs.push(pod(
             NAMESPACE,
@@ -543,9 +645,23 @@ fn write_cluster(dir: &Path, lab: &Lab, client: &LabPod, pods: &[(Mode, LabPod)]
     Ok(())
 }
 
-fn init(binary: &Path, pod: &LabPod, node_file: &Path) -> Result<()> {
+/// Runs init in a pod: inbound always; outbound capture for a two-hop client.
+fn init(binary: &Path, lab: &Lab, pod: &LabPod, node_file: &Path, outbound: bool) -> Result<()> {
     let node_file = node_file.to_str().context("non-UTF-8 path")?;
-    let out = run_init(binary, pod, &["--node-file", node_file])?;
+    let host_ip = lab.host_ip().to_string();
+    let capture = if outbound { "on" } else { "off" };
+    let out = run_init(
+        binary,
+        pod,
+        &[
+            "--node-file",
+            node_file,
+            "--host-ip",
+            &host_ip,
+            "--outbound-capture",
+            capture,
+        ],
+    )?;
     ensure!(
         out.status.success(),
         "picket-proxy init in {}: {}",
@@ -633,6 +749,32 @@ fn start_haproxy(work: &Path, pod: &LabPod, splice: Option<Splice>, log: File) -
          frontend inbound\n    bind :{INBOUND_PORT}\n    default_backend app\n\n\
          backend app\n    server app {}:{APP_PORT}\n",
         pod.ip
+    );
+    let path = work.join(format!("{}.cfg", pod.name));
+    fs::write(&path, config)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let mut command = relay_command(&pod.netns);
+    command
+        .args(["haproxy", "-db", "-f"])
+        .arg(&path)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Proc::spawn(&mut command)
+}
+
+/// HAProxy in a client's pod behind the outbound REDIRECT: it listens where
+/// init sends captured connections (127.0.0.1, the outbound port) and
+/// forwards to the server pod's app address (HAProxy, unlike Picket, has no
+/// original-destination lookup in TCP mode: the one destination is
+/// configured), where the server's own relay takes it.
+fn start_haproxy_outbound(work: &Path, pod: &LabPod, server: &LabPod, log: File) -> Result<Proc> {
+    let config = format!(
+        "global\n    nbthread 1\n    maxconn 4000\n\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\n\
+         frontend outbound\n    bind 127.0.0.1:{}\n    default_backend server\n\n\
+         backend server\n    server server {}:{APP_PORT}\n",
+        picket_common::OUTBOUND_PORT,
+        server.ip
     );
     let path = work.join(format!("{}.cfg", pod.name));
     fs::write(&path, config)?;
