@@ -411,6 +411,17 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
         Ok(settings) => settings,
         Err(invalid) => return rejected(invalid.into()),
     };
+    let mut warnings = ignored_opt_outs(pod, ns);
+    if let Some(problem) = settings
+        .outbound
+        .as_ref()
+        .and_then(|_| runs_as_proxy_uid(pod, cfg))
+    {
+        if !opt_outs {
+            return rejected(Unenforceable { problem }.into());
+        }
+        warnings.push(format!("picket: {problem}"));
+    }
     let reserved_ports = match sysctls::reserved_ports_ops(pod, &proxy_ports(cfg)) {
         Ok(ops) => ops,
         Err(invalid) => return rejected(invalid.into()),
@@ -419,7 +430,6 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
     if let Err(problem) = self_check(pod, &ops) {
         return skip_or_refuse(pod, SkipReason::SelfCheck(problem), opt_outs);
     }
-    let mut warnings = ignored_opt_outs(pod, ns);
     if ns.labels.is_none() {
         warnings.push(format!(
             "picket: could not read namespace {:?} to check its Pod Security level and whether \
@@ -562,6 +572,38 @@ fn netfilter_access(pod: &Pod) -> Option<String> {
         }) {
             return Some(format!(
                 "container {name} adds the capability {cap} and could remove the pod's redirect to the proxy"
+            ));
+        }
+    }
+    None
+}
+
+/// A container of the pod's own that runs as the proxy's UID (its own
+/// `runAsUser`, or the pod's): init's outbound chain returns that UID's
+/// connections uncaptured, so its egress would go unenforced at the
+/// source. (An image whose default user is that UID, with no `runAsUser`,
+/// cannot be seen here: docs/injector.md says so.)
+fn runs_as_proxy_uid(pod: &Pod, cfg: &InjectConfig) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let pod_uid = spec.security_context.as_ref().and_then(|c| c.run_as_user);
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
+        .map(|c| (c.name.as_str(), c.security_context.as_ref()))
+        .chain(
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .map(|c| (c.name.as_str(), c.security_context.as_ref())),
+        );
+    for (name, context) in containers {
+        let uid = context.and_then(|c| c.run_as_user).or(pod_uid);
+        if uid == Some(cfg.proxy_uid) {
+            return Some(format!(
+                "container {name} runs as the proxy's UID {}: its outbound connections would bypass the proxy (set another runAsUser, or picket.io/outbound-capture: disabled)",
+                cfg.proxy_uid
             ));
         }
     }

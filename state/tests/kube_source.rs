@@ -33,6 +33,21 @@ fn has_policy(rx: &SnapshotRx, key: &ObjectKey) -> bool {
         .is_some_and(|s| s.index.policy(key).is_some())
 }
 
+/// A kube source over a client of the test API server (the kubeconfig
+/// lives in the returned directory).
+async fn source(api: &ApiServer) -> (KubeSource, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
+    let restarts = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("watch_restarts_total", "restarts"),
+        &["kind"],
+    )
+    .unwrap();
+    (KubeSource::new(client, restarts), dir)
+}
+
 async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f() {
@@ -45,17 +60,9 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 async fn a_relist_from_a_lagging_watch_cache_does_not_roll_the_state_back() {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
     api.apply(CLUSTER).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig).unwrap();
-    let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
-    let restarts = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("watch_restarts_total", "restarts"),
-        &["kind"],
-    )
-    .unwrap();
+    let (source, _dir) = source(&api).await;
     let (writer, rx) = StateWriter::new();
-    tokio::spawn(KubeSource::new(client, restarts).run(writer));
+    tokio::spawn(source.run(writer));
     eventually("the first state", || rx.borrow().is_some()).await;
 
     // A replica's watch cache stops here; then a deny-all is applied.
@@ -110,21 +117,9 @@ endpoints: [{addresses: [10.0.0.1]}]
 "#,
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig).unwrap();
-    let client = picket_state::kube::client(Some(&kubeconfig)).await.unwrap();
-    let restarts = prometheus::IntCounterVec::new(
-        prometheus::Opts::new("watch_restarts_total", "restarts"),
-        &["kind"],
-    )
-    .unwrap();
+    let (source, _dir) = source(&api).await;
     let (writer, rx) = StateWriter::new();
-    tokio::spawn(
-        KubeSource::new(client, restarts)
-            .with_services()
-            .run(writer),
-    );
+    tokio::spawn(source.with_services().run(writer));
     let endpoints = |rx: &SnapshotRx| -> Option<Vec<String>> {
         let snapshot = rx.borrow().clone()?;
         let resolved = snapshot.services.resolve(

@@ -750,16 +750,7 @@ fn start_haproxy(work: &Path, pod: &LabPod, splice: Option<Splice>, log: File) -
          backend app\n    server app {}:{APP_PORT}\n",
         pod.ip
     );
-    let path = work.join(format!("{}.cfg", pod.name));
-    fs::write(&path, config)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
-    let mut command = relay_command(&pod.netns);
-    command
-        .args(["haproxy", "-db", "-f"])
-        .arg(&path)
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    Proc::spawn(&mut command)
+    spawn_haproxy(work, pod, &config, log)
 }
 
 /// HAProxy in a client's pod behind the outbound REDIRECT: it listens where
@@ -776,6 +767,11 @@ fn start_haproxy_outbound(work: &Path, pod: &LabPod, server: &LabPod, log: File)
         picket_common::OUTBOUND_PORT,
         server.ip
     );
+    spawn_haproxy(work, pod, &config, log)
+}
+
+/// Writes a pod's HAProxy configuration and runs HAProxy on it, as a relay.
+fn spawn_haproxy(work: &Path, pod: &LabPod, config: &str, log: File) -> Result<Proc> {
     let path = work.join(format!("{}.cfg", pod.name));
     fs::write(&path, config)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;

@@ -583,6 +583,51 @@ fn a_pod_may_turn_outbound_capture_off_only_where_its_namespace_allows_opt_outs(
 }
 
 #[test]
+fn an_app_running_as_the_proxy_uid_is_refused_where_its_egress_would_bypass() {
+    for level in ["pod", "container"] {
+        let mut pod = fixture("plain");
+        let spec = pod.spec.as_mut().unwrap();
+        let uid = Some(InjectConfig::for_test().proxy_uid);
+        match level {
+            "pod" => {
+                spec.security_context
+                    .get_or_insert_with(Default::default)
+                    .run_as_user = uid;
+            }
+            _ => {
+                spec.containers[0]
+                    .security_context
+                    .get_or_insert_with(Default::default)
+                    .run_as_user = uid;
+            }
+        }
+        let plan = plan_in(&pod, &privileged_ns(), &InjectConfig::for_test());
+        let Decision::Rejected(Rejection::Unenforceable(why)) = &plan.decision else {
+            panic!("{level}: {:?}", plan.decision);
+        };
+        assert!(
+            why.problem.contains("runs as the proxy's UID 1337"),
+            "{why}"
+        );
+        // Without outbound capture nothing bypasses: injected.
+        let off = InjectConfig {
+            outbound_capture: false,
+            ..InjectConfig::for_test()
+        };
+        let plan = plan_in(&pod, &privileged_ns(), &off);
+        assert!(matches!(plan.decision, Decision::Injected(_)), "{level}");
+        // Where pod authors are trusted (opt-outs allowed): a warning.
+        let plan = plan_allowing_opt_outs(&pod, &InjectConfig::for_test());
+        assert!(matches!(plan.decision, Decision::Injected(_)), "{level}");
+        assert!(
+            plan.warnings.iter().any(|w| w.contains("proxy's UID")),
+            "{:?}",
+            plan.warnings
+        );
+    }
+}
+
+#[test]
 fn outbound_capture_is_off_when_the_injector_turns_it_off() {
     let pod = fixture("plain");
     let off = InjectConfig {

@@ -1,9 +1,10 @@
 //! Enforcement for this pod: every connection, inbound (a peer opened it)
 //! or outbound (this pod did, captured), is registered, then decided
 //! against the latest cluster snapshot: inbound by this pod's ingress side
-//! and the source's egress side, outbound by this pod's egress side; every new snapshot re-checks
-//! the live ones and tears down those no longer allowed (ztunnel's
-//! connection manager and policy watcher, in one place).
+//! and the source's egress side, outbound by this pod's egress side (and
+//! the ingress side of a destination without a sidecar); every new
+//! snapshot re-checks the live ones and tears down those no longer allowed
+//! (ztunnel's connection manager and policy watcher, in one place).
 //!
 //! ```text
 //!  accept ─▶ admit: register ─▶ snapshot (bounded wait) ─▶ decide ─▶ allowed? ─▶ relay
