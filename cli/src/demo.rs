@@ -1,6 +1,8 @@
 //! `picket demo`: the seed's bookstore example as real network-namespace pods
-//! with sidecars, a truth table of real connection attempts, and a policy
-//! change that tears down a live connection. Needs root, iproute2, iptables.
+//! with sidecars, a truth table of real connection attempts, a policy
+//! change that tears down a live connection, and an egress policy enforced
+//! at the source (toward pods and toward the internet). Needs root,
+//! iproute2, iptables.
 //!
 //! The sidecars are the real `picket-proxy` binary: the one beside this
 //! binary (cargo builds both into the same directory), or `--proxy PATH`.
@@ -37,6 +39,22 @@ spec:
   - from:
       - podSelector:
           matchLabels: {app: inventory}
+";
+
+/// The egress act: the frontend may reach the API and nothing else.
+const FRONTEND_EGRESS_YAML: &str = "kind: NetworkPolicy
+apiVersion: networking.k8s.io/v1
+metadata:
+  name: frontend-egress
+  namespace: bookstore
+spec:
+  podSelector:
+    matchLabels: {app: bookstore, role: frontend}
+  policyTypes: [Egress]
+  egress:
+  - to:
+      - podSelector:
+          matchLabels: {app: bookstore, role: api}
 ";
 
 struct DemoPod {
@@ -120,10 +138,18 @@ pub fn run(out: &mut dyn Write, proxy: Option<&Path>) -> anyhow::Result<()> {
     let mut pods = BTreeMap::new();
     for (lab_pod, labels) in labs {
         let node_file = state_dir.path().join(&lab_pod.name).join("node");
+        let host_ip = lab.host_ip().to_string();
         let init = run_init(
             &binary,
             &lab_pod,
-            &["--node-file", &node_file.to_string_lossy()],
+            &[
+                "--node-file",
+                &node_file.to_string_lossy(),
+                "--host-ip",
+                &host_ip,
+                "--outbound-capture",
+                "on",
+            ],
         )?;
         if !init.status.success() {
             bail!(
@@ -157,7 +183,7 @@ pub fn run(out: &mut dyn Write, proxy: Option<&Path>) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{} pods up, each with `picket-proxy init` (iptables) and `picket-proxy run` (uid {}).",
+        "{} pods up, each with `picket-proxy init` (iptables: inbound and outbound capture) and `picket-proxy run` (uid {}).",
         pods.len(),
         lab::proxy::PROXY_UID
     )?;
@@ -211,6 +237,59 @@ pub fn run(out: &mut dyn Write, proxy: Option<&Path>) -> anyhow::Result<()> {
     )?;
     check_against_engine(out, cluster_dir.path(), &after)?;
 
+    // Egress, at the source: toward the other pods and toward the internet.
+    let internet = lab.add_external(10)?;
+    let outside = EchoServer::start(lab.node_netns(), SocketAddr::new(internet, PORT))?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "An address outside the cluster, {internet} (\"the internet\"), answers on port {PORT}."
+    )?;
+    writeln!(
+        out,
+        "Applying bookstore/frontend-egress (the frontend may reach the API and nothing else), with api-allow as it first was ..."
+    )?;
+    write_cluster_with(
+        cluster_dir.path(),
+        &lab,
+        &pods_labels(&pods),
+        &[POLICY_YAML, FRONTEND_EGRESS_YAML],
+    )?;
+    let frontend = &pods["frontend"];
+    let to_internet = |pod: &DemoPod| {
+        connect_from(&pod.lab.netns, None, SocketAddr::new(internet, PORT)).is_ok_and(|mut s| {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            echoes(&mut s)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while to_internet(frontend) {
+        if Instant::now() > deadline {
+            bail!("the frontend still reaches {internet} after its egress policy");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let egress = probe_all(&pods)?;
+    write!(
+        out,
+        "{}",
+        render(&pods, &egress, "Real connections with the egress policy")
+    )?;
+    check_against_engine(out, cluster_dir.path(), &egress)?;
+    let reached_before = outside.accepted();
+    let from_frontend = to_internet(frontend);
+    let others = ["coffeeshop", "inventory"].map(|name| to_internet(&pods[name]));
+    writeln!(
+        out,
+        "  to {internet}: frontend {} (reset by its own sidecar: the egress is enforced at the source); coffeeshop {}, inventory {}",
+        mark(from_frontend),
+        mark(others[0]),
+        mark(others[1]),
+    )?;
+    if from_frontend || others != [true, true] || outside.accepted() != reached_before + 2 {
+        bail!("the other pods do not reach {internet} as they should");
+    }
+
     drop(pods);
     drop(lab);
     writeln!(out)?;
@@ -236,6 +315,16 @@ fn write_cluster(
     pods: &[(LabPod, BTreeMap<String, String>)],
     policy: &str,
 ) -> anyhow::Result<()> {
+    write_cluster_with(dir, lab, pods, &[policy])
+}
+
+/// The namespace, the pods and these policies, each file replaced atomically.
+fn write_cluster_with(
+    dir: &Path,
+    lab: &Lab,
+    pods: &[(LabPod, BTreeMap<String, String>)],
+    policies: &[&str],
+) -> anyhow::Result<()> {
     let mut docs = vec![format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n"
     )];
@@ -252,7 +341,7 @@ fn write_cluster(
     }
     for (name, text) in [
         ("cluster.yaml", docs.join("\n---\n")),
-        ("api-allow.yaml", policy.to_string()),
+        ("policies.yaml", policies.join("\n---\n")),
     ] {
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)?;
@@ -299,16 +388,21 @@ fn render(pods: &BTreeMap<String, DemoPod>, table: &Table, title: &str) -> Strin
     for from in pods.keys() {
         let _ = write!(text, "  {from:<12}");
         for to in pods.keys() {
-            let mark = if table[&(from.clone(), to.clone())] {
-                "✓"
-            } else {
-                "✗"
-            };
+            let mark = mark(table[&(from.clone(), to.clone())]);
             let _ = write!(text, "{mark:>12}");
         }
         text.push('\n');
     }
     text
+}
+
+/// `✓` echoed, `✗` reset.
+fn mark(reached: bool) -> &'static str {
+    if reached {
+        "✓"
+    } else {
+        "✗"
+    }
 }
 
 /// Compares the real results with the engine's answer for the same manifests.

@@ -54,11 +54,25 @@ fn demo_tells_the_bookstore_story_and_cleans_up() {
         stdout.contains("the live connection was torn down"),
         "{stdout}"
     );
+    // The egress act: the frontend reaches only the API, reset at the source.
+    assert_eq!(
+        row("Real connections with the egress policy", "frontend"),
+        "✓ ✗ ✓ ✗"
+    );
+    assert_eq!(
+        row("Real connections with the egress policy", "coffeeshop"),
+        "✗ ✓ ✓ ✓"
+    );
+    assert!(
+        stdout.contains("frontend ✗ (reset by its own sidecar")
+            && stdout.contains("coffeeshop ✓, inventory ✓"),
+        "{stdout}"
+    );
     assert_eq!(
         stdout
             .matches("all 16 results match `picket reach`")
             .count(),
-        2
+        3
     );
     let netns = std::fs::read_dir("/var/run/netns")
         .map(|d| {
