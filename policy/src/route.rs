@@ -77,4 +77,22 @@ impl Route {
             len => self.allowed.get(n % len),
         }
     }
+
+    /// The less loaded of two allowed destinations: the `n`th, round robin,
+    /// and the next (ties go to the `n`th), by `load` (live connections).
+    /// Round robin alone keeps sending to an endpoint whose connections
+    /// pile up; two choices avoid it at the cost of one more lookup.
+    pub fn pick_less_loaded(
+        &self,
+        n: usize,
+        load: impl Fn(SocketAddr) -> usize,
+    ) -> Option<&(SocketAddr, Decision)> {
+        let first = self.pick(n)?;
+        let second = self.pick(n + 1)?;
+        Some(if load(second.0) < load(first.0) {
+            second
+        } else {
+            first
+        })
+    }
 }

@@ -150,6 +150,13 @@ spec:
     // Round robin over the allowed ones.
     assert_eq!(r.pick(0).unwrap().0, r.allowed[0].0);
     assert_eq!(r.pick(3).unwrap().0, r.allowed[1].0);
+    // The less loaded of the next two: ties go to the round robin's.
+    let loaded = r.allowed[0].0;
+    let load = |a: std::net::SocketAddr| usize::from(a == loaded) * 5;
+    assert_eq!(r.pick_less_loaded(0, load).unwrap().0, r.allowed[1].0);
+    assert_eq!(r.pick_less_loaded(1, load).unwrap().0, r.allowed[1].0);
+    assert_eq!(r.pick_less_loaded(1, |_| 0).unwrap().0, r.allowed[1].0);
+    assert_eq!(r.pick_less_loaded(2, |_| 0).unwrap().0, r.allowed[0].0);
     // The ClusterIP itself is no pod: dialled directly, it is an address.
     let direct = route(&idx, "10.0.0.9:5432");
     assert_eq!((direct.service, direct.allowed.len()), (None, 0));

@@ -1,7 +1,8 @@
 //! Outbound admission: a connection this pod opened, captured, is routed
 //! by the engine (the address dialled, or a Service's endpoints) and
 //! decided by this pod's egress side; allowed, it is dialled at the
-//! destination chosen (round robin over a Service's allowed endpoints), and
+//! destination chosen (of a Service's allowed endpoints, the less loaded of
+//! the next two in turn), and
 //! the table holds that destination, so a re-check decides what was dialled.
 
 use std::sync::atomic::Ordering;
@@ -75,7 +76,9 @@ impl Enforcer {
             }
         }
         let picked = route
-            .pick(self.next_endpoint.fetch_add(1, Ordering::Relaxed))
+            .pick_less_loaded(self.next_endpoint.fetch_add(1, Ordering::Relaxed), |a| {
+                self.registry.dialled(a)
+            })
             .cloned();
         self.count_outbound(&route, picked.as_ref().map(|(_, d)| d));
         registration.set_decided_on(snapshot.version);

@@ -23,6 +23,9 @@ use crate::net::{ClientAddr, OrigDstAddr};
 pub struct Registry {
     conns: Mutex<HashMap<u64, Tracked>>,
     next_id: AtomicU64,
+    /// Live outbound connections by the endpoint dialled (a Service's):
+    /// how loaded each is, for the choice between two.
+    dialled: Mutex<HashMap<std::net::SocketAddr, usize>>,
 }
 
 #[derive(Debug)]
@@ -54,6 +57,8 @@ pub struct Registration {
     id: u64,
     registry: Arc<Registry>,
     kill: Arc<Kill>,
+    /// The endpoint it was dialled at, counted in the registry's load.
+    dialled: std::sync::OnceLock<OrigDstAddr>,
 }
 
 /// One live connection as a re-check sees it: a copy taken under the lock.
@@ -115,7 +120,17 @@ impl Registry {
             id,
             registry: self.clone(),
             kill,
+            dialled: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How many live connections were dialled at an endpoint.
+    pub fn dialled(&self, endpoint: std::net::SocketAddr) -> usize {
+        self.dialled_lock().get(&endpoint).copied().unwrap_or(0)
+    }
+
+    fn dialled_lock(&self) -> MutexGuard<'_, HashMap<std::net::SocketAddr, usize>> {
+        self.dialled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A copy of every live connection, for a re-check to decide outside the lock.
@@ -234,6 +249,9 @@ impl Registration {
         if let Some(t) = self.registry.lock().get_mut(&self.id) {
             t.dst = dst;
         }
+        if self.dialled.set(dst).is_ok() {
+            *self.registry.dialled_lock().entry(dst.0).or_default() += 1;
+        }
     }
 
     /// Records the snapshot version the connection was admitted on.
@@ -257,6 +275,15 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+        if let Some(dst) = self.dialled.get() {
+            let mut dialled = self.registry.dialled_lock();
+            if let Some(n) = dialled.get_mut(&dst.0) {
+                *n -= 1;
+                if *n == 0 {
+                    dialled.remove(&dst.0);
+                }
+            }
+        }
     }
 }
 

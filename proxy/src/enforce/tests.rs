@@ -456,3 +456,45 @@ async fn a_service_without_an_allowed_endpoint_is_denied_naming_it() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn of_the_next_two_endpoints_the_less_loaded_is_dialled() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, DB_SERVICE);
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let service = OrigDstAddr(addr("10.96.0.10:5432"));
+    let mut live = Vec::new();
+    for _ in 0..4 {
+        live.push(
+            enforcer
+                .admit(Direction::Egress, me, service)
+                .await
+                .unwrap(),
+        );
+    }
+    // db-2's two connections close: db-1 holds two, db-2 none.
+    live.retain(|a| a.dial.0.to_string() == "10.0.1.1:15432");
+    assert_eq!(live.len(), 2);
+    assert_eq!(enforcer.registry.dialled(addr("10.0.1.2:15432")), 0);
+    assert_eq!(enforcer.registry.dialled(addr("10.0.1.1:15432")), 2);
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        let admitted = enforcer
+            .admit(Direction::Egress, me, service)
+            .await
+            .unwrap();
+        next.push(admitted.dial.0.to_string());
+        live.push(admitted);
+    }
+    assert_eq!(
+        next,
+        ["10.0.1.2:15432", "10.0.1.2:15432"],
+        "round robin alone would have sent one to the loaded db-1"
+    );
+    drop(live);
+    assert_eq!(
+        enforcer.registry.dialled(addr("10.0.1.1:15432")),
+        0,
+        "counts go with the connections"
+    );
+}
