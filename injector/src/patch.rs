@@ -31,8 +31,9 @@ use json_patch::{AddOperation, MoveOperation, PatchOperation};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
     DownwardAPIVolumeFile, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -541,13 +542,10 @@ fn foreign_mount(pod: &Pod) -> Option<String> {
     None
 }
 
-/// A container of the pod's own that can rewrite the pod's iptables rules
-/// (privileged, or with NET_ADMIN, SYS_ADMIN or ALL): it could remove the
-/// redirect to the proxy.
-fn netfilter_access(pod: &Pod) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
-    let containers = spec
-        .containers
+/// The pod's own containers (regular, init, ephemeral; not ours), each
+/// with its security context.
+fn app_containers(spec: &PodSpec) -> impl Iterator<Item = (&str, Option<&SecurityContext>)> {
+    spec.containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
@@ -557,7 +555,15 @@ fn netfilter_access(pod: &Pod) -> Option<String> {
                 .iter()
                 .flatten()
                 .map(|c| (c.name.as_str(), c.security_context.as_ref())),
-        );
+        )
+}
+
+/// A container of the pod's own that can rewrite the pod's iptables rules
+/// (privileged, or with NET_ADMIN, SYS_ADMIN or ALL): it could remove the
+/// redirect to the proxy.
+fn netfilter_access(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let containers = app_containers(spec);
     for (name, context) in containers {
         let Some(context) = context else { continue };
         if context.privileged == Some(true) {
@@ -586,23 +592,12 @@ fn netfilter_access(pod: &Pod) -> Option<String> {
 fn runs_as_proxy_uid(pod: &Pod, cfg: &InjectConfig) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     let pod_uid = spec.security_context.as_ref().and_then(|c| c.run_as_user);
-    let containers = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .filter(|c| c.name != INIT_CONTAINER && c.name != PROXY_CONTAINER)
-        .map(|c| (c.name.as_str(), c.security_context.as_ref()))
-        .chain(
-            spec.ephemeral_containers
-                .iter()
-                .flatten()
-                .map(|c| (c.name.as_str(), c.security_context.as_ref())),
-        );
+    let containers = app_containers(spec);
     for (name, context) in containers {
         let uid = context.and_then(|c| c.run_as_user).or(pod_uid);
         if uid == Some(cfg.proxy_uid) {
             return Some(format!(
-                "container {name} runs as the proxy's UID {}: its outbound connections would bypass the proxy (set another runAsUser, or picket.io/outbound-capture: disabled)",
+                "container {name} runs as the proxy's UID {}: its outbound connections would bypass the proxy (give it another runAsUser)",
                 cfg.proxy_uid
             ));
         }
