@@ -153,18 +153,10 @@ impl PolicyIndex {
             return Decision::allow(Reason::SamePod, Some(dst.clone()));
         }
         let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
-        let mut allowed = None;
-        for key in self.pods_with_ip(src) {
-            let Some(src_pod) = self.pod(key) else {
-                continue;
-            };
-            let decision = self.evaluate(self.endpoint(src_pod, Some(src)), dst_pod, &to, trace);
-            if !decision.allowed {
-                return decision;
-            }
-            allowed.get_or_insert(decision);
-        }
-        allowed.unwrap_or_else(|| self.evaluate(Endpoint::Address(src), dst_pod, &to, trace))
+        self.every_holder(src, |src_pod| {
+            self.evaluate(self.endpoint(src_pod, Some(src)), dst_pod, &to, trace)
+        })
+        .unwrap_or_else(|| self.evaluate(Endpoint::Address(src), dst_pod, &to, trace))
     }
 
     /// Decides a connection between two pods by key, from the source's first IP
@@ -230,6 +222,28 @@ impl PolicyIndex {
             return Decision::allow(Reason::Node, None);
         }
         self.evaluate(Endpoint::Address(ip), dst_pod, &to, trace)
+    }
+
+    /// Decides once per live pod holding `ip` (a source, or a destination):
+    /// the first denial, else the first allowance; `None`: no pod holds it.
+    /// An address two pods hold is allowed only when both are.
+    fn every_holder(
+        &self,
+        ip: IpAddr,
+        mut decide: impl FnMut(&Pod) -> Decision,
+    ) -> Option<Decision> {
+        let mut allowed = None;
+        for key in self.pods_with_ip(ip) {
+            let Some(pod) = self.pod(key) else {
+                continue;
+            };
+            let decision = decide(pod);
+            if !decision.allowed {
+                return Some(decision);
+            }
+            allowed.get_or_insert(decision);
+        }
+        allowed
     }
 
     fn endpoint<'a>(&'a self, pod: &'a Pod, ip: Option<IpAddr>) -> Endpoint<'a> {
@@ -389,24 +403,16 @@ impl PolicyIndex {
         if src_pod.host_network {
             return Decision::allow(Reason::HostNetworkSource, source);
         }
-        let mut allowed = None;
-        for key in self.pods_with_ip(dst_ip) {
-            let Some(dst_pod) = self.pod(key) else {
-                continue;
-            };
+        self.every_holder(dst_ip, |dst_pod| {
             let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
             let ingress = (!dst_pod.sidecar && (egress.allows() || T::EVERY_RULE)).then(|| {
                 let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
                 self.side(dst_pod, Direction::Ingress, from, &to, trace)
             });
-            let decision = Decision::egress(egress, ingress, Some(key.clone()), src);
-            if !decision.allowed {
-                return decision;
-            }
-            allowed.get_or_insert(decision);
-        }
-        allowed.unwrap_or_else(|| {
+            Decision::egress(egress, ingress, Some(dst_pod.key.clone()), src)
+        })
+        .unwrap_or_else(|| {
             let to = Destination {
                 peer: Endpoint::Address(dst_ip),
                 ports: &[],
