@@ -168,7 +168,7 @@ pub fn run(out: &mut dyn Write, proxy: Option<&Path>) -> anyhow::Result<()> {
             NAMESPACE,
             cluster_dir.path(),
             &node_file,
-            &["--workers", "1"],
+            &["--workers", "1", "--outbound-capture", "on"],
         )?;
         sidecar.wait_ready(Duration::from_secs(20))?;
         pods.insert(

@@ -1361,10 +1361,16 @@ fn proxy_container(
         env(vars::LOCAL_ADMIN_PORT, cfg.local_admin_port.to_string()),
         env(vars::NODE_FILE, NODE_FILE),
     ];
+    // The sidecar decides what init captures: both get the same setting.
+    let capture = settings
+        .outbound
+        .as_ref()
+        .map(|_| env(vars::OUTBOUND_CAPTURE, "enabled"));
     let mut env: Vec<EnvVar> = downward
         .into_iter()
         .chain(state_env(cfg))
         .chain(settings_env)
+        .chain(capture)
         .collect();
     if let Some(level) = &settings.log_level {
         env.push(env_var(vars::LOG, level.clone()));

@@ -231,8 +231,10 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
     })
 }
 
-/// Compiles a Service: its ClusterIPs (none when headless, `None`, or an
-/// ExternalName) and ports (protocol defaulting to TCP).
+/// Compiles a Service: the addresses kube-proxy sends to its endpoints
+/// (its ClusterIPs, none when headless or an ExternalName; its
+/// `externalIPs`; its load balancers' IPs, which kube-proxy short-circuits
+/// inside the cluster) and its ports (protocol defaulting to TCP).
 pub fn service(s: &core::Service) -> Result<Service, InvalidField> {
     let key = key_of(&s.metadata)?;
     let spec = s.spec.as_ref();
@@ -246,12 +248,28 @@ pub fn service(s: &core::Service) -> Result<Service, InvalidField> {
     if listed.is_empty() {
         listed.extend(spec.and_then(|s| s.cluster_ip.as_deref()));
     }
-    let mut cluster_ips = Vec::new();
+    let mut addresses = Vec::new();
     for (i, text) in listed.into_iter().enumerate() {
         if external || text.is_empty() || text == "None" {
             continue;
         }
-        cluster_ips.push(ip(text, &format!("spec.clusterIPs[{i}]"))?);
+        addresses.push(ip(text, &format!("spec.clusterIPs[{i}]"))?);
+    }
+    if !external {
+        let external_ips = spec.and_then(|s| s.external_ips.as_deref());
+        for (i, text) in external_ips.unwrap_or_default().iter().enumerate() {
+            addresses.push(ip(text, &format!("spec.externalIPs[{i}]"))?);
+        }
+        let balancers = s
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_deref());
+        for (i, ingress) in balancers.unwrap_or_default().iter().enumerate() {
+            if let Some(text) = ingress.ip.as_deref().filter(|t| !t.is_empty()) {
+                addresses.push(ip(text, &format!("status.loadBalancer.ingress[{i}].ip"))?);
+            }
+        }
     }
     let mut ports = Vec::new();
     for (i, p) in spec
@@ -269,7 +287,7 @@ pub fn service(s: &core::Service) -> Result<Service, InvalidField> {
     }
     Ok(Service {
         key,
-        cluster_ips,
+        addresses,
         ports,
     })
 }

@@ -50,15 +50,17 @@ pub enum Reason {
     /// The source of an outbound connection uses host networking:
     /// NetworkPolicy does not apply.
     HostNetworkSource,
+    /// An outbound connection to a Service that has no ready endpoint for
+    /// the port dialled: denied (nothing to decide it on, and the
+    /// Service's own address is no destination).
+    NoEndpoint,
     /// An outbound connection, decided at its source: the source's egress
-    /// side, and the destination's ingress side when the destination pod
-    /// runs no sidecar to enforce it itself.
+    /// side, then the destination pod's ingress side.
     Egress {
         /// The source's egress side.
         egress: Side,
-        /// The destination's ingress side, checked here on its behalf: a
-        /// pod without a sidecar; `None`: the destination checks its own
-        /// (or it is no pod).
+        /// The destination pod's ingress side; `None`: no pod holds the
+        /// address, or the egress side already denied.
         ingress: Option<Side>,
         /// The pod holding the address dialled (the one that denied, when
         /// several hold it); `None`: an address that is no pod's.
@@ -362,9 +364,11 @@ impl PolicyIndex {
     /// outbound proxy sees it: `src`'s egress side toward the pod holding
     /// `dst_ip` (its labels for pod peers, its ports for named ports), or
     /// toward the address when no pod holds it (only `ipBlock` peers match).
-    /// A destination pod without a sidecar cannot enforce its own ingress
-    /// rules: they are checked here too, so the connection is allowed only
-    /// when both sides allow it, as NetworkPolicy says.
+    /// The destination pod's ingress side is checked here too, so the
+    /// connection is allowed only when both sides allow it, as NetworkPolicy
+    /// says: a destination without a sidecar cannot enforce its own (and
+    /// whether it runs one is the pod spec's say, which its author writes).
+    /// A destination with one checks both sides again.
     ///
     /// The node's addresses (`node`, and the source's hostIPs) and the pod's
     /// own addresses are always allowed. An address several live pods hold
@@ -406,7 +410,7 @@ impl PolicyIndex {
         self.every_holder(dst_ip, |dst_pod| {
             let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            let ingress = (!dst_pod.sidecar && (egress.allows() || T::EVERY_RULE)).then(|| {
+            let ingress = (egress.allows() || T::EVERY_RULE).then(|| {
                 let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
                 self.side(dst_pod, Direction::Ingress, from, &to, trace)
             });
@@ -623,6 +627,11 @@ impl Decision {
         }
     }
 
+    /// The denial of a connection to a Service without an endpoint.
+    pub(crate) fn no_endpoint(src: &PodKey) -> Self {
+        Self::deny(Reason::NoEndpoint, Some(src.clone()))
+    }
+
     fn egress(
         egress: Side,
         ingress: Option<Side>,
@@ -672,6 +681,7 @@ impl Decision {
             Reason::UnknownDestination => "unknown-destination",
             Reason::UnknownSource => "unknown-source",
             Reason::HostNetworkSource => "host-network-source",
+            Reason::NoEndpoint => "no-endpoint",
             Reason::Egress { egress, .. } if !egress.allows() => "egress-denied",
             Reason::Egress {
                 ingress: Some(ingress),
@@ -700,6 +710,9 @@ impl fmt::Display for Decision {
             Reason::HostNetworkSource => {
                 f.write_str("source uses host networking (NetworkPolicy does not apply)")
             }
+            Reason::NoEndpoint => {
+                f.write_str("the Service has no ready endpoint for this port (denied)")
+            }
             Reason::Egress {
                 egress,
                 ingress,
@@ -707,7 +720,7 @@ impl fmt::Display for Decision {
             } => {
                 write!(f, "egress toward {pod}: {egress}")?;
                 match ingress {
-                    Some(ingress) => write!(f, "; its ingress (no sidecar there): {ingress}"),
+                    Some(ingress) => write!(f, "; its ingress: {ingress}"),
                     None => Ok(()),
                 }
             }

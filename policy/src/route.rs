@@ -70,6 +70,17 @@ impl PolicyIndex {
 // === impl Route ===
 
 impl Route {
+    /// The route's verdict for a re-check: the first allowed destination's
+    /// decision, else the first denial, else (a Service without endpoints
+    /// for the port) a denial.
+    pub fn verdict(&self, src: &PodKey) -> Decision {
+        match (self.allowed.first(), &self.denied) {
+            (Some((_, allowed)), _) => allowed.clone(),
+            (None, Some(denied)) => denied.clone(),
+            (None, None) => Decision::no_endpoint(src),
+        }
+    }
+
     /// The `n`th allowed destination, round robin; `None`: none is allowed.
     pub fn pick(&self, n: usize) -> Option<&(SocketAddr, Decision)> {
         match self.allowed.len() {

@@ -22,8 +22,11 @@ use super::model::{ObjectKey, PodKey, Protocol};
 pub struct Service {
     /// Namespace and name.
     pub key: ObjectKey,
-    /// `spec.clusterIPs` (empty: headless, or ExternalName).
-    pub cluster_ips: Vec<IpAddr>,
+    /// The addresses that lead to its endpoints: `spec.clusterIPs` (none:
+    /// headless, or ExternalName), `spec.externalIPs`, and
+    /// `status.loadBalancer.ingress[].ip` (kube-proxy sends in-cluster
+    /// traffic to those straight to the endpoints too).
+    pub addresses: Vec<IpAddr>,
     /// `spec.ports`.
     pub ports: Vec<ServicePort>,
 }
@@ -57,7 +60,8 @@ pub struct EndpointSlice {
 /// One endpoint of a slice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Its addresses (the slice's address type).
+    /// Its addresses (the slice's address type; only the first is dialled,
+    /// as kube-proxy does).
     pub addresses: Vec<IpAddr>,
     /// `conditions.ready` (unset means ready, as the API says).
     pub ready: bool,
@@ -69,7 +73,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceIndex {
     services: BTreeMap<ObjectKey, Arc<Service>>,
-    by_cluster_ip: BTreeMap<IpAddr, ObjectKey>,
+    by_address: BTreeMap<IpAddr, ObjectKey>,
     slices: BTreeMap<ObjectKey, Arc<EndpointSlice>>,
     slices_of: BTreeMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
@@ -95,8 +99,8 @@ impl ServiceIndex {
     /// Adds or replaces a Service.
     pub fn apply_service(&mut self, service: Service) {
         self.delete_service(&service.key);
-        for ip in &service.cluster_ips {
-            self.by_cluster_ip.insert(*ip, service.key.clone());
+        for ip in &service.addresses {
+            self.by_address.insert(*ip, service.key.clone());
         }
         self.services.insert(service.key.clone(), Arc::new(service));
     }
@@ -106,9 +110,9 @@ impl ServiceIndex {
         let Some(old) = self.services.remove(key) else {
             return false;
         };
-        for ip in &old.cluster_ips {
-            if self.by_cluster_ip.get(ip) == Some(key) {
-                self.by_cluster_ip.remove(ip);
+        for ip in &old.addresses {
+            if self.by_address.get(ip) == Some(key) {
+                self.by_address.remove(ip);
             }
         }
         true
@@ -145,7 +149,7 @@ impl ServiceIndex {
     /// Replaces every Service.
     pub fn replace_services(&mut self, services: impl IntoIterator<Item = Service>) {
         self.services.clear();
-        self.by_cluster_ip.clear();
+        self.by_address.clear();
         for service in services {
             self.apply_service(service);
         }
@@ -181,14 +185,14 @@ impl ServiceIndex {
     }
 
     /// Whether an address is some Service's ClusterIP.
-    pub fn is_cluster_ip(&self, ip: IpAddr) -> bool {
-        self.by_cluster_ip.contains_key(&ip)
+    pub fn is_service_address(&self, ip: IpAddr) -> bool {
+        self.by_address.contains_key(&ip)
     }
 
     /// What a ClusterIP and port resolve to; `None`: the address is no
     /// Service's ClusterIP.
     pub fn resolve(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<Resolved> {
-        let key = self.by_cluster_ip.get(&ip)?;
+        let key = self.by_address.get(&ip)?;
         let mut resolved = Resolved {
             service: key.clone(),
             endpoints: Vec::new(),
@@ -210,7 +214,9 @@ impl ServiceIndex {
                 continue;
             };
             for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
-                for address in &endpoint.addresses {
+                // The addresses of one endpoint are fungible, and kube-proxy
+                // uses the first: so does this.
+                if let Some(address) = endpoint.addresses.first() {
                     if address.is_ipv4() == ip.is_ipv4() {
                         resolved
                             .endpoints
@@ -258,7 +264,7 @@ mod tests {
         let mut index = ServiceIndex::new();
         index.apply_service(Service {
             key: key("shop/db"),
-            cluster_ips: vec![
+            addresses: vec![
                 "10.96.0.10".parse().unwrap(),
                 "fd00:96::10".parse().unwrap(),
             ],
@@ -340,14 +346,14 @@ mod tests {
         // A Service whose ClusterIP changes no longer answers on the old one.
         index.apply_service(Service {
             key: key("shop/db"),
-            cluster_ips: vec!["10.96.0.11".parse().unwrap()],
+            addresses: vec!["10.96.0.11".parse().unwrap()],
             ports: vec![port(Some("sql"), 5432)],
         });
         assert!(index.resolve(ip, 5432, Protocol::Tcp).is_none());
-        assert!(index.is_cluster_ip("10.96.0.11".parse().unwrap()));
+        assert!(index.is_service_address("10.96.0.11".parse().unwrap()));
         assert!(index.delete_service(&key("shop/db")));
         assert!(!index.delete_service(&key("shop/db")));
-        assert!(!index.is_cluster_ip("10.96.0.11".parse().unwrap()));
+        assert!(!index.is_service_address("10.96.0.11".parse().unwrap()));
         let mut rebuilt = ServiceIndex::new();
         rebuilt.replace_slices(index.slices().map(|s| (**s).clone()));
         assert_eq!(rebuilt, index);

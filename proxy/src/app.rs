@@ -70,7 +70,11 @@ pub fn block_on_run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()>
 /// Runs the sidecar until SIGTERM (then drains) or SIGINT.
 pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     let pod = PodKey::new(&args.pod_namespace, &args.pod_name);
-    let node = node_addrs(&args);
+    let own_node = node_addrs(&args);
+    let mut node = own_node.clone();
+    for net in &args.node_cidrs {
+        node.push(*net);
+    }
     let source = match (args.source, &args.cluster_dir) {
         (Some(SourceArg::Files), None) => bail!("--source files needs --cluster-dir"),
         (Some(source), _) => source,
@@ -110,6 +114,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     let enforcer = Arc::new(Enforcer {
         pod,
         node,
+        own_node,
         resolver,
         registry: registry.clone(),
         snapshots,
@@ -126,6 +131,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         pod_cidrs: args.pod_cidrs.clone(),
         metrics: metrics.clone(),
         next_endpoint: Default::default(),
+        outbound: args.outbound_capture == OutboundArg::On,
     });
     let limits = Limits {
         connect_timeout: args.connect_timeout,
@@ -219,7 +225,12 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         (None, _) => {
             let client = picket_state::kube::client(args.kubeconfig.as_ref()).await?;
             spawn_source(
-                KubeSource::new(client, metrics.watch_restarts.clone()).with_services(),
+                match args.outbound_capture {
+                    OutboundArg::On => {
+                        KubeSource::new(client, metrics.watch_restarts.clone()).with_services()
+                    }
+                    OutboundArg::Off => KubeSource::new(client, metrics.watch_restarts.clone()),
+                },
                 writer,
             );
         }
@@ -294,6 +305,7 @@ fn spawn_source(source: impl Source, writer: StateWriter) {
     tokio::spawn(source.run(writer));
 }
 
+/// This pod's node's addresses: the hostIPs, and the gateways init recorded.
 fn node_addrs(args: &RunArgs) -> NodeAddrs {
     let mut node = NodeAddrs::default();
     for ip in args.host_ips.iter().chain(args.host_ip.iter()) {
@@ -311,9 +323,6 @@ fn node_addrs(args: &RunArgs) -> NodeAddrs {
         Err(e) => {
             tracing::warn!(file = %args.node_file.display(), error = %e, "Cannot read the node file")
         }
-    }
-    for net in &args.node_cidrs {
-        node.push(*net);
     }
     node
 }

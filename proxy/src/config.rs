@@ -163,6 +163,12 @@ pub struct RunArgs {
     /// After SIGTERM, keep serving this long, then exit.
     #[arg(long, env = "PICKET_DRAIN", default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Whether init captures this pod's outbound connections (the same
+    /// setting as init's): then the sidecar watches Services and
+    /// EndpointSlices too. Off, an outbound connection that reaches the
+    /// proxy anyway is reset (the state to decide it is not kept).
+    #[arg(long, env = env::OUTBOUND_CAPTURE, value_enum, default_value_t = OutboundArg::Off)]
+    pub outbound_capture: OutboundArg,
 }
 
 /// Arguments of `picket-proxy init`.

@@ -124,7 +124,14 @@ impl Model {
             &pod,
             ns,
             &node_file,
-            &["--cluster-dir", &dir, "--unknown-ip-wait", "0s"],
+            &[
+                "--cluster-dir",
+                &dir,
+                "--unknown-ip-wait",
+                "0s",
+                "--outbound-capture",
+                "on",
+            ],
         )
         .unwrap();
         sidecar.wait_ready(READY).unwrap();

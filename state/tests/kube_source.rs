@@ -98,7 +98,7 @@ async fn a_relist_from_a_lagging_watch_cache_does_not_roll_the_state_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_services_the_state_resolves_cluster_ips_and_follows_their_endpoints() {
+async fn with_services_the_state_resolves_addresses_and_follows_their_endpoints() {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
     api.apply(CLUSTER).unwrap();
     api.apply(

@@ -363,7 +363,12 @@ impl Bench {
                     let log = File::create(log_dir.join(format!("{}.log", mode.name())))?;
                     Some(match mode {
                         Mode::Picket | Mode::Picket2Hop => {
-                            start_picket(&proxy, &lab, &pod, &cluster, &node_file, workers, log)?
+                            let run = Run {
+                                node_file: &node_file,
+                                workers,
+                                outbound: false,
+                            };
+                            start_picket(&proxy, &lab, &pod, &cluster, run, log)?
                         }
                         _ => start_haproxy(
                             &work.0,
@@ -384,7 +389,12 @@ impl Bench {
                     share_dir(node_file.parent().unwrap_or(&work.0))?;
                     let log = File::create(log_dir.join(format!("{}-client.log", mode.name())))?;
                     let relay = if mode.is_picket() {
-                        start_picket(&proxy, &lab, &source, &cluster, &node_file, workers, log)?
+                        let run = Run {
+                            node_file: &node_file,
+                            workers,
+                            outbound: true,
+                        };
+                        start_picket(&proxy, &lab, &source, &cluster, run, log)?
                     } else {
                         start_haproxy_outbound(&work.0, &source, &pod, log)?
                     };
@@ -708,15 +718,29 @@ fn relay_command(netns: &str) -> Command {
     command
 }
 
+/// How a `picket-proxy run` of the bench runs.
+#[derive(Clone, Copy, Debug)]
+struct Run<'a> {
+    node_file: &'a Path,
+    /// `--workers`, when the binary has the flag.
+    workers: Option<usize>,
+    /// A two-hop client's: it decides the outbound connections init captures.
+    outbound: bool,
+}
+
 fn start_picket(
     binary: &Path,
     lab: &Lab,
     pod: &LabPod,
     cluster: &Path,
-    node_file: &Path,
-    workers: Option<usize>,
+    run: Run<'_>,
     log: File,
 ) -> Result<Proc> {
+    let Run {
+        node_file,
+        workers,
+        outbound,
+    } = run;
     let mut command = relay_command(&pod.netns);
     command
         .arg(binary)
@@ -733,6 +757,9 @@ fn start_picket(
         .stderr(log);
     if let Some(workers) = workers {
         command.args(["--workers", &workers.to_string()]);
+    }
+    if outbound {
+        command.args(["--outbound-capture", "on"]);
     }
     Proc::spawn(&mut command)
 }

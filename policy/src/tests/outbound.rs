@@ -236,7 +236,7 @@ spec:
 }
 
 #[test]
-fn a_destination_without_a_sidecar_has_its_ingress_checked_at_the_source() {
+fn the_destinations_ingress_is_checked_at_the_source_sidecar_or_not() {
     // prod/db admits only app=api; no pod of BASE runs a sidecar.
     let idx = with(
         r#"
@@ -248,18 +248,16 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {app: api}}}]}]
 "#,
     );
+    let expected = Reason::Egress {
+        egress: Side::NotIsolated,
+        ingress: Some(Side::Denied { policies: 1 }),
+        destination: Some(key("prod/db")),
+    };
     let d = to_ip(&idx, "prod/web", "10.0.0.2", 5432);
     assert!(!d.allowed);
     assert_eq!(d.reason_label(), "ingress-denied");
-    assert_eq!(
-        d.reason,
-        Reason::Egress {
-            egress: Side::NotIsolated,
-            ingress: Some(Side::Denied { policies: 1 }),
-            destination: Some(key("prod/db"))
-        }
-    );
-    // The same pod with a sidecar checks its own ingress: not here.
+    assert_eq!(d.reason, expected);
+    // A container named like the sidecar changes nothing: anyone can name one so.
     let sidecar = r#"
 apiVersion: v1
 kind: Pod
@@ -270,14 +268,17 @@ status: {podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}], hostIP: 192.168.1.1}
     let mut idx = idx;
     let pod = serde_yaml::from_str::<core::Pod>(sidecar).unwrap();
     idx.apply_pod(convert::pod(&pod).unwrap());
-    let d = to_ip(&idx, "prod/web", "10.0.0.2", 5432);
-    assert!(d.allowed, "{d}");
-    assert_eq!(
-        d.reason,
-        Reason::Egress {
-            egress: Side::NotIsolated,
-            ingress: None,
-            destination: Some(key("prod/db"))
-        }
+    assert_eq!(to_ip(&idx, "prod/web", "10.0.0.2", 5432).reason, expected);
+    let api = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: prod, labels: {app: api}}
+status: {podIP: 10.0.0.3, hostIP: 192.168.1.1}
+"#;
+    let pod = serde_yaml::from_str::<core::Pod>(api).unwrap();
+    idx.apply_pod(convert::pod(&pod).unwrap());
+    assert!(
+        to_ip(&idx, "prod/api", "10.0.0.2", 5432).allowed,
+        "app=api is admitted"
     );
 }

@@ -15,7 +15,7 @@ fn slice(yaml: &str) -> EndpointSlice {
 }
 
 #[test]
-fn a_service_keeps_its_cluster_ips_and_ports_and_headless_ones_have_none() {
+fn a_service_keeps_its_addresses_and_ports_and_headless_ones_have_none() {
     let s = service(
         r#"
 metadata: {name: db, namespace: shop}
@@ -26,7 +26,21 @@ spec:
 "#,
     )
     .unwrap();
-    assert_eq!(s.cluster_ips, vec![ip("10.96.0.10"), ip("fd00:96::10")]);
+    assert_eq!(s.addresses, vec![ip("10.96.0.10"), ip("fd00:96::10")]);
+    // Load balancers and external IPs lead to the endpoints too: an ipBlock
+    // for "the internet" must not reach the pods behind them.
+    let lb = service(
+        r#"
+metadata: {name: web, namespace: shop}
+spec: {type: LoadBalancer, clusterIP: 10.96.0.11, externalIPs: [192.0.2.7], ports: [{port: 443}]}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.50}, {hostname: lb.example.com}]}}
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        lb.addresses,
+        vec![ip("10.96.0.11"), ip("192.0.2.7"), ip("203.0.113.50")]
+    );
     assert_eq!(s.ports[0].name.as_deref(), Some("sql"));
     assert_eq!(
         (s.ports[0].port, s.ports[0].protocol),
@@ -41,7 +55,7 @@ spec:
             "metadata: {{name: h, namespace: shop}}\nspec: {spec}"
         ))
         .unwrap();
-        assert!(s.cluster_ips.is_empty(), "{spec}");
+        assert!(s.addresses.is_empty(), "{spec}");
     }
     let bad = service("metadata: {name: b, namespace: shop}\nspec: {clusterIP: 10.96.0.9, ports: [{port: 70000}]}")
         .unwrap_err();

@@ -51,6 +51,10 @@ pub struct Enforcer {
     pub pod: PodKey,
     /// The node's addresses from configuration (the pod's own hostIPs are added by the engine).
     pub node: NodeAddrs,
+    /// What an outbound connection may always reach: this pod's own node
+    /// (its hostIPs, its gateways), not `--node-cidrs` (other nodes, and
+    /// whatever else those networks hold, are destinations like any other).
+    pub own_node: NodeAddrs,
     /// The live connection table.
     pub registry: Arc<Registry>,
     /// The latest cluster state.
@@ -69,6 +73,9 @@ pub struct Enforcer {
     pub metrics: Arc<ProxyMetrics>,
     /// The round robin over a Service's allowed endpoints.
     pub next_endpoint: std::sync::atomic::AtomicUsize,
+    /// Whether outbound connections are decided (the sidecar was told init
+    /// captures them, and its state holds Services); else they are reset.
+    pub outbound: bool,
 }
 
 /// An admitted connection: its place in the table, and where to dial (the
@@ -93,6 +100,9 @@ pub enum Refusal {
     /// An outbound connection to loopback or an unspecified address: not
     /// captured, so it reached the outbound port directly (it would loop).
     Loop,
+    /// An outbound connection to a sidecar run without `--outbound-capture`
+    /// (init and run disagree): its state may lack the Services to decide it.
+    OutboundOff,
     /// The policies deny it.
     Denied,
 }
@@ -150,6 +160,11 @@ impl Enforcer {
             Direction::Ingress => {
                 self.admit_inbound(registration, snapshot, client, dst)
                     .await
+            }
+            Direction::Egress if !self.outbound => {
+                refused.with_label_values(&["capture-off"]).inc();
+                tracing::warn!(client.addr = %client, dst.addr = %dst, "Outbound connection, but the sidecar runs without --outbound-capture (init and run must agree); reset");
+                Err(Refusal::OutboundOff)
             }
             Direction::Egress if is_local(dst) => {
                 refused.with_label_values(&["loop"]).inc();

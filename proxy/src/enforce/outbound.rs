@@ -26,27 +26,16 @@ impl Enforcer {
             &self.pod,
             dst.0,
             Protocol::Tcp,
-            &self.node,
+            &self.own_node,
         )
     }
 
     /// Decides a live outbound connection: the destination dialled (an
     /// endpoint, or an address), or, while its admission is still choosing
-    /// an endpoint, the Service's ClusterIP (allowed when some endpoint is).
+    /// an endpoint, the Service's address (allowed when some endpoint is;
+    /// admission decides again what it dialled, see below).
     pub(super) fn decide_outbound(&self, snapshot: &Snapshot, dst: OrigDstAddr) -> Decision {
-        let ip = dst.0.ip().to_canonical();
-        if snapshot.services.is_cluster_ip(ip) {
-            let route = self.route(snapshot, dst);
-            if let Some((_, decision)) = route.allowed.into_iter().next() {
-                return decision;
-            }
-            if let Some(denied) = route.denied {
-                return denied;
-            }
-        }
-        snapshot
-            .index
-            .decide_to_ip(&self.pod, ip, dst.0.port(), Protocol::Tcp, &self.node)
+        self.route(snapshot, dst).verdict(&self.pod)
     }
 
     /// Routes and decides an outbound connection (waiting, bounded, for a
@@ -81,7 +70,8 @@ impl Enforcer {
             })
             .cloned();
         self.count_outbound(&route, picked.as_ref().map(|(_, d)| d));
-        registration.set_decided_on(snapshot.version);
+        let decided_on = snapshot.version;
+        registration.set_decided_on(decided_on);
         drop(snapshot);
         let Some((to, decision)) = picked else {
             let service = route.service.as_ref().map(ToString::to_string);
@@ -107,6 +97,22 @@ impl Enforcer {
         };
         let dial = OrigDstAddr(to);
         registration.set_dst(dial);
+        // A re-check between the route and `set_dst` saw the Service's
+        // address, not the endpoint chosen: a newer state decides it again.
+        let newest = self.snapshots.borrow().clone();
+        if let Some(newest) = newest.filter(|s| s.version > decided_on) {
+            let again = self.decide_outbound(&newest, dial);
+            if !again.allowed {
+                tracing::info!(
+                    direction = ?Direction::Egress,
+                    client.addr = %client,
+                    dial.addr = %dial,
+                    reason = %again,
+                    "Connection denied by a newer state before it was dialled"
+                );
+                return Err(Refusal::Denied);
+            }
+        }
         registration.set_allowed_by(decision.egress_policy().cloned());
         tracing::debug!(
             direction = ?Direction::Egress,

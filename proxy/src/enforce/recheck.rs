@@ -34,7 +34,22 @@ impl Enforcer {
                 .copied()
                 .unwrap_or(ChangeReason::PolicyModified);
             let mut killed = [0usize; 2];
+            // A change of Services alone cannot change a verdict on what
+            // was dialled: only connections still at a Service's address
+            // (an admission choosing its endpoint) are decided again.
+            let services_only = snapshot
+                .changes
+                .iter()
+                .all(|c| *c == ChangeReason::ServiceEndpoints)
+                && !snapshot.changes.is_empty();
             for conn in self.registry.live() {
+                if services_only
+                    && !snapshot
+                        .services
+                        .is_service_address(conn.dst.0.ip().to_canonical())
+                {
+                    continue;
+                }
                 let decision = self.decide(&snapshot, conn.direction, conn.client, conn.dst);
                 if decision.allowed {
                     continue;

@@ -66,6 +66,7 @@ fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
     let enforcer = Arc::new(Enforcer {
         pod: PodKey::new("shop", "api"),
         node: NodeAddrs::default(),
+        own_node: NodeAddrs::default(),
         registry: Registry::new(),
         snapshots,
         resolver: None,
@@ -77,6 +78,7 @@ fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         pod_cidrs: vec![],
         metrics: Arc::new(ProxyMetrics::new(10)),
         next_endpoint: Default::default(),
+        outbound: true,
     });
     (enforcer, writer)
 }
@@ -496,5 +498,108 @@ async fn of_the_next_two_endpoints_the_less_loaded_is_dialled() {
         enforcer.registry.dialled(addr("10.0.1.1:15432")),
         0,
         "counts go with the connections"
+    );
+}
+
+#[tokio::test]
+async fn a_sidecar_run_without_outbound_capture_resets_what_arrives_outbound() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(&mut writer, WEB);
+    let mut off = Arc::into_inner(enforcer).expect("the only handle");
+    off.outbound = false;
+    let refused = off
+        .admit(
+            Direction::Egress,
+            ClientAddr(addr("10.0.0.1:40000")),
+            OrigDstAddr(addr("10.0.5.5:8080")),
+        )
+        .await;
+    assert_eq!(
+        refused.err(),
+        Some(Refusal::OutboundOff),
+        "not isolated, still reset"
+    );
+    assert!(off
+        .metrics
+        .encode(true)
+        .contains("picket_outbound_refused_total{reason=\"capture-off\"} 1"));
+}
+
+#[tokio::test]
+async fn a_service_address_without_endpoints_is_denied_even_where_an_ip_block_allows_it() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(
+        &mut writer,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: shop}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-anywhere, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: api}}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0}}]}]
+"#,
+    );
+    let snapshot = enforcer.snapshots.borrow().clone().unwrap();
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    // What a re-check decides for a connection still at the Service's address.
+    let d = enforcer.decide(
+        &snapshot,
+        Direction::Egress,
+        me,
+        OrigDstAddr(addr("10.96.0.20:80")),
+    );
+    assert!(!d.allowed, "{d}");
+    assert_eq!(d.reason_label(), "no-endpoint");
+    // The ipBlock itself still opens plain addresses.
+    let d = enforcer.decide(
+        &snapshot,
+        Direction::Egress,
+        me,
+        OrigDstAddr(addr("198.51.100.7:80")),
+    );
+    assert!(d.allowed, "{d}");
+}
+
+#[tokio::test]
+async fn node_cidrs_count_as_node_traffic_inbound_only() {
+    let (enforcer, mut writer) = enforcer(Duration::ZERO);
+    apply(
+        &mut writer,
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: api-closed, namespace: shop}
+spec: {podSelector: {matchLabels: {app: api}}, policyTypes: [Ingress, Egress]}
+"#,
+    );
+    let mut enforcer = Arc::into_inner(enforcer).expect("the only handle");
+    enforcer.node = NodeAddrs::new(["10.9.0.0/16".parse().unwrap()]);
+    let snapshot = enforcer.snapshots.borrow().clone().unwrap();
+    let other_node = addr("10.9.1.1:31234");
+    let inbound = enforcer.decide(
+        &snapshot,
+        Direction::Ingress,
+        ClientAddr(other_node),
+        OrigDstAddr(addr("10.0.0.1:8080")),
+    );
+    assert!(
+        inbound.allowed,
+        "kubelet probes from the node networks: {inbound}"
+    );
+    let outbound = enforcer.decide(
+        &snapshot,
+        Direction::Egress,
+        ClientAddr(addr("10.0.0.1:40000")),
+        OrigDstAddr(other_node),
+    );
+    assert!(
+        !outbound.allowed,
+        "another node's NodePort is a destination: {outbound}"
     );
 }

@@ -134,7 +134,7 @@ impl Cluster {
             name,
             true,
             &["--outbound-capture", "on"],
-            &["--cluster-dir", &dir],
+            &["--cluster-dir", &dir, "--outbound-capture", "on"],
         )
     }
 
