@@ -34,7 +34,20 @@ impl Enforcer {
     /// endpoint, or an address), or, while its admission is still choosing
     /// an endpoint, the Service's address (allowed when some endpoint is;
     /// admission decides again what it dialled, see below).
+    /// The re-check runs this for every live connection: an address that
+    /// is no Service's (an endpoint dialled, or a plain address) is decided
+    /// directly, with no route built.
     pub(super) fn decide_outbound(&self, snapshot: &Snapshot, dst: OrigDstAddr) -> Decision {
+        let ip = dst.0.ip().to_canonical();
+        if !snapshot.services.is_service_address(ip) {
+            return snapshot.index.decide_to_ip(
+                &self.pod,
+                ip,
+                dst.0.port(),
+                Protocol::Tcp,
+                &self.own_node,
+            );
+        }
         self.route(snapshot, dst).verdict(&self.pod)
     }
 
