@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use picket_policy::selector::{Operator, Requirement};
 use picket_policy::{
-    ContainerPort, EgressToward, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
-    PortMatch, PortSpec, Protocol, Rule, Selector, TowardRule,
+    CompiledSide, ContainerPort, Endpoint, EndpointSlice, IpBlock, Namespace, NamespaceScope,
+    ObjectKey, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, Selector, Service,
+    ServicePort, TowardRule,
 };
 
 use crate::v1;
@@ -61,19 +62,29 @@ pub struct Update {
     /// Answers to `Resolve`: whether a pod holds the address.
     pub resolved: Vec<(IpAddr, bool)>,
     /// Sources' egress sides toward the view's pod to set or remove.
-    pub egress: Vec<EgressEntry>,
+    pub egress: Vec<SideEntry>,
+    /// Outbound parts: destinations' ingress sides toward the view's pod
+    /// to set or remove.
+    pub ingress: Vec<SideEntry>,
+    /// Outbound parts: Services to add or replace.
+    pub services: Vec<Service>,
+    /// Outbound parts: EndpointSlices to add or replace.
+    pub slices: Vec<EndpointSlice>,
+    /// A full view with outbound parts.
+    pub outbound: bool,
     /// More parts of this commit follow: publish nothing yet.
     pub more: bool,
 }
 
-/// One source's egress side toward the view's pod.
+/// One other pod's side (a source's egress, a destination's ingress)
+/// toward the view's pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EgressEntry {
-    /// A pod of the view; `None`: it is not isolated for egress (remove).
-    Pod(ObjectKey, Option<EgressToward>),
+pub enum SideEntry {
+    /// A pod of the view; `None`: it is not isolated that way (remove).
+    Pod(ObjectKey, Option<CompiledSide>),
     /// The pods claiming each of these addresses, which the view holds no
     /// pod for (the same for all of them); none: remove.
-    Addresses(Vec<IpAddr>, Vec<EgressToward>),
+    Addresses(Vec<IpAddr>, Vec<CompiledSide>),
 }
 
 /// An object to delete.
@@ -85,6 +96,10 @@ pub enum Removed {
     Pod(ObjectKey),
     /// A policy.
     Policy(ObjectKey),
+    /// A Service.
+    Service(ObjectKey),
+    /// An EndpointSlice.
+    EndpointSlice(ObjectKey),
 }
 
 /// Decodes a whole message, or fails naming the first bad object: a
@@ -114,6 +129,10 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
                 }
                 Ok(v1::Kind::Pod) => Ok(Removed::Pod(key(&at, &r.namespace, &r.name)?)),
                 Ok(v1::Kind::Policy) => Ok(Removed::Policy(key(&at, &r.namespace, &r.name)?)),
+                Ok(v1::Kind::Service) => Ok(Removed::Service(key(&at, &r.namespace, &r.name)?)),
+                Ok(v1::Kind::EndpointSlice) => {
+                    Ok(Removed::EndpointSlice(key(&at, &r.namespace, &r.name)?))
+                }
                 _ => Err(at.err("kind", format!("unknown kind {}", r.kind))),
             }
         })
@@ -131,15 +150,28 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
                 })
         })
         .collect::<Result<_, _>>()?;
-    let egress = msg
-        .egress
-        .iter()
-        .map(egress_from_wire)
-        .collect::<Result<_, _>>()?;
+    let sides = |direction: &str, entries: &[v1::SourceEgress]| {
+        entries
+            .iter()
+            .map(|e| side_from_wire(direction, e))
+            .collect::<Result<Vec<_>, _>>()
+    };
     Ok(Update {
         generation: msg.generation,
         more: msg.more,
-        egress,
+        egress: sides("egress", &msg.egress)?,
+        ingress: sides("ingress", &msg.ingress)?,
+        services: msg
+            .services
+            .iter()
+            .map(service_from_wire)
+            .collect::<Result<_, _>>()?,
+        slices: msg
+            .endpoint_slices
+            .iter()
+            .map(slice_from_wire)
+            .collect::<Result<_, _>>()?,
+        outbound: msg.outbound,
         resolved,
         full: msg.full,
         namespaces: msg
@@ -163,8 +195,8 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
 
 // === to the wire ===
 
-/// A pod's egress side toward the view's pod on the wire (`None`: remove).
-pub fn pod_egress_to_wire(key: &ObjectKey, egress: Option<&EgressToward>) -> v1::SourceEgress {
+/// A pod's side toward the view's pod on the wire (`None`: remove).
+pub fn pod_side_to_wire(key: &ObjectKey, egress: Option<&CompiledSide>) -> v1::SourceEgress {
     v1::SourceEgress {
         pod: Some(v1::PodRef {
             namespace: key.namespace.to_string(),
@@ -176,11 +208,11 @@ pub fn pod_egress_to_wire(key: &ObjectKey, egress: Option<&EgressToward>) -> v1:
     }
 }
 
-/// The egress sides toward the view's pod of the pods claiming each of
-/// `ips` (the same for all; none: remove) on the wire.
-pub fn addresses_egress_to_wire<'a>(
+/// The sides toward the view's pod of the pods claiming each of `ips` (the
+/// same for all; none: remove) on the wire.
+pub fn addresses_side_to_wire<'a>(
     ips: &[IpAddr],
-    claimants: impl IntoIterator<Item = &'a EgressToward>,
+    claimants: impl IntoIterator<Item = &'a CompiledSide>,
 ) -> v1::SourceEgress {
     v1::SourceEgress {
         pod: None,
@@ -189,7 +221,7 @@ pub fn addresses_egress_to_wire<'a>(
     }
 }
 
-fn toward_to_wire(egress: &EgressToward) -> v1::EgressToward {
+fn toward_to_wire(egress: &CompiledSide) -> v1::EgressToward {
     v1::EgressToward {
         policies: egress.policies as u32,
         rules: egress
@@ -236,6 +268,51 @@ pub fn pod_to_wire(pod: &Pod) -> v1::Pod {
         uid: pod.uid.to_string(),
         service_account: pod.service_account.to_string(),
         sidecar: pod.sidecar,
+    }
+}
+
+/// A Service on the wire.
+pub fn service_to_wire(service: &Service) -> v1::Service {
+    v1::Service {
+        namespace: service.key.namespace.to_string(),
+        name: service.key.name.to_string(),
+        addresses: service.addresses.iter().map(ip_to_wire).collect(),
+        ports: service.ports.iter().map(service_port_to_wire).collect(),
+    }
+}
+
+/// An EndpointSlice on the wire.
+pub fn slice_to_wire(slice: &EndpointSlice) -> v1::EndpointSlice {
+    v1::EndpointSlice {
+        namespace: slice.key.namespace.to_string(),
+        name: slice.key.name.to_string(),
+        service: slice
+            .service
+            .as_ref()
+            .map(|s| s.name.to_string())
+            .unwrap_or_default(),
+        ports: slice.ports.iter().map(service_port_to_wire).collect(),
+        endpoints: slice
+            .endpoints
+            .iter()
+            .map(|e| v1::Endpoint {
+                addresses: e.addresses.iter().map(ip_to_wire).collect(),
+                ready: e.ready,
+                pod: e.pod.as_ref().map(|p| v1::PodRef {
+                    namespace: p.namespace.to_string(),
+                    name: p.name.to_string(),
+                    uid: String::new(),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn service_port_to_wire(port: &ServicePort) -> v1::ServicePort {
+    v1::ServicePort {
+        name: port.name.as_ref().map(|n| n.to_string()),
+        port: u32::from(port.port),
+        protocol: protocol_to_wire(port.protocol) as i32,
     }
 }
 
@@ -424,11 +501,83 @@ pub fn policy_from_wire(policy: &v1::Policy) -> Result<Policy, InvalidMessage> {
     })
 }
 
-fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMessage> {
+/// A Service from the wire.
+pub fn service_from_wire(service: &v1::Service) -> Result<Service, InvalidMessage> {
+    let object = format!("service {}/{}", service.namespace, service.name);
+    let at = At { object: &object };
+    Ok(Service {
+        key: key(&at, &service.namespace, &service.name)?,
+        addresses: ips_from_wire(&at, "addresses", &service.addresses)?,
+        ports: service_ports_from_wire(&at, &service.ports)?,
+    })
+}
+
+/// An EndpointSlice from the wire.
+pub fn slice_from_wire(slice: &v1::EndpointSlice) -> Result<EndpointSlice, InvalidMessage> {
+    let object = format!("endpointslice {}/{}", slice.namespace, slice.name);
+    let at = At { object: &object };
+    let key = key(&at, &slice.namespace, &slice.name)?;
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let pod = e
+                .pod
+                .as_ref()
+                .map(|p| self::key(&at, &p.namespace, &p.name))
+                .transpose()?;
+            Ok(Endpoint {
+                addresses: ips_from_wire(&at, &format!("endpoints[{i}].addresses"), &e.addresses)?,
+                ready: e.ready,
+                pod,
+            })
+        })
+        .collect::<Result<Vec<_>, InvalidMessage>>()?;
+    Ok(EndpointSlice {
+        service: (!slice.service.is_empty())
+            .then(|| ObjectKey::new(&slice.namespace, &slice.service)),
+        key,
+        ports: service_ports_from_wire(&at, &slice.ports)?,
+        endpoints,
+    })
+}
+
+fn service_ports_from_wire(
+    at: &At<'_>,
+    ports: &[v1::ServicePort],
+) -> Result<Vec<ServicePort>, InvalidMessage> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Ok(ServicePort {
+                name: p.name.as_deref().map(Into::into),
+                port: port_number(at, &format!("ports[{i}].port"), p.port)?,
+                protocol: protocol_from_wire(at, &format!("ports[{i}].protocol"), p.protocol)?,
+            })
+        })
+        .collect()
+}
+
+fn ips_from_wire(
+    at: &At<'_>,
+    field: &str,
+    list: &[Vec<u8>],
+) -> Result<Vec<IpAddr>, InvalidMessage> {
+    list.iter()
+        .enumerate()
+        .map(|(i, b)| {
+            ip_from_wire(b).ok_or_else(|| at.err(format!("{field}[{i}]"), "not 4 or 16 bytes"))
+        })
+        .collect()
+}
+
+fn side_from_wire(direction: &str, entry: &v1::SourceEgress) -> Result<SideEntry, InvalidMessage> {
     let object = match (&entry.pod, entry.addresses.first()) {
-        (Some(pod), _) => format!("egress of {}/{}", pod.namespace, pod.name),
-        (None, Some(ip)) => format!("egress of {:?} and others", ip_from_wire(ip)),
-        (None, None) => "egress".to_string(),
+        (Some(pod), _) => format!("{direction} of {}/{}", pod.namespace, pod.name),
+        (None, Some(ip)) => format!("{direction} of {:?} and others", ip_from_wire(ip)),
+        (None, None) => direction.to_string(),
     };
     let at = At { object: &object };
     let claimants = entry
@@ -441,9 +590,9 @@ fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMess
         (Some(pod), true) => {
             let key = key(&at, &pod.namespace, &pod.name)?;
             if claimants.len() > 1 {
-                return Err(at.err("claimants", "a pod has one egress side"));
+                return Err(at.err("claimants", "a pod has one side each way"));
             }
-            Ok(EgressEntry::Pod(key, claimants.into_iter().next()))
+            Ok(SideEntry::Pod(key, claimants.into_iter().next()))
         }
         (None, false) => {
             let ips = entry
@@ -455,7 +604,7 @@ fn egress_from_wire(entry: &v1::SourceEgress) -> Result<EgressEntry, InvalidMess
                         .ok_or_else(|| at.err(format!("addresses[{i}]"), "not 4 or 16 bytes"))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(EgressEntry::Addresses(ips, claimants))
+            Ok(SideEntry::Addresses(ips, claimants))
         }
         (Some(_), false) => Err(at.err(
             "addresses",
@@ -469,7 +618,7 @@ fn toward_from_wire(
     at: &At<'_>,
     field: &str,
     egress: &v1::EgressToward,
-) -> Result<EgressToward, InvalidMessage> {
+) -> Result<CompiledSide, InvalidMessage> {
     if egress.policies == 0 {
         return Err(at.err(
             format!("{field}.policies"),
@@ -502,7 +651,7 @@ fn toward_from_wire(
             })
         })
         .collect::<Result<_, _>>()?;
-    Ok(EgressToward {
+    Ok(CompiledSide {
         policies: egress.policies as usize,
         rules,
     })
@@ -668,7 +817,7 @@ mod tests {
 
     #[test]
     fn a_full_view_of_another_format_is_refused() {
-        for format in [0, 1, 2, 4] {
+        for format in [0, 1, 2, 3, 5] {
             let msg = v1::WatchResponse {
                 full: true,
                 view_format: format,
@@ -689,7 +838,7 @@ mod tests {
 
     #[test]
     fn egress_entries_round_trip_and_bad_ones_are_refused() {
-        let side = EgressToward {
+        let side = CompiledSide {
             policies: 2,
             rules: vec![TowardRule {
                 policy: ObjectKey::new("shop", "out"),
@@ -709,10 +858,10 @@ mod tests {
         let ips: Vec<IpAddr> = vec![ip, "fd00::7".parse().unwrap()];
         let msg = v1::WatchResponse {
             egress: vec![
-                pod_egress_to_wire(&key, Some(&side)),
-                pod_egress_to_wire(&key, None),
-                addresses_egress_to_wire(&ips, [&side, &side]),
-                addresses_egress_to_wire(&ips[..1], []),
+                pod_side_to_wire(&key, Some(&side)),
+                pod_side_to_wire(&key, None),
+                addresses_side_to_wire(&ips, [&side, &side]),
+                addresses_side_to_wire(&ips[..1], []),
             ],
             ..Default::default()
         };
@@ -720,15 +869,15 @@ mod tests {
         assert_eq!(
             update.egress,
             vec![
-                EgressEntry::Pod(key.clone(), Some(side.clone())),
-                EgressEntry::Pod(key.clone(), None),
-                EgressEntry::Addresses(ips.clone(), vec![side.clone(), side.clone()]),
-                EgressEntry::Addresses(vec![ip], Vec::new()),
+                SideEntry::Pod(key.clone(), Some(side.clone())),
+                SideEntry::Pod(key.clone(), None),
+                SideEntry::Addresses(ips.clone(), vec![side.clone(), side.clone()]),
+                SideEntry::Addresses(vec![ip], Vec::new()),
             ]
         );
         // A compiled rule with a pod peer would match this pod by its own
         // labels: refused, as is a side that no policy isolates.
-        let mut bad = addresses_egress_to_wire(&[ip], [&side]);
+        let mut bad = addresses_side_to_wire(&[ip], [&side]);
         bad.claimants[0].rules[0].rule.as_mut().unwrap().peers = Some(v1::Peers {
             peers: vec![v1::Peer {
                 peer: Some(v1::peer::Peer::Pods(v1::PodsPeer {
@@ -742,7 +891,7 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(&msg).unwrap_err().field.ends_with("rule.peers"));
-        let mut bad = addresses_egress_to_wire(&[ip], [&side]);
+        let mut bad = addresses_side_to_wire(&[ip], [&side]);
         bad.claimants[0].policies = 0;
         let msg = v1::WatchResponse {
             egress: vec![bad],
@@ -756,13 +905,13 @@ mod tests {
             };
             decode(&msg).unwrap_err().field
         };
-        let mut bad = addresses_egress_to_wire(&ips, []);
+        let mut bad = addresses_side_to_wire(&ips, []);
         bad.addresses[1] = vec![1, 2, 3];
         assert_eq!(refused(bad), "addresses[1]");
-        let mut bad = pod_egress_to_wire(&key, None);
+        let mut bad = pod_side_to_wire(&key, None);
         bad.addresses = vec![vec![10, 0, 0, 7]];
         assert_eq!(refused(bad), "addresses", "a pod and addresses");
-        assert_eq!(refused(addresses_egress_to_wire(&[], [])), "pod", "neither");
+        assert_eq!(refused(addresses_side_to_wire(&[], [])), "pod", "neither");
     }
 
     #[test]

@@ -10,12 +10,18 @@ pub mod convert;
 
 /// The view format this code speaks: 3 is views with other pods' egress
 /// sides compiled (`SourceEgress`), large commits in parts (`more`), and
-/// addresses with the same egress sides in one entry (`addresses`). A
+/// addresses with the same egress sides in one entry (`addresses`); 4 adds
+/// outbound parts (destinations' ingress sides, Services, EndpointSlices),
+/// and a view without them decides outbound connections wrong. A
 /// sidecar or a control plane of another format would read a view wrong
 /// (fail open), so they refuse each other: the sidecar sends it in the
 /// [`VIEW_FORMAT_HEADER`] of its `Watch`, the control plane in
 /// `WatchResponse.view_format` of every full view.
-pub const VIEW_FORMAT: u32 = 3;
+pub const VIEW_FORMAT: u32 = 4;
+
+/// The request header by which a sidecar that captures outbound
+/// connections asks for a view with outbound parts (value `1`).
+pub const VIEW_OUTBOUND_HEADER: &str = "picket-view-outbound";
 
 /// The request header that carries the sidecar's [`VIEW_FORMAT`].
 pub const VIEW_FORMAT_HEADER: &str = "picket-view-format";

@@ -260,6 +260,7 @@ fn main() -> Result<()> {
                 ca_pem: ca.clone(),
                 token_file,
                 max_backoff: Duration::from_secs(1),
+                outbound: false,
             },
             ControlMetrics::new(&prometheus::Registry::new()),
         )

@@ -73,7 +73,13 @@ pub async fn run_on(
     )?;
     registry.register(Box::new(restarts.clone()))?;
     let (writer, snapshots) = StateWriter::new();
-    tokio::spawn(KubeSource::new(client.clone(), restarts).run(writer));
+    // Services and EndpointSlices: for the views of sidecars that capture
+    // outbound connections.
+    tokio::spawn(
+        KubeSource::new(client.clone(), restarts)
+            .with_services()
+            .run(writer),
+    );
     let auth = Arc::new(Authenticator::new(
         KubeReviewer(client),
         config.review_rate,

@@ -9,18 +9,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use picket_api::convert::{
-    addresses_egress_to_wire, namespace_to_wire, pod_egress_to_wire, pod_to_wire, policy_to_wire,
+    addresses_side_to_wire, namespace_to_wire, pod_side_to_wire, pod_to_wire, policy_to_wire,
+    service_to_wire, slice_to_wire,
 };
 use picket_api::v1;
 use picket_policy::shards::Shards;
 use picket_policy::{
-    Direction, EgressToward, Namespace, Pod, PodKey, Policy, PolicyIndex, PolicyKey,
+    Direction, EndpointSlice, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex, PolicyKey,
+    Service, ServiceIndex,
 };
 use rustc_hash::FxHashMap as HashMap;
 
 use picket_state::{Kind, ObjectRef};
 
-use crate::view::{self, AddressEntry, AddressTable, Compiler, Held, Ingress, Scope, Shared};
+use crate::view::{self, AddressEntry, Compiler, Held, Reaches, Scope, Shared, Sides};
 
 /// The most addresses one `SourceEgress` carries (about 6 KiB).
 const ADDRESSES_PER_ENTRY: usize = 1024;
@@ -32,14 +34,20 @@ pub struct Gone;
 /// The objects and entries a subscriber holds, as last sent.
 #[derive(Debug, Default)]
 pub struct Sent {
+    /// The view has outbound parts: destinations' ingress sides, Services
+    /// and EndpointSlices.
+    outbound: bool,
     namespaces: HashMap<Arc<str>, Arc<Namespace>>,
     pods: HashMap<PodKey, Arc<Pod>>,
     policies: HashMap<PolicyKey, Arc<Policy>>,
     /// How many held pods each namespace has (whether or not its Namespace
     /// object exists).
     pod_namespaces: HashMap<Arc<str>, usize>,
-    pod_egress: HashMap<PodKey, Arc<EgressToward>>,
-    address_egress: AddressTable,
+    egress: Sides,
+    /// With outbound parts.
+    ingress: Sides,
+    services: HashMap<ObjectKey, Arc<Service>>,
+    slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
     /// Every pod as of the last update (shared with the index: 64
     /// pointers): what a pod was before it changed or went away.
     seen: Shards<PodKey, Arc<Pod>>,
@@ -83,13 +91,17 @@ pub struct Size {
     pub pods: usize,
     /// Policies.
     pub policies: usize,
-    /// Egress entries, by pod and by address.
-    pub egress: usize,
+    /// Compiled sides (egress, and ingress with outbound parts), by pod
+    /// and by address.
+    pub sides: usize,
+    /// Services and EndpointSlices (outbound parts).
+    pub services: usize,
 }
 
 /// The address entries one message changes, gathered by entry: addresses
 /// with the same claimants (one compiled entry, shared) go in one
-/// `SourceEgress`, and so do the addresses whose entries are removed.
+/// `SourceEgress` (as the wire calls both directions' entries), and so do
+/// the addresses whose entries are removed.
 #[derive(Debug, Default)]
 struct AddressChanges {
     groups: Vec<(Option<AddressEntry>, Vec<IpAddr>)>,
@@ -108,13 +120,21 @@ impl AddressChanges {
         self.groups[at].1.push(ip);
     }
 
-    fn into_wire(self, msg: &mut v1::WatchResponse) {
+    fn into_wire(self, out: &mut Vec<v1::SourceEgress>) {
         for (entry, ips) in self.groups {
             for ips in ips.chunks(ADDRESSES_PER_ENTRY) {
                 let claimants = entry.iter().flat_map(|e| e.iter().map(|e| &**e));
-                msg.egress.push(addresses_egress_to_wire(ips, claimants));
+                out.push(addresses_side_to_wire(ips, claimants));
             }
         }
+    }
+}
+
+/// Where a direction's entries go in a message.
+fn entries_of(msg: &mut v1::WatchResponse, direction: Direction) -> &mut Vec<v1::SourceEgress> {
+    match direction {
+        Direction::Egress => &mut msg.egress,
+        Direction::Ingress => &mut msg.ingress,
     }
 }
 
@@ -125,11 +145,39 @@ fn is_empty(msg: &v1::WatchResponse) -> bool {
         && msg.policies.is_empty()
         && msg.removed.is_empty()
         && msg.egress.is_empty()
+        && msg.ingress.is_empty()
+        && msg.services.is_empty()
+        && msg.endpoint_slices.is_empty()
 }
 
 // === impl Sent ===
 
 impl Sent {
+    /// A subscriber not sent anything yet; `outbound`: its view has
+    /// outbound parts.
+    pub fn new(outbound: bool) -> Self {
+        Self {
+            outbound,
+            ..Self::default()
+        }
+    }
+
+    /// The directions of the sides the view holds.
+    fn directions(&self) -> &'static [Direction] {
+        if self.outbound {
+            &[Direction::Egress, Direction::Ingress]
+        } else {
+            &[Direction::Egress]
+        }
+    }
+
+    fn sides(&mut self, direction: Direction) -> &mut Sides {
+        match direction {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        }
+    }
+
     /// The message that turns what was sent into `scope` of `index`, and
     /// records it as sent. With `full`, the message is the whole view (the
     /// subscriber drops everything it held first). `None`: nothing changed.
@@ -140,11 +188,12 @@ impl Sent {
         full: bool,
     ) -> Option<v1::WatchResponse> {
         if full {
-            *self = Self::default();
+            *self = Self::new(self.outbound);
         }
         let mut msg = v1::WatchResponse {
             full,
             view_format: if full { picket_api::VIEW_FORMAT } else { 0 },
+            outbound: full && self.outbound,
             ..Default::default()
         };
         sync(
@@ -187,22 +236,35 @@ impl Sent {
                     .push(removed(v1::Kind::Policy, &key.namespace, &key.name)),
             },
         );
-        let held_pods = &self.pods;
-        sync(
-            &mut self.pod_egress,
-            scope.pod_egress.iter().map(|(k, e)| (k.clone(), e.clone())),
-            |k| scope.pod_egress.contains_key(k),
-            |key, egress| {
-                // A pod's entry goes with the pod: only held pods' removals are sent.
-                if egress.is_some() || held_pods.contains_key(key) {
-                    msg.egress.push(pod_egress_to_wire(key, egress));
-                }
-            },
-        );
-        let mut addresses = AddressChanges::default();
-        self.address_egress
-            .sync(&scope.address_egress, |ip, entry| addresses.add(*ip, entry));
-        addresses.into_wire(&mut msg);
+        let empty = Sides::default();
+        for &direction in self.directions() {
+            let wanted = match direction {
+                Direction::Egress => &scope.egress,
+                Direction::Ingress => scope.ingress.as_ref().unwrap_or(&empty),
+            };
+            let held_pods = &self.pods;
+            let sides = match direction {
+                Direction::Egress => &mut self.egress,
+                Direction::Ingress => &mut self.ingress,
+            };
+            let out = entries_of(&mut msg, direction);
+            sync(
+                &mut sides.pods,
+                wanted.pods.iter().map(|(k, e)| (k.clone(), e.clone())),
+                |k| wanted.pods.contains_key(k),
+                |key, side| {
+                    // A pod's entry goes with the pod: only held pods' removals are sent.
+                    if side.is_some() || held_pods.contains_key(key) {
+                        out.push(pod_side_to_wire(key, side));
+                    }
+                },
+            );
+            let mut addresses = AddressChanges::default();
+            sides
+                .addresses
+                .sync(&wanted.addresses, |ip, entry| addresses.add(*ip, entry));
+            addresses.into_wire(out);
+        }
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -259,7 +321,7 @@ impl Sent {
                 return Ok(message);
             }
         }
-        let scope = view::scope(index, shared, me).ok_or(Gone)?;
+        let scope = view::scope(index, shared, me, self.outbound).ok_or(Gone)?;
         let message = self.next(index, &scope, full);
         self.how = if full { How::Full } else { How::Recomputed };
         Ok(message)
@@ -269,7 +331,7 @@ impl Sent {
     /// applied by itself (see [`Self::pods_changed`] and
     /// [`Self::policies_changed`]), with one `me`'s ingress and one compiler
     /// for both: the policies' precondition leaves `me`'s selection, and so
-    /// what its ingress names, as it was, so the pods' changes compose with
+    /// what its rules name, as it was, so the pods' changes compose with
     /// theirs. `None` for a namespace change, or when either kind needs the
     /// view recomputed (nothing is recorded then).
     fn objects_changed(
@@ -296,17 +358,22 @@ impl Sent {
             return None;
         }
         let dst = index.pod(me)?;
-        let ingress = Ingress::of(index, me);
-        let mut compiler = Compiler::new(index, dst);
+        let reaches = Reaches::of(index, me, self.outbound);
+        let mut compilers = Compilers {
+            egress: Compiler::new(index, dst, Direction::Egress),
+            ingress: Compiler::new(index, dst, Direction::Ingress),
+        };
         let mut msg = v1::WatchResponse::default();
-        let mut addresses = AddressChanges::default();
+        let mut addresses = [AddressChanges::default(), AddressChanges::default()];
         if !pods.is_empty() {
             let out = (&mut msg, &mut addresses);
-            self.pods_changed(index, me, &ingress, &mut compiler, &pods, out)?;
+            self.pods_changed(index, me, &reaches, &mut compilers, &pods, out)?;
         }
         let out = (&mut msg, &mut addresses);
-        self.policies_changed(index, me, &ingress, &mut compiler, &policies, out);
-        addresses.into_wire(&mut msg);
+        self.policies_changed(index, me, &reaches, &mut compilers, &policies, out);
+        let [egress, ingress] = addresses;
+        egress.into_wire(&mut msg.egress);
+        ingress.into_wire(&mut msg.ingress);
         Some((!is_empty(&msg)).then_some(msg))
     }
 
@@ -337,10 +404,10 @@ impl Sent {
         &mut self,
         index: &PolicyIndex,
         me: &PodKey,
-        ingress: &Ingress<'_>,
-        compiler: &mut Compiler<'_>,
+        reaches: &Reaches<'_>,
+        compilers: &mut Compilers<'_>,
         changed_pods: &[PodKey],
-        (msg, addresses): (&mut v1::WatchResponse, &mut AddressChanges),
+        (msg, addresses): (&mut v1::WatchResponse, &mut [AddressChanges; 2]),
     ) -> Option<()> {
         let shared_ip = |pod: &Pod| {
             pod.ips
@@ -361,7 +428,7 @@ impl Sent {
         for key in changed_pods {
             let old = self.seen.get(key).cloned();
             let new = index.pod(key);
-            match new.filter(|p| ingress.names(index, p)) {
+            match new.filter(|p| reaches.names(index, p)) {
                 Some(pod) => {
                     if !self.namespaces.contains_key(&key.namespace) {
                         if let Some(ns) = index.namespace(&key.namespace) {
@@ -382,11 +449,12 @@ impl Sent {
                         }
                         msg.pods.push(pod_to_wire(pod));
                     }
-                    self.sync_pod_egress(compiler, key, msg);
+                    self.sync_pod_sides(compilers, key, msg);
                 }
                 None => {
                     if self.pods.remove(key).is_some() {
-                        self.pod_egress.remove(key);
+                        self.egress.pods.remove(key);
+                        self.ingress.pods.remove(key);
                         if let Some(n) = self.pod_namespaces.get_mut(&key.namespace) {
                             *n -= 1;
                             if *n == 0 {
@@ -401,7 +469,9 @@ impl Sent {
             // The addresses it had and has: their entries, now.
             let ips = old.iter().chain(new).flat_map(|p| p.ips.iter().copied());
             for ip in ips.collect::<Vec<_>>() {
-                self.sync_address(compiler, ingress, ip, addresses);
+                for &direction in self.directions() {
+                    self.sync_address(compilers, reaches, direction, ip, addresses);
+                }
             }
         }
         Some(())
@@ -409,17 +479,17 @@ impl Sent {
 
     /// Applies changes to `changed_policies` entry by entry, into `msg`.
     /// Only when [`Self::may_apply_policies`]: none selected `me` or
-    /// selects it now, so what `me`'s ingress names is unchanged, and they
-    /// change only the egress entries of the pods of their namespaces (a
-    /// policy selects pods of its own).
+    /// selects it now, so what `me`'s rules name is unchanged, and they
+    /// change only the entries of the pods of their namespaces (a policy
+    /// selects pods of its own).
     fn policies_changed(
         &mut self,
         index: &PolicyIndex,
         me: &PodKey,
-        ingress: &Ingress<'_>,
-        compiler: &mut Compiler<'_>,
+        reaches: &Reaches<'_>,
+        compilers: &mut Compilers<'_>,
         changed_policies: &[PolicyKey],
-        (msg, addresses): (&mut v1::WatchResponse, &mut AddressChanges),
+        (msg, addresses): (&mut v1::WatchResponse, &mut [AddressChanges; 2]),
     ) {
         let mut namespaces: Vec<&str> = changed_policies.iter().map(|k| &*k.namespace).collect();
         namespaces.sort();
@@ -427,11 +497,17 @@ impl Sent {
         for namespace in namespaces {
             for key in index.pods_in(namespace).filter(|k| *k != me) {
                 if self.pods.contains_key(key) {
-                    self.sync_pod_egress(compiler, key, msg);
-                } else if ingress.admits_by_address() {
+                    self.sync_pod_sides(compilers, key, msg);
+                    continue;
+                }
+                for &direction in self.directions() {
+                    let facing = reaches.facing(direction);
+                    if !facing.is_some_and(|r| r.admits_by_address()) {
+                        continue;
+                    }
                     if let Some(pod) = index.pod(key) {
                         for ip in &pod.ips {
-                            self.sync_address(compiler, ingress, *ip, addresses);
+                            self.sync_address(compilers, reaches, direction, *ip, addresses);
                         }
                     }
                 }
@@ -439,34 +515,44 @@ impl Sent {
         }
     }
 
-    /// Brings the entry of held pod `key` up to date, into `msg`.
-    fn sync_pod_egress(
+    /// Brings the entries of held pod `key` up to date, into `msg`.
+    fn sync_pod_sides(
         &mut self,
-        compiler: &mut Compiler<'_>,
+        compilers: &mut Compilers<'_>,
         key: &PodKey,
         msg: &mut v1::WatchResponse,
     ) {
-        let egress = compiler.of(key);
-        if self.pod_egress.get(key) != egress.as_ref() {
-            msg.egress.push(pod_egress_to_wire(key, egress.as_deref()));
-            match egress {
-                Some(egress) => self.pod_egress.insert(key.clone(), egress),
-                None => self.pod_egress.remove(key),
-            };
+        for &direction in self.directions() {
+            let side = compilers.get(direction).of(key);
+            let sides = self.sides(direction);
+            if sides.pods.get(key) != side.as_ref() {
+                entries_of(msg, direction).push(pod_side_to_wire(key, side.as_deref()));
+                match side {
+                    Some(side) => sides.pods.insert(key.clone(), side),
+                    None => sides.pods.remove(key),
+                };
+            }
         }
     }
 
-    /// Brings the entry of `ip` up to date, into `addresses`.
+    /// Brings the `direction` entry of `ip` up to date, into `addresses`.
     fn sync_address(
         &mut self,
-        compiler: &mut Compiler<'_>,
-        ingress: &Ingress<'_>,
+        compilers: &mut Compilers<'_>,
+        reaches: &Reaches<'_>,
+        direction: Direction,
         ip: IpAddr,
-        addresses: &mut AddressChanges,
+        addresses: &mut [AddressChanges; 2],
     ) {
+        let Some(facing) = reaches.facing(direction) else {
+            return;
+        };
         let pods = &self.pods;
-        let entry = compiler.address(ingress, ip, |k| pods.contains_key(k));
-        let unchanged = match (self.address_egress.get(&ip), &entry) {
+        let entry = compilers
+            .get(direction)
+            .address(facing, ip, |k| pods.contains_key(k));
+        let table = &mut self.sides(direction).addresses;
+        let unchanged = match (table.get(&ip), &entry) {
             (Some(old), Some(new)) => Arc::ptr_eq(old, new) || **old == **new,
             (None, None) => true,
             _ => false,
@@ -474,8 +560,62 @@ impl Sent {
         if unchanged {
             return;
         }
-        addresses.add(ip, entry.as_ref());
-        self.address_egress.set(ip, entry);
+        addresses[direction_slot(direction)].add(ip, entry.as_ref());
+        table.set(ip, entry);
+    }
+
+    /// The message that brings the subscriber's Services and
+    /// EndpointSlices (outbound parts: all of the cluster's) to
+    /// `services`, given the objects `changed` since (`None`: unknown),
+    /// into `msg`. Nothing without outbound parts.
+    pub fn services(
+        &mut self,
+        services: &ServiceIndex,
+        changed: Option<&[ObjectRef]>,
+        full: bool,
+        msg: &mut v1::WatchResponse,
+    ) {
+        if !self.outbound {
+            return;
+        }
+        let everything = full || changed.is_none();
+        let keys = |kind: Kind| {
+            (!everything).then(|| {
+                changed
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|c| c.kind == kind)
+                    .map(|c| &c.key)
+                    .collect::<Vec<_>>()
+            })
+        };
+        sync_objects(
+            &mut self.services,
+            keys(Kind::Service),
+            services.services(),
+            |s| &s.key,
+            |k| services.service(k),
+            |key, service| match service {
+                Some(s) => msg.services.push(service_to_wire(s)),
+                None => msg
+                    .removed
+                    .push(removed(v1::Kind::Service, &key.namespace, &key.name)),
+            },
+        );
+        sync_objects(
+            &mut self.slices,
+            keys(Kind::EndpointSlice),
+            services.slices(),
+            |s| &s.key,
+            |k| services.slice(k),
+            |key, slice| match slice {
+                Some(s) => msg.endpoint_slices.push(slice_to_wire(s)),
+                None => {
+                    msg.removed
+                        .push(removed(v1::Kind::EndpointSlice, &key.namespace, &key.name))
+                }
+            },
+        );
     }
 
     /// How many objects and entries the subscriber holds.
@@ -484,7 +624,11 @@ impl Sent {
             namespaces: self.namespaces.len(),
             pods: self.pods.len(),
             policies: self.policies.len(),
-            egress: self.pod_egress.len() + self.address_egress.len(),
+            sides: [&self.egress, &self.ingress]
+                .iter()
+                .map(|s| s.pods.len() + s.addresses.len())
+                .sum(),
+            services: self.services.len() + self.slices.len(),
         }
     }
 }
@@ -542,7 +686,11 @@ impl Held for Sent {
     }
 
     fn address(&self, ip: IpAddr) -> bool {
-        self.address_egress.get(&ip).is_some()
+        self.egress.addresses.get(&ip).is_some() || self.ingress.addresses.get(&ip).is_some()
+    }
+
+    fn outbound(&self) -> bool {
+        self.outbound
     }
 
     fn seen(&self, key: &PodKey) -> Option<&Arc<Pod>> {
@@ -555,5 +703,83 @@ fn removed(kind: v1::Kind, namespace: &str, name: &str) -> v1::ObjectRef {
         kind: kind as i32,
         namespace: namespace.to_string(),
         name: name.to_string(),
+    }
+}
+
+/// The compilers of both directions' sides toward one subscriber's pod.
+struct Compilers<'a> {
+    egress: Compiler<'a>,
+    ingress: Compiler<'a>,
+}
+
+impl<'a> Compilers<'a> {
+    fn get(&mut self, direction: Direction) -> &mut Compiler<'a> {
+        match direction {
+            Direction::Egress => &mut self.egress,
+            Direction::Ingress => &mut self.ingress,
+        }
+    }
+}
+
+fn direction_slot(direction: Direction) -> usize {
+    match direction {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
+}
+
+/// Brings `held` to the cluster's objects: all of them (`keys` `None`),
+/// or those of `keys`; calls `change` with each new or changed object
+/// (compared by pointer, then by value), and with `None` for each held one
+/// gone.
+fn sync_objects<'a, V: PartialEq + 'a>(
+    held: &mut HashMap<ObjectKey, Arc<V>>,
+    keys: Option<Vec<&ObjectKey>>,
+    all: impl Iterator<Item = &'a Arc<V>>,
+    key_of: impl Fn(&V) -> &ObjectKey,
+    get: impl Fn(&ObjectKey) -> Option<&'a Arc<V>>,
+    mut change: impl FnMut(&ObjectKey, Option<&V>),
+) {
+    let set = |held: &mut HashMap<ObjectKey, Arc<V>>,
+               value: &Arc<V>,
+               change: &mut dyn FnMut(&ObjectKey, Option<&V>)| {
+        let key = key_of(value);
+        match held.get(key) {
+            Some(old) if Arc::ptr_eq(old, value) || **old == **value => {}
+            _ => {
+                change(key, Some(value));
+                held.insert(key.clone(), value.clone());
+            }
+        }
+    };
+    match keys {
+        None => {
+            let mut wanted = rustc_hash::FxHashSet::default();
+            for value in all {
+                wanted.insert(key_of(value).clone());
+                set(held, value, &mut change);
+            }
+            let gone: Vec<ObjectKey> = held
+                .keys()
+                .filter(|k| !wanted.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                held.remove(&key);
+                change(&key, None);
+            }
+        }
+        Some(keys) => {
+            for key in keys {
+                match get(key) {
+                    Some(value) => set(held, value, &mut change),
+                    None => {
+                        if held.remove(key).is_some() {
+                            change(key, None);
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! stream would hold hundreds of KiB for good. Split into parts of about
 //! [`PART_BYTES`], the sidecar applies each in order and publishes at the
 //! last (`more` is set on all the others). Parts keep the message's apply
-//! order: namespaces, pods, policies, removals, egress entries; a pod's
-//! entry never comes before the pod.
+//! order: namespaces, pods, policies, removals, egress entries, ingress
+//! entries, Services, EndpointSlices; a pod's entry never comes before the
+//! pod.
 //!
 //! Pure: no I/O.
 
@@ -37,6 +38,10 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         egress,
         more: _,
         view_format,
+        ingress,
+        services,
+        endpoint_slices,
+        outbound,
     } = msg;
     let mut parts = Parts {
         limit,
@@ -69,10 +74,23 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         let size = entry.encoded_len();
         parts.part(size).egress.push(entry);
     }
+    for entry in ingress {
+        let size = entry.encoded_len();
+        parts.part(size).ingress.push(entry);
+    }
+    for service in services {
+        let size = service.encoded_len();
+        parts.part(size).services.push(service);
+    }
+    for slice in endpoint_slices {
+        let size = slice.encoded_len();
+        parts.part(size).endpoint_slices.push(slice);
+    }
     let mut done = parts.finish();
     if let Some(first) = done.first_mut() {
         first.full = full;
         first.view_format = view_format;
+        first.outbound = outbound;
     }
     if let Some(last) = done.last_mut() {
         last.resolved = resolved;

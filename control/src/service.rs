@@ -130,6 +130,12 @@ impl<R: Reviewer> Control for ControlService<R> {
                 format.map_or("an older one".to_string(), |f| f.to_string()),
             )));
         }
+        // A sidecar that captures outbound connections asks for the parts
+        // that decide them.
+        let outbound = request
+            .metadata()
+            .get(picket_api::VIEW_OUTBOUND_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"1");
         let token = bearer(request.metadata()).unwrap_or_default();
         let identity = self.auth.authenticate(token).await.map_err(|refusal| {
             tracing::info!(%refusal, "Watch refused");
@@ -158,7 +164,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             config: self.config,
             shared: self.shared.clone(),
             full_views: self.full_views.clone(),
-            sent: Sent::default(),
+            sent: Sent::new(outbound),
             tx,
             sent_at: None,
             unacked_since: None,
@@ -338,10 +344,12 @@ impl Subscriber {
             .updates
             .with_label_values(&[self.sent.how().as_str()])
             .inc();
-        if change.is_none() && self.resolves.is_empty() {
+        let mut message = change.unwrap_or_default();
+        self.sent
+            .services(&snapshot.services, changed.as_deref(), full, &mut message);
+        if message == v1::WatchResponse::default() && self.resolves.is_empty() {
             return Ok(());
         }
-        let mut message = change.unwrap_or_default();
         // After the view's change: a pod the question is about that belongs
         // in the view is in this message.
         message.resolved = self

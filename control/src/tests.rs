@@ -1,15 +1,17 @@
 //! The differential property test of views: random clusters and random
 //! sequences of changes; after every change, every pod's view, sent as
 //! messages through the wire format and applied by a subscriber, decides
-//! every (source address, port) exactly as the engine on the whole cluster.
+//! every (source address, port) exactly as the engine on the whole cluster,
+//! and, for views with outbound parts, every (destination address, port)
+//! the pod may dial.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use picket_api::convert::{decode, EgressEntry, Removed, Update};
+use picket_api::convert::{decode, Removed, SideEntry, Update};
 use picket_policy::testgen::{op, Op, Rng, IPS, NAMESPACES, PODS, PORTS};
 use picket_policy::{
-    EgressToward, NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason, Side,
+    CompiledSide, Direction, NodeAddrs, ObjectKey, PodKey, PolicyIndex, Protocol, Reason, Side,
 };
 
 use crate::delta::Sent;
@@ -21,6 +23,9 @@ fn apply(index: &mut PolicyIndex, update: Update) {
     if update.full {
         *index = PolicyIndex::new();
         index.egress_toward_me_mut();
+        if update.outbound {
+            index.ingress_toward_me_mut();
+        }
     }
     for ns in update.namespaces {
         index.apply_namespace(ns);
@@ -36,14 +41,21 @@ fn apply(index: &mut PolicyIndex, update: Update) {
             Removed::Namespace(name) => index.delete_namespace(&name),
             Removed::Pod(key) => index.delete_pod(&key),
             Removed::Policy(key) => index.delete_policy(&key),
+            // Services are not the index's (see the services tests).
+            Removed::Service(_) | Removed::EndpointSlice(_) => false,
         };
     }
-    for entry in update.egress {
-        let compiled = index.egress_toward_me_mut();
+    let entries = (update.egress.into_iter().map(|e| (Direction::Egress, e)))
+        .chain(update.ingress.into_iter().map(|e| (Direction::Ingress, e)));
+    for (direction, entry) in entries {
+        let compiled = match direction {
+            Direction::Egress => index.egress_toward_me_mut(),
+            Direction::Ingress => index.ingress_toward_me_mut(),
+        };
         match entry {
-            EgressEntry::Pod(key, egress) => compiled.set_pod(key, egress.map(Arc::new)),
-            EgressEntry::Addresses(ips, claimants) => {
-                let claimants: Arc<[Arc<EgressToward>]> =
+            SideEntry::Pod(key, egress) => compiled.set_pod(key, egress.map(Arc::new)),
+            SideEntry::Addresses(ips, claimants) => {
+                let claimants: Arc<[Arc<CompiledSide>]> =
                     claimants.into_iter().map(Arc::new).collect();
                 for ip in ips {
                     compiled.set_address(ip, claimants.clone());
@@ -88,7 +100,6 @@ fn change(index: &mut PolicyIndex, op: Op) -> ObjectRef {
 }
 
 /// A subscriber: what the control plane sent it and what it holds.
-#[derive(Default)]
 struct Subscriber {
     sent: Sent,
     held: PolicyIndex,
@@ -120,10 +131,23 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     let mut lagged = 0u64;
     // Decisions an address entry denied: egress-isolated pods left out of the view.
     let mut denied_by_address = 0u64;
+    // Outbound decisions compared, and those an ingress entry of a pod
+    // left out of the view denied.
+    let (mut outbound_checked, mut ingress_denied_by_address) = (0u64, 0u64);
     for seed in 1..=cases {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut cluster = PolicyIndex::new();
-        let mut subscribers: Vec<Subscriber> = pods.iter().map(|_| Subscriber::default()).collect();
+        // Every other seed, the views have outbound parts.
+        let outbound = seed % 2 == 0;
+        let mut subscribers: Vec<Subscriber> = pods
+            .iter()
+            .map(|_| Subscriber {
+                sent: Sent::new(outbound),
+                held: PolicyIndex::new(),
+                connected: false,
+                pending: Vec::new(),
+            })
+            .collect();
         let steps = 5 + rng.below(40);
         for step in 0..steps {
             let changed = change(&mut cluster, op(&mut rng));
@@ -215,9 +239,68 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
                         }
                     }
                 }
+                if !outbound {
+                    continue;
+                }
+                for &dst_ip in &sources {
+                    for &port in PORTS {
+                        let want = cluster.decide_to_ip(me, dst_ip, port, Protocol::Tcp, &node);
+                        let got = sub
+                            .held
+                            .decide_to_ip(me, dst_ip, port, Protocol::Tcp, &node);
+                        assert_eq!(
+                            got.allowed, want.allowed,
+                            "seed {seed} step {step}: {me} -> {dst_ip}:{port}: view {got:?}, cluster {want:?}"
+                        );
+                        // A destination in the view is decided exactly
+                        // alike; one left out as an address, with the same
+                        // egress side (only its ipBlocks can match it).
+                        match (&got.reason, &want.reason) {
+                            (
+                                Reason::Egress {
+                                    destination: Some(_),
+                                    ..
+                                },
+                                _,
+                            ) => assert_eq!(
+                                got, want,
+                                "seed {seed} step {step}: {me} -> {dst_ip}:{port}"
+                            ),
+                            (
+                                Reason::Egress {
+                                    egress: a,
+                                    ingress,
+                                    destination: None,
+                                },
+                                Reason::Egress { egress: b, .. },
+                            ) => {
+                                assert_eq!(
+                                    a, b,
+                                    "seed {seed} step {step}: {me} -> {dst_ip}:{port}: egress side"
+                                );
+                                if matches!(ingress, Some(Side::Denied { .. })) {
+                                    ingress_denied_by_address += 1;
+                                }
+                            }
+                            _ => assert_eq!(
+                                got, want,
+                                "seed {seed} step {step}: {me} -> {dst_ip}:{port}"
+                            ),
+                        }
+                        outbound_checked += 1;
+                    }
+                }
             }
         }
     }
+    assert!(
+        outbound_checked > 10_000,
+        "too few outbound decisions compared: {outbound_checked}"
+    );
+    assert!(
+        ingress_denied_by_address > 0,
+        "no ingress entry of a pod left out of the view ever decided"
+    );
     assert!(checked > 10_000, "too few decisions compared: {checked}");
     assert!(smaller > 0, "no view was ever smaller than the cluster");
     assert!(skipped > 0, "no change was ever skipped");
@@ -280,7 +363,7 @@ fn an_address_two_pods_hold_lets_in_only_what_both_egress_sides_allow() {
         let dst_ip: IpAddr = "10.0.0.1".parse().unwrap();
         let want = cluster.decide_from_ip(src, &me, dst_ip, 80, Protocol::Tcp, &node);
         assert_eq!(want.allowed, allowed);
-        let mut sent = Sent::default();
+        let mut sent = Sent::new(false);
         let message = sent
             .update(&cluster, &Shared::default(), &me, None, true)
             .unwrap()
@@ -315,7 +398,7 @@ fn addresses_with_the_same_egress_side_travel_as_one_entry() {
         policy("[]")
     ));
     let me = ObjectKey::new("shop", "db");
-    let (shared, mut sent) = (Shared::default(), Sent::default());
+    let (shared, mut sent) = (Shared::default(), Sent::new(false));
     let full = sent
         .update(&cluster, &shared, &me, None, true)
         .unwrap()

@@ -18,9 +18,17 @@
 //!   namespace that is an entry per pod of the cluster, a few bytes each,
 //!   instead of the whole cluster's objects.
 //!
+//! With outbound parts (the sidecar captures outbound connections), the
+//! same again for `D` as a source: every pod a pod peer of `D`'s egress
+//! rules matches, and every pod that declares a named port an egress rule
+//! may reach by address (the name resolves on the destination); no other
+//! pod's ingress policies, but each ingress-isolated destination's ingress
+//! side toward `D`, compiled with its named ports resolved: by pod for the
+//! pods held, by address for the others `D` may reach by address.
+//!
 //! A pod left out is one the engine treats exactly like an address that is
-//! no pod: it matches no pod peer of `D`'s, and its egress side is its
-//! address entry (or it is not isolated, or it does not matter). The
+//! no pod: it matches no pod peer of `D`'s, and its sides are its address
+//! entries (or it is not isolated, or it does not matter). The
 //! differential tests check this against the engine on the full cluster.
 
 use std::net::IpAddr;
@@ -28,8 +36,8 @@ use std::sync::Arc;
 
 use picket_policy::eval::pods_peer_matches;
 use picket_policy::{
-    Direction, EgressToward, IpBlock, NamespaceScope, Peer, Pod, PodKey, Policy, PolicyIndex,
-    PolicyKey, Selector,
+    CompiledSide, ContainerPort, Direction, IpBlock, NamespaceScope, Peer, Pod, PodKey, Policy,
+    PolicyIndex, PolicyKey, PortSpec, Protocol, Selector,
 };
 use picket_state::{Kind, ObjectRef};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -43,36 +51,50 @@ pub struct Scope {
     pub pods: HashSet<PodKey>,
     /// Policies.
     pub policies: HashSet<PolicyKey>,
-    /// The egress sides toward `me` of the egress-isolated pods held.
-    pub pod_egress: HashMap<PodKey, Arc<EgressToward>>,
-    /// The egress sides toward `me` of the egress-isolated pods not held
-    /// that `me` may let in by address, by address (sorted by pod).
-    pub address_egress: AddressTable,
+    /// The egress sides toward `me` of the egress-isolated pods: held, and
+    /// not held that `me` may let in by address.
+    pub egress: Sides,
+    /// With outbound parts: the ingress sides toward `me` of the
+    /// ingress-isolated pods: held, and not held that `me` may reach by
+    /// address.
+    pub ingress: Option<Sides>,
+}
+
+/// One direction's compiled sides of other pods toward a view's pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sides {
+    /// Of the isolated pods held.
+    pub pods: HashMap<PodKey, Arc<CompiledSide>>,
+    /// Of the isolated pods not held that matter, by address (sorted by pod).
+    pub addresses: AddressTable,
 }
 
 /// Work shared by every view computed from one index: the pods each pod
-/// peer selects, and the addresses egress-isolated pods hold. Build one per
-/// index version and use it for every subscriber.
+/// peer selects, and the addresses isolated pods hold. Build one per index
+/// version and use it for every subscriber.
 #[derive(Debug, Default)]
 pub struct Shared {
     peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
-    claims: std::sync::OnceLock<Arc<AddressClaims>>,
+    egress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
+    ingress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
 }
 
-/// The addresses egress-isolated pods hold, with their holders' sets of
-/// egress policies: what a view that admits by address compiles its entries
-/// from. Built once per index version, when a view first needs it: the
-/// views recomputed in one version (those of the pods a new policy selects)
-/// then each read it in one pass, in order, with no lookup per pod.
-#[derive(Debug, Default)]
+/// The addresses pods isolated for one direction hold, with their holders'
+/// sets of policies for it: what a view compiles its address entries from.
+/// Built once per index version, when a view first needs it: the views
+/// recomputed in one version (those of the pods a new policy selects) then
+/// each read it in one pass, in order, with no lookup per pod.
+#[derive(Debug)]
 pub struct AddressClaims {
-    /// Sorted by address: the group of its egress-isolated holders.
+    direction: Direction,
+    /// Sorted by address: the group of its isolated holders.
     by_ip: Vec<(IpAddr, u32)>,
     /// Each distinct group: the sets of its holders, in the order of their
     /// keys (an address mostly has one holder).
     groups: Vec<Box<[u32]>>,
-    /// Each distinct set of egress policies.
-    sets: Vec<Vec<Arc<Policy>>>,
+    /// Each distinct set of policies (with the container ports their named
+    /// ports resolve on, for ingress sides that name ports).
+    sets: Vec<(Vec<Arc<Policy>>, Vec<ContainerPort>)>,
 }
 
 /// The address entries of a view, sorted by address (compact, and two
@@ -142,10 +164,13 @@ impl AddressTable {
 // === impl Shared ===
 
 impl Shared {
-    /// The addresses egress-isolated pods hold, built on first use.
-    fn address_claims(&self, index: &PolicyIndex) -> Arc<AddressClaims> {
-        self.claims
-            .get_or_init(|| Arc::new(AddressClaims::of(index)))
+    /// The addresses pods isolated for `direction` hold, built on first use.
+    fn address_claims(&self, index: &PolicyIndex, direction: Direction) -> Arc<AddressClaims> {
+        let cell = match direction {
+            Direction::Egress => &self.egress_claims,
+            Direction::Ingress => &self.ingress_claims,
+        };
+        cell.get_or_init(|| Arc::new(AddressClaims::of(index, direction)))
             .clone()
     }
 
@@ -197,11 +222,16 @@ impl Shared {
 // === impl AddressClaims ===
 
 impl AddressClaims {
-    fn of(index: &PolicyIndex) -> Self {
-        let mut claims = Self::default();
-        let mut set_ids: HashMap<Box<[usize]>, u32> = HashMap::default();
+    fn of(index: &PolicyIndex, direction: Direction) -> Self {
+        let mut claims = Self {
+            direction,
+            by_ip: Vec::new(),
+            groups: Vec::new(),
+            sets: Vec::new(),
+        };
+        let mut set_ids: HashMap<(Box<[usize]>, Vec<ContainerPort>), u32> = HashMap::default();
         let mut group_ids: HashMap<Box<[u32]>, u32> = HashMap::default();
-        let (mut ptrs, mut group) = (Vec::new(), Vec::new());
+        let mut group = Vec::new();
         for (ip, holders) in index.held_ips() {
             // The index keeps holders sorted; sorted again only if not.
             let sorted;
@@ -217,18 +247,21 @@ impl AddressClaims {
             };
             group.clear();
             for key in holders {
-                let policies = index.selecting(key, Direction::Egress);
+                let policies = index.selecting(key, direction);
                 if policies.is_empty() {
                     continue;
                 }
-                ptrs.clear();
-                ptrs.extend(policies.iter().map(|p| Arc::as_ptr(p) as usize));
-                let id = match set_ids.get(ptrs.as_slice()) {
+                let ports = resolved_on(index, key, policies, direction).to_vec();
+                let set_key = (
+                    policies.iter().map(|p| Arc::as_ptr(p) as usize).collect(),
+                    ports,
+                );
+                let id = match set_ids.get(&set_key) {
                     Some(id) => *id,
                     None => {
                         let id = claims.sets.len() as u32;
-                        claims.sets.push(policies.to_vec());
-                        set_ids.insert(ptrs.as_slice().into(), id);
+                        claims.sets.push((policies.to_vec(), set_key.1.clone()));
+                        set_ids.insert(set_key, id);
                         id
                     }
                 };
@@ -252,20 +285,24 @@ impl AddressClaims {
         claims
     }
 
-    /// The address entries toward `dst` of the addresses `wanted`, in
+    /// The address entries toward `me` of the addresses `wanted`, in
     /// order: each set compiled once, each group's entry made once.
     fn entries(
         &self,
         index: &PolicyIndex,
-        dst: &Pod,
+        me: &Pod,
         wanted: impl Fn(IpAddr) -> bool,
     ) -> Vec<(IpAddr, AddressEntry)> {
-        let mut sides: Vec<Option<Arc<EgressToward>>> = vec![None; self.sets.len()];
+        let mut sides: Vec<Option<Arc<CompiledSide>>> = vec![None; self.sets.len()];
         let mut entries: Vec<Option<AddressEntry>> = vec![None; self.groups.len()];
         let mut side = |id: u32| {
             sides[id as usize]
                 .get_or_insert_with(|| {
-                    Arc::new(index.egress_of_toward(&self.sets[id as usize], dst))
+                    let (policies, ports) = &self.sets[id as usize];
+                    Arc::new(match self.direction {
+                        Direction::Egress => index.egress_of_toward(policies, me),
+                        Direction::Ingress => index.ingress_of_toward(policies, ports, me),
+                    })
                 })
                 .clone()
         };
@@ -285,62 +322,117 @@ impl AddressClaims {
     }
 }
 
-/// What `me`'s ingress rules let in, as the view needs it.
+/// The container ports an isolated pod's compiled side depends on: its
+/// own, for an ingress side whose rules name ports (they resolve on it),
+/// else none.
+fn resolved_on<'a>(
+    index: &'a PolicyIndex,
+    key: &PodKey,
+    policies: &[Arc<Policy>],
+    direction: Direction,
+) -> &'a [ContainerPort] {
+    let names_ports = direction == Direction::Ingress
+        && policies
+            .iter()
+            .flat_map(|p| p.ingress.iter().flatten())
+            .flat_map(|r| r.ports.iter().flatten())
+            .any(|p| matches!(p.port, PortSpec::Named(_)));
+    match (names_ports, index.pod(key)) {
+        (true, Some(pod)) => &pod.ports,
+        _ => &[],
+    }
+}
+
+/// What `me`'s rules for one direction reach, as the view needs it: the
+/// peers of its ingress rules (who may connect to it), or of its egress
+/// rules (where it may connect).
 #[derive(Debug)]
-pub struct Ingress<'a> {
+pub struct Reach<'a> {
     /// Pod peers: namespaces and pods.
     peers: Vec<(&'a NamespaceScope, Option<&'a Selector>)>,
     /// `ipBlock` peers.
     blocks: Vec<&'a IpBlock>,
-    /// Some rule allows every peer, or `me` is not isolated for ingress.
+    /// Some rule allows every peer, or `me` is not isolated that way.
     every_peer: bool,
+    /// The named ports of egress rules that may reach a pod by its address
+    /// alone: they resolve on the destination, which the view must hold.
+    named: Vec<(&'a str, Protocol)>,
 }
 
-impl<'a> Ingress<'a> {
-    /// What `me`'s ingress rules let in.
-    pub fn of(index: &'a PolicyIndex, me: &PodKey) -> Self {
-        let policies = index.selecting(me, Direction::Ingress);
-        let mut ingress = Self {
+impl<'a> Reach<'a> {
+    /// What `me`'s rules for `direction` reach.
+    pub fn of(index: &'a PolicyIndex, me: &PodKey, direction: Direction) -> Self {
+        let policies = index.selecting(me, direction);
+        let mut reach = Self {
             peers: Vec::new(),
             blocks: Vec::new(),
             every_peer: policies.is_empty(),
+            named: Vec::new(),
         };
-        for rule in policies.iter().flat_map(|p| p.ingress.iter().flatten()) {
+        for rule in policies
+            .iter()
+            .flat_map(|p| p.rules(direction).unwrap_or_default())
+        {
             if rule.broken.is_some() {
                 continue;
             }
-            let Some(peers) = &rule.peers else {
-                ingress.every_peer = true;
-                continue;
-            };
-            for peer in peers {
-                match peer {
-                    Peer::Pods { namespaces, pods } => {
-                        ingress.peers.push((namespaces, pods.as_ref()))
+            let by_address = match &rule.peers {
+                None => {
+                    reach.every_peer = true;
+                    true
+                }
+                Some(peers) => {
+                    for peer in peers {
+                        match peer {
+                            Peer::Pods { namespaces, pods } => {
+                                reach.peers.push((namespaces, pods.as_ref()))
+                            }
+                            Peer::IpBlock(block) => reach.blocks.push(block),
+                        }
                     }
-                    Peer::IpBlock(block) => ingress.blocks.push(block),
+                    peers.iter().any(|p| matches!(p, Peer::IpBlock(_)))
+                }
+            };
+            if direction == Direction::Egress && by_address {
+                for entry in rule.ports.iter().flatten() {
+                    if let PortSpec::Named(name) = &entry.port {
+                        reach.named.push((name, entry.protocol));
+                    }
                 }
             }
         }
-        ingress
+        reach
     }
 
-    /// Whether some pod may be let in for its address alone.
+    /// Whether some pod may be reached for its address alone.
     pub fn admits_by_address(&self) -> bool {
         self.every_peer || !self.blocks.is_empty()
     }
 
-    /// Whether a source at `ip` may be let in for its address alone.
+    /// Whether a pod at `ip` may be reached for its address alone.
     pub fn admits_address(&self, ip: IpAddr) -> bool {
         self.every_peer || self.blocks.iter().any(|b| b.contains(ip))
     }
 
-    /// Whether a pod peer matches `pod`: the view holds it.
+    /// Whether the view holds `pod` for this reach: a pod peer matches it,
+    /// or it declares a named port a rule may reach it on by address.
     pub fn names(&self, index: &PolicyIndex, pod: &Pod) -> bool {
         let namespace_labels = index.namespace_labels(&pod.key.namespace);
         self.peers
             .iter()
             .any(|(namespaces, pods)| pods_peer_matches(namespaces, *pods, pod, namespace_labels))
+            || self.declares_named_port(pod)
+    }
+
+    fn declares_named_port(&self, pod: &Pod) -> bool {
+        !self.named.is_empty()
+            && !pod.host_network
+            && pod.ports.iter().any(|cp| {
+                self.named.iter().any(|(name, protocol)| {
+                    cp.protocol == *protocol && cp.name.as_deref() == Some(*name)
+                })
+            })
+            && pod.ips.iter().any(|ip| self.admits_address(*ip))
     }
 
     /// Whether a peer selects namespaces by label.
@@ -351,76 +443,100 @@ impl<'a> Ingress<'a> {
     }
 }
 
-/// Compiles sources' egress sides toward one pod, once per distinct set of
-/// egress policies (the pods of a namespace mostly share theirs); the
-/// address entry of a single claimant is shared too.
+/// Compiles other pods' sides for one direction toward one pod (the
+/// view's), once per distinct set of policies (the pods of a namespace
+/// mostly share theirs); the address entry of a single claimant is shared
+/// too.
 #[derive(Debug)]
 pub struct Compiler<'a> {
     index: &'a PolicyIndex,
-    dst: &'a Pod,
-    memo: HashMap<Box<[usize]>, Option<Compiled>>,
+    me: &'a Pod,
+    direction: Direction,
+    /// By the policies' pointers: each set of ports resolved on, compiled.
+    memo: HashMap<Box<[usize]>, Vec<PerPorts>>,
     key: Vec<usize>,
 }
 
-/// One source's compiled egress side, and the address entry it alone makes.
+/// The ports a set of policies' named ports resolve on, and its compiled side.
+type PerPorts = (Vec<ContainerPort>, Option<Compiled>);
+
+/// One pod's compiled side, and the address entry it alone makes.
 #[derive(Clone, Debug)]
 struct Compiled {
-    side: Arc<EgressToward>,
+    side: Arc<CompiledSide>,
     alone: AddressEntry,
 }
 
-/// The egress sides of the pods claiming an address, sorted by pod.
-pub type AddressEntry = Arc<[Arc<EgressToward>]>;
+/// The sides of the pods claiming an address, sorted by pod.
+pub type AddressEntry = Arc<[Arc<CompiledSide>]>;
 
 impl<'a> Compiler<'a> {
-    /// A compiler toward `dst`.
-    pub fn new(index: &'a PolicyIndex, dst: &'a Pod) -> Self {
+    /// A compiler of other pods' sides for `direction` toward `me`.
+    pub fn new(index: &'a PolicyIndex, me: &'a Pod, direction: Direction) -> Self {
         Self {
             index,
-            dst,
+            me,
+            direction,
             memo: HashMap::default(),
             key: Vec::new(),
         }
     }
 
-    fn compiled(&mut self, src: &PodKey) -> Option<&Compiled> {
-        let policies = self.index.selecting(src, Direction::Egress);
+    fn compiled(&mut self, other: &PodKey) -> Option<&Compiled> {
+        let index = self.index;
+        let policies = index.selecting(other, self.direction);
         if policies.is_empty() {
             return None;
         }
+        let ports = resolved_on(index, other, policies, self.direction);
         self.key.clear();
         self.key
             .extend(policies.iter().map(|p| Arc::as_ptr(p) as usize));
         if !self.memo.contains_key(self.key.as_slice()) {
-            let compiled = self.index.egress_toward(src, self.dst).map(|side| {
-                let side = Arc::new(side);
-                Compiled {
-                    alone: Arc::from([side.clone()]),
-                    side,
-                }
-            });
-            self.memo.insert(self.key.as_slice().into(), compiled);
+            self.memo.insert(self.key.as_slice().into(), Vec::new());
         }
-        self.memo.get(self.key.as_slice())?.as_ref()
+        let sets = self.memo.get_mut(self.key.as_slice())?;
+        let at = match sets.iter().position(|(p, _)| p.as_slice() == ports) {
+            Some(at) => at,
+            None => {
+                let side = match self.direction {
+                    Direction::Egress => index.egress_toward(other, self.me),
+                    Direction::Ingress => index
+                        .pod(other)
+                        .and_then(|pod| index.ingress_toward(pod, self.me)),
+                };
+                let compiled = side.map(|side| {
+                    let side = Arc::new(side);
+                    Compiled {
+                        alone: Arc::from([side.clone()]),
+                        side,
+                    }
+                });
+                sets.push((ports.to_vec(), compiled));
+                sets.len() - 1
+            }
+        };
+        sets[at].1.as_ref()
     }
 
-    /// `src`'s egress side toward the pod; `None`: not isolated.
-    pub fn of(&mut self, src: &PodKey) -> Option<Arc<EgressToward>> {
-        self.compiled(src).map(|c| c.side.clone())
+    /// `other`'s side toward the pod; `None`: not isolated.
+    pub fn of(&mut self, other: &PodKey) -> Option<Arc<CompiledSide>> {
+        self.compiled(other).map(|c| c.side.clone())
     }
 
-    /// The address entry of `ip` for a view that holds `held`: the egress
-    /// sides of the egress-isolated pods claiming it, sorted by pod, when
-    /// none is held and `ingress` may let the address in; else `None`.
+    /// The address entry of `ip` for a view that holds `held`: the sides
+    /// of the isolated pods claiming it, sorted by pod, when none is held
+    /// and `reach` (`me`'s, the other way) may admit the address; else
+    /// `None`.
     pub fn address(
         &mut self,
-        ingress: &Ingress<'_>,
+        reach: &Reach<'_>,
         ip: IpAddr,
         held: impl Fn(&PodKey) -> bool,
     ) -> Option<AddressEntry> {
         let index = self.index;
         let claimants = index.pods_with_ip(ip);
-        if !ingress.admits_address(ip) || claimants.iter().any(held) {
+        if !reach.admits_address(ip) || claimants.iter().any(held) {
             return None;
         }
         if let [alone] = claimants {
@@ -428,14 +544,71 @@ impl<'a> Compiler<'a> {
         }
         let mut claimants: Vec<&PodKey> = claimants.iter().collect();
         claimants.sort();
-        let sides: Vec<Arc<EgressToward>> =
+        let sides: Vec<Arc<CompiledSide>> =
             claimants.into_iter().filter_map(|k| self.of(k)).collect();
         (!sides.is_empty()).then(|| sides.into())
     }
 }
 
-/// The view of pod `me`; `None` when the index does not know it.
-pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope> {
+/// What a view's pod reaches each way: its ingress (who may connect to
+/// it), and with outbound parts its egress (where it may connect).
+#[derive(Debug)]
+pub struct Reaches<'a> {
+    /// `me`'s ingress.
+    pub ingress: Reach<'a>,
+    /// `me`'s egress, for a view with outbound parts.
+    pub egress: Option<Reach<'a>>,
+}
+
+impl<'a> Reaches<'a> {
+    /// What `me` reaches; `outbound`: egress too.
+    pub fn of(index: &'a PolicyIndex, me: &PodKey, outbound: bool) -> Self {
+        Self {
+            ingress: Reach::of(index, me, Direction::Ingress),
+            egress: outbound.then(|| Reach::of(index, me, Direction::Egress)),
+        }
+    }
+
+    /// Whether the view holds `pod`.
+    pub fn names(&self, index: &PolicyIndex, pod: &Pod) -> bool {
+        self.ingress.names(index, pod) || self.egress.as_ref().is_some_and(|e| e.names(index, pod))
+    }
+
+    /// Whether a peer either way selects namespaces by label.
+    fn selects_namespaces(&self) -> bool {
+        self.ingress.selects_namespaces()
+            || self.egress.as_ref().is_some_and(Reach::selects_namespaces)
+    }
+
+    /// Whether a pod not held, isolated for `direction`, at `ip` needs an
+    /// entry: `me`'s reach the other way admits the address.
+    fn needs_entry(&self, direction: Direction, ip: IpAddr) -> bool {
+        match direction {
+            Direction::Egress => self.ingress.admits_address(ip),
+            Direction::Ingress => self.egress.as_ref().is_some_and(|e| e.admits_address(ip)),
+        }
+    }
+
+    /// Whether some pod not held may need an entry for `direction`.
+    fn may_need_entries(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Egress => self.ingress.admits_by_address(),
+            Direction::Ingress => self.egress.as_ref().is_some_and(Reach::admits_by_address),
+        }
+    }
+
+    /// `me`'s reach the other way from pods isolated for `direction`.
+    pub fn facing(&self, direction: Direction) -> Option<&Reach<'a>> {
+        match direction {
+            Direction::Egress => Some(&self.ingress),
+            Direction::Ingress => self.egress.as_ref(),
+        }
+    }
+}
+
+/// The view of pod `me`, with outbound parts when `outbound`; `None` when
+/// the index does not know it.
+pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey, outbound: bool) -> Option<Scope> {
     let dst = index.pod(me)?;
     let mut scope = Scope::default();
     for direction in [Direction::Ingress, Direction::Egress] {
@@ -443,42 +616,63 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey) -> Option<Scope>
             scope.policies.insert(policy.key.clone());
         }
     }
-    let ingress = Ingress::of(index, me);
-    let mut sources = HashSet::default();
-    for (namespaces, pods) in &ingress.peers {
-        sources.extend(
-            shared
-                .peer_members(index, namespaces, *pods)
-                .iter()
-                .cloned(),
-        );
-    }
-    sources.insert(me.clone());
-    let pods = with_ip_sharers(index, sources);
-    let mut compiler = Compiler::new(index, dst);
-    for key in &pods {
-        scope.namespaces.insert(key.namespace.clone());
-        if key != me {
-            if let Some(egress) = compiler.of(key) {
-                scope.pod_egress.insert(key.clone(), egress);
-            }
+    let reaches = Reaches::of(index, me, outbound);
+    let mut members = HashSet::default();
+    for reach in [Some(&reaches.ingress), reaches.egress.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        for (namespaces, pods) in &reach.peers {
+            members.extend(
+                shared
+                    .peer_members(index, namespaces, *pods)
+                    .iter()
+                    .cloned(),
+            );
+        }
+        if !reach.named.is_empty() {
+            members.extend(
+                index
+                    .pods()
+                    .filter(|p| reach.declares_named_port(p))
+                    .map(|p| p.key.clone()),
+            );
         }
     }
-    // Only a pod that admits by address needs the egress sides of pods it
-    // does not hold; an address some held pod claims is the held pods' (a
-    // host-network pod claims none: it reports its node's).
-    if ingress.admits_by_address() {
-        let held_ips: HashSet<IpAddr> = pods
-            .iter()
-            .filter_map(|k| index.pod(k))
-            .filter(|p| !p.host_network)
-            .flat_map(|p| p.ips.iter().copied())
-            .collect();
-        let claims = shared.address_claims(index);
-        let entries = claims.entries(index, dst, |ip| {
-            !held_ips.contains(&ip) && ingress.admits_address(ip)
-        });
-        scope.address_egress = AddressTable(entries);
+    members.insert(me.clone());
+    let pods = with_ip_sharers(index, members);
+    for key in &pods {
+        scope.namespaces.insert(key.namespace.clone());
+    }
+    // An address some held pod claims is the held pods' (a host-network
+    // pod claims none: it reports its node's).
+    let held_ips: HashSet<IpAddr> = pods
+        .iter()
+        .filter_map(|k| index.pod(k))
+        .filter(|p| !p.host_network)
+        .flat_map(|p| p.ips.iter().copied())
+        .collect();
+    let directions = [Direction::Egress, Direction::Ingress];
+    for direction in directions.into_iter().take(if outbound { 2 } else { 1 }) {
+        let mut sides = Sides::default();
+        let mut compiler = Compiler::new(index, dst, direction);
+        for key in pods.iter().filter(|k| *k != me) {
+            if let Some(side) = compiler.of(key) {
+                sides.pods.insert(key.clone(), side);
+            }
+        }
+        // Only a pod that admits (reaches) by address needs the sides of
+        // pods it does not hold.
+        if reaches.may_need_entries(direction) {
+            let claims = shared.address_claims(index, direction);
+            sides.addresses = AddressTable(claims.entries(index, dst, |ip| {
+                !held_ips.contains(&ip) && reaches.needs_entry(direction, ip)
+            }));
+        }
+        match direction {
+            Direction::Egress => scope.egress = sides,
+            Direction::Ingress => scope.ingress = Some(sides),
+        }
     }
     scope.namespaces.insert(dst.key.namespace.clone());
     // A namespace the cluster does not know stays unknown in the view.
@@ -495,32 +689,35 @@ pub trait Held {
     fn policy(&self, key: &PolicyKey) -> bool;
     /// It holds this namespace, or pods of it (`me` among them).
     fn namespace(&self, name: &str) -> bool;
-    /// It holds an entry for this address.
+    /// It holds an entry (either way) for this address.
     fn address(&self, ip: IpAddr) -> bool;
     /// The pod as the subscriber was last brought up to date with it.
     fn seen(&self, key: &PodKey) -> Option<&Arc<Pod>>;
+    /// Its view has outbound parts.
+    fn outbound(&self) -> bool;
 }
 
 /// Whether changes to `changed` may change `me`'s view, given what the
 /// subscriber `held`: `false` means the view is exactly what it was (the
 /// subscriber skips its work). It mirrors what [`scope`] reads:
-/// - a pod: when it is `me` or held, or now matches a pod peer of `me`'s
-///   ingress, or has (had) an address behind an entry or shared with another
-///   pod (the claim may pass), or now needs an entry (egress-isolated, and
-///   `me` admits it by address);
+/// - a pod: when it is `me` or held, or now is one the view holds (a pod
+///   peer of `me`'s matches it, or it declares a named port `me` may reach
+///   by address), or has (had) an address behind an entry or shared with
+///   another pod (the claim may pass), or now needs an entry (isolated one
+///   way, and `me` admits it by address the other);
 /// - a policy: when held, or in `me`'s namespace (it may select `me`), or in
 ///   a namespace with held pods or with pods behind address entries (it may
-///   isolate them for egress), or in an unknown namespace, or when it
-///   isolates egress and `me` admits by address (its pods may need entries);
+///   isolate them), or in an unknown namespace, or when it isolates a
+///   direction `me` faces by address (its pods may need entries);
 /// - a namespace: when held (`me`'s own among them), or unknown, or when a
-///   peer of `me`'s ingress selects namespaces by label.
+///   peer of `me`'s selects namespaces by label.
 pub fn may_change(
     index: &PolicyIndex,
     me: &PodKey,
     changed: &[ObjectRef],
     held: &impl Held,
 ) -> bool {
-    let ingress = Ingress::of(index, me);
+    let reaches = Reaches::of(index, me, held.outbound());
     changed.iter().any(|object| {
         let key = &object.key;
         match object.kind {
@@ -529,20 +726,27 @@ pub fn may_change(
                     || key.namespace == me.namespace
                     || held.namespace(&key.namespace)
                     || index.namespace(&key.namespace).is_none()
-                    || (ingress.admits_by_address()
-                        && (index.policy(key).is_some_and(|p| p.egress.is_some())
-                            || index
-                                .pods_in(&key.namespace)
-                                .filter_map(|k| index.pod(k))
-                                .any(|p| p.ips.iter().any(|ip| held.address(*ip)))))
+                    || [Direction::Egress, Direction::Ingress]
+                        .into_iter()
+                        .filter(|d| reaches.may_need_entries(*d))
+                        .any(|direction| {
+                            index
+                                .policy(key)
+                                .is_some_and(|p| p.rules(direction).is_some())
+                                || index
+                                    .pods_in(&key.namespace)
+                                    .filter_map(|k| index.pod(k))
+                                    .any(|p| p.ips.iter().any(|ip| held.address(*ip)))
+                        })
             }
             Kind::Namespace => {
                 held.namespace(&key.name)
                     || index.namespace(&key.name).is_none()
-                    || ingress.selects_namespaces()
+                    || reaches.selects_namespaces()
             }
-            Kind::Pod => pod_may_change(index, me, &ingress, key, held),
-            // Views hold no Services (the control plane watches none yet).
+            Kind::Pod => pod_may_change(index, me, &reaches, key, held),
+            // Services do not change what the policy view holds (they
+            // travel beside it, see `delta`).
             Kind::Service | Kind::EndpointSlice => false,
         }
     })
@@ -551,7 +755,7 @@ pub fn may_change(
 fn pod_may_change(
     index: &PolicyIndex,
     me: &PodKey,
-    ingress: &Ingress<'_>,
+    reaches: &Reaches<'_>,
     key: &PodKey,
     held: &impl Held,
 ) -> bool {
@@ -569,12 +773,14 @@ fn pod_may_change(
         // Gone, and neither held nor behind an entry: nothing to remove.
         return false;
     };
-    ingress.names(index, pod)
+    let isolated = |d: Direction| !index.selecting(key, d).is_empty();
+    reaches.names(index, pod)
         || (!pod.host_network
             && pod.ips.iter().any(|ip| {
                 had(ip)
-                    || (ingress.admits_address(*ip)
-                        && !index.selecting(key, Direction::Egress).is_empty())
+                    || [Direction::Egress, Direction::Ingress]
+                        .into_iter()
+                        .any(|d| reaches.needs_entry(d, *ip) && isolated(d))
             }))
 }
 

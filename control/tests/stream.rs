@@ -132,6 +132,7 @@ impl Plane {
             ca_pem: self.ca_pem.clone().into_bytes(),
             token_file,
             max_backoff: Duration::from_millis(200),
+            outbound: false,
         }
     }
 

@@ -20,7 +20,7 @@ use super::model::{
     PortSpec, Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
-use super::toward::EgressToward;
+use super::toward::CompiledSide;
 use super::trace::{Explanation, NoTrace, Recorder, Trace};
 
 /// The outcome of one decision.
@@ -407,13 +407,12 @@ impl PolicyIndex {
         if src_pod.host_network {
             return Decision::allow(Reason::HostNetworkSource, source);
         }
+        let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
         self.every_holder(dst_ip, |dst_pod| {
             let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            let ingress = (egress.allows() || T::EVERY_RULE).then(|| {
-                let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
-                self.side(dst_pod, Direction::Ingress, from, &to, trace)
-            });
+            let ingress = (egress.allows() || T::EVERY_RULE)
+                .then(|| self.pod_ingress_side(dst_pod, from, &to, trace));
             Decision::egress(egress, ingress, Some(dst_pod.key.clone()), src)
         })
         .unwrap_or_else(|| {
@@ -424,12 +423,49 @@ impl PolicyIndex {
                 protocol,
             };
             let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            Decision::egress(egress, None, None, src)
+            let ingress = (egress.allows() || T::EVERY_RULE)
+                .then(|| self.address_ingress_side(dst_ip, from, &to, trace))
+                .flatten();
+            Decision::egress(egress, ingress, None, src)
         })
+    }
+
+    /// A destination pod's ingress side toward `from`: from its policies,
+    /// or in a view with outbound parts from its compiled entry (none: not
+    /// isolated).
+    fn pod_ingress_side<T: Trace>(
+        &self,
+        pod: &Pod,
+        from: Endpoint<'_>,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
+        match &self.ingress_toward_me {
+            Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
+                trace.side(&pod.key, Direction::Ingress);
+                self.compiled_side(e, from, to, trace)
+            }),
+            None => self.side(pod, Direction::Ingress, from, to, trace),
+        }
+    }
+
+    /// The ingress side of an address no pod of the index holds: in a view
+    /// with outbound parts, that of the pods it does not hold that claim it,
+    /// every one of which must allow; `None`: no pod's (as far as the view
+    /// knows).
+    fn address_ingress_side<T: Trace>(
+        &self,
+        ip: IpAddr,
+        from: Endpoint<'_>,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Option<Side> {
+        let claimants = self.ingress_toward_me.as_ref()?.address(ip)?;
+        Some(self.claimants_side(claimants, from, to, trace))
     }
 }
 
-// === impl PolicyIndex: compiled egress sides ===
+// === impl PolicyIndex: compiled sides ===
 
 impl PolicyIndex {
     /// A source pod's egress side: from its policies, or in a view from its
@@ -438,7 +474,7 @@ impl PolicyIndex {
         match &self.egress_toward_me {
             Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
                 trace.side(&pod.key, Direction::Egress);
-                self.compiled_side(e, to, trace)
+                self.compiled_side(e, to.peer, to, trace)
             }),
             None => self.side(pod, Direction::Egress, to.peer, to, trace),
         }
@@ -455,9 +491,21 @@ impl PolicyIndex {
         let Some(claimants) = self.egress_toward_me.as_ref().and_then(|c| c.address(ip)) else {
             return Side::NotApplicable;
         };
+        self.claimants_side(claimants, to.peer, to, trace)
+    }
+
+    /// The side of the pods claiming an address, compiled: the first that
+    /// denies, else the first that allows.
+    fn claimants_side<T: Trace>(
+        &self,
+        claimants: &[std::sync::Arc<CompiledSide>],
+        peer: Endpoint<'_>,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
         let mut side = Side::NotApplicable;
-        for egress in claimants.iter() {
-            let said = self.compiled_side(egress, to, trace);
+        for compiled in claimants {
+            let said = self.compiled_side(compiled, peer, to, trace);
             if !said.allows() {
                 return said;
             }
@@ -468,21 +516,23 @@ impl PolicyIndex {
         side
     }
 
-    /// A source's egress side from its compiled rules toward the destination.
+    /// Another pod's side from its compiled rules toward `peer` (the view's
+    /// pod), for a connection to `to`.
     fn compiled_side<T: Trace>(
         &self,
-        egress: &EgressToward,
+        compiled: &CompiledSide,
+        peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
         let mut allowed = None;
         let mut policy = None;
-        for toward in &egress.rules {
+        for toward in &compiled.rules {
             if policy != Some(&toward.policy) {
                 trace.policy(&toward.policy);
                 policy = Some(&toward.policy);
             }
-            let peer_entry = rule_matches_peer(&toward.rule, to.peer);
+            let peer_entry = rule_matches_peer(&toward.rule, peer);
             let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
                 rule_matches_port(&toward.rule, to)
             } else {
@@ -501,7 +551,7 @@ impl PolicyIndex {
             }
         }
         allowed.unwrap_or(Side::Denied {
-            policies: egress.policies,
+            policies: compiled.policies,
         })
     }
 }

@@ -18,7 +18,7 @@ use super::shards::Shards;
 
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
 use super::selector::Labels;
-use super::toward::EgressTowardMe;
+use super::toward::CompiledSides;
 
 /// Pods, namespaces and policies, indexed for decisions.
 ///
@@ -44,7 +44,10 @@ pub struct PolicyIndex {
     selection: Shards<PodKey, Arc<Selection>>,
     policy_count: usize,
     /// In a pod's view: the sources' egress sides, compiled (see `toward`).
-    pub(super) egress_toward_me: Option<EgressTowardMe>,
+    pub(super) egress_toward_me: Option<CompiledSides>,
+    /// In a pod's view with outbound parts: the destinations' ingress
+    /// sides, compiled (see `toward`).
+    pub(super) ingress_toward_me: Option<CompiledSides>,
 }
 
 /// The policies that select one pod, sorted by key.
@@ -136,8 +139,11 @@ impl PolicyIndex {
             }
         }
         self.selection.remove(key);
-        // In a view, a pod's compiled egress side lives and dies with it.
-        if let Some(compiled) = &mut self.egress_toward_me {
+        // In a view, a pod's compiled sides live and die with it.
+        for compiled in [&mut self.egress_toward_me, &mut self.ingress_toward_me]
+            .into_iter()
+            .flatten()
+        {
             compiled.set_pod(key.clone(), None);
         }
         true

@@ -24,7 +24,7 @@ pub use model::{
 pub use route::Route;
 pub use selector::{Labels, Selector};
 pub use service::{Endpoint, EndpointSlice, Resolved, Service, ServiceIndex, ServicePort};
-pub use toward::{EgressToward, EgressTowardMe, TowardRule};
+pub use toward::{CompiledSide, CompiledSides, TowardRule};
 pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
 
 #[cfg(test)]

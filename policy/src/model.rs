@@ -75,7 +75,7 @@ pub struct Pod {
 }
 
 /// One declared container port.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     /// The port's name, which named ports in policies refer to.
     pub name: Option<String>,

@@ -84,9 +84,16 @@ pub fn pod(rng: &mut Rng) -> Pod {
     } else {
         ""
     };
+    // The named port `pg` on one port or another, or none: a named port
+    // resolves per pod.
+    let ports = match rng.below(4) {
+        0 => "[]",
+        1 => "[{containerPort: 9090, name: pg}]",
+        _ => "[{containerPort: 5432, name: pg}]",
+    };
     let yaml = format!(
         "metadata: {{name: {}, namespace: {}, labels: {{app: {}}}, creationTimestamp: \"2026-12-01T0{}:00:00Z\"{deleting}}}\n\
-         spec: {{containers: [{{name: c, ports: [{{containerPort: 5432, name: pg}}]}}]{host_network}}}\n\
+         spec: {{containers: [{{name: c, ports: {ports}}}]{host_network}}}\n\
          status: {{podIP: {}}}\n",
         rng.pick(PODS),
         rng.pick(NAMESPACES),
@@ -126,7 +133,11 @@ pub fn rules(rng: &mut Rng, direction: &str) -> String {
                 1 => format!(", ports: [{{port: {}}}]", PORTS[rng.below(PORTS.len())]),
                 _ => ", ports: [{port: pg}]".into(),
             };
-            format!("{{{peers}: [{}]{port}}}", peer(rng))
+            // Now and then a rule for every peer.
+            match rng.below(6) {
+                0 => format!("{{{}}}", port.trim_start_matches(", ")),
+                _ => format!("{{{peers}: [{}]{port}}}", peer(rng)),
+            }
         })
         .collect();
     format!("{direction}: [{}]", rules.join(", "))

@@ -1,13 +1,21 @@
-//! What the egress policies of other pods allow toward one pod, compiled.
+//! What the policies of other pods say about one pod, compiled.
 //!
-//! A pod's view (control mode) does not carry the egress policies of every
-//! pod that may connect to it: with a default egress policy in every
-//! namespace that would be the whole cluster. It carries, per source, only
-//! what the source's egress rules say about this pod: the rules whose peers
+//! A pod's view (control mode) does not carry the policies of every pod it
+//! may talk to: with a default policy in every namespace that would be the
+//! whole cluster. It carries, per other pod, only what that pod's rules say
+//! about this one, compiled into a [`CompiledSide`]: the rules whose peers
 //! match it (pod peers decided against its labels, `ipBlock` peers kept for
-//! the address dialled) with their ports. [`PolicyIndex::egress_toward`]
-//! compiles that on the full cluster; an index holding [`EgressTowardMe`]
-//! decides the source's egress side from it, and from nothing else.
+//! its address) with their ports.
+//!
+//! - Inbound: each source's egress side toward this pod
+//!   ([`PolicyIndex::egress_toward`]); named ports resolve on this pod, which
+//!   the view holds.
+//! - Outbound: each destination's ingress side toward this pod as the source
+//!   ([`PolicyIndex::ingress_toward`]); named ports resolve on the
+//!   destination, so they are resolved into numbers when compiled.
+//!
+//! An index holding [`CompiledSides`] decides the other pods' sides from
+//! them, and from nothing else.
 //!
 //! Pure: no I/O.
 
@@ -16,58 +24,61 @@ use std::sync::Arc;
 
 use super::eval::pods_peer_matches;
 use super::index::PolicyIndex;
-use super::model::{Direction, Peer, Pod, PodKey, Policy, PolicyKey, Rule};
+use super::model::{
+    ContainerPort, Direction, Peer, Pod, PodKey, Policy, PolicyKey, PortMatch, PortSpec, Rule,
+};
 use super::shards::Shards;
 
-/// What one source's egress policies allow toward one destination pod.
+/// What one pod's policies for one direction allow toward one other pod
+/// (the view's): a source's egress side, or a destination's ingress side.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EgressToward {
-    /// How many policies isolate the source for egress (at least one).
+pub struct CompiledSide {
+    /// How many policies isolate the pod for that direction (at least one).
     pub policies: usize,
-    /// The egress rules that may match the destination, in evaluation order.
+    /// The rules that may match the other pod, in evaluation order.
     pub rules: Vec<TowardRule>,
 }
 
-/// One egress rule of a source, as it applies to one destination: its
-/// peers are `None` when a pod peer matched the destination (or the rule
-/// allows every peer), else the rule's `ipBlock` peers (they match by the
-/// address dialled); its ports are the rule's own (named ports resolve on
-/// the destination).
+/// One rule, as it applies to the other pod: its peers are `None` when a
+/// pod peer matched that pod (or the rule allows every peer), else the
+/// rule's `ipBlock` peers (they match by its address); its ports are the
+/// rule's own (an egress rule's named ports resolve on the view's pod; an
+/// ingress rule's are resolved already, on the pod the rule belongs to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TowardRule {
     /// The policy holding the rule.
     pub policy: PolicyKey,
-    /// The rule's index in the policy's `egress` list.
+    /// The rule's index in the policy's `ingress` or `egress` list.
     pub index: usize,
-    /// The rule, compiled for the destination.
+    /// The rule, compiled for the other pod.
     pub rule: Rule,
 }
 
-/// The egress side of every source that may connect to the view's pod: by
-/// pod for the pods the view holds, by address for the others (one entry per
-/// egress-isolated pod claiming the address). A source absent from both is
-/// not isolated for egress, or cannot be let in anyway.
+/// One direction's side of every other pod that may matter to the view's
+/// pod: by pod for the pods the view holds, by address for the others (one
+/// entry per isolated pod claiming the address). A pod absent from both is
+/// not isolated for that direction, or does not matter.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct EgressTowardMe {
-    pods: Shards<PodKey, Arc<EgressToward>>,
-    addresses: Shards<IpAddr, Arc<[Arc<EgressToward>]>>,
+pub struct CompiledSides {
+    pods: Shards<PodKey, Arc<CompiledSide>>,
+    addresses: Shards<IpAddr, Arc<[Arc<CompiledSide>]>>,
 }
 
-// === impl EgressTowardMe ===
+// === impl CompiledSides ===
 
-impl EgressTowardMe {
+impl CompiledSides {
     /// The egress side of a pod the view holds.
-    pub fn pod(&self, key: &PodKey) -> Option<&Arc<EgressToward>> {
+    pub fn pod(&self, key: &PodKey) -> Option<&Arc<CompiledSide>> {
         self.pods.get(key)
     }
 
     /// The egress sides of the pods claiming an address the view holds no pod for.
-    pub fn address(&self, ip: IpAddr) -> Option<&Arc<[Arc<EgressToward>]>> {
+    pub fn address(&self, ip: IpAddr) -> Option<&Arc<[Arc<CompiledSide>]>> {
         self.addresses.get(&ip)
     }
 
     /// Sets (`Some`) or removes a pod's entry.
-    pub fn set_pod(&mut self, key: PodKey, egress: Option<Arc<EgressToward>>) {
+    pub fn set_pod(&mut self, key: PodKey, egress: Option<Arc<CompiledSide>>) {
         match egress {
             Some(egress) => {
                 self.pods.insert(key, egress);
@@ -79,7 +90,7 @@ impl EgressTowardMe {
     }
 
     /// Sets the entries of an address; none removes it.
-    pub fn set_address(&mut self, ip: IpAddr, claimants: Arc<[Arc<EgressToward>]>) {
+    pub fn set_address(&mut self, ip: IpAddr, claimants: Arc<[Arc<CompiledSide>]>) {
         if claimants.is_empty() {
             self.addresses.remove(&ip);
         } else {
@@ -103,18 +114,54 @@ impl EgressTowardMe {
 impl PolicyIndex {
     /// What `src`'s egress policies allow toward `dst`; `None` when no policy
     /// isolates `src` for egress (it may connect anywhere).
-    pub fn egress_toward(&self, src: &PodKey, dst: &Pod) -> Option<EgressToward> {
+    pub fn egress_toward(&self, src: &PodKey, dst: &Pod) -> Option<CompiledSide> {
         let policies = self.selecting(src, Direction::Egress);
         (!policies.is_empty()).then(|| self.egress_of_toward(policies, dst))
     }
 
     /// What a source selected for egress by exactly `policies` (at least
     /// one) may open on `dst`: the same for every source they select.
-    pub fn egress_of_toward(&self, policies: &[Arc<Policy>], dst: &Pod) -> EgressToward {
-        let namespace_labels = self.namespace_labels(&dst.key.namespace);
+    pub fn egress_of_toward(&self, policies: &[Arc<Policy>], dst: &Pod) -> CompiledSide {
+        self.compile(policies, Direction::Egress, dst, None)
+    }
+
+    /// What `dst`'s ingress policies let in from `src`, with named ports
+    /// resolved on `dst`; `None` when no policy isolates `dst` for ingress.
+    pub fn ingress_toward(&self, dst: &Pod, src: &Pod) -> Option<CompiledSide> {
+        let policies = self.selecting(&dst.key, Direction::Ingress);
+        (!policies.is_empty()).then(|| self.ingress_of_toward(policies, &dst.ports, src))
+    }
+
+    /// What a destination selected for ingress by exactly `policies` (at
+    /// least one) and declaring `ports` lets in from `src`: the same for
+    /// every such destination.
+    pub fn ingress_of_toward(
+        &self,
+        policies: &[Arc<Policy>],
+        ports: &[ContainerPort],
+        src: &Pod,
+    ) -> CompiledSide {
+        self.compile(policies, Direction::Ingress, src, Some(ports))
+    }
+
+    /// The rules of `policies` for `direction` that may match `other`;
+    /// with `resolve`, named ports are resolved on those container ports.
+    fn compile(
+        &self,
+        policies: &[Arc<Policy>],
+        direction: Direction,
+        other: &Pod,
+        resolve: Option<&[ContainerPort]>,
+    ) -> CompiledSide {
+        let namespace_labels = self.namespace_labels(&other.key.namespace);
         let mut rules = Vec::new();
         for policy in policies {
-            for (index, rule) in policy.egress.iter().flatten().enumerate() {
+            for (index, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 if rule.broken.is_some() {
                     continue;
                 }
@@ -122,9 +169,12 @@ impl PolicyIndex {
                     None => None,
                     Some(peers) => {
                         let by_labels = peers.iter().any(|p| match p {
-                            Peer::Pods { namespaces, pods } => {
-                                pods_peer_matches(namespaces, pods.as_ref(), dst, namespace_labels)
-                            }
+                            Peer::Pods { namespaces, pods } => pods_peer_matches(
+                                namespaces,
+                                pods.as_ref(),
+                                other,
+                                namespace_labels,
+                            ),
                             Peer::IpBlock(_) => false,
                         });
                         let blocks: Vec<Peer> = peers
@@ -139,18 +189,22 @@ impl PolicyIndex {
                         }
                     }
                 };
+                let ports = match resolve {
+                    Some(declared) => rule.ports.as_ref().map(|p| resolved(p, declared)),
+                    None => rule.ports.clone(),
+                };
                 rules.push(TowardRule {
                     policy: policy.key.clone(),
                     index,
                     rule: Rule {
                         peers,
-                        ports: rule.ports.clone(),
+                        ports,
                         broken: None,
                     },
                 });
             }
         }
-        EgressToward {
+        CompiledSide {
             policies: policies.len(),
             rules,
         }
@@ -158,13 +212,13 @@ impl PolicyIndex {
 
     /// The compiled egress sides of the sources, when this index is a
     /// pod's view: then no source's egress is read from policies.
-    pub fn egress_toward_me(&self) -> Option<&EgressTowardMe> {
+    pub fn egress_toward_me(&self) -> Option<&CompiledSides> {
         self.egress_toward_me.as_ref()
     }
 
     /// Makes this index a pod's view whose sources' egress sides come from
     /// compiled entries (see the module), and returns them for changes.
-    pub fn egress_toward_me_mut(&mut self) -> &mut EgressTowardMe {
+    pub fn egress_toward_me_mut(&mut self) -> &mut CompiledSides {
         self.egress_toward_me.get_or_insert_with(Default::default)
     }
 
@@ -173,4 +227,39 @@ impl PolicyIndex {
     pub fn clear_egress_toward_me(&mut self) {
         self.egress_toward_me = None;
     }
+
+    /// The compiled ingress sides of the destinations, when this index is
+    /// a pod's view with outbound parts: then no destination's ingress side
+    /// is read from policies.
+    pub fn ingress_toward_me(&self) -> Option<&CompiledSides> {
+        self.ingress_toward_me.as_ref()
+    }
+
+    /// Makes this index a pod's view whose destinations' ingress sides come
+    /// from compiled entries, and returns them for changes.
+    pub fn ingress_toward_me_mut(&mut self) -> &mut CompiledSides {
+        self.ingress_toward_me.get_or_insert_with(Default::default)
+    }
+}
+
+/// Port entries with named ports resolved on `declared` (the pod the rule
+/// belongs to): a name becomes the number of each container port of that
+/// name and protocol, and a name it does not declare matches nothing.
+fn resolved(entries: &[PortMatch], declared: &[ContainerPort]) -> Vec<PortMatch> {
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match &entry.port {
+            PortSpec::Named(name) => out.extend(
+                declared
+                    .iter()
+                    .filter(|cp| cp.protocol == entry.protocol && cp.name.as_deref() == Some(name))
+                    .map(|cp| PortMatch {
+                        protocol: entry.protocol,
+                        port: PortSpec::Range(cp.port, cp.port),
+                    }),
+            ),
+            _ => out.push(entry.clone()),
+        }
+    }
+    out
 }

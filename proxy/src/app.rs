@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         Err(error) => tracing::debug!(%error, "Cannot read net.ipv4.ip_local_reserved_ports"),
     }
 
-    let (writer, snapshots) = StateWriter::new();
+    let (mut writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
     let readiness = Readiness::new();
     let metrics = Arc::new(ProxyMetrics::new(args.peer_label_limit));
@@ -218,7 +218,14 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     );
 
     match (control, &args.cluster_dir) {
-        (Some(control), _) => spawn_source(control, writer),
+        (Some(control), _) => {
+            // The view's outbound parts carry Services: none is published
+            // before them, or a ClusterIP could pass for a plain address.
+            if args.outbound_capture == OutboundArg::On {
+                writer.require_services();
+            }
+            spawn_source(control, writer)
+        }
         (None, Some(dir)) if source == SourceArg::Files => {
             spawn_source(DirSource::new(dir).with_resync(args.resync), writer);
         }
@@ -296,6 +303,7 @@ fn control_config(args: &RunArgs) -> anyhow::Result<ControlConfig> {
         ca_pem,
         token_file: args.control_token_file.clone(),
         max_backoff: args.control_max_backoff,
+        outbound: args.outbound_capture == OutboundArg::On,
     })
 }
 

@@ -25,10 +25,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use picket_api::convert::{decode, ip_to_wire, EgressEntry, Removed, Update};
+use picket_api::convert::{decode, ip_to_wire, Removed, SideEntry, Update};
 use picket_api::v1;
 use picket_api::v1::control_client::ControlClient;
-use picket_policy::ObjectKey;
+use picket_policy::{Direction, ObjectKey};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::kind::{Kind, Object, ObjectRef};
@@ -56,6 +56,9 @@ pub struct ControlConfig {
     pub token_file: PathBuf,
     /// The longest wait between reconnects.
     pub max_backoff: Duration,
+    /// Ask for a view with outbound parts (the pod's outbound connections
+    /// are captured): a view without them is refused.
+    pub outbound: bool,
 }
 
 /// Metrics of the stream.
@@ -126,6 +129,9 @@ pub enum StreamError {
     /// A message did not decode; nothing of it was applied.
     #[error("undecodable message: {0}")]
     Invalid(#[from] picket_api::convert::InvalidMessage),
+    /// Outbound parts were asked for, and the full view came without.
+    #[error("the control plane sent a view without outbound parts, which this sidecar (outbound capture on) needs: upgrade picket-control")]
+    NoOutbound,
     /// The server ended the stream.
     #[error("the control plane ended the stream")]
     Ended,
@@ -215,6 +221,9 @@ impl ControlSource {
                 Ok(update) => update,
                 Err(e) => break e.into(),
             };
+            if update.full && self.config.outbound && !update.outbound {
+                break StreamError::NoOutbound;
+            }
             if update.full {
                 if *synced {
                     self.metrics.resyncs.inc();
@@ -278,11 +287,25 @@ impl Source for ControlSource {
 }
 
 /// Applies one decoded message to the writer: a full view replaces every
-/// kind and every egress entry; deltas apply and delete objects, then set
-/// egress entries (a pod's entry goes with the pod).
+/// kind and every compiled entry; deltas apply and delete objects, then set
+/// entries (a pod's entry goes with the pod).
 pub fn apply(writer: &mut StateWriter, update: Update) {
     if update.full {
-        writer.reset_egress_toward_me();
+        writer.reset_sides(update.outbound);
+        if update.outbound {
+            writer.replace_all(
+                Kind::Service,
+                update.services.into_iter().map(Object::Service).collect(),
+            );
+            writer.replace_all(
+                Kind::EndpointSlice,
+                update
+                    .slices
+                    .into_iter()
+                    .map(Object::EndpointSlice)
+                    .collect(),
+            );
+        }
         writer.replace_all(
             Kind::Namespace,
             update
@@ -309,24 +332,34 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
         for policy in update.policies {
             writer.apply(Object::Policy(policy));
         }
+        for service in update.services {
+            writer.apply(Object::Service(service));
+        }
+        for slice in update.slices {
+            writer.apply(Object::EndpointSlice(slice));
+        }
     }
     for removed in update.removed {
         let (kind, key) = match removed {
             Removed::Namespace(name) => (Kind::Namespace, ObjectKey::new("", &name)),
             Removed::Pod(key) => (Kind::Pod, key),
             Removed::Policy(key) => (Kind::Policy, key),
+            Removed::Service(key) => (Kind::Service, key),
+            Removed::EndpointSlice(key) => (Kind::EndpointSlice, key),
         };
         writer.delete(&ObjectRef { kind, key });
     }
     // After the pods: a pod's entry goes with it.
-    for entry in update.egress {
+    let entries = (update.egress.into_iter().map(|e| (Direction::Egress, e)))
+        .chain(update.ingress.into_iter().map(|e| (Direction::Ingress, e)));
+    for (direction, entry) in entries {
         match entry {
-            EgressEntry::Pod(key, egress) => writer.set_pod_egress(key, egress),
-            EgressEntry::Addresses(ips, claimants) => {
-                let claimants: Arc<[Arc<picket_policy::EgressToward>]> =
+            SideEntry::Pod(key, side) => writer.set_pod_side(direction, key, side),
+            SideEntry::Addresses(ips, claimants) => {
+                let claimants: Arc<[Arc<picket_policy::CompiledSide>]> =
                     claimants.into_iter().map(Arc::new).collect();
                 for ip in ips {
-                    writer.set_address_egress(ip, claimants.clone());
+                    writer.set_address_side(direction, ip, claimants.clone());
                 }
             }
         }
@@ -381,6 +414,12 @@ pub async fn open_as(
         request.metadata_mut().insert(
             picket_api::VIEW_FORMAT_HEADER,
             format.to_string().parse().expect("digits"),
+        );
+    }
+    if config.outbound {
+        request.metadata_mut().insert(
+            picket_api::VIEW_OUTBOUND_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
         );
     }
     let stream = client.watch(request).await?.into_inner();

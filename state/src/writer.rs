@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use picket_policy::{
-    EgressToward, EgressTowardMe, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex,
+    CompiledSide, CompiledSides, Direction, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex,
     ServiceIndex,
 };
 
@@ -42,6 +42,9 @@ pub enum ChangeReason {
     /// What a source's egress policies allow toward this pod changed (in
     /// control mode, where the view carries that compiled).
     PeerEgress,
+    /// What a destination's ingress policies let in from this pod changed
+    /// (in control mode with outbound parts).
+    PeerIngress,
     /// A Service or its endpoints changed: live connections keep their
     /// endpoint (as with kube-proxy), so nothing is torn down for it alone.
     ServiceEndpoints,
@@ -53,7 +56,7 @@ pub struct Snapshot {
     /// The engine's index.
     pub index: PolicyIndex,
     /// Services and their endpoints (empty where the source serves none:
-    /// the control plane's views).
+    /// the control plane's views without outbound parts).
     pub services: Arc<ServiceIndex>,
     /// Increases with every commit.
     pub version: u64,
@@ -76,6 +79,7 @@ impl ChangeReason {
             Self::NamespaceLabels => "namespace-labels",
             Self::PodIp => "pod-ip",
             Self::PeerEgress => "peer-egress",
+            Self::PeerIngress => "peer-ingress",
             Self::ServiceEndpoints => "service-endpoints",
         }
     }
@@ -240,42 +244,61 @@ impl StateWriter {
         self.dirty = true;
     }
 
-    /// Makes the state a pod's view whose sources' egress sides come from
-    /// compiled entries alone (control mode), and drops every entry: a full
-    /// view sets them all again.
-    pub fn reset_egress_toward_me(&mut self) {
-        let compiled = self.index.egress_toward_me_mut();
-        if !compiled.is_empty() {
-            *compiled = EgressTowardMe::default();
-            self.changes.insert(ChangeReason::PeerEgress);
+    /// Makes the state a pod's view whose other pods' sides come from
+    /// compiled entries alone (control mode): sources' egress sides, and
+    /// with `outbound` destinations' ingress sides; drops every entry (a
+    /// full view sets them all again).
+    pub fn reset_sides(&mut self, outbound: bool) {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            if direction == Direction::Ingress && !outbound {
+                continue;
+            }
+            let compiled = self.sides(direction);
+            if !compiled.is_empty() {
+                *compiled = CompiledSides::default();
+                self.changes.insert(side_changed(direction));
+            }
         }
         self.touched = Changed::Everything;
         self.dirty = true;
     }
 
-    /// Sets (`Some`) or removes a held pod's compiled egress side.
-    pub fn set_pod_egress(&mut self, key: PodKey, egress: Option<EgressToward>) {
-        let compiled = self.index.egress_toward_me_mut();
-        if compiled.pod(&key).map(|e| &**e) != egress.as_ref() {
-            compiled.set_pod(key, egress.map(Arc::new));
-            self.changes.insert(ChangeReason::PeerEgress);
+    fn sides(&mut self, direction: Direction) -> &mut CompiledSides {
+        match direction {
+            Direction::Egress => self.index.egress_toward_me_mut(),
+            Direction::Ingress => self.index.ingress_toward_me_mut(),
+        }
+    }
+
+    /// Sets (`Some`) or removes a held pod's compiled side for `direction`
+    /// (a source's egress, a destination's ingress).
+    pub fn set_pod_side(&mut self, direction: Direction, key: PodKey, side: Option<CompiledSide>) {
+        let compiled = self.sides(direction);
+        if compiled.pod(&key).map(|e| &**e) != side.as_ref() {
+            compiled.set_pod(key, side.map(Arc::new));
+            self.changes.insert(side_changed(direction));
             self.touched = Changed::Everything;
             self.dirty = true;
         }
     }
 
-    /// Sets the compiled egress sides of the pods behind an address the
-    /// view holds no pod for; none removes the entry. Addresses with the
-    /// same claimants share them.
-    pub fn set_address_egress(&mut self, ip: IpAddr, claimants: Arc<[Arc<EgressToward>]>) {
-        let compiled = self.index.egress_toward_me_mut();
+    /// Sets the compiled sides for `direction` of the pods behind an
+    /// address the view holds no pod for; none removes the entry.
+    /// Addresses with the same claimants share them.
+    pub fn set_address_side(
+        &mut self,
+        direction: Direction,
+        ip: IpAddr,
+        claimants: Arc<[Arc<CompiledSide>]>,
+    ) {
+        let compiled = self.sides(direction);
         let same = match compiled.address(ip) {
             Some(old) => Arc::ptr_eq(old, &claimants) || old.iter().eq(claimants.iter()),
             None => claimants.is_empty(),
         };
         if !same {
             compiled.set_address(ip, claimants);
-            self.changes.insert(ChangeReason::PeerEgress);
+            self.changes.insert(side_changed(direction));
             self.touched = Changed::Everything;
             self.dirty = true;
         }
@@ -427,6 +450,14 @@ impl StateWriter {
     /// The state as it stands (committed or not).
     pub fn index(&self) -> &PolicyIndex {
         &self.index
+    }
+}
+
+/// The change reason of a compiled side of `direction`.
+fn side_changed(direction: Direction) -> ChangeReason {
+    match direction {
+        Direction::Egress => ChangeReason::PeerEgress,
+        Direction::Ingress => ChangeReason::PeerIngress,
     }
 }
 

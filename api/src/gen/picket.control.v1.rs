@@ -83,11 +83,82 @@ pub struct WatchResponse {
     #[prost(bool, tag = "10")]
     pub more: bool,
     /// On the first part of a full view: the view format (3: compiled egress
-    /// sides, parts, and addresses sharing an entry). A sidecar refuses a view
-    /// of a format it does not speak, as the control plane refuses a sidecar
-    /// whose `picket-view-format` request header names another.
+    /// sides, parts, and addresses sharing an entry; 4: outbound parts). A
+    /// sidecar refuses a view of a format it does not speak, as the control
+    /// plane refuses a sidecar whose `picket-view-format` request header names
+    /// another.
     #[prost(uint32, tag = "11")]
     pub view_format: u32,
+    /// Outbound parts, for a sidecar that captures its pod's outbound
+    /// connections (request header `picket-view-outbound: 1`).
+    ///
+    /// What the ingress policies of the destinations let in from this pod
+    /// (set or replace by destination, as `egress` by source): for a pod of
+    /// the view, or for addresses whose pods the view does not hold (one
+    /// claimant per ingress-isolated pod holding them, each of which must
+    /// allow). Named ports in these rules are resolved already (on the
+    /// destination). A destination without an entry is not isolated.
+    #[prost(message, repeated, tag = "12")]
+    pub ingress: ::prost::alloc::vec::Vec<SourceEgress>,
+    /// Services and EndpointSlices to add or replace by key: all of the
+    /// cluster's (the pod may dial any ClusterIP).
+    #[prost(message, repeated, tag = "13")]
+    pub services: ::prost::alloc::vec::Vec<Service>,
+    #[prost(message, repeated, tag = "14")]
+    pub endpoint_slices: ::prost::alloc::vec::Vec<EndpointSlice>,
+    /// On the first part of a full view: the view has outbound parts. A
+    /// sidecar that asked for them refuses a view without.
+    #[prost(bool, tag = "15")]
+    pub outbound: bool,
+}
+/// A Service, as the outbound proxy resolves it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Service {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// spec.clusterIPs, spec.externalIPs, status.loadBalancer.ingress\[\].ip;
+    /// 4 or 16 bytes each.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(message, repeated, tag = "4")]
+    pub ports: ::prost::alloc::vec::Vec<ServicePort>,
+}
+/// A port of a Service, or of an EndpointSlice (the target port).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServicePort {
+    #[prost(string, optional, tag = "1")]
+    pub name: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    #[prost(enumeration = "Protocol", tag = "3")]
+    pub protocol: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EndpointSlice {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The Service it belongs to, in its namespace; empty: none.
+    #[prost(string, tag = "3")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub ports: ::prost::alloc::vec::Vec<ServicePort>,
+    #[prost(message, repeated, tag = "5")]
+    pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Endpoint {
+    /// 4 or 16 bytes each.
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(bool, tag = "2")]
+    pub ready: bool,
+    /// The pod behind it (targetRef), if any; uid empty.
+    #[prost(message, optional, tag = "3")]
+    pub pod: ::core::option::Option<PodRef>,
 }
 /// A source's egress side toward this pod: for a pod of the view (exactly
 /// one claimant), or for addresses whose pods the view does not hold (one
@@ -333,6 +404,8 @@ pub enum Kind {
     Namespace = 1,
     Pod = 2,
     Policy = 3,
+    Service = 4,
+    EndpointSlice = 5,
 }
 impl Kind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -345,6 +418,8 @@ impl Kind {
             Self::Namespace => "KIND_NAMESPACE",
             Self::Pod => "KIND_POD",
             Self::Policy => "KIND_POLICY",
+            Self::Service => "KIND_SERVICE",
+            Self::EndpointSlice => "KIND_ENDPOINT_SLICE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -354,6 +429,8 @@ impl Kind {
             "KIND_NAMESPACE" => Some(Self::Namespace),
             "KIND_POD" => Some(Self::Pod),
             "KIND_POLICY" => Some(Self::Policy),
+            "KIND_SERVICE" => Some(Self::Service),
+            "KIND_ENDPOINT_SLICE" => Some(Self::EndpointSlice),
             _ => None,
         }
     }

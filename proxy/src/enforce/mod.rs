@@ -244,11 +244,12 @@ impl Enforcer {
             return false;
         }
         // In control mode, a pod the view holds by address only is known.
-        if snapshot
-            .index
-            .egress_toward_me()
-            .is_some_and(|c| c.address(ip).is_some())
-        {
+        let index = &snapshot.index;
+        let by_address = [index.egress_toward_me(), index.ingress_toward_me()]
+            .into_iter()
+            .flatten()
+            .any(|c| c.address(ip).is_some());
+        if by_address {
             return false;
         }
         if !self.pod_cidrs.is_empty() {

@@ -168,9 +168,10 @@ async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wa
     // decides, arrives as an address entry: it is a known pod, so its
     // connection is decided at once, not held for the unknown-IP wait.
     let (enforcer, mut writer) = enforcer(Duration::from_secs(3600));
-    writer.set_address_egress(
+    writer.set_address_side(
+        picket_policy::Direction::Egress,
         "10.0.7.7".parse().unwrap(),
-        std::sync::Arc::from([std::sync::Arc::new(picket_policy::EgressToward {
+        std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
             policies: 1,
             rules: Vec::new(),
         })]),
