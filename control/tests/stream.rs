@@ -85,7 +85,12 @@ async fn plane_with(stall: Duration, extra: &str) -> Plane {
     let (writer, mut snapshots) = StateWriter::new();
     let restarts =
         prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["kind"]).unwrap();
-    tokio::spawn(KubeSource::new(client.clone(), restarts).run(writer));
+    // As picket-control runs it: Services and EndpointSlices too.
+    tokio::spawn(
+        KubeSource::new(client.clone(), restarts)
+            .with_services()
+            .run(writer),
+    );
     wait_for(&mut snapshots, "the control plane's sync", |_| true).await;
     let picket_test_support::certs::TestCerts {
         ca_pem,
@@ -154,6 +159,20 @@ impl Plane {
         let (source, resolver) = ControlSource::new(self.sidecar(name, token), metrics);
         tokio::spawn(source.run(writer));
         (snapshots, resolver)
+    }
+
+    /// Runs the source of a sidecar that captures outbound connections, as
+    /// `picket-proxy run --outbound-capture on` does.
+    fn start_capturing_sidecar(&self, name: &str, token: &str) -> SnapshotRx {
+        let (mut writer, snapshots) = StateWriter::new();
+        writer.require_services();
+        let metrics = SidecarMetrics::new(&prometheus::Registry::new());
+        let config = ControlConfig {
+            outbound: true,
+            ..self.sidecar(name, token)
+        };
+        tokio::spawn(ControlSource::new(config, metrics).0.run(writer));
+        snapshots
     }
 }
 
@@ -460,4 +479,96 @@ async fn a_sidecar_of_another_view_format_is_refused_before_anything_is_sent() {
     let first = stream.message().await.unwrap().unwrap();
     assert!(first.full);
     assert_eq!(first.view_format, picket_api::VIEW_FORMAT);
+}
+
+/// A Service in front of api, and web's egress limited to api.
+const OUTBOUND: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: web, port: 80, targetPort: http}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: web, port: 8080}]
+endpoints: [{addresses: [10.0.0.10], targetRef: {kind: Pod, name: api, namespace: shop}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-egress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {app: api}}}]}]
+"#;
+
+fn outbound_allowed(s: &Snapshot, src: &ObjectKey, dst: &str, port: u16) -> bool {
+    s.index
+        .decide_to_ip(
+            src,
+            dst.parse().unwrap(),
+            port,
+            Protocol::Tcp,
+            &NodeAddrs::default(),
+        )
+        .allowed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capturing_sidecar_gets_its_destinations_ingress_sides_and_the_services() {
+    let plane = plane_with(Duration::from_secs(60), OUTBOUND).await;
+    let web_key = ObjectKey::new("shop", "web");
+    let mut web = plane.start_capturing_sidecar("web", &plane.token("shop", "web", "picket"));
+    let view = wait_for(&mut web, "web's outbound view", |s| {
+        s.index.pod(&web_key).is_some()
+    })
+    .await;
+    // The Service resolves in the sidecar, to api's port named http.
+    let resolved = view
+        .services
+        .resolve("10.96.0.10".parse().unwrap(), 80, Protocol::Tcp)
+        .expect("the Service is in the view");
+    assert_eq!(resolved.endpoints, ["10.0.0.10:8080".parse().unwrap()]);
+    // Egress allows api only; api's own ingress allows web on http only:
+    // both decided in web's sidecar.
+    assert!(outbound_allowed(&view, &web_key, "10.0.0.10", 8080));
+    assert!(
+        !outbound_allowed(&view, &web_key, "10.0.0.10", 9090),
+        "api's ingress lets web in on http only"
+    );
+    assert!(!outbound_allowed(&view, &web_key, "10.0.0.12", 8080));
+    assert!(view.index.ingress_toward_me().is_some());
+
+    // Changes through the API reach it: api's ingress now forbids web...
+    plane
+        .api
+        .apply(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: shop}\n\
+             spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]}\n",
+        )
+        .unwrap();
+    wait_for(&mut web, "api's new ingress side", |s| {
+        !outbound_allowed(s, &web_key, "10.0.0.10", 8080)
+    })
+    .await;
+    // ... and the Service loses its endpoint.
+    plane
+        .api
+        .delete(Kind::EndpointSlice, Some("shop"), "api-1")
+        .unwrap();
+    wait_for(&mut web, "the endpoint gone", |s| {
+        s.services
+            .resolve("10.96.0.10".parse().unwrap(), 80, Protocol::Tcp)
+            .is_some_and(|r| r.endpoints.is_empty())
+    })
+    .await;
+
+    // A sidecar that does not capture gets no outbound parts.
+    let api_key = ObjectKey::new("shop", "api");
+    let mut api = plane.start_sidecar("api", &plane.token("shop", "api", "picket"));
+    let view = wait_for(&mut api, "api's view", |s| s.index.pod(&api_key).is_some()).await;
+    assert_eq!(view.services.counts(), (0, 0));
+    assert!(view.index.ingress_toward_me().is_none());
 }
