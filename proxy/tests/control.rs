@@ -1,6 +1,7 @@
 //! End to end with the control plane: the test API server and
 //! `picket-control` run in the lab's node namespace, the sidecar runs in its
-//! pod with `--source control` and only its pod's view. Needs root.
+//! pod with `--source control` and only its pod's view (with outbound parts
+//! when it captures outbound connections). Needs root.
 
 mod support;
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use picket_control::app::{run_on, Config};
 use picket_control::service::StreamConfig;
+use picket_lab::app::EchoServer;
 use picket_lab::proxy::share_dir;
 use picket_test_support::apiserver::{ApiServer, Kind};
 use support::*;
@@ -107,6 +109,86 @@ fn certificates(dir: &std::path::Path) -> (PathBuf, (PathBuf, PathBuf)) {
     )
 }
 
+/// The test API server in the node's namespace, the control plane's files,
+/// and the flags that point a sidecar at it.
+struct Setup {
+    api: ApiServer,
+    node: String,
+    gateway: std::net::IpAddr,
+    kubeconfig: PathBuf,
+    ca: PathBuf,
+    tls: (PathBuf, PathBuf),
+}
+
+impl Setup {
+    /// The API server, with the namespace `shop`.
+    fn new(c: &Cluster) -> Self {
+        let gateway = c.lab.gateway();
+        let node = c.lab.node_netns().to_string();
+        let listener = picket_lab::in_netns(&node, || std::net::TcpListener::bind((gateway, 0)))
+            .unwrap()
+            .unwrap();
+        let api = ApiServer::builder()
+            .host(gateway.to_string())
+            .start(listener)
+            .unwrap();
+        let dir = c.state.path();
+        let kubeconfig = dir.join("kubeconfig");
+        api.kubeconfig(&kubeconfig).unwrap();
+        api.apply(NS).unwrap();
+        let (ca, tls) = certificates(dir);
+        Self {
+            api,
+            node,
+            gateway,
+            kubeconfig,
+            ca,
+            tls,
+        }
+    }
+
+    /// Starts `picket-control` on `addr` (port 0: any).
+    fn start_plane(&self, port: u16) -> (ControlPlane, SocketAddr) {
+        ControlPlane::start(
+            &self.node,
+            SocketAddr::new(self.gateway, port),
+            self.kubeconfig.clone(),
+            self.tls.clone(),
+        )
+    }
+
+    /// The flags of `pod`'s sidecar for the control plane at `addr`, with
+    /// a token bound to the pod.
+    fn sidecar_args(&self, c: &Cluster, pod: &str, addr: SocketAddr) -> Vec<String> {
+        let dir = c.state.path();
+        let token = dir.join(format!("{pod}.token"));
+        let issued = self
+            .api
+            .issue_pod_token("shop", pod, &["picket"], Duration::from_secs(3600))
+            .unwrap();
+        std::fs::write(&token, issued).unwrap();
+        share_dir(dir).unwrap();
+        [
+            "--source",
+            "control",
+            "--control-addr",
+            &addr.to_string(),
+            "--control-server-name",
+            SERVER_NAME,
+            "--control-ca-file",
+            &self.ca.to_string_lossy(),
+            "--control-token-file",
+            &token.to_string_lossy(),
+            "--control-max-backoff",
+            "500ms",
+            "--state-wait",
+            "300ms",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
 fn apply_pod(c: &Cluster, api: &ApiServer, name: &str, sidecar: bool) {
     let (pod, ns, labels) = &c.pods[name];
     let labels: std::collections::BTreeMap<_, _> = labels.iter().cloned().collect();
@@ -136,64 +218,17 @@ fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_
         ("shop", "client", &[("role", "client")]),
         ("shop", "stranger", &[("role", "stranger")]),
     ]);
-    let gateway = c.lab.gateway();
-    let node = c.lab.node_netns().to_string();
-    let listener = picket_lab::in_netns(&node, || std::net::TcpListener::bind((gateway, 0)))
-        .unwrap()
-        .unwrap();
-    let api = ApiServer::builder()
-        .host(gateway.to_string())
-        .start(listener)
-        .unwrap();
-    let dir = c.state.path();
-    let kubeconfig = dir.join("kubeconfig");
-    api.kubeconfig(&kubeconfig).unwrap();
-    api.apply(NS).unwrap();
-    apply_pod(&c, &api, "api", true);
-    apply_pod(&c, &api, "client", false);
-    apply_pod(&c, &api, "stranger", false);
+    let setup = Setup::new(&c);
+    let api = &setup.api;
+    apply_pod(&c, api, "api", true);
+    apply_pod(&c, api, "client", false);
+    apply_pod(&c, api, "stranger", false);
     api.apply(&policy("shop", "allow-client", ALLOW_CLIENT))
         .unwrap();
-    let (ca, tls) = certificates(dir);
-    let (plane, addr) = ControlPlane::start(
-        &node,
-        SocketAddr::new(gateway, 0),
-        kubeconfig.clone(),
-        tls.clone(),
-    );
-    let token = dir.join("token");
-    std::fs::write(
-        &token,
-        api.issue_pod_token("shop", "api", &["picket"], Duration::from_secs(3600))
-            .unwrap(),
-    )
-    .unwrap();
-    share_dir(dir).unwrap();
-    let addr_arg = addr.to_string();
-    let (ca_arg, token_arg) = (
-        ca.to_string_lossy().into_owned(),
-        token.to_string_lossy().into_owned(),
-    );
-    let _server = c.server_with(
-        "api",
-        true,
-        &[
-            "--source",
-            "control",
-            "--control-addr",
-            &addr_arg,
-            "--control-server-name",
-            SERVER_NAME,
-            "--control-ca-file",
-            &ca_arg,
-            "--control-token-file",
-            &token_arg,
-            "--control-max-backoff",
-            "500ms",
-            "--state-wait",
-            "300ms",
-        ],
-    );
+    let (plane, addr) = setup.start_plane(0);
+    let args = setup.sidecar_args(&c, "api", addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = c.server_with("api", true, &args);
     let mut live = c.connect("client", "api", APP_PORT);
     assert!(echoes(&mut live), "allowed by allow-client");
     c.assert_reset("stranger", "api", APP_PORT);
@@ -243,7 +278,7 @@ fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_
     }
 
     // Back on the same address: the sidecar resyncs, and what changed takes effect.
-    let (_plane, _) = ControlPlane::start(&node, addr, kubeconfig, tls);
+    let (_plane, _) = setup.start_plane(addr.port());
     assert!(
         read_reset(&mut live),
         "the resync resets what deny-all forbids"
@@ -251,4 +286,72 @@ fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_
     eventually("deny-all to take effect", READY, || {
         !allowed_now(&c, "client", "api")
     });
+}
+
+#[test]
+fn a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view() {
+    if !lab_available() {
+        return;
+    }
+    // client captures its outbound connections; db and other have no
+    // sidecar; there is no kube-proxy: only the sidecar's own resolution of
+    // the ClusterIP can reach db through its Service.
+    let c = Cluster::new(&[
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "db", &[("app", "db")]),
+        ("shop", "other", &[("app", "other")]),
+    ]);
+    let setup = Setup::new(&c);
+    let api = &setup.api;
+    apply_pod(&c, api, "client", true);
+    apply_pod(&c, api, "db", false);
+    apply_pod(&c, api, "other", false);
+    let db_ip = c.pod("db").ip;
+    api.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec: {{clusterIP: 10.96.0.30, ports: [{{name: sql, port: 80, targetPort: http}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db-1, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}\n\
+         addressType: IPv4\nports: [{{name: sql, port: {APP_PORT}}}]\nendpoints: [{{addresses: [{db_ip}]}}]\n"
+    ))
+    .unwrap();
+    // Egress to db only, on its port named http (resolved on db).
+    api.apply(&policy(
+        "shop",
+        "client-egress",
+        "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: db}}}], ports: [{port: http}]}]}",
+    ))
+    .unwrap();
+    let (_plane, addr) = setup.start_plane(0);
+    let _db = EchoServer::start(&c.pod("db").netns, SocketAddr::new(db_ip, APP_PORT)).unwrap();
+    let _db_admin = EchoServer::start(&c.pod("db").netns, SocketAddr::new(db_ip, 9090)).unwrap();
+    let other_ip = c.pod("other").ip;
+    let _other =
+        EchoServer::start(&c.pod("other").netns, SocketAddr::new(other_ip, APP_PORT)).unwrap();
+    let mut args = setup.sidecar_args(&c, "client", addr);
+    args.extend(["--outbound-capture".to_string(), "on".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _client = c.server_with_init("client", true, &["--outbound-capture", "on"], &args);
+
+    let to_db = SocketAddr::new(db_ip, APP_PORT);
+    let service = SocketAddr::from(([10, 96, 0, 30], 80));
+    eventually("db through the capture", READY, || {
+        c.reaches("client", to_db)
+    });
+    assert!(c.reaches("client", service), "the ClusterIP resolves to db");
+    c.assert_reset_at("client", SocketAddr::new(db_ip, 9090));
+    c.assert_reset_at("client", SocketAddr::new(other_ip, APP_PORT));
+
+    // db's own ingress policy now forbids the client: db has no sidecar,
+    // the client's enforces it at the source (db's ingress side is in its
+    // view), and cuts the live connection.
+    let mut live = c.dial("client", to_db).unwrap();
+    assert!(echoes(&mut live));
+    api.apply(&policy(
+        "shop",
+        "db-ingress",
+        "{podSelector: {matchLabels: {app: db}}, ingress: [{from: [{podSelector: {matchLabels: {role: nobody}}}]}]}",
+    ))
+    .unwrap();
+    assert!(read_reset(&mut live), "the live connection is reset");
+    c.assert_reset_at("client", to_db);
+    c.assert_reset_at("client", service);
 }

@@ -6,10 +6,8 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use picket_lab::app::EchoServer;
-use picket_lab::proxy::connect_from;
 use support::*;
 
 const DENY_EGRESS: &str = "{podSelector: {}, policyTypes: [Egress]}";
@@ -24,21 +22,15 @@ fn cluster() -> Cluster {
 
 /// Dials `to` from the client pod's namespace, as its app would.
 fn dial(c: &Cluster, to: SocketAddr) -> std::io::Result<std::net::TcpStream> {
-    let stream = connect_from(&c.pod("client").netns, None, to)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    Ok(stream)
+    c.dial("client", to)
 }
 
 fn reaches(c: &Cluster, to: SocketAddr) -> bool {
-    dial(c, to).is_ok_and(|mut s| echoes(&mut s))
+    c.reaches("client", to)
 }
 
 fn assert_reset_at(c: &Cluster, to: SocketAddr) {
-    match dial(c, to) {
-        Ok(mut s) => assert_reset(&mut s),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("{to}: expected a reset, got {e}"),
-    }
+    c.assert_reset_at("client", to)
 }
 
 #[test]

@@ -195,13 +195,28 @@ impl Cluster {
     }
 
     pub fn try_connect(&self, from: &str, to: &str, port: u16) -> std::io::Result<TcpStream> {
-        let stream = connect_from(
-            &self.pod(from).netns,
-            None,
-            SocketAddr::new(self.pod(to).ip, port),
-        )?;
+        self.dial(from, SocketAddr::new(self.pod(to).ip, port))
+    }
+
+    /// Dials `to` from pod `from`'s namespace, as its app would.
+    pub fn dial(&self, from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = connect_from(&self.pod(from).netns, None, to)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(stream)
+    }
+
+    /// Whether a connection from pod `from` to `to` echoes.
+    pub fn reaches(&self, from: &str, to: SocketAddr) -> bool {
+        self.dial(from, to).is_ok_and(|mut s| echoes(&mut s))
+    }
+
+    /// A connection from pod `from` to `to` is reset.
+    pub fn assert_reset_at(&self, from: &str, to: SocketAddr) {
+        match self.dial(from, to) {
+            Ok(mut s) => assert_reset(&mut s),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{from} -> {to}: expected a reset, got {e}"),
+        }
     }
 
     /// Connects and expects a reset: on the first read, or, when the RST wins
