@@ -879,9 +879,8 @@ struct OutboundSettings {
 impl OutboundSettings {
     /// The pod's outbound capture: `None` when off (the injector's
     /// configuration, or the pod's `disabled` where its namespace allows
-    /// opt-outs). The control plane's views do not carry egress
-    /// destinations yet, so pods it serves are not captured: their egress is
-    /// enforced at destinations with a sidecar, as before.
+    /// opt-outs). Pods the control plane serves are captured too: their
+    /// sidecars ask for views with outbound parts.
     fn from_pod<'a>(
         get: &impl Fn(&'static str) -> Option<&'a str>,
         cfg: &InjectConfig,
@@ -898,7 +897,7 @@ impl OutboundSettings {
                 })
             }
         }
-        if !cfg.outbound_capture || cfg.control.is_some() {
+        if !cfg.outbound_capture {
             return Ok(None);
         }
         let mut settings = Self::default();

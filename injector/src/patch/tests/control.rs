@@ -64,15 +64,17 @@ fn plain_pod_in_control_mode() {
 }
 
 #[test]
-fn pods_the_control_plane_serves_are_not_captured_outbound_yet() {
-    // Their views do not carry egress destinations: capturing would deny
-    // what a pod peer of their egress rules allows.
+fn pods_the_control_plane_serves_are_captured_outbound_like_the_others() {
+    // Their sidecars ask the control plane for views with outbound parts.
     let pod = fixture("plain");
     let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &control_mode()).ops);
-    assert_eq!(
-        env_value(find(&patched, INIT_CONTAINER), "PICKET_OUTBOUND_CAPTURE"),
-        None
-    );
+    for container in [INIT_CONTAINER, PROXY_CONTAINER] {
+        assert_eq!(
+            env_value(find(&patched, container), "PICKET_OUTBOUND_CAPTURE"),
+            Some("enabled"),
+            "{container}"
+        );
+    }
 }
 
 #[test]
