@@ -12,7 +12,9 @@
 //! watches the API server holds.
 //!
 //! `cargo bench -p picket-benches --bench fanout [-- --sidecars N --rounds N
-//! --churn-rate W]`. Needs no root.
+//! --churn-rate W --outbound 1]`; with `--outbound 1` every sidecar captures
+//! outbound connections and asks for views with outbound parts. Needs no
+//! root.
 
 #[path = "propagation/cluster.rs"]
 #[allow(dead_code)]
@@ -44,6 +46,7 @@ struct Config {
     rounds: usize,
     churn_rate: f64,
     size: Size,
+    outbound: bool,
 }
 
 fn config(args: &[String]) -> Result<Config> {
@@ -56,6 +59,7 @@ fn config(args: &[String]) -> Result<Config> {
             namespaces: 100,
             policies: 1000,
         },
+        outbound: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -73,7 +77,8 @@ fn config(args: &[String]) -> Result<Config> {
             "--churn-rate" => config.churn_rate = value,
             "--pods" => config.size.pods = value as usize,
             "--policies" => config.size.policies = value as usize,
-            other => bail!("unknown argument {other:?}: --sidecars N --rounds N --churn-rate W --pods N --policies N"),
+            "--outbound" => config.outbound = value != 0.0,
+            other => bail!("unknown argument {other:?}: --sidecars N --rounds N --churn-rate W --pods N --policies N --outbound 0|1"),
         }
     }
     ensure!(
@@ -260,7 +265,7 @@ fn main() -> Result<()> {
                 ca_pem: ca.clone(),
                 token_file,
                 max_backoff: Duration::from_secs(1),
-                outbound: false,
+                outbound: config.outbound,
             },
             ControlMetrics::new(&prometheus::Registry::new()),
         )
@@ -285,6 +290,16 @@ fn main() -> Result<()> {
         .iter()
         .filter_map(|(_, rx)| rx.borrow().as_ref().map(|s| s.index.counts().pods))
         .collect();
+    // Outbound parts: destinations' ingress entries (by pod and address).
+    let mut view_ingress: Vec<usize> = views
+        .iter()
+        .filter_map(|(_, rx)| {
+            let snapshot = rx.borrow().clone()?;
+            let (pods, addresses) = snapshot.index.ingress_toward_me()?.len();
+            Some(pods + addresses)
+        })
+        .collect();
+    view_ingress.sort_unstable();
     let watches = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy].map(|k| api.open_watches_of(k));
 
     // Churn in the background, at the configured rate.
@@ -382,6 +397,7 @@ fn main() -> Result<()> {
     view_pods.sort_unstable();
     let result = json!({
         "sidecars": config.sidecars,
+        "outbound": config.outbound,
         "pods": config.size.pods,
         "policies": config.size.policies,
         "churn_writes_per_second": writes as f64 / churn_seconds,
@@ -402,6 +418,7 @@ fn main() -> Result<()> {
         "view_updates_during_churn": updates,
         "connect_all_sidecars_s": connect_all.as_secs_f64(),
         "view_pods": {"p50": view_pods.get(view_pods.len() / 2), "max": view_pods.last()},
+        "view_ingress_entries": {"p50": view_ingress.get(view_ingress.len() / 2), "max": view_ingress.last()},
         "api_watches": {"pods": watches[0], "namespaces": watches[1], "networkpolicies": watches[2]},
     });
     let text = serde_json::to_string_pretty(&result)?;
