@@ -55,6 +55,10 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: http}]}]
 "#;
 
+/// api-from-web, changed to let in only pods labelled app=nobody.
+const API_ONLY_FROM_NOBODY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: shop}\n\
+     spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]}\n";
+
 /// The API server, the control plane serving on loopback, and a place for files.
 struct Plane {
     api: ApiServer,
@@ -245,13 +249,7 @@ async fn a_sidecar_gets_its_pods_view_and_a_policy_change_reaches_it() {
     assert_eq!(plane.api.open_watches_of(Kind::NetworkPolicy), 1);
 
     // A policy through the API that forbids web reaches api's sidecar.
-    plane
-        .api
-        .apply(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: shop}\n\
-             spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]}\n",
-        )
-        .unwrap();
+    plane.api.apply(API_ONLY_FROM_NOBODY).unwrap();
     wait_for(&mut api, "the new policy", |s| {
         !allowed(s, "10.0.0.11", &api_key, 8080)
     })
@@ -542,13 +540,7 @@ async fn a_capturing_sidecar_gets_its_destinations_ingress_sides_and_the_service
     assert!(view.index.ingress_toward_me().is_some());
 
     // Changes through the API reach it: api's ingress now forbids web...
-    plane
-        .api
-        .apply(
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: api-from-web, namespace: shop}\n\
-             spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]}\n",
-        )
-        .unwrap();
+    plane.api.apply(API_ONLY_FROM_NOBODY).unwrap();
     wait_for(&mut web, "api's new ingress side", |s| {
         !outbound_allowed(s, &web_key, "10.0.0.10", 8080)
     })
