@@ -282,3 +282,77 @@ status: {podIP: 10.0.0.3, hostIP: 192.168.1.1}
         "app=api is admitted"
     );
 }
+
+/// Every prod pod lets in web on `postgres`, and 10.0.1.0/24 on any port.
+const PROD_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: prod-in, namespace: prod}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: postgres}]
+  - from: [{ipBlock: {cidr: 10.0.1.0/24}}]
+"#;
+
+#[test]
+fn a_destinations_ingress_side_compiles_with_its_named_ports_resolved_on_it() {
+    let idx = with(PROD_INGRESS);
+    let (db, web) = (
+        idx.pod(&key("prod/db")).unwrap(),
+        idx.pod(&key("prod/web")).unwrap(),
+    );
+    let side = idx.ingress_toward(db, web).unwrap();
+    assert_eq!(side.policies, 1);
+    // web matches the pod peer: no peers left; postgres is db's 5432.
+    assert_eq!(side.rules[0].rule.peers, None);
+    assert_eq!(
+        side.rules[0].rule.ports,
+        Some(vec![PortMatch {
+            protocol: Protocol::Tcp,
+            port: PortSpec::Range(5432, 5432)
+        }])
+    );
+    // The ipBlock rule is kept for web's address.
+    assert!(matches!(
+        side.rules[1].rule.peers.as_deref(),
+        Some([Peer::IpBlock(_)])
+    ));
+    // web itself declares no port postgres: toward web (from a web pod),
+    // that rule matches no port.
+    let toward_web = idx.ingress_toward(web, web).unwrap();
+    assert_eq!(toward_web.rules[0].rule.ports, Some(vec![]));
+    // dev/web is no pod peer of the policy (another namespace): only the
+    // ipBlock rule remains.
+    let dev_web = idx.pod(&key("dev/web")).unwrap();
+    let from_dev = idx.ingress_toward(db, dev_web).unwrap();
+    assert_eq!(from_dev.rules.len(), 1);
+    assert_eq!(from_dev.rules[0].index, 1);
+}
+
+#[test]
+fn a_view_decides_a_destination_it_does_not_hold_by_its_compiled_ingress_side() {
+    let cluster = with(PROD_INGRESS);
+    let (db, web) = (
+        cluster.pod(&key("prod/db")).unwrap(),
+        cluster.pod(&key("prod/web")).unwrap(),
+    );
+    // web's view: web, its namespace, and db's ingress side by address.
+    let mut view = PolicyIndex::new();
+    view.apply_namespace((**cluster.namespace("prod").unwrap()).clone());
+    view.apply_pod((**web).clone());
+    let bare = view.clone();
+    let side = std::sync::Arc::new(cluster.ingress_toward(db, web).unwrap());
+    view.ingress_toward_me_mut()
+        .set_address(ip("10.0.0.2"), std::sync::Arc::from([side]));
+    for port in [5432, 80] {
+        let want = to_ip(&cluster, "prod/web", "10.0.0.2", port);
+        let got = to_ip(&view, "prod/web", "10.0.0.2", port);
+        assert_eq!(got.allowed, want.allowed, "port {port}");
+        assert_eq!(got.allowed, port == 5432, "port {port}");
+    }
+    // Without outbound parts the view knows no ingress side at all: why a
+    // capturing sidecar refuses a view without them.
+    assert!(to_ip(&bare, "prod/web", "10.0.0.2", 80).allowed);
+}
