@@ -240,16 +240,7 @@ impl Enforcer {
     /// connection, the destination of an outbound one) may be a pod whose
     /// Pod event has not arrived yet.
     fn may_be_a_new_pod(&self, snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
-        if self.waits.unknown_ip.is_zero() || !snapshot.index.pods_with_ip(ip).is_empty() {
-            return false;
-        }
-        // In control mode, a pod the view holds by address only is known.
-        let index = &snapshot.index;
-        let by_address = [index.egress_toward_me(), index.ingress_toward_me()]
-            .into_iter()
-            .flatten()
-            .any(|c| c.address(ip).is_some());
-        if by_address {
+        if self.waits.unknown_ip.is_zero() || knows_ip(snapshot, ip) {
             return false;
         }
         if !self.pod_cidrs.is_empty() {
@@ -279,10 +270,7 @@ impl Enforcer {
         let mut rx = self.snapshots.clone();
         let found = tokio::time::timeout_at(
             deadline,
-            rx.wait_for(|s| {
-                s.as_ref()
-                    .is_some_and(|s| !s.index.pods_with_ip(ip).is_empty())
-            }),
+            rx.wait_for(|s| s.as_ref().is_some_and(|s| knows_ip(s, ip))),
         )
         .await;
         let (outcome, snapshot) = match found {
@@ -374,6 +362,18 @@ impl Enforcer {
 
 /// Whether an original destination is loopback or unspecified: never
 /// captured, so never dialled from the outbound port.
+/// Whether the state knows `ip` as a pod's: a pod holds it, or, in
+/// control mode, the view holds a pod's entry for it (a pod outside the
+/// view, whose own policies decide).
+fn knows_ip(snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
+    let index = &snapshot.index;
+    !index.pods_with_ip(ip).is_empty()
+        || [index.egress_toward_me(), index.ingress_toward_me()]
+            .into_iter()
+            .flatten()
+            .any(|c| c.address(ip).is_some())
+}
+
 fn is_local(dst: OrigDstAddr) -> bool {
     let ip = dst.0.ip().to_canonical();
     ip.is_loopback() || ip.is_unspecified()

@@ -280,6 +280,44 @@ async fn an_outbound_connection_to_a_new_pod_waits_for_its_pod() {
 }
 
 #[tokio::test]
+async fn an_outbound_connection_waiting_for_its_destination_ends_when_an_entry_for_it_arrives() {
+    // In control mode a destination outside the view arrives as its
+    // ingress side, by address, never as a Pod: that ends the wait too.
+    let (enforcer, mut writer) = enforcer(Duration::from_secs(3600));
+    apply(&mut writer, API_EGRESS);
+    let me = ClientAddr(addr("10.0.0.1:40000"));
+    let dst = OrigDstAddr(addr("10.0.7.8:8080"));
+    let admission = tokio::spawn({
+        let enforcer = enforcer.clone();
+        async move { enforcer.admit(Direction::Egress, me, dst).await }
+    });
+    churn(&mut writer, 0..3).await;
+    writer.set_address_side(
+        picket_policy::Direction::Ingress,
+        "10.0.7.8".parse().unwrap(),
+        std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
+            policies: 1,
+            rules: Vec::new(),
+        })]),
+    );
+    writer.commit();
+    let decided = tokio::time::timeout(Duration::from_secs(60), admission)
+        .await
+        .expect("decided once the entry arrives, not at the end of the wait")
+        .unwrap();
+    assert_eq!(
+        decided.err(),
+        Some(Refusal::Denied),
+        "its ingress lets nothing in"
+    );
+    let text = enforcer.metrics.encode(true);
+    assert!(
+        text.contains(r#"picket_unknown_ip_waits_total{result="resolved"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only() {
     let (enforcer, mut writer) = enforcer(Duration::ZERO);
     apply(&mut writer, WEB);
