@@ -501,8 +501,7 @@ impl Sent {
                     continue;
                 }
                 for &direction in self.directions() {
-                    let facing = reaches.facing(direction);
-                    if !facing.is_some_and(|r| r.admits_by_address()) {
+                    if !reaches.may_need_entries(direction) {
                         continue;
                     }
                     if let Some(pod) = index.pod(key) {

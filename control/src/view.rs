@@ -583,18 +583,12 @@ impl<'a> Reaches<'a> {
     /// Whether a pod not held, isolated for `direction`, at `ip` needs an
     /// entry: `me`'s reach the other way admits the address.
     fn needs_entry(&self, direction: Direction, ip: IpAddr) -> bool {
-        match direction {
-            Direction::Egress => self.ingress.admits_address(ip),
-            Direction::Ingress => self.egress.as_ref().is_some_and(|e| e.admits_address(ip)),
-        }
+        self.facing(direction).is_some_and(|r| r.admits_address(ip))
     }
 
     /// Whether some pod not held may need an entry for `direction`.
-    fn may_need_entries(&self, direction: Direction) -> bool {
-        match direction {
-            Direction::Egress => self.ingress.admits_by_address(),
-            Direction::Ingress => self.egress.as_ref().is_some_and(Reach::admits_by_address),
-        }
+    pub fn may_need_entries(&self, direction: Direction) -> bool {
+        self.facing(direction).is_some_and(Reach::admits_by_address)
     }
 
     /// `me`'s reach the other way from pods isolated for `direction`.

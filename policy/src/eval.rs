@@ -440,12 +440,30 @@ impl PolicyIndex {
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
-        match &self.ingress_toward_me {
+        self.other_pod_side(pod, Direction::Ingress, from, to, trace)
+    }
+
+    /// Another pod's side for `direction` toward `peer` (the index's pod
+    /// in a view): from its compiled entry when the index holds that
+    /// direction's entries (none: not isolated), else from its policies.
+    fn other_pod_side<T: Trace>(
+        &self,
+        pod: &Pod,
+        direction: Direction,
+        peer: Endpoint<'_>,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
+        let compiled = match direction {
+            Direction::Egress => &self.egress_toward_me,
+            Direction::Ingress => &self.ingress_toward_me,
+        };
+        match compiled {
             Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
-                trace.side(&pod.key, Direction::Ingress);
-                self.compiled_side(e, from, to, trace)
+                trace.side(&pod.key, direction);
+                self.compiled_side(e, peer, to, trace)
             }),
-            None => self.side(pod, Direction::Ingress, from, to, trace),
+            None => self.side(pod, direction, peer, to, trace),
         }
     }
 
@@ -471,13 +489,7 @@ impl PolicyIndex {
     /// A source pod's egress side: from its policies, or in a view from its
     /// compiled entry (none: not isolated).
     fn pod_egress_side<T: Trace>(&self, pod: &Pod, to: &Destination<'_>, trace: &mut T) -> Side {
-        match &self.egress_toward_me {
-            Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
-                trace.side(&pod.key, Direction::Egress);
-                self.compiled_side(e, to.peer, to, trace)
-            }),
-            None => self.side(pod, Direction::Egress, to.peer, to, trace),
-        }
+        self.other_pod_side(pod, Direction::Egress, to.peer, to, trace)
     }
 
     /// The egress side of an address no pod of the index claims: in a view,

@@ -162,6 +162,14 @@ fn ports_format_without_allocating() {
     assert_eq!(super::format_port(65535, &mut buf), "65535");
 }
 
+/// An address entry: one pod, isolated by one policy that allows nothing.
+fn isolated_allowing_nothing() -> std::sync::Arc<[std::sync::Arc<picket_policy::CompiledSide>]> {
+    std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
+        policies: 1,
+        rules: Vec::new(),
+    })])
+}
+
 #[tokio::test]
 async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wait() {
     // In control mode a pod the view does not hold, but whose own egress
@@ -171,10 +179,7 @@ async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wa
     writer.set_address_side(
         picket_policy::Direction::Egress,
         "10.0.7.7".parse().unwrap(),
-        std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
-            policies: 1,
-            rules: Vec::new(),
-        })]),
+        isolated_allowing_nothing(),
     );
     writer.commit();
     let client = ClientAddr(addr("10.0.7.7:40000"));
@@ -295,10 +300,7 @@ async fn an_outbound_connection_waiting_for_its_destination_ends_when_an_entry_f
     writer.set_address_side(
         picket_policy::Direction::Ingress,
         "10.0.7.8".parse().unwrap(),
-        std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
-            policies: 1,
-            rules: Vec::new(),
-        })]),
+        isolated_allowing_nothing(),
     );
     writer.commit();
     let decided = tokio::time::timeout(Duration::from_secs(60), admission)
