@@ -5,6 +5,10 @@
 pub const INBOUND_PORT: &str = "PICKET_INBOUND_PORT";
 /// The outbound port.
 pub const OUTBOUND_PORT: &str = "PICKET_OUTBOUND_PORT";
+/// How inbound connections reach the proxy (`redirect`, `tproxy`).
+pub const INTERCEPTION: &str = "PICKET_INTERCEPTION";
+/// The firewall mark of the proxy's connections to its app (tproxy).
+pub const TPROXY_MARK: &str = "PICKET_TPROXY_MARK";
 /// Whether init captures the pod's outbound connections (`on`, `off`).
 pub const OUTBOUND_CAPTURE: &str = "PICKET_OUTBOUND_CAPTURE";
 /// Outbound destination ports that bypass the proxy.

@@ -24,5 +24,11 @@ pub const ADMIN_PORT: u16 = 15020;
 pub const LOCAL_ADMIN_PORT: u16 = 15000;
 /// The UID the sidecar runs as; the init rules and the injector use it too.
 pub const PROXY_UID: u32 = 1337;
+/// The firewall mark of the proxy's connections to its app in tproxy
+/// interception: init's rules copy it to the connection, so the app's
+/// replies (addressed to the client) are routed back to the proxy.
+pub const TPROXY_MARK: u32 = 0x539;
+/// The routing table init fills for [`TPROXY_MARK`]: every address is local.
+pub const TPROXY_TABLE: u32 = 133;
 /// Where `picket-proxy init` records the node's addresses for `run` (an emptyDir).
 pub const NODE_FILE: &str = "/var/run/picket/node";

@@ -19,12 +19,13 @@ use crate::config::{BackendArg, InitArgs, Ipv6Arg, OutboundArg, RunArgs, SourceA
 use crate::enforce::registry::Registry;
 use crate::enforce::{Enforcer, Waits};
 use crate::iptables::{
-    self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, OutboundPlan, Plan,
+    self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, OutboundPlan, Plan, Routing,
 };
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Limits, Proxy};
 use crate::net::listener;
 use crate::net::relay::RelayCounters;
+use crate::net::Interception;
 use crate::reserved_ports;
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
@@ -38,7 +39,10 @@ pub fn main_proxy() -> std::process::ExitCode {
         }
         crate::config::Command::Run(args) => {
             let log = logging::init(args.log_format == crate::config::LogFormat::Json);
-            block_on_run(*args, log)
+            // Before the runtime starts a thread: capabilities are per thread.
+            crate::privileges::hold_only_what(args.interception.interception())
+                .map_err(anyhow::Error::from)
+                .and_then(|()| block_on_run(*args, log))
         }
     };
     match result {
@@ -81,7 +85,8 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         (None, Some(_)) => SourceArg::Files,
         (None, None) => SourceArg::Kube,
     };
-    tracing::info!(%pod, node = ?node, source = ?source, "Starting picket-proxy");
+    let interception = args.interception.interception();
+    tracing::info!(%pod, node = ?node, source = ?source, ?interception, "Starting picket-proxy");
     raise_open_file_limit();
     let own_ports = args.ports.own();
     match reserved_ports::missing(Path::new(reserved_ports::SYSCTL), &own_ports) {
@@ -140,6 +145,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     };
     let inbound = Arc::new(Proxy {
         direction: Direction::Ingress,
+        interception,
         enforcer: enforcer.clone(),
         own_ports: own_ports.to_vec(),
         limits: limits.clone(),
@@ -151,6 +157,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
     // (loopback only), so the port is the proxy's whatever init did.
     let outbound = Arc::new(Proxy {
         direction: Direction::Egress,
+        interception: Interception::Redirect,
         enforcer: enforcer.clone(),
         own_ports: own_ports.to_vec(),
         limits,
@@ -162,7 +169,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         },
     });
 
-    let listeners = listener::bind_inbound(args.ports.inbound_port)
+    let listeners = listener::bind_inbound(args.ports.inbound_port, interception)
         .with_context(|| format!("cannot bind the inbound port {}", args.ports.inbound_port))?;
     for l in listeners {
         tokio::spawn(listener::serve(l, inbound.clone()));
@@ -357,6 +364,7 @@ fn init_plan(args: &InitArgs, gateways: &[IpAddr]) -> Plan {
         admin_port: args.ports.admin_port,
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
         outbound,
+        interception: args.interception.interception(),
     }
 }
 
@@ -388,6 +396,16 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
                 iptables::rules::render(&plan, family, iptables::Jumps::default())
             );
         }
+        if let Interception::Tproxy { mark } = plan.interception {
+            let routing = Routing {
+                mark,
+                table: args.tproxy_table,
+            };
+            for family in [Family::V4, Family::V6] {
+                println!("# ip {}", routing.rule_args(family).join(" "));
+                println!("# ip {}", routing.route_args(family).join(" "));
+            }
+        }
         for gw in &gateways {
             println!("# gateway {gw}");
         }
@@ -402,14 +420,38 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         BackendArg::Legacy => BackendChoice::Force(Backend::Legacy),
     };
     let runner = CommandRunner;
+    let routing = match plan.interception {
+        Interception::Redirect => None,
+        Interception::Tproxy { mark } => Some(Routing {
+            mark,
+            table: args.tproxy_table,
+        }),
+    };
     let applied = iptables::apply(&plan, Family::V4, choice, &runner)?;
     println!(
-        "ipv4 rules applied ({}, {})",
+        "ipv4 rules applied ({}, {}, {:?})",
         applied.backend.as_str(),
-        if applied.rerun { "re-run" } else { "first run" }
+        if applied.rerun { "re-run" } else { "first run" },
+        plan.interception
     );
+    if let Some(routing) = &routing {
+        iptables::routing::apply(routing, Family::V4, &runner)?;
+        println!(
+            "ipv4 policy routing: fwmark {:#x} lookup {} (local)",
+            routing.mark, routing.table
+        );
+    }
     match iptables::apply_ipv6(&plan, ipv6, choice, &runner)? {
-        Some(applied) => println!("ipv6 rules applied ({})", applied.backend.as_str()),
+        Some(applied) => {
+            println!("ipv6 rules applied ({})", applied.backend.as_str());
+            if let Some(routing) = &routing {
+                iptables::routing::apply(routing, Family::V6, &runner)?;
+                println!(
+                    "ipv6 policy routing: fwmark {:#x} lookup {} (local)",
+                    routing.mark, routing.table
+                );
+            }
+        }
         None => println!("ipv6 rules skipped (no IPv6 address but loopback, or --ipv6 off)"),
     }
     // Where /proc/sys is writable (the lab, privileged runtimes); in a pod

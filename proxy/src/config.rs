@@ -13,7 +13,10 @@ use ipnet::IpNet;
 use picket_common::duration::parse as parse_duration;
 use picket_common::{
     env, ADMIN_PORT, INBOUND_PORT, LOCAL_ADMIN_PORT, NODE_FILE, OUTBOUND_PORT, PROXY_UID,
+    TPROXY_MARK, TPROXY_TABLE,
 };
+
+use crate::net::Interception;
 
 /// `picket-proxy`: the Picket sidecar.
 #[derive(Debug, Parser)]
@@ -64,12 +67,57 @@ impl Ports {
     }
 }
 
+/// How inbound connections reach the proxy: `run` and `init` must agree.
+#[derive(Clone, Debug, Args)]
+pub struct InterceptionArgs {
+    /// How inbound connections reach the proxy: `redirect` (nat REDIRECT;
+    /// the app sees the pod's own address as every client's) or `tproxy`
+    /// (mangle TPROXY; the app sees each client's own address; the sidecar
+    /// needs CAP_NET_RAW).
+    #[arg(long, env = env::INTERCEPTION, value_enum, default_value_t = InterceptionArg::Redirect)]
+    pub interception: InterceptionArg,
+    /// The firewall mark of the proxy's connections to the app in tproxy
+    /// mode (decimal or 0x hex, not 0): the app's replies carry it back.
+    #[arg(long, env = env::TPROXY_MARK, default_value_t = TPROXY_MARK, value_parser = parse_mark)]
+    pub tproxy_mark: u32,
+}
+
+// === impl InterceptionArgs ===
+
+impl InterceptionArgs {
+    /// The interception these flags ask for.
+    pub fn interception(&self) -> Interception {
+        match self.interception {
+            InterceptionArg::Redirect => Interception::Redirect,
+            InterceptionArg::Tproxy => Interception::Tproxy {
+                mark: self.tproxy_mark,
+            },
+        }
+    }
+}
+
+/// A firewall mark: decimal or `0x` hex, not zero (zero is every unmarked packet).
+fn parse_mark(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    match parsed {
+        Ok(0) => Err("0 marks nothing: choose another mark".into()),
+        Ok(mark) => Ok(mark),
+        Err(e) => Err(format!("{text:?} is not a mark (decimal or 0x hex): {e}")),
+    }
+}
+
 /// Arguments of `picket-proxy run`.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub ports: Ports,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub interception: InterceptionArgs,
     /// This pod's name (downward API).
     #[arg(long, env = env::POD_NAME)]
     pub pod_name: String,
@@ -177,6 +225,12 @@ pub struct InitArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub ports: Ports,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub interception: InterceptionArgs,
+    /// The routing table tproxy interception fills for its mark (every address local).
+    #[arg(long, env = "PICKET_TPROXY_TABLE", default_value_t = TPROXY_TABLE)]
+    pub tproxy_table: u32,
     /// Inbound ports that bypass the proxy, comma-separated.
     #[arg(long, env = env::EXCLUDE_INBOUND_PORTS, value_delimiter = ',')]
     pub exclude_inbound_ports: Vec<u16>,
@@ -257,6 +311,15 @@ pub enum OutboundArg {
     Off,
 }
 
+/// `--interception` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InterceptionArg {
+    /// nat REDIRECT (the default).
+    Redirect,
+    /// mangle TPROXY: the app sees the client's address.
+    Tproxy,
+}
+
 /// `--ipv6` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Ipv6Arg {
@@ -266,4 +329,17 @@ pub enum Ipv6Arg {
     On,
     /// Never.
     Off,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_is_decimal_or_hex_and_never_zero() {
+        assert_eq!(parse_mark("1337"), Ok(1337));
+        assert_eq!(parse_mark("0x539"), Ok(1337));
+        assert!(parse_mark("0").unwrap_err().contains("marks nothing"));
+        assert!(parse_mark("0x").is_err() && parse_mark("mark").is_err());
+    }
 }

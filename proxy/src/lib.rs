@@ -1,9 +1,11 @@
 //! picket-proxy: the sidecar that enforces NetworkPolicy in every pod, and
 //! its init container.
 //!
-//! - `net`: the data plane's sockets (listener, original destination, one connection, relay).
+//! - `net`: the data plane's sockets (listener, original destination, one connection, relay,
+//!   transparent sockets for tproxy interception).
 //! - `enforce`: admission, the live connection table, re-check and teardown.
-//! - `iptables`: the init container's rules.
+//! - `iptables`: the init container's rules (and tproxy's policy routing).
+//! - `privileges`: the capabilities the sidecar keeps (none, or NET_RAW for tproxy).
 //! - `admin`: /live, /ready, /metrics, /connections, PUT /log-level.
 //! - `metrics`, `node`, `config`: what the sidecar counts, who its node is, its flags.
 //! - `reserved_ports`: the proxy's ports kept out of the pod's ephemeral range.
@@ -20,4 +22,5 @@ pub mod iptables;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod privileges;
 pub mod reserved_ports;

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::rules::{self, Family, Jumps, Plan, CHAIN};
+use super::rules::{self, Family, Interception, Jumps, Plan, CHAIN, TPROXY_CHAIN};
 
 /// Which iptables implementation holds the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +70,17 @@ pub enum ApplyError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The kernel refused the tproxy rules (TPROXY or connmark missing).
+    #[error("{command} refused the tproxy rules ({stderr}): --interception tproxy needs TPROXY in the kernel (xt_TPROXY, nf_tproxy) and connmark (xt_connmark); init stops here, it never falls back to redirect")]
+    NoTproxy {
+        /// The command line.
+        command: String,
+        /// The first line it printed on stderr.
+        stderr: String,
+    },
+    /// The `ip` tool, needed for the policy routing of tproxy interception, is missing.
+    #[error("no ip binary found: --interception tproxy writes its policy routing with ip (install the iproute2 package)")]
+    NoIp,
     /// IPv6 rules are mandatory and could not be written.
     #[error("ipv6 rules are required ({why}), but cannot be written: {source}")]
     Ipv6Required {
@@ -221,12 +232,23 @@ pub fn apply(
 ) -> Result<Applied, ApplyError> {
     let backend = choose_backend(family, choice, runner)?;
     let save = backend.tool(family, "save");
-    let current = run_checked(runner, &save, &["-t", "nat"], None)?;
+    let current = run_checked(runner, &save, &[], None)?;
     let present = Jumps::in_listing(&current.stdout);
-    let rerun = present.inbound;
+    let rerun = present.rerun(plan.interception);
     let document = rules::render(plan, family, present);
     let restore = backend.tool(family, "restore");
-    run_checked(runner, &restore, &["-w", "5", "--noflush"], Some(&document))?;
+    let restored = run_checked(runner, &restore, &["-w", "5", "--noflush"], Some(&document));
+    match restored {
+        Err(ApplyError::Failed { command, stderr })
+            if matches!(plan.interception, Interception::Tproxy { .. }) =>
+        {
+            return Err(ApplyError::NoTproxy {
+                command,
+                stderr: stderr.lines().next().unwrap_or_default().to_string(),
+            });
+        }
+        other => other?,
+    };
     Ok(Applied {
         family,
         backend,
@@ -234,7 +256,7 @@ pub fn apply(
     })
 }
 
-/// The backend for a family: a forced one, else the one holding our chain,
+/// The backend for a family: a forced one, else the one holding our inbound chain (either mode's),
 /// else nft when nf_tables answers, else legacy.
 pub fn choose_backend(
     family: Family,
@@ -262,10 +284,11 @@ pub fn choose_backend(
     }
     let mut working = Vec::new();
     for backend in &available {
-        let Ok(out) = runner.run(&backend.tool(family, "save"), &["-t", "nat"], None) else {
+        let Ok(out) = runner.run(&backend.tool(family, "save"), &[], None) else {
             continue;
         };
-        if out.success && out.stdout.contains(&format!(":{CHAIN} ")) {
+        let ours = [CHAIN, TPROXY_CHAIN].map(|chain| format!(":{chain} "));
+        if out.success && ours.iter().any(|chain| out.stdout.contains(chain)) {
             return Ok(*backend);
         }
         if out.success {
@@ -364,6 +387,7 @@ mod tests {
             admin_port: 15020,
             outbound: None,
             exclude_inbound_ports: vec![],
+            interception: Interception::Redirect,
         }
     }
 
@@ -428,6 +452,45 @@ mod tests {
         let (cmd, stdin) = calls.last().unwrap();
         assert_eq!(cmd, "iptables-legacy-restore -w 5 --noflush");
         assert!(!stdin.as_deref().unwrap().contains("PREROUTING"));
+    }
+
+    #[test]
+    fn a_kernel_refusing_tproxy_fails_init_with_one_line_and_no_fallback() {
+        /// Refuses every restore, as iptables does without xt_TPROXY.
+        struct NoTproxy;
+        impl Runner for NoTproxy {
+            fn exists(&self, program: &str) -> bool {
+                ALL.contains(&program)
+            }
+            fn run(&self, program: &str, _: &[&str], _: Option<&str>) -> io::Result<RunOutput> {
+                let restore = program.ends_with("-restore");
+                Ok(RunOutput {
+                    success: !restore,
+                    stdout: "*nat\nCOMMIT\n".into(),
+                    stderr: if restore {
+                        "Warning: Extension TPROXY revision 0 not supported, missing kernel module?\niptables-nft-restore: line 14 failed".into()
+                    } else {
+                        String::new()
+                    },
+                })
+            }
+        }
+        let tproxy = Plan {
+            interception: Interception::Tproxy { mark: 0x539 },
+            ..plan()
+        };
+        let error = apply(&tproxy, Family::V4, BackendChoice::Auto, &NoTproxy)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error.lines().count(), 1, "{error}");
+        assert!(
+            error.starts_with("iptables-nft-restore -w 5 --noflush refused the tproxy rules (Warning: Extension TPROXY revision 0 not supported"),
+            "{error}"
+        );
+        assert!(error.contains("never falls back"), "{error}");
+        // In redirect mode the same failure is reported as it is.
+        let error = apply(&plan(), Family::V4, BackendChoice::Auto, &NoTproxy).unwrap_err();
+        assert!(matches!(error, ApplyError::Failed { .. }), "{error}");
     }
 
     #[test]

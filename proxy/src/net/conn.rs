@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 use super::orig_dst::{orig_dst, reset};
 use super::relay::{relay, RelayCounters, RelayError};
-use super::ClientAddr;
+use super::transparent::connect_as_client;
+use super::{ClientAddr, Interception, OrigDstAddr};
 use crate::enforce::{Admitted, Enforcer};
 use crate::metrics::ProxyMetrics;
 
@@ -34,6 +35,8 @@ pub struct Limits {
 pub struct Proxy {
     /// `Ingress`: inbound connections; `Egress`: captured outbound ones.
     pub direction: Direction,
+    /// How these connections reached the proxy (outbound: always redirect).
+    pub interception: Interception,
     /// Admission and teardown (the policy side of every connection).
     pub enforcer: Arc<Enforcer>,
     /// The proxy's own ports: a connection to them is reset, never dialled.
@@ -54,7 +57,7 @@ impl Proxy {
     /// Handles one accepted connection to its end.
     pub async fn handle(self: Arc<Self>, stream: TcpStream, client: ClientAddr) {
         let _active = ActiveGuard::new(&self.active);
-        let dst = match orig_dst(&stream, client) {
+        let dst = match self.orig_dst(&stream, client) {
             Ok(dst) => dst,
             Err(error) => {
                 self.refused("no-original-destination");
@@ -78,7 +81,7 @@ impl Proxy {
 
         let upstream = match tokio::time::timeout(
             self.limits.connect_timeout,
-            TcpStream::connect(dial.0),
+            self.connect(client, dial),
         )
         .await
         {
@@ -150,6 +153,24 @@ impl Proxy {
                 reset(client_stream);
                 reset(upstream);
             }
+        }
+    }
+
+    /// Where the client meant to connect: SO_ORIGINAL_DST after REDIRECT,
+    /// the accepted socket's own address after TPROXY (nothing was rewritten).
+    fn orig_dst(&self, stream: &TcpStream, client: ClientAddr) -> std::io::Result<OrigDstAddr> {
+        match self.interception {
+            Interception::Redirect => orig_dst(stream, client),
+            Interception::Tproxy { .. } => stream.local_addr().map(OrigDstAddr),
+        }
+    }
+
+    /// Connects to where the connection goes: in tproxy mode from the
+    /// client's own address, so the app sees it.
+    async fn connect(&self, client: ClientAddr, dial: OrigDstAddr) -> std::io::Result<TcpStream> {
+        match self.interception {
+            Interception::Redirect => TcpStream::connect(dial.0).await,
+            Interception::Tproxy { mark } => connect_as_client(client, dial, mark).await,
         }
     }
 

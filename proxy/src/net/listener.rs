@@ -2,7 +2,7 @@
 //!
 //! The inbound listeners bind the wildcard address: REDIRECT in PREROUTING
 //! rewrites the destination to the incoming interface's address, never
-//! loopback. The outbound listeners bind loopback only: REDIRECT in OUTPUT
+//! loopback; TPROXY hands a transparent listener the connection as it is. The outbound listeners bind loopback only: REDIRECT in OUTPUT
 //! rewrites the destination to it, and nothing from outside the pod can
 //! reach them.
 
@@ -16,14 +16,22 @@ use tokio::net::TcpListener;
 
 use super::conn::Proxy;
 use super::orig_dst::reset;
-use super::ClientAddr;
+use super::{ClientAddr, Interception};
 pub use picket_common::accept::accept_loop;
 
 /// Binds a TCP listener with the options a proxy wants.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_with(addr, Interception::Redirect)
+}
+
+/// The same, transparent when connections arrive by TPROXY.
+fn bind_with(addr: SocketAddr, interception: Interception) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if let Interception::Tproxy { .. } = interception {
+        super::transparent::set_transparent(&socket, addr)?;
     }
     socket.set_reuse_address(true)?;
     // Accepted sockets inherit it: one setsockopt per listener, not per connection.
@@ -34,10 +42,15 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Binds the inbound port on 0.0.0.0 and, when the kernel has IPv6, on [::].
-pub fn bind_inbound(port: u16) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = vec![bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?];
-    match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+/// Binds the inbound port on 0.0.0.0 and, when the kernel has IPv6, on [::]
+/// (transparent in tproxy mode: TPROXY hands them connections addressed to the pod).
+pub fn bind_inbound(port: u16, interception: Interception) -> io::Result<Vec<TcpListener>> {
+    let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let mut listeners = vec![bind_with(v4, interception)?];
+    match bind_with(
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        interception,
+    ) {
         Ok(l) => listeners.push(l),
         Err(error) => tracing::debug!(%error, "No IPv6 inbound listener"),
     }

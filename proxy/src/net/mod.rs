@@ -9,15 +9,33 @@ pub mod listener;
 pub mod orig_dst;
 pub mod pipes;
 pub mod relay;
+pub mod transparent;
 
 use std::fmt;
 use std::net::SocketAddr;
+
+/// How inbound connections reach the proxy, as init intercepted them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interception {
+    /// nat REDIRECT: the destination is rewritten to the proxy's port and
+    /// read back from SO_ORIGINAL_DST; the app sees the pod's own address
+    /// as the client.
+    Redirect,
+    /// mangle TPROXY: the connection keeps its addresses (the accepted
+    /// socket's local address is the original destination), and the proxy
+    /// connects to the app from the client's own address, its connection
+    /// marked with `mark` so the app's replies are routed back to it.
+    Tproxy {
+        /// The firewall mark of the proxy's connections to the app.
+        mark: u32,
+    },
+}
 
 /// The peer that opened the connection, as seen by the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Where the client meant to connect, before REDIRECT rewrote it.
+/// Where the client meant to connect (before REDIRECT rewrote it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct OrigDstAddr(pub SocketAddr);
 
