@@ -1,9 +1,10 @@
-//! A toy app for lab pods: a TCP echo server that counts what it saw.
+//! A toy app for lab pods: a TCP echo server that counts what it saw, and
+//! records the client address of each connection (as an app's access log would).
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::in_netns;
 
@@ -21,6 +22,8 @@ pub struct Counts {
     pub accepted: AtomicUsize,
     /// Connections that ended with ECONNRESET.
     pub reset: AtomicUsize,
+    /// The client address of each accepted connection, in order.
+    peers: Mutex<Vec<IpAddr>>,
     stop: AtomicBool,
 }
 
@@ -40,6 +43,12 @@ impl EchoServer {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
+                    if let Ok(peer) = stream.peer_addr() {
+                        c.peers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(peer.ip());
+                    }
                     c.accepted.fetch_add(1, Ordering::SeqCst);
                     let c = c.clone();
                     std::thread::spawn(move || echo(stream, &c));
@@ -51,6 +60,15 @@ impl EchoServer {
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.counts.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The client address of each connection accepted so far, in order.
+    pub fn peers(&self) -> Vec<IpAddr> {
+        self.counts
+            .peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Connections that ended with a reset from the proxy.

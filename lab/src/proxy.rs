@@ -49,6 +49,32 @@ pub fn install_binary(src: &Path) -> io::Result<InstalledBinary> {
 /// link when the binary is already executable by everyone and on the same
 /// file system (no copy of a debug build per test), a copy otherwise.
 pub fn install_binary_as(src: &Path, name: &str) -> io::Result<InstalledBinary> {
+    install(src, name, true)
+}
+
+/// Places a copy of a binary (never a link: a file capability belongs to
+/// the inode) carrying a file capability, as the proxy image's binary
+/// carries `cap_net_raw+p`; needs `setcap` (libcap2-bin).
+pub fn install_binary_with_capability(src: &Path, capability: &str) -> io::Result<InstalledBinary> {
+    let name = src
+        .file_name()
+        .ok_or_else(|| io::Error::other("binary path has no file name"))?;
+    let installed = install(src, &name.to_string_lossy(), false)?;
+    let out = Command::new("setcap")
+        .arg(capability)
+        .arg(installed.path())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "setcap {capability} {}: {}",
+            installed.path().display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(installed)
+}
+
+fn install(src: &Path, name: &str, link: bool) -> io::Result<InstalledBinary> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("{}{n}", bin_dir_prefix(std::process::id())));
@@ -60,7 +86,7 @@ pub fn install_binary_as(src: &Path, name: &str) -> io::Result<InstalledBinary> 
     };
     std::fs::set_permissions(&installed.dir, std::fs::Permissions::from_mode(0o755))?;
     let everyone_can_run = std::fs::metadata(src)?.permissions().mode() & 0o005 == 0o005;
-    if !(everyone_can_run && std::fs::hard_link(src, &installed.path).is_ok()) {
+    if !(link && everyone_can_run && std::fs::hard_link(src, &installed.path).is_ok()) {
         let tmp = installed.dir.join(format!(".{name}.tmp"));
         std::fs::copy(src, &tmp)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;

@@ -13,12 +13,11 @@ use std::time::Duration;
 use picket_lab::proxy::{connect_from, http_get, run_init, share_dir};
 use support::*;
 
-#[test]
-fn allowed_peer_echoes_half_closes_and_moves_100_mib() {
+fn allowed_peer_echoes_half_closes_and_moves_100_mib(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     let server = c.start("api");
 
@@ -74,12 +73,11 @@ fn allowed_peer_echoes_half_closes_and_moves_100_mib() {
     assert_eq!(server.echo.accepted(), 3);
 }
 
-#[test]
-fn denied_peer_reads_econnreset_and_the_app_never_accepts() {
+fn denied_peer_reads_econnreset_and_the_app_never_accepts(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     let server = c.start("api");
     for _ in 0..3 {
@@ -92,21 +90,23 @@ fn denied_peer_reads_econnreset_and_the_app_never_accepts() {
     );
 }
 
-#[test]
-fn bookstore_api_accepts_bookstore_and_inventory_and_resets_the_rest() {
+fn bookstore_api_accepts_bookstore_and_inventory_and_resets_the_rest(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = Cluster::new(&[
-        ("bookstore", "api", &[("app", "bookstore"), ("role", "api")]),
-        (
-            "bookstore",
-            "frontend",
-            &[("app", "bookstore"), ("role", "frontend")],
-        ),
-        ("bookstore", "inventory", &[("app", "inventory")]),
-        ("bookstore", "coffeeshop", &[("app", "coffeeshop")]),
-    ]);
+    let c = Cluster::new_in(
+        mode,
+        &[
+            ("bookstore", "api", &[("app", "bookstore"), ("role", "api")]),
+            (
+                "bookstore",
+                "frontend",
+                &[("app", "bookstore"), ("role", "frontend")],
+            ),
+            ("bookstore", "inventory", &[("app", "inventory")]),
+            ("bookstore", "coffeeshop", &[("app", "coffeeshop")]),
+        ],
+    );
     let example = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../manifests/examples/bookstore/api-allow.yaml");
     c.write("api-allow.yaml", &std::fs::read_to_string(example).unwrap());
@@ -117,12 +117,11 @@ fn bookstore_api_accepts_bookstore_and_inventory_and_resets_the_rest() {
     assert_eq!(server.echo.accepted(), 2);
 }
 
-#[test]
-fn a_policy_change_tears_down_live_connections_it_forbids_and_only_those() {
+fn a_policy_change_tears_down_live_connections_it_forbids_and_only_those(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     let server = c.start("api");
     let mut live = c.connect("client", "api", APP_PORT);
@@ -162,12 +161,11 @@ fn a_policy_change_tears_down_live_connections_it_forbids_and_only_those() {
     c.assert_reset("client", "api", APP_PORT);
 }
 
-#[test]
-fn egress_policy_of_the_source_is_enforced_at_the_destination() {
+fn egress_policy_of_the_source_is_enforced_at_the_destination(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write(
         "egress.yaml",
         &policy("shop", "client-egress", "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: db}}}]}]}"),
@@ -181,12 +179,11 @@ fn egress_policy_of_the_source_is_enforced_at_the_destination() {
     assert_eq!(server.echo.accepted(), 1);
 }
 
-#[test]
-fn node_traffic_excluded_ports_and_the_proxys_own_port() {
+fn node_traffic_excluded_ports_and_the_proxys_own_port(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write(
         "deny.yaml",
         &policy("shop", "deny-all", "{podSelector: {}}"),
@@ -228,12 +225,11 @@ fn node_traffic_excluded_ports_and_the_proxys_own_port() {
     assert_eq!(before, 2, "only the two node connections reached the app");
 }
 
-#[test]
-fn fail_closed_without_state_and_on_a_half_written_file() {
+fn fail_closed_without_state_and_on_a_half_written_file(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     let later = c.state.path().join("cluster-later");
     let server = c.server("api", &later, false, &["--state-wait", "200ms"]);
     let (status, _) = http_get(
@@ -280,21 +276,17 @@ fn fail_closed_without_state_and_on_a_half_written_file() {
     c.assert_reset("stranger", "api", APP_PORT);
 }
 
-#[test]
-fn init_is_idempotent_and_names_what_is_missing() {
+fn init_is_idempotent_and_names_what_is_missing(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     let pod = c.pod("api");
     let node_file = c.state.path().join("node");
+    let mut args = vec!["--node-file", node_file.to_str().unwrap()];
+    args.extend_from_slice(c.interception_args());
     for _ in 0..2 {
-        let out = run_init(
-            &c.binary,
-            pod,
-            &["--node-file", node_file.to_str().unwrap()],
-        )
-        .unwrap();
+        let out = run_init(&c.binary, pod, &args).unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -302,20 +294,45 @@ fn init_is_idempotent_and_names_what_is_missing() {
         );
     }
     let save = std::process::Command::new("ip")
-        .args(["netns", "exec", &pod.netns, "iptables-save", "-t", "nat"])
+        .args(["netns", "exec", &pod.netns, "iptables-save"])
         .output()
         .unwrap();
     let rules = String::from_utf8(save.stdout).unwrap();
+    let (chain, target) = match mode {
+        Interception::Redirect => ("PICKET_INBOUND", "REDIRECT"),
+        Interception::Tproxy => ("PICKET_TPROXY", "TPROXY"),
+    };
     assert_eq!(
-        rules.matches("-j PICKET_INBOUND").count(),
+        rules.matches(&format!("-j {chain}\n")).count(),
         1,
         "one jump:\n{rules}"
     );
     assert_eq!(
-        rules.matches("REDIRECT").count(),
+        rules.matches(&format!("-j {target} ")).count(),
         1,
-        "one redirect:\n{rules}"
+        "one {target}:\n{rules}"
     );
+    if mode == Interception::Tproxy {
+        assert!(
+            !rules.contains("PICKET_INBOUND"),
+            "no nat redirect:\n{rules}"
+        );
+        assert_eq!(
+            rules.matches("-j PICKET_TPROXY_REPLY\n").count(),
+            1,
+            "{rules}"
+        );
+        let routing = std::process::Command::new("ip")
+            .args(["netns", "exec", &pod.netns, "ip", "-4", "rule", "show"])
+            .output()
+            .unwrap();
+        let routing = String::from_utf8(routing.stdout).unwrap();
+        assert_eq!(
+            routing.matches("fwmark 0x539 lookup 133").count(),
+            1,
+            "one rule after two runs:\n{routing}"
+        );
+    }
     let recorded = std::fs::read_to_string(&node_file).unwrap();
     assert_eq!(recorded.trim(), c.lab.gateway().to_string());
 
@@ -340,19 +357,26 @@ fn init_is_idempotent_and_names_what_is_missing() {
     assert!(err.contains("missing capability CAP_NET_ADMIN"), "{err}");
 
     // --dry-run prints the rules and changes nothing.
-    let out = run_init(&c.binary, pod, &["--dry-run"]).unwrap();
-    assert!(String::from_utf8(out.stdout)
-        .unwrap()
-        .contains("REDIRECT --to-ports 15006"));
+    let mut dry_run = vec!["--dry-run"];
+    dry_run.extend_from_slice(c.interception_args());
+    let out = run_init(&c.binary, pod, &dry_run).unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    match mode {
+        Interception::Redirect => assert!(printed.contains("REDIRECT --to-ports 15006")),
+        Interception::Tproxy => assert!(
+            printed.contains("-j TPROXY --on-port 15006")
+                && printed.contains("# ip -4 rule add fwmark 0x539 lookup 133"),
+            "{printed}"
+        ),
+    }
     let _: IpAddr = c.lab.host_ip();
 }
 
-#[test]
-fn sigterm_keeps_serving_through_the_drain_period_then_exits() {
+fn sigterm_keeps_serving_through_the_drain_period_then_exits(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     let mut server = c.server("api", c.dir.path(), true, &["--drain", "1s"]);
     let mut live = c.connect("client", "api", APP_PORT);
@@ -403,13 +427,12 @@ fn reaches(from: &str, to: SocketAddr) -> bool {
     echoes(&mut stream)
 }
 
-#[test]
-fn the_sidecar_dials_only_its_pods_own_addresses() {
+fn the_sidecar_dials_only_its_pods_own_addresses(mode: Interception) {
     if !lab_available() {
         return;
     }
     // No policy selects api: it is not isolated, the worst case for a relay.
-    let c = two_pods();
+    let c = two_pods_in(mode);
     let server = c.start("api");
     let api = c.pod("api").clone();
     let attacker = c.pod("client").netns.clone();
@@ -463,6 +486,25 @@ fn the_sidecar_dials_only_its_pods_own_addresses() {
 
     // Defence in depth: were the rules to redirect them anyway, the proxy
     // resets them without dialling, and counts them.
+    let (table, chain, divert): (_, _, &[&str]) = match mode {
+        Interception::Redirect => (
+            "nat",
+            "PICKET_INBOUND",
+            &["REDIRECT", "--to-ports", "15006"],
+        ),
+        // Marked, so the policy routing delivers the foreign address locally.
+        Interception::Tproxy => (
+            "mangle",
+            "PICKET_TPROXY",
+            &[
+                "TPROXY",
+                "--on-port",
+                "15006",
+                "--tproxy-mark",
+                "0x539/0xffffffff",
+            ],
+        ),
+    };
     let backend = if std::process::Command::new("ip")
         .args([
             "netns",
@@ -470,9 +512,9 @@ fn the_sidecar_dials_only_its_pods_own_addresses() {
             &api.netns,
             "iptables-nft",
             "-t",
-            "nat",
+            table,
             "-S",
-            "PICKET_INBOUND",
+            chain,
         ])
         .output()
         .is_ok_and(|o| o.status.success())
@@ -481,26 +523,11 @@ fn the_sidecar_dials_only_its_pods_own_addresses() {
     } else {
         "iptables-legacy"
     };
-    netns_exec(
-        &api.netns,
-        &[
-            backend,
-            "-t",
-            "nat",
-            "-I",
-            "PICKET_INBOUND",
-            "1",
-            "-p",
-            "tcp",
-            "!",
-            "-d",
-            &via,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15006",
-        ],
-    );
+    let mut insert = vec![
+        backend, "-t", table, "-I", chain, "1", "-p", "tcp", "!", "-d", &via, "-j",
+    ];
+    insert.extend_from_slice(divert);
+    netns_exec(&api.netns, &insert);
     for to in targets {
         assert!(!reaches(&attacker, to), "{to} relayed by the sidecar");
     }
@@ -509,21 +536,28 @@ fn the_sidecar_dials_only_its_pods_own_addresses() {
         0,
         "nothing reached any listener"
     );
+    // REDIRECT rewrites 127.0.0.1 to the pod's address before routing sees
+    // it; with TPROXY the kernel drops it as a martian before any socket.
+    let reached_the_proxy = match mode {
+        Interception::Redirect => 2,
+        Interception::Tproxy => 1,
+    };
     let (_, metrics) = http_get(&api.netns, SocketAddr::new(api.ip, 15020), "/metrics").unwrap();
     assert!(
-        metrics.contains("picket_inbound_refused_total{reason=\"foreign-destination\"} 2"),
+        metrics.contains(&format!(
+            "picket_inbound_refused_total{{reason=\"foreign-destination\"}} {reached_the_proxy}"
+        )),
         "{metrics}"
     );
     drop(server);
 }
 
-#[test]
-fn a_saturated_admin_port_does_not_stop_inbound_connections() {
+fn a_saturated_admin_port_does_not_stop_inbound_connections(mode: Interception) {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     // The sidecar starts with a small soft open-file limit, as container
     // runtimes often give (1024); the hard limit stays.
@@ -567,12 +601,11 @@ fn a_saturated_admin_port_does_not_stop_inbound_connections() {
     drop(idle);
 }
 
-#[test]
-fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() {
+fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     let pod = c.pod("api").clone();
     // A pod may narrow its ephemeral range (a safe sysctl): here to 31 ports
     // around the proxy's own.
@@ -581,12 +614,9 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
         &["sysctl", "-qw", "net.ipv4.ip_local_port_range=15000 15030"],
     );
     let node_file = c.state.path().join("api").join("node");
-    let init = run_init(
-        &c.binary,
-        &pod,
-        &["--node-file", node_file.to_str().unwrap()],
-    )
-    .unwrap();
+    let mut init = vec!["--node-file", node_file.to_str().unwrap()];
+    init.extend_from_slice(c.interception_args());
+    let init = run_init(&c.binary, &pod, &init).unwrap();
     assert!(
         init.status.success(),
         "{}",
@@ -615,13 +645,15 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     // The sidecar binds every port at once and becomes ready.
     let dir = c.dir.path().to_string_lossy().into_owned();
     let start = || {
+        let mut args = vec!["--cluster-dir", &*dir];
+        args.extend_from_slice(c.interception_args());
         let mut sidecar = picket_lab::proxy::Sidecar::start_with(
-            &c.binary,
+            c.sidecar_binary(),
             &c.lab,
             &pod,
             "shop",
             &node_file,
-            &["--cluster-dir", &dir],
+            &args,
         )
         .unwrap();
         sidecar
@@ -653,12 +685,11 @@ fn the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them() 
     drop(app);
 }
 
-#[test]
-fn ten_thousand_short_connections_leave_no_descriptor_behind() {
+fn ten_thousand_short_connections_leave_no_descriptor_behind(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = two_pods();
+    let c = two_pods_in(mode);
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
     let server = c.start("api");
     // (sockets, pipes) the sidecar holds open.
@@ -713,3 +744,60 @@ fn ten_thousand_short_connections_leave_no_descriptor_behind() {
         baseline.1
     );
 }
+
+fn the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_mode(
+    mode: Interception,
+) {
+    if !lab_available() {
+        return;
+    }
+    // No policy: everyone may connect.
+    let c = two_pods_in(mode);
+    let server = c.start("api");
+    for from in ["client", "stranger"] {
+        let mut s = c.connect(from, "api", APP_PORT);
+        assert!(echoes(&mut s), "{from} is relayed");
+    }
+    let api = SocketAddr::new(server.pod.ip, APP_PORT);
+    let mut s = connect_from(c.lab.node_netns(), Some(c.lab.host_ip()), api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echoes(&mut s), "the node is relayed");
+    let expected: Vec<IpAddr> = match mode {
+        Interception::Tproxy => vec![c.pod("client").ip, c.pod("stranger").ip, c.lab.host_ip()],
+        Interception::Redirect => vec![server.pod.ip; 3],
+    };
+    assert_eq!(
+        server.echo.peers(),
+        expected,
+        "the client addresses the app saw"
+    );
+}
+
+/// Every case runs with each interception: `redirect::CASE` and `tproxy::CASE`.
+macro_rules! in_both_modes {
+    ($($case:ident),* $(,)?) => {
+        mod redirect {
+            $(#[test] fn $case() { super::$case(super::Interception::Redirect) })*
+        }
+        mod tproxy {
+            $(#[test] fn $case() { super::$case(super::Interception::Tproxy) })*
+        }
+    };
+}
+
+in_both_modes!(
+    the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_mode,
+    allowed_peer_echoes_half_closes_and_moves_100_mib,
+    denied_peer_reads_econnreset_and_the_app_never_accepts,
+    bookstore_api_accepts_bookstore_and_inventory_and_resets_the_rest,
+    a_policy_change_tears_down_live_connections_it_forbids_and_only_those,
+    egress_policy_of_the_source_is_enforced_at_the_destination,
+    node_traffic_excluded_ports_and_the_proxys_own_port,
+    fail_closed_without_state_and_on_a_half_written_file,
+    init_is_idempotent_and_names_what_is_missing,
+    sigterm_keeps_serving_through_the_drain_period_then_exits,
+    the_sidecar_dials_only_its_pods_own_addresses,
+    a_saturated_admin_port_does_not_stop_inbound_connections,
+    the_proxys_ports_are_reserved_so_the_pods_own_connections_cannot_take_them,
+    ten_thousand_short_connections_leave_no_descriptor_behind,
+);

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use picket_lab::app::EchoServer;
 use picket_lab::proxy::{
-    connect_from, install_binary, run_init, share_dir, InstalledBinary, Sidecar,
+    connect_from, install_binary, install_binary_with_capability, run_init, share_dir,
+    InstalledBinary, Sidecar,
 };
 use picket_lab::{self as lab, Lab, LabPod};
 
@@ -27,6 +28,16 @@ pub type PodEntry = (LabPod, String, Vec<(String, String)>);
 /// A pod to create: (namespace, name, labels).
 pub type PodSpec<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 
+/// How the lab's pods intercept inbound connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interception {
+    /// nat REDIRECT, the default: the app sees the pod's own address.
+    Redirect,
+    /// mangle TPROXY: the app sees the client's address; the sidecar runs
+    /// a copy of the binary carrying `cap_net_raw+p`, as the image's does.
+    Tproxy,
+}
+
 /// A lab cluster: pods on a node, their manifests in a watched directory.
 pub struct Cluster {
     pub lab: Lab,
@@ -34,6 +45,10 @@ pub struct Cluster {
     pub state: tempfile::TempDir,
     pub binary: InstalledBinary,
     pub pods: BTreeMap<String, PodEntry>,
+    /// How servers started by [`Cluster::server_with_init`] intercept.
+    pub interception: Interception,
+    /// The sidecar's binary in tproxy mode (with its file capability).
+    tproxy_binary: Option<InstalledBinary>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -58,8 +73,13 @@ pub fn lab_available() -> bool {
 }
 
 impl Cluster {
-    /// Pods as (namespace, name, labels).
+    /// Pods as (namespace, name, labels), intercepting with REDIRECT.
     pub fn new(pods: &[PodSpec<'_>]) -> Self {
+        Self::new_in(Interception::Redirect, pods)
+    }
+
+    /// Pods as (namespace, name, labels), intercepting as `interception` says.
+    pub fn new_in(interception: Interception, pods: &[PodSpec<'_>]) -> Self {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut lab = Lab::new().expect("create the lab node namespace");
         let mut map = BTreeMap::new();
@@ -71,12 +91,19 @@ impl Cluster {
                 .collect();
             map.insert(name.to_string(), (pod, ns.to_string(), labels));
         }
+        let binary = Path::new(env!("CARGO_BIN_EXE_picket-proxy"));
+        let tproxy_binary = (interception == Interception::Tproxy).then(|| {
+            install_binary_with_capability(binary, "cap_net_raw+p")
+                .expect("a copy of picket-proxy with cap_net_raw+p")
+        });
         let cluster = Self {
             lab,
             dir: tempfile::tempdir().unwrap(),
             state: tempfile::tempdir().unwrap(),
-            binary: install_binary(Path::new(env!("CARGO_BIN_EXE_picket-proxy"))).unwrap(),
+            binary: install_binary(binary).unwrap(),
             pods: map,
+            interception,
+            tproxy_binary,
             _serial: serial,
         };
         cluster.write_pods();
@@ -159,6 +186,10 @@ impl Cluster {
             &host_ip,
         ];
         init.extend_from_slice(init_args);
+        init.extend_from_slice(self.interception_args());
+        let mut args = args.to_vec();
+        args.extend_from_slice(self.interception_args());
+        let binary = self.sidecar_binary();
         let out = run_init(&self.binary, pod, &init).unwrap();
         assert!(
             out.status.success(),
@@ -171,7 +202,7 @@ impl Cluster {
         let excluded =
             EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, EXCLUDED_PORT)).unwrap();
         let mut sidecar =
-            Sidecar::start_with(&self.binary, &self.lab, pod, ns, &node_file, args).unwrap();
+            Sidecar::start_with(binary, &self.lab, pod, ns, &node_file, &args).unwrap();
         if ready {
             sidecar.wait_ready(READY).unwrap();
         } else {
@@ -183,6 +214,19 @@ impl Cluster {
             sidecar,
             pod: pod.clone(),
         }
+    }
+
+    /// The flags both init and run take for this cluster's interception.
+    pub fn interception_args(&self) -> &'static [&'static str] {
+        match self.interception {
+            Interception::Redirect => &[],
+            Interception::Tproxy => &["--interception", "tproxy"],
+        }
+    }
+
+    /// The binary sidecars run (in tproxy mode, the copy with its file capability).
+    pub fn sidecar_binary(&self) -> &InstalledBinary {
+        self.tproxy_binary.as_ref().unwrap_or(&self.binary)
     }
 
     pub fn start(&self, name: &str) -> Server {
@@ -297,9 +341,17 @@ pub fn allowed_now(c: &Cluster, from: &str, to: &str) -> bool {
 pub const ALLOW_CLIENT: &str = "{podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {role: client}}}]}]}";
 
 pub fn two_pods() -> Cluster {
-    Cluster::new(&[
-        ("shop", "api", &[("app", "api")]),
-        ("shop", "client", &[("role", "client")]),
-        ("shop", "stranger", &[("role", "stranger")]),
-    ])
+    two_pods_in(Interception::Redirect)
+}
+
+/// The api pod, a client it lets in, and a stranger, intercepting as `interception` says.
+pub fn two_pods_in(interception: Interception) -> Cluster {
+    Cluster::new_in(
+        interception,
+        &[
+            ("shop", "api", &[("app", "api")]),
+            ("shop", "client", &[("role", "client")]),
+            ("shop", "stranger", &[("role", "stranger")]),
+        ],
+    )
 }
