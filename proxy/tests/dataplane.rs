@@ -771,6 +771,57 @@ fn the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_
         expected,
         "the client addresses the app saw"
     );
+
+    // The sidecar holds exactly what its mode needs: NET_RAW in tproxy mode
+    // (bit 13), nothing in redirect mode; as its own UID either way.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.sidecar.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let caps = match mode {
+        Interception::Tproxy => format!("{:016x}", 1u64 << 13),
+        Interception::Redirect => format!("{:016x}", 0),
+    };
+    assert_eq!(
+        (field("CapEff:"), field("CapPrm:"), field("Uid:")),
+        (caps.clone(), caps, "1337".to_string()),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    // The plain binary: no file capability, so no NET_RAW for the proxy UID.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.pod("api").netns])
+        .args(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"])
+        .arg(&c.binary)
+        .args([
+            "run",
+            "--interception",
+            "tproxy",
+            "--cluster-dir",
+            "/nonexistent",
+        ])
+        .env("POD_NAME", "api")
+        .env("POD_NAMESPACE", "shop")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("picket-proxy: --interception tproxy needs CAP_NET_RAW"),
+        "{err}"
+    );
 }
 
 /// Every case runs with each interception: `redirect::CASE` and `tproxy::CASE`.
