@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 
 use crate::config::{
-    InjectConfig, Resources, SidecarMode, StateSource, DEFAULT_ADMIN_PORT, DEFAULT_INBOUND_PORT,
-    DEFAULT_LOCAL_ADMIN_PORT, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_UID,
+    InjectConfig, Interception, Resources, SidecarMode, StateSource, DEFAULT_ADMIN_PORT,
+    DEFAULT_INBOUND_PORT, DEFAULT_LOCAL_ADMIN_PORT, DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_UID,
 };
 use crate::{certs, quantity};
 
@@ -168,6 +168,12 @@ pub struct InjectArgs {
     /// the source); a pod may opt out with `picket.io/outbound-capture: disabled`.
     #[arg(long, env = "PICKET_INJECTOR_OUTBOUND_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub outbound_capture: bool,
+    /// How init intercepts inbound connections: redirect (the app sees the
+    /// pod's own address as the client's) or tproxy (the app sees the
+    /// client's; the proxy gets CAP_NET_RAW); a pod may choose with
+    /// `picket.io/interception`.
+    #[arg(long, env = "PICKET_INJECTOR_INTERCEPTION", value_enum, default_value_t = Interception::Redirect)]
+    pub interception: Interception,
     /// Inbound ports that bypass the proxy in every pod, comma-separated.
     #[arg(
         long,
@@ -394,6 +400,7 @@ impl InjectArgs {
             outbound_port: self.proxy_outbound_port,
             exclude_inbound_ports: self.exclude_inbound_ports.clone(),
             outbound_capture: self.outbound_capture,
+            interception: self.interception,
             resources,
             iptables_backend: self.iptables_backend.clone(),
             proxy_log_level: self.proxy_log_level.clone(),

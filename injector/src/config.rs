@@ -37,6 +37,17 @@ pub enum SidecarMode {
     Container,
 }
 
+/// How init intercepts a pod's inbound connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Interception {
+    /// nat REDIRECT: the app sees the pod's own address as every client's.
+    Redirect,
+    /// mangle TPROXY: the app sees each client's own address; the proxy
+    /// container gets CAP_NET_RAW (and may escalate to it: the binary's
+    /// file capability), nothing else.
+    Tproxy,
+}
+
 /// Where injected sidecars get the cluster state from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StateSource {
@@ -95,6 +106,8 @@ pub struct InjectConfig {
     pub exclude_inbound_ports: Vec<u16>,
     /// Whether init captures pods' outbound connections (a pod may opt out).
     pub outbound_capture: bool,
+    /// How init intercepts inbound connections (a pod can override it).
+    pub interception: Interception,
     /// The proxy's resources (a pod can override each).
     pub resources: Resources,
     /// `--backend` of `picket-proxy init`: auto, nft or legacy.
@@ -125,6 +138,27 @@ impl StateSource {
         match self {
             StateSource::Direct => "direct",
             StateSource::Control => "control",
+        }
+    }
+}
+
+// === impl Interception ===
+
+impl Interception {
+    /// The name used in flags, annotations and the proxy's environment.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interception::Redirect => "redirect",
+            Interception::Tproxy => "tproxy",
+        }
+    }
+
+    /// Parses an annotation value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "redirect" => Some(Interception::Redirect),
+            "tproxy" => Some(Interception::Tproxy),
+            _ => None,
         }
     }
 }
@@ -179,6 +213,7 @@ impl InjectConfig {
             exclude_inbound_ports: Vec::new(),
             outbound_port: picket_common::OUTBOUND_PORT,
             outbound_capture: true,
+            interception: Interception::Redirect,
             resources: Resources::default(),
             iptables_backend: "auto".into(),
             proxy_log_level: None,

@@ -41,7 +41,7 @@ use picket_common::env as vars;
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::config::{InjectConfig, Resources, SidecarMode, StateSource};
+use crate::config::{InjectConfig, Interception, Resources, SidecarMode, StateSource};
 use crate::quantity;
 
 /// The init container's name.
@@ -113,6 +113,8 @@ pub const OUTBOUND_CAPTURE_KEY: &str = "picket.io/outbound-capture";
 pub const EXCLUDE_OUTBOUND_PORTS_KEY: &str = "picket.io/exclude-outbound-ports";
 /// Annotation: outbound destination networks (CIDRs) that bypass the proxy, comma-separated.
 pub const EXCLUDE_OUTBOUND_CIDRS_KEY: &str = "picket.io/exclude-outbound-cidrs";
+/// Annotation: `redirect` or `tproxy` (the app sees the client's address).
+pub const INTERCEPTION_KEY: &str = "picket.io/interception";
 /// Annotation: `native` or `container`.
 pub const SIDECAR_MODE_KEY: &str = "picket.io/sidecar-mode";
 /// Annotation: the proxy's CPU request.
@@ -276,6 +278,7 @@ pub struct ForeignContainer {
 #[derive(Clone, Debug)]
 struct PodSettings {
     mode: SidecarMode,
+    interception: Interception,
     exclude_inbound_ports: Vec<u16>,
     outbound: Option<OutboundSettings>,
     resources: Resources,
@@ -953,6 +956,15 @@ impl PodSettings {
             })?,
         };
 
+        // Not an opt-out: enforcement is the same either way.
+        let interception = match get(INTERCEPTION_KEY) {
+            None => cfg.interception,
+            Some(value) => Interception::parse(value).ok_or_else(|| InvalidAnnotation {
+                key: INTERCEPTION_KEY,
+                message: format!("{value:?} is neither \"redirect\" nor \"tproxy\""),
+            })?,
+        };
+
         let mut exclude_inbound_ports = cfg.exclude_inbound_ports.clone();
         if let Some(value) = get(EXCLUDE_INBOUND_PORTS_KEY).filter(|_| opt_outs) {
             for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -1034,6 +1046,7 @@ impl PodSettings {
 
         Ok(PodSettings {
             mode,
+            interception,
             exclude_inbound_ports,
             outbound,
             resources,
@@ -1267,6 +1280,12 @@ fn init_container(cfg: &InjectConfig, settings: &PodSettings) -> Container {
             .collect();
         env.push(env_var(vars::EXCLUDE_INBOUND_PORTS, ports.join(",")));
     }
+    if settings.interception == Interception::Tproxy {
+        env.push(env_var(
+            vars::INTERCEPTION,
+            Interception::Tproxy.as_str().into(),
+        ));
+    }
     if let Some(outbound) = &settings.outbound {
         // Not `on`: YAML 1.1 readers of a rendered pod would see a boolean.
         env.push(env_var(vars::OUTBOUND_CAPTURE, "enabled".into()));
@@ -1365,11 +1384,14 @@ fn proxy_container(
         .outbound
         .as_ref()
         .map(|_| env(vars::OUTBOUND_CAPTURE, "enabled"));
+    let tproxy = settings.interception == Interception::Tproxy;
+    let interception = tproxy.then(|| env(vars::INTERCEPTION, Interception::Tproxy.as_str()));
     let mut env: Vec<EnvVar> = downward
         .into_iter()
         .chain(state_env(cfg))
         .chain(settings_env)
         .chain(capture)
+        .chain(interception)
         .collect();
     if let Some(level) = &settings.log_level {
         env.push(env_var(vars::LOG, level.clone()));
@@ -1405,10 +1427,14 @@ fn proxy_container(
             run_as_group: Some(cfg.proxy_uid),
             run_as_non_root: Some(true),
             privileged: Some(false),
-            allow_privilege_escalation: Some(false),
+            // Tproxy: IP_TRANSPARENT and SO_MARK need NET_RAW, which a
+            // non-root process gets only from the binary's file capability
+            // (`cap_net_raw+p`), granted at exec only when escalation is
+            // allowed and the bounding set has it: nothing else is added.
+            allow_privilege_escalation: Some(tproxy),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
-                add: None,
+                add: tproxy.then(|| vec!["NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
             }),
             seccomp_profile: Some(SeccompProfile {

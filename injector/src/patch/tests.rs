@@ -484,6 +484,7 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
         (EXCLUDE_INBOUND_PORTS_KEY, "70000"),
         (EXCLUDE_INBOUND_PORTS_KEY, "15006"),
         (SIDECAR_MODE_KEY, "sometimes"),
+        (INTERCEPTION_KEY, "TPROXY"),
         (OUTBOUND_CAPTURE_KEY, "off"),
         (EXCLUDE_OUTBOUND_PORTS_KEY, "53,dns"),
         (EXCLUDE_OUTBOUND_CIDRS_KEY, "10.0.0.0/33"),
@@ -502,6 +503,80 @@ fn invalid_annotations_reject_the_pod_naming_the_annotation() {
         assert!(plan.ops.is_empty());
         assert!(invalid.to_string().contains(key), "{invalid}");
     }
+}
+
+// === interception ===
+
+#[test]
+fn a_tproxy_pod_gets_net_raw_in_its_proxy_and_nothing_else() {
+    let caps = |c: &Container| {
+        let sc = c.security_context.as_ref().unwrap();
+        let caps = sc.capabilities.as_ref().unwrap();
+        (
+            caps.add.clone(),
+            caps.drop.clone(),
+            sc.allow_privilege_escalation,
+            sc.run_as_user,
+            sc.run_as_non_root,
+        )
+    };
+    let pod = annotated(&[(INTERCEPTION_KEY, "tproxy")]);
+    let plan = plan_default(&pod);
+    assert_eq!(plan.decision, Decision::Injected(SidecarMode::Native));
+    let patched = apply(&pod, &plan.ops);
+    check_invariants(&patched);
+    let (init, proxy) = (
+        find(&patched, INIT_CONTAINER),
+        find(&patched, PROXY_CONTAINER),
+    );
+    for c in [init, proxy] {
+        assert_eq!(
+            env_value(c, "PICKET_INTERCEPTION"),
+            Some("tproxy"),
+            "{}",
+            c.name
+        );
+    }
+    let all = Some(vec!["ALL".to_string()]);
+    assert_eq!(
+        caps(proxy),
+        (
+            Some(vec!["NET_RAW".to_string()]),
+            all.clone(),
+            Some(true),
+            Some(1337),
+            Some(true)
+        ),
+        "NET_RAW, and the escalation its file capability needs"
+    );
+    // Init is as in redirect mode.
+    let plain = apply(&fixture("plain"), &plan_default(&fixture("plain")).ops);
+    assert_eq!(caps(init), caps(find(&plain, INIT_CONTAINER)));
+    // Re-reviewed, the pod is already injected: nothing to change.
+    let again = plan_default(&patched);
+    assert_eq!(again.decision, Decision::AlreadyInjected);
+    assert!(again.ops.is_empty(), "{:?}", again.ops);
+
+    // The default, or `redirect` where the injector defaults to tproxy.
+    let default = find(&plain, PROXY_CONTAINER);
+    assert_eq!(env_value(default, "PICKET_INTERCEPTION"), None);
+    assert_eq!(
+        caps(default),
+        (None, all.clone(), Some(false), Some(1337), Some(true))
+    );
+    let tproxy_default = InjectConfig {
+        interception: Interception::Tproxy,
+        ..InjectConfig::for_test()
+    };
+    let pod = annotated(&[(INTERCEPTION_KEY, "redirect")]);
+    let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &tproxy_default).ops);
+    assert_eq!(caps(find(&patched, PROXY_CONTAINER)).0, None);
+    let pod = fixture("plain");
+    let patched = apply(&pod, &plan_in(&pod, &privileged_ns(), &tproxy_default).ops);
+    assert_eq!(
+        env_value(find(&patched, INIT_CONTAINER), "PICKET_INTERCEPTION"),
+        Some("tproxy")
+    );
 }
 
 // === outbound capture ===
