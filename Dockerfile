@@ -31,10 +31,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim AS proxy
 # Debian's iptables package ships both backends: iptables-nft-restore and
 # iptables-legacy-restore (and the ip6tables ones); init picks one at run time.
+# iproute2: the policy routing of tproxy interception; libcap2-bin: setcap.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables \
+    && apt-get install -y --no-install-recommends iptables iproute2 libcap2-bin \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/picket-proxy /usr/local/bin/picket-proxy
+# Tproxy interception: NET_RAW permitted, not effective. The kernel grants it
+# at exec only where the container adds NET_RAW (the injector does, for tproxy
+# pods alone) and allows escalation; the proxy keeps it effective in tproxy
+# mode and drops every capability otherwise.
+RUN setcap cap_net_raw+p /usr/local/bin/picket-proxy
 # The sidecar's UID (the injector sets it too); init runs as root by its
 # container securityContext, with only NET_ADMIN and NET_RAW.
 USER 1337:1337
