@@ -793,6 +793,65 @@ fn the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_
     );
 }
 
+fn ipv6_connections_are_decided_and_relayed_like_ipv4_ones(mode: Interception) {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods_in(mode);
+    // Unique local addresses inside the pods' own namespaces (the bridge
+    // carries them), without duplicate address detection's delay.
+    let v6 = |pod: &str| -> IpAddr {
+        let last = c
+            .pod(pod)
+            .ip
+            .to_string()
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .to_string();
+        format!("fd00:5043::{last}").parse().unwrap()
+    };
+    for pod in ["api", "client", "stranger"] {
+        let addr = format!("{}/64", v6(pod));
+        netns_exec(
+            &c.pod(pod).netns,
+            &["ip", "-6", "addr", "add", &addr, "dev", "eth0", "nodad"],
+        );
+    }
+    // The pods' manifests carry both addresses, as status.podIPs does.
+    let docs: Vec<String> = ["api", "client", "stranger"]
+        .iter()
+        .map(|name| {
+            let (pod, ns, labels) = &c.pods[*name];
+            let labels: std::collections::BTreeMap<_, _> = labels.iter().cloned().collect();
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod.name, "namespace": ns, "labels": labels},
+                "spec": {"containers": [{"name": "app"}]},
+                "status": {"phase": "Running", "podIP": pod.ip.to_string(),
+                    "podIPs": [{"ip": pod.ip.to_string()}, {"ip": v6(name).to_string()}],
+                    "hostIP": c.lab.host_ip().to_string()},
+            })
+            .to_string()
+        })
+        .collect();
+    c.write("pods.yaml", &docs.join("\n---\n"));
+    c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    // Init sees the IPv6 address: its IPv6 rules are mandatory.
+    let server = c.start("api");
+    let api = SocketAddr::new(v6("api"), APP_PORT);
+    let app = picket_lab::app::EchoServer::start(&server.pod.netns, api).unwrap();
+    let mut s = c.dial("client", api).unwrap();
+    assert!(echoes(&mut s), "the client is relayed over IPv6");
+    c.assert_reset_at("stranger", api);
+    let expected = match mode {
+        Interception::Tproxy => v6("client"),
+        Interception::Redirect => v6("api"),
+    };
+    assert_eq!(app.peers(), [expected], "the client address the app saw");
+    assert_eq!(server.echo.accepted(), 0, "nothing came in over IPv4");
+}
+
 #[test]
 fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
     if !lab_available() {
@@ -837,6 +896,7 @@ macro_rules! in_both_modes {
 }
 
 in_both_modes!(
+    ipv6_connections_are_decided_and_relayed_like_ipv4_ones,
     the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_mode,
     allowed_peer_echoes_half_closes_and_moves_100_mib,
     denied_peer_reads_econnreset_and_the_app_never_accepts,
