@@ -3,6 +3,7 @@
 //! and a real echo server as the app. Needs root (CI runs as root); the tests
 //! run one at a time (see .config/nextest.toml).
 
+#[macro_use]
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
@@ -881,18 +882,6 @@ fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
         last.starts_with("picket-proxy: --interception tproxy needs CAP_NET_RAW"),
         "{err}"
     );
-}
-
-/// Every case runs with each interception: `redirect::CASE` and `tproxy::CASE`.
-macro_rules! in_both_modes {
-    ($($case:ident),* $(,)?) => {
-        mod redirect {
-            $(#[test] fn $case() { super::$case(super::Interception::Redirect) })*
-        }
-        mod tproxy {
-            $(#[test] fn $case() { super::$case(super::Interception::Tproxy) })*
-        }
-    };
 }
 
 in_both_modes!(

@@ -3,6 +3,7 @@
 //! policies at the source, toward pods without a sidecar and toward an
 //! address outside the pod network. Needs root; one at a time.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -13,11 +14,14 @@ use support::*;
 const DENY_EGRESS: &str = "{podSelector: {}, policyTypes: [Egress]}";
 
 /// client (captures its outbound connections), db (app=db, no sidecar).
-fn cluster() -> Cluster {
-    Cluster::new(&[
-        ("shop", "client", &[("role", "client")]),
-        ("shop", "db", &[("app", "db")]),
-    ])
+fn cluster(mode: Interception) -> Cluster {
+    Cluster::new_in(
+        mode,
+        &[
+            ("shop", "client", &[("role", "client")]),
+            ("shop", "db", &[("app", "db")]),
+        ],
+    )
 }
 
 /// Dials `to` from the client pod's namespace, as its app would.
@@ -33,12 +37,13 @@ fn assert_reset_at(c: &Cluster, to: SocketAddr) {
     c.assert_reset_at("client", to)
 }
 
-#[test]
-fn default_deny_egress_is_enforced_at_the_source_and_rules_open_exactly_what_they_name() {
+fn default_deny_egress_is_enforced_at_the_source_and_rules_open_exactly_what_they_name(
+    mode: Interception,
+) {
     if !lab_available() {
         return;
     }
-    let c = cluster();
+    let c = cluster(mode);
     let internet = c.lab.add_external(10).unwrap();
     let elsewhere = c.lab.add_external(11).unwrap();
     let node = c.lab.node_netns().to_string();
@@ -139,12 +144,11 @@ fn default_deny_egress_is_enforced_at_the_source_and_rules_open_exactly_what_the
     );
 }
 
-#[test]
-fn a_live_outbound_connection_is_reset_at_both_ends_when_egress_forbids_it() {
+fn a_live_outbound_connection_is_reset_at_both_ends_when_egress_forbids_it(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = cluster();
+    let c = cluster(mode);
     let internet = c.lab.add_external(10).unwrap();
     let outside =
         EchoServer::start(c.lab.node_netns(), SocketAddr::new(internet, APP_PORT)).unwrap();
@@ -181,12 +185,11 @@ fn local_metric(pod: &picket_lab::LabPod, name: &str) -> f64 {
         .sum()
 }
 
-#[test]
-fn a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each() {
+fn a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = cluster();
+    let c = cluster(mode);
     let client_only = "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress]}";
     c.write("deny.yaml", &policy("shop", "deny-egress", client_only));
     let client = c.start_capturing("client");
@@ -240,17 +243,19 @@ fn a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each() {
     );
 }
 
-#[test]
-fn a_service_is_reached_only_at_the_endpoints_the_egress_policy_allows() {
+fn a_service_is_reached_only_at_the_endpoints_the_egress_policy_allows(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let c = Cluster::new(&[
-        ("shop", "client", &[("role", "client")]),
-        ("shop", "db-1", &[("app", "db")]),
-        ("shop", "db-2", &[("app", "db")]),
-        ("shop", "cache", &[("app", "cache")]),
-    ]);
+    let c = Cluster::new_in(
+        mode,
+        &[
+            ("shop", "client", &[("role", "client")]),
+            ("shop", "db-1", &[("app", "db")]),
+            ("shop", "db-2", &[("app", "db")]),
+            ("shop", "cache", &[("app", "cache")]),
+        ],
+    );
     let echo = |name: &str| {
         let pod = c.pod(name);
         EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, APP_PORT)).unwrap()
@@ -308,3 +313,10 @@ fn a_service_is_reached_only_at_the_endpoints_the_egress_policy_allows() {
         ) >= 1.0
     );
 }
+
+in_both_modes!(
+    default_deny_egress_is_enforced_at_the_source_and_rules_open_exactly_what_they_name,
+    a_live_outbound_connection_is_reset_at_both_ends_when_egress_forbids_it,
+    a_pod_dialling_itself_and_the_proxy_dialling_its_app_take_one_hop_each,
+    a_service_is_reached_only_at_the_endpoints_the_egress_policy_allows,
+);

@@ -6,6 +6,7 @@
 //! its outcome must equal the engine's decision on the same manifests (what
 //! `picket reach` prints) and the case's expectation. Needs root.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -14,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use picket_lab::app::EchoServer;
-use picket_lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
+use picket_lab::proxy::{
+    connect_from, install_binary, install_binary_with_capability, run_init, share_dir, Sidecar,
+};
 use picket_lab::{Lab, LabPod};
 use picket_policy::{NodeAddrs, PodKey, Protocol};
 use serde_yaml::Value;
@@ -40,6 +43,8 @@ struct Model {
     pod_labels: BTreeMap<String, BTreeMap<String, String>>,
     policies: BTreeMap<String, Value>,
     _binary: picket_lab::proxy::InstalledBinary,
+    /// In tproxy mode, the sidecars' binary (with its file capability).
+    tproxy_binary: Option<picket_lab::proxy::InstalledBinary>,
     _state: tempfile::TempDir,
 }
 
@@ -51,11 +56,14 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(mode: Interception) -> Self {
         let mut lab = Lab::new().expect("create the lab node namespace");
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let binary = install_binary(Path::new(env!("CARGO_BIN_EXE_picket-proxy"))).unwrap();
+        let path = Path::new(env!("CARGO_BIN_EXE_picket-proxy"));
+        let binary = install_binary(path).unwrap();
+        let tproxy_binary = (mode == Interception::Tproxy)
+            .then(|| install_binary_with_capability(path, "cap_net_raw+p").unwrap());
         let mut lab_pods = Vec::new();
         let mut namespace_labels = BTreeMap::new();
         let mut pod_labels = BTreeMap::new();
@@ -74,6 +82,7 @@ impl Model {
             pod_labels,
             policies: BTreeMap::new(),
             _binary: binary,
+            tproxy_binary,
             _state: state,
         };
         let ips: BTreeMap<String, IpAddr> = lab_pods
@@ -93,19 +102,20 @@ impl Model {
     fn start(&self, ns: &str, pod: LabPod) -> ModelPod {
         let node_file = self._state.path().join(&pod.netns).join("node");
         let host_ip = self.lab.host_ip().to_string();
-        let out = run_init(
-            &self._binary,
-            &pod,
-            &[
-                "--node-file",
-                node_file.to_str().unwrap(),
-                "--host-ip",
-                &host_ip,
-                "--outbound-capture",
-                "on",
-            ],
-        )
-        .unwrap();
+        let mode: &[&str] = match self.tproxy_binary {
+            Some(_) => &["--interception", "tproxy"],
+            None => &[],
+        };
+        let mut init = vec![
+            "--node-file",
+            node_file.to_str().unwrap(),
+            "--host-ip",
+            &host_ip,
+            "--outbound-capture",
+            "on",
+        ];
+        init.extend_from_slice(mode);
+        let out = run_init(&self._binary, &pod, &init).unwrap();
         assert!(
             out.status.success(),
             "init: {}",
@@ -118,20 +128,22 @@ impl Model {
             .map(|port| EchoServer::start(&pod.netns, SocketAddr::new(pod.ip, *port)).unwrap())
             .collect();
         let dir = self.dir.path().to_string_lossy().to_string();
+        let mut args = vec![
+            "--cluster-dir",
+            &dir,
+            "--unknown-ip-wait",
+            "0s",
+            "--outbound-capture",
+            "on",
+        ];
+        args.extend_from_slice(mode);
         let mut sidecar = Sidecar::start_with(
-            &self._binary,
+            self.tproxy_binary.as_ref().unwrap_or(&self._binary),
             &self.lab,
             &pod,
             ns,
             &node_file,
-            &[
-                "--cluster-dir",
-                &dir,
-                "--unknown-ip-wait",
-                "0s",
-                "--outbound-capture",
-                "on",
-            ],
+            &args,
         )
         .unwrap();
         sidecar.wait_ready(READY).unwrap();
@@ -333,15 +345,14 @@ fn egress_cases() -> Vec<PathBuf> {
     cases
 }
 
-#[test]
-fn upstream_egress_cases_through_real_sidecars_at_both_ends_match_picket_reach() {
+fn upstream_egress_cases_through_real_sidecars_at_both_ends_match_picket_reach(mode: Interception) {
     if !lab_available() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cases = egress_cases();
     assert!(cases.len() >= 10, "the egress cases: {cases:?}");
-    let mut model = Model::new();
+    let mut model = Model::new(mode);
     let mut failures = Vec::new();
     for case in &cases {
         let text = std::fs::read_to_string(case).unwrap();
@@ -397,3 +408,5 @@ fn upstream_egress_cases_through_real_sidecars_at_both_ends_match_picket_reach()
         failures.join("\n")
     );
 }
+
+in_both_modes!(upstream_egress_cases_through_real_sidecars_at_both_ends_match_picket_reach);

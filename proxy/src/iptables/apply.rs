@@ -71,7 +71,7 @@ pub enum ApplyError {
         stderr: String,
     },
     /// The kernel refused the tproxy rules (TPROXY or connmark missing).
-    #[error("{command} refused the tproxy rules ({stderr}): --interception tproxy needs TPROXY in the kernel (xt_TPROXY, nf_tproxy) and connmark (xt_connmark); init stops here, it never falls back to redirect")]
+    #[error("{command} refused the tproxy rules ({stderr}): --interception tproxy needs TPROXY in the kernel (xt_TPROXY, nf_tproxy), connmark and conntrack (xt_connmark, xt_conntrack); init stops here, it never falls back to redirect")]
     NoTproxy {
         /// The command line.
         command: String,

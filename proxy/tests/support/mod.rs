@@ -17,6 +17,20 @@ use picket_lab::proxy::{
 };
 use picket_lab::{self as lab, Lab, LabPod};
 
+/// Every case, a function taking the [`Interception`], runs as two tests:
+/// `redirect::CASE` and `tproxy::CASE`.
+#[allow(unused_macros)]
+macro_rules! in_both_modes {
+    ($($case:ident),* $(,)?) => {
+        mod redirect {
+            $(#[test] fn $case() { super::$case(super::Interception::Redirect) })*
+        }
+        mod tproxy {
+            $(#[test] fn $case() { super::$case(super::Interception::Tproxy) })*
+        }
+    };
+}
+
 pub const APP_PORT: u16 = 8080;
 pub const EXCLUDED_PORT: u16 = 9000;
 pub const READY: Duration = Duration::from_secs(20);
