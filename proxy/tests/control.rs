@@ -3,6 +3,7 @@
 //! pod with `--source control` and only its pod's view (with outbound parts
 //! when it captures outbound connections). Needs root.
 
+#[macro_use]
 mod support;
 
 use std::net::SocketAddr;
@@ -208,16 +209,20 @@ fn apply_pod(c: &Cluster, api: &ApiServer, name: &str, sidecar: bool) {
     api.apply(&doc.to_string()).unwrap();
 }
 
-#[test]
-fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_outage() {
+fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_outage(
+    mode: Interception,
+) {
     if !lab_available() {
         return;
     }
-    let c = Cluster::new(&[
-        ("shop", "api", &[("app", "api")]),
-        ("shop", "client", &[("role", "client")]),
-        ("shop", "stranger", &[("role", "stranger")]),
-    ]);
+    let c = Cluster::new_in(
+        mode,
+        &[
+            ("shop", "api", &[("app", "api")]),
+            ("shop", "client", &[("role", "client")]),
+            ("shop", "stranger", &[("role", "stranger")]),
+        ],
+    );
     let setup = Setup::new(&c);
     let api = &setup.api;
     apply_pod(&c, api, "api", true);
@@ -288,19 +293,21 @@ fn the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_
     });
 }
 
-#[test]
-fn a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view() {
+fn a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view(mode: Interception) {
     if !lab_available() {
         return;
     }
     // client captures its outbound connections; db and other have no
     // sidecar; there is no kube-proxy: only the sidecar's own resolution of
     // the ClusterIP can reach db through its Service.
-    let c = Cluster::new(&[
-        ("shop", "client", &[("role", "client")]),
-        ("shop", "db", &[("app", "db")]),
-        ("shop", "other", &[("app", "other")]),
-    ]);
+    let c = Cluster::new_in(
+        mode,
+        &[
+            ("shop", "client", &[("role", "client")]),
+            ("shop", "db", &[("app", "db")]),
+            ("shop", "other", &[("app", "other")]),
+        ],
+    );
     let setup = Setup::new(&c);
     let api = &setup.api;
     apply_pod(&c, api, "client", true);
@@ -355,3 +362,8 @@ fn a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view() {
     c.assert_reset_at("client", to_db);
     c.assert_reset_at("client", service);
 }
+
+in_both_modes!(
+    the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_outage,
+    a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view,
+);

@@ -2,6 +2,7 @@
 //! server (tests/support), which listens inside the lab's node namespace, and
 //! enforces what is written to it. Needs root.
 
+#[macro_use]
 mod support;
 
 use std::net::{SocketAddr, TcpListener};
@@ -22,13 +23,16 @@ struct KubeCluster {
 const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: shop}}\n";
 
 impl KubeCluster {
-    fn new() -> Self {
-        let c = Cluster::new(&[
-            ("shop", "api", &[("app", "api")]),
-            ("shop", "client", &[("role", "client")]),
-            ("shop", "stranger", &[("role", "stranger")]),
-            ("shop", "newcomer", &[("role", "client")]),
-        ]);
+    fn new(mode: Interception) -> Self {
+        let c = Cluster::new_in(
+            mode,
+            &[
+                ("shop", "api", &[("app", "api")]),
+                ("shop", "client", &[("role", "client")]),
+                ("shop", "stranger", &[("role", "stranger")]),
+                ("shop", "newcomer", &[("role", "client")]),
+            ],
+        );
         let gateway = c.lab.gateway();
         let listener = in_netns(c.lab.node_netns(), || TcpListener::bind((gateway, 0)))
             .unwrap()
@@ -93,12 +97,13 @@ impl KubeCluster {
 
 const DENY_ALL: &str = "{podSelector: {}}";
 
-#[test]
-fn creating_a_policy_resets_what_it_forbids_and_deleting_it_lets_connections_in() {
+fn creating_a_policy_resets_what_it_forbids_and_deleting_it_lets_connections_in(
+    mode: Interception,
+) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     let _server = k.server(true);
     let mut live = k.c.connect("client", "api", APP_PORT);
     assert!(echoes(&mut live), "no policy yet: allowed");
@@ -116,12 +121,11 @@ fn creating_a_policy_resets_what_it_forbids_and_deleting_it_lets_connections_in(
     });
 }
 
-#[test]
-fn relabelling_the_client_or_its_namespace_resets_its_live_connection() {
+fn relabelling_the_client_or_its_namespace_resets_its_live_connection(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     k.apply_policy("allow-client", ALLOW_CLIENT);
     k.apply_policy(
         "allow-team",
@@ -148,12 +152,11 @@ fn relabelling_the_client_or_its_namespace_resets_its_live_connection() {
     );
 }
 
-#[test]
-fn a_new_pod_is_recognised_on_its_first_connection_even_before_its_event() {
+fn a_new_pod_is_recognised_on_its_first_connection_even_before_its_event(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     k.apply_policy("allow-client", ALLOW_CLIENT);
     let server = k.server(true);
     // The newcomer connects first; its Pod object appears a moment later,
@@ -177,12 +180,11 @@ fn a_new_pod_is_recognised_on_its_first_connection_even_before_its_event() {
     assert!(allowed_now(&k.c, "newcomer", "api"));
 }
 
-#[test]
-fn enforcement_survives_the_api_going_away_and_resumes_after() {
+fn enforcement_survives_the_api_going_away_and_resumes_after(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     k.apply_policy("allow-client", ALLOW_CLIENT);
     let server = k.server(true);
     assert!(allowed_now(&k.c, "client", "api"));
@@ -220,12 +222,11 @@ fn enforcement_survives_the_api_going_away_and_resumes_after() {
     );
 }
 
-#[test]
-fn a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist() {
+fn a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     k.apply_policy("deny-all", DENY_ALL);
     k.apply_policy("allow-client", ALLOW_CLIENT);
     let server = k.server(true);
@@ -258,12 +259,11 @@ fn a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist() {
     );
 }
 
-#[test]
-fn not_ready_and_resetting_until_the_initial_lists_are_applied() {
+fn not_ready_and_resetting_until_the_initial_lists_are_applied(mode: Interception) {
     if !lab_available() {
         return;
     }
-    let k = KubeCluster::new();
+    let k = KubeCluster::new(mode);
     k.api.refuse_connections(true);
     let server = k.server(false);
     let admin = SocketAddr::new(server.pod.ip, 15020);
@@ -285,3 +285,12 @@ fn not_ready_and_resetting_until_the_initial_lists_are_applied() {
         "pods are listed without finished ones"
     );
 }
+
+in_both_modes!(
+    creating_a_policy_resets_what_it_forbids_and_deleting_it_lets_connections_in,
+    relabelling_the_client_or_its_namespace_resets_its_live_connection,
+    a_new_pod_is_recognised_on_its_first_connection_even_before_its_event,
+    enforcement_survives_the_api_going_away_and_resumes_after,
+    a_policy_deleted_while_the_watch_was_down_stops_allowing_after_the_relist,
+    not_ready_and_resetting_until_the_initial_lists_are_applied,
+);
