@@ -41,6 +41,8 @@ pub enum Mode {
     Direct,
     /// `picket-proxy run` behind the `init` rules.
     Picket,
+    /// The same with tproxy interception: the app sees the client's address.
+    PicketTproxy,
     /// HAProxy in TCP mode, one thread, behind the same rules.
     Haproxy,
     /// The same HAProxy with splicing: forced (`option splice-request` and
@@ -56,9 +58,10 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order each round runs them.
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Direct,
         Mode::Picket,
+        Mode::PicketTproxy,
         Mode::Haproxy,
         Mode::HaproxySplice,
         Mode::Picket2Hop,
@@ -70,6 +73,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Picket => "picket",
+            Mode::PicketTproxy => "picket-tproxy",
             Mode::Haproxy => "haproxy",
             Mode::HaproxySplice => "haproxy-splice",
             Mode::Picket2Hop => "picket-2hop",
@@ -84,7 +88,7 @@ impl Mode {
 
     /// Whether the relays are Picket's.
     fn is_picket(self) -> bool {
-        matches!(self, Mode::Picket | Mode::Picket2Hop)
+        matches!(self, Mode::Picket | Mode::PicketTproxy | Mode::Picket2Hop)
     }
 
     fn pod_name(self) -> String {
@@ -311,6 +315,16 @@ impl Bench {
         let proxy = work.0.join("bin").join("picket-proxy");
         fs::copy(binary, &proxy).with_context(|| format!("cannot copy {}", binary.display()))?;
         fs::set_permissions(&proxy, fs::Permissions::from_mode(0o755))?;
+        // Tproxy's sidecar: a copy with the image's file capability.
+        let tproxy_proxy = work.0.join("bin").join("picket-proxy-tproxy");
+        fs::copy(binary, &tproxy_proxy)?;
+        fs::set_permissions(&tproxy_proxy, fs::Permissions::from_mode(0o755))?;
+        let setcap = Command::new("setcap")
+            .arg("cap_net_raw+p")
+            .arg(&tproxy_proxy)
+            .status()
+            .context("cannot run setcap (apt-get install libcap2-bin)")?;
+        ensure!(setcap.success(), "setcap cap_net_raw+p failed");
 
         let mut lab = Lab::new().context("cannot create the lab (root and iproute2 needed)")?;
         remember_netns(lab.node_netns());
@@ -357,18 +371,21 @@ impl Bench {
                 Mode::Direct => None,
                 _ => {
                     let node_file = work.0.join("state").join(&pod.name).join("node");
-                    init(&proxy, &lab, &pod, &node_file, false)?;
+                    let tproxy = mode == Mode::PicketTproxy;
+                    init(&proxy, &lab, &pod, &node_file, Capture::Inbound { tproxy })?;
                     share_dir(&work.0.join("state"))?;
                     share_dir(node_file.parent().unwrap_or(&work.0))?;
                     let log = File::create(log_dir.join(format!("{}.log", mode.name())))?;
                     Some(match mode {
-                        Mode::Picket | Mode::Picket2Hop => {
+                        Mode::Picket | Mode::PicketTproxy | Mode::Picket2Hop => {
                             let run = Run {
                                 node_file: &node_file,
                                 workers,
                                 outbound: false,
+                                tproxy,
                             };
-                            start_picket(&proxy, &lab, &pod, &cluster, run, log)?
+                            let binary = if tproxy { &tproxy_proxy } else { &proxy };
+                            start_picket(binary, &lab, &pod, &cluster, run, log)?
                         }
                         _ => start_haproxy(
                             &work.0,
@@ -384,7 +401,7 @@ impl Bench {
                 Some(i) => {
                     let (_, source) = sources.remove(i);
                     let node_file = work.0.join("state").join(&source.name).join("node");
-                    init(&proxy, &lab, &source, &node_file, true)?;
+                    init(&proxy, &lab, &source, &node_file, Capture::Outbound)?;
                     share_dir(&work.0.join("state"))?;
                     share_dir(node_file.parent().unwrap_or(&work.0))?;
                     let log = File::create(log_dir.join(format!("{}-client.log", mode.name())))?;
@@ -393,6 +410,7 @@ impl Bench {
                             node_file: &node_file,
                             workers,
                             outbound: true,
+                            tproxy: false,
                         };
                         start_picket(&proxy, &lab, &source, &cluster, run, log)?
                     } else {
@@ -656,22 +674,29 @@ fn write_cluster(
 }
 
 /// Runs init in a pod: inbound always; outbound capture for a two-hop client.
-fn init(binary: &Path, lab: &Lab, pod: &LabPod, node_file: &Path, outbound: bool) -> Result<()> {
+/// What a pod's init captures.
+#[derive(Clone, Copy, Debug)]
+enum Capture {
+    /// Inbound only (a server pod), by tproxy or by redirect.
+    Inbound { tproxy: bool },
+    /// Outbound too (a two-hop client's pod).
+    Outbound,
+}
+
+fn init(binary: &Path, lab: &Lab, pod: &LabPod, node_file: &Path, capture: Capture) -> Result<()> {
     let node_file = node_file.to_str().context("non-UTF-8 path")?;
     let host_ip = lab.host_ip().to_string();
-    let capture = if outbound { "on" } else { "off" };
-    let out = run_init(
-        binary,
-        pod,
-        &[
-            "--node-file",
-            node_file,
-            "--host-ip",
-            &host_ip,
-            "--outbound-capture",
-            capture,
-        ],
-    )?;
+    let mut args = vec!["--node-file", node_file, "--host-ip", &host_ip];
+    match capture {
+        Capture::Inbound { tproxy } => {
+            args.extend(["--outbound-capture", "off"]);
+            if tproxy {
+                args.extend(["--interception", "tproxy"]);
+            }
+        }
+        Capture::Outbound => args.extend(["--outbound-capture", "on"]),
+    }
+    let out = run_init(binary, pod, &args)?;
     ensure!(
         out.status.success(),
         "picket-proxy init in {}: {}",
@@ -726,6 +751,8 @@ struct Run<'a> {
     workers: Option<usize>,
     /// A two-hop client's: it decides the outbound connections init captures.
     outbound: bool,
+    /// Tproxy interception (the binary must carry its file capability).
+    tproxy: bool,
 }
 
 fn start_picket(
@@ -740,6 +767,7 @@ fn start_picket(
         node_file,
         workers,
         outbound,
+        tproxy,
     } = run;
     let mut command = relay_command(&pod.netns);
     command
@@ -760,6 +788,9 @@ fn start_picket(
     }
     if outbound {
         command.args(["--outbound-capture", "on"]);
+    }
+    if tproxy {
+        command.args(["--interception", "tproxy"]);
     }
     Proc::spawn(&mut command)
 }
