@@ -316,7 +316,7 @@ impl Bench {
         fs::copy(binary, &proxy).with_context(|| format!("cannot copy {}", binary.display()))?;
         fs::set_permissions(&proxy, fs::Permissions::from_mode(0o755))?;
         // Tproxy's sidecar: a copy with the image's file capability.
-        let tproxy_proxy = work.0.join("bin").join("picket-proxy-tproxy");
+        let tproxy_proxy = work.0.join("bin-tproxy").join("picket-proxy");
         fs::copy(binary, &tproxy_proxy)?;
         fs::set_permissions(&tproxy_proxy, fs::Permissions::from_mode(0o755))?;
         let setcap = Command::new("setcap")
@@ -520,14 +520,14 @@ fn probe(netns: &str, addr: SocketAddr) -> bool {
 fn make_work_dir() -> Result<WorkDir> {
     let dir = std::env::temp_dir().join(format!("picket-load-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    for sub in ["bin", "cluster", "state"] {
+    for sub in ["bin", "bin-tproxy", "cluster", "state"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     let work = WorkDir(dir);
     if let Ok(mut list) = CLEANUP.lock() {
         list.push(work.0.clone());
     }
-    for sub in ["", "bin", "cluster", "state"] {
+    for sub in ["", "bin", "bin-tproxy", "cluster", "state"] {
         fs::set_permissions(work.0.join(sub), fs::Permissions::from_mode(0o755))?;
     }
     Ok(work)

@@ -2,9 +2,9 @@
 //!
 //! The inbound listeners bind the wildcard address: REDIRECT in PREROUTING
 //! rewrites the destination to the incoming interface's address, never
-//! loopback; TPROXY hands a transparent listener the connection as it is. The outbound listeners bind loopback only: REDIRECT in OUTPUT
-//! rewrites the destination to it, and nothing from outside the pod can
-//! reach them.
+//! loopback; TPROXY hands a transparent listener the connection as it is.
+//! The outbound listeners bind loopback only: REDIRECT in OUTPUT rewrites
+//! the destination to it, and nothing from outside the pod can reach them.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
