@@ -562,7 +562,7 @@ fn a_tproxy_pod_gets_net_raw_in_its_proxy_and_nothing_else() {
     assert_eq!(env_value(default, "PICKET_INTERCEPTION"), None);
     assert_eq!(
         caps(default),
-        (None, all.clone(), Some(false), Some(1337), Some(true))
+        (None, all, Some(false), Some(1337), Some(true))
     );
     let tproxy_default = InjectConfig {
         interception: Interception::Tproxy,
