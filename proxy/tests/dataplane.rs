@@ -853,6 +853,42 @@ fn ipv6_connections_are_decided_and_relayed_like_ipv4_ones(mode: Interception) {
     assert_eq!(server.echo.accepted(), 0, "nothing came in over IPv4");
 }
 
+fn a_denied_client_reconnecting_from_the_same_port_is_reset_again(mode: Interception) {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods_in(mode);
+    c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    let server = c.start("api");
+    let stranger = c.pod("stranger").clone();
+    let api = SocketAddr::new(server.pod.ip, APP_PORT);
+    // The same source port each time, as a client (or an attacker) may
+    // choose: the proxy's reset leaves conntrack's entry for the tuple
+    // behind, and the next SYN on it is no new connection to conntrack.
+    for attempt in 0..5 {
+        let stream = picket_lab::in_netns(&stranger.netns, || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&SocketAddr::new(stranger.ip, 40_123).into())?;
+            socket.connect(&api.into())?;
+            Ok::<_, std::io::Error>(std::net::TcpStream::from(socket))
+        })
+        .unwrap();
+        match stream {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                assert!(!echoes(&mut s), "attempt {attempt}: echoed");
+            }
+            Err(e) => assert_eq!(
+                e.kind(),
+                ErrorKind::ConnectionReset,
+                "attempt {attempt}: {e}"
+            ),
+        }
+    }
+    assert_eq!(server.echo.accepted(), 0, "nothing reached the app");
+}
+
 #[test]
 fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
     if !lab_available() {
@@ -885,6 +921,7 @@ fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
 }
 
 in_both_modes!(
+    a_denied_client_reconnecting_from_the_same_port_is_reset_again,
     ipv6_connections_are_decided_and_relayed_like_ipv4_ones,
     the_app_sees_the_clients_address_in_tproxy_mode_and_the_pods_own_in_redirect_mode,
     allowed_peer_echoes_half_closes_and_moves_100_mib,

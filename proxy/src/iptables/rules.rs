@@ -24,7 +24,7 @@
 //!
 //! With tproxy interception, inbound connections are not rewritten: the
 //! same checks in a mangle PREROUTING chain, which sees every packet and so
-//! first returns those of connections already established, end in TPROXY
+//! first returns the replies to the pod's own connections, end in TPROXY
 //! to the proxy's inbound port, so the connection keeps the client's address and its
 //! original destination. The proxy connects to the app from the client's
 //! address with a firewall mark; a mangle OUTPUT chain copies that mark to
@@ -254,15 +254,16 @@ fn inbound_checks(doc: &mut String, chain: &str, plan: &Plan, family: Family) {
 fn render_tproxy(doc: &mut String, plan: &Plan, family: Family, mark: u32, present: Jumps) {
     let _ = writeln!(doc, "*mangle");
     let _ = writeln!(doc, ":{TPROXY_CHAIN} - [0:0]");
-    // Only a connection's first packet is diverted: TPROXY drops a packet
-    // whose socket is not transparent, and so every reply to the pod's own
-    // outbound connections (the proxy's to the API server among them). The
-    // rest of a diverted connection finds the proxy's socket by its
-    // addresses; a new connection is never ESTABLISHED (a SYN that reopens
-    // a closed one is NEW again), so none reaches the app around the proxy.
+    // Replies to the pod's own outbound connections (the proxy's to the API
+    // server among them) are left alone: TPROXY drops a packet whose socket
+    // is not transparent. Only the reply direction, never "established": a
+    // client's SYN that reuses the tuple of a connection the proxy reset is
+    // ESTABLISHED to conntrack, and would reach the app's listener around
+    // the proxy. Every packet a client sends is diverted, and finds the
+    // proxy's socket (TPROXY looks up established sockets first).
     let _ = writeln!(
         doc,
-        "-A {TPROXY_CHAIN} -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+        "-A {TPROXY_CHAIN} -p tcp -m conntrack --ctdir REPLY -j RETURN"
     );
     inbound_checks(doc, TPROXY_CHAIN, plan, family);
     let _ = writeln!(
@@ -526,8 +527,7 @@ mod tests {
             let doc = render(&tproxy(), family, FIRST_RUN);
             let tproxy = doc.find("-j TPROXY --on-port 15006").expect("TPROXY");
             for rule in [
-                "-A PICKET_TPROXY -p tcp -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
-                    .to_string(),
+                "-A PICKET_TPROXY -p tcp -m conntrack --ctdir REPLY -j RETURN".to_string(),
                 format!("-A PICKET_TPROXY -d {} -j RETURN", family.loopback()),
                 "-A PICKET_TPROXY -m addrtype ! --dst-type LOCAL -j RETURN".into(),
                 "-A PICKET_TPROXY -p tcp --dport 15020 -j RETURN".into(),
