@@ -395,4 +395,4 @@ fn format_port(port: u16, buf: &mut [u8; 5]) -> &str {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -53,7 +53,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// An enforcer for shop/api over a writer holding `API`, committed.
-fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
+pub(crate) fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
     let (mut writer, snapshots) = StateWriter::new();
     let all = objects(API);
     for kind in Kind::ALL {

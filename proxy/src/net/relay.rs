@@ -10,12 +10,14 @@
 //! through a buffer that exists only while that copy runs.
 //!
 //! A half-close propagates: when one side sends FIN, the other side's write
-//! half is shut down and the opposite direction keeps flowing. An error on
+//! half is shut down and the opposite direction keeps flowing; the second
+//! direction to end leaves its FIN to the close that follows (one system
+//! call fewer per connection). An error on
 //! either side ends the relay with an error; the caller resets both sockets.
 
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::pipe::{splice, SpliceFlags};
@@ -70,6 +72,8 @@ const COPY_BUFFER: usize = 64 * 1024;
 pub const SMALL_READ: usize = 4 * 1024;
 
 /// Relays until both directions have seen EOF, an error, or the idle timeout.
+/// The caller closes both sockets as soon as it returns: the FIN of the
+/// direction that ended last is sent by that close.
 pub async fn relay(
     client: &TcpStream,
     server: &TcpStream,
@@ -89,8 +93,9 @@ pub async fn relay(
         bytes: &counters.server_to_client,
     };
     let activity = &up_activity;
-    let up = half(client, server, "client->server", &up_activity);
-    let down = half(server, client, "server->client", &down_activity);
+    let ended = AtomicBool::new(false);
+    let up = half(client, server, "client->server", &up_activity, &ended);
+    let down = half(server, client, "server->client", &down_activity, &ended);
     let both = async { tokio::try_join!(up, down) };
     let (client_to_server, server_to_client) = match idle_timeout {
         None => both.await?,
@@ -132,6 +137,7 @@ async fn half(
     to: &TcpStream,
     direction: &'static str,
     activity: &Activity<'_>,
+    other_ended: &AtomicBool,
 ) -> Result<u64, RelayError> {
     let io = |source| RelayError::Io { direction, source };
     let (small, eof) = small_half(from, to, activity).await.map_err(io)?;
@@ -147,6 +153,11 @@ async fn half(
                 Err(SpliceError::Io(e)) => return Err(io(e)),
             }
     };
+    // The second direction to end needs no shutdown: the relay ends with
+    // it, and closing `to` (whose peer has sent everything) sends the FIN.
+    if other_ended.swap(true, Ordering::AcqRel) {
+        return Ok(total);
+    }
     // Propagate the half-close: the other side reads EOF, and may still reply.
     match SockRef::from(to).shutdown(Shutdown::Write) {
         Ok(()) => Ok(total),
@@ -175,6 +186,9 @@ async fn small_half(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
             };
+            if n < SMALL_READ {
+                drained(from);
+            }
             let sent = match to.try_write(&buffer[..n]) {
                 Ok(w) => w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -191,6 +205,18 @@ async fn small_half(
             return Ok((total, false));
         }
     }
+}
+
+/// After a short read the socket's receive queue is empty (a TCP recv
+/// copies all that is queued, up to the buffer): forget its readiness
+/// without the recv that would only answer EAGAIN, one system call per
+/// read saved (nginx does the same with EPOLLRDHUP). Safe with tokio: new
+/// data is a new edge, readiness set after it was observed is kept, and a
+/// peer's FIN (read-closed) is never cleared, so EOF is still read.
+fn drained(socket: &TcpStream) {
+    let _ = socket.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
 }
 
 /// Writes all of `bytes`, waiting for room.
@@ -386,6 +412,30 @@ mod tests {
             }
         );
         assert_eq!((c.client_to_server.get(), c.server_to_client.get()), (4, 4));
+    }
+
+    #[tokio::test]
+    async fn data_and_fin_queued_together_end_the_relay_after_a_short_read() {
+        // The FIN is queued behind the data before the relay reads: its
+        // short read forgets the readiness, and must still see the EOF.
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        app.shutdown().await.unwrap();
+        let relayed = tokio::time::timeout(
+            Duration::from_secs(10),
+            relay(&proxy_client, &proxy_server, None, &counters()),
+        )
+        .await
+        .expect("the relay saw both EOFs")
+        .unwrap();
+        assert_eq!(relayed.client_to_server, 10);
+        // The caller closes both sockets: the last FIN comes with the close.
+        drop((proxy_client, proxy_server));
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
     }
 
     #[tokio::test]
