@@ -444,7 +444,7 @@ impl Results {
         let others: Vec<&ModeStats> = self
             .modes
             .iter()
-            .filter(|m| matches!(m.mode, Mode::Haproxy | Mode::HaproxySplice))
+            .filter(|m| matches!(m.mode, Mode::Haproxy | Mode::HaproxySplice | Mode::Nginx))
             .collect();
         let haproxy = self.get(Mode::Haproxy);
         let describe = |f: &dyn Fn(&ModeStats) -> String| {

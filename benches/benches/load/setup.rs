@@ -48,6 +48,9 @@ pub enum Mode {
     /// The same HAProxy with splicing: forced (`option splice-request` and
     /// `option splice-response`), or `option splice-auto`.
     HaproxySplice,
+    /// nginx's `stream` module, one process (`master_process off`), behind
+    /// the same rules: the relay a user would pick instead (issue 17).
+    Nginx,
     /// Two sidecars: the client's pod captures its outbound connections
     /// (its own `picket-proxy`), the server's pod its inbound ones.
     Picket2Hop,
@@ -58,12 +61,13 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order each round runs them.
-    pub const ALL: [Mode; 7] = [
+    pub const ALL: [Mode; 8] = [
         Mode::Direct,
         Mode::Picket,
         Mode::PicketTproxy,
         Mode::Haproxy,
         Mode::HaproxySplice,
+        Mode::Nginx,
         Mode::Picket2Hop,
         Mode::Haproxy2Hop,
     ];
@@ -76,6 +80,7 @@ impl Mode {
             Mode::PicketTproxy => "picket-tproxy",
             Mode::Haproxy => "haproxy",
             Mode::HaproxySplice => "haproxy-splice",
+            Mode::Nginx => "nginx",
             Mode::Picket2Hop => "picket-2hop",
             Mode::Haproxy2Hop => "haproxy-2hop",
         }
@@ -242,6 +247,14 @@ pub fn preflight() -> Result<()> {
         haproxy.is_ok_and(|o| o.status.success()),
         "HAProxy is missing: install Debian's package first (apt-get install haproxy)"
     );
+    ensure!(
+        Command::new("nginx")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Path::new(NGINX_STREAM_MODULE).exists(),
+        "nginx's stream module is missing: apt-get install nginx-light libnginx-mod-stream"
+    );
     for (tool, package) in [
         ("ip", "iproute2"),
         ("iptables", "iptables"),
@@ -387,6 +400,7 @@ impl Bench {
                             let binary = if tproxy { &tproxy_proxy } else { &proxy };
                             start_picket(binary, &lab, &pod, &cluster, run, log)?
                         }
+                        Mode::Nginx => start_nginx(&work.0, &pod, log)?,
                         _ => start_haproxy(
                             &work.0,
                             &pod,
@@ -501,10 +515,10 @@ impl Bench {
             }
             for pid in server.relay_pids() {
                 let comm = procfs::comm(pid)?;
-                let expected = if server.mode.is_picket() {
-                    "picket-proxy"
-                } else {
-                    "haproxy"
+                let expected = match server.mode {
+                    mode if mode.is_picket() => "picket-proxy",
+                    Mode::Nginx => "nginx",
+                    _ => "haproxy",
                 };
                 ensure!(comm == expected, "pid {pid} is {comm}, not {expected}");
             }
@@ -520,7 +534,7 @@ fn probe(netns: &str, addr: SocketAddr) -> bool {
 fn make_work_dir() -> Result<WorkDir> {
     let dir = std::env::temp_dir().join(format!("picket-load-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
-    for sub in ["bin", "bin-tproxy", "cluster", "state"] {
+    for sub in ["bin", "bin-tproxy", "cluster", "state", "run"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     let work = WorkDir(dir);
@@ -530,6 +544,8 @@ fn make_work_dir() -> Result<WorkDir> {
     for sub in ["", "bin", "bin-tproxy", "cluster", "state"] {
         fs::set_permissions(work.0.join(sub), fs::Permissions::from_mode(0o755))?;
     }
+    // Where the relays (running as the proxy's UID) may write: nginx's pid file.
+    fs::set_permissions(work.0.join("run"), fs::Permissions::from_mode(0o1777))?;
     Ok(work)
 }
 
@@ -829,6 +845,35 @@ fn start_haproxy_outbound(work: &Path, pod: &LabPod, server: &LabPod, log: File)
 }
 
 /// Writes a pod's HAProxy configuration and runs HAProxy on it, as a relay.
+/// Debian's nginx-light with libnginx-mod-stream: a TCP relay to the app.
+fn start_nginx(work: &Path, pod: &LabPod, log: File) -> Result<Proc> {
+    let config = format!(
+        "load_module {NGINX_STREAM_MODULE};\n\
+         daemon off;\nmaster_process off;\nworker_processes 1;\n\
+         pid {work}/run/{name}.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         stream {{\n    server {{\n        listen {INBOUND_PORT};\n        proxy_pass {ip}:{APP_PORT};\n    }}\n}}\n",
+        work = work.display(),
+        name = pod.name,
+        ip = pod.ip,
+    );
+    let path = work.join(format!("{}-nginx.conf", pod.name));
+    fs::write(&path, config)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let mut command = relay_command(&pod.netns);
+    command
+        .args(["nginx", "-e", "stderr", "-p"])
+        .arg(work)
+        .arg("-c")
+        .arg(&path)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Proc::spawn(&mut command)
+}
+
+/// Where Debian's libnginx-mod-stream puts the module.
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
 fn spawn_haproxy(work: &Path, pod: &LabPod, config: &str, log: File) -> Result<Proc> {
     let path = work.join(format!("{}.cfg", pod.name));
     fs::write(&path, config)?;
