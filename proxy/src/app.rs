@@ -31,6 +31,7 @@ use crate::reserved_ports;
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
     use clap::Parser;
+    abort_on_panic();
     let cli = crate::config::Cli::parse();
     let result = match cli.command {
         crate::config::Command::Init(args) => {
@@ -52,6 +53,20 @@ pub fn main_proxy() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Makes any panic, on any thread, end the process. Unwinding would end
+/// only the task that panicked: a sidecar whose re-check or state task died
+/// would keep serving on a state it no longer follows, its live connections
+/// never re-checked again (fail open). Aborted, the pod's redirect finds no
+/// listener and every connection is refused until the kubelet restarts the
+/// proxy (fail closed). The message is printed first, as usual.
+fn abort_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        std::process::abort();
+    }));
 }
 
 /// Builds the runtime (`--workers` threads; one means a single-threaded
@@ -467,4 +482,34 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         args.node_file.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Set in the child run of the test below.
+    const CHILD: &str = "PICKET_TEST_PANIC_CHILD";
+
+    #[test]
+    fn a_panic_on_any_thread_aborts_the_proxy() {
+        if std::env::var_os(CHILD).is_some() {
+            super::abort_on_panic();
+            // A task's panic, as a runtime thread would see it.
+            let _ = std::thread::spawn(|| panic!("a task panicked")).join();
+            // Reached only if the panic did not end the process.
+            std::process::exit(0);
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "app::tests::a_panic_on_any_thread_aborts_the_proxy",
+            ])
+            .env(CHILD, "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(6), "SIGABRT, not {status:?}");
+    }
 }

@@ -360,8 +360,6 @@ impl Enforcer {
     }
 }
 
-/// Whether an original destination is loopback or unspecified: never
-/// captured, so never dialled from the outbound port.
 /// Whether the state knows `ip` as a pod's: a pod holds it, or, in
 /// control mode, the view holds a pod's entry for it (a pod outside the
 /// view, whose own policies decide).
@@ -374,6 +372,8 @@ fn knows_ip(snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
             .any(|c| c.address(ip).is_some())
 }
 
+/// Whether an original destination is loopback or unspecified: never
+/// captured, so never dialled from the outbound port.
 fn is_local(dst: OrigDstAddr) -> bool {
     let ip = dst.0.ip().to_canonical();
     ip.is_loopback() || ip.is_unspecified()
