@@ -29,30 +29,20 @@ for ns in "$tag-c" "$tag-s"; do ip -n "$ns" link set eth0 up; ip -n "$ns" link s
 ip -n "$tag-c" addr add 10.251.0.3/24 dev eth0   # a second client address: denied
 cp "$bin" "$work/picket-proxy"; chmod 755 "$work/picket-proxy"
 mkdir -p "$work/cluster" "$work/state"; chmod 755 "$work/cluster" "$work/state"
-cat > "$work/cluster/cluster.yaml" <<YAML
-apiVersion: v1
-kind: Pod
-metadata: {name: api, namespace: bench, labels: {app: api}}
-spec: {containers: [{name: app}]}
-status: {phase: Running, podIP: 10.251.0.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: bench, labels: {role: client}}
-spec: {containers: [{name: app}]}
-status: {phase: Running, podIP: 10.251.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: stranger, namespace: bench, labels: {role: stranger}}
-spec: {containers: [{name: app}]}
-status: {phase: Running, podIP: 10.251.0.3}
----
+pod() { # name label ip
+    printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: bench, labels: {%s}}\nspec: {containers: [{name: app}]}\nstatus: {phase: Running, podIP: %s}\n---\n' "$@"
+}
+{
+    pod api "app: api" 10.251.0.2
+    pod client "role: client" 10.251.0.1
+    pod stranger "role: stranger" 10.251.0.3
+    cat <<YAML
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: allow-client, namespace: bench}
 spec: {podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {role: client}}}]}]}
 YAML
+} > "$work/cluster/cluster.yaml"
 chmod 644 "$work/cluster/cluster.yaml"
 ip netns exec "$tag-s" "$work/picket-proxy" init --node-file "$work/state/node" >/dev/null
 chmod 644 "$work/state/node"

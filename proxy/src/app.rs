@@ -383,6 +383,24 @@ fn init_plan(args: &InitArgs, gateways: &[IpAddr]) -> Plan {
     }
 }
 
+/// Writes tproxy's policy routing for a family whose rules were written, if any.
+fn apply_routing(
+    routing: Option<&Routing>,
+    family: Family,
+    runner: &CommandRunner,
+) -> Result<(), iptables::ApplyError> {
+    if let Some(routing) = routing {
+        iptables::routing::apply(routing, family, runner)?;
+        println!(
+            "{} policy routing: fwmark {:#x} lookup {} (local)",
+            family.as_str(),
+            routing.mark,
+            routing.table
+        );
+    }
+    Ok(())
+}
+
 /// Writes the pod's iptables rules and records its gateways.
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
     let gateways = crate::node::read_gateways();
@@ -400,6 +418,14 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         },
     };
     let own_ports = args.ports.own();
+    // Tproxy's policy routing, written beside each family's rules.
+    let routing = match plan.interception {
+        Interception::Redirect => None,
+        Interception::Tproxy { mark } => Some(Routing {
+            mark,
+            table: args.tproxy_table,
+        }),
+    };
     if args.dry_run {
         for family in [Family::V4, Family::V6] {
             println!(
@@ -411,11 +437,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
                 iptables::rules::render(&plan, family, iptables::Jumps::default())
             );
         }
-        if let Interception::Tproxy { mark } = plan.interception {
-            let routing = Routing {
-                mark,
-                table: args.tproxy_table,
-            };
+        if let Some(routing) = &routing {
             for family in [Family::V4, Family::V6] {
                 println!("# ip {}", routing.rule_args(family).join(" "));
                 println!("# ip {}", routing.route_args(family).join(" "));
@@ -435,13 +457,6 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         BackendArg::Legacy => BackendChoice::Force(Backend::Legacy),
     };
     let runner = CommandRunner;
-    let routing = match plan.interception {
-        Interception::Redirect => None,
-        Interception::Tproxy { mark } => Some(Routing {
-            mark,
-            table: args.tproxy_table,
-        }),
-    };
     let applied = iptables::apply(&plan, Family::V4, choice, &runner)?;
     println!(
         "ipv4 rules applied ({}, {}, {:?})",
@@ -449,23 +464,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         if applied.rerun { "re-run" } else { "first run" },
         plan.interception
     );
-    if let Some(routing) = &routing {
-        iptables::routing::apply(routing, Family::V4, &runner)?;
-        println!(
-            "ipv4 policy routing: fwmark {:#x} lookup {} (local)",
-            routing.mark, routing.table
-        );
-    }
+    apply_routing(routing.as_ref(), Family::V4, &runner)?;
     match iptables::apply_ipv6(&plan, ipv6, choice, &runner)? {
         Some(applied) => {
             println!("ipv6 rules applied ({})", applied.backend.as_str());
-            if let Some(routing) = &routing {
-                iptables::routing::apply(routing, Family::V6, &runner)?;
-                println!(
-                    "ipv6 policy routing: fwmark {:#x} lookup {} (local)",
-                    routing.mark, routing.table
-                );
-            }
+            apply_routing(routing.as_ref(), Family::V6, &runner)?;
         }
         None => println!("ipv6 rules skipped (no IPv6 address but loopback, or --ipv6 off)"),
     }
