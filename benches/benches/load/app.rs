@@ -5,7 +5,9 @@
 //! The protocol: the client sends 64-byte requests. A request that starts
 //! with [`BULK`] turns the connection into a source: the app writes until the
 //! client goes away. Any other request gets a 64-byte reply, and the app
-//! waits for the next request or the end of the connection.
+//! waits for the next request or the end of the connection. A connection
+//! that starts with `GET ` speaks HTTP/1.1 instead: every request gets
+//! [`HTTP_RESPONSE`], and the connection stays open (keep-alive).
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +31,10 @@ pub const BULK: u8 = b'B';
 const CHUNK: usize = 256 * 1024;
 static ZEROS: [u8; CHUNK] = [0; CHUNK];
 const REPLY: [u8; MSG] = [b'r'; MSG];
+/// How an HTTP connection starts.
+const HTTP_METHOD: &[u8] = b"GET ";
+/// The app's answer to every HTTP request: a small API response.
+pub const HTTP_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"status\": \"ok\"}\n";
 
 /// Runs the app: `ARG <parent pid> <core> <netns>=<ip:port>...`. Prints
 /// `ready` once every listener is bound; dies with its parent.
@@ -116,12 +122,54 @@ async fn accept(listener: TcpListener) {
 
 async fn serve(mut stream: TcpStream) {
     let mut request = [0u8; MSG];
-    while stream.read_exact(&mut request).await.is_ok() {
+    let (method, rest) = request.split_at_mut(HTTP_METHOD.len());
+    if stream.read_exact(method).await.is_err() {
+        return;
+    }
+    if method == HTTP_METHOD {
+        return serve_http(stream).await;
+    }
+    if stream.read_exact(rest).await.is_err() {
+        return;
+    }
+    loop {
         if request[0] == BULK {
             while stream.write_all(&ZEROS).await.is_ok() {}
             return;
         }
-        if stream.write_all(&REPLY).await.is_err() {
+        if stream.write_all(&REPLY).await.is_err() || stream.read_exact(&mut request).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// HTTP/1.1 keep-alive: one [`HTTP_RESPONSE`] per request head (requests
+/// have no body), answered as soon as the head is complete; pipelined heads
+/// get their responses in one write.
+async fn serve_http(mut stream: TcpStream) {
+    const END: &[u8] = b"\r\n\r\n";
+    let mut pending = HTTP_METHOD.to_vec();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let mut answers = 0;
+        while let Some(at) = pending.windows(END.len()).position(|w| w == END) {
+            pending.drain(..at + END.len());
+            answers += 1;
+        }
+        let written = match answers {
+            0 => Ok(()),
+            1 => stream.write_all(HTTP_RESPONSE).await,
+            n => stream.write_all(&HTTP_RESPONSE.repeat(n)).await,
+        };
+        if written.is_err() {
+            return;
+        }
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => pending.extend_from_slice(&buffer[..n]),
+        }
+        if pending.len() > 64 * 1024 {
             return;
         }
     }

