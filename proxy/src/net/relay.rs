@@ -15,13 +15,15 @@
 //! call fewer per connection). An error on
 //! either side ends the relay with an error; the caller resets both sockets.
 
+use std::future::Future;
 use std::io;
-use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use rustix::net::{RecvFlags, SendFlags};
 use rustix::pipe::{splice, SpliceFlags};
-use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -71,138 +73,339 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// a read that fills it means more is waiting, and splice then pays.
 pub const SMALL_READ: usize = 4 * 1024;
 
+const SPLICE_FLAGS: SpliceFlags = SpliceFlags::NONBLOCK.union(SpliceFlags::MOVE);
+
 /// Relays until both directions have seen EOF, an error, or the idle timeout.
 /// The caller closes both sockets as soon as it returns: the FIN of the
 /// direction that ended last is sent by that close.
-pub async fn relay(
-    client: &TcpStream,
-    server: &TcpStream,
+///
+/// One hand-written future for both directions, polled through each
+/// socket's own readiness (`poll_read_ready`, `poll_write_ready`): no
+/// per-await waiter nodes, nothing polled that was not woken, and a few
+/// dozen bytes of state per idle connection.
+pub fn relay<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
     idle_timeout: Option<Duration>,
-    counters: &RelayCounters,
-) -> Result<Transferred, RelayError> {
-    let start = Instant::now();
-    let last_activity = AtomicU64::new(0);
-    let up_activity = Activity {
-        start,
-        last: &last_activity,
-        bytes: &counters.client_to_server,
-    };
-    let down_activity = Activity {
-        start,
-        last: &last_activity,
-        bytes: &counters.server_to_client,
-    };
-    let activity = &up_activity;
-    let ended = AtomicBool::new(false);
-    let up = half(client, server, "client->server", &up_activity, &ended);
-    let down = half(server, client, "server->client", &down_activity, &ended);
-    let both = async { tokio::try_join!(up, down) };
-    let (client_to_server, server_to_client) = match idle_timeout {
-        None => both.await?,
-        Some(limit) => {
-            tokio::select! {
-                result = both => result?,
-                () = idle(limit, activity) => return Err(RelayError::Idle(limit)),
-            }
-        }
-    };
-    Ok(Transferred {
-        client_to_server,
-        server_to_client,
-    })
+    counters: &'a RelayCounters,
+) -> Relay<'a> {
+    Relay {
+        client,
+        server,
+        up: Half::new(&counters.client_to_server),
+        down: Half::new(&counters.server_to_client),
+        idle: idle_timeout.map(|limit| Box::new(Idle::new(limit))),
+    }
 }
 
-struct Activity<'a> {
-    start: Instant,
-    last: &'a AtomicU64,
+/// The relay of one connection (see [`relay`]).
+#[derive(Debug)]
+pub struct Relay<'a> {
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    /// Client to app.
+    up: Half<'a>,
+    /// App to client.
+    down: Half<'a>,
+    /// The idle timeout, when one is set (boxed: most relays have none).
+    idle: Option<Box<Idle>>,
+}
+
+impl Future for Relay<'_> {
+    type Output = Result<Transferred, RelayError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let (client, server) = (this.client, this.server);
+        let io = |direction| move |source| RelayError::Io { direction, source };
+        // Each half learns whether the other has already ended: the first
+        // to end passes its half-close on, the second leaves it to the close.
+        let up = this
+            .up
+            .poll(cx, client, server, this.down.reached_eof())
+            .map_err(io("client->server"))?;
+        let down = this
+            .down
+            .poll(cx, server, client, this.up.reached_eof())
+            .map_err(io("server->client"))?;
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(Ok(Transferred {
+                client_to_server: this.up.total,
+                server_to_client: this.down.total,
+            }));
+        }
+        if let Some(idle) = &mut this.idle {
+            if this.up.moved || this.down.moved {
+                idle.last = Instant::now();
+                this.up.moved = false;
+                this.down.moved = false;
+            }
+            if idle.poll_expired(cx).is_ready() {
+                return Poll::Ready(Err(RelayError::Idle(idle.limit)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// One direction: its state and what it moved.
+#[derive(Debug)]
+struct Half<'a> {
+    state: State,
+    total: u64,
+    /// Whether bytes moved since the idle timer last looked.
+    moved: bool,
     bytes: &'a prometheus::IntCounter,
 }
 
-impl Activity<'_> {
-    fn moved(&self, n: usize) {
-        self.bytes.inc_by(n as u64);
-        self.touch();
-    }
-
-    fn touch(&self) {
-        self.last
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
+#[derive(Debug)]
+enum State {
+    /// recv/send through a buffer on the stack; `pending` holds what a
+    /// short write left, on the heap, for as long as it waits for room.
+    Small { pending: Option<Pending> },
+    /// Zero-copy: socket -> pipe -> socket, the pipe taken from the pool
+    /// while data is in flight (`in_pipe` bytes not yet written out).
+    Splice { pipe: Option<Pipe>, in_pipe: usize },
+    /// The fallback where splice cannot be used: a buffer that lives only
+    /// as long as this copy.
+    Copy {
+        buffer: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+    /// EOF read; the half-close is yet to be passed on.
+    Eof,
+    /// Ended.
+    Done,
 }
 
-/// One direction: small reads first, then splice when possible, else copy;
-/// then propagate the EOF.
-async fn half(
-    from: &TcpStream,
-    to: &TcpStream,
-    direction: &'static str,
-    activity: &Activity<'_>,
-    other_ended: &AtomicBool,
-) -> Result<u64, RelayError> {
-    let io = |source| RelayError::Io { direction, source };
-    let (small, eof) = small_half(from, to, activity).await.map_err(io)?;
-    let total = if eof {
-        small
-    } else {
-        small
-            + match splice_half(from, to, activity).await {
-                Ok(total) => total,
-                Err(SpliceError::Unsupported(moved)) => {
-                    moved + copy_half(from, to, activity).await.map_err(io)?
-                }
-                Err(SpliceError::Io(e)) => return Err(io(e)),
-            }
-    };
-    // The second direction to end needs no shutdown: the relay ends with
-    // it, and closing `to` (whose peer has sent everything) sends the FIN.
-    if other_ended.swap(true, Ordering::AcqRel) {
-        return Ok(total);
-    }
-    // Propagate the half-close: the other side reads EOF, and may still reply.
-    match SockRef::from(to).shutdown(Shutdown::Write) {
-        Ok(()) => Ok(total),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(total),
-        Err(e) => Err(io(e)),
-    }
+/// Bytes read but not yet written, and where to go once they are.
+#[derive(Debug)]
+struct Pending {
+    bytes: Box<[u8]>,
+    sent: usize,
+    /// The read that left them filled the small buffer: splice next.
+    then_splice: bool,
 }
 
-/// Moves small reads with recv/send through a buffer on the stack, which is
-/// never held across an await (a partial write moves the rest to the heap
-/// for as long as it waits). Returns the bytes moved, and whether the
-/// direction ended (EOF) rather than a read filling the buffer.
-async fn small_half(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity<'_>,
-) -> io::Result<(u64, bool)> {
-    let mut total = 0u64;
-    loop {
-        from.readable().await?;
-        let (n, rest) = {
-            let mut buffer = [0u8; SMALL_READ];
-            let n = match from.try_read(&mut buffer) {
-                Ok(0) => return Ok((total, true)),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            };
-            if n < SMALL_READ {
-                drained(from);
-            }
-            let sent = match to.try_write(&buffer[..n]) {
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            (n, (sent < n).then(|| buffer[sent..n].to_vec()))
-        };
-        if let Some(rest) = rest {
-            write_all(to, &rest).await?;
+impl<'a> Half<'a> {
+    fn new(bytes: &'a prometheus::IntCounter) -> Self {
+        Self {
+            state: State::Small { pending: None },
+            total: 0,
+            moved: false,
+            bytes,
         }
-        total += n as u64;
-        activity.moved(n);
-        if n == SMALL_READ {
-            return Ok((total, false));
+    }
+
+    fn reached_eof(&self) -> bool {
+        matches!(self.state, State::Eof | State::Done)
+    }
+
+    fn count(&mut self, n: usize) {
+        self.total += n as u64;
+        self.bytes.inc_by(n as u64);
+        self.moved = true;
+    }
+
+    /// Moves what `from` has to `to` until one would block (Pending) or
+    /// the direction ends (Ready).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        other_ended: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.state {
+                State::Small { pending: Some(p) } => {
+                    while p.sent < p.bytes.len() {
+                        p.sent += ready!(poll_send(cx, to, &p.bytes[p.sent..]))?;
+                    }
+                    self.state = if p.then_splice {
+                        State::Splice {
+                            pipe: None,
+                            in_pipe: 0,
+                        }
+                    } else {
+                        State::Small { pending: None }
+                    };
+                }
+                State::Small { pending: None } => {
+                    ready!(from.poll_read_ready(cx))?;
+                    // Uninitialised: recv fills it, and only what it filled is read.
+                    let mut buffer = [MaybeUninit::<u8>::uninit(); SMALL_READ];
+                    let buffer = &mut buffer;
+                    let read = from.try_io(Interest::READABLE, move || {
+                        rustix::net::recv(from, buffer, RecvFlags::empty())
+                            .map(|((data, _), _)| &*data)
+                            .map_err(io::Error::from)
+                    });
+                    let data = match read {
+                        Ok([]) => {
+                            self.state = State::Eof;
+                            continue;
+                        }
+                        Ok(data) => data,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let n = data.len();
+                    let full = n == SMALL_READ;
+                    if !full {
+                        drained(from);
+                    }
+                    let sent = match try_send(to, data) {
+                        Ok(w) => w,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    self.count(n);
+                    if sent < n {
+                        self.state = State::Small {
+                            pending: Some(Pending {
+                                bytes: data[sent..].into(),
+                                sent: 0,
+                                then_splice: full,
+                            }),
+                        };
+                    } else if full {
+                        self.state = State::Splice {
+                            pipe: None,
+                            in_pipe: 0,
+                        };
+                    }
+                }
+                State::Splice { pipe, in_pipe } => {
+                    if let Some(p) = pipe.as_ref().filter(|_| *in_pipe > 0) {
+                        let written = ready!(poll_splice_out(cx, p, *in_pipe, to))?;
+                        *in_pipe -= written;
+                        continue;
+                    }
+                    if pipe.is_none() {
+                        ready!(from.poll_read_ready(cx))?;
+                        match PIPES.take() {
+                            Ok(p) => *pipe = Some(p),
+                            // No pipe to be had (fd or pipe budget exhausted): copy instead.
+                            Err(_) => {
+                                self.state = State::copy();
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(p) = pipe.as_ref() else { continue };
+                    let filled = from.try_io(Interest::READABLE, || {
+                        splice(from, None, &p.write, None, p.capacity, SPLICE_FLAGS)
+                            .map_err(io::Error::from)
+                    });
+                    match filled {
+                        Ok(0) => {
+                            give_back(pipe);
+                            self.state = State::Eof;
+                        }
+                        Ok(n) => {
+                            *in_pipe = n;
+                            self.count(n);
+                        }
+                        // Dry: the pipe goes back until the socket has data again.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_back(pipe),
+                        Err(e) if unsupported(&e) => {
+                            give_back(pipe);
+                            self.state = State::copy();
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                State::Copy { buffer, start, end } => {
+                    if start < end {
+                        *start += ready!(poll_send(cx, to, &buffer[*start..*end]))?;
+                        continue;
+                    }
+                    ready!(from.poll_read_ready(cx))?;
+                    match from.try_read(buffer) {
+                        Ok(0) => self.state = State::Eof,
+                        Ok(n) => {
+                            (*start, *end) = (0, n);
+                            self.count(n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                State::Eof => {
+                    self.state = State::Done;
+                    // The second direction to end needs no shutdown: the
+                    // relay ends with it, and closing `to` (whose peer has
+                    // sent everything) sends the FIN.
+                    if other_ended {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Propagate the half-close: the other side reads EOF,
+                    // and may still reply.
+                    return Poll::Ready(match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+                        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                        _ => Ok(()),
+                    });
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl State {
+    fn copy() -> Self {
+        State::Copy {
+            buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+fn give_back(pipe: &mut Option<Pipe>) {
+    if let Some(p) = pipe.take() {
+        PIPES.give_back(p);
+    }
+}
+
+/// One send, without waiting (MSG_NOSIGNAL: a closed peer is an error, not a signal).
+fn try_send(to: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    to.try_io(Interest::WRITABLE, || {
+        rustix::net::send(to, bytes, SendFlags::NOSIGNAL).map_err(io::Error::from)
+    })
+}
+
+/// Sends some of `bytes` once `to` has room.
+fn poll_send(cx: &mut Context<'_>, to: &TcpStream, bytes: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(to.poll_write_ready(cx))?;
+        match try_send(to, bytes) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(w) => return Poll::Ready(Ok(w)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Moves up to `n` bytes out of the pipe into `to` once it has room.
+fn poll_splice_out(
+    cx: &mut Context<'_>,
+    pipe: &Pipe,
+    n: usize,
+    to: &TcpStream,
+) -> Poll<io::Result<usize>> {
+    loop {
+        let written = to.try_io(Interest::WRITABLE, || {
+            splice(&pipe.read, None, to, None, n, SPLICE_FLAGS).map_err(io::Error::from)
+        });
+        match written {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(w) => return Poll::Ready(Ok(w)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready!(to.poll_write_ready(cx))?,
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }
@@ -219,85 +422,6 @@ fn drained(socket: &TcpStream) {
     });
 }
 
-/// Writes all of `bytes`, waiting for room.
-async fn write_all(to: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        to.writable().await?;
-        match to.try_write(&bytes[sent..]) {
-            Ok(w) => sent += w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-enum SpliceError {
-    /// Splice cannot be used here; this many bytes were already moved.
-    Unsupported(u64),
-    Io(io::Error),
-}
-
-async fn splice_half(
-    from: &TcpStream,
-    to: &TcpStream,
-    activity: &Activity<'_>,
-) -> Result<u64, SpliceError> {
-    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    let mut total = 0u64;
-    loop {
-        from.readable().await.map_err(SpliceError::Io)?;
-        let Ok(pipe) = PIPES.take() else {
-            // No pipe to be had (fd or pipe budget exhausted): copy instead.
-            return Err(SpliceError::Unsupported(total));
-        };
-        // Keep the pipe while the socket has data; give it back when it runs dry.
-        loop {
-            let filled = from.try_io(Interest::READABLE, || {
-                splice(from, None, &pipe.write, None, pipe.capacity, flags).map_err(io::Error::from)
-            });
-            match filled {
-                Ok(0) => {
-                    PIPES.give_back(pipe);
-                    return Ok(total);
-                }
-                Ok(n) => {
-                    drain(&pipe, n, to).await.map_err(SpliceError::Io)?;
-                    total += n as u64;
-                    activity.moved(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    PIPES.give_back(pipe);
-                    break;
-                }
-                Err(e) if unsupported(&e) => {
-                    PIPES.give_back(pipe);
-                    return Err(SpliceError::Unsupported(total));
-                }
-                Err(e) => return Err(SpliceError::Io(e)),
-            }
-        }
-    }
-}
-
-/// Moves `n` bytes out of the pipe into the socket, waiting for room.
-async fn drain(pipe: &Pipe, mut n: usize, to: &TcpStream) -> io::Result<()> {
-    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
-    while n > 0 {
-        let written = to.try_io(Interest::WRITABLE, || {
-            splice(&pipe.read, None, to, None, n, flags).map_err(io::Error::from)
-        });
-        match written {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(w) => n -= w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 fn unsupported(e: &io::Error) -> bool {
     matches!(
         rustix::io::Errno::from_io_error(e),
@@ -305,32 +429,34 @@ fn unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// The fallback: a plain copy through a buffer that lives only as long as the copy.
-async fn copy_half(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) -> io::Result<u64> {
-    let mut buffer = vec![0u8; COPY_BUFFER];
-    let mut total = 0u64;
-    loop {
-        from.readable().await?;
-        let n = match from.try_read(&mut buffer) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        write_all(to, &buffer[..n]).await?;
-        total += n as u64;
-        activity.moved(n);
-    }
+/// The idle timeout: a timer re-armed from the last activity when it fires.
+#[derive(Debug)]
+struct Idle {
+    limit: Duration,
+    last: Instant,
+    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
-async fn idle(limit: Duration, activity: &Activity<'_>) {
-    loop {
-        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-        let deadline = activity.start + last + limit;
-        if Instant::now() >= deadline {
-            return;
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        let last = Instant::now();
+        Self {
+            limit,
+            last,
+            sleep: Box::pin(tokio::time::sleep_until((last + limit).into())),
         }
-        tokio::time::sleep_until(deadline.into()).await;
+    }
+
+    /// Ready once nothing has moved for the limit.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let deadline = self.last + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline.into());
+        }
     }
 }
 
@@ -472,15 +598,146 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_reader_gets_every_byte_in_order_whatever_the_write_sizes() {
+        // The app reads a kilobyte at a time through small socket buffers:
+        // the relay's writes wait for room, on the small path and on splice.
+        let (client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        socket2::SockRef::from(&proxy_server)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&app)
+            .set_recv_buffer_size(16 * 1024)
+            .unwrap();
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
+        let sizes = [1usize, 100, 3000, 4096, 5000, 70_000];
+        let mut data = Vec::new();
+        for (i, size) in sizes.iter().cycle().take(12).enumerate() {
+            data.extend((0..*size).map(|j| ((i * 7 + j) % 251) as u8));
+        }
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            let mut at = 0;
+            for size in sizes.iter().cycle() {
+                let end = (at + size).min(data.len());
+                client.write_all(&data[at..end]).await.unwrap();
+                at = end;
+                if at == data.len() {
+                    break;
+                }
+            }
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::with_capacity(expected.len());
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = app.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes arrive in order and intact");
+        let _client = writer.await.unwrap();
+        drop(app);
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.client_to_server, expected.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn small_reads_that_find_the_app_full_wait_for_room_and_arrive_intact() {
+        // Messages below the small buffer, each read on its own (the client
+        // yields to the relay between them), while the app reads nothing
+        // and its buffers are small: the small path's sends come up short
+        // and the rest waits on the heap for room.
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        socket2::SockRef::from(&proxy_server)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&app)
+            .set_recv_buffer_size(16 * 1024)
+            .unwrap();
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let message: Vec<u8> = (0..1000u32).map(|j| ((i + j) % 253) as u8).collect();
+            client.write_all(&message).await.unwrap();
+            expected.extend(message);
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes arrive in order and intact");
+        drop(app);
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(moved.client_to_server, 200_000);
+    }
+
+    #[tokio::test]
+    async fn the_copy_fallback_moves_bytes_both_ways_and_passes_the_half_close_on() {
+        // Where splice cannot be used (or no pipe can be had), both
+        // directions copy through a buffer.
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        let c = counters();
+        let relay = tokio::spawn(async move {
+            let mut relay = relay(&proxy_client, &proxy_server, None, &c);
+            relay.up.state = State::copy();
+            relay.down.state = State::copy();
+            relay.await
+        });
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "the app reads every byte, then EOF");
+        let mut client = writer.await.unwrap();
+        app.write_all(b"copied back").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"copied back");
+        let moved = relay.await.unwrap().unwrap();
+        assert_eq!(
+            moved,
+            Transferred {
+                client_to_server: 300_000,
+                server_to_client: 11
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn the_relay_future_holds_no_buffer() {
         let (_client, proxy_client) = pair().await;
         let (proxy_server, _app) = pair().await;
         let c = counters();
         let future = relay(&proxy_client, &proxy_server, None, &c);
         let size = std::mem::size_of_val(&future);
+        // 152 bytes measured (debug): two directions' states and four references.
         assert!(
-            size < SMALL_READ,
-            "the relay future is {size} bytes: a read buffer is held across an await"
+            size <= 256,
+            "the relay future is {size} bytes: a buffer or a timer is held inline"
         );
     }
 
