@@ -54,8 +54,9 @@ pub struct Proxy {
 // === impl Proxy ===
 
 impl Proxy {
-    /// Handles one accepted connection to its end.
-    pub async fn handle(self: Arc<Self>, stream: TcpStream, client: ClientAddr) {
+    /// Handles one accepted connection to its end. The socket comes
+    /// unregistered: it joins the runtime only once admitted and connected.
+    pub async fn handle(self: Arc<Self>, stream: std::net::TcpStream, client: ClientAddr) {
         let _active = ActiveGuard::new(&self.active);
         let dst = match self.orig_dst(&stream, client) {
             Ok(dst) => dst,
@@ -109,7 +110,15 @@ impl Proxy {
                 return;
             }
         };
-        let client_stream = stream;
+        let client_stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(error) => {
+                self.metrics.relay_errors.with_label_values(&["register"]).inc();
+                tracing::warn!(client.addr = %client, %error, "Cannot register the connection with the runtime; reset");
+                reset(upstream);
+                return;
+            }
+        };
         // The accepted socket inherits TCP_NODELAY from the listener.
         let _ = upstream.set_nodelay(true);
         let opened = Instant::now();
@@ -160,7 +169,11 @@ impl Proxy {
 
     /// Where the client meant to connect: SO_ORIGINAL_DST after REDIRECT,
     /// the accepted socket's own address after TPROXY (nothing was rewritten).
-    fn orig_dst(&self, stream: &TcpStream, client: ClientAddr) -> std::io::Result<OrigDstAddr> {
+    fn orig_dst(
+        &self,
+        stream: &std::net::TcpStream,
+        client: ClientAddr,
+    ) -> std::io::Result<OrigDstAddr> {
         match self.interception {
             Interception::Redirect => orig_dst(stream, client),
             Interception::Tproxy { .. } => stream.local_addr().map(OrigDstAddr),
@@ -235,7 +248,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (stream, peer) = accepted.unwrap();
-        let task = proxy.handle(stream, ClientAddr(peer));
+        let task = proxy.handle(stream.into_std().unwrap(), ClientAddr(peer));
         let size = std::mem::size_of_val(&task);
         assert!(
             size <= TASK_BYTES,

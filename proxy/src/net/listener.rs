@@ -5,27 +5,47 @@
 //! loopback; TPROXY hands a transparent listener the connection as it is.
 //! The outbound listeners bind loopback only: REDIRECT in OUTPUT rewrites
 //! the destination to it, and nothing from outside the pod can reach them.
+//!
+//! The data listeners ([`DataListener`]) accept sockets the runtime has not
+//! registered: a connection is registered with epoll only once it is
+//! admitted and its upstream is connected, so a denied one (a scan, a
+//! flood) costs no `epoll_ctl` to add and none to remove.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rustix::net::SocketFlags;
 use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::TcpListener;
 
 use super::conn::Proxy;
 use super::orig_dst::reset;
 use super::{ClientAddr, Interception};
 pub use picket_common::accept::accept_loop;
+use picket_common::accept::accept_each;
 
-/// Binds a TCP listener with the options a proxy wants.
+/// A listener of the data plane: readiness from the runtime, accepted
+/// sockets left unregistered (see the module's documentation).
+pub type DataListener = AsyncFd<std::net::TcpListener>;
+
+/// Binds a TCP listener with the options a proxy wants (the admin port's).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    bind_with(addr, Interception::Redirect)
+    TcpListener::from_std(socket(addr, Interception::Redirect)?)
 }
 
-/// The same, transparent when connections arrive by TPROXY.
-fn bind_with(addr: SocketAddr, interception: Interception) -> io::Result<TcpListener> {
+/// Binds a data listener, transparent when connections arrive by TPROXY.
+fn bind_data(addr: SocketAddr, interception: Interception) -> io::Result<DataListener> {
+    // Deprecated as unsound for an inner type that may close or swap its fd
+    // while registered (tokio#8587); a std listener owns its fd for life.
+    #[allow(deprecated)]
+    AsyncFd::with_interest(socket(addr, interception)?, Interest::READABLE)
+}
+
+fn socket(addr: SocketAddr, interception: Interception) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -39,15 +59,15 @@ fn bind_with(addr: SocketAddr, interception: Interception) -> io::Result<TcpList
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Binds the inbound port on 0.0.0.0 and, when the kernel has IPv6, on [::]
 /// (transparent in tproxy mode: TPROXY hands them connections addressed to the pod).
-pub fn bind_inbound(port: u16, interception: Interception) -> io::Result<Vec<TcpListener>> {
+pub fn bind_inbound(port: u16, interception: Interception) -> io::Result<Vec<DataListener>> {
     let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let mut listeners = vec![bind_with(v4, interception)?];
-    match bind_with(
+    let mut listeners = vec![bind_data(v4, interception)?];
+    match bind_data(
         SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
         interception,
     ) {
@@ -58,9 +78,13 @@ pub fn bind_inbound(port: u16, interception: Interception) -> io::Result<Vec<Tcp
 }
 
 /// Binds the outbound port on 127.0.0.1 and, when the kernel has IPv6, on [::1].
-pub fn bind_outbound(port: u16) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = vec![bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?];
-    match bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {
+pub fn bind_outbound(port: u16) -> io::Result<Vec<DataListener>> {
+    let redirect = Interception::Redirect;
+    let mut listeners = vec![bind_data(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        redirect,
+    )?];
+    match bind_data(SocketAddr::from((Ipv6Addr::LOCALHOST, port)), redirect) {
         Ok(l) => listeners.push(l),
         Err(error) => tracing::debug!(%error, "No IPv6 outbound listener"),
     }
@@ -68,8 +92,8 @@ pub fn bind_outbound(port: u16) -> io::Result<Vec<TcpListener>> {
 }
 
 /// Accepts connections forever, one task each; over the limit, resets.
-pub async fn serve(listener: TcpListener, inbound: Arc<Proxy>) {
-    accept_loop(&listener, |stream, peer| {
+pub async fn serve(listener: DataListener, inbound: Arc<Proxy>) {
+    accept_each(|| accept_unregistered(&listener), |stream, peer| {
         if inbound.active.load(Ordering::Relaxed) >= inbound.limits.max_connections {
             inbound
                 .metrics
@@ -83,6 +107,28 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Proxy>) {
         tokio::spawn(inbound.clone().handle(stream, ClientAddr(peer)));
     })
     .await
+}
+
+/// One accepted connection, non-blocking and close-on-exec from accept4
+/// itself, not registered with the runtime.
+async fn accept_unregistered(
+    listener: &DataListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        let accepted = ready.try_io(|l| {
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            Ok(rustix::net::acceptfrom_with(l.get_ref(), flags)?)
+        });
+        let Ok(accepted) = accepted else {
+            continue; // Would block: readiness is cleared, wait for the next.
+        };
+        let (fd, peer) = accepted?;
+        let peer = peer
+            .and_then(|p| SocketAddr::try_from(p).ok())
+            .ok_or_else(|| io::Error::other("accepted a connection with no IP peer address"))?;
+        return Ok((std::net::TcpStream::from(fd), peer));
+    }
 }
 
 #[cfg(test)]

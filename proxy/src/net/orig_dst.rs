@@ -3,15 +3,15 @@
 //! netfilter-aware code of the data plane.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use socket2::SockRef;
-use tokio::net::TcpStream;
 
 use super::{ClientAddr, OrigDstAddr};
 
 /// Reads the address the client connected to before REDIRECT. The family is
 /// the client's (each listener is of one family), which spares a getsockname.
-pub fn orig_dst(stream: &TcpStream, client: ClientAddr) -> io::Result<OrigDstAddr> {
+pub fn orig_dst(stream: &impl AsFd, client: ClientAddr) -> io::Result<OrigDstAddr> {
     let sock = SockRef::from(stream);
     let addr = if client.0.is_ipv4() {
         sock.original_dst_v4()?
@@ -27,8 +27,9 @@ pub fn orig_dst(stream: &TcpStream, client: ClientAddr) -> io::Result<OrigDstAdd
 }
 
 /// Resets a connection: zero linger, then close the whole socket, so the peer
-/// reads ECONNRESET. (Closing by halves would send a FIN first.)
-pub fn reset(stream: TcpStream) {
+/// reads ECONNRESET. (Closing by halves would send a FIN first.) Registered
+/// with the runtime or not.
+pub fn reset(stream: impl AsFd) {
     let _ = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
     drop(stream);
 }
