@@ -125,7 +125,7 @@ impl ProxyMetrics {
         );
         let relay_errors = counter_vec(
             "picket_relay_errors_total",
-            "Relay failures, by kind (connect-refused, connect-timeout, connect-other, reset, other).",
+            "Relay failures, by kind (connect-refused, connect-timeout, connect-other, reset, register, other).",
             &["kind"],
         );
         let watch_restarts = counter_vec(

@@ -55,7 +55,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Handles one accepted connection to its end. The socket comes
-    /// unregistered: it joins the runtime only once admitted and connected.
+    /// unregistered: it joins the runtime only once admitted.
     pub async fn handle(self: Arc<Self>, stream: std::net::TcpStream, client: ClientAddr) {
         let _active = ActiveGuard::new(&self.active);
         let dst = match self.orig_dst(&stream, client) {
@@ -82,6 +82,19 @@ impl Proxy {
             return;
         };
 
+        // Registered before the connect: the wake-up that reports the
+        // connect done reports the client's first bytes too.
+        let stream = match TcpStream::from_std(stream) {
+            Ok(s) => s,
+            Err(error) => {
+                self.metrics
+                    .relay_errors
+                    .with_label_values(&["register"])
+                    .inc();
+                tracing::warn!(client.addr = %client, %error, "Cannot register the connection with the runtime; reset");
+                return;
+            }
+        };
         let upstream = match tokio::time::timeout(
             self.limits.connect_timeout,
             self.connect(client, dial),
@@ -110,15 +123,7 @@ impl Proxy {
                 return;
             }
         };
-        let client_stream = match TcpStream::from_std(stream) {
-            Ok(s) => s,
-            Err(error) => {
-                self.metrics.relay_errors.with_label_values(&["register"]).inc();
-                tracing::warn!(client.addr = %client, %error, "Cannot register the connection with the runtime; reset");
-                reset(upstream);
-                return;
-            }
-        };
+        let client_stream = stream;
         // The accepted socket inherits TCP_NODELAY from the listener.
         let _ = upstream.set_nodelay(true);
         let opened = Instant::now();

@@ -8,8 +8,8 @@
 //!
 //! The data listeners ([`DataListener`]) accept sockets the runtime has not
 //! registered: a connection is registered with epoll only once it is
-//! admitted and its upstream is connected, so a denied one (a scan, a
-//! flood) costs no `epoll_ctl` to add and none to remove.
+//! admitted, so a denied one (a scan, a flood) costs no `epoll_ctl` to add
+//! and none to remove.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
