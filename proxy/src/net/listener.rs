@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use super::conn::Proxy;
 use super::orig_dst::reset;
 use super::{ClientAddr, Interception};
-pub use picket_common::accept::accept_loop;
 use picket_common::accept::accept_each;
+pub use picket_common::accept::accept_loop;
 
 /// A listener of the data plane: readiness from the runtime, accepted
 /// sockets left unregistered (see the module's documentation).

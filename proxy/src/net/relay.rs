@@ -343,10 +343,12 @@ impl<'a> Half<'a> {
                     }
                     // Propagate the half-close: the other side reads EOF,
                     // and may still reply.
-                    return Poll::Ready(match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
-                        Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
-                        _ => Ok(()),
-                    });
+                    return Poll::Ready(
+                        match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+                            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+                            _ => Ok(()),
+                        },
+                    );
                 }
                 State::Done => return Poll::Ready(Ok(())),
             }
