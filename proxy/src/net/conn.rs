@@ -129,7 +129,10 @@ impl Proxy {
         let opened = Instant::now();
         let open = self.metrics.open_of(self.direction);
         open.inc();
+        // Biased: no random branch order drawn on every wake-up; the relay
+        // first, and the kill is seen on the same wake-up anyway.
         let outcome = tokio::select! {
+            biased;
             result = relay(&client_stream, &upstream, self.limits.idle_timeout, &self.bytes) => Some(result),
             () = registration.killed() => None,
         };

@@ -4,8 +4,9 @@
 //! small buffer on the stack (a 64-byte request costs one recv and one send,
 //! less than two splices and a pipe), and switches to zero-copy splice
 //! (socket -> pipe -> socket, a pipe taken from the pool only while data is
-//! in flight) once a read fills that buffer, the sign of a bulk transfer. So
-//! an idle connection holds nothing but its sockets. Where splice is
+//! in flight) once a read fills that buffer, the sign of a bulk transfer,
+//! and back to small reads once a splice moves less than that buffer holds
+//! (the bulk is over). So an idle connection holds nothing but its sockets. Where splice is
 //! unavailable (or no pipe can be had) a direction falls back to a plain copy
 //! through a buffer that exists only while that copy runs.
 //!
@@ -164,8 +165,16 @@ enum State {
     /// short write left, on the heap, for as long as it waits for room.
     Small { pending: Option<Pending> },
     /// Zero-copy: socket -> pipe -> socket, the pipe taken from the pool
-    /// while data is in flight (`in_pipe` bytes not yet written out).
-    Splice { pipe: Option<Pipe>, in_pipe: usize },
+    /// while data is in flight (`in_pipe` bytes not yet written out). A
+    /// splice that moved less than the small buffer holds means the bulk
+    /// is over: once the pipe is empty the direction goes back to small
+    /// reads (`then_small`), so a kept-alive connection that carried one
+    /// large response pays recv/send again for its small messages.
+    Splice {
+        pipe: Option<Pipe>,
+        in_pipe: usize,
+        then_small: bool,
+    },
     /// The fallback where splice cannot be used: a buffer that lives only
     /// as long as this copy.
     Copy {
@@ -224,10 +233,7 @@ impl<'a> Half<'a> {
                         p.sent += ready!(poll_send(cx, to, &p.bytes[p.sent..]))?;
                     }
                     self.state = if p.then_splice {
-                        State::Splice {
-                            pipe: None,
-                            in_pipe: 0,
-                        }
+                        State::splice()
                     } else {
                         State::Small { pending: None }
                     };
@@ -271,16 +277,22 @@ impl<'a> Half<'a> {
                             }),
                         };
                     } else if full {
-                        self.state = State::Splice {
-                            pipe: None,
-                            in_pipe: 0,
-                        };
+                        self.state = State::splice();
                     }
                 }
-                State::Splice { pipe, in_pipe } => {
+                State::Splice {
+                    pipe,
+                    in_pipe,
+                    then_small,
+                } => {
                     if let Some(p) = pipe.as_ref().filter(|_| *in_pipe > 0) {
                         let written = ready!(poll_splice_out(cx, p, *in_pipe, to))?;
                         *in_pipe -= written;
+                        continue;
+                    }
+                    if *then_small {
+                        give_back(pipe);
+                        self.state = State::Small { pending: None };
                         continue;
                     }
                     if pipe.is_none() {
@@ -306,6 +318,7 @@ impl<'a> Half<'a> {
                         }
                         Ok(n) => {
                             *in_pipe = n;
+                            *then_small = n < SMALL_READ;
                             self.count(n);
                         }
                         // Dry: the pipe goes back until the socket has data again.
@@ -357,6 +370,14 @@ impl<'a> Half<'a> {
 }
 
 impl State {
+    fn splice() -> Self {
+        State::Splice {
+            pipe: None,
+            in_pipe: 0,
+            then_small: false,
+        }
+    }
+
     fn copy() -> Self {
         State::Copy {
             buffer: vec![0u8; COPY_BUFFER].into_boxed_slice(),
@@ -651,6 +672,43 @@ mod tests {
         drop(app);
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(moved.client_to_server, expected.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_direction_goes_back_to_small_reads_once_its_bulk_is_over() {
+        // A large response, then small exchanges on the same connection
+        // (an HTTP keep-alive client), the relay driven in this task so
+        // that its state can be read afterwards.
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_server, mut app) = pair().await;
+        let c = counters();
+        let mut relay = relay(&proxy_client, &proxy_server, None, &c);
+        let exchanges = async {
+            let large = vec![7u8; 1 << 20];
+            app.write_all(&large).await.unwrap();
+            let mut got = vec![0u8; large.len()];
+            client.read_exact(&mut got).await.unwrap();
+            assert!(got == large);
+            for _ in 0..10 {
+                let mut message = [0u8; 4];
+                client.write_all(b"ping").await.unwrap();
+                app.read_exact(&mut message).await.unwrap();
+                app.write_all(b"pong").await.unwrap();
+                client.read_exact(&mut message).await.unwrap();
+                assert_eq!(&message, b"pong");
+            }
+        };
+        tokio::select! {
+            result = &mut relay => panic!("the relay ended early: {result:?}"),
+            () = exchanges => {}
+        }
+        assert!(
+            matches!(relay.down.state, State::Small { pending: None }),
+            "after the bulk, small messages go by recv/send again: {:?}",
+            relay.down.state
+        );
+        assert_eq!(relay.down.total, (1 << 20) + 40);
+        assert_eq!(relay.up.total, 40);
     }
 
     #[tokio::test]
