@@ -519,6 +519,28 @@ mod tests {
         (client, app, relay)
     }
 
+    /// The same, with 16 KiB socket buffers between the relay and the app:
+    /// the relay's writes soon wait for room.
+    async fn relayed_into_small_buffers() -> (
+        TcpStream,
+        TcpStream,
+        tokio::task::JoinHandle<Result<Transferred, RelayError>>,
+    ) {
+        let (client, proxy_client) = pair().await;
+        let (proxy_server, app) = pair().await;
+        socket2::SockRef::from(&proxy_server)
+            .set_send_buffer_size(16 * 1024)
+            .unwrap();
+        socket2::SockRef::from(&app)
+            .set_recv_buffer_size(16 * 1024)
+            .unwrap();
+        let relay =
+            tokio::spawn(
+                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
+            );
+        (client, app, relay)
+    }
+
     /// Sends `data` from the client, then EOF; asserts the app reads it all, intact.
     async fn send_intact(mut client: TcpStream, app: &mut TcpStream, data: Vec<u8>) -> TcpStream {
         let expected = data.clone();
@@ -624,18 +646,7 @@ mod tests {
     async fn a_slow_reader_gets_every_byte_in_order_whatever_the_write_sizes() {
         // The app reads a kilobyte at a time through small socket buffers:
         // the relay's writes wait for room, on the small path and on splice.
-        let (client, proxy_client) = pair().await;
-        let (proxy_server, mut app) = pair().await;
-        socket2::SockRef::from(&proxy_server)
-            .set_send_buffer_size(16 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&app)
-            .set_recv_buffer_size(16 * 1024)
-            .unwrap();
-        let relay =
-            tokio::spawn(
-                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
-            );
+        let (client, mut app, relay) = relayed_into_small_buffers().await;
         let sizes = [1usize, 100, 3000, 4096, 5000, 70_000];
         let mut data = Vec::new();
         for (i, size) in sizes.iter().cycle().take(12).enumerate() {
@@ -717,18 +728,7 @@ mod tests {
         // yields to the relay between them), while the app reads nothing
         // and its buffers are small: the small path's sends come up short
         // and the rest waits on the heap for room.
-        let (mut client, proxy_client) = pair().await;
-        let (proxy_server, mut app) = pair().await;
-        socket2::SockRef::from(&proxy_server)
-            .set_send_buffer_size(16 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&app)
-            .set_recv_buffer_size(16 * 1024)
-            .unwrap();
-        let relay =
-            tokio::spawn(
-                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
-            );
+        let (mut client, mut app, relay) = relayed_into_small_buffers().await;
         let mut expected = Vec::new();
         for i in 0..200u32 {
             let message: Vec<u8> = (0..1000u32).map(|j| ((i + j) % 253) as u8).collect();
