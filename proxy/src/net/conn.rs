@@ -91,7 +91,7 @@ impl Proxy {
                     .relay_errors
                     .with_label_values(&["register"])
                     .inc();
-                tracing::warn!(client.addr = %client, %error, "Cannot register the connection with the runtime; reset");
+                tracing::warn!(client.addr = %client, %error, "Cannot register the connection with the runtime; closed (the socket went with the failed registration)");
                 return;
             }
         };
