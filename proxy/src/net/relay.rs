@@ -541,6 +541,16 @@ mod tests {
         (client, app, relay)
     }
 
+    /// The app answers after the client's EOF, then closes its side too;
+    /// the client reads the whole answer.
+    async fn reply_after_the_half_close(app: &mut TcpStream, client: &mut TcpStream, reply: &[u8]) {
+        app.write_all(reply).await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, reply);
+    }
+
     /// Sends `data` from the client, then EOF; asserts the app reads it all, intact.
     async fn send_intact(mut client: TcpStream, app: &mut TcpStream, data: Vec<u8>) -> TcpStream {
         let expected = data.clone();
@@ -569,11 +579,7 @@ mod tests {
         let mut got = Vec::new();
         app.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"ping", "the app reads the bytes, then EOF");
-        app.write_all(b"pong").await.unwrap();
-        app.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        client.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"pong");
+        reply_after_the_half_close(&mut app, &mut client, b"pong").await;
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(
             moved,
@@ -752,7 +758,7 @@ mod tests {
     async fn the_copy_fallback_moves_bytes_both_ways_and_passes_the_half_close_on() {
         // Where splice cannot be used (or no pipe can be had), both
         // directions copy through a buffer.
-        let (mut client, proxy_client) = pair().await;
+        let (client, proxy_client) = pair().await;
         let (proxy_server, mut app) = pair().await;
         let c = counters();
         let relay = tokio::spawn(async move {
@@ -762,21 +768,8 @@ mod tests {
             relay.await
         });
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
-        let expected = data.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&data).await.unwrap();
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut got = Vec::new();
-        app.read_to_end(&mut got).await.unwrap();
-        assert!(got == expected, "the app reads every byte, then EOF");
-        let mut client = writer.await.unwrap();
-        app.write_all(b"copied back").await.unwrap();
-        app.shutdown().await.unwrap();
-        let mut reply = Vec::new();
-        client.read_to_end(&mut reply).await.unwrap();
-        assert_eq!(reply, b"copied back");
+        let mut client = send_intact(client, &mut app, data).await;
+        reply_after_the_half_close(&mut app, &mut client, b"copied back").await;
         let moved = relay.await.unwrap().unwrap();
         assert_eq!(
             moved,
