@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use picket_lab::app::EchoServer;
-use picket_lab::proxy::{
-    connect_from, install_binary, install_binary_with_capability, run_init, share_dir, Sidecar,
-};
+use picket_lab::proxy::{connect_from, install_binary, run_init, share_dir, Sidecar};
 use picket_lab::{Lab, LabPod};
 use picket_policy::{NodeAddrs, PodKey, Protocol};
 use serde_yaml::Value;
@@ -43,6 +41,7 @@ struct Model {
     pod_labels: BTreeMap<String, BTreeMap<String, String>>,
     policies: BTreeMap<String, Value>,
     _binary: picket_lab::proxy::InstalledBinary,
+    interception: Interception,
     /// In tproxy mode, the sidecars' binary (with its file capability).
     tproxy_binary: Option<picket_lab::proxy::InstalledBinary>,
     _state: tempfile::TempDir,
@@ -62,8 +61,7 @@ impl Model {
         let state = tempfile::tempdir().unwrap();
         let path = Path::new(env!("CARGO_BIN_EXE_picket-proxy"));
         let binary = install_binary(path).unwrap();
-        let tproxy_binary = (mode == Interception::Tproxy)
-            .then(|| install_binary_with_capability(path, "cap_net_raw+p").unwrap());
+        let tproxy_binary = mode.sidecar_copy(path);
         let mut lab_pods = Vec::new();
         let mut namespace_labels = BTreeMap::new();
         let mut pod_labels = BTreeMap::new();
@@ -82,6 +80,7 @@ impl Model {
             pod_labels,
             policies: BTreeMap::new(),
             _binary: binary,
+            interception: mode,
             tproxy_binary,
             _state: state,
         };
@@ -102,10 +101,7 @@ impl Model {
     fn start(&self, ns: &str, pod: LabPod) -> ModelPod {
         let node_file = self._state.path().join(&pod.netns).join("node");
         let host_ip = self.lab.host_ip().to_string();
-        let mode: &[&str] = match self.tproxy_binary {
-            Some(_) => &["--interception", "tproxy"],
-            None => &[],
-        };
+        let mode = self.interception.args();
         let mut init = vec![
             "--node-file",
             node_file.to_str().unwrap(),

@@ -263,11 +263,11 @@ async fn http_loop(mut stream: tokio::net::TcpStream, deadline: Instant) -> Outc
                 part.latencies_ns.push(nanos(t0.elapsed()));
                 part.count += 1;
             }
-            result => {
-                let e = result.map_or_else(
-                    |_| "no response within 5 s".into(),
-                    |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
-                );
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no response within 5 s".to_string(),
+                };
                 part.errors += 1;
                 part.first_error.get_or_insert(e);
                 // The connection's framing is lost: stop this loop.

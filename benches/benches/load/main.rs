@@ -111,7 +111,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let config = Config::from_env()?;
-    setup::preflight()?;
+    let envoy = setup::preflight()?;
     let target = picket_benches::target_dir()?;
     let binary = setup::proxy_binary(&target)?;
     let workers = setup::has_workers_flag(&binary)?.then_some(config.workers);
@@ -124,7 +124,7 @@ fn run() -> Result<()> {
     let load_before = procfs::loadavg();
     let out_dir = target.join("picket-load");
     eprintln!("load: setting up the lab");
-    let bench = Bench::start(&binary, &out_dir, workers, config.splice)?;
+    let bench = Bench::start(&binary, &envoy, &out_dir, workers, config.splice)?;
     let _spinners = if config.spin {
         setup::start_spinners()?
     } else {

@@ -253,8 +253,9 @@ pub struct Bench {
 static CLEANUP: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static CLEANUP_NETNS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Checks what the bench needs, with a clear message for what is missing.
-pub fn preflight() -> Result<()> {
+/// Checks what the bench needs, with a clear message for what is missing;
+/// returns where the Envoy binary is.
+pub fn preflight() -> Result<PathBuf> {
     ensure!(
         picket_lab::can_run(),
         "the load benchmark makes network namespaces: run it as root"
@@ -272,7 +273,7 @@ pub fn preflight() -> Result<()> {
             && Path::new(NGINX_STREAM_MODULE).exists(),
         "nginx's stream module is missing: apt-get install nginx-light libnginx-mod-stream"
     );
-    envoy_binary()?;
+    let envoy = envoy_binary()?;
     for (tool, package) in [
         ("ip", "iproute2"),
         ("iptables", "iptables"),
@@ -294,7 +295,7 @@ pub fn preflight() -> Result<()> {
         cpus.is_set(CLIENT_CORE) && cpus.is_set(POD_CORE),
         "the bench pins to cores {CLIENT_CORE} and {POD_CORE}: both must be available"
     );
-    Ok(())
+    Ok(envoy)
 }
 
 /// Builds `picket-proxy` in release mode (a no-op when it is up to date) and
@@ -337,6 +338,7 @@ impl Bench {
     /// mode answers end to end.
     pub fn start(
         binary: &Path,
+        envoy_binary: &Path,
         log_dir: &Path,
         workers: Option<usize>,
         splice: Splice,
@@ -346,10 +348,11 @@ impl Bench {
         let proxy = work.0.join("bin").join("picket-proxy");
         fs::copy(binary, &proxy).with_context(|| format!("cannot copy {}", binary.display()))?;
         fs::set_permissions(&proxy, fs::Permissions::from_mode(0o755))?;
-        // Tproxy's sidecar: a copy with the image's file capability.
+        // Envoy's copy: the proxy UID may not read where pip put it.
         let envoy = work.0.join("bin").join("envoy");
-        fs::copy(envoy_binary()?, &envoy).context("cannot copy envoy")?;
+        fs::copy(envoy_binary, &envoy).context("cannot copy envoy")?;
         fs::set_permissions(&envoy, fs::Permissions::from_mode(0o755))?;
+        // Tproxy's sidecar: a copy with the image's file capability.
         let tproxy_proxy = work.0.join("bin-tproxy").join("picket-proxy");
         fs::copy(binary, &tproxy_proxy)?;
         fs::set_permissions(&tproxy_proxy, fs::Permissions::from_mode(0o755))?;

@@ -504,36 +504,34 @@ mod tests {
         (client.unwrap(), accepted.unwrap().0)
     }
 
-    /// client <-> (relay) <-> app, the relay running on its own task.
-    async fn relayed() -> (
+    type Relayed = (
         TcpStream,
         TcpStream,
         tokio::task::JoinHandle<Result<Transferred, RelayError>>,
-    ) {
-        let (client, proxy_client) = pair().await;
-        let (proxy_server, app) = pair().await;
-        let relay =
-            tokio::spawn(
-                async move { relay(&proxy_client, &proxy_server, None, &counters()).await },
-            );
-        (client, app, relay)
+    );
+
+    /// client <-> (relay) <-> app, the relay running on its own task.
+    async fn relayed() -> Relayed {
+        relayed_with(None).await
     }
 
     /// The same, with 16 KiB socket buffers between the relay and the app:
     /// the relay's writes soon wait for room.
-    async fn relayed_into_small_buffers() -> (
-        TcpStream,
-        TcpStream,
-        tokio::task::JoinHandle<Result<Transferred, RelayError>>,
-    ) {
+    async fn relayed_into_small_buffers() -> Relayed {
+        relayed_with(Some(16 * 1024)).await
+    }
+
+    async fn relayed_with(app_buffers: Option<usize>) -> Relayed {
         let (client, proxy_client) = pair().await;
         let (proxy_server, app) = pair().await;
-        socket2::SockRef::from(&proxy_server)
-            .set_send_buffer_size(16 * 1024)
-            .unwrap();
-        socket2::SockRef::from(&app)
-            .set_recv_buffer_size(16 * 1024)
-            .unwrap();
+        if let Some(size) = app_buffers {
+            socket2::SockRef::from(&proxy_server)
+                .set_send_buffer_size(size)
+                .unwrap();
+            socket2::SockRef::from(&app)
+                .set_recv_buffer_size(size)
+                .unwrap();
+        }
         let relay =
             tokio::spawn(
                 async move { relay(&proxy_client, &proxy_server, None, &counters()).await },

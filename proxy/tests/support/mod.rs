@@ -52,6 +52,25 @@ pub enum Interception {
     Tproxy,
 }
 
+impl Interception {
+    /// The flags both init and run take for it.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Interception::Redirect => &[],
+            Interception::Tproxy => &["--interception", "tproxy"],
+        }
+    }
+
+    /// The sidecar's own copy of `binary` in tproxy mode, carrying the
+    /// image's file capability; none in redirect mode.
+    pub fn sidecar_copy(self, binary: &Path) -> Option<InstalledBinary> {
+        (self == Interception::Tproxy).then(|| {
+            install_binary_with_capability(binary, "cap_net_raw+p")
+                .expect("a copy of picket-proxy with cap_net_raw+p")
+        })
+    }
+}
+
 /// A lab cluster: pods on a node, their manifests in a watched directory.
 pub struct Cluster {
     pub lab: Lab,
@@ -106,10 +125,7 @@ impl Cluster {
             map.insert(name.to_string(), (pod, ns.to_string(), labels));
         }
         let binary = Path::new(env!("CARGO_BIN_EXE_picket-proxy"));
-        let tproxy_binary = (interception == Interception::Tproxy).then(|| {
-            install_binary_with_capability(binary, "cap_net_raw+p")
-                .expect("a copy of picket-proxy with cap_net_raw+p")
-        });
+        let tproxy_binary = interception.sidecar_copy(binary);
         let cluster = Self {
             lab,
             dir: tempfile::tempdir().unwrap(),
@@ -232,10 +248,7 @@ impl Cluster {
 
     /// The flags both init and run take for this cluster's interception.
     pub fn interception_args(&self) -> &'static [&'static str] {
-        match self.interception {
-            Interception::Redirect => &[],
-            Interception::Tproxy => &["--interception", "tproxy"],
-        }
+        self.interception.args()
     }
 
     /// The binary sidecars run (in tproxy mode, the copy with its file capability).
