@@ -201,6 +201,31 @@ fn time_each(n: usize, mut f: impl FnMut(usize)) -> (Duration, Duration) {
     (percentile(&samples, 0.5), percentile(&samples, 0.99))
 }
 
+/// Rounds of known-peer decisions: the machines are shared, and a round
+/// another tenant disturbed shows it in its p99.
+const DECISION_ROUNDS: usize = 5;
+
+/// One round: a decision from each source, timed one by one; p50, p99
+/// and how many were allowed. Its own function, so that a profile or
+/// `valgrind --tool=cachegrind --toggle-collect='*known_peer_decisions*'`
+/// can count what the decisions alone cost.
+#[inline(never)]
+fn known_peer_decisions(
+    index: &PolicyIndex,
+    sources: &[IpAddr],
+    dst: &ObjectKey,
+    dst_ip: IpAddr,
+    node: &NodeAddrs,
+) -> (Duration, Duration, usize) {
+    let mut allowed = 0;
+    let (p50, p99) = time_each(sources.len(), |i| {
+        let d = index.decide_from_ip(sources[i], dst, dst_ip, 8080, Protocol::Tcp, node);
+        allowed += d.allowed as usize;
+        black_box(d);
+    });
+    (p50, p99, allowed)
+}
+
 fn report(c: &Cluster) {
     let dst = ObjectKey::new("ns-0", "pod-0");
     let dst_key = dst.clone();
@@ -235,14 +260,18 @@ fn report(c: &Cluster) {
     let sources: Vec<IpAddr> = (0..100_000)
         .map(|_| pod_ip(rng.below(NAMESPACES), rng.below(PODS_PER_NAMESPACE)))
         .collect();
-    let mut allowed = 0;
-    let (p50, p99) = time_each(sources.len(), |i| {
-        let d = index.decide_from_ip(sources[i], &dst, dst_ip, 8080, Protocol::Tcp, &node);
-        allowed += d.allowed as usize;
-        black_box(d);
-    });
+    let mut rounds: Vec<(Duration, Duration, usize)> = (0..DECISION_ROUNDS)
+        .map(|_| known_peer_decisions(&index, &sources, &dst, dst_ip, &node))
+        .collect();
+    let allowed = rounds[0].2;
+    rounds.sort_by_key(|(_, p99, _)| *p99);
+    let (best, median) = (rounds[0], rounds[rounds.len() / 2]);
     println!(
-        "decision, known peer: p50 {p50:?}, p99 {p99:?} ({allowed} of {} allowed)",
+        "decision, known peer: p50 {:?}, p99 {:?} (the median of {DECISION_ROUNDS} rounds by p99; the least disturbed: p50 {:?}, p99 {:?}) ({allowed} of {} allowed)",
+        median.0,
+        median.1,
+        best.0,
+        best.1,
         sources.len()
     );
     let unknown: Vec<IpAddr> = (0..100_000)

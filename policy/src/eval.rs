@@ -14,10 +14,13 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::index::PolicyIndex;
+use std::sync::Arc;
+
+use super::index::{Holder, PolicyIndex};
+use super::labels::{same_bytes, LabelSource, LabelsRef};
 use super::model::{
-    ContainerPort, Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, PolicyKey, PortMatch,
-    PortSpec, Protocol, Rule,
+    ContainerPort, Direction, NamespaceScope, NodeAddrs, Peer, Pod, PodKey, Policy, PolicyKey,
+    PortMatch, PortSpec, Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
 use super::toward::CompiledSide;
@@ -103,8 +106,11 @@ pub enum Side {
 enum Endpoint<'a> {
     Pod {
         pod: &'a Pod,
+        /// The pod as its address found it (labels packed, selection at
+        /// hand), when it was found so.
+        held: Option<&'a Holder>,
         /// `None`: the namespace is not known (yet).
-        namespace_labels: Option<&'a Labels>,
+        namespace_labels: Option<LabelsRef<'a>>,
         ip: Option<IpAddr>,
     },
     Address(IpAddr),
@@ -155,8 +161,8 @@ impl PolicyIndex {
             return Decision::allow(Reason::SamePod, Some(dst.clone()));
         }
         let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
-        self.every_holder(src, |src_pod| {
-            self.evaluate(self.endpoint(src_pod, Some(src)), dst_pod, &to, trace)
+        self.every_holder(src, |held| {
+            self.evaluate(self.held_endpoint(held, Some(src)), dst_pod, &to, trace)
         })
         .unwrap_or_else(|| self.evaluate(Endpoint::Address(src), dst_pod, &to, trace))
     }
@@ -232,14 +238,11 @@ impl PolicyIndex {
     fn every_holder(
         &self,
         ip: IpAddr,
-        mut decide: impl FnMut(&Pod) -> Decision,
+        mut decide: impl FnMut(&Holder) -> Decision,
     ) -> Option<Decision> {
         let mut allowed = None;
-        for key in self.pods_with_ip(ip) {
-            let Some(pod) = self.pod(key) else {
-                continue;
-            };
-            let decision = decide(pod);
+        for held in self.holders(ip) {
+            let decision = decide(held);
             if !decision.allowed {
                 return Some(decision);
             }
@@ -251,8 +254,33 @@ impl PolicyIndex {
     fn endpoint<'a>(&'a self, pod: &'a Pod, ip: Option<IpAddr>) -> Endpoint<'a> {
         Endpoint::Pod {
             pod,
-            namespace_labels: self.namespace_labels(&pod.key.namespace),
+            held: None,
+            namespace_labels: self.namespace_label_source(&pod.key.namespace),
             ip,
+        }
+    }
+
+    /// A pod found by its address, as an endpoint.
+    fn held_endpoint<'a>(&'a self, held: &'a Holder, ip: Option<IpAddr>) -> Endpoint<'a> {
+        Endpoint::Pod {
+            pod: &held.pod,
+            held: Some(held),
+            namespace_labels: self.namespace_label_source(&held.key.namespace),
+            ip,
+        }
+    }
+
+    /// The policies selecting a pod for a direction: its holder's copy
+    /// when at hand, else the index's.
+    fn selecting_pod<'a>(
+        &'a self,
+        pod: &'a Pod,
+        held: Option<&'a Holder>,
+        direction: Direction,
+    ) -> &'a [Arc<Policy>] {
+        match held {
+            Some(held) => held.selection.as_deref().map_or(&[], |s| s.get(direction)),
+            None => self.selecting(&pod.key, direction),
         }
     }
 
@@ -272,6 +300,22 @@ impl PolicyIndex {
         }
     }
 
+    /// A pod found by its address as the destination of a decision.
+    fn held_destination<'a>(
+        &'a self,
+        held: &'a Holder,
+        ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> Destination<'a> {
+        Destination {
+            peer: self.held_endpoint(held, Some(ip)),
+            ports: &held.pod.ports,
+            port,
+            protocol,
+        }
+    }
+
     /// The one evaluation: the destination's ingress side, then the source's
     /// egress side. Without a trace that wants every rule, the egress side is
     /// skipped once ingress denies, and each side stops at the first rule
@@ -286,10 +330,11 @@ impl PolicyIndex {
         if dst.host_network {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
-        let ingress = self.side(dst, Direction::Ingress, src, to, trace);
+        let policies = self.selecting(&dst.key, Direction::Ingress);
+        let ingress = self.side(&dst.key, policies, Direction::Ingress, src, to, trace);
         let egress = match src {
-            Endpoint::Pod { pod, .. } if ingress.allows() || T::EVERY_RULE => {
-                let egress = self.pod_egress_side(pod, to, trace);
+            Endpoint::Pod { pod, held, .. } if ingress.allows() || T::EVERY_RULE => {
+                let egress = self.other_pod_side(pod, held, Direction::Egress, to.peer, to, trace);
                 // The ingress side already denies: the egress side cannot change that.
                 if ingress.allows() {
                     egress
@@ -309,17 +354,19 @@ impl PolicyIndex {
         }
     }
 
-    /// One side: `subject`'s policies for `direction`, with `peer` at the other end.
+    /// One side: the `policies` selecting `subject` for `direction`, with
+    /// `peer` at the other end.
+    #[allow(clippy::too_many_arguments)]
     fn side<T: Trace>(
         &self,
-        subject: &Pod,
+        subject: &PodKey,
+        policies: &[Arc<Policy>],
         direction: Direction,
         peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
-        let policies = self.selecting(&subject.key, direction);
-        trace.side(&subject.key, direction);
+        trace.side(subject, direction);
         if policies.is_empty() {
             return Side::NotIsolated;
         }
@@ -332,7 +379,7 @@ impl PolicyIndex {
                 .iter()
                 .enumerate()
             {
-                let peer_entry = rule_matches_peer(rule, peer);
+                let peer_entry = rule_matches_peer(rule, &peer);
                 let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
                     rule_matches_port(rule, to)
                 } else {
@@ -408,12 +455,14 @@ impl PolicyIndex {
             return Decision::allow(Reason::HostNetworkSource, source);
         }
         let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
-        self.every_holder(dst_ip, |dst_pod| {
-            let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
-            let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
-            let ingress = (egress.allows() || T::EVERY_RULE)
-                .then(|| self.pod_ingress_side(dst_pod, from, &to, trace));
-            Decision::egress(egress, ingress, Some(dst_pod.key.clone()), src)
+        let policies = self.selecting(src, Direction::Egress);
+        self.every_holder(dst_ip, |held| {
+            let to = self.held_destination(held, dst_ip, port, protocol);
+            let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
+            let ingress = (egress.allows() || T::EVERY_RULE).then(|| {
+                self.other_pod_side(&held.pod, Some(held), Direction::Ingress, from, &to, trace)
+            });
+            Decision::egress(egress, ingress, Some(held.key.clone()), src)
         })
         .unwrap_or_else(|| {
             let to = Destination {
@@ -422,7 +471,7 @@ impl PolicyIndex {
                 port,
                 protocol,
             };
-            let egress = self.side(src_pod, Direction::Egress, to.peer, &to, trace);
+            let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
             let ingress = (egress.allows() || T::EVERY_RULE)
                 .then(|| self.address_ingress_side(dst_ip, from, &to, trace))
                 .flatten();
@@ -430,40 +479,37 @@ impl PolicyIndex {
         })
     }
 
-    /// A destination pod's ingress side toward `from`: from its policies,
-    /// or in a view with outbound parts from its compiled entry (none: not
-    /// isolated).
-    fn pod_ingress_side<T: Trace>(
-        &self,
-        pod: &Pod,
-        from: Endpoint<'_>,
-        to: &Destination<'_>,
-        trace: &mut T,
-    ) -> Side {
-        self.other_pod_side(pod, Direction::Ingress, from, to, trace)
-    }
-
     /// Another pod's side for `direction` toward `peer` (the index's pod
     /// in a view): from its compiled entry when the index holds that
-    /// direction's entries (none: not isolated), else from its policies.
+    /// direction's entries (none: not isolated), else from its policies
+    /// (its holder's copy when at hand).
+    ///
+    /// The egress side of a source pod, the ingress side of a destination
+    /// pod of an outbound connection.
+    #[allow(clippy::too_many_arguments)]
     fn other_pod_side<T: Trace>(
         &self,
         pod: &Pod,
+        held: Option<&Holder>,
         direction: Direction,
         peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
+        let key = held.map_or(&pod.key, |h| &h.key);
         let compiled = match direction {
             Direction::Egress => &self.egress_toward_me,
             Direction::Ingress => &self.ingress_toward_me,
         };
         match compiled {
-            Some(compiled) => compiled.pod(&pod.key).map_or(Side::NotIsolated, |e| {
-                trace.side(&pod.key, direction);
+            Some(compiled) => compiled.pod(key).map_or(Side::NotIsolated, |e| {
+                trace.side(key, direction);
                 self.compiled_side(e, peer, to, trace)
             }),
-            None => self.side(pod, direction, peer, to, trace),
+            None => {
+                let policies = self.selecting_pod(pod, held, direction);
+                self.side(key, policies, direction, peer, to, trace)
+            }
         }
     }
 
@@ -486,12 +532,6 @@ impl PolicyIndex {
 // === impl PolicyIndex: compiled sides ===
 
 impl PolicyIndex {
-    /// A source pod's egress side: from its policies, or in a view from its
-    /// compiled entry (none: not isolated).
-    fn pod_egress_side<T: Trace>(&self, pod: &Pod, to: &Destination<'_>, trace: &mut T) -> Side {
-        self.other_pod_side(pod, Direction::Egress, to.peer, to, trace)
-    }
-
     /// The egress side of an address no pod of the index claims: in a view,
     /// the pods it does not hold that claim it, every one of which must allow.
     fn address_egress_side<T: Trace>(
@@ -544,7 +584,7 @@ impl PolicyIndex {
                 trace.policy(&toward.policy);
                 policy = Some(&toward.policy);
             }
-            let peer_entry = rule_matches_peer(&toward.rule, peer);
+            let peer_entry = rule_matches_peer(&toward.rule, &peer);
             let port_entry = if peer_entry.is_some() || T::EVERY_RULE {
                 rule_matches_port(&toward.rule, to)
             } else {
@@ -580,7 +620,7 @@ struct Destination<'a> {
 }
 
 /// Which peer of the rule matches: `Some(None)` when the rule allows all peers.
-fn rule_matches_peer(rule: &Rule, peer: Endpoint<'_>) -> Option<Option<usize>> {
+fn rule_matches_peer(rule: &Rule, peer: &Endpoint<'_>) -> Option<Option<usize>> {
     if rule.broken.is_some() {
         return None;
     }
@@ -590,16 +630,32 @@ fn rule_matches_peer(rule: &Rule, peer: Endpoint<'_>) -> Option<Option<usize>> {
     peers.iter().position(|p| peer_matches(p, peer)).map(Some)
 }
 
-fn peer_matches(rule_peer: &Peer, peer: Endpoint<'_>) -> bool {
+fn peer_matches(rule_peer: &Peer, peer: &Endpoint<'_>) -> bool {
     match (rule_peer, peer) {
         (
             Peer::Pods { namespaces, pods },
             Endpoint::Pod {
                 pod,
+                held,
                 namespace_labels,
                 ..
             },
-        ) => pods_peer_matches(namespaces, pods.as_ref(), pod, namespace_labels),
+        ) => match held {
+            Some(held) => pod_peer_matches(
+                namespaces,
+                pods.as_ref(),
+                &held.key.namespace,
+                &held.labels(),
+                namespace_labels.as_ref(),
+            ),
+            None => pod_peer_matches(
+                namespaces,
+                pods.as_ref(),
+                &pod.key.namespace,
+                &pod.labels,
+                namespace_labels.as_ref(),
+            ),
+        },
         (Peer::Pods { .. }, Endpoint::Address(_)) => false,
         (Peer::IpBlock(block), peer) => peer.ip().is_some_and(|ip| block.contains(ip)),
     }
@@ -613,8 +669,26 @@ pub fn pods_peer_matches(
     pod: &Pod,
     namespace_labels: Option<&Labels>,
 ) -> bool {
+    pod_peer_matches(
+        namespaces,
+        pods,
+        &pod.key.namespace,
+        &pod.labels,
+        namespace_labels,
+    )
+}
+
+/// [`pods_peer_matches`], for a pod of `namespace` with `labels` (the
+/// model's, or packed).
+fn pod_peer_matches(
+    namespaces: &NamespaceScope,
+    pods: Option<&Selector>,
+    namespace: &str,
+    labels: &impl LabelSource,
+    namespace_labels: Option<&impl LabelSource>,
+) -> bool {
     let in_namespace = match namespaces {
-        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
+        NamespaceScope::Policy(ns) => same_bytes(namespace.as_bytes(), ns.as_bytes()),
         // An unknown namespace's labels are unknown, not empty:
         // `NotIn`/`DoesNotExist` must not match it. Only `{}` does.
         NamespaceScope::Selected(selector) => match namespace_labels {
@@ -622,7 +696,7 @@ pub fn pods_peer_matches(
             None => selector.is_everything(),
         },
     };
-    in_namespace && pods.is_none_or(|s| s.matches(&pod.labels))
+    in_namespace && pods.is_none_or(|s| s.matches(labels))
 }
 
 /// Which port entry of the rule matches: `Some(None)` when it allows all ports.
@@ -664,6 +738,9 @@ impl Endpoint<'_> {
 
     fn pod_key(&self) -> Option<PodKey> {
         match self {
+            Endpoint::Pod {
+                held: Some(held), ..
+            } => Some(held.key.clone()),
             Endpoint::Pod { pod, .. } => Some(pod.key.clone()),
             Endpoint::Address(_) => None,
         }

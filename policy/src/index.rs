@@ -16,8 +16,8 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::shards::Shards;
 
+use super::labels::{Labels, LabelsRef, PackedLabels};
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
-use super::selector::Labels;
 use super::toward::CompiledSides;
 
 /// Pods, namespaces and policies, indexed for decisions.
@@ -29,13 +29,13 @@ use super::toward::CompiledSides;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyIndex {
     pods: Shards<PodKey, Arc<Pod>>,
-    namespaces: HashMap<Arc<str>, Arc<Namespace>>,
+    namespaces: HashMap<Arc<str>, IndexedNamespace>,
     /// Policies by namespace, sorted by key so that explanations are stable.
     policies: HashMap<Arc<str>, Arc<BTreeMap<PolicyKey, Arc<Policy>>>>,
     pods_by_namespace: HashMap<Arc<str>, Arc<BTreeSet<PodKey>>>,
-    /// Pods by IP; two entries only while a stale pod still claims the IP.
-    /// The pods that hold each IP (see [`PolicyIndex::pods_with_ip`]).
-    pods_by_ip: Shards<IpAddr, Vec<PodKey>>,
+    /// The pods that hold each IP (see [`PolicyIndex::pods_with_ip`]);
+    /// two only while a stale pod still claims the IP.
+    pods_by_ip: Shards<IpAddr, Holders>,
     /// Every pod that reports each IP, holding it or not.
     ip_reports: Shards<IpAddr, Vec<PodKey>>,
     /// The policies selecting each pod, per direction; absent when none do.
@@ -48,6 +48,48 @@ pub struct PolicyIndex {
     /// In a pod's view with outbound parts: the destinations' ingress
     /// sides, compiled (see `toward`).
     pub(super) ingress_toward_me: Option<CompiledSides>,
+}
+
+/// A namespace, with its labels packed for the selectors that read them
+/// (see [`PackedLabels`]).
+#[derive(Clone, Debug, PartialEq)]
+struct IndexedNamespace {
+    namespace: Arc<Namespace>,
+    labels: Option<PackedLabels>,
+}
+
+/// The pods that hold one IP: their keys, sorted, and the same pods as a
+/// decision from that IP reads them. Shared, so that copying a shard of
+/// the map copies pointers.
+#[derive(Clone, Debug, PartialEq)]
+struct Holders {
+    keys: Arc<[PodKey]>,
+    pods: Arc<[Holder]>,
+}
+
+/// A pod holding an address, as a decision from that address reads it:
+/// the pod, its labels packed, and the policies selecting it, all found
+/// with the address in one lookup. A decision from a pod no recent
+/// decision touched used to look the pod up by key, walk its labels'
+/// tree, and look its selection up by key: a cache miss at each step.
+///
+/// A copy: [`PolicyIndex::set_selection`] is the one place a pod's
+/// selection changes, and it refreshes the holders of the pod's IPs.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Holder {
+    /// The pod's key, here so that a decision need not read the pod.
+    pub(super) key: PodKey,
+    pub(super) pod: Arc<Pod>,
+    /// `None`: could not be packed (see [`PackedLabels::pack`]).
+    labels: Option<PackedLabels>,
+    pub(super) selection: Option<Arc<Selection>>,
+}
+
+impl Holder {
+    /// The pod's labels, packed where they could be.
+    pub(super) fn labels(&self) -> LabelsRef<'_> {
+        LabelsRef::of(&self.pod.labels, self.labels.as_ref())
+    }
 }
 
 /// The policies that select one pod, sorted by key.
@@ -104,7 +146,10 @@ impl PolicyIndex {
     }
 
     /// Adds or replaces a pod.
-    pub fn apply_pod(&mut self, pod: Pod) {
+    pub fn apply_pod(&mut self, mut pod: Pod) {
+        if let Some((shared, _)) = self.pods_by_namespace.get_key_value(&*pod.key.namespace) {
+            pod.key = pod.key.sharing_namespace(shared);
+        }
         let pod = Arc::new(pod);
         let key = pod.key.clone();
         let old = self.pods.insert(key.clone(), pod.clone());
@@ -151,8 +196,14 @@ impl PolicyIndex {
 
     /// Adds or replaces a namespace.
     pub fn apply_namespace(&mut self, namespace: Namespace) {
-        self.namespaces
-            .insert(namespace.name.clone(), Arc::new(namespace));
+        let labels = PackedLabels::pack(&namespace.labels);
+        self.namespaces.insert(
+            namespace.name.clone(),
+            IndexedNamespace {
+                namespace: Arc::new(namespace),
+                labels,
+            },
+        );
     }
 
     /// Removes a namespace; returns whether it was known.
@@ -185,14 +236,16 @@ impl PolicyIndex {
             if !selects && !was_selected {
                 continue;
             }
-            let entry = Arc::make_mut(self.selection.get_or_insert_with(key.clone(), Arc::default));
+            let mut entry = self
+                .selection
+                .get(key)
+                .map(|s| (**s).clone())
+                .unwrap_or_default();
             entry.remove(&policy.key);
             if selects {
                 entry.insert(&policy);
             }
-            if entry.is_empty() {
-                self.selection.remove(key);
-            }
+            self.set_selection(key, entry);
         }
     }
 
@@ -212,16 +265,12 @@ impl PolicyIndex {
         if let Some(pods) = self.pods_by_namespace.get(&key.namespace).cloned() {
             for pod in pods.iter() {
                 // Only the entries that hold it are copied.
-                if !self.selection.get(pod).is_some_and(|s| s.contains(key)) {
+                let Some(entry) = self.selection.get(pod).filter(|s| s.contains(key)) else {
                     continue;
-                }
-                if let Some(entry) = self.selection.get_mut(pod) {
-                    let entry = Arc::make_mut(entry);
-                    entry.remove(key);
-                    if entry.is_empty() {
-                        self.selection.remove(pod);
-                    }
-                }
+                };
+                let mut entry = (**entry).clone();
+                entry.remove(key);
+                self.set_selection(pod, entry);
             }
         }
         true
@@ -287,7 +336,7 @@ impl PolicyIndex {
 
     /// A namespace by name.
     pub fn namespace(&self, name: &str) -> Option<&Arc<Namespace>> {
-        self.namespaces.get(name)
+        self.namespaces.get(name).map(|n| &n.namespace)
     }
 
     /// Every pod, in no particular order.
@@ -302,7 +351,7 @@ impl PolicyIndex {
 
     /// Every namespace, in no particular order.
     pub fn namespaces(&self) -> impl Iterator<Item = &Arc<Namespace>> {
-        self.namespaces.values()
+        self.namespaces.values().map(|n| &n.namespace)
     }
 
     /// The live pods claiming an IP (hostNetwork pods never do).
@@ -311,7 +360,13 @@ impl PolicyIndex {
     /// none); a pod being deleted yields its IP to a newer pod that reports
     /// it. An IP no pod holds matches only `ipBlock` peers.
     pub fn pods_with_ip(&self, ip: IpAddr) -> &[PodKey] {
-        self.pods_by_ip.get(&ip).map_or(&[], |v| v.as_slice())
+        self.pods_by_ip.get(&ip).map_or(&[], |h| &h.keys)
+    }
+
+    /// The pods holding an IP (see [`Self::pods_with_ip`]), as a decision
+    /// from that IP reads them.
+    pub(super) fn holders(&self, ip: IpAddr) -> &[Holder] {
+        self.pods_by_ip.get(&ip).map_or(&[], |h| &h.pods)
     }
 
     /// Every IP some pod holds, with the pods holding it (see
@@ -319,7 +374,7 @@ impl PolicyIndex {
     pub fn held_ips(&self) -> impl Iterator<Item = (IpAddr, &[PodKey])> + '_ {
         self.pods_by_ip
             .iter()
-            .map(|(ip, pods)| (*ip, pods.as_slice()))
+            .map(|(ip, holders)| (*ip, &*holders.keys))
     }
 
     /// Every pod that reports an IP in its status, holding it or not (a pod
@@ -339,7 +394,13 @@ impl PolicyIndex {
     /// The labels of a namespace; `None` when its Namespace object is not
     /// known (yet): then only `namespaceSelector: {}` may match its pods.
     pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
-        self.namespaces.get(name).map(|n| &n.labels)
+        self.namespaces.get(name).map(|n| &n.namespace.labels)
+    }
+
+    /// [`Self::namespace_labels`], packed where they could be.
+    pub(super) fn namespace_label_source(&self, name: &str) -> Option<LabelsRef<'_>> {
+        let n = self.namespaces.get(name)?;
+        Some(LabelsRef::of(&n.namespace.labels, n.labels.as_ref()))
     }
 
     /// Every pod, as a map that a clone shares (64 pointers): what a
@@ -390,13 +451,12 @@ impl PolicyIndex {
     /// Recomputes which of the pods reporting `ip` hold it: all of them,
     /// except a pod being deleted when a pod not being deleted, created no
     /// earlier, reports the IP too (IPAM gave it to the newer pod).
+    ///
+    /// Also what refreshes the holders' copies of a pod and its selection.
     fn reclaim(&mut self, ip: IpAddr) {
         let reports = self.ip_reports.get(&ip).cloned().unwrap_or_default();
-        let pods: Vec<&Pod> = reports
-            .iter()
-            .filter_map(|k| self.pods.get(k).map(|p| &**p))
-            .collect();
-        let holders: Vec<PodKey> = pods
+        let pods: Vec<&Arc<Pod>> = reports.iter().filter_map(|k| self.pods.get(k)).collect();
+        let holding: Vec<&Arc<Pod>> = pods
             .iter()
             .filter(|p| {
                 !p.deleting
@@ -404,12 +464,52 @@ impl PolicyIndex {
                         .iter()
                         .any(|newer| !newer.deleting && newer.created >= p.created)
             })
-            .map(|p| p.key.clone())
+            .copied()
             .collect();
-        if holders.is_empty() {
+        if holding.is_empty() {
             self.pods_by_ip.remove(&ip);
-        } else if self.pods_by_ip.get(&ip) != Some(&holders) {
-            self.pods_by_ip.insert(ip, holders);
+            return;
+        }
+        let current = self.pods_by_ip.get(&ip).is_some_and(|h| {
+            h.pods.len() == holding.len()
+                && h.pods.iter().zip(&holding).all(|(held, pod)| {
+                    Arc::ptr_eq(&held.pod, pod)
+                        && opt_ptr_eq(held.selection.as_ref(), self.selection.get(&pod.key))
+                })
+        });
+        if current {
+            return;
+        }
+        let holders = Holders {
+            keys: holding.iter().map(|p| p.key.clone()).collect(),
+            pods: holding
+                .iter()
+                .map(|pod| Holder {
+                    key: pod.key.clone(),
+                    pod: Arc::clone(pod),
+                    labels: PackedLabels::pack(&pod.labels),
+                    selection: self.selection.get(&pod.key).cloned(),
+                })
+                .collect(),
+        };
+        self.pods_by_ip.insert(ip, holders);
+    }
+
+    /// Sets the policies selecting a pod (none: removes its entry), and
+    /// refreshes the copies its IPs' holders keep.
+    fn set_selection(&mut self, key: &PodKey, selection: Selection) {
+        if selection.is_empty() {
+            if self.selection.remove(key).is_none() {
+                return;
+            }
+        } else {
+            self.selection.insert(key.clone(), Arc::new(selection));
+        }
+        let Some(pod) = self.pods.get(key).cloned() else {
+            return;
+        };
+        for ip in &pod.ips {
+            self.reclaim(*ip);
         }
     }
 
@@ -422,11 +522,15 @@ impl PolicyIndex {
                 }
             }
         }
-        if selection.is_empty() {
-            self.selection.remove(&pod.key);
-        } else {
-            self.selection.insert(pod.key.clone(), Arc::new(selection));
-        }
+        self.set_selection(&pod.key, selection);
+    }
+}
+
+fn opt_ptr_eq<T>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
 

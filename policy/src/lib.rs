@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod eval;
 pub mod index;
+pub mod labels;
 pub mod model;
 pub mod route;
 pub mod selector;
@@ -17,12 +18,13 @@ pub mod trace;
 
 pub use eval::{Decision, Reason, Side};
 pub use index::{IndexCounts, PolicyIndex};
+pub use labels::{LabelSource, Labels, PackedLabels};
 pub use model::{
     ContainerPort, Direction, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod,
     PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
 pub use route::Route;
-pub use selector::{Labels, Selector};
+pub use selector::Selector;
 pub use service::{Endpoint, EndpointSlice, Resolved, Service, ServiceIndex, ServicePort};
 pub use toward::{CompiledSide, CompiledSides, TowardRule};
 pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};

@@ -1,18 +1,60 @@
 //! Label selectors, compiled once from `matchLabels` and `matchExpressions`.
 //!
 //! Pure: no I/O. A compiled selector is a list of requirements that must all
-//! hold; the empty selector `{}` has none, so it selects everything.
+//! hold; the empty selector `{}` has none, so it selects everything. It
+//! matches from a packed copy of them (see [`Packed`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-/// Labels of a pod or a namespace, sorted by key.
-pub type Labels = BTreeMap<String, String>;
+use super::labels::{head_of, text_with_head, Text};
+pub use super::labels::{LabelSource, Labels};
 
 /// A label selector, ready to match: every requirement must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     requirements: Vec<Requirement>,
+    packed: Packed,
+}
+
+/// The requirements packed for matching: each key and listed value as
+/// the head of a [`Text`] and where it lives in one string. The
+/// requirements spread over an allocation per key, per list of values and
+/// per value; a decision reads selectors of policies no recent decision
+/// read, and paid a cache miss for most of them, and a `memcmp` call for
+/// each comparison.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Packed {
+    requirements: Box<[PackedRequirement]>,
+    /// The listed values of every requirement, in order.
+    values: Box<[PackedText]>,
+    text: Box<[u8]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedRequirement {
+    op: PackedOp,
+    key: PackedText,
+    /// Its listed values: `values[first..end]`.
+    first: u32,
+    end: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PackedOp {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+    /// The requirements could not be packed (see [`Packed::pack`]).
+    Never,
+}
+
+/// A string of [`Packed::text`]: its head and where it lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedText {
+    head: u64,
+    start: u32,
+    end: u32,
 }
 
 /// One condition on one label key.
@@ -110,8 +152,16 @@ impl Selector {
                 operator,
             });
         }
+        Ok(Self::sorted(requirements))
+    }
+
+    fn sorted(mut requirements: Vec<Requirement>) -> Self {
         requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(Self { requirements })
+        let packed = Packed::pack(&requirements);
+        Self {
+            requirements,
+            packed,
+        }
     }
 
     /// A selector from requirements already compiled (as they travel from
@@ -124,8 +174,7 @@ impl Selector {
                 values.dedup();
             }
         }
-        requirements.sort_by(|a, b| a.key.cmp(&b.key));
-        Self { requirements }
+        Self::sorted(requirements)
     }
 
     /// The requirements, sorted by key.
@@ -134,8 +183,8 @@ impl Selector {
     }
 
     /// Whether these labels satisfy every requirement.
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.requirements.iter().all(|r| r.matches(labels))
+    pub fn matches(&self, labels: &impl LabelSource) -> bool {
+        self.packed.matches(labels)
     }
 
     /// Whether this is `{}`, which selects everything.
@@ -159,17 +208,86 @@ impl fmt::Display for Selector {
     }
 }
 
-// === impl Requirement ===
+// === impl Packed ===
 
-impl Requirement {
-    fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(&self.key);
-        match &self.operator {
-            Operator::In(values) => value.is_some_and(|v| values.binary_search(v).is_ok()),
-            Operator::NotIn(values) => value.is_none_or(|v| values.binary_search(v).is_err()),
-            Operator::Exists => value.is_some(),
-            Operator::DoesNotExist => value.is_none(),
+impl Packed {
+    /// Packs requirements. Were their text longer than `u32` counts (no
+    /// API server stores such a selector), the selector would match
+    /// nothing.
+    fn pack(requirements: &[Requirement]) -> Self {
+        Self::try_pack(requirements).unwrap_or_else(|| Self {
+            requirements: Box::new([PackedRequirement {
+                op: PackedOp::Never,
+                key: PackedText {
+                    head: 0,
+                    start: 0,
+                    end: 0,
+                },
+                first: 0,
+                end: 0,
+            }]),
+            values: Box::new([]),
+            text: Box::new([]),
+        })
+    }
+
+    fn try_pack(requirements: &[Requirement]) -> Option<Self> {
+        let mut text = Vec::new();
+        let mut values = Vec::new();
+        let mut packed = Vec::with_capacity(requirements.len());
+        let push = |text: &mut Vec<u8>, s: &str| -> Option<PackedText> {
+            let start = u32::try_from(text.len()).ok()?;
+            text.extend(s.as_bytes());
+            Some(PackedText {
+                head: head_of(s.as_bytes()),
+                start,
+                end: u32::try_from(text.len()).ok()?,
+            })
+        };
+        for r in requirements {
+            let key = push(&mut text, &r.key)?;
+            let (op, listed): (_, &[String]) = match &r.operator {
+                Operator::In(v) => (PackedOp::In, v),
+                Operator::NotIn(v) => (PackedOp::NotIn, v),
+                Operator::Exists => (PackedOp::Exists, &[]),
+                Operator::DoesNotExist => (PackedOp::DoesNotExist, &[]),
+            };
+            let first = u32::try_from(values.len()).ok()?;
+            for v in listed {
+                values.push(push(&mut text, v)?);
+            }
+            packed.push(PackedRequirement {
+                op,
+                key,
+                first,
+                end: u32::try_from(values.len()).ok()?,
+            });
         }
+        Some(Self {
+            requirements: packed.into_boxed_slice(),
+            values: values.into_boxed_slice(),
+            text: text.into_boxed_slice(),
+        })
+    }
+
+    fn text(&self, t: &PackedText) -> Text<'_> {
+        text_with_head(t.head, &self.text[t.start as usize..t.end as usize])
+    }
+
+    /// Whether the labels satisfy every requirement.
+    fn matches(&self, labels: &impl LabelSource) -> bool {
+        self.requirements.iter().all(|r| {
+            let value = labels.value(self.text(&r.key));
+            let listed = &self.values[r.first as usize..r.end as usize];
+            let one_of = |v: Text<'_>| listed.iter().any(|l| self.text(l).same(&v));
+            match r.op {
+                PackedOp::In => value.is_some_and(one_of),
+                PackedOp::NotIn => value.is_none_or(|v| !one_of(v)),
+                PackedOp::Exists => value.is_some(),
+                PackedOp::DoesNotExist => value.is_none(),
+                PackedOp::Never => false,
+            }
+        })
     }
 }
 
@@ -264,6 +382,29 @@ mod tests {
         assert!(s.matches(&labels(&[("app", "db")])));
         assert!(!s.matches(&labels(&[("app", "db"), ("tier", "test")])));
         assert!(!s.matches(&labels(&[("app", "web")])));
+    }
+
+    #[test]
+    fn long_keys_and_values_that_share_their_first_bytes_stay_apart() {
+        // Past eight bytes only the rest tells them apart.
+        let key = "example.com/component";
+        let s = compile(&[(key, "frontend-primary")], &[]).unwrap();
+        assert!(s.matches(&labels(&[(key, "frontend-primary")])));
+        assert!(!s.matches(&labels(&[(key, "frontend-primarx")])));
+        assert!(!s.matches(&labels(&[("example.com/componenT", "frontend-primary")])));
+        assert!(!s.matches(&labels(&[("example.", "frontend-primary")])));
+        let s = compile(
+            &[],
+            &[expr(
+                key,
+                "NotIn",
+                &["frontend-primary", "a", "b", "c", "d"],
+            )],
+        )
+        .unwrap();
+        assert!(!s.matches(&labels(&[(key, "frontend-primary")])));
+        assert!(s.matches(&labels(&[(key, "frontend-primar")])));
+        assert!(s.matches(&labels(&[("example.com/componen", "frontend-primary")])));
     }
 
     #[test]
