@@ -242,6 +242,7 @@ pub fn namespace_to_wire(ns: &Namespace) -> v1::Namespace {
     v1::Namespace {
         name: ns.name.to_string(),
         labels: ns.labels.clone(),
+        audit: ns.audit,
     }
 }
 
@@ -329,6 +330,7 @@ pub fn policy_to_wire(policy: &Policy) -> v1::Policy {
         pod_selector: Some(selector_to_wire(&policy.pod_selector)),
         ingress: rules(&policy.ingress),
         egress: rules(&policy.egress),
+        audit: policy.audit,
     }
 }
 
@@ -428,6 +430,7 @@ pub fn namespace_from_wire(ns: &v1::Namespace) -> Result<Namespace, InvalidMessa
     Ok(Namespace {
         name: ns.name.as_str().into(),
         labels: ns.labels.clone(),
+        audit: ns.audit,
     })
 }
 
@@ -498,6 +501,7 @@ pub fn policy_from_wire(policy: &v1::Policy) -> Result<Policy, InvalidMessage> {
         pod_selector,
         ingress: rules("ingress", &policy.ingress)?,
         egress: rules("egress", &policy.egress)?,
+        audit: policy.audit,
     })
 }
 

@@ -157,6 +157,7 @@ fn policy(ns: usize, k: usize, allowed_app: usize) -> Policy {
         pod_selector: selector(&[], &[("app", "In", apps)]),
         ingress: Some(vec![rule.clone()]),
         egress: (k % 2 == 0).then(|| vec![rule]),
+        audit: false,
     }
 }
 

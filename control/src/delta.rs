@@ -378,7 +378,8 @@ impl Sent {
     }
 
     /// Whether changes to these policies can be applied entry by entry:
-    /// none selected `me` (none is held) or selects it now.
+    /// none selected `me` (none is held) or selects it now, enforced or
+    /// audited.
     fn may_apply_policies(
         index: &PolicyIndex,
         held: &Self,
@@ -388,7 +389,13 @@ impl Sent {
         let selecting = |k: &PolicyKey| {
             [Direction::Ingress, Direction::Egress]
                 .into_iter()
-                .any(|d| index.selecting(me, d).iter().any(|p| p.key == *k))
+                .any(|d| {
+                    index
+                        .selecting(me, d)
+                        .iter()
+                        .chain(index.auditing(me, d))
+                        .any(|p| p.key == *k)
+                })
         };
         !policies
             .iter()

@@ -171,7 +171,7 @@ mod tests {
             }),
             namespaces: vec![v1::Namespace {
                 name: "shop".into(),
-                labels: Default::default(),
+                ..Default::default()
             }],
             pods: (0..500).map(pod).collect(),
             removed: vec![v1::ObjectRef {

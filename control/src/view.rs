@@ -360,17 +360,21 @@ pub struct Reach<'a> {
 }
 
 impl<'a> Reach<'a> {
-    /// What `me`'s rules for `direction` reach.
+    /// What `me`'s rules for `direction` reach: those of the policies
+    /// enforced, and of those in audit mode (the view then holds what
+    /// their verdicts read too; holding more changes no decision).
     pub fn of(index: &'a PolicyIndex, me: &PodKey, direction: Direction) -> Self {
         let policies = index.selecting(me, direction);
         let mut reach = Self {
             peers: Vec::new(),
             blocks: Vec::new(),
+            // Isolation is the enforced policies' alone.
             every_peer: policies.is_empty(),
             named: Vec::new(),
         };
         for rule in policies
             .iter()
+            .chain(index.auditing(me, direction))
             .flat_map(|p| p.rules(direction).unwrap_or_default())
         {
             if rule.broken.is_some() {
@@ -606,7 +610,11 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey, outbound: bool) 
     let dst = index.pod(me)?;
     let mut scope = Scope::default();
     for direction in [Direction::Ingress, Direction::Egress] {
-        for policy in index.selecting(me, direction) {
+        for policy in index
+            .selecting(me, direction)
+            .iter()
+            .chain(index.auditing(me, direction))
+        {
             scope.policies.insert(policy.key.clone());
         }
     }
@@ -712,31 +720,37 @@ pub fn may_change(
     held: &impl Held,
 ) -> bool {
     let reaches = Reaches::of(index, me, held.outbound());
+    let policy_may_change = |key: &PolicyKey| {
+        held.policy(key)
+            || key.namespace == me.namespace
+            || held.namespace(&key.namespace)
+            || index.namespace(&key.namespace).is_none()
+            || [Direction::Egress, Direction::Ingress]
+                .into_iter()
+                .filter(|d| reaches.may_need_entries(*d))
+                .any(|direction| {
+                    index
+                        .policy(key)
+                        .is_some_and(|p| p.rules(direction).is_some())
+                        || index
+                            .pods_in(&key.namespace)
+                            .filter_map(|k| index.pod(k))
+                            .any(|p| p.ips.iter().any(|ip| held.address(*ip)))
+                })
+    };
     changed.iter().any(|object| {
         let key = &object.key;
         match object.kind {
-            Kind::Policy => {
-                held.policy(key)
-                    || key.namespace == me.namespace
-                    || held.namespace(&key.namespace)
-                    || index.namespace(&key.namespace).is_none()
-                    || [Direction::Egress, Direction::Ingress]
-                        .into_iter()
-                        .filter(|d| reaches.may_need_entries(*d))
-                        .any(|direction| {
-                            index
-                                .policy(key)
-                                .is_some_and(|p| p.rules(direction).is_some())
-                                || index
-                                    .pods_in(&key.namespace)
-                                    .filter_map(|k| index.pod(k))
-                                    .any(|p| p.ips.iter().any(|ip| held.address(*ip)))
-                        })
-            }
+            Kind::Policy => policy_may_change(key),
+            // Its audit mode may have changed, and with it whether each
+            // of its policies is enforced: as if each of them changed.
             Kind::Namespace => {
                 held.namespace(&key.name)
                     || index.namespace(&key.name).is_none()
                     || reaches.selects_namespaces()
+                    || index
+                        .policies_in(&key.name)
+                        .any(|p| policy_may_change(&p.key))
             }
             Kind::Pod => pod_may_change(index, me, &reaches, key, held),
             // Services do not change what the policy view holds (they

@@ -30,6 +30,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The label every namespace carries, set by the API server.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// The annotation that puts a NetworkPolicy, or every policy of a
+/// namespace, in audit mode (`audit`) or not (`enforce`, the default).
+pub const MODE_ANNOTATION: &str = "picket.io/mode";
+
 /// A field of an object that could not be compiled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -56,15 +60,56 @@ pub struct CompiledPolicy {
 /// pods it isolates. Only an object without namespace or name is an error.
 pub fn policy_failing_closed(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
     let key = key_of(&np.metadata)?;
-    Ok(policy(np).unwrap_or_else(|error| CompiledPolicy {
-        policy: Policy {
-            key,
-            pod_selector: Selector::everything(),
-            ingress: Some(Vec::new()),
-            egress: Some(Vec::new()),
-        },
-        errors: vec![error],
+    Ok(policy(np).unwrap_or_else(|error| {
+        let mut errors = vec![error];
+        CompiledPolicy {
+            policy: Policy {
+                key,
+                pod_selector: Selector::everything(),
+                ingress: Some(Vec::new()),
+                egress: Some(Vec::new()),
+                // An audited policy never enforces, broken or not: its
+                // deny-all is what audit reports.
+                audit: policy_audit(&np.metadata, &mut errors),
+            },
+            errors,
+        }
     }))
+}
+
+/// Whether a policy's annotations put it in audit mode. A value other
+/// than `audit` or `enforce` is reported and enforces (fail closed).
+fn policy_audit(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    errors: &mut Vec<InvalidField>,
+) -> bool {
+    match mode(meta) {
+        Ok(audit) => audit,
+        Err(error) => {
+            errors.push(error);
+            false
+        }
+    }
+}
+
+/// The mode an object's `picket.io/mode` annotation names: `Ok(true)`
+/// for audit.
+fn mode(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<bool, InvalidField> {
+    match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MODE_ANNOTATION))
+    {
+        None => Ok(false),
+        Some(v) if v == "enforce" => Ok(false),
+        Some(v) if v == "audit" => Ok(true),
+        Some(other) => Err(InvalidField {
+            field: format!("metadata.annotations[{MODE_ANNOTATION}]"),
+            reason: format!("unknown mode {other:?} (expected audit or enforce): enforced"),
+        }),
+    }
 }
 
 /// Compiles a NetworkPolicy. An invalid `podSelector` or `policyTypes` fails
@@ -137,12 +182,14 @@ pub fn policy(np: &net::NetworkPolicy) -> Result<CompiledPolicy, InvalidField> {
             })
             .collect()
     });
+    let audit = policy_audit(&np.metadata, &mut errors);
     Ok(CompiledPolicy {
         policy: Policy {
             key,
             pod_selector,
             ingress,
             egress,
+            audit,
         },
         errors,
     })
@@ -405,7 +452,9 @@ pub fn template_pod(
     })
 }
 
-/// Converts a Namespace, adding `kubernetes.io/metadata.name` as the API server does.
+/// Converts a Namespace, adding `kubernetes.io/metadata.name` as the API
+/// server does. Its `picket.io/mode: audit` annotation puts its policies
+/// in audit mode; any other value enforces them (fail closed).
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidField> {
     let name = ns
         .metadata
@@ -413,10 +462,9 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidField> {
         .as_deref()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| required("metadata.name"))?;
-    Ok(namespace_with_labels(
-        name,
-        labels(ns.metadata.labels.as_ref()),
-    ))
+    let mut namespace = namespace_with_labels(name, labels(ns.metadata.labels.as_ref()));
+    namespace.audit = mode(&ns.metadata).unwrap_or(false);
+    Ok(namespace)
 }
 
 /// A namespace with these labels plus `kubernetes.io/metadata.name`.
@@ -425,6 +473,7 @@ pub fn namespace_with_labels(name: &str, mut labels: Labels) -> Namespace {
     Namespace {
         name: name.into(),
         labels,
+        audit: false,
     }
 }
 

@@ -116,6 +116,55 @@ enum Endpoint<'a> {
     Address(IpAddr),
 }
 
+/// Which policies a decision counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Those enforced: what the connection gets.
+    Enforced,
+    /// Those enforced and those in audit mode, as if all were enforced:
+    /// what it would get.
+    Audited,
+}
+
+/// The policies one side of a decision counts: those enforced, and
+/// (auditing) those in audit mode.
+#[derive(Clone, Copy, Debug, Default)]
+struct Policies<'a> {
+    enforced: &'a [Arc<Policy>],
+    audited: &'a [Arc<Policy>],
+}
+
+impl<'a> Policies<'a> {
+    fn len(&self) -> usize {
+        self.enforced.len() + self.audited.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Both lists, merged in key order (each is sorted by key): the order
+    /// the same policies, all enforced, would be tried in.
+    fn iter(&self) -> impl Iterator<Item = &'a Arc<Policy>> {
+        let (mut enforced, mut audited) = (self.enforced, self.audited);
+        std::iter::from_fn(move || {
+            let take_audited = match (enforced.first(), audited.first()) {
+                (_, None) => false,
+                (Some(e), Some(a)) => a.key < e.key,
+                (None, Some(_)) => true,
+            };
+            let list = if take_audited {
+                &mut audited
+            } else {
+                &mut enforced
+            };
+            let (first, rest) = list.split_first()?;
+            *list = rest;
+            Some(first)
+        })
+    }
+}
+
 // === impl PolicyIndex: decisions ===
 
 impl PolicyIndex {
@@ -134,7 +183,16 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Decision {
-        self.evaluate_from_ip(src, dst, dst_ip, port, protocol, node, &mut NoTrace)
+        self.decide_inbound(
+            Mode::Enforced,
+            src,
+            dst,
+            dst_ip,
+            port,
+            protocol,
+            node,
+            &mut NoTrace,
+        )
     }
 
     /// [`Self::decide_from_ip`], with every rule tried reported to `trace`.
@@ -143,6 +201,30 @@ impl PolicyIndex {
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate_from_ip<T: Trace>(
         &self,
+        src: IpAddr,
+        dst: &PodKey,
+        dst_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
+    ) -> Decision {
+        self.decide_inbound(
+            Mode::Enforced,
+            src,
+            dst,
+            dst_ip,
+            port,
+            protocol,
+            node,
+            trace,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_inbound<T: Trace>(
+        &self,
+        mode: Mode,
         src: IpAddr,
         dst: &PodKey,
         dst_ip: IpAddr,
@@ -162,9 +244,15 @@ impl PolicyIndex {
         }
         let to = self.pod_destination(dst_pod, Some(dst_ip), port, protocol);
         self.every_holder(src, |held| {
-            self.evaluate(self.held_endpoint(held, Some(src)), dst_pod, &to, trace)
+            self.evaluate(
+                mode,
+                self.held_endpoint(held, Some(src)),
+                dst_pod,
+                &to,
+                trace,
+            )
         })
-        .unwrap_or_else(|| self.evaluate(Endpoint::Address(src), dst_pod, &to, trace))
+        .unwrap_or_else(|| self.evaluate(mode, Endpoint::Address(src), dst_pod, &to, trace))
     }
 
     /// Decides a connection between two pods by key, from the source's first IP
@@ -180,7 +268,7 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Decision {
-        self.evaluate_between_pods(src, dst, port, protocol, node, &mut NoTrace)
+        self.between_pods(Mode::Enforced, src, dst, port, protocol, node, &mut NoTrace)
     }
 
     /// Explains a decision between two pods: the decision of
@@ -194,13 +282,35 @@ impl PolicyIndex {
         node: &NodeAddrs,
     ) -> Explanation {
         let mut recorder = Recorder::default();
-        let decision = self.evaluate_between_pods(src, dst, port, protocol, node, &mut recorder);
+        let decision = self.between_pods(
+            Mode::Enforced,
+            src,
+            dst,
+            port,
+            protocol,
+            node,
+            &mut recorder,
+        );
         recorder.into_explanation(src.to_string(), dst.clone(), port, protocol, decision)
     }
 
     /// [`Self::decide_between_pods`], with every rule tried reported to `trace`.
     pub fn evaluate_between_pods<T: Trace>(
         &self,
+        src: &PodKey,
+        dst: &PodKey,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
+    ) -> Decision {
+        self.between_pods(Mode::Enforced, src, dst, port, protocol, node, trace)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn between_pods<T: Trace>(
+        &self,
+        mode: Mode,
         src: &PodKey,
         dst: &PodKey,
         port: u16,
@@ -220,16 +330,16 @@ impl PolicyIndex {
         let src_ip = src_pod.ips.first().copied();
         let to = self.pod_destination(dst_pod, dst_pod.ip_like(src_ip), port, protocol);
         if !src_pod.host_network {
-            return self.evaluate(self.endpoint(src_pod, src_ip), dst_pod, &to, trace);
+            return self.evaluate(mode, self.endpoint(src_pod, src_ip), dst_pod, &to, trace);
         }
         let Some(ip) = src_ip.or_else(|| src_pod.host_ips.first().copied()) else {
             let unknown = Endpoint::Address(IpAddr::from([0, 0, 0, 0]));
-            return self.evaluate(unknown, dst_pod, &to, trace);
+            return self.evaluate(mode, unknown, dst_pod, &to, trace);
         };
         if node.contains(ip) || src_pod.host_ips.iter().any(|h| node.contains(*h)) {
             return Decision::allow(Reason::Node, None);
         }
-        self.evaluate(Endpoint::Address(ip), dst_pod, &to, trace)
+        self.evaluate(mode, Endpoint::Address(ip), dst_pod, &to, trace)
     }
 
     /// Decides once per live pod holding `ip` (a source, or a destination):
@@ -270,17 +380,28 @@ impl PolicyIndex {
         }
     }
 
-    /// The policies selecting a pod for a direction: its holder's copy
-    /// when at hand, else the index's.
-    fn selecting_pod<'a>(
+    /// The policies selecting a pod for a direction that a decision in
+    /// `mode` counts: its holder's copy when at hand, else the index's.
+    fn policies_of<'a>(
         &'a self,
-        pod: &'a Pod,
+        key: &PodKey,
         held: Option<&'a Holder>,
         direction: Direction,
-    ) -> &'a [Arc<Policy>] {
-        match held {
-            Some(held) => held.selection.as_deref().map_or(&[], |s| s.get(direction)),
-            None => self.selecting(&pod.key, direction),
+        mode: Mode,
+    ) -> Policies<'a> {
+        let selection = match held {
+            Some(held) => held.selection.as_deref(),
+            None => self.selection_of(key),
+        };
+        let Some(selection) = selection else {
+            return Policies::default();
+        };
+        Policies {
+            enforced: selection.get(direction),
+            audited: match mode {
+                Mode::Enforced => &[],
+                Mode::Audited => selection.audited(direction),
+            },
         }
     }
 
@@ -322,6 +443,7 @@ impl PolicyIndex {
     /// that allows.
     fn evaluate<T: Trace>(
         &self,
+        mode: Mode,
         src: Endpoint<'_>,
         dst: &Pod,
         to: &Destination<'_>,
@@ -330,11 +452,12 @@ impl PolicyIndex {
         if dst.host_network {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
-        let policies = self.selecting(&dst.key, Direction::Ingress);
+        let policies = self.policies_of(&dst.key, None, Direction::Ingress, mode);
         let ingress = self.side(&dst.key, policies, Direction::Ingress, src, to, trace);
         let egress = match src {
             Endpoint::Pod { pod, held, .. } if ingress.allows() || T::EVERY_RULE => {
-                let egress = self.other_pod_side(pod, held, Direction::Egress, to.peer, to, trace);
+                let egress =
+                    self.other_pod_side(mode, pod, held, Direction::Egress, to.peer, to, trace);
                 // The ingress side already denies: the egress side cannot change that.
                 if ingress.allows() {
                     egress
@@ -360,7 +483,7 @@ impl PolicyIndex {
     fn side<T: Trace>(
         &self,
         subject: &PodKey,
-        policies: &[Arc<Policy>],
+        policies: Policies<'_>,
         direction: Direction,
         peer: Endpoint<'_>,
         to: &Destination<'_>,
@@ -371,7 +494,7 @@ impl PolicyIndex {
             return Side::NotIsolated;
         }
         let mut allowed = None;
-        for policy in policies {
+        for policy in policies.iter() {
             trace.policy(&policy.key);
             for (index, rule) in policy
                 .rules(direction)
@@ -428,12 +551,34 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Decision {
-        self.evaluate_to_ip(src, dst_ip, port, protocol, node, &mut NoTrace)
+        self.decide_outbound(
+            Mode::Enforced,
+            src,
+            dst_ip,
+            port,
+            protocol,
+            node,
+            &mut NoTrace,
+        )
     }
 
     /// [`Self::decide_to_ip`], with every rule tried reported to `trace`.
     pub fn evaluate_to_ip<T: Trace>(
         &self,
+        src: &PodKey,
+        dst_ip: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        node: &NodeAddrs,
+        trace: &mut T,
+    ) -> Decision {
+        self.decide_outbound(Mode::Enforced, src, dst_ip, port, protocol, node, trace)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn decide_outbound<T: Trace>(
+        &self,
+        mode: Mode,
         src: &PodKey,
         dst_ip: IpAddr,
         port: u16,
@@ -455,12 +600,13 @@ impl PolicyIndex {
             return Decision::allow(Reason::HostNetworkSource, source);
         }
         let from = self.endpoint(src_pod, src_pod.ip_like(Some(dst_ip)));
-        let policies = self.selecting(src, Direction::Egress);
+        let policies = self.policies_of(src, None, Direction::Egress, mode);
         self.every_holder(dst_ip, |held| {
             let to = self.held_destination(held, dst_ip, port, protocol);
             let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
             let ingress = (egress.allows() || T::EVERY_RULE).then(|| {
-                self.other_pod_side(&held.pod, Some(held), Direction::Ingress, from, &to, trace)
+                let pod = &held.pod;
+                self.other_pod_side(mode, pod, Some(held), Direction::Ingress, from, &to, trace)
             });
             Decision::egress(egress, ingress, Some(held.key.clone()), src)
         })
@@ -489,6 +635,7 @@ impl PolicyIndex {
     #[allow(clippy::too_many_arguments)]
     fn other_pod_side<T: Trace>(
         &self,
+        mode: Mode,
         pod: &Pod,
         held: Option<&Holder>,
         direction: Direction,
@@ -507,7 +654,7 @@ impl PolicyIndex {
                 self.compiled_side(e, peer, to, trace)
             }),
             None => {
-                let policies = self.selecting_pod(pod, held, direction);
+                let policies = self.policies_of(key, held, direction, mode);
                 self.side(key, policies, direction, peer, to, trace)
             }
         }

@@ -92,11 +92,14 @@ impl Holder {
     }
 }
 
-/// The policies that select one pod, sorted by key.
+/// The policies that select one pod, sorted by key: those enforced, and
+/// those in audit mode (which neither isolate nor allow).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Selection {
     pub(super) ingress: Vec<Arc<Policy>>,
     pub(super) egress: Vec<Arc<Policy>>,
+    audited_ingress: Vec<Arc<Policy>>,
+    audited_egress: Vec<Arc<Policy>>,
 }
 
 /// How many objects of each kind the index holds.
@@ -194,21 +197,53 @@ impl PolicyIndex {
         true
     }
 
-    /// Adds or replaces a namespace.
+    /// Adds or replaces a namespace. A change of its audit mode revisits
+    /// its policies (and so its pods); nothing else does.
     pub fn apply_namespace(&mut self, namespace: Namespace) {
         let labels = PackedLabels::pack(&namespace.labels);
-        self.namespaces.insert(
-            namespace.name.clone(),
+        let name = namespace.name.clone();
+        let audit = namespace.audit;
+        let old = self.namespaces.insert(
+            name.clone(),
             IndexedNamespace {
                 namespace: Arc::new(namespace),
                 labels,
             },
         );
+        if old.is_some_and(|o| o.namespace.audit) != audit {
+            self.reselect_policies_of(&name);
+        }
     }
 
     /// Removes a namespace; returns whether it was known.
     pub fn delete_namespace(&mut self, name: &str) -> bool {
-        self.namespaces.remove(name).is_some()
+        let Some(old) = self.namespaces.remove(name) else {
+            return false;
+        };
+        if old.namespace.audit {
+            self.reselect_policies_of(name);
+        }
+        true
+    }
+
+    /// Whether a policy is in audit mode: by its own annotation, or its
+    /// namespace's.
+    pub fn is_audited(&self, policy: &Policy) -> bool {
+        policy.audit
+            || self
+                .namespaces
+                .get(&policy.key.namespace)
+                .is_some_and(|n| n.namespace.audit)
+    }
+
+    /// Applies a namespace's policies again (its audit mode changed).
+    fn reselect_policies_of(&mut self, namespace: &str) {
+        let Some(policies) = self.policies.get(namespace).cloned() else {
+            return;
+        };
+        for policy in policies.values() {
+            self.apply_policy((**policy).clone());
+        }
     }
 
     /// Adds or replaces a policy, updating the selection of its namespace's pods.
@@ -228,6 +263,7 @@ impl PolicyIndex {
                 continue;
             };
             let selects = policy.pod_selector.matches(&pod.labels);
+            let audited = self.is_audited(&policy);
             let was_selected = old.is_some()
                 && self
                     .selection
@@ -243,7 +279,7 @@ impl PolicyIndex {
                 .unwrap_or_default();
             entry.remove(&policy.key);
             if selects {
-                entry.insert(&policy);
+                entry.insert(&policy, audited);
             }
             self.set_selection(key, entry);
         }
@@ -296,7 +332,17 @@ impl PolicyIndex {
 
     /// Replaces every namespace with these.
     pub fn replace_namespaces(&mut self, namespaces: impl IntoIterator<Item = Namespace>) {
-        self.namespaces.clear();
+        let namespaces: Vec<Namespace> = namespaces.into_iter().collect();
+        let keep: BTreeSet<&str> = namespaces.iter().map(|n| &*n.name).collect();
+        let gone: Vec<Arc<str>> = self
+            .namespaces
+            .keys()
+            .filter(|n| !keep.contains(&***n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.delete_namespace(&name);
+        }
         for ns in namespaces {
             self.apply_namespace(ns);
         }
@@ -347,6 +393,14 @@ impl PolicyIndex {
     /// Every policy, in no particular order.
     pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
         self.policies.values().flat_map(|m| m.values())
+    }
+
+    /// The policies of a namespace, sorted by key.
+    pub fn policies_in(&self, namespace: &str) -> impl Iterator<Item = &Arc<Policy>> {
+        self.policies
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Every namespace, in no particular order.
@@ -409,9 +463,23 @@ impl PolicyIndex {
         self.pods.clone()
     }
 
-    /// The policies that select a pod for a direction, sorted by key.
+    /// The policies that select a pod for a direction and are enforced,
+    /// sorted by key.
     pub fn selecting(&self, pod: &PodKey, direction: Direction) -> &[Arc<Policy>] {
         self.selection.get(pod).map_or(&[], |s| s.get(direction))
+    }
+
+    /// The policies selecting a pod, enforced and audited.
+    pub(super) fn selection_of(&self, pod: &PodKey) -> Option<&Selection> {
+        self.selection.get(pod).map(|s| &**s)
+    }
+
+    /// The policies in audit mode that select a pod for a direction,
+    /// sorted by key.
+    pub fn auditing(&self, pod: &PodKey, direction: Direction) -> &[Arc<Policy>] {
+        self.selection
+            .get(pod)
+            .map_or(&[], |s| s.audited(direction))
     }
 
     /// How many objects of each kind are known.
@@ -518,7 +586,7 @@ impl PolicyIndex {
         if let Some(policies) = self.policies.get(&pod.key.namespace) {
             for policy in policies.values() {
                 if policy.pod_selector.matches(&pod.labels) {
-                    selection.insert(policy);
+                    selection.insert(policy, self.is_audited(policy));
                 }
             }
         }
@@ -544,10 +612,22 @@ impl Selection {
         }
     }
 
-    fn insert(&mut self, policy: &Arc<Policy>) {
+    pub(super) fn audited(&self, direction: Direction) -> &[Arc<Policy>] {
+        match direction {
+            Direction::Ingress => &self.audited_ingress,
+            Direction::Egress => &self.audited_egress,
+        }
+    }
+
+    fn insert(&mut self, policy: &Arc<Policy>, audited: bool) {
+        let (ingress, egress) = if audited {
+            (&mut self.audited_ingress, &mut self.audited_egress)
+        } else {
+            (&mut self.ingress, &mut self.egress)
+        };
         for (list, isolates) in [
-            (&mut self.ingress, policy.ingress.is_some()),
-            (&mut self.egress, policy.egress.is_some()),
+            (ingress, policy.ingress.is_some()),
+            (egress, policy.egress.is_some()),
         ] {
             if isolates {
                 let at = list.partition_point(|p| p.key < policy.key);
@@ -556,17 +636,33 @@ impl Selection {
         }
     }
 
+    fn lists(&self) -> [&Vec<Arc<Policy>>; 4] {
+        [
+            &self.ingress,
+            &self.egress,
+            &self.audited_ingress,
+            &self.audited_egress,
+        ]
+    }
+
     fn contains(&self, key: &PolicyKey) -> bool {
-        let has = |list: &[Arc<Policy>]| list.iter().any(|p| p.key == *key);
-        has(&self.ingress) || has(&self.egress)
+        self.lists()
+            .into_iter()
+            .any(|list| list.iter().any(|p| p.key == *key))
     }
 
     fn remove(&mut self, key: &PolicyKey) {
-        self.ingress.retain(|p| p.key != *key);
-        self.egress.retain(|p| p.key != *key);
+        for list in [
+            &mut self.ingress,
+            &mut self.egress,
+            &mut self.audited_ingress,
+            &mut self.audited_egress,
+        ] {
+            list.retain(|p| p.key != *key);
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.ingress.is_empty() && self.egress.is_empty()
+        self.lists().into_iter().all(|list| list.is_empty())
     }
 }

@@ -4,6 +4,7 @@
 //! Pure: no I/O, no async. Kubernetes types appear only in `convert`.
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod convert;
 pub mod eval;
 pub mod index;
@@ -16,6 +17,7 @@ pub mod shards;
 pub mod toward;
 pub mod trace;
 
+pub use audit::Audit;
 pub use eval::{Decision, Reason, Side};
 pub use index::{IndexCounts, PolicyIndex};
 pub use labels::{LabelSource, Labels, PackedLabels};

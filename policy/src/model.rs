@@ -93,6 +93,9 @@ pub struct Namespace {
     pub name: Arc<str>,
     /// Its labels, `kubernetes.io/metadata.name` included.
     pub labels: Labels,
+    /// Every policy of the namespace is in audit mode (annotation
+    /// `picket.io/mode: audit` on the namespace).
+    pub audit: bool,
 }
 
 /// The two directions a policy can isolate.
@@ -115,6 +118,10 @@ pub struct Policy {
     pub ingress: Option<Vec<Rule>>,
     /// Egress rules when the policy isolates egress (`None`: it does not).
     pub egress: Option<Vec<Rule>>,
+    /// The policy is in audit mode (annotation `picket.io/mode: audit`):
+    /// it neither isolates nor allows; decisions say what it would have
+    /// done (see [`PolicyIndex::audit_from_ip`](crate::PolicyIndex::audit_from_ip)).
+    pub audit: bool,
 }
 
 /// One ingress or egress rule: it allows when a peer and a port both match.

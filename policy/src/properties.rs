@@ -23,12 +23,25 @@ fn decisions(index: &PolicyIndex) -> Vec<(String, Decision)> {
             for src in &pods {
                 let d = index.decide_between_pods(src, dst, *port, Protocol::Tcp, &node);
                 out.push((format!("{src} -> {dst}:{port}"), d));
+                if let Some(a) = index.audit_between_pods(src, dst, *port, Protocol::Tcp, &node) {
+                    out.push((
+                        format!("{src} -> {dst}:{port} (audit {:?})", a.policy),
+                        a.decision,
+                    ));
+                }
             }
             for ip in IPS {
                 let src: IpAddr = ip.parse().unwrap();
                 let dst_ip = "10.0.0.6".parse().unwrap();
                 let d = index.decide_from_ip(src, dst, dst_ip, *port, Protocol::Tcp, &node);
                 out.push((format!("{ip} -> {dst}:{port}"), d));
+                if let Some(a) = index.audit_from_ip(src, dst, dst_ip, *port, Protocol::Tcp, &node)
+                {
+                    out.push((
+                        format!("{ip} -> {dst}:{port} (audit {:?})", a.policy),
+                        a.decision,
+                    ));
+                }
                 let d = index.decide_to_ip(dst, src, *port, Protocol::Tcp, &node);
                 out.push((format!("{dst} -> {ip}:{port} (outbound)"), d));
             }
@@ -78,6 +91,17 @@ fn any_sequence_of_changes_equals_a_rebuild_and_decides_the_same() {
                 }
             }
         }
+        let enforced = PolicyIndex::build(
+            namespaces
+                .values()
+                .cloned()
+                .map(|n| Namespace { audit: false, ..n }),
+            pods.values().cloned(),
+            policies
+                .values()
+                .cloned()
+                .map(|p| Policy { audit: false, ..p }),
+        );
         let rebuilt = PolicyIndex::build(
             namespaces.into_values(),
             pods.into_values(),
@@ -87,8 +111,67 @@ fn any_sequence_of_changes_equals_a_rebuild_and_decides_the_same() {
             index == rebuilt,
             "seed {seed}: the incremental index differs from a rebuild"
         );
-        for ((what, a), (_, b)) in decisions(&index).into_iter().zip(decisions(&rebuilt)) {
+        let (got, want) = (decisions(&index), decisions(&rebuilt));
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "seed {seed}: as many decisions and audits"
+        );
+        for ((what, a), (what_b, b)) in got.into_iter().zip(want) {
+            assert_eq!(what, what_b, "seed {seed}");
             assert_eq!(a, b, "seed {seed}: {what}");
+        }
+        audits_decide_as_if_enforced(seed, &rebuilt, &enforced);
+    }
+}
+
+/// An audit decides as the same cluster does with every policy enforced;
+/// with nothing audited there is no audit.
+fn audits_decide_as_if_enforced(seed: u64, index: &PolicyIndex, enforced: &PolicyIndex) {
+    let node = NodeAddrs::from_ips(["192.168.0.1".parse().unwrap()]);
+    let pods: Vec<PodKey> = PODS
+        .iter()
+        .flat_map(|p| NAMESPACES.iter().map(move |ns| ObjectKey::new(ns, p)))
+        .collect();
+    let audited = index.policies().any(|p| index.is_audited(p));
+    for dst in &pods {
+        for port in PORTS {
+            for src in &pods {
+                let audit = index.audit_between_pods(src, dst, *port, Protocol::Tcp, &node);
+                assert!(
+                    audited || audit.is_none(),
+                    "seed {seed}: an audit without audited policies"
+                );
+                let as_if = audit.map_or_else(
+                    || index.decide_between_pods(src, dst, *port, Protocol::Tcp, &node),
+                    |a| a.decision,
+                );
+                let want = enforced.decide_between_pods(src, dst, *port, Protocol::Tcp, &node);
+                assert_eq!(as_if, want, "seed {seed}: {src} -> {dst}:{port} audited");
+            }
+            for ip in IPS {
+                let ip: IpAddr = ip.parse().unwrap();
+                let dst_ip = "10.0.0.6".parse().unwrap();
+                let as_if = index
+                    .audit_from_ip(ip, dst, dst_ip, *port, Protocol::Tcp, &node)
+                    .map_or_else(
+                        || index.decide_from_ip(ip, dst, dst_ip, *port, Protocol::Tcp, &node),
+                        |a| a.decision,
+                    );
+                let want = enforced.decide_from_ip(ip, dst, dst_ip, *port, Protocol::Tcp, &node);
+                assert_eq!(as_if, want, "seed {seed}: {ip} -> {dst}:{port} audited");
+                let as_if = index
+                    .audit_to_ip(dst, ip, *port, Protocol::Tcp, &node)
+                    .map_or_else(
+                        || index.decide_to_ip(dst, ip, *port, Protocol::Tcp, &node),
+                        |a| a.decision,
+                    );
+                let want = enforced.decide_to_ip(dst, ip, *port, Protocol::Tcp, &node);
+                assert_eq!(
+                    as_if, want,
+                    "seed {seed}: {dst} -> {ip}:{port} (outbound) audited"
+                );
+            }
         }
     }
 }

@@ -64,8 +64,17 @@ pub fn namespace(rng: &mut Rng) -> Namespace {
         0 => String::new(),
         _ => format!("labels: {{env: {}}}", rng.pick(ENVS)),
     };
+    // Now and then every policy of the namespace in audit mode.
+    let mode = match rng.below(4) {
+        0 => "annotations: {picket.io/mode: audit}",
+        _ => "",
+    };
+    let fields: Vec<String> = [format!("name: {name}"), labels, mode.to_string()]
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .collect();
     let ns: core::Namespace =
-        serde_yaml::from_str(&format!("metadata: {{name: {name}, {labels}}}")).unwrap();
+        serde_yaml::from_str(&format!("metadata: {{{}}}", fields.join(", "))).unwrap();
     convert::namespace(&ns).unwrap()
 }
 
@@ -150,8 +159,12 @@ pub fn policy(rng: &mut Rng) -> Policy {
         0 => "{}".to_string(),
         _ => format!("{{matchLabels: {{app: {}}}}}", rng.pick(APPS)),
     };
+    let mode = match rng.below(4) {
+        0 => ", annotations: {picket.io/mode: audit}",
+        _ => "",
+    };
     let yaml = format!(
-        "metadata: {{name: {}, namespace: {}}}\nspec: {{podSelector: {selector}, policyTypes: {types}, {}, {}}}\n",
+        "metadata: {{name: {}, namespace: {}{mode}}}\nspec: {{podSelector: {selector}, policyTypes: {types}, {}, {}}}\n",
         rng.pick(&["pol-1", "pol-2", "pol-3"]),
         rng.pick(NAMESPACES),
         rules(rng, "ingress"),

@@ -227,6 +227,9 @@ pub struct Namespace {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Every policy of the namespace is in audit mode (picket.io/mode: audit).
+    #[prost(bool, tag = "3")]
+    pub audit: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Pod {
@@ -284,6 +287,10 @@ pub struct Policy {
     pub ingress: ::core::option::Option<Rules>,
     #[prost(message, optional, tag = "5")]
     pub egress: ::core::option::Option<Rules>,
+    /// The policy is in audit mode (picket.io/mode: audit): it neither
+    /// isolates nor allows.
+    #[prost(bool, tag = "6")]
+    pub audit: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Rules {

@@ -1240,5 +1240,6 @@ fn keys_hash_once_and_compare_by_their_names() {
     );
 }
 
+mod audit;
 mod outbound;
 mod services;
