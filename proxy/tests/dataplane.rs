@@ -920,6 +920,81 @@ fn a_tproxy_sidecar_without_net_raw_exits_with_one_line() {
     );
 }
 
+/// The counter of `outcome` in a metrics exposition, summed over labels.
+fn connections_counted(metrics: &str, outcome: &str) -> u64 {
+    let outcome = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("picket_inbound_connections_total{") && l.contains(&outcome))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Audit mode end to end: a deny-all in audit mode of a pod no other
+/// policy isolates appears while a connection is live and tears nothing
+/// down; every connection still works and counts one would-deny; switched
+/// to enforce, it resets the live connection and refuses new ones.
+#[test]
+fn an_audited_deny_all_breaks_nothing_counts_each_would_deny_and_enforced_resets() {
+    if !lab_available() {
+        return;
+    }
+    let c = two_pods();
+    let server = c.start("api");
+    let metrics = || {
+        let admin = SocketAddr::new(server.pod.ip, 15020);
+        http_get(&server.pod.netns, admin, "/metrics").unwrap().1
+    };
+    let mut live = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut live));
+    let lockdown = policy(
+        "shop",
+        "lockdown",
+        "{podSelector: {matchLabels: {app: api}}, ingress: []}",
+    );
+    c.write("lockdown.yaml", &audited(lockdown.clone()));
+    eventually("the audited policy to count a would-deny", READY, || {
+        assert!(allowed_now(&c, "client", "api"), "audit denies nothing");
+        connections_counted(&metrics(), "would-deny") > 0
+    });
+    assert!(echoes(&mut live), "its appearance tears nothing down");
+    let (before, allowed_before) = {
+        let m = metrics();
+        (
+            connections_counted(&m, "would-deny"),
+            connections_counted(&m, "allowed"),
+        )
+    };
+    for _ in 0..4 {
+        assert!(allowed_now(&c, "client", "api"));
+    }
+    assert!(allowed_now(&c, "stranger", "api"));
+    let m = metrics();
+    assert_eq!(connections_counted(&m, "allowed"), allowed_before + 5);
+    assert_eq!(
+        connections_counted(&m, "would-deny"),
+        before + 5,
+        "one would-deny per connection: {m}"
+    );
+    assert_eq!(connections_counted(&m, "denied"), 0);
+    assert_eq!(connections_counted(&m, "would-allow"), 0);
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("picket_inbound_teardowns_total{") && !l.ends_with(" 0")),
+        "nothing torn down: {m}"
+    );
+    assert!(echoes(&mut live));
+
+    // Enforced: the live connection is reset, and new ones refused.
+    c.write("lockdown.yaml", &lockdown);
+    let mut buf = [0u8; 8];
+    match live.read(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the live connection must be reset, got {other:?}"),
+    }
+    c.assert_reset("client", "api", APP_PORT);
+}
+
 in_both_modes!(
     a_denied_client_reconnecting_from_the_same_port_is_reset_again,
     ipv6_connections_are_decided_and_relayed_like_ipv4_ones,

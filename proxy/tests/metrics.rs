@@ -141,6 +141,17 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
     }
     let c = two_pods();
     c.write("policy.yaml", &policy("shop", "allow-client", ALLOW_CLIENT));
+    // In audit mode, a deny-all of the client's egress: each of its
+    // connections to api is a would-deny there (api decides its sources'
+    // egress too), and nothing is denied or torn down for it.
+    c.write(
+        "audit.yaml",
+        &audited(policy(
+            "shop",
+            "client-lockdown",
+            "{podSelector: {matchLabels: {role: client}}, policyTypes: [Egress]}",
+        )),
+    );
     // api dials out too (captured): one outside address allowed, another not.
     let internet = c.lab.add_external(10).unwrap();
     let elsewhere = c.lab.add_external(11).unwrap();
@@ -246,6 +257,18 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
             "picket_inbound_teardowns_total{{{ns}, reason=\"policy-modified\"}}"
         )),
         1.0
+    );
+    assert_eq!(
+        count(&format!("picket_inbound_connections_total{{{ns}, outcome=\"would-deny\", policy=\"shop/client-lockdown\", port=\"8080\"}}")),
+        4.0,
+        "each allowed connection, once, by the audited policy"
+    );
+    assert_eq!(
+        count(&format!(
+            "picket_inbound_connections_total{{{ns}, outcome=\"would-allow\"}}"
+        )),
+        -1.0,
+        "no series: the audited deny-all allows nothing"
     );
     assert_eq!(count(&format!("picket_ready{{{ns}}}")), 1.0);
     assert_eq!(

@@ -18,6 +18,7 @@
 //! No sockets: callers hand in addresses and get a registration whose
 //! `killed()` resolves when a re-check forbids the connection.
 
+mod audit;
 mod outbound;
 mod recheck;
 pub mod registry;
@@ -203,6 +204,7 @@ impl Enforcer {
             }
         }
         self.count_decision(&snapshot, &decision, dst.0.port());
+        self.audit_inbound(&snapshot, &decision, client, dst);
         registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {

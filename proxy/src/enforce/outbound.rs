@@ -83,6 +83,16 @@ impl Enforcer {
             })
             .cloned();
         self.count_outbound(&route, picked.as_ref().map(|(_, d)| d));
+        match (&picked, &route.denied) {
+            (Some((to, decision)), _) => {
+                self.audit_outbound(&snapshot, decision, client, OrigDstAddr(*to))
+            }
+            // A denied Service has no one endpoint to audit.
+            (None, Some(denied)) if route.service.is_none() => {
+                self.audit_outbound(&snapshot, denied, client, dst)
+            }
+            (None, _) => {}
+        }
         let decided_on = snapshot.version;
         registration.set_decided_on(decided_on);
         drop(snapshot);

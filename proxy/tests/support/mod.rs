@@ -305,6 +305,17 @@ pub fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n")
 }
 
+/// A policy's manifest (see [`policy`]) in audit mode.
+pub fn audited(manifest: String) -> String {
+    let audited = manifest.replacen(
+        "metadata: {",
+        "metadata: {annotations: {picket.io/mode: audit}, ",
+        1,
+    );
+    assert_ne!(audited, manifest, "a manifest from `policy`");
+    audited
+}
+
 /// Sends a line and reads it back.
 pub fn echoes(stream: &mut TcpStream) -> bool {
     let msg = b"hello picket\n";
