@@ -121,6 +121,11 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
             let explanation =
                 index.explain_between_pods(&from, &to, args.port, Protocol::Tcp, &node);
             let mut text = render::explanation(&explanation);
+            if let Some(audited) =
+                index.explain_audit_between_pods(&from, &to, args.port, Protocol::Tcp, &node)
+            {
+                text.push_str(&render::audit(&audited, &explanation.decision));
+            }
             text.push_str(if reach::enforced(&index, &from, &to) {
                 "  enforced: yes (an end runs the Picket sidecar)\n"
             } else {

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use picket_policy::{Decision, NodeAddrs, PodKey, PolicyIndex, Protocol, Reason, Side};
+use picket_policy::{Audit, Decision, NodeAddrs, PodKey, PolicyIndex, Protocol, Reason, Side};
 
 /// One evaluated connection.
 #[derive(Clone, Debug)]
@@ -24,6 +24,18 @@ pub struct Probe {
     pub decision: Decision,
     /// Whether the data plane enforces it (see [`enforced`]).
     pub enforced: bool,
+    /// The decision had the policies in audit mode been enforced; `None`
+    /// when none concerns the pair.
+    pub audit: Option<Audit>,
+}
+
+impl Probe {
+    /// The audit, when it decides otherwise than the decision.
+    pub fn audit_differs(&self) -> Option<&Audit> {
+        self.audit
+            .as_ref()
+            .filter(|a| a.decision.allowed != self.decision.allowed)
+    }
 }
 
 /// The JSON shape of a probe; other tools consume it, keep it stable.
@@ -36,6 +48,18 @@ struct JsonProbe {
     allowed: bool,
     reason: String,
     enforced: bool,
+    /// Present when a policy in audit mode concerns the pair.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit: Option<JsonAudit>,
+}
+
+/// What the policies in audit mode would decide.
+#[derive(Debug, Serialize)]
+struct JsonAudit {
+    allowed: bool,
+    reason: String,
+    /// The audited policy that decides it, when one does.
+    policy: Option<String>,
 }
 
 /// The label that turns injection on for a namespace, or (`disabled`) off for a pod.
@@ -89,6 +113,7 @@ pub fn probes(index: &PolicyIndex, ports: &[u16]) -> Vec<Probe> {
             };
             for port in dst_ports {
                 let decision = index.decide_between_pods(from, to, port, Protocol::Tcp, &node);
+                let audit = index.audit_between_pods(from, to, port, Protocol::Tcp, &node);
                 out.push(Probe {
                     from: (*from).clone(),
                     to: (*to).clone(),
@@ -96,6 +121,7 @@ pub fn probes(index: &PolicyIndex, ports: &[u16]) -> Vec<Probe> {
                     protocol: Protocol::Tcp,
                     decision,
                     enforced: enforced(index, from, to),
+                    audit,
                 });
             }
         }
@@ -115,6 +141,11 @@ pub fn render_json(probes: &[Probe]) -> serde_json::Result<String> {
             allowed: p.decision.allowed,
             reason: p.decision.to_string(),
             enforced: p.enforced,
+            audit: p.audit.as_ref().map(|a| JsonAudit {
+                allowed: a.decision.allowed,
+                reason: a.decision.to_string(),
+                policy: a.policy.as_ref().map(ToString::to_string),
+            }),
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&rows)?;
@@ -139,11 +170,18 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
     for (i, pod) in pods.iter().enumerate() {
         let _ = writeln!(out, "  {:>number_width$}  {pod}", i + 1);
     }
+    let audited = probes.iter().any(|p| p.audit_differs().is_some());
     for port in &ports {
         let _ = writeln!(
             out,
             "\nport {port}/TCP   rows: from, columns: to   ✓ allowed  ✗ denied  · not probed"
         );
+        if audited {
+            let _ = writeln!(
+                out,
+                "  audit mode: ✓* allowed, an audited policy would deny  ✗* denied, an audited policy would allow"
+            );
+        }
         let _ = write!(out, "{:width$}    ", "");
         for i in 0..pods.len() {
             let _ = write!(out, "{:>cell$}", i + 1);
@@ -156,15 +194,21 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
                 let probe = probes
                     .iter()
                     .find(|p| p.port == *port && p.from == **from && p.to == **to);
-                let mark = match probe {
-                    None => "·",
-                    Some(p) if p.decision.allowed => "✓",
-                    Some(_) => "✗",
+                let differs = probe.and_then(Probe::audit_differs);
+                let mark = match (probe, differs) {
+                    (None, _) => "·",
+                    (Some(p), None) if p.decision.allowed => "✓",
+                    (Some(_), None) => "✗",
+                    (Some(p), Some(_)) if p.decision.allowed => "✓*",
+                    (Some(_), Some(_)) => "✗*",
                 };
                 let _ = write!(out, "{mark:>cell$}");
                 if let Some(p) = probe.filter(|_| explain) {
                     if let Some(note) = explain_note(&p.decision) {
                         notes.push(format!("{}: {note}", i + 1));
+                    }
+                    if let Some(audit) = differs {
+                        notes.push(format!("{}: {}", i + 1, audit_note(audit)));
                     }
                 }
             }
@@ -184,7 +228,36 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
         probes.len() - allowed,
         plural(index.counts().policies, "policy"),
     );
+    let in_audit = index.policies().filter(|p| index.is_audited(p)).count();
+    if in_audit > 0 {
+        let differ = |allowed: bool| {
+            probes
+                .iter()
+                .filter(|p| p.audit_differs().is_some() && p.decision.allowed == allowed)
+                .count()
+        };
+        let _ = writeln!(
+            out,
+            "{} in audit mode: enforced, it would deny {} allowed and allow {} denied",
+            plural(in_audit, "policy"),
+            differ(true),
+            differ(false),
+        );
+    }
     out
+}
+
+/// What the audited policies would do to a cell that they decide otherwise.
+fn audit_note(audit: &Audit) -> String {
+    let verdict = if audit.decision.allowed {
+        "allow"
+    } else {
+        "deny"
+    };
+    match &audit.policy {
+        Some(policy) => format!("audit: {policy} would {verdict} ({})", audit.decision),
+        None => format!("audit: would {verdict} ({})", audit.decision),
+    }
 }
 
 fn plural(n: usize, noun: &str) -> String {

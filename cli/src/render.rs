@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use picket_policy::{Explanation, SideTrace};
+use picket_policy::{Decision, Explanation, SideTrace};
 
 /// The whole reasoning for one connection: the verdict, why, and every
 /// policy and rule of both sides.
@@ -20,6 +20,33 @@ pub fn explanation(e: &Explanation) -> String {
     );
     for trace in [&e.ingress, &e.egress].into_iter().flatten() {
         side(&mut out, trace);
+    }
+    out
+}
+
+/// What the policies in audit mode would decide, beside the decision:
+/// the verdict as if they were enforced, and its reasoning.
+pub fn audit(audited: &Explanation, decision: &Decision) -> String {
+    let verdict = if audited.decision.allowed {
+        "ALLOWED"
+    } else {
+        "DENIED"
+    };
+    let same = if audited.decision.allowed == decision.allowed {
+        "the same"
+    } else {
+        "NOT the same"
+    };
+    let mut out = format!(
+        "  audit mode: with the audited policies enforced: {verdict} ({same} verdict)\n    because: {}\n",
+        audited.decision
+    );
+    let mut sides = String::new();
+    for trace in [&audited.ingress, &audited.egress].into_iter().flatten() {
+        side(&mut sides, trace);
+    }
+    for line in sides.lines() {
+        let _ = writeln!(out, "  {line}");
     }
     out
 }

@@ -144,3 +144,91 @@ fn unknown_pod_in_explain_is_a_clear_error() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("--from bookstore/nope: no such pod"), "{err}");
 }
+
+/// The bookstore example plus a deny-all of `api` in audit mode, in a
+/// directory of its own.
+fn bookstore_with_an_audited_lockdown() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(bookstore()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("lockdown.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: lockdown, namespace: bookstore, annotations: {picket.io/mode: audit}}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn reach_shows_what_an_audited_policy_would_deny_beside_the_verdict() {
+    let dir = bookstore_with_an_audited_lockdown();
+    let cluster = dir.path().to_str().unwrap();
+    let out = picket(&["reach", "--cluster", cluster, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let probes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let probe = |from: &str, to: &str| {
+        probes
+            .iter()
+            .find(|p| p["from"] == from && p["to"] == to)
+            .unwrap_or_else(|| panic!("{from} -> {to}"))
+    };
+    // The verdicts are the example's: the audited policy changes none.
+    let api = probe("bookstore/frontend", "bookstore/api");
+    assert_eq!(api["allowed"], true, "{api}");
+    assert_eq!(
+        api["audit"]["allowed"], true,
+        "another policy allows it: {api}"
+    );
+    let db = probe("bookstore/api", "bookstore/frontend");
+    assert_eq!(db["allowed"], true, "{db}");
+    assert_eq!(
+        db["audit"]["allowed"], false,
+        "the lockdown would deny it: {db}"
+    );
+    assert_eq!(db["audit"]["policy"], "bookstore/lockdown");
+
+    let out = picket(&["reach", "--cluster", cluster, "--explain"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("✓*"), "{table}");
+    assert!(
+        table.contains("audit: bookstore/lockdown would deny"),
+        "{table}"
+    );
+    assert!(table.contains("1 policy in audit mode"), "{table}");
+}
+
+#[test]
+fn explain_gives_the_verdict_with_the_audited_policies_enforced() {
+    let dir = bookstore_with_an_audited_lockdown();
+    let out = picket(&[
+        "explain",
+        "--cluster",
+        dir.path().to_str().unwrap(),
+        "--from",
+        "bookstore/api",
+        "--to",
+        "bookstore/frontend",
+        "--port",
+        "80",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(": ALLOWED"), "{text}");
+    assert!(
+        text.contains(
+            "audit mode: with the audited policies enforced: DENIED (NOT the same verdict)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("bookstore/lockdown"), "{text}");
+}
