@@ -238,7 +238,7 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
         };
         let _ = writeln!(
             out,
-            "{} in audit mode: enforced, it would deny {} allowed and allow {} denied",
+            "in audit mode: {}; enforced, they would deny {} allowed and allow {} denied",
             plural(in_audit, "policy"),
             differ(true),
             differ(false),

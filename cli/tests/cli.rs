@@ -200,7 +200,10 @@ fn reach_shows_what_an_audited_policy_would_deny_beside_the_verdict() {
         table.contains("audit: bookstore/lockdown would deny"),
         "{table}"
     );
-    assert!(table.contains("1 policy in audit mode"), "{table}");
+    assert!(
+        table.contains("in audit mode: 1 policy; enforced, they would deny 9 allowed"),
+        "{table}"
+    );
 }
 
 #[test]
