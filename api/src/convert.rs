@@ -471,6 +471,9 @@ pub fn pod_from_wire(pod: &v1::Pod) -> Result<Pod, InvalidMessage> {
         uid: pod.uid.as_str().into(),
         service_account: pod.service_account.as_str().into(),
         sidecar: pod.sidecar,
+        // Not in a view: what its sidecar's own decisions read has no use
+        // for it (the control plane's coverage reads the cluster's).
+        sidecar_ready: false,
     })
 }
 
@@ -987,6 +990,7 @@ spec:
             uid: "u-1".into(),
             service_account: "api".into(),
             sidecar: true,
+            sidecar_ready: false,
         };
         assert_eq!(pod_from_wire(&pod_to_wire(&pod)).unwrap(), pod);
     }

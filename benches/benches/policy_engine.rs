@@ -107,6 +107,7 @@ fn pod(ns: usize, i: usize) -> Pod {
         uid: "".into(),
         service_account: "".into(),
         sidecar: false,
+        sidecar_ready: false,
     }
 }
 

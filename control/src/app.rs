@@ -87,10 +87,11 @@ pub async fn run_on(
     ));
     registry.register(Box::new(auth.reviews.clone()))?;
     let metrics = Arc::new(ControlMetrics::new(&registry));
+    let unenforced = metrics.unenforced.clone();
     let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
     tracing::info!(addr = %listener.local_addr()?, "Control plane listening");
     tracing::info!(addr = %admin.local_addr()?, "Admin server listening");
-    tokio::spawn(serve_admin(admin, snapshots, registry));
+    tokio::spawn(serve_admin(admin, snapshots, registry, unenforced));
     crate::serve::serve(listener, Arc::new(tls), service).await;
     Ok(())
 }
@@ -99,12 +100,17 @@ async fn serve_admin(
     listener: tokio::net::TcpListener,
     snapshots: SnapshotRx,
     registry: prometheus::Registry,
+    unenforced: prometheus::IntGaugeVec,
 ) {
     picket_common::accept::accept_loop(&listener, |tcp, _| {
         let snapshots = snapshots.clone();
         let registry = registry.clone();
+        let unenforced = unenforced.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                if req.uri().path() == "/metrics" {
+                    set_unenforced(&snapshots, &unenforced);
+                }
                 let answer = admin_answer(req.uri().path(), &snapshots, &registry);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
@@ -114,6 +120,20 @@ async fn serve_admin(
         });
     })
     .await;
+}
+
+/// Counts the unenforced pods of the current state, replacing the last
+/// counts (a namespace no longer concerned leaves the metric).
+fn set_unenforced(snapshots: &SnapshotRx, gauge: &prometheus::IntGaugeVec) {
+    let Some(snapshot) = snapshots.borrow().clone() else {
+        return;
+    };
+    gauge.reset();
+    for (namespace, count) in crate::coverage::unenforced(&snapshot.index) {
+        gauge
+            .with_label_values(&[&*namespace])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
 }
 
 fn admin_answer(

@@ -1,6 +1,8 @@
 //! The control plane's own metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Counters and gauges of the `Watch` service.
 #[derive(Debug, Clone)]
@@ -18,6 +20,9 @@ pub struct ControlMetrics {
     pub disconnects: IntCounterVec,
     /// From sending a message to its acknowledgement.
     pub convergence: Histogram,
+    /// Pods NetworkPolicy concerns that nothing enforces, by namespace
+    /// (see [`crate::coverage`]; set at scrape time).
+    pub unenforced: IntGaugeVec,
 }
 
 impl ControlMetrics {
@@ -65,6 +70,14 @@ impl ControlMetrics {
                 ]),
             )
             .expect("valid"),
+            unenforced: IntGaugeVec::new(
+                Opts::new(
+                    "picket_unenforced_pods",
+                    "Pods that a NetworkPolicy selects, or in a namespace labelled for injection, without a ready Picket sidecar: nothing enforces their policies. By namespace; 0 where every such pod is enforced",
+                ),
+                &["namespace"],
+            )
+            .expect("valid"),
         };
         for c in [
             Box::new(metrics.connected.clone()) as Box<dyn prometheus::core::Collector>,
@@ -73,6 +86,7 @@ impl ControlMetrics {
             Box::new(metrics.bytes.clone()),
             Box::new(metrics.disconnects.clone()),
             Box::new(metrics.convergence.clone()),
+            Box::new(metrics.unenforced.clone()),
         ] {
             let _ = registry.register(c);
         }

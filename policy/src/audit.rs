@@ -43,11 +43,14 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Option<Audit> {
+        // On every inbound connection: the destination's selection, and
+        // the holders' copies of theirs (no lookup by key).
         let concerned = self.audits(dst, Direction::Ingress)
-            || self
-                .pods_with_ip(src)
-                .iter()
-                .any(|k| self.audits(k, Direction::Egress));
+            || self.holders(src).iter().any(|h| {
+                h.selection
+                    .as_deref()
+                    .is_some_and(|s| !s.audited(Direction::Egress).is_empty())
+            });
         concerned.then(|| {
             let decision = self.decide_inbound(
                 Mode::Audited,

@@ -274,8 +274,20 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
             .map(|t| t.0.as_second()),
         uid: p.metadata.uid.as_deref().unwrap_or_default().into(),
         sidecar: spec.is_some_and(runs_sidecar),
+        sidecar_ready: p.status.as_ref().is_some_and(sidecar_ready),
         service_account: service_account(spec).into(),
     })
+}
+
+/// Whether the sidecar container reports ready (a native sidecar, an
+/// init container that keeps running, reports among the init containers).
+fn sidecar_ready(status: &core::PodStatus) -> bool {
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .any(|c| c.name == SIDECAR_CONTAINER && c.ready)
 }
 
 /// Compiles a Service: the addresses kube-proxy sends to its endpoints
@@ -448,6 +460,7 @@ pub fn template_pod(
         created: None,
         uid: "".into(),
         sidecar: spec.is_some_and(runs_sidecar),
+        sidecar_ready: false,
         service_account: service_account(spec).into(),
     })
 }

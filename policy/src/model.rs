@@ -73,6 +73,10 @@ pub struct Pod {
     /// The pod runs Picket's sidecar (a container named `picket-proxy`, as
     /// the injector adds it): only such pods may ask the control plane for a view.
     pub sidecar: bool,
+    /// The sidecar container reports ready (`status.containerStatuses`):
+    /// only then is anything enforcing the pod's policies. Not part of a
+    /// view (a sidecar's own view has no use for it).
+    pub sidecar_ready: bool,
 }
 
 /// One declared container port.

@@ -1,0 +1,100 @@
+//! Coverage through the real control plane (`app::run_on`) against the
+//! test API server: a pod a policy selects whose sidecar is not ready shows
+//! in `picket_unenforced_pods` on the admin port, and leaves it when its
+//! sidecar reports ready.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use picket_control::app::{run_on, Config};
+use picket_control::service::StreamConfig;
+use picket_test_support::apiserver::ApiServer;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-nobody, namespace: shop}
+spec: {podSelector: {matchLabels: {app: db}}}
+"#;
+
+/// The db pod: it runs the sidecar container; `ready` says whether the
+/// container reports ready.
+fn db(ready: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: db, namespace: shop, labels: {{app: db}}}}\n\
+         spec: {{containers: [{{name: app}}, {{name: picket-proxy}}]}}\n\
+         status: {{podIP: 10.0.0.20, podIPs: [{{ip: 10.0.0.20}}], containerStatuses: [\
+         {{name: app, ready: true, image: a, imageID: a, restartCount: 0}}, \
+         {{name: picket-proxy, ready: {ready}, image: p, imageID: p, restartCount: 0}}]}}\n"
+    )
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Polls the admin port's metrics until `line` is in them.
+fn wait_for_line(admin: SocketAddr, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = get(admin, "/metrics");
+        if metrics.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
+    let api = ApiServer::bind("127.0.0.1:0").unwrap();
+    api.apply(CLUSTER).unwrap();
+    api.apply(&db(false)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let certs = picket_test_support::certs::serving_certificate(&["picket-control"]).unwrap();
+    let file = |name: &str, text: &str| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        kubeconfig: Some(kubeconfig),
+        tls_cert_file: file("tls.crt", &certs.cert_pem),
+        tls_key_file: file("tls.key", &certs.key_pem),
+        stream: StreamConfig {
+            batch: Duration::from_millis(10),
+            stall: Duration::from_secs(60),
+            lifetime: Duration::from_secs(3600),
+        },
+        review_rate: 100.0,
+        review_burst: 100.0,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = admin.local_addr().unwrap();
+        tokio::spawn(run_on(config, listener, admin));
+        addr
+    });
+    wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 1"#);
+    api.apply(&db(true)).unwrap();
+    wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 0"#);
+    drop(runtime);
+}
