@@ -9,6 +9,7 @@
 pub mod demo;
 pub mod reach;
 pub mod render;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,9 @@ pub enum Command {
     Reach(ReachArgs),
     /// Print the whole reasoning for one connection.
     Explain(ExplainArgs),
+    /// Check the live cluster: the control plane, the sidecars, and the
+    /// pods NetworkPolicy concerns that nothing enforces (exits 1 if any).
+    Status(StatusArgs),
     /// Run the bookstore example as real pods with sidecars (root, Linux, iptables).
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
@@ -73,6 +77,21 @@ pub struct ExplainArgs {
     pub port: u16,
 }
 
+/// Arguments of `picket status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The kubeconfig; default: in-cluster, else `KUBECONFIG` or
+    /// `~/.kube/config`, as kubectl.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where picket-control runs.
+    #[arg(long, value_name = "NAMESPACE", default_value = "picket-system")]
+    pub control_namespace: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 /// Arguments of `picket demo`.
 #[cfg(feature = "demo")]
 #[derive(Debug, clap::Args)]
@@ -91,9 +110,43 @@ pub enum Format {
     Json,
 }
 
+/// What a command prints on stdout, and whether it found something wrong
+/// (the exit code then says so).
+#[derive(Debug)]
+pub struct Output {
+    /// The text.
+    pub text: String,
+    /// Something is wrong (`picket status`: a pod is unenforced).
+    pub failed: bool,
+}
+
+impl From<String> for Output {
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            failed: false,
+        }
+    }
+}
+
 /// Runs the command line; returns what to print on stdout.
-pub fn run(cli: Cli) -> anyhow::Result<String> {
+pub fn run(cli: Cli) -> anyhow::Result<Output> {
     match cli.command {
+        Command::Status(args) => {
+            let report = status::status(args.kubeconfig.as_ref(), &args.control_namespace)?;
+            let text = match args.format {
+                Format::Table => report.render(),
+                Format::Json => {
+                    let mut text = serde_json::to_string_pretty(&report)?;
+                    text.push('\n');
+                    text
+                }
+            };
+            Ok(Output {
+                text,
+                failed: report.failed(),
+            })
+        }
         Command::Reach(args) => {
             let objects = load(&args.cluster)?;
             let index = objects.index();
@@ -101,13 +154,14 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(match args.format {
                 Format::Json => reach::render_json(&probes)?,
                 Format::Table => reach::render_table(&index, &probes, args.explain),
-            })
+            }
+            .into())
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             let mut stdout = std::io::stdout();
             demo::run(&mut stdout, args.proxy.as_deref())?;
-            Ok(String::new())
+            Ok(String::new().into())
         }
         Command::Explain(args) => {
             let objects = load(&args.cluster)?;
@@ -131,7 +185,7 @@ pub fn run(cli: Cli) -> anyhow::Result<String> {
             } else {
                 "  enforced: NO: neither end runs the Picket sidecar (not injected), so nothing enforces this verdict\n"
             });
-            Ok(text)
+            Ok(text.into())
         }
     }
 }

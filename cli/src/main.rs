@@ -8,11 +8,15 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = picket_cli::Cli::parse();
     match picket_cli::run(cli) {
-        Ok(text) => {
+        Ok(output) => {
             let mut stdout = std::io::stdout().lock();
             // A closed pipe (`picket reach | head`) is not an error worth reporting.
-            let _ = stdout.write_all(text.as_bytes());
-            ExitCode::SUCCESS
+            let _ = stdout.write_all(output.text.as_bytes());
+            if output.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             eprintln!("picket: {e:#}");

@@ -129,7 +129,7 @@ fn set_unenforced(snapshots: &SnapshotRx, gauge: &prometheus::IntGaugeVec) {
         return;
     };
     gauge.reset();
-    for (namespace, count) in crate::coverage::unenforced(&snapshot.index) {
+    for (namespace, count) in picket_policy::coverage::unenforced(&snapshot.index) {
         gauge
             .with_label_values(&[&*namespace])
             .set(i64::try_from(count).unwrap_or(i64::MAX));

@@ -2,7 +2,6 @@
 //! view its pod's decisions need.
 //!
 //! - `view`: which objects one pod's view holds (pure).
-//! - `coverage`: the pods NetworkPolicy concerns that nothing enforces (pure).
 //! - `delta`: what a subscriber was sent and the next message (pure).
 //! - `parts`: a large message as parts of bounded size (pure).
 //! - `auth`: the caller's pod, from its token's TokenReview.
@@ -14,7 +13,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod coverage;
 pub mod delta;
 pub mod metrics;
 pub mod parts;

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod convert;
+pub mod coverage;
 pub mod eval;
 pub mod index;
 pub mod labels;

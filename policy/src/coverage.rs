@@ -8,31 +8,55 @@
 //! Pods with host networking (NetworkPolicy does not apply), without an
 //! address yet or any more, or being deleted, do not count.
 //!
-//! Pure: from an index to counts. Every replica sees every Pod, so the
-//! counts are the cluster's, whichever replica a sidecar is connected to.
+//! Pure: from an index to counts. Readiness comes from the pods' status,
+//! so the control plane's replicas, and `picket status`, each count the
+//! whole cluster.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use picket_policy::{Direction, Pod, PolicyIndex};
+use super::index::PolicyIndex;
+use super::model::{Direction, Pod, PodKey};
 
 /// The namespace label that turns injection on.
-const INJECT_LABEL: &str = "picket.io/inject";
+pub const INJECT_LABEL: &str = "picket.io/inject";
 
-/// Per namespace that has a pod NetworkPolicy concerns: how many of them
-/// nothing enforces (0 when every one is).
-pub fn unenforced(index: &PolicyIndex) -> BTreeMap<Arc<str>, usize> {
-    let mut counts = BTreeMap::new();
+/// One namespace's pods that NetworkPolicy concerns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceCoverage {
+    /// How many pods NetworkPolicy concerns.
+    pub concerned: usize,
+    /// Those nothing enforces, sorted.
+    pub unenforced: Vec<PodKey>,
+}
+
+/// Per namespace that has a pod NetworkPolicy concerns: those pods, and
+/// the ones nothing enforces.
+pub fn coverage(index: &PolicyIndex) -> BTreeMap<Arc<str>, NamespaceCoverage> {
+    let mut namespaces: BTreeMap<Arc<str>, NamespaceCoverage> = BTreeMap::new();
     for pod in index.pods() {
         if !concerned(index, pod) {
             continue;
         }
-        let count = counts.entry(pod.key.namespace.clone()).or_insert(0);
+        let ns = namespaces.entry(pod.key.namespace.clone()).or_default();
+        ns.concerned += 1;
         if !(pod.sidecar && pod.sidecar_ready) {
-            *count += 1;
+            ns.unenforced.push(pod.key.clone());
         }
     }
-    counts
+    for ns in namespaces.values_mut() {
+        ns.unenforced.sort();
+    }
+    namespaces
+}
+
+/// Per namespace that has a pod NetworkPolicy concerns: how many of them
+/// nothing enforces (0 when every one is).
+pub fn unenforced(index: &PolicyIndex) -> BTreeMap<Arc<str>, usize> {
+    coverage(index)
+        .into_iter()
+        .map(|(ns, c)| (ns, c.unenforced.len()))
+        .collect()
 }
 
 /// Whether NetworkPolicy concerns a live pod: a policy selects it, or its
@@ -56,9 +80,9 @@ fn concerned(index: &PolicyIndex, pod: &Pod) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::convert;
     use k8s_openapi::api::core::v1 as core;
     use k8s_openapi::api::networking::v1::NetworkPolicy;
-    use picket_policy::convert;
 
     fn pod(ns: &str, name: &str, labels: &str, status: &str) -> Pod {
         let pod: core::Pod = serde_yaml::from_str(&format!(
@@ -112,7 +136,12 @@ mod tests {
         web.sidecar = false;
         let mut batch = pod("batch", "job", "{app: job}", READY);
         batch.sidecar = false;
-        let counts = unenforced(&index(vec![plain, web, batch], &["web"]));
+        let idx = index(vec![plain, web, batch], &["web"]);
+        let counts = unenforced(&idx);
+        assert_eq!(
+            coverage(&idx)["shop"].unenforced,
+            [crate::ObjectKey::parse("shop/db-1").unwrap()]
+        );
         assert_eq!(counts.get("shop"), Some(&1), "a policy selects it");
         assert_eq!(counts.get("web"), Some(&1), "its namespace is injected");
         assert_eq!(counts.get("batch"), None, "nothing concerns it");
