@@ -258,12 +258,12 @@ impl PolicyIndex {
         let Some(pods) = self.pods_by_namespace.get(&ns).cloned() else {
             return;
         };
+        let audited = self.is_audited(&policy);
         for key in pods.iter() {
             let Some(pod) = self.pods.get(key) else {
                 continue;
             };
             let selects = policy.pod_selector.matches(&pod.labels);
-            let audited = self.is_audited(&policy);
             let was_selected = old.is_some()
                 && self
                     .selection
