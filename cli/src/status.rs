@@ -116,9 +116,13 @@ impl Report {
         }
     }
 
-    /// Whether something is wrong: a pod nothing enforces.
+    /// Whether something is wrong: a pod nothing enforces, or a control
+    /// plane whose every replica is unready (sidecars that use it cannot
+    /// start). A cluster without one (sidecars watching the API directly)
+    /// is not wrong.
     pub fn failed(&self) -> bool {
-        self.unenforced > 0
+        let replicas = &self.control_plane.replicas;
+        self.unenforced > 0 || (!replicas.is_empty() && replicas.iter().all(|r| !r.ready))
     }
 
     /// The report for people.
@@ -136,6 +140,12 @@ impl Report {
         for r in &cp.replicas {
             let state = if r.ready { "ready" } else { "NOT READY" };
             let _ = writeln!(out, "  {}  {state}  restarts {}", r.name, r.restarts);
+        }
+        if !cp.replicas.is_empty() && ready == 0 {
+            let _ = writeln!(
+                out,
+                "CONTROL PLANE DOWN: no replica is ready; sidecars that use it cannot start"
+            );
         }
         let _ = writeln!(
             out,
@@ -224,5 +234,41 @@ fn replica(pod: &Pod) -> Replica {
         restarts: status
             .and_then(|s| s.container_statuses.as_ref())
             .map_or(0, |c| c.iter().map(|c| c.restart_count).sum()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(replicas: &[bool]) -> Report {
+        Report::of(
+            &PolicyIndex::new(),
+            ControlPlane {
+                namespace: "picket-system".into(),
+                replicas: replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ready)| Replica {
+                        name: format!("picket-control-{i}"),
+                        ready: *ready,
+                        restarts: 0,
+                    })
+                    .collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_control_plane_with_no_ready_replica_fails_and_none_at_all_does_not() {
+        assert!(!report(&[]).failed(), "sidecars watching the API directly");
+        assert!(!report(&[true, false]).failed());
+        let down = report(&[false, false]);
+        assert!(down.failed());
+        assert!(
+            down.render().contains("CONTROL PLANE DOWN"),
+            "{}",
+            down.render()
+        );
     }
 }

@@ -21,7 +21,7 @@ pub struct ControlMetrics {
     /// From sending a message to its acknowledgement.
     pub convergence: Histogram,
     /// Pods NetworkPolicy concerns that nothing enforces, by namespace
-    /// (see [`crate::coverage`]; set at scrape time).
+    /// (see `picket_policy::coverage`; set at scrape time).
     pub unenforced: IntGaugeVec,
 }
 

@@ -13,7 +13,9 @@ pub use super::labels::{LabelSource, Labels};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector {
     requirements: Vec<Requirement>,
-    packed: Packed,
+    /// `None`: could not be packed (see [`Packed::pack`]); the
+    /// requirements are matched as they are.
+    packed: Option<Packed>,
 }
 
 /// The requirements packed for matching: each key and listed value as
@@ -45,8 +47,6 @@ enum PackedOp {
     NotIn,
     Exists,
     DoesNotExist,
-    /// The requirements could not be packed (see [`Packed::pack`]).
-    Never,
 }
 
 /// A string of [`Packed::text`]: its head and where it lies.
@@ -184,7 +184,10 @@ impl Selector {
 
     /// Whether these labels satisfy every requirement.
     pub fn matches(&self, labels: &impl LabelSource) -> bool {
-        self.packed.matches(labels)
+        match &self.packed {
+            Some(packed) => packed.matches(labels),
+            None => self.requirements.iter().all(|r| r.matches(labels)),
+        }
     }
 
     /// Whether this is `{}`, which selects everything.
@@ -208,30 +211,29 @@ impl fmt::Display for Selector {
     }
 }
 
+// === impl Requirement ===
+
+impl Requirement {
+    /// Whether the labels satisfy it, read from the requirement as it is
+    /// (a selector that could not be packed).
+    fn matches(&self, labels: &impl LabelSource) -> bool {
+        let value = labels.value(Text::new(&self.key));
+        let one_of = |values: &[String], v: Text<'_>| values.iter().any(|l| Text::new(l).same(&v));
+        match &self.operator {
+            Operator::In(values) => value.is_some_and(|v| one_of(values, v)),
+            Operator::NotIn(values) => value.is_none_or(|v| !one_of(values, v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
 // === impl Packed ===
 
 impl Packed {
-    /// Packs requirements. Were their text longer than `u32` counts (no
-    /// API server stores such a selector), the selector would match
-    /// nothing.
-    fn pack(requirements: &[Requirement]) -> Self {
-        Self::try_pack(requirements).unwrap_or_else(|| Self {
-            requirements: Box::new([PackedRequirement {
-                op: PackedOp::Never,
-                key: PackedText {
-                    head: 0,
-                    start: 0,
-                    end: 0,
-                },
-                first: 0,
-                end: 0,
-            }]),
-            values: Box::new([]),
-            text: Box::new([]),
-        })
-    }
-
-    fn try_pack(requirements: &[Requirement]) -> Option<Self> {
+    /// Packs requirements; `None` when their text is longer than `u32`
+    /// counts (no API server stores such a selector).
+    fn pack(requirements: &[Requirement]) -> Option<Self> {
         let mut text = Vec::new();
         let mut values = Vec::new();
         let mut packed = Vec::with_capacity(requirements.len());
@@ -285,7 +287,6 @@ impl Packed {
                 PackedOp::NotIn => value.is_none_or(|v| !one_of(v)),
                 PackedOp::Exists => value.is_some(),
                 PackedOp::DoesNotExist => value.is_none(),
-                PackedOp::Never => false,
             }
         })
     }
@@ -382,6 +383,44 @@ mod tests {
         assert!(s.matches(&labels(&[("app", "db")])));
         assert!(!s.matches(&labels(&[("app", "db"), ("tier", "test")])));
         assert!(!s.matches(&labels(&[("app", "web")])));
+    }
+
+    #[test]
+    fn a_selector_that_could_not_be_packed_matches_as_the_packed_one_does() {
+        let selectors = [
+            compile(&[], &[]).unwrap(),
+            compile(
+                &[("app", "db"), ("example.com/component", "frontend-primary")],
+                &[],
+            )
+            .unwrap(),
+            compile(&[], &[expr("env", "In", &["prod", "staging"])]).unwrap(),
+            compile(
+                &[],
+                &[expr("env", "NotIn", &["prod"]), expr("team", "Exists", &[])],
+            )
+            .unwrap(),
+            compile(&[], &[expr("team", "DoesNotExist", &[])]).unwrap(),
+        ];
+        let label_sets = [
+            labels(&[]),
+            labels(&[("app", "db"), ("example.com/component", "frontend-primary")]),
+            labels(&[("app", "db"), ("example.com/component", "frontend-primarx")]),
+            labels(&[("env", "prod"), ("team", "a")]),
+            labels(&[("env", "dev"), ("team", "")]),
+            labels(&[("env", "staging")]),
+        ];
+        for s in &selectors {
+            let unpacked = Selector {
+                packed: None,
+                ..s.clone()
+            };
+            for l in &label_sets {
+                assert_eq!(unpacked.matches(l), s.matches(l), "{s} on {l:?}");
+                let packed = crate::PackedLabels::pack(l).unwrap();
+                assert_eq!(s.matches(&packed), s.matches(l), "{s} on packed {l:?}");
+            }
+        }
     }
 
     #[test]

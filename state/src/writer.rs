@@ -393,12 +393,13 @@ impl StateWriter {
     }
 
     fn note_namespace(&mut self, ns: &Namespace) {
-        if self
-            .index
-            .namespace(&ns.name)
-            .is_none_or(|old| old.labels != ns.labels)
-        {
+        let old = self.index.namespace(&ns.name);
+        if old.is_none_or(|old| old.labels != ns.labels) {
             self.changes.insert(ChangeReason::NamespaceLabels);
+        }
+        // Its audit mode decides whether its policies are enforced.
+        if old.is_some_and(|old| old.audit != ns.audit) {
+            self.changes.insert(ChangeReason::PolicyModified);
         }
     }
 
@@ -492,6 +493,30 @@ mod tests {
         writer.replace_all(Kind::Policy, vec![]);
         writer.commit();
         assert!(rx.borrow().as_ref().unwrap().index.policy(&key).is_none());
+    }
+
+    #[test]
+    fn a_namespace_switching_audit_mode_is_published_as_a_change_of_its_policies() {
+        let (mut writer, rx) = StateWriter::new();
+        let convert = |yaml: &str| {
+            picket_policy::convert::namespace(&serde_yaml::from_str(yaml).unwrap()).unwrap()
+        };
+        let audited = convert("metadata: {name: shop, annotations: {picket.io/mode: audit}}");
+        let enforced = convert("metadata: {name: shop}");
+        for kind in Kind::ALL {
+            writer.replace_all(kind, vec![]);
+        }
+        writer.apply(Object::Namespace(audited.clone()));
+        assert!(writer.commit_if_complete());
+        // Only the mode changes, not the labels: enforcing it again must
+        // reach the data plane, and re-check live connections.
+        writer.apply(Object::Namespace(enforced));
+        assert!(writer.commit(), "the switch to enforce is published");
+        let snapshot = rx.borrow().clone().unwrap();
+        assert!(!snapshot.index.namespace("shop").unwrap().audit);
+        assert_eq!(snapshot.changes, vec![ChangeReason::PolicyModified]);
+        writer.apply(Object::Namespace(audited));
+        assert!(writer.commit(), "and back to audit");
     }
 
     #[test]
