@@ -102,6 +102,21 @@ fn any_sequence_of_changes_equals_a_rebuild_and_decides_the_same() {
                 .cloned()
                 .map(|p| Policy { audit: false, ..p }),
         );
+        // The same cluster without its audited policies: an audited policy
+        // neither isolates nor allows.
+        let audited_namespaces: Vec<&str> = namespaces
+            .values()
+            .filter(|n| n.audit)
+            .map(|n| &*n.name)
+            .collect();
+        let without_audited = PolicyIndex::build(
+            namespaces.values().cloned(),
+            pods.values().cloned(),
+            policies
+                .values()
+                .filter(|p| !p.audit && !audited_namespaces.contains(&&*p.key.namespace))
+                .cloned(),
+        );
         let rebuilt = PolicyIndex::build(
             namespaces.into_values(),
             pods.into_values(),
@@ -122,6 +137,21 @@ fn any_sequence_of_changes_equals_a_rebuild_and_decides_the_same() {
             assert_eq!(a, b, "seed {seed}: {what}");
         }
         audits_decide_as_if_enforced(seed, &rebuilt, &enforced);
+        let plain = |d: Vec<(String, Decision)>| -> Vec<(String, Decision)> {
+            d.into_iter()
+                .filter(|(what, _)| !what.contains("(audit"))
+                .collect()
+        };
+        let (got, want) = (
+            plain(decisions(&rebuilt)),
+            plain(decisions(&without_audited)),
+        );
+        for ((what, a), (_, b)) in got.into_iter().zip(want) {
+            assert_eq!(
+                a, b,
+                "seed {seed}: {what}: an audited policy changed the decision"
+            );
+        }
     }
 }
 
