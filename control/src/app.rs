@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -36,6 +37,17 @@ pub struct Config {
     pub review_rate: f64,
     /// TokenReviews at once.
     pub review_burst: f64,
+    /// Coverage Events (see [`crate::events`]).
+    pub coverage: CoverageConfig,
+}
+
+/// How coverage Events are recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct CoverageConfig {
+    /// How often coverage is checked.
+    pub interval: Duration,
+    /// How long an unchanged warning waits before it is recorded again.
+    pub repeat: Duration,
 }
 
 /// Binds the listeners and runs the control plane until the process ends.
@@ -80,6 +92,17 @@ pub async fn run_on(
             .with_services()
             .run(writer),
     );
+    // The pod's name (the Downward API, or the hostname a pod gets).
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "picket-control".into());
+    tokio::spawn(crate::events::run(
+        client.clone(),
+        snapshots.clone(),
+        config.coverage.interval,
+        config.coverage.repeat,
+        instance,
+    ));
     let auth = Arc::new(Authenticator::new(
         KubeReviewer(client),
         config.review_rate,

@@ -8,12 +8,14 @@
 //! - `service`: the `Watch` service, one task per sidecar.
 //! - `serve`: TLS and HTTP/2.
 //! - `metrics`: the control plane's own metrics.
+//! - `events`: coverage as Events on NetworkPolicies.
 //! - `app`: wiring (the cluster watch, the service, `/ready` and `/metrics`).
 #![warn(missing_docs)]
 
 pub mod app;
 pub mod auth;
 pub mod delta;
+pub mod events;
 pub mod metrics;
 pub mod parts;
 pub mod serve;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use picket_control::app::{run, Config};
+use picket_control::app::{run, Config, CoverageConfig};
 use picket_control::service::StreamConfig;
 
 /// Watches the cluster once and streams each sidecar its pod's view.
@@ -51,6 +51,13 @@ struct Cli {
     /// TokenReviews at once.
     #[arg(long, default_value_t = 200.0)]
     token_review_burst: f64,
+    /// How often coverage is checked for Events on NetworkPolicies that
+    /// select pods without a ready sidecar.
+    #[arg(long, default_value = "30s", value_parser = picket_common::duration::parse)]
+    coverage_interval: Duration,
+    /// How long an unchanged coverage warning waits before it is recorded again.
+    #[arg(long, default_value = "10m", value_parser = picket_common::duration::parse)]
+    coverage_repeat: Duration,
     /// Log as JSON.
     #[arg(long, env = "PICKET_LOG_JSON")]
     log_json: bool,
@@ -73,6 +80,10 @@ async fn main() -> anyhow::Result<()> {
         },
         review_rate: cli.token_review_rate,
         review_burst: cli.token_review_burst,
+        coverage: CoverageConfig {
+            interval: cli.coverage_interval,
+            repeat: cli.coverage_repeat,
+        },
     })
     .await
 }

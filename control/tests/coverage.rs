@@ -8,9 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use picket_control::app::{run_on, Config};
+use picket_control::app::{run_on, Config, CoverageConfig};
 use picket_control::service::StreamConfig;
-use picket_test_support::apiserver::ApiServer;
+use picket_test_support::apiserver::{ApiServer, Kind};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -57,6 +57,27 @@ fn wait_for_line(admin: SocketAddr, line: &str) {
     }
 }
 
+fn events(api: &ApiServer) -> Vec<serde_json::Value> {
+    api.objects(Kind::Event)
+}
+
+/// Polls until an Event with `reason` is recorded in shop; returns it.
+fn wait_for_event(api: &ApiServer, reason: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(e) = events(api).into_iter().find(|e| e["reason"] == reason) {
+            assert_eq!(e["metadata"]["namespace"], "shop");
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {reason} Event: {:?}",
+            events(api)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
@@ -84,6 +105,10 @@ fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
         },
         review_rate: 100.0,
         review_burst: 100.0,
+        coverage: CoverageConfig {
+            interval: Duration::from_millis(50),
+            repeat: Duration::from_secs(600),
+        },
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let admin = runtime.block_on(async {
@@ -94,7 +119,23 @@ fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
         addr
     });
     wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 1"#);
+    let warning = wait_for_event(&api, "Unenforced");
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["involvedObject"]["kind"], "NetworkPolicy");
+    assert_eq!(warning["involvedObject"]["name"], "db-from-nobody");
+    assert_eq!(
+        warning["message"],
+        "selects 1 pod without a ready Picket sidecar: not enforced there (db)"
+    );
     api.apply(&db(true)).unwrap();
     wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 0"#);
+    let cleared = wait_for_event(&api, "Enforced");
+    assert_eq!(cleared["type"], "Normal");
+    // Unchanged, the warning is not repeated within the bound.
+    let warnings = events(&api)
+        .iter()
+        .filter(|e| e["reason"] == "Unenforced")
+        .count();
+    assert_eq!(warnings, 1);
     drop(runtime);
 }

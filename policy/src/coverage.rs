@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::index::PolicyIndex;
-use super::model::{Direction, Pod, PodKey};
+use super::model::{Direction, Pod, PodKey, PolicyKey};
 
 /// The namespace label that turns injection on.
 pub const INJECT_LABEL: &str = "picket.io/inject";
@@ -48,6 +48,40 @@ pub fn coverage(index: &PolicyIndex) -> BTreeMap<Arc<str>, NamespaceCoverage> {
         ns.unenforced.sort();
     }
     namespaces
+}
+
+/// Per policy that selects unenforced pods (enforced or in audit mode):
+/// those pods, sorted. What the control plane records as Events on the
+/// policy.
+pub fn unenforced_by_policy(index: &PolicyIndex) -> BTreeMap<PolicyKey, Vec<PodKey>> {
+    let mut policies: BTreeMap<PolicyKey, Vec<PodKey>> = BTreeMap::new();
+    for pod in index.pods() {
+        if !concerned(index, pod) || (pod.sidecar && pod.sidecar_ready) {
+            continue;
+        }
+        let mut selecting: Vec<&PolicyKey> = [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .flat_map(|d| {
+                index
+                    .selecting(&pod.key, d)
+                    .iter()
+                    .chain(index.auditing(&pod.key, d))
+            })
+            .map(|p| &p.key)
+            .collect();
+        selecting.sort();
+        selecting.dedup();
+        for policy in selecting {
+            policies
+                .entry(policy.clone())
+                .or_default()
+                .push(pod.key.clone());
+        }
+    }
+    for pods in policies.values_mut() {
+        pods.sort();
+    }
+    policies
 }
 
 /// Per namespace that has a pod NetworkPolicy concerns: how many of them
@@ -143,6 +177,16 @@ mod tests {
             [crate::ObjectKey::parse("shop/db-1").unwrap()]
         );
         assert_eq!(counts.get("shop"), Some(&1), "a policy selects it");
+        let by_policy = unenforced_by_policy(&idx);
+        assert_eq!(
+            by_policy.len(),
+            1,
+            "web's pod is unenforced, but no policy selects it"
+        );
+        assert_eq!(
+            by_policy[&crate::ObjectKey::parse("shop/deny").unwrap()],
+            [crate::ObjectKey::parse("shop/db-1").unwrap()]
+        );
         assert_eq!(counts.get("web"), Some(&1), "its namespace is injected");
         assert_eq!(counts.get("batch"), None, "nothing concerns it");
     }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use picket_control::app::{run_on, Config};
+use picket_control::app::{run_on, Config, CoverageConfig};
 use picket_control::service::StreamConfig;
 use picket_lab::app::EchoServer;
 use picket_lab::proxy::share_dir;
@@ -60,6 +60,10 @@ impl ControlPlane {
                     },
                     review_rate: 100.0,
                     review_burst: 200.0,
+                    coverage: CoverageConfig {
+                        interval: Duration::from_secs(30),
+                        repeat: Duration::from_secs(600),
+                    },
                 };
                 tokio::select! {
                     ended = run_on(config, listener, admin) => ended.unwrap(),

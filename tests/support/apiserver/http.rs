@@ -642,7 +642,8 @@ mod tests {
                 "secrets",
                 "serviceaccounts",
                 "services",
-                "services/status"
+                "services/status",
+                "events"
             ]
         );
         let admission = resources("admissionregistration.k8s.io/v1");

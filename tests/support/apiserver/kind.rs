@@ -27,11 +27,13 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1` EndpointSlice, namespaced.
     EndpointSlice,
+    /// `v1` Event, namespaced.
+    Event,
 }
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::NetworkPolicy,
@@ -40,6 +42,7 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Event,
     ];
 
     /// The `kind` field of an object, e.g. `Pod`.
@@ -53,6 +56,7 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Event => "Event",
         }
     }
 
@@ -67,15 +71,19 @@ impl Kind {
             Kind::ServiceAccount => "ServiceAccountList",
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
+            Kind::Event => "EventList",
         }
     }
 
     /// The `apiVersion` field, e.g. `v1` or `networking.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => {
-                "v1"
-            }
+            Kind::Pod
+            | Kind::Namespace
+            | Kind::Secret
+            | Kind::ServiceAccount
+            | Kind::Service
+            | Kind::Event => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io/v1",
@@ -85,7 +93,12 @@ impl Kind {
     /// The API group, empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Pod | Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => "",
+            Kind::Pod
+            | Kind::Namespace
+            | Kind::Secret
+            | Kind::ServiceAccount
+            | Kind::Service
+            | Kind::Event => "",
             Kind::NetworkPolicy => "networking.k8s.io",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io",
@@ -103,6 +116,7 @@ impl Kind {
             Kind::ServiceAccount => "serviceaccounts",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::Event => "events",
         }
     }
 
@@ -114,6 +128,7 @@ impl Kind {
             Kind::NetworkPolicy => &["netpol"],
             Kind::ServiceAccount => &["sa"],
             Kind::Service => &["svc"],
+            Kind::Event => &["ev"],
             Kind::Secret | Kind::MutatingWebhookConfiguration | Kind::EndpointSlice => &[],
         }
     }
@@ -136,7 +151,9 @@ impl Kind {
             Kind::MutatingWebhookConfiguration => &["webhooks"],
             // The EndpointSlice strategy bumps it when these change.
             Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
-            Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service => &[],
+            Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service | Kind::Event => {
+                &[]
+            }
         }
     }
 
@@ -177,6 +194,22 @@ impl Kind {
             | Kind::ServiceAccount
             | Kind::Service
             | Kind::EndpointSlice => &["metadata.name", "metadata.namespace"],
+            // As the core registry's event strategy (`GetAttrs`).
+            Kind::Event => &[
+                "metadata.name",
+                "metadata.namespace",
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ],
         }
     }
 
@@ -202,6 +235,8 @@ impl Kind {
             }
             // Upstream selects on the first of status.podIPs, not on status.podIP.
             "status.podIP" => text("/status/podIPs/0/ip"),
+            // An Event's `source` selects on its component.
+            "source" => text("/source/component"),
             other => text(&format!("/{}", other.replace('.', "/"))),
         })
     }

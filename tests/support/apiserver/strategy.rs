@@ -42,7 +42,8 @@ pub(crate) fn decode(kind: Kind, obj: &mut Value) -> Result<(), ApiError> {
         | Kind::NetworkPolicy
         | Kind::ServiceAccount
         | Kind::Service
-        | Kind::EndpointSlice => Ok(()),
+        | Kind::EndpointSlice
+        | Kind::Event => Ok(()),
     }
 }
 
@@ -56,7 +57,8 @@ pub(crate) fn validate(kind: Kind, obj: &Value, old: Option<&Value>) -> Result<(
         | Kind::NetworkPolicy
         | Kind::ServiceAccount
         | Kind::Service
-        | Kind::EndpointSlice => Vec::new(),
+        | Kind::EndpointSlice
+        | Kind::Event => Vec::new(),
     };
     if errors.is_empty() {
         return Ok(());
