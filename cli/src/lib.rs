@@ -7,6 +7,7 @@
 
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod live;
 pub mod reach;
 pub mod render;
 pub mod status;
@@ -43,12 +44,28 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// Where `reach` and `explain` read the cluster: manifests, or the live
+/// cluster (exactly one).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ClusterSource {
+    /// A manifest file or a directory of them (Namespaces, Pods, workloads, NetworkPolicies).
+    #[arg(long, value_name = "PATH")]
+    pub cluster: Option<PathBuf>,
+    /// The live cluster, through this kubeconfig.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The live cluster, as kubectl finds it (in-cluster, `KUBECONFIG`, `~/.kube/config`).
+    #[arg(long)]
+    pub live: bool,
+}
+
 /// Arguments of `picket reach`.
 #[derive(Debug, clap::Args)]
 pub struct ReachArgs {
-    /// A manifest file or a directory of them (Namespaces, Pods, workloads, NetworkPolicies).
-    #[arg(long, value_name = "PATH")]
-    pub cluster: PathBuf,
+    /// The cluster.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// A TCP port to probe (repeatable); default: every port each destination declares.
     #[arg(long = "port", value_name = "N")]
     pub ports: Vec<u16>,
@@ -63,9 +80,9 @@ pub struct ReachArgs {
 /// Arguments of `picket explain`.
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
-    /// A manifest file or a directory of them.
-    #[arg(long, value_name = "PATH")]
-    pub cluster: PathBuf,
+    /// The cluster.
+    #[command(flatten)]
+    pub source: ClusterSource,
     /// The source pod, as NAMESPACE/POD.
     #[arg(long, value_name = "NS/POD")]
     pub from: String,
@@ -148,8 +165,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
             })
         }
         Command::Reach(args) => {
-            let objects = load(&args.cluster)?;
-            let index = objects.index();
+            let index = args.source.index()?;
             let probes = reach::probes(&index, &args.ports);
             Ok(match args.format {
                 Format::Json => reach::render_json(&probes)?,
@@ -164,8 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
             Ok(String::new().into())
         }
         Command::Explain(args) => {
-            let objects = load(&args.cluster)?;
-            let index = objects.index();
+            let index = args.source.index()?;
             let from = pod_key(&index, &args.from, "--from")?;
             let to = pod_key(&index, &args.to, "--to")?;
             let node = index
@@ -186,6 +201,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
                 "  enforced: NO: neither end runs the Picket sidecar (not injected), so nothing enforces this verdict\n"
             });
             Ok(text.into())
+        }
+    }
+}
+
+impl ClusterSource {
+    /// The cluster's index: from manifests, or listed from the live cluster.
+    fn index(&self) -> anyhow::Result<PolicyIndex> {
+        match (&self.cluster, &self.kubeconfig) {
+            (Some(path), _) => Ok(load(path)?.index()),
+            (None, kubeconfig) => live::block_on(async {
+                let client = live::client(kubeconfig.as_ref()).await?;
+                live::index(client).await
+            }),
         }
     }
 }

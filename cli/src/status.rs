@@ -13,22 +13,16 @@
 //! I/O here; the report itself (`Report`, `render`) is pure.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use picket_policy::coverage::{coverage, NamespaceCoverage};
 use picket_policy::PolicyIndex;
-use picket_state::kube::KubeSource;
-use picket_state::{Source as _, StateWriter};
 use serde::Serialize;
 
 /// The control plane's pod label.
 const CONTROL_SELECTOR: &str = "app.kubernetes.io/name=picket-control";
-
-/// How long to wait for the cluster's first complete list.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `picket status` found.
 #[derive(Debug, Serialize)]
@@ -181,12 +175,8 @@ impl Report {
 
 /// Reads the cluster and reports.
 pub fn status(kubeconfig: Option<&PathBuf>, control_namespace: &str) -> anyhow::Result<Report> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")?;
-    runtime.block_on(async {
-        let client = picket_state::kube::client(kubeconfig).await?;
+    crate::live::block_on(async {
+        let client = crate::live::client(kubeconfig).await?;
         let pods: Api<Pod> = Api::namespaced(client.clone(), control_namespace);
         let listed = pods
             .list(&ListParams::default().labels(CONTROL_SELECTOR))
@@ -196,26 +186,9 @@ pub fn status(kubeconfig: Option<&PathBuf>, control_namespace: &str) -> anyhow::
             })?;
         let mut replicas: Vec<Replica> = listed.items.iter().map(replica).collect();
         replicas.sort_by(|a, b| a.name.cmp(&b.name));
-        let restarts = prometheus::IntCounterVec::new(
-            prometheus::Opts::new("picket_status_watch_restarts_total", "unused"),
-            &["kind"],
-        )?;
-        let (writer, mut snapshots) = StateWriter::new();
-        let source = tokio::spawn(KubeSource::new(client, restarts).run(writer));
-        let synced = tokio::time::timeout(SYNC_TIMEOUT, snapshots.wait_for(|s| s.is_some())).await;
-        let snapshot = match synced {
-            Ok(Ok(s)) => (*s).clone(),
-            _ => None,
-        };
-        source.abort();
-        let snapshot = snapshot.with_context(|| {
-            format!(
-                "the cluster's Pods, Namespaces and NetworkPolicies were not listed within {}s",
-                SYNC_TIMEOUT.as_secs()
-            )
-        })?;
+        let index = crate::live::index(client).await?;
         Ok(Report::of(
-            &snapshot.index,
+            &index,
             ControlPlane {
                 namespace: control_namespace.to_string(),
                 replicas,

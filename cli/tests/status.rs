@@ -1,4 +1,5 @@
-//! `picket status`, the real binary against the test API server.
+//! `picket status`, and `reach`/`explain` on the live cluster: the real
+//! binary against the test API server.
 
 use std::process::{Command, Output};
 
@@ -114,4 +115,64 @@ fn status_without_a_cluster_fails_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("picket: "), "{err}");
     assert!(err.contains("nope"), "names the kubeconfig: {err}");
+}
+
+#[test]
+fn reach_and_explain_on_the_live_cluster_say_what_they_say_on_its_manifests() {
+    let bookstore =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/bookstore");
+    let api = ApiServer::bind("127.0.0.1:0").unwrap();
+    for file in ["namespace.yaml", "pods.yaml", "api-allow.yaml"] {
+        api.apply(&std::fs::read_to_string(bookstore.join(file)).unwrap())
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let picket = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_picket"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let kc = kubeconfig.to_str().unwrap();
+    let files = bookstore.to_str().unwrap();
+    let live = picket(&["reach", "--kubeconfig", kc, "--format", "json"]);
+    let manifests = picket(&["reach", "--cluster", files, "--format", "json"]);
+    assert_eq!(live, manifests);
+    let explain = [
+        "explain",
+        "--from",
+        "bookstore/coffeeshop",
+        "--to",
+        "bookstore/api",
+        "--port",
+        "80",
+    ];
+    let live = picket(&[&explain[..], &["--kubeconfig", kc]].concat());
+    let manifests = picket(&[&explain[..], &["--cluster", files]].concat());
+    assert_eq!(live, manifests);
+    assert!(live.contains("DENIED"), "{live}");
+}
+
+#[test]
+fn reach_takes_exactly_one_cluster_source() {
+    for args in [&["reach"][..], &["reach", "--cluster", "x", "--live"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_picket"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--cluster") && err.contains("--kubeconfig"),
+            "{err}"
+        );
+    }
 }
