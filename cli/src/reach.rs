@@ -63,7 +63,7 @@ struct JsonAudit {
 }
 
 /// The label that turns injection on for a namespace, or (`disabled`) off for a pod.
-const INJECT_LABEL: &str = "picket.io/inject";
+use picket_policy::coverage::INJECT_LABEL;
 
 /// Whether a pod runs Picket's sidecar, or will: its spec has the
 /// container, or its namespace is labelled for injection and the pod does
