@@ -51,11 +51,7 @@ impl Enforcer {
             return;
         };
         let mut digits = [0u8; 5];
-        let port = if self.port_is_labelled(snapshot, dst.0.port()) {
-            super::format_port(dst.0.port(), &mut digits)
-        } else {
-            "other"
-        };
+        let port = self.port_label(snapshot, dst.0.port(), &mut digits);
         self.metrics
             .connections
             .with_label_values(&[outcome, &policy, port])

@@ -307,11 +307,7 @@ impl Enforcer {
             _ => "no-policy",
         };
         let mut digits = [0u8; 5];
-        let port = if self.port_is_labelled(snapshot, port) {
-            format_port(port, &mut digits)
-        } else {
-            "other"
-        };
+        let port = self.port_label(snapshot, port, &mut digits);
         let outcome = if decision.allowed {
             "allowed"
         } else {
@@ -328,6 +324,16 @@ impl Enforcer {
                     .denied_peer(&peer.namespace, workload_of(&peer.name)),
                 None => self.metrics.denied_peer("none", "none"),
             }
+        }
+    }
+
+    /// A port's label value: its number where labelled (see
+    /// [`Self::port_is_labelled`]), else `other`.
+    fn port_label<'a>(&self, snapshot: &Snapshot, port: u16, digits: &'a mut [u8; 5]) -> &'a str {
+        if self.port_is_labelled(snapshot, port) {
+            format_port(port, digits)
+        } else {
+            "other"
         }
     }
 
