@@ -4,14 +4,19 @@
 //! bound and the first state has loaded; once ready it never flips back, so a
 //! lost state source does not pull the pod out of its Services) and
 //! `/metrics`. On 127.0.0.1 only, what dumps internals or changes state:
-//! `/connections` (the live connection table) and `PUT /log-level`.
+//! `/connections` (the live connection table), `/tap` (this pod's decisions
+//! as they happen, JSON lines, for `picket tap` through a port-forward) and
+//! `PUT /log-level`.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -22,6 +27,7 @@ use picket_common::logging::LogHandle;
 use picket_policy::NodeAddrs;
 
 use crate::enforce::registry::Registry;
+use crate::tap::{Filter, Reader, Received, Tap};
 
 /// Readiness latches: ready once every one is set, and ready for good.
 #[derive(Debug, Default)]
@@ -34,7 +40,20 @@ pub struct Readiness {
 /// The most admin connections served at once, per admin listener.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// The longest an admin connection lives (probes and scrapes take milliseconds).
-pub const ADMIN_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// (A `/tap` stream is exempt: it lives as long as its reader.)
+pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an idle `/tap` stream writes an empty line, so a reader that
+/// went away is noticed and its slot freed.
+pub const TAP_KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// An admin response's body: whole, or a `/tap` stream.
+pub type AdminBody = Either<Full<Bytes>, TapBody>;
+
+/// A `/tap` stream's body: lines made by the stream's own task.
+#[derive(Debug)]
+pub struct TapBody {
+    lines: tokio::sync::mpsc::Receiver<Bytes>,
+}
 
 /// What an admin server may show.
 #[derive(Clone, Debug)]
@@ -45,6 +64,8 @@ pub struct Admin {
     pub metrics: Option<Arc<ProxyMetrics>>,
     /// The connection table, shown only on the local server.
     pub registry: Option<Arc<Registry>>,
+    /// The decisions' broadcast, streamed only on the local server.
+    pub tap: Option<Arc<Tap>>,
     /// The log filter, changeable only on the local server.
     pub log: Option<LogHandle>,
     /// Clients served beyond the connection cap: the node (kubelet probes
@@ -109,22 +130,64 @@ impl Admin {
             }
             let admin = self.clone();
             tokio::spawn(async move {
+                // Set once the connection serves a tap stream: from then on
+                // it lives as long as its reader (a tap slot bounds those).
+                let streaming = Arc::new(AtomicBool::new(false));
+                let marked = streaming.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req).await) }
+                    let marked = marked.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req, &marked).await) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(ADMIN_CONNECTION_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection).await;
+                let mut connection = std::pin::pin!(connection);
+                let timed_out = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection.as_mut())
+                    .await
+                    .is_err();
+                if timed_out && streaming.load(Ordering::SeqCst) {
+                    let _ = connection.await;
+                }
                 drop(permit);
             });
         })
         .await
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, req: Request<Incoming>, streaming: &AtomicBool) -> Response<AdminBody> {
+        if req.method() == Method::GET && req.uri().path() == "/tap" {
+            let Some(tap) = &self.tap else {
+                return text(StatusCode::NOT_FOUND, "not found\n".into()).map(Either::Left);
+            };
+            let filter = match Filter::from_query(req.uri().query().unwrap_or_default()) {
+                Ok(filter) => filter,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")).map(Either::Left),
+            };
+            let Some(reader) = tap.subscribe() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} tap readers are attached already\n",
+                        crate::tap::MAX_READERS
+                    ),
+                )
+                .map(Either::Left);
+            };
+            streaming.store(true, Ordering::SeqCst);
+            tracing::info!(?filter, "Tap reader attached");
+            let mut resp = Response::new(Either::Right(stream_tap(reader, filter)));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/x-ndjson"),
+            );
+            return resp;
+        }
+        self.route_whole(req).await.map(Either::Left)
+    }
+
+    async fn route_whole(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() == Method::PUT && req.uri().path() == "/log-level" {
             let Some(log) = &self.log else {
                 return text(StatusCode::NOT_FOUND, "not found\n".into());
@@ -183,6 +246,61 @@ impl Admin {
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
+    }
+}
+
+/// Streams a tap reader's events as JSON lines, from a task of its own: a
+/// client that reads slowly holds up this task, which holds up nothing (the
+/// broadcast drops the oldest for it, and it says how many with a
+/// `{"dropped": N}` line). Ends when the client goes.
+fn stream_tap(mut reader: Reader, filter: Filter) -> TapBody {
+    let (tx, lines) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let received = tokio::select! {
+                received = reader.recv() => received,
+                () = tx.closed() => break,
+                () = tokio::time::sleep(TAP_KEEPALIVE) => {
+                    if tx.send(Bytes::from_static(b"\n")).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let line = match received {
+                Some(Received::Event(event)) if filter.matches(&event) => {
+                    serde_json::to_vec(&event.line())
+                }
+                Some(Received::Event(_)) => continue,
+                Some(Received::Dropped(n)) => {
+                    serde_json::to_vec(&serde_json::json!({ "dropped": n }))
+                }
+                None => break,
+            };
+            let Ok(mut line) = line else { continue };
+            line.push(b'\n');
+            if tx.send(Bytes::from(line)).await.is_err() {
+                break;
+            }
+        }
+        tracing::info!("Tap reader detached");
+    });
+    TapBody { lines }
+}
+
+// === impl TapBody ===
+
+impl hyper::body::Body for TapBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.lines
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
     }
 }
 

@@ -27,6 +27,7 @@ use crate::net::listener;
 use crate::net::relay::RelayCounters;
 use crate::net::Interception;
 use crate::reserved_ports;
+use crate::tap::Tap;
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
@@ -115,6 +116,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
 
     let (mut writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
+    let tap = Tap::new();
     let readiness = Readiness::new();
     let metrics = Arc::new(ProxyMetrics::new(args.peer_label_limit));
     let bytes = RelayCounters {
@@ -152,6 +154,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         next_endpoint: Default::default(),
         outbound: args.outbound_capture == OutboundArg::On,
+        tap: tap.clone(),
     });
     let limits = Limits {
         connect_timeout: args.connect_timeout,
@@ -213,6 +216,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             readiness: readiness.clone(),
             metrics: Some(metrics.clone()),
             registry: None,
+            tap: None,
             log: None,
             node: enforcer.node.clone(),
         }
@@ -233,6 +237,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             readiness: readiness.clone(),
             metrics: Some(metrics.clone()),
             registry: Some(registry.clone()),
+            tap: Some(tap),
             log,
             node: NodeAddrs::default(),
         }

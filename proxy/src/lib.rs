@@ -6,7 +6,8 @@
 //! - `enforce`: admission, the live connection table, re-check and teardown.
 //! - `iptables`: the init container's rules (and tproxy's policy routing).
 //! - `privileges`: the capabilities the sidecar keeps (none, or NET_RAW for tproxy).
-//! - `admin`: /live, /ready, /metrics, /connections, PUT /log-level.
+//! - `admin`: /live, /ready, /metrics, /connections, /tap, PUT /log-level.
+//! - `tap`: the bounded broadcast of this pod's decisions `picket tap` reads.
 //! - `metrics`, `node`, `config`: what the sidecar counts, who its node is, its flags.
 //! - `reserved_ports`: the proxy's ports kept out of the pod's ephemeral range.
 //! - `app`: wiring for the `picket-proxy` binary.
@@ -24,3 +25,4 @@ pub mod net;
 pub mod node;
 pub mod privileges;
 pub mod reserved_ports;
+pub mod tap;

@@ -31,14 +31,15 @@ fn difference(decision: &Decision, audit: Option<Audit>) -> Option<(&'static str
 // === impl Enforcer: audit ===
 
 impl Enforcer {
-    /// Audits an inbound connection decided `decision` on `snapshot`.
+    /// Audits an inbound connection decided `decision` on `snapshot`;
+    /// returns the difference found (outcome, audited policy).
     pub(super) fn audit_inbound(
         &self,
         snapshot: &Snapshot,
         decision: &Decision,
         client: ClientAddr,
         dst: OrigDstAddr,
-    ) {
+    ) -> Option<(&'static str, String)> {
         let audit = snapshot.index.audit_from_ip(
             client.0.ip(),
             &self.pod,
@@ -47,9 +48,7 @@ impl Enforcer {
             Protocol::Tcp,
             &self.node,
         );
-        let Some((outcome, policy, audit)) = difference(decision, audit) else {
-            return;
-        };
+        let (outcome, policy, audit) = difference(decision, audit)?;
         let mut digits = [0u8; 5];
         let port = self.port_label(snapshot, dst.0.port(), &mut digits);
         self.metrics
@@ -57,17 +56,19 @@ impl Enforcer {
             .with_label_values(&[outcome, &policy, port])
             .inc();
         self.log_audit(Direction::Ingress, outcome, &policy, &audit, client, dst);
+        Some((outcome, policy))
     }
 
     /// Audits an outbound connection to `dialled` (the endpoint chosen, or
-    /// the address dialled) decided `decision` on `snapshot`.
+    /// the address dialled) decided `decision` on `snapshot`; returns the
+    /// difference found (outcome, audited policy).
     pub(super) fn audit_outbound(
         &self,
         snapshot: &Snapshot,
         decision: &Decision,
         client: ClientAddr,
         dialled: OrigDstAddr,
-    ) {
+    ) -> Option<(&'static str, String)> {
         let ip = dialled.0.ip().to_canonical();
         let audit = snapshot.index.audit_to_ip(
             &self.pod,
@@ -76,9 +77,7 @@ impl Enforcer {
             Protocol::Tcp,
             &self.own_node,
         );
-        let Some((outcome, policy, audit)) = difference(decision, audit) else {
-            return;
-        };
+        let (outcome, policy, audit) = difference(decision, audit)?;
         let destination = match &audit.decision.reason {
             picket_policy::Reason::Egress { destination, .. } => destination.clone(),
             _ => None,
@@ -86,6 +85,7 @@ impl Enforcer {
         self.metrics
             .outbound_decided(outcome, &policy, destination.as_ref(), "external");
         self.log_audit(Direction::Egress, outcome, &policy, &audit, client, dialled);
+        Some((outcome, policy))
     }
 
     fn log_audit(

@@ -32,6 +32,7 @@ use picket_state::{Snapshot, SnapshotRx};
 
 use crate::metrics::{workload_of, ProxyMetrics};
 use crate::net::{ClientAddr, OrigDstAddr};
+use crate::tap::{self, Tap};
 use registry::{Registration, Registry};
 
 /// How long a connection may wait for state that decides it.
@@ -77,6 +78,8 @@ pub struct Enforcer {
     /// Whether outbound connections are decided (the sidecar was told init
     /// captures them, and its state holds Services); else they are reset.
     pub outbound: bool,
+    /// Where decisions are published for `picket tap`.
+    pub tap: Arc<Tap>,
 }
 
 /// An admitted connection: its place in the table, and where to dial (the
@@ -149,12 +152,14 @@ impl Enforcer {
         let refused = self.metrics.refused_of(direction);
         let Some(snapshot) = self.current_snapshot().await else {
             refused.with_label_values(&["no-state"]).inc();
+            self.tap_refusal(direction, client, dst, "no-state");
             tracing::info!(client.addr = %client, dst.addr = %dst, ?direction, "No cluster state yet; reset");
             return Err(Refusal::NoState);
         };
         match direction {
             Direction::Ingress if !self.is_own_address(&snapshot, dst) => {
                 refused.with_label_values(&["foreign-destination"]).inc();
+                self.tap_refusal(direction, client, dst, "foreign-destination");
                 tracing::warn!(client.addr = %client, dst.addr = %dst, "Original destination is not this pod's address; reset without dialling");
                 Err(Refusal::ForeignDestination)
             }
@@ -164,11 +169,13 @@ impl Enforcer {
             }
             Direction::Egress if !self.outbound => {
                 refused.with_label_values(&["capture-off"]).inc();
+                self.tap_refusal(direction, client, dst, "capture-off");
                 tracing::warn!(client.addr = %client, dst.addr = %dst, "Outbound connection, but the sidecar runs without --outbound-capture (init and run must agree); reset");
                 Err(Refusal::OutboundOff)
             }
             Direction::Egress if is_local(dst) => {
                 refused.with_label_values(&["loop"]).inc();
+                self.tap_refusal(direction, client, dst, "loop");
                 tracing::warn!(client.addr = %client, dst.addr = %dst, "Outbound connection to a loopback address reached the proxy uncaptured; reset without dialling");
                 Err(Refusal::Loop)
             }
@@ -204,7 +211,8 @@ impl Enforcer {
             }
         }
         self.count_decision(&snapshot, &decision, dst.0.port());
-        self.audit_inbound(&snapshot, &decision, client, dst);
+        let audit = self.audit_inbound(&snapshot, &decision, client, dst);
+        self.tap_decision(direction, client, dst, &decision, audit);
         registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {
@@ -352,6 +360,33 @@ impl Enforcer {
                 .flat_map(|p| p.ingress.iter().flatten())
                 .flat_map(|r| r.ports.iter().flatten())
                 .any(|pm| matches!(pm.port, PortSpec::Range(a, b) if a <= port && port <= b && b - a < 64))
+    }
+
+    /// Publishes a decision to the tap (built only when a reader is attached).
+    fn tap_decision(
+        &self,
+        direction: Direction,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+        decision: &Decision,
+        audit: Option<(&'static str, String)>,
+    ) {
+        self.tap.publish(|| tap::Event {
+            audit,
+            ..tap::Event::decided(&self.pod, direction, client.0, dst.0, decision)
+        });
+    }
+
+    /// Publishes a refusal made without a policy decision to the tap.
+    fn tap_refusal(
+        &self,
+        direction: Direction,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+        refusal: &'static str,
+    ) {
+        self.tap
+            .publish(|| tap::Event::refused(&self.pod, direction, client.0, dst.0, refusal));
     }
 
     /// The latest snapshot, waiting (bounded) for the first one.

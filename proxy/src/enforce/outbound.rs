@@ -83,15 +83,20 @@ impl Enforcer {
             })
             .cloned();
         self.count_outbound(&route, picked.as_ref().map(|(_, d)| d));
+        let direction = Direction::Egress;
         match (&picked, &route.denied) {
             (Some((to, decision)), _) => {
-                self.audit_outbound(&snapshot, decision, client, OrigDstAddr(*to))
+                let to = OrigDstAddr(*to);
+                let audit = self.audit_outbound(&snapshot, decision, client, to);
+                self.tap_decision(direction, client, to, decision, audit);
             }
             // A denied Service has no one endpoint to audit.
             (None, Some(denied)) if route.service.is_none() => {
-                self.audit_outbound(&snapshot, denied, client, dst)
+                let audit = self.audit_outbound(&snapshot, denied, client, dst);
+                self.tap_decision(direction, client, dst, denied, audit);
             }
-            (None, _) => {}
+            (None, Some(denied)) => self.tap_decision(direction, client, dst, denied, None),
+            (None, None) => self.tap_refusal(direction, client, dst, "no-endpoint"),
         }
         let decided_on = snapshot.version;
         registration.set_decided_on(decided_on);
@@ -133,6 +138,7 @@ impl Enforcer {
                     reason = %again,
                     "Connection denied by a newer state before it was dialled"
                 );
+                self.tap_decision(Direction::Egress, client, dial, &again, None);
                 return Err(Refusal::Denied);
             }
         }

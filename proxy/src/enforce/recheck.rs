@@ -10,6 +10,7 @@ use picket_state::ChangeReason;
 
 use super::Enforcer;
 use crate::admin::Readiness;
+use crate::tap;
 
 // === impl Enforcer: re-check ===
 
@@ -61,6 +62,16 @@ impl Enforcer {
                     continue;
                 }
                 killed[(conn.direction == Direction::Egress) as usize] += 1;
+                self.tap.publish(|| tap::Event {
+                    kind: tap::Kind::Teardown(reason.as_str()),
+                    ..tap::Event::decided(
+                        &self.pod,
+                        conn.direction,
+                        conn.client.0,
+                        conn.dst.0,
+                        &decision,
+                    )
+                });
                 tracing::info!(
                     direction = ?conn.direction,
                     client.addr = %conn.client,

@@ -79,6 +79,7 @@ pub(crate) fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         metrics: Arc::new(ProxyMetrics::new(10)),
         next_endpoint: Default::default(),
         outbound: true,
+        tap: crate::tap::Tap::new(),
     });
     (enforcer, writer)
 }
