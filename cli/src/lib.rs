@@ -1,5 +1,6 @@
-//! The `picket` command line: `reach` and `explain` over manifests, and
-//! `demo` (with the `demo` feature).
+//! The `picket` command line: `reach` and `explain` over manifests or the
+//! live cluster, `status` and `tap` of the live cluster, and `demo` (with
+//! the `demo` feature).
 //!
 //! `reach` computes probes (pure, over an index) and renders them; `render`
 //! turns explanations into text; only `run` touches the file system, through
@@ -11,6 +12,7 @@ pub mod live;
 pub mod reach;
 pub mod render;
 pub mod status;
+pub mod tap;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +41,9 @@ pub enum Command {
     /// Check the live cluster: the control plane, the sidecars, and the
     /// pods NetworkPolicy concerns that nothing enforces (exits 1 if any).
     Status(StatusArgs),
+    /// Stream one sidecar's live decisions (through a port-forward to its
+    /// local admin port).
+    Tap(TapArgs),
     /// Run the bookstore example as real pods with sidecars (root, Linux, iptables).
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
@@ -109,6 +114,49 @@ pub struct StatusArgs {
     pub format: Format,
 }
 
+/// Arguments of `picket tap`.
+#[derive(Debug, clap::Args)]
+pub struct TapArgs {
+    /// The pod whose sidecar to tap, as NAMESPACE/POD.
+    #[arg(value_name = "NS/POD")]
+    pub pod: String,
+    /// The kubeconfig; default: in-cluster, else `KUBECONFIG` or
+    /// `~/.kube/config`, as kubectl.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Connect to this address instead of port-forwarding (after
+    /// `kubectl port-forward POD 15000`, or from inside the pod).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<std::net::SocketAddr>,
+    /// The sidecar's local admin port.
+    #[arg(long, value_name = "PORT", default_value_t = tap::LOCAL_ADMIN_PORT)]
+    pub admin_port: u16,
+    /// Only refusals, teardowns and audited would-denies.
+    #[arg(long)]
+    pub denied: bool,
+    /// Only this peer: NAMESPACE/POD, a namespace, or an IP address.
+    #[arg(long, value_name = "PEER")]
+    pub peer: Option<String>,
+    /// Only this destination port.
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
+    /// Output: text, or JSON lines as the sidecar sends them.
+    #[arg(long, value_enum, default_value_t = TapFormat::Text)]
+    pub format: TapFormat,
+}
+
+/// Output formats of `picket tap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TapFormat {
+    /// A line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Arguments of `picket demo`.
 #[cfg(feature = "demo")]
 #[derive(Debug, clap::Args)]
@@ -149,6 +197,26 @@ impl From<String> for Output {
 /// Runs the command line; returns what to print on stdout.
 pub fn run(cli: Cli) -> anyhow::Result<Output> {
     match cli.command {
+        Command::Tap(args) => {
+            let (namespace, name) = args
+                .pod
+                .split_once('/')
+                .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                .with_context(|| format!("{:?}: expected NAMESPACE/POD", args.pod))?;
+            let request = tap::TapRequest {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                kubeconfig: args.kubeconfig,
+                address: args.address,
+                admin_port: args.admin_port,
+                query: tap::query(args.denied, args.peer.as_deref(), args.port),
+                json: args.format == TapFormat::Json,
+                count: args.count,
+            };
+            let mut stdout = std::io::stdout().lock();
+            live::block_on(tap::run(&request, &mut stdout))?;
+            Ok(String::new().into())
+        }
         Command::Status(args) => {
             let report = status::status(args.kubeconfig.as_ref(), &args.control_namespace)?;
             let text = match args.format {
