@@ -22,7 +22,7 @@ use super::params::{parse_read, Query, Read};
 use super::patch::Patch;
 use super::status::ApiError;
 use super::store::{Origin, Part, Preconditions};
-use super::{watch, RecordedRequest, Shared};
+use super::{portforward, watch, RecordedRequest, Shared};
 
 /// The largest request body accepted, as the real server's 3 MiB object limit, with slack.
 const MAX_BODY: usize = 8 << 20;
@@ -100,6 +100,18 @@ pub(crate) async fn handle(
     let id = shared.record_request(recorded.clone());
     tracing::debug!(%method, %path, query = %raw_query, "API request");
     shared.pass_barriers(&recorded).await;
+
+    // A port-forward keeps the request: its connection is upgraded.
+    if let Some((namespace, name)) = portforward::target(&path) {
+        let response = if method == Method::GET || method == Method::POST {
+            portforward::serve(&shared, req, &namespace, &name)
+                .unwrap_or_else(|error| status_response(&error))
+        } else {
+            status_response(&ApiError::method_not_allowed(method.as_str()))
+        };
+        shared.record_status(id, response.status().as_u16());
+        return Ok(response);
+    }
 
     let content_type = req
         .headers()

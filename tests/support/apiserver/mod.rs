@@ -13,6 +13,7 @@
 //! | `/api/v1/[namespaces/{ns}/]serviceaccounts[/{name}]`        | the same                   |
 //! | `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations[/{name}]` | the same |
 //! | `/apis/authentication.k8s.io/v1/tokenreviews`               | create (see below)         |
+//! | `/api/v1/namespaces/{ns}/pods/{name}/portforward`           | get (WebSocket, through a test's [`Kubelet`]) |
 //! | `/version`, `/api`, `/apis`, `/api/v1`, `/apis/{group}[/v1]`, `/healthz` | get           |
 //!
 //! Objects are stored as JSON, so every field survives a round trip. Writes take the next value
@@ -128,6 +129,7 @@ mod http;
 mod kind;
 mod params;
 mod patch;
+mod portforward;
 mod selectors;
 mod server;
 mod status;
@@ -156,6 +158,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch as signal;
 
 pub use kind::Kind;
+pub use portforward::Kubelet;
 pub use status::ApiError;
 pub use tls::TlsError;
 pub use tokens::API_AUDIENCE;
@@ -267,6 +270,8 @@ pub(crate) struct Shared {
     faults: Faults,
     bookmark_interval: Duration,
     address: SocketAddr,
+    /// What serves `pods/portforward`, set by [`ApiServer::set_kubelet`].
+    kubelet: Mutex<Option<Kubelet>>,
 }
 
 /// The recorded requests, each with an id so that its status can be filled in later.
@@ -408,6 +413,7 @@ impl ApiServerBuilder {
             },
             bookmark_interval: self.bookmark_interval,
             address: addr,
+            kubelet: Mutex::new(None),
         });
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -748,6 +754,13 @@ impl ApiServer {
         self.shared.faults.watch_drops.send_modify(|n| *n += 1);
     }
 
+    /// Plays the kubelet's part in `pods/{name}/portforward`: `dial` connects to a port on
+    /// the pod's loopback (inside its network namespace). Without one, a port-forward
+    /// reports the failure on its error channel, as a kubelet that cannot dial does.
+    pub fn set_kubelet(&self, dial: Kubelet) {
+        *lock(&self.shared.kubelet) = Some(dial);
+    }
+
     /// Closes every open connection, watches included.
     pub fn drop_connections(&self) {
         self.shared.faults.connection_drops.send_modify(|n| *n += 1);
@@ -836,6 +849,10 @@ impl RecordedRequest {
 impl Shared {
     fn lock_store(&self) -> MutexGuard<'_, Store> {
         lock(&self.store)
+    }
+
+    fn kubelet(&self) -> Option<Kubelet> {
+        lock(&self.kubelet).clone()
     }
 
     fn lock_tokens(&self) -> MutexGuard<'_, HashMap<String, Credential>> {

@@ -95,7 +95,8 @@ async fn serve_connection(
     });
     let connection = http1::Builder::new()
         .keep_alive(true)
-        .serve_connection(TokioIo::new(tls), service);
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::select! {
         result = connection => {
             if let Err(error) = result {

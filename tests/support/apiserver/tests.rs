@@ -851,6 +851,73 @@ async fn refused_connections_fail_until_allowed_again() {
         .expect("lists again");
 }
 
+#[tokio::test]
+async fn port_forward_reaches_the_pods_port_through_the_kubelet_and_reports_dial_failures() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = server();
+    server
+        .apply(&pod_yaml("default", "web", "{app: web}", "Running"))
+        .unwrap();
+    // The pod's port: an echo server that says hello first.
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app_port = app.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = app.accept().unwrap();
+        conn.write_all(b"hello\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).unwrap();
+        conn.write_all(&buf[..n]).unwrap();
+    });
+    let dialled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = dialled.clone();
+    server.set_kubelet(Kubelet::new(move |ns, pod, port| {
+        seen.lock().unwrap().push(format!("{ns}/{pod}:{port}"));
+        std::net::TcpStream::connect(("127.0.0.1", app_port))
+    }));
+    let pods: Api<Pod> = Api::namespaced(client(&server).await, "default");
+
+    let mut forward = pods.portforward("web", &[15000]).await.expect("upgrades");
+    let mut stream = forward.take_stream(15000).expect("a stream for the port");
+    let mut hello = [0u8; 6];
+    stream
+        .read_exact(&mut hello)
+        .await
+        .expect("the app speaks first");
+    assert_eq!(&hello, b"hello\n");
+    stream.write_all(b"marker").await.unwrap();
+    let mut echo = [0u8; 6];
+    stream
+        .read_exact(&mut echo)
+        .await
+        .expect("the echo comes back");
+    assert_eq!(&echo, b"marker");
+    assert_eq!(*dialled.lock().unwrap(), ["default/web:15000"]);
+    drop(stream);
+    forward.abort();
+
+    server.set_kubelet(Kubelet::new(|_, _, _| {
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    }));
+    let mut forward = pods.portforward("web", &[15000]).await.expect("upgrades");
+    let error = forward.take_error(15000).expect("an error channel");
+    let why = tokio::time::timeout(PATIENCE, error)
+        .await
+        .expect("in time");
+    let why = why.expect("the kubelet says why");
+    assert!(
+        why.contains("error forwarding port 15000 to pod default/web"),
+        "{why}"
+    );
+
+    let missing = pods
+        .portforward("nobody", &[15000])
+        .await
+        .err()
+        .expect("no such pod");
+    assert!(missing.to_string().contains("not found"), "{missing}");
+}
+
 #[test]
 fn works_from_sync_code_and_writes_a_kubeconfig() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
