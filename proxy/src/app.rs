@@ -27,7 +27,7 @@ use crate::net::listener;
 use crate::net::relay::RelayCounters;
 use crate::net::Interception;
 use crate::reserved_ports;
-use crate::tap::Tap;
+use crate::tap::{Tap, TapMetrics};
 
 /// The `picket-proxy` command line: parse, log, run, exit code.
 pub fn main_proxy() -> std::process::ExitCode {
@@ -116,13 +116,16 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
 
     let (mut writer, snapshots) = StateWriter::new();
     let registry = Registry::new();
-    let tap = Tap::new();
     let readiness = Readiness::new();
     let metrics = Arc::new(ProxyMetrics::new(args.peer_label_limit));
     let bytes = RelayCounters {
         client_to_server: metrics.bytes.with_label_values(&["in"]),
         server_to_client: metrics.bytes.with_label_values(&["out"]),
     };
+    let tap = Tap::with_metrics(TapMetrics {
+        readers: Some(metrics.tap_readers.clone()),
+        dropped: Some(metrics.tap_dropped.clone()),
+    });
     // The control-plane source is made first: the enforcer asks it about
     // addresses the view does not know.
     let (control, resolver) = match source {

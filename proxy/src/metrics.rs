@@ -58,6 +58,10 @@ pub struct ProxyMetrics {
     pub unknown_ip_waits: IntCounterVec,
     /// The outbound side's own families (captured connections this pod opens).
     pub outbound: OutboundMetrics,
+    /// `picket tap` readers attached.
+    pub tap_readers: IntGauge,
+    /// Events tap readers lost by falling behind.
+    pub tap_dropped: IntCounter,
     last_update_ms: std::sync::atomic::AtomicU64,
     peers: LabelLimiter,
 }
@@ -173,6 +177,16 @@ impl ProxyMetrics {
         };
         let ready =
             IntGauge::new("picket_ready", "1 once the proxy is ready.").expect("valid metric");
+        let tap_readers = IntGauge::new(
+            "picket_tap_readers",
+            "picket tap readers attached to this sidecar's local admin port.",
+        )
+        .expect("valid metric");
+        let tap_dropped = IntCounter::new(
+            "picket_tap_dropped_events_total",
+            "Decisions tap readers lost by falling behind (the data path never waits for them).",
+        )
+        .expect("valid metric");
         let state_age = Gauge::new(
             "picket_state_age_seconds",
             "Seconds since the last applied cluster state update.",
@@ -214,6 +228,8 @@ impl ProxyMetrics {
             Box::new(open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outbound_open),
             Box::new(ready.clone()),
+            Box::new(tap_readers.clone()),
+            Box::new(tap_dropped.clone()),
             Box::new(state_age.clone()),
             Box::new(state_updates.clone()),
             Box::new(state_objects.clone()),
@@ -241,6 +257,8 @@ impl ProxyMetrics {
             watch_restarts,
             unknown_ip_waits,
             outbound,
+            tap_readers,
+            tap_dropped,
             last_update_ms: Default::default(),
             peers: LabelLimiter::new(peer_label_limit),
         }

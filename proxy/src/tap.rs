@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -27,6 +28,16 @@ pub const MAX_READERS: usize = 4;
 pub struct Tap {
     tx: broadcast::Sender<Arc<Event>>,
     readers: AtomicUsize,
+    metrics: TapMetrics,
+}
+
+/// What the tap counts.
+#[derive(Clone, Debug, Default)]
+pub struct TapMetrics {
+    /// Readers attached.
+    pub readers: Option<IntGauge>,
+    /// Events readers lost.
+    pub dropped: Option<IntCounter>,
 }
 
 /// One decision as it happened.
@@ -140,11 +151,17 @@ pub struct AuditLine<'a> {
 // === impl Tap ===
 
 impl Tap {
-    /// A tap with no reader.
+    /// A tap with no reader, counting nothing.
     pub fn new() -> Arc<Self> {
+        Self::with_metrics(TapMetrics::default())
+    }
+
+    /// A tap with no reader.
+    pub fn with_metrics(metrics: TapMetrics) -> Arc<Self> {
         Arc::new(Self {
             tx: broadcast::channel(CAPACITY).0,
             readers: AtomicUsize::new(0),
+            metrics,
         })
     }
 
@@ -167,7 +184,11 @@ impl Tap {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < MAX_READERS).then_some(n + 1)
             });
-        attached.ok().map(|_| Reader {
+        attached.ok()?;
+        if let Some(readers) = &self.metrics.readers {
+            readers.inc();
+        }
+        Some(Reader {
             rx: self.tx.subscribe(),
             tap: self.clone(),
         })
@@ -182,7 +203,12 @@ impl Reader {
     pub async fn recv(&mut self) -> Option<Received> {
         match self.rx.recv().await {
             Ok(event) => Some(Received::Event(event)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Received::Dropped(n)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                if let Some(dropped) = &self.tap.metrics.dropped {
+                    dropped.inc_by(n);
+                }
+                Some(Received::Dropped(n))
+            }
             Err(broadcast::error::RecvError::Closed) => None,
         }
     }
@@ -191,6 +217,9 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         self.tap.readers.fetch_sub(1, Ordering::SeqCst);
+        if let Some(readers) = &self.tap.metrics.readers {
+            readers.dec();
+        }
     }
 }
 
