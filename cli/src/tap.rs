@@ -225,6 +225,10 @@ pub fn render(line: &str, json: bool) -> Option<String> {
         (Some(policy), Some(rule)) => text.push_str(&format!("  by {policy} rule {rule}")),
         _ => text.push_str(&format!("  {}", s("reason"))),
     }
+    if let Some(policies) = event.get("isolated_by").and_then(Value::as_array) {
+        let names: Vec<&str> = policies.iter().filter_map(Value::as_str).collect();
+        text.push_str(&format!(" [isolated by {}]", names.join(", ")));
+    }
     if let Some(change) = event.get("change").and_then(Value::as_str) {
         text.push_str(&format!(" (after {change})"));
     }
@@ -248,11 +252,11 @@ mod tests {
             text,
             "09:10:11.123 inbound  allowed   :80    <- prod/client-1 10.0.0.2:40000  by prod/allow-web rule 1\n"
         );
-        let torn = r#"{"time":"2026-12-02T09:10:12.000Z","event":"teardown","direction":"outbound","client":"10.0.0.3:5000","destination":"10.0.0.9:443","port":443,"verdict":"denied","reason":"no rule allows it","change":"policy-added","audit":{"verdict":"would-deny","policy":"prod/audit"}}"#;
+        let torn = r#"{"time":"2026-12-02T09:10:12.000Z","event":"teardown","direction":"outbound","client":"10.0.0.3:5000","destination":"10.0.0.9:443","port":443,"verdict":"denied","reason":"no rule allows it","isolated_by":["prod/lock","prod/web"],"change":"policy-added","audit":{"verdict":"would-deny","policy":"prod/audit"}}"#;
         let text = render(torn, false).unwrap();
         assert!(text.contains("TORN DOWN"), "{text}");
         assert!(
-            text.contains("-> (no pod) 10.0.0.9:443  no rule allows it (after policy-added)"),
+            text.contains("-> (no pod) 10.0.0.9:443  no rule allows it [isolated by prod/lock, prod/web] (after policy-added)"),
             "{text}"
         );
         assert!(text.contains("[audit: would-deny by prod/audit]"), "{text}");

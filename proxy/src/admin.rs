@@ -42,6 +42,9 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// The longest an admin connection lives (probes and scrapes take milliseconds).
 /// (A `/tap` stream is exempt: it lives as long as its reader.)
 pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most an admin connection buffers, either way, in hyper and in the
+/// kernel's send buffer.
+pub const ADMIN_BUFFER: usize = 16 * 1024;
 /// How often an idle `/tap` stream writes an empty line, so a reader that
 /// went away is noticed and its slot freed.
 pub const TAP_KEEPALIVE: Duration = Duration::from_secs(5);
@@ -128,6 +131,8 @@ impl Admin {
                 tracing::debug!(client.addr = %peer, "Too many admin connections; closing");
                 return;
             }
+            // The kernel's share of what a slow `/tap` reader holds.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(ADMIN_BUFFER);
             let admin = self.clone();
             tokio::spawn(async move {
                 // Set once the connection serves a tap stream: from then on
@@ -142,6 +147,8 @@ impl Admin {
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(ADMIN_CONNECTION_TIMEOUT)
+                    // Bounds what a slow `/tap` reader holds here; requests are small.
+                    .max_buf_size(ADMIN_BUFFER)
                     .serve_connection(TokioIo::new(stream), service);
                 let mut connection = std::pin::pin!(connection);
                 let timed_out = tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, connection.as_mut())

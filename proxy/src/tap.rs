@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use picket_policy::{Decision, Direction, PodKey, Reason, Side};
+use picket_policy::{Decision, Direction, PodKey, PolicyIndex, PolicyKey, Reason, Side};
 
 /// Events held for readers; a reader further behind loses the oldest.
 pub const CAPACITY: usize = 1024;
@@ -57,6 +57,9 @@ pub struct Event {
     pub allowed: bool,
     /// The engine's decision, when one was made.
     pub decision: Option<Decision>,
+    /// For a denial: the policies that isolate the side that denied it
+    /// (none of their rules allowed it).
+    pub isolating: Vec<PolicyKey>,
     /// This pod (the peer of an outbound connection to itself).
     pub pod: PodKey,
     /// Why it was refused without a policy decision (`no-state`,
@@ -131,6 +134,9 @@ pub struct Line<'a> {
     pub rule: Option<usize>,
     /// Why, in words.
     pub reason: String,
+    /// For a denial: the policies isolating the side that denied it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<String>,
     /// The change that tore it down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub change: Option<&'static str>,
@@ -226,8 +232,9 @@ impl Drop for Reader {
 // === impl Event ===
 
 impl Event {
-    /// A decision made at admission.
+    /// A decision made at admission, on `index`.
     pub fn decided(
+        index: &PolicyIndex,
         pod: &PodKey,
         direction: Direction,
         client: SocketAddr,
@@ -235,6 +242,7 @@ impl Event {
         decision: &Decision,
     ) -> Self {
         Self {
+            isolating: isolating(index, pod, decision),
             at: SystemTime::now(),
             kind: Kind::Decision,
             direction,
@@ -264,6 +272,7 @@ impl Event {
             dst,
             allowed: false,
             decision: None,
+            isolating: Vec::new(),
             pod: pod.clone(),
             refusal: Some(refusal),
             audit: None,
@@ -350,6 +359,7 @@ impl Event {
             policy: allowed_by.as_ref().map(|(p, _)| p.clone()),
             rule: allowed_by.map(|(_, r)| r),
             reason: self.reason(),
+            isolated_by: self.isolating.iter().map(ToString::to_string).collect(),
             change: match self.kind {
                 Kind::Teardown(change) => Some(change),
                 Kind::Decision => None,
@@ -360,6 +370,32 @@ impl Event {
             }),
         }
     }
+}
+
+/// The policies isolating the side that denied `decision` (this pod's,
+/// or the peer's when the index knows its policies).
+fn isolating(index: &PolicyIndex, pod: &PodKey, decision: &Decision) -> Vec<PolicyKey> {
+    let denied = |side: &Side| matches!(side, Side::Denied { .. });
+    let (whose, direction) = match &decision.reason {
+        _ if decision.allowed => return Vec::new(),
+        Reason::Policies { ingress, .. } if denied(ingress) => (pod, Direction::Ingress),
+        Reason::Policies { egress, .. } if denied(egress) => match &decision.source {
+            Some(source) => (source, Direction::Egress),
+            None => return Vec::new(),
+        },
+        Reason::Egress { egress, .. } if denied(egress) => (pod, Direction::Egress),
+        Reason::Egress {
+            ingress: Some(ingress),
+            destination: Some(destination),
+            ..
+        } if denied(ingress) => (destination, Direction::Ingress),
+        _ => return Vec::new(),
+    };
+    index
+        .selecting(whose, direction)
+        .iter()
+        .map(|p| p.key.clone())
+        .collect()
 }
 
 // === impl Filter ===
@@ -466,6 +502,7 @@ mod tests {
             source,
         };
         Event::decided(
+            &PolicyIndex::default(),
             &key("prod", "web"),
             Direction::Ingress,
             "10.0.0.2:40000".parse().unwrap(),

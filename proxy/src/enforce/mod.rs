@@ -212,7 +212,7 @@ impl Enforcer {
         }
         self.count_decision(&snapshot, &decision, dst.0.port());
         let audit = self.audit_inbound(&snapshot, &decision, client, dst);
-        self.tap_decision(direction, client, dst, &decision, audit);
+        self.tap_decision(&snapshot, direction, client, dst, &decision, audit);
         registration.set_decided_on(snapshot.version);
         drop(snapshot);
         if !decision.allowed {
@@ -365,6 +365,7 @@ impl Enforcer {
     /// Publishes a decision to the tap (built only when a reader is attached).
     fn tap_decision(
         &self,
+        snapshot: &Snapshot,
         direction: Direction,
         client: ClientAddr,
         dst: OrigDstAddr,
@@ -373,7 +374,14 @@ impl Enforcer {
     ) {
         self.tap.publish(|| tap::Event {
             audit,
-            ..tap::Event::decided(&self.pod, direction, client.0, dst.0, decision)
+            ..tap::Event::decided(
+                &snapshot.index,
+                &self.pod,
+                direction,
+                client.0,
+                dst.0,
+                decision,
+            )
         });
     }
 

@@ -88,14 +88,16 @@ impl Enforcer {
             (Some((to, decision)), _) => {
                 let to = OrigDstAddr(*to);
                 let audit = self.audit_outbound(&snapshot, decision, client, to);
-                self.tap_decision(direction, client, to, decision, audit);
+                self.tap_decision(&snapshot, direction, client, to, decision, audit);
             }
             // A denied Service has no one endpoint to audit.
             (None, Some(denied)) if route.service.is_none() => {
                 let audit = self.audit_outbound(&snapshot, denied, client, dst);
-                self.tap_decision(direction, client, dst, denied, audit);
+                self.tap_decision(&snapshot, direction, client, dst, denied, audit);
             }
-            (None, Some(denied)) => self.tap_decision(direction, client, dst, denied, None),
+            (None, Some(denied)) => {
+                self.tap_decision(&snapshot, direction, client, dst, denied, None)
+            }
             (None, None) => self.tap_refusal(direction, client, dst, "no-endpoint"),
         }
         let decided_on = snapshot.version;
@@ -138,7 +140,7 @@ impl Enforcer {
                     reason = %again,
                     "Connection denied by a newer state before it was dialled"
                 );
-                self.tap_decision(Direction::Egress, client, dial, &again, None);
+                self.tap_decision(&newest, Direction::Egress, client, dial, &again, None);
                 return Err(Refusal::Denied);
             }
         }

@@ -65,6 +65,7 @@ impl Enforcer {
                 self.tap.publish(|| tap::Event {
                     kind: tap::Kind::Teardown(reason.as_str()),
                     ..tap::Event::decided(
+                        &snapshot.index,
                         &self.pod,
                         conn.direction,
                         conn.client.0,
