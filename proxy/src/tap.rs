@@ -566,7 +566,7 @@ mod tests {
         assert!(!f("peer=10.0.0.9").matches(&denied));
         assert!(f("port=80").matches(&allowed));
         assert!(!f("port=81").matches(&allowed));
-        let mut torn = allowed.clone();
+        let mut torn = allowed;
         torn.kind = Kind::Teardown("policy-modified");
         assert!(f("denied").matches(&torn));
         assert!(Filter::from_query("port=http")
