@@ -218,10 +218,14 @@ fn node_traffic_excluded_ports_and_the_proxys_own_port(mode: Interception) {
     // The node connections close asynchronously (the relay sees the FIN
     // after the test dropped them); a looping one would stay for good.
     let local: SocketAddr = "127.0.0.1:15000".parse().unwrap();
-    eventually("no connection to be left looping", Duration::from_secs(5), || {
-        let (_, conns) = http_get(&server.pod.netns, local, "/connections").unwrap();
-        conns.trim() == "[]"
-    });
+    eventually(
+        "no connection to be left looping",
+        Duration::from_secs(5),
+        || {
+            let (_, conns) = http_get(&server.pod.netns, local, "/connections").unwrap();
+            conns.trim() == "[]"
+        },
+    );
     assert_eq!(
         server.echo.accepted(),
         before,
