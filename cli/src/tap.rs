@@ -160,7 +160,7 @@ async fn stream_from(
             };
             out.write_all(text.as_bytes())?;
             out.flush()?;
-            if !line.contains("\"dropped\"") {
+            if !is_dropped_notice(line.trim()) {
                 shown += 1;
             }
             if request.count.is_some_and(|count| shown >= count) {
@@ -169,6 +169,11 @@ async fn stream_from(
         }
     }
     Ok(())
+}
+
+/// Whether a line is the sidecar's count of lost events, not an event.
+fn is_dropped_notice(line: &str) -> bool {
+    serde_json::from_str::<Value>(line).is_ok_and(|v| v.get("dropped").is_some())
 }
 
 /// One line of the stream as shown: JSON as it came, or a line of text.
