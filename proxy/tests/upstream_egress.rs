@@ -364,14 +364,18 @@ fn upstream_egress_cases_through_real_sidecars_at_both_ends_match_picket_reach(m
                 .map(|p| p["port"].as_u64().unwrap() as u16)
                 .collect();
             let (expected, egress_denied) = model.expected(&ports);
-            // Every sidecar reloads the directory: poll until the data plane
-            // agrees, or the deadline says it does not.
+            // Every sidecar reloads the directory on its own: until the
+            // source's sidecar has the step's policies, the destination's
+            // sidecar may deny in its place (receiver-side egress), so poll
+            // until both the verdicts and the place of denial agree, or the
+            // deadline says they do not.
             let deadline = Instant::now() + Duration::from_secs(15);
             let (observed, at_source) = loop {
                 let before = model.outbound_denied();
                 let observed = model.observed(&ports);
                 let at_source = model.outbound_denied() - before;
-                if observed == expected || Instant::now() > deadline {
+                let agrees = observed == expected && at_source == egress_denied as f64;
+                if agrees || Instant::now() > deadline {
                     break (observed, at_source);
                 }
                 std::thread::sleep(Duration::from_millis(100));
