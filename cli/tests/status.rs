@@ -1,9 +1,13 @@
 //! `picket status`, and `reach`/`explain` on the live cluster: the real
 //! binary against the test API server.
 
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use picket_test_support::apiserver::ApiServer;
+use picket_state::control::{ControlConfig, ControlMetrics as SidecarMetrics, ControlSource};
+use picket_state::{Source as _, StateWriter};
+use picket_test_support::apiserver::{ApiServer, Kubelet};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -104,6 +108,147 @@ fn status_names_the_unenforced_pods_and_fails_until_their_sidecar_is_ready() {
         text.contains("enforced: every pod NetworkPolicy concerns has a ready sidecar"),
         "{text}"
     );
+}
+
+/// The real control plane, in-process, against `api`; its admin address.
+fn start_control_plane(
+    runtime: &tokio::runtime::Runtime,
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    certs: &picket_test_support::certs::TestCerts,
+) -> (SocketAddr, SocketAddr) {
+    use picket_control::app::{run_on, Config, CoverageConfig};
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        kubeconfig: Some(kubeconfig.to_path_buf()),
+        tls_cert_file: file("tls.crt", &certs.cert_pem),
+        tls_key_file: file("tls.key", &certs.key_pem),
+        stream: picket_control::service::StreamConfig {
+            batch: Duration::from_millis(10),
+            stall: Duration::from_secs(60),
+            lifetime: Duration::from_secs(3600),
+        },
+        review_rate: 100.0,
+        review_burst: 100.0,
+        coverage: CoverageConfig {
+            interval: Duration::from_secs(30),
+            repeat: Duration::from_secs(600),
+        },
+    };
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        tokio::spawn(run_on(config, listener, admin));
+        addrs
+    })
+}
+
+#[test]
+fn status_reads_each_replica_through_a_port_forward_connected_sidecars_and_certificate() {
+    let api = ApiServer::bind("127.0.0.1:0").unwrap();
+    api.apply(CLUSTER).unwrap();
+    api.apply(&db(true)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let certs = picket_test_support::certs::serving_certificate(&["picket-control"]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (listen, admin) = start_control_plane(&runtime, &kubeconfig, dir.path(), &certs);
+    // The kubelet's part: the replica's admin port (9991 when its spec
+    // names none) on its loopback.
+    api.set_kubelet(Kubelet::new(move |ns, pod, port| {
+        if (ns, pod, port) != ("picket-system", "picket-control-0", 9991) {
+            return Err(std::io::Error::other(format!(
+                "no port {port} on {ns}/{pod}"
+            )));
+        }
+        TcpStream::connect(admin)
+    }));
+    // db's sidecar, connected with its projected token.
+    let token_file = dir.path().join("db.token");
+    std::fs::write(
+        &token_file,
+        api.issue_pod_token("shop", "db", &["picket"], Duration::from_secs(3600))
+            .unwrap(),
+    )
+    .unwrap();
+    let sidecar = ControlConfig {
+        addr: listen.to_string(),
+        server_name: "picket-control".into(),
+        ca_pem: certs.ca_pem.into_bytes(),
+        token_file,
+        max_backoff: Duration::from_millis(200),
+        outbound: false,
+    };
+    runtime.block_on(async {
+        let (writer, mut view) = StateWriter::new();
+        let metrics = SidecarMetrics::new(&prometheus::Registry::new());
+        tokio::spawn(ControlSource::new(sidecar, metrics).0.run(writer));
+        tokio::time::timeout(Duration::from_secs(20), view.wait_for(|v| v.is_some()))
+            .await
+            .expect("db's first view")
+            .unwrap();
+    });
+
+    // Acknowledged views leave no lag; poll until the ack is in.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let out = status(&kubeconfig, "table");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("1 sidecars connected, view lag at most 0.0s") {
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.contains("serving certificate expires 4096-01-01"),
+        "rcgen's default notAfter: {text}"
+    );
+    assert!(
+        text.contains("sidecars: 1 pods run one, 1 ready, 1 connected to the control plane"),
+        "{text}"
+    );
+    let out = status(&kubeconfig, "json");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replica = &json["control_plane"]["replicas"][0];
+    assert_eq!(replica["status"]["sidecars"][0]["pod"], "shop/db", "{json}");
+    assert_eq!(
+        replica["status"]["serving_certificate"]["not_after_unix"], 67_090_118_400_i64,
+        "{json}"
+    );
+
+    // A replica that cannot be reached is reported, with the reason.
+    api.set_kubelet(Kubelet::new(|_, _, _| {
+        Err(std::io::Error::other("connection refused by the test"))
+    }));
+    let out = status(&kubeconfig, "table");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("    status unknown: ") && text.contains("connection refused by the test"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("connected to the control plane"),
+        "no replica answered: {text}"
+    );
+    drop(runtime);
 }
 
 #[test]

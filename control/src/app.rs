@@ -1,5 +1,6 @@
 //! Wiring: the cluster watch, the `Watch` service, and the admin endpoints
-//! (`/ready`: synced with the cluster; `/metrics`).
+//! (`/ready`: synced with the cluster; `/metrics`; `/status`, over loopback
+//! only: see [`crate::status`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use picket_state::{SnapshotRx, Source as _, StateWriter};
 use crate::auth::{Authenticator, KubeReviewer};
 use crate::metrics::ControlMetrics;
 use crate::service::{ControlService, StreamConfig};
+use crate::status::{CertificateStatus, Connections, StatusReport};
 
 /// What `picket-control` needs to run.
 #[derive(Debug, Clone)]
@@ -101,7 +103,7 @@ pub async fn run_on(
         snapshots.clone(),
         config.coverage.interval,
         config.coverage.repeat,
-        instance,
+        instance.clone(),
     ));
     let auth = Arc::new(Authenticator::new(
         KubeReviewer(client),
@@ -112,11 +114,44 @@ pub async fn run_on(
     let metrics = Arc::new(ControlMetrics::new(&registry));
     let unenforced = metrics.unenforced.clone();
     let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
+    let status = Arc::new(StatusSource {
+        instance: instance.clone(),
+        snapshots: snapshots.clone(),
+        connections: service.connections(),
+        certificate: cert,
+    });
     tracing::info!(addr = %listener.local_addr()?, "Control plane listening");
     tracing::info!(addr = %admin.local_addr()?, "Admin server listening");
-    tokio::spawn(serve_admin(admin, snapshots, registry, unenforced));
+    tokio::spawn(serve_admin(admin, snapshots, registry, unenforced, status));
     crate::serve::serve(listener, Arc::new(tls), service).await;
     Ok(())
+}
+
+/// What `/status` reports from.
+struct StatusSource {
+    instance: String,
+    snapshots: SnapshotRx,
+    connections: Arc<Connections>,
+    /// The serving certificate chain (PEM) sidecars verify.
+    certificate: Vec<u8>,
+}
+
+impl StatusSource {
+    fn report(&self) -> StatusReport {
+        let snapshot = self.snapshots.borrow().clone();
+        StatusReport {
+            instance: self.instance.clone(),
+            synced: snapshot.is_some(),
+            generation: snapshot.map_or(0, |s| s.version),
+            // Read at start and known to parse then (rustls took it).
+            serving_certificate: CertificateStatus::of_pem(
+                &self.certificate,
+                std::time::SystemTime::now(),
+            )
+            .ok(),
+            sidecars: self.connections.sidecars(std::time::Instant::now()),
+        }
+    }
 }
 
 async fn serve_admin(
@@ -124,17 +159,24 @@ async fn serve_admin(
     snapshots: SnapshotRx,
     registry: prometheus::Registry,
     unenforced: prometheus::IntGaugeVec,
+    status: Arc<StatusSource>,
 ) {
-    picket_common::accept::accept_loop(&listener, |tcp, _| {
+    picket_common::accept::accept_loop(&listener, |tcp, peer| {
         let snapshots = snapshots.clone();
         let registry = registry.clone();
         let unenforced = unenforced.clone();
+        let status = status.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                if req.uri().path() == "/metrics" {
-                    set_unenforced(&snapshots, &unenforced);
-                }
-                let answer = admin_answer(req.uri().path(), &snapshots, &registry);
+                let answer = match req.uri().path() {
+                    "/status" => status_answer(&status, peer),
+                    path => {
+                        if path == "/metrics" {
+                            set_unenforced(&snapshots, &unenforced);
+                        }
+                        admin_answer(path, &snapshots, &registry)
+                    }
+                };
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -157,6 +199,29 @@ fn set_unenforced(snapshots: &SnapshotRx, gauge: &prometheus::IntGaugeVec) {
             .with_label_values(&[&*namespace])
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
+}
+
+/// `/status` as JSON, to a loopback peer (a port-forward) only: it names
+/// the connected pods.
+fn status_answer(status: &StatusSource, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let (code, body, kind) = if crate::status::may_read_status(peer) {
+        let mut body = serde_json::to_string(&status.report()).unwrap_or_default();
+        body.push('\n');
+        (StatusCode::OK, body, "application/json")
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "/status is served over loopback only: use a port-forward (picket status)\n".into(),
+            "text/plain",
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(kind),
+    );
+    response
 }
 
 fn admin_answer(

@@ -9,6 +9,7 @@
 //! - `serve`: TLS and HTTP/2.
 //! - `metrics`: the control plane's own metrics.
 //! - `events`: coverage as Events on NetworkPolicies.
+//! - `status`: the connected sidecars and their view lag, for `/status`.
 //! - `app`: wiring (the cluster watch, the service, `/ready` and `/metrics`).
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod parts;
 pub mod serve;
 pub mod service;
+pub mod status;
 pub mod view;
 
 #[cfg(test)]

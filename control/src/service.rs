@@ -29,6 +29,7 @@ use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
 use crate::delta::Sent;
 use crate::metrics::ControlMetrics;
 use crate::parts::{into_parts, PART_BYTES};
+use crate::status::{Connections, Registration};
 use crate::view::Shared;
 
 /// The most unanswered address questions a subscriber keeps.
@@ -63,6 +64,8 @@ pub struct ControlService<R> {
     shared: Arc<SharedCache>,
     /// Whole views being computed and sent (see [`FULL_VIEWS_IN_FLIGHT`]).
     full_views: Arc<tokio::sync::Semaphore>,
+    /// The connected sidecars, for `/status`.
+    connections: Arc<Connections>,
 }
 
 /// The views' shared work for the latest snapshot version.
@@ -103,7 +106,13 @@ impl<R: Reviewer> ControlService<R> {
             config,
             shared: Arc::default(),
             full_views: Arc::new(tokio::sync::Semaphore::new(FULL_VIEWS_IN_FLIGHT)),
+            connections: Arc::default(),
         }
+    }
+
+    /// The connected sidecars.
+    pub fn connections(&self) -> Arc<Connections> {
+        self.connections.clone()
     }
 }
 
@@ -156,7 +165,11 @@ impl<R: Reviewer> Control for ControlService<R> {
             Status::unauthenticated(why)
         })?;
         let (tx, rx) = mpsc::channel(1);
+        let registration = self
+            .connections
+            .register(me.to_string(), identity.uid.clone());
         let subscriber = Subscriber {
+            registration,
             me,
             identity,
             snapshots: self.snapshots.clone(),
@@ -214,6 +227,8 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
 
 /// One connected sidecar.
 struct Subscriber {
+    /// Its line in `/status`.
+    registration: Registration,
     me: ObjectKey,
     identity: PodIdentity,
     snapshots: SnapshotRx,
@@ -369,6 +384,7 @@ impl Subscriber {
         // In parts: no stream keeps a buffer the size of a whole view. The
         // stall bound holds for each part of a delta, and for the whole of a
         // full view (which holds one of the few turns meanwhile).
+        self.registration.sending(snapshot.version);
         let mut deadline = tokio::time::Instant::now() + self.config.stall;
         for part in into_parts(message, PART_BYTES) {
             let bytes = part.encoded_len();
@@ -394,6 +410,7 @@ impl Subscriber {
     fn on_request(&mut self, request: v1::WatchRequest) -> bool {
         match request.kind {
             Some(v1::watch_request::Kind::Ack(ack)) => {
+                self.registration.acked(ack.generation);
                 if let Some((generation, at)) = self.sent_at {
                     if ack.generation >= generation {
                         self.metrics.convergence.observe(at.elapsed().as_secs_f64());
