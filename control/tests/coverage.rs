@@ -1,7 +1,9 @@
 //! Coverage through the real control plane (`app::run_on`) against the
 //! test API server: a pod a policy selects whose sidecar is not ready shows
 //! in `picket_unenforced_pods` on the admin port, and leaves it when its
-//! sidecar reports ready.
+//! sidecar reports ready. A real Prometheus scrapes the replica as the
+//! PodMonitor does (`honorLabels`), and the dashboards' control-plane
+//! panels read the same counts (needs the Debian `prometheus` package).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,6 +13,9 @@ use std::time::{Duration, Instant};
 use picket_control::app::{run_on, Config, CoverageConfig};
 use picket_control::service::StreamConfig;
 use picket_test_support::apiserver::{ApiServer, Kind};
+use picket_test_support::prometheus::{
+    dashboard_queries, free_loopback_port, http_get, reads_control_plane, Prometheus,
+};
 
 const CLUSTER: &str = r#"
 apiVersion: v1
@@ -78,6 +83,62 @@ fn wait_for_event(api: &ApiServer, reason: &str) -> serde_json::Value {
     }
 }
 
+/// A Prometheus scraping the replica's admin port as
+/// `manifests/install/monitoring/control-podmonitor.yaml` does: the
+/// replica's own namespace and pod as target labels, `honorLabels` so the
+/// metric's `namespace` wins.
+fn scrape(admin: SocketAddr) -> Prometheus {
+    let listen = free_loopback_port().unwrap();
+    Prometheus::start(
+        &[],
+        listen,
+        &format!(
+            "- job_name: picket-control\n\
+             \x20 honor_labels: true\n\
+             \x20 static_configs:\n\
+             \x20 - targets: ['{admin}']\n\
+             \x20   labels: {{namespace: picket-system, pod: picket-control-0}}\n"
+        ),
+        Box::new(move |path| http_get(listen, path)),
+    )
+    .unwrap()
+}
+
+/// The dashboards' queries that read the control plane's metrics, for shop.
+fn control_plane_panels() -> Vec<String> {
+    let dashboards =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/dashboards");
+    let panels: Vec<String> = ["picket-pod.json", "picket-namespace.json"]
+        .iter()
+        .flat_map(|f| dashboard_queries(&dashboards.join(f), "shop", "db"))
+        .filter(|q| reads_control_plane(q))
+        .collect();
+    assert!(
+        !panels.is_empty(),
+        "no dashboard panel reads the control plane"
+    );
+    panels
+}
+
+/// Polls until every panel's query has the one value `value`.
+fn wait_for_panels(prometheus: &Prometheus, panels: &[String], value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for q in panels {
+        loop {
+            let got = prometheus.query(q);
+            let one = got.as_ref().ok().and_then(|r| match r.as_slice() {
+                [only] => only["value"][1].as_str()?.parse::<f64>().ok(),
+                _ => None,
+            });
+            if one == Some(value) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{q}: want {value}, got {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
 #[test]
 fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
     let api = ApiServer::bind("127.0.0.1:0").unwrap();
@@ -118,7 +179,11 @@ fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
         tokio::spawn(run_on(config, listener, admin));
         addr
     });
+    let prometheus = scrape(admin);
     wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 1"#);
+    // The namespace dashboard's panel says so too.
+    let panels = control_plane_panels();
+    wait_for_panels(&prometheus, &panels, 1.0);
     let warning = wait_for_event(&api, "Unenforced");
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["involvedObject"]["kind"], "NetworkPolicy");
@@ -129,6 +194,7 @@ fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
     );
     api.apply(&db(true)).unwrap();
     wait_for_line(admin, r#"picket_unenforced_pods{namespace="shop"} 0"#);
+    wait_for_panels(&prometheus, &panels, 0.0);
     let cleared = wait_for_event(&api, "Enforced");
     assert_eq!(cleared["type"], "Normal");
     // Unchanged, the warning is not repeated within the bound.

@@ -10,128 +10,32 @@ mod support;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use picket_lab::proxy::http_get;
+use picket_test_support::prometheus::{dashboard_queries, reads_control_plane, Prometheus};
 use support::*;
 
 const PROMETHEUS_PORT: u16 = 19090;
 
-/// A Prometheus of our own, in the node namespace, killed on drop.
-struct Prometheus {
-    child: Child,
-    netns: String,
-    _data: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(netns: &str, target: SocketAddr) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let config = data.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n\
-                 - job_name: picket\n\
-                 \x20 static_configs:\n\
-                 \x20 - targets: ['{target}']\n\
-                 \x20   labels: {{namespace: shop, pod: api}}\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns, "prometheus"])
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                data.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("run prometheus (apt-get install prometheus)");
-        Self {
-            child,
-            netns: netns.to_string(),
-            _data: data,
-        }
-    }
-
-    /// Runs an instant query; returns the result vector.
-    fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>, String> {
-        let addr: SocketAddr = format!("127.0.0.1:{PROMETHEUS_PORT}").parse().unwrap();
-        let path = format!("/api/v1/query?query={}", encode(promql));
-        let (status, body) = http_get(&self.netns, addr, &path).map_err(|e| e.to_string())?;
-        let json: serde_json::Value =
-            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-        if status != 200 || json["status"] != "success" {
-            return Err(format!("{promql}: HTTP {status}: {body}"));
-        }
-        Ok(json["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    /// The single value of a query, if it has one.
-    fn value(&self, promql: &str) -> Option<f64> {
-        let result = self.query(promql).ok()?;
-        result.first()?["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Every `expr` in a dashboard, with Grafana's variables substituted.
-fn dashboard_queries(file: &Path) -> Vec<String> {
-    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    if k == "expr" {
-                        if let Some(s) = v.as_str() {
-                            out.push(s.to_string());
-                        }
-                    } else {
-                        walk(v, out);
-                    }
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
-            _ => {}
-        }
-    }
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
-    let mut out = Vec::new();
-    walk(&json, &mut out);
-    out.into_iter()
-        .map(|q| {
-            q.replace("$namespace", "shop")
-                .replace("$pod", "api")
-                .replace("$__rate_interval", "20s")
-                .replace("$__range", "5m")
-        })
-        .collect()
+/// A Prometheus of our own in the node namespace, scraping the sidecar at
+/// `target` as the PodMonitor does (namespace and pod as target labels).
+fn start_prometheus(netns: &str, target: SocketAddr) -> Prometheus {
+    let listen: SocketAddr = format!("127.0.0.1:{PROMETHEUS_PORT}").parse().unwrap();
+    let node = netns.to_string();
+    Prometheus::start(
+        &["ip", "netns", "exec", netns],
+        listen,
+        &format!(
+            "- job_name: picket\n\
+             \x20 static_configs:\n\
+             \x20 - targets: ['{target}']\n\
+             \x20   labels: {{namespace: shop, pod: api}}\n"
+        ),
+        Box::new(move |path| http_get(&node, listen, path)),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -168,7 +72,7 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
     );
     let server = c.start_capturing("api");
     let admin = SocketAddr::new(server.pod.ip, 15020);
-    let prometheus = Prometheus::start(c.lab.node_netns(), admin);
+    let prometheus = start_prometheus(c.lab.node_netns(), admin);
 
     // What the test does: 4 allowed (one stays open), 2 denied, 1 torn down.
     for _ in 0..3 {
@@ -289,7 +193,9 @@ fn prometheus_scrapes_the_sidecar_and_every_dashboard_query_returns_data() {
     let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/dashboards");
     let mut checked = 0;
     for file in ["picket-pod.json", "picket-namespace.json"] {
-        for q in dashboard_queries(&dashboards.join(file)) {
+        // The control plane's panels: control/tests/coverage.rs.
+        let queries = dashboard_queries(&dashboards.join(file), "shop", "api");
+        for q in queries.into_iter().filter(|q| !reads_control_plane(q)) {
             let result = prometheus
                 .query(&q)
                 .unwrap_or_else(|e| panic!("{file}: {e}"));

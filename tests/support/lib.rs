@@ -6,9 +6,11 @@
 //!   pod creates, and fault injection.
 //! - [`announced`]: the addresses a child process says it listens on.
 //! - [`certs`]: a throwaway CA and a serving certificate.
+//! - [`prometheus`]: a real Prometheus, and the queries of a dashboard.
 
 pub mod announced;
 pub mod apiserver;
 pub mod certs;
+pub mod prometheus;
 
 pub use apiserver::{ApiServer, ApiServerBuilder, Kind};
