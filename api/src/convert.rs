@@ -222,10 +222,8 @@ pub fn addresses_side_to_wire<'a>(
 }
 
 fn toward_to_wire(egress: &CompiledSide) -> v1::EgressToward {
-    v1::EgressToward {
-        policies: egress.policies as u32,
-        rules: egress
-            .rules
+    let rules = |rules: &[TowardRule]| {
+        rules
             .iter()
             .map(|r| v1::TowardRule {
                 policy_namespace: r.policy.namespace.to_string(),
@@ -233,7 +231,13 @@ fn toward_to_wire(egress: &CompiledSide) -> v1::EgressToward {
                 index: r.index as u32,
                 rule: Some(rule_to_wire(&r.rule)),
             })
-            .collect(),
+            .collect()
+    };
+    v1::EgressToward {
+        policies: egress.policies as u32,
+        rules: rules(&egress.rules),
+        audited_policies: egress.audited as u32,
+        audited_rules: rules(&egress.audited_rules),
     }
 }
 
@@ -626,41 +630,43 @@ fn toward_from_wire(
     field: &str,
     egress: &v1::EgressToward,
 ) -> Result<CompiledSide, InvalidMessage> {
-    if egress.policies == 0 {
+    if egress.policies == 0 && egress.audited_policies == 0 {
         return Err(at.err(
             format!("{field}.policies"),
-            "at least one policy isolates it",
+            "at least one policy, enforced or audited, selects it",
         ));
     }
-    let rules = egress
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let field = format!("{field}.rules[{i}]");
-            let rule = r
-                .rule
-                .as_ref()
-                .ok_or_else(|| at.err(format!("{field}.rule"), "missing"))?;
-            let rule = rule_from_wire(at, &format!("{field}.rule"), rule)?;
-            if rule
-                .peers
-                .iter()
-                .flatten()
-                .any(|p| !matches!(p, Peer::IpBlock(_)))
-            {
-                return Err(at.err(format!("{field}.rule.peers"), "only ipBlock peers"));
-            }
-            Ok(TowardRule {
-                policy: key(at, &r.policy_namespace, &r.policy_name)?,
-                index: r.index as usize,
-                rule,
+    let rules = |list: &[v1::TowardRule], name: &str| {
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let field = format!("{field}.{name}[{i}]");
+                let rule = r
+                    .rule
+                    .as_ref()
+                    .ok_or_else(|| at.err(format!("{field}.rule"), "missing"))?;
+                let rule = rule_from_wire(at, &format!("{field}.rule"), rule)?;
+                if rule
+                    .peers
+                    .iter()
+                    .flatten()
+                    .any(|p| !matches!(p, Peer::IpBlock(_)))
+                {
+                    return Err(at.err(format!("{field}.rule.peers"), "only ipBlock peers"));
+                }
+                Ok(TowardRule {
+                    policy: key(at, &r.policy_namespace, &r.policy_name)?,
+                    index: r.index as usize,
+                    rule,
+                })
             })
-        })
-        .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+    };
     Ok(CompiledSide {
         policies: egress.policies as usize,
-        rules,
+        rules: rules(&egress.rules, "rules")?,
+        audited: egress.audited_policies as usize,
+        audited_rules: rules(&egress.audited_rules, "audited_rules")?,
     })
 }
 
@@ -824,7 +830,7 @@ mod tests {
 
     #[test]
     fn a_full_view_of_another_format_is_refused() {
-        for format in [0, 1, 2, 3, 5] {
+        for format in [0, 1, 2, 3, 4, 6] {
             let msg = v1::WatchResponse {
                 full: true,
                 view_format: format,
@@ -845,7 +851,7 @@ mod tests {
 
     #[test]
     fn egress_entries_round_trip_and_bad_ones_are_refused() {
-        let side = CompiledSide {
+        let mut side = CompiledSide {
             policies: 2,
             rules: vec![TowardRule {
                 policy: ObjectKey::new("shop", "out"),
@@ -859,6 +865,19 @@ mod tests {
                     broken: None,
                 },
             }],
+            audited: 0,
+            audited_rules: Vec::new(),
+        };
+        let mut dry_run = side.rules[0].clone();
+        dry_run.policy = ObjectKey::new("shop", "dry-run");
+        side.audited = 1;
+        side.audited_rules = vec![dry_run.clone()];
+        // A side only an audited policy makes.
+        let audited_only = CompiledSide {
+            policies: 0,
+            rules: Vec::new(),
+            audited: 1,
+            audited_rules: vec![dry_run],
         };
         let key = ObjectKey::new("shop", "web");
         let ip: IpAddr = "10.0.0.7".parse().unwrap();
@@ -867,7 +886,7 @@ mod tests {
             egress: vec![
                 pod_side_to_wire(&key, Some(&side)),
                 pod_side_to_wire(&key, None),
-                addresses_side_to_wire(&ips, [&side, &side]),
+                addresses_side_to_wire(&ips, [&side, &audited_only]),
                 addresses_side_to_wire(&ips[..1], []),
             ],
             ..Default::default()
@@ -878,7 +897,7 @@ mod tests {
             vec![
                 SideEntry::Pod(key.clone(), Some(side.clone())),
                 SideEntry::Pod(key.clone(), None),
-                SideEntry::Addresses(ips.clone(), vec![side.clone(), side.clone()]),
+                SideEntry::Addresses(ips.clone(), vec![side.clone(), audited_only]),
                 SideEntry::Addresses(vec![ip], Vec::new()),
             ]
         );
@@ -900,6 +919,7 @@ mod tests {
         assert!(decode(&msg).unwrap_err().field.ends_with("rule.peers"));
         let mut bad = addresses_side_to_wire(&[ip], [&side]);
         bad.claimants[0].policies = 0;
+        bad.claimants[0].audited_policies = 0;
         let msg = v1::WatchResponse {
             egress: vec![bad],
             ..Default::default()

@@ -12,12 +12,15 @@ pub mod convert;
 /// sides compiled (`SourceEgress`), large commits in parts (`more`), and
 /// addresses with the same egress sides in one entry (`addresses`); 4 adds
 /// outbound parts (destinations' ingress sides, Services, EndpointSlices),
-/// and a view without them decides outbound connections wrong. A
+/// and a view without them decides outbound connections wrong; 5 adds the
+/// audited policies' rules to the compiled sides, and a side that only
+/// audited policies make (no enforced policy: an older sidecar would
+/// refuse it, or read it as isolating). A
 /// sidecar or a control plane of another format would read a view wrong
 /// (fail open), so they refuse each other: the sidecar sends it in the
 /// [`VIEW_FORMAT_HEADER`] of its `Watch`, the control plane in
 /// `WatchResponse.view_format` of every full view.
-pub const VIEW_FORMAT: u32 = 4;
+pub const VIEW_FORMAT: u32 = 5;
 
 /// The request header by which a sidecar that captures outbound
 /// connections asks for a view with outbound parts (value `1`).

@@ -155,7 +155,7 @@ mod tests {
             addresses: vec![vec![10, 1, (i / 256) as u8, (i % 256) as u8]],
             claimants: vec![v1::EgressToward {
                 policies: 1,
-                rules: Vec::new(),
+                ..Default::default()
             }],
         }
     }

@@ -134,6 +134,8 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     // Outbound decisions compared, and those an ingress entry of a pod
     // left out of the view denied.
     let (mut outbound_checked, mut ingress_denied_by_address) = (0u64, 0u64);
+    // Decisions an audited policy would make otherwise, inbound and outbound.
+    let (mut audited, mut outbound_audited) = (0usize, 0usize);
     for seed in 1..=cases {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut cluster = PolicyIndex::new();
@@ -235,6 +237,25 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
                                     "seed {seed} step {step}: {src} -> {me}:{port}: ingress side"
                                 );
                             }
+                            // Audit mode: where an audited policy would
+                            // decide otherwise, the view says so too, with
+                            // the same verdict.
+                            let would = |index: &PolicyIndex, enforced: bool| {
+                                index
+                                    .audit_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node)
+                                    .filter(|a| a.decision.allowed != enforced)
+                                    .map(|a| a.decision.allowed)
+                            };
+                            let want_audit = would(&cluster, want.allowed);
+                            assert_eq!(
+                                would(&sub.held, got.allowed),
+                                want_audit,
+                                "seed {seed} step {step}: audit of {src} -> {me} ({dst_ip}):{port}: view holds the source: {:?}, cluster audit {:?}, view audit {:?}",
+                                sub.held.pods_with_ip(src),
+                                cluster.audit_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node),
+                                sub.held.audit_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node),
+                            );
+                            audited += usize::from(want_audit.is_some());
                             checked += 1;
                         }
                     }
@@ -287,12 +308,29 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
                                 "seed {seed} step {step}: {me} -> {dst_ip}:{port}"
                             ),
                         }
+                        let would = |index: &PolicyIndex, enforced: bool| {
+                            index
+                                .audit_to_ip(me, dst_ip, port, Protocol::Tcp, &node)
+                                .filter(|a| a.decision.allowed != enforced)
+                                .map(|a| a.decision.allowed)
+                        };
+                        let want_audit = would(&cluster, want.allowed);
+                        assert_eq!(
+                            would(&sub.held, got.allowed),
+                            want_audit,
+                            "seed {seed} step {step}: audit of {me} -> {dst_ip}:{port}"
+                        );
+                        outbound_audited += usize::from(want_audit.is_some());
                         outbound_checked += 1;
                     }
                 }
             }
         }
     }
+    assert!(
+        audited > 0 && outbound_audited > 0,
+        "no audited difference compared: {audited} inbound, {outbound_audited} outbound"
+    );
     assert!(
         outbound_checked > 10_000,
         "too few outbound decisions compared: {outbound_checked}"

@@ -92,9 +92,27 @@ pub struct AddressClaims {
     /// Each distinct group: the sets of its holders, in the order of their
     /// keys (an address mostly has one holder).
     groups: Vec<Box<[u32]>>,
-    /// Each distinct set of policies (with the container ports their named
-    /// ports resolve on, for ingress sides that name ports).
-    sets: Vec<(Vec<Arc<Policy>>, Vec<ContainerPort>)>,
+    /// Each distinct set of policies, enforced and in audit mode (with the
+    /// container ports their named ports resolve on, for ingress sides that
+    /// name ports).
+    sets: Vec<PolicySet>,
+}
+
+/// The policies selecting a pod for one direction, enforced and audited,
+/// and the container ports their named ports resolve on.
+#[derive(Debug)]
+struct PolicySet {
+    enforced: Vec<Arc<Policy>>,
+    audited: Vec<Arc<Policy>>,
+    ports: Vec<ContainerPort>,
+}
+
+/// The identity of a [`PolicySet`]'s policies: their pointers, enforced
+/// then audited, with a separator no pointer is.
+fn policy_set_key(out: &mut Vec<usize>, enforced: &[Arc<Policy>], audited: &[Arc<Policy>]) {
+    out.extend(enforced.iter().map(|p| Arc::as_ptr(p) as usize));
+    out.push(usize::MAX);
+    out.extend(audited.iter().map(|p| Arc::as_ptr(p) as usize));
 }
 
 /// The address entries of a view, sorted by address (compact, and two
@@ -248,19 +266,23 @@ impl AddressClaims {
             group.clear();
             for key in holders {
                 let policies = index.selecting(key, direction);
-                if policies.is_empty() {
+                let audited = index.auditing(key, direction);
+                if policies.is_empty() && audited.is_empty() {
                     continue;
                 }
-                let ports = resolved_on(index, key, policies, direction).to_vec();
-                let set_key = (
-                    policies.iter().map(|p| Arc::as_ptr(p) as usize).collect(),
-                    ports,
-                );
+                let ports = resolved_on(index, key, policies, audited, direction).to_vec();
+                let mut pointers = Vec::new();
+                policy_set_key(&mut pointers, policies, audited);
+                let set_key = (pointers.into_boxed_slice(), ports);
                 let id = match set_ids.get(&set_key) {
                     Some(id) => *id,
                     None => {
                         let id = claims.sets.len() as u32;
-                        claims.sets.push((policies.to_vec(), set_key.1.clone()));
+                        claims.sets.push(PolicySet {
+                            enforced: policies.to_vec(),
+                            audited: audited.to_vec(),
+                            ports: set_key.1.clone(),
+                        });
                         set_ids.insert(set_key, id);
                         id
                     }
@@ -298,10 +320,14 @@ impl AddressClaims {
         let mut side = |id: u32| {
             sides[id as usize]
                 .get_or_insert_with(|| {
-                    let (policies, ports) = &self.sets[id as usize];
+                    let set = &self.sets[id as usize];
                     Arc::new(match self.direction {
-                        Direction::Egress => index.egress_of_toward(policies, me),
-                        Direction::Ingress => index.ingress_of_toward(policies, ports, me),
+                        Direction::Egress => {
+                            index.egress_of_toward(&set.enforced, &set.audited, me)
+                        }
+                        Direction::Ingress => {
+                            index.ingress_of_toward(&set.enforced, &set.audited, &set.ports, me)
+                        }
                     })
                 })
                 .clone()
@@ -329,11 +355,13 @@ fn resolved_on<'a>(
     index: &'a PolicyIndex,
     key: &PodKey,
     policies: &[Arc<Policy>],
+    audited: &[Arc<Policy>],
     direction: Direction,
 ) -> &'a [ContainerPort] {
     let names_ports = direction == Direction::Ingress
         && policies
             .iter()
+            .chain(audited)
             .flat_map(|p| p.ingress.iter().flatten())
             .flat_map(|r| r.ports.iter().flatten())
             .any(|p| matches!(p.port, PortSpec::Named(_)));
@@ -489,13 +517,13 @@ impl<'a> Compiler<'a> {
     fn compiled(&mut self, other: &PodKey) -> Option<&Compiled> {
         let index = self.index;
         let policies = index.selecting(other, self.direction);
-        if policies.is_empty() {
+        let audited = index.auditing(other, self.direction);
+        if policies.is_empty() && audited.is_empty() {
             return None;
         }
-        let ports = resolved_on(index, other, policies, self.direction);
+        let ports = resolved_on(index, other, policies, audited, self.direction);
         self.key.clear();
-        self.key
-            .extend(policies.iter().map(|p| Arc::as_ptr(p) as usize));
+        policy_set_key(&mut self.key, policies, audited);
         if !self.memo.contains_key(self.key.as_slice()) {
             self.memo.insert(self.key.as_slice().into(), Vec::new());
         }
@@ -781,7 +809,9 @@ fn pod_may_change(
         // Gone, and neither held nor behind an entry: nothing to remove.
         return false;
     };
-    let isolated = |d: Direction| !index.selecting(key, d).is_empty();
+    // Isolated, or audited: an audited side is compiled too.
+    let isolated =
+        |d: Direction| !index.selecting(key, d).is_empty() || !index.auditing(key, d).is_empty();
     reaches.names(index, pod)
         || (!pod.host_network
             && pod.ips.iter().any(|ip| {

@@ -45,12 +45,17 @@ impl PolicyIndex {
     ) -> Option<Audit> {
         // On every inbound connection: the destination's selection, and
         // the holders' copies of theirs (no lookup by key).
+        let holders = self.holders(src);
         let concerned = self.audits(dst, Direction::Ingress)
-            || self.holders(src).iter().any(|h| {
+            || holders.iter().any(|h| {
                 h.selection
                     .as_deref()
                     .is_some_and(|s| !s.audited(Direction::Egress).is_empty())
-            });
+            })
+            // In a view, the sources' sides are compiled, audited rules too.
+            || self
+                .egress_toward_me()
+                .is_some_and(|c| c.audits(holders.iter().map(|h| &h.key), src));
         concerned.then(|| {
             let decision = self.decide_inbound(
                 Mode::Audited,
@@ -77,11 +82,14 @@ impl PolicyIndex {
         protocol: Protocol,
         node: &NodeAddrs,
     ) -> Option<Audit> {
+        let holders = self.pods_with_ip(dst_ip);
         let concerned = self.audits(src, Direction::Egress)
+            || holders.iter().any(|k| self.audits(k, Direction::Ingress))
+            // In a view with outbound parts, the destinations' sides are
+            // compiled, audited rules too.
             || self
-                .pods_with_ip(dst_ip)
-                .iter()
-                .any(|k| self.audits(k, Direction::Ingress));
+                .ingress_toward_me()
+                .is_some_and(|c| c.audits(holders.iter(), dst_ip));
         concerned.then(|| {
             let decision = self.decide_outbound(
                 Mode::Audited,

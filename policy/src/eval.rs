@@ -467,7 +467,7 @@ impl PolicyIndex {
             }
             Endpoint::Pod { .. } => Side::NotEvaluated,
             Endpoint::Address(_) if !ingress.allows() => Side::NotEvaluated,
-            Endpoint::Address(ip) => self.address_egress_side(ip, to, trace),
+            Endpoint::Address(ip) => self.address_egress_side(mode, ip, to, trace),
         };
         let allowed = ingress.allows() && egress.allows();
         Decision {
@@ -619,7 +619,7 @@ impl PolicyIndex {
             };
             let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
             let ingress = (egress.allows() || T::EVERY_RULE)
-                .then(|| self.address_ingress_side(dst_ip, from, &to, trace))
+                .then(|| self.address_ingress_side(mode, dst_ip, from, &to, trace))
                 .flatten();
             Decision::egress(egress, ingress, None, src)
         })
@@ -649,10 +649,13 @@ impl PolicyIndex {
             Direction::Ingress => &self.ingress_toward_me,
         };
         match compiled {
-            Some(compiled) => compiled.pod(key).map_or(Side::NotIsolated, |e| {
-                trace.side(key, direction);
-                self.compiled_side(e, peer, to, trace)
-            }),
+            Some(compiled) => match compiled.pod(key) {
+                Some(e) if e.isolates(mode) => {
+                    trace.side(key, direction);
+                    self.compiled_side(mode, e, peer, to, trace)
+                }
+                _ => Side::NotIsolated,
+            },
             None => {
                 let policies = self.policies_of(key, held, direction, mode);
                 self.side(key, policies, direction, peer, to, trace)
@@ -666,13 +669,14 @@ impl PolicyIndex {
     /// knows).
     fn address_ingress_side<T: Trace>(
         &self,
+        mode: Mode,
         ip: IpAddr,
         from: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Option<Side> {
         let claimants = self.ingress_toward_me.as_ref()?.address(ip)?;
-        Some(self.claimants_side(claimants, from, to, trace))
+        self.claimants_side(mode, claimants, from, to, trace)
     }
 }
 
@@ -683,50 +687,79 @@ impl PolicyIndex {
     /// the pods it does not hold that claim it, every one of which must allow.
     fn address_egress_side<T: Trace>(
         &self,
+        mode: Mode,
         ip: IpAddr,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
-        let Some(claimants) = self.egress_toward_me.as_ref().and_then(|c| c.address(ip)) else {
-            return Side::NotApplicable;
-        };
-        self.claimants_side(claimants, to.peer, to, trace)
+        self.egress_toward_me
+            .as_ref()
+            .and_then(|c| c.address(ip))
+            .and_then(|claimants| self.claimants_side(mode, claimants, to.peer, to, trace))
+            .unwrap_or(Side::NotApplicable)
     }
 
     /// The side of the pods claiming an address, compiled: the first that
-    /// denies, else the first that allows.
+    /// denies, else the first that allows; `None` when none isolates in
+    /// `mode` (only audited policies select them, and `mode` enforces).
     fn claimants_side<T: Trace>(
         &self,
+        mode: Mode,
         claimants: &[std::sync::Arc<CompiledSide>],
         peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
-    ) -> Side {
-        let mut side = Side::NotApplicable;
-        for compiled in claimants {
-            let said = self.compiled_side(compiled, peer, to, trace);
+    ) -> Option<Side> {
+        let mut side = None;
+        for compiled in claimants.iter().filter(|c| c.isolates(mode)) {
+            let said = self.compiled_side(mode, compiled, peer, to, trace);
             if !said.allows() {
-                return said;
+                return Some(said);
             }
-            if side == Side::NotApplicable {
-                side = said;
-            }
+            side.get_or_insert(said);
         }
         side
     }
 
     /// Another pod's side from its compiled rules toward `peer` (the view's
-    /// pod), for a connection to `to`.
+    /// pod), for a connection to `to`: the enforced policies' rules, and in
+    /// audited mode the audited ones', merged in policy order as
+    /// [`Policies::iter`] tries them.
     fn compiled_side<T: Trace>(
         &self,
+        mode: Mode,
         compiled: &CompiledSide,
         peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
+        let (mut enforced, mut audited) = match mode {
+            Mode::Enforced => (&compiled.rules[..], &[][..]),
+            Mode::Audited => (&compiled.rules[..], &compiled.audited_rules[..]),
+        };
+        let merged = std::iter::from_fn(move || {
+            let take_audited = match (enforced.first(), audited.first()) {
+                (_, None) => false,
+                (Some(e), Some(a)) => a.policy < e.policy,
+                (None, Some(_)) => true,
+            };
+            let list = if take_audited {
+                &mut audited
+            } else {
+                &mut enforced
+            };
+            let (first, rest) = list.split_first()?;
+            *list = rest;
+            Some(first)
+        });
+        let policies = compiled.policies
+            + match mode {
+                Mode::Enforced => 0,
+                Mode::Audited => compiled.audited,
+            };
         let mut allowed = None;
         let mut policy = None;
-        for toward in &compiled.rules {
+        for toward in merged {
             if policy != Some(&toward.policy) {
                 trace.policy(&toward.policy);
                 policy = Some(&toward.policy);
@@ -749,9 +782,7 @@ impl PolicyIndex {
                 allowed = Some(side);
             }
         }
-        allowed.unwrap_or(Side::Denied {
-            policies: compiled.policies,
-        })
+        allowed.unwrap_or(Side::Denied { policies })
     }
 }
 

@@ -15,7 +15,11 @@
 //!   destination, so they are resolved into numbers when compiled.
 //!
 //! An index holding [`CompiledSides`] decides the other pods' sides from
-//! them, and from nothing else.
+//! them, and from nothing else. Each side carries the rules of the policies
+//! in audit mode that select the pod apart from the enforced ones, so that
+//! a view audits the other pods' sides as the whole cluster does (a pod
+//! only audited policies select has a side that isolates nothing unless
+//! audited).
 //!
 //! Pure: no I/O.
 
@@ -33,10 +37,30 @@ use super::shards::Shards;
 /// (the view's): a source's egress side, or a destination's ingress side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledSide {
-    /// How many policies isolate the pod for that direction (at least one).
+    /// How many enforced policies isolate the pod for that direction.
     pub policies: usize,
-    /// The rules that may match the other pod, in evaluation order.
+    /// Their rules that may match the other pod, in evaluation order.
     pub rules: Vec<TowardRule>,
+    /// How many policies in audit mode select it for that direction (with
+    /// `policies`, at least one).
+    pub audited: usize,
+    /// Their rules that may match the other pod, evaluated after `rules`
+    /// when the audited policies count as enforced.
+    pub audited_rules: Vec<TowardRule>,
+}
+
+// === impl CompiledSide ===
+
+impl CompiledSide {
+    /// Whether policies in audit mode select the pod.
+    pub fn audits(&self) -> bool {
+        self.audited > 0
+    }
+
+    /// Whether it isolates the pod in a decision of `mode`.
+    pub(crate) fn isolates(&self, mode: crate::eval::Mode) -> bool {
+        self.policies > 0 || (mode == crate::eval::Mode::Audited && self.audited > 0)
+    }
 }
 
 /// One rule, as it applies to the other pod: its peers are `None` when a
@@ -107,41 +131,78 @@ impl CompiledSides {
     pub fn is_empty(&self) -> bool {
         self.pods.is_empty() && self.addresses.is_empty()
     }
+
+    /// Whether an audited policy selects a pod among `holders` (their
+    /// entries), or, when none is held, a pod claiming `ip`.
+    pub fn audits<'a>(&self, mut holders: impl Iterator<Item = &'a PodKey>, ip: IpAddr) -> bool {
+        let mut held = false;
+        let by_pod = holders.any(|k| {
+            held = true;
+            self.pod(k).is_some_and(|s| s.audits())
+        });
+        by_pod
+            || (!held
+                && self
+                    .address(ip)
+                    .is_some_and(|c| c.iter().any(|s| s.audits())))
+    }
 }
 
 // === impl PolicyIndex: compiling ===
 
 impl PolicyIndex {
-    /// What `src`'s egress policies allow toward `dst`; `None` when no policy
-    /// isolates `src` for egress (it may connect anywhere).
+    /// What `src`'s egress policies (enforced, and in audit mode) allow
+    /// toward `dst`; `None` when no policy selects `src` for egress.
     pub fn egress_toward(&self, src: &PodKey, dst: &Pod) -> Option<CompiledSide> {
         let policies = self.selecting(src, Direction::Egress);
-        (!policies.is_empty()).then(|| self.egress_of_toward(policies, dst))
+        let audited = self.auditing(src, Direction::Egress);
+        (!policies.is_empty() || !audited.is_empty())
+            .then(|| self.egress_of_toward(policies, audited, dst))
     }
 
-    /// What a source selected for egress by exactly `policies` (at least
-    /// one) may open on `dst`: the same for every source they select.
-    pub fn egress_of_toward(&self, policies: &[Arc<Policy>], dst: &Pod) -> CompiledSide {
-        self.compile(policies, Direction::Egress, dst, None)
+    /// What a source selected for egress by exactly `policies` and, in
+    /// audit mode, `audited` (together at least one) may open on `dst`: the
+    /// same for every source they select.
+    pub fn egress_of_toward(
+        &self,
+        policies: &[Arc<Policy>],
+        audited: &[Arc<Policy>],
+        dst: &Pod,
+    ) -> CompiledSide {
+        CompiledSide {
+            policies: policies.len(),
+            rules: self.compile(policies, Direction::Egress, dst, None),
+            audited: audited.len(),
+            audited_rules: self.compile(audited, Direction::Egress, dst, None),
+        }
     }
 
-    /// What `dst`'s ingress policies let in from `src`, with named ports
-    /// resolved on `dst`; `None` when no policy isolates `dst` for ingress.
+    /// What `dst`'s ingress policies (enforced, and in audit mode) let in
+    /// from `src`, with named ports resolved on `dst`; `None` when no
+    /// policy selects `dst` for ingress.
     pub fn ingress_toward(&self, dst: &Pod, src: &Pod) -> Option<CompiledSide> {
         let policies = self.selecting(&dst.key, Direction::Ingress);
-        (!policies.is_empty()).then(|| self.ingress_of_toward(policies, &dst.ports, src))
+        let audited = self.auditing(&dst.key, Direction::Ingress);
+        (!policies.is_empty() || !audited.is_empty())
+            .then(|| self.ingress_of_toward(policies, audited, &dst.ports, src))
     }
 
-    /// What a destination selected for ingress by exactly `policies` (at
-    /// least one) and declaring `ports` lets in from `src`: the same for
-    /// every such destination.
+    /// What a destination selected for ingress by exactly `policies` and,
+    /// in audit mode, `audited` (together at least one), declaring `ports`,
+    /// lets in from `src`: the same for every such destination.
     pub fn ingress_of_toward(
         &self,
         policies: &[Arc<Policy>],
+        audited: &[Arc<Policy>],
         ports: &[ContainerPort],
         src: &Pod,
     ) -> CompiledSide {
-        self.compile(policies, Direction::Ingress, src, Some(ports))
+        CompiledSide {
+            policies: policies.len(),
+            rules: self.compile(policies, Direction::Ingress, src, Some(ports)),
+            audited: audited.len(),
+            audited_rules: self.compile(audited, Direction::Ingress, src, Some(ports)),
+        }
     }
 
     /// The rules of `policies` for `direction` that may match `other`;
@@ -152,7 +213,7 @@ impl PolicyIndex {
         direction: Direction,
         other: &Pod,
         resolve: Option<&[ContainerPort]>,
-    ) -> CompiledSide {
+    ) -> Vec<TowardRule> {
         let namespace_labels = self.namespace_labels(&other.key.namespace);
         let mut rules = Vec::new();
         for policy in policies {
@@ -204,10 +265,7 @@ impl PolicyIndex {
                 });
             }
         }
-        CompiledSide {
-            policies: policies.len(),
-            rules,
-        }
+        rules
     }
 
     /// The compiled egress sides of the sources, when this index is a

@@ -179,13 +179,20 @@ pub struct SourceEgress {
 /// What one source's egress policies allow toward this pod.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EgressToward {
-    /// How many policies isolate the source for egress (at least one).
+    /// How many enforced policies isolate the source for egress (with
+    /// audited_policies, at least one).
     #[prost(uint32, tag = "1")]
     pub policies: u32,
-    /// The rules that may match this pod, in evaluation order: peers empty
+    /// Their rules that may match this pod, in evaluation order: peers empty
     /// when a pod peer matched it, else the rule's ipBlock peers.
     #[prost(message, repeated, tag = "2")]
     pub rules: ::prost::alloc::vec::Vec<TowardRule>,
+    /// How many policies in audit mode (picket.io/mode: audit) select it.
+    #[prost(uint32, tag = "3")]
+    pub audited_policies: u32,
+    /// Their rules, as `rules`: they decide only what auditing reports.
+    #[prost(message, repeated, tag = "4")]
+    pub audited_rules: ::prost::alloc::vec::Vec<TowardRule>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TowardRule {

@@ -168,6 +168,8 @@ fn isolated_allowing_nothing() -> std::sync::Arc<[std::sync::Arc<picket_policy::
     std::sync::Arc::from([std::sync::Arc::new(picket_policy::CompiledSide {
         policies: 1,
         rules: Vec::new(),
+        audited: 0,
+        audited_rules: Vec::new(),
     })])
 }
 
