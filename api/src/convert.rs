@@ -636,6 +636,16 @@ fn toward_from_wire(
             "at least one policy, enforced or audited, selects it",
         ));
     }
+    // Rules without a policy counted would be read as not isolating.
+    if egress.policies == 0 && !egress.rules.is_empty() {
+        return Err(at.err(format!("{field}.policies"), "rules of no enforced policy"));
+    }
+    if egress.audited_policies == 0 && !egress.audited_rules.is_empty() {
+        return Err(at.err(
+            format!("{field}.audited_policies"),
+            "rules of no audited policy",
+        ));
+    }
     let rules = |list: &[v1::TowardRule], name: &str| {
         list.iter()
             .enumerate()
@@ -925,6 +935,25 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(&msg).unwrap_err().field.ends_with("policies"));
+        // Rules of no policy counted: refused, not read as not isolating.
+        for enforced in [true, false] {
+            let mut bad = addresses_side_to_wire(&[ip], [&side]);
+            match enforced {
+                true => bad.claimants[0].policies = 0,
+                false => bad.claimants[0].audited_policies = 0,
+            }
+            let msg = v1::WatchResponse {
+                egress: vec![bad],
+                ..Default::default()
+            };
+            let field = decode(&msg).unwrap_err().field;
+            let want = if enforced {
+                ".policies"
+            } else {
+                ".audited_policies"
+            };
+            assert!(field.ends_with(want), "{field}");
+        }
         let refused = |bad: v1::SourceEgress| {
             let msg = v1::WatchResponse {
                 egress: vec![bad],

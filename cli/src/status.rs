@@ -186,15 +186,21 @@ impl Report {
     /// Whether something is wrong: a pod nothing enforces; a control
     /// plane whose every replica is unready (sidecars that use it cannot
     /// start); an expired serving certificate (sidecars cannot reconnect);
-    /// a sidecar whose view lags more than [`LAG_LIMIT`]. A cluster without
+    /// a sidecar whose view lags more than [`LAG_LIMIT`]; a replica not
+    /// synced with the cluster; no replica answering `/status` (nothing
+    /// could be checked, say for want of `pods/portforward`). A cluster without
     /// a control plane (sidecars watching the API directly) is not wrong.
     pub fn failed(&self) -> bool {
         let replicas = &self.control_plane.replicas;
         self.unenforced > 0
             || (!replicas.is_empty() && replicas.iter().all(|r| !r.ready))
-            || replicas
-                .iter()
-                .any(|r| r.expired() || !r.lagging().is_empty())
+            // What cannot be checked is not passed: no replica answered.
+            || (!replicas.is_empty() && replicas.iter().all(|r| r.status.is_none()))
+            || replicas.iter().any(|r| {
+                r.expired()
+                    || !r.lagging().is_empty()
+                    || r.status.as_ref().is_some_and(|s| !s.synced)
+            })
     }
 
     /// The report for people.
@@ -213,6 +219,12 @@ impl Report {
             let state = if r.ready { "ready" } else { "NOT READY" };
             let _ = writeln!(out, "  {}  {state}  restarts {}", r.name, r.restarts);
             r.render_status(&mut out);
+        }
+        if !cp.replicas.is_empty() && cp.replicas.iter().all(|r| r.status.is_none()) {
+            let _ = writeln!(
+                out,
+                "CONTROL PLANE UNCHECKED: no replica answered /status (port-forward permission?)"
+            );
         }
         if !cp.replicas.is_empty() && ready == 0 {
             let _ = writeln!(
@@ -505,7 +517,21 @@ mod tests {
     #[test]
     fn a_control_plane_with_no_ready_replica_fails_and_none_at_all_does_not() {
         assert!(!report(&[]).failed(), "sidecars watching the API directly");
-        assert!(!report(&[true, false]).failed());
+        let mut answered = report(&[true, false]);
+        assert!(answered.failed(), "no replica answered /status");
+        assert!(answered.render().contains("CONTROL PLANE UNCHECKED"));
+        answered.control_plane.replicas[0].status = Some(ReplicaStatus {
+            synced: true,
+            serving_certificate: None,
+            sidecars: Vec::new(),
+        });
+        assert!(!answered.failed(), "{}", answered.render());
+        answered.control_plane.replicas[0]
+            .status
+            .as_mut()
+            .unwrap()
+            .synced = false;
+        assert!(answered.failed(), "a replica not synced");
         let down = report(&[false, false]);
         assert!(down.failed());
         assert!(

@@ -1,16 +1,19 @@
 //! What `/status` says: this replica, its serving certificate, and each
 //! sidecar connected to it with its view lag.
 //!
-//! A sidecar's view lag is how long a change of its view has waited for
-//! the sidecar's acknowledgement that it applied it: from the moment the
+//! A sidecar's view lag is how long the oldest change of its view not yet
+//! acknowledged has waited for the sidecar to apply it: from the moment the
 //! replica began to send it (a sidecar that stops reading lags from then,
-//! not from when its send completes). Zero when it has applied everything.
+//! not from when its send completes). Each acknowledgement retires the
+//! changes up to its generation, so steady churn with prompt acks shows a
+//! small lag, not one growing since the last full catch-up. Zero when it
+//! has applied everything.
 //!
 //! `/status` names pods: it is answered only over loopback, which is where a
 //! port-forward arrives (`picket status` reads it that way, with the
 //! caller's `pods/portforward` permission); the pod network gets a refusal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,8 +39,15 @@ struct Connection {
     since: Instant,
     sent: u64,
     acked: u64,
-    pending_since: Option<Instant>,
+    /// The generations sent and not yet acknowledged, oldest first, with
+    /// when each began to be sent (the replica does not wait for an ack
+    /// before the next send, so several may wait).
+    pending: VecDeque<(u64, Instant)>,
 }
+
+/// The most unacknowledged sends remembered per sidecar; beyond, the
+/// oldest stays and lag is counted from it (never less than the truth).
+const MAX_PENDING: usize = 256;
 
 /// One connection's place in [`Connections`]; removed on drop.
 #[derive(Debug)]
@@ -103,7 +113,7 @@ impl Connections {
                 since: Instant::now(),
                 sent: 0,
                 acked: 0,
-                pending_since: None,
+                pending: VecDeque::new(),
             },
         );
         Registration {
@@ -126,8 +136,9 @@ impl Connections {
                 sent_generation: c.sent,
                 acked_generation: c.acked,
                 lag_seconds: c
-                    .pending_since
-                    .map_or(0.0, |t| secs(now.saturating_duration_since(t))),
+                    .pending
+                    .front()
+                    .map_or(0.0, |(_, t)| secs(now.saturating_duration_since(*t))),
             })
             .collect();
         out.sort_by(|a, b| a.pod.cmp(&b.pod).then(a.uid.cmp(&b.uid)));
@@ -151,8 +162,11 @@ impl Registration {
     /// A change of generation `generation` begins to be sent.
     pub fn sending(&self, generation: u64) {
         self.connections.with(self.id, |c| {
+            let newer = c.pending.back().is_none_or(|(g, _)| *g < generation);
+            if newer && c.pending.len() < MAX_PENDING {
+                c.pending.push_back((generation, Instant::now()));
+            }
             c.sent = c.sent.max(generation);
-            c.pending_since.get_or_insert_with(Instant::now);
         });
     }
 
@@ -160,8 +174,11 @@ impl Registration {
     pub fn acked(&self, generation: u64) {
         self.connections.with(self.id, |c| {
             c.acked = c.acked.max(generation);
+            while c.pending.front().is_some_and(|(g, _)| *g <= c.acked) {
+                c.pending.pop_front();
+            }
             if c.acked >= c.sent {
-                c.pending_since = None;
+                c.pending.clear();
             }
         });
     }
@@ -230,6 +247,28 @@ mod tests {
         assert_eq!((applied.acked_generation, applied.lag_seconds), (7, 0.0));
         drop(api);
         assert!(connections.sidecars(later).is_empty(), "gone on drop");
+    }
+
+    #[test]
+    fn under_steady_churn_lag_is_the_oldest_unacknowledged_change_s_age() {
+        let connections = Arc::new(Connections::default());
+        let api = connections.register("shop/api".into(), "u1".into());
+        // Every ack arrives after the next send: something always waits.
+        api.sending(1);
+        std::thread::sleep(Duration::from_millis(30));
+        api.sending(2);
+        let at_second_send = Instant::now();
+        api.acked(1);
+        api.sending(3);
+        api.acked(2);
+        let lag = connections.sidecars(Instant::now())[0].lag_seconds;
+        let since_third = Instant::now().saturating_duration_since(at_second_send);
+        assert!(
+            lag <= since_third.as_secs_f64() + 0.001,
+            "lag {lag} counts from generation 3's send, not from 1's"
+        );
+        api.acked(3);
+        assert_eq!(connections.sidecars(Instant::now())[0].lag_seconds, 0.0);
     }
 
     #[test]
