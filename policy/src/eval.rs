@@ -146,23 +146,28 @@ impl<'a> Policies<'a> {
     /// Both lists, merged in key order (each is sorted by key): the order
     /// the same policies, all enforced, would be tried in.
     fn iter(&self) -> impl Iterator<Item = &'a Arc<Policy>> {
-        let (mut enforced, mut audited) = (self.enforced, self.audited);
-        std::iter::from_fn(move || {
-            let take_audited = match (enforced.first(), audited.first()) {
-                (_, None) => false,
-                (Some(e), Some(a)) => a.key < e.key,
-                (None, Some(_)) => true,
-            };
-            let list = if take_audited {
-                &mut audited
-            } else {
-                &mut enforced
-            };
-            let (first, rest) = list.split_first()?;
-            *list = rest;
-            Some(first)
-        })
+        merged(self.enforced, self.audited, |p| &p.key)
     }
+}
+
+/// Two lists each sorted by `key`, merged in that order (an item of `b`
+/// goes first only when its key is smaller).
+fn merged<'a, T, K: Ord + 'a>(
+    mut a: &'a [T],
+    mut b: &'a [T],
+    key: impl Fn(&'a T) -> &'a K,
+) -> impl Iterator<Item = &'a T> {
+    std::iter::from_fn(move || {
+        let take_b = match (a.first(), b.first()) {
+            (_, None) => false,
+            (Some(x), Some(y)) => key(y) < key(x),
+            (None, Some(_)) => true,
+        };
+        let list = if take_b { &mut b } else { &mut a };
+        let (first, rest) = list.split_first()?;
+        *list = rest;
+        Some(first)
+    })
 }
 
 // === impl PolicyIndex: decisions ===
@@ -733,25 +738,11 @@ impl PolicyIndex {
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
-        let (mut enforced, mut audited) = match mode {
-            Mode::Enforced => (&compiled.rules[..], &[][..]),
-            Mode::Audited => (&compiled.rules[..], &compiled.audited_rules[..]),
+        let audited = match mode {
+            Mode::Enforced => &[][..],
+            Mode::Audited => &compiled.audited_rules[..],
         };
-        let merged = std::iter::from_fn(move || {
-            let take_audited = match (enforced.first(), audited.first()) {
-                (_, None) => false,
-                (Some(e), Some(a)) => a.policy < e.policy,
-                (None, Some(_)) => true,
-            };
-            let list = if take_audited {
-                &mut audited
-            } else {
-                &mut enforced
-            };
-            let (first, rest) = list.split_first()?;
-            *list = rest;
-            Some(first)
-        });
+        let merged = merged(&compiled.rules, audited, |r| &r.policy);
         let policies = compiled.policies
             + match mode {
                 Mode::Enforced => 0,
