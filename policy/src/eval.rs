@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use std::sync::Arc;
 
+use super::cluster::{Action, Tier};
 use super::index::{Holder, PolicyIndex};
 use super::labels::{same_bytes, LabelSource, LabelsRef};
 use super::model::{
@@ -99,11 +100,31 @@ pub enum Side {
         /// How many policies isolate the pod for this direction.
         policies: usize,
     },
+    /// A cluster policy's rule accepted or denied (Admin tier, or Baseline
+    /// tier for a side NetworkPolicy does not isolate).
+    Tier(TierVerdict),
+}
+
+/// The cluster policy rule that decided a side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierVerdict {
+    /// Its tier.
+    pub tier: Tier,
+    /// The policy's name.
+    pub policy: Arc<str>,
+    /// The policy's priority.
+    pub priority: u16,
+    /// The rule's index in the policy's `ingress` or `egress` list.
+    pub rule: usize,
+    /// The rule's name, when it has one.
+    pub rule_name: Option<Arc<str>>,
+    /// `Accept` or `Deny` (a Pass decides nothing).
+    pub action: Action,
 }
 
 /// Who opens the connection, as a policy sees it.
 #[derive(Clone, Copy, Debug)]
-enum Endpoint<'a> {
+pub(crate) enum Endpoint<'a> {
     Pod {
         pod: &'a Pod,
         /// The pod as its address found it (labels packed, selection at
@@ -458,7 +479,11 @@ impl PolicyIndex {
             return Decision::allow(Reason::HostNetworkDestination, src.pod_key());
         }
         let policies = self.policies_of(&dst.key, None, Direction::Ingress, mode);
-        let ingress = self.side(&dst.key, policies, Direction::Ingress, src, to, trace);
+        let labels = LabelsRef::of(&dst.labels, None);
+        let ingress =
+            self.tiered_side(mode, dst, labels, Direction::Ingress, src, to, trace, |trace| {
+                self.side(policies, Direction::Ingress, src, to, trace)
+            });
         let egress = match src {
             Endpoint::Pod { pod, held, .. } if ingress.allows() || T::EVERY_RULE => {
                 let egress =
@@ -482,19 +507,17 @@ impl PolicyIndex {
         }
     }
 
-    /// One side: the `policies` selecting `subject` for `direction`, with
-    /// `peer` at the other end.
-    #[allow(clippy::too_many_arguments)]
+    /// One side's NetworkPolicy tier: the `policies` selecting the pod for
+    /// `direction`, with `peer` at the other end (the trace heard of the
+    /// side already, from [`Self::tiered_side`]).
     fn side<T: Trace>(
         &self,
-        subject: &PodKey,
         policies: Policies<'_>,
         direction: Direction,
         peer: Endpoint<'_>,
         to: &Destination<'_>,
         trace: &mut T,
     ) -> Side {
-        trace.side(subject, direction);
         if policies.is_empty() {
             return Side::NotIsolated;
         }
@@ -608,7 +631,7 @@ impl PolicyIndex {
         let policies = self.policies_of(src, None, Direction::Egress, mode);
         self.every_holder(dst_ip, |held| {
             let to = self.held_destination(held, dst_ip, port, protocol);
-            let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
+            let egress = self.egress_side(mode, src_pod, policies, &to, trace);
             let ingress = (egress.allows() || T::EVERY_RULE).then(|| {
                 let pod = &held.pod;
                 self.other_pod_side(mode, pod, Some(held), Direction::Ingress, from, &to, trace)
@@ -622,11 +645,26 @@ impl PolicyIndex {
                 port,
                 protocol,
             };
-            let egress = self.side(src, policies, Direction::Egress, to.peer, &to, trace);
+            let egress = self.egress_side(mode, src_pod, policies, &to, trace);
             let ingress = (egress.allows() || T::EVERY_RULE)
                 .then(|| self.address_ingress_side(mode, dst_ip, from, &to, trace))
                 .flatten();
             Decision::egress(egress, ingress, None, src)
+        })
+    }
+
+    /// The source's egress side of an outbound connection, through the tiers.
+    fn egress_side<T: Trace>(
+        &self,
+        mode: Mode,
+        src: &Pod,
+        policies: Policies<'_>,
+        to: &Destination<'_>,
+        trace: &mut T,
+    ) -> Side {
+        let labels = LabelsRef::of(&src.labels, None);
+        self.tiered_side(mode, src, labels, Direction::Egress, to.peer, to, trace, |trace| {
+            self.side(policies, Direction::Egress, to.peer, to, trace)
         })
     }
 
@@ -663,7 +701,10 @@ impl PolicyIndex {
             },
             None => {
                 let policies = self.policies_of(key, held, direction, mode);
-                self.side(key, policies, direction, peer, to, trace)
+                let labels = held.map_or(LabelsRef::of(&pod.labels, None), Holder::labels);
+                self.tiered_side(mode, pod, labels, direction, peer, to, trace, |trace| {
+                    self.side(policies, direction, peer, to, trace)
+                })
             }
         }
     }
@@ -781,7 +822,7 @@ impl PolicyIndex {
 /// the address dialled, or an address no pod holds), the ports its named
 /// ports resolve on, and the port dialled.
 #[derive(Clone, Copy, Debug)]
-struct Destination<'a> {
+pub(crate) struct Destination<'a> {
     peer: Endpoint<'a>,
     ports: &'a [ContainerPort],
     port: u16,
@@ -873,7 +914,13 @@ fn rule_matches_port(rule: &Rule, to: &Destination<'_>) -> Option<Option<usize>>
     if rule.broken.is_some() {
         return None;
     }
-    let Some(ports) = &rule.ports else {
+    ports_match(rule.ports.as_deref(), to)
+}
+
+/// Which entry of a rule's ports matches the port dialled: `Some(None)`
+/// when the rule names none (all ports).
+pub(crate) fn ports_match(ports: Option<&[PortMatch]>, to: &Destination<'_>) -> Option<Option<usize>> {
+    let Some(ports) = ports else {
         return Some(None);
     };
     ports.iter().position(|p| port_matches(p, to)).map(Some)
@@ -897,8 +944,27 @@ fn port_matches(entry: &PortMatch, to: &Destination<'_>) -> bool {
 
 // === impl Endpoint ===
 
-impl Endpoint<'_> {
-    fn ip(&self) -> Option<IpAddr> {
+impl<'a> Endpoint<'a> {
+    /// A pod's labels and its namespace's (`None`: not known); `None` for
+    /// an address, or a hostNetwork pod.
+    pub(crate) fn pod_labels(&self) -> Option<(LabelsRef<'a>, Option<LabelsRef<'a>>)> {
+        match *self {
+            Endpoint::Pod { pod, .. } if pod.host_network => None,
+            Endpoint::Pod {
+                held: Some(held),
+                namespace_labels,
+                ..
+            } => Some((held.labels(), namespace_labels)),
+            Endpoint::Pod {
+                pod,
+                namespace_labels,
+                ..
+            } => Some((LabelsRef::of(&pod.labels, None), namespace_labels)),
+            Endpoint::Address(_) => None,
+        }
+    }
+
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self {
             Endpoint::Pod { ip, .. } => *ip,
             Endpoint::Address(ip) => Some(*ip),
@@ -1049,7 +1115,19 @@ impl fmt::Display for Decision {
 impl Side {
     /// Whether this side lets the connection through.
     pub fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. })
+        match self {
+            Side::Denied { .. } => false,
+            Side::Tier(verdict) => verdict.action != Action::Deny,
+            _ => true,
+        }
+    }
+
+    /// The cluster policy rule that decided, when one did.
+    pub fn tier(&self) -> Option<&TierVerdict> {
+        match self {
+            Side::Tier(verdict) => Some(verdict),
+            _ => None,
+        }
     }
 }
 
@@ -1064,6 +1142,35 @@ impl fmt::Display for Side {
             Side::Denied { policies } => {
                 write!(f, "isolated by {policies} policies, no rule allows")
             }
+            Side::Tier(verdict) => verdict.fmt(f),
+        }
+    }
+}
+
+// === impl TierVerdict ===
+
+impl TierVerdict {
+    /// The deciding policy as a metric label: `admin:<name>` or `baseline:<name>`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.tier.label(), self.policy)
+    }
+}
+
+impl fmt::Display for TierVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.action {
+            Action::Accept => "accepted",
+            Action::Deny => "denied",
+            Action::Pass => "passed",
+        };
+        write!(
+            f,
+            "{verb} by {} tier ClusterNetworkPolicy {} (priority {}) rule {}",
+            self.tier, self.policy, self.priority, self.rule
+        )?;
+        match &self.rule_name {
+            Some(name) => write!(f, " ({name})"),
+            None => Ok(()),
         }
     }
 }

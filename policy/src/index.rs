@@ -16,6 +16,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use super::shards::Shards;
 
+use super::cluster::{ClusterPolicies, ClusterPolicy, Node};
 use super::labels::{Labels, LabelsRef, PackedLabels};
 use super::model::{Direction, Namespace, Pod, PodKey, Policy, PolicyKey};
 use super::toward::CompiledSides;
@@ -43,6 +44,14 @@ pub struct PolicyIndex {
     /// of all its namespace's pods) copies pointers, not lists.
     selection: Shards<PodKey, Arc<Selection>>,
     policy_count: usize,
+    /// The cluster policies of the Admin and Baseline tiers. Their subjects
+    /// and peers are matched at decision time, so a change of one rebuilds
+    /// nothing.
+    cluster: ClusterPolicies,
+    /// Nodes by name, for `nodes` peers of cluster policies.
+    nodes: HashMap<Arc<str>, Arc<Node>>,
+    /// The nodes holding each address.
+    nodes_by_ip: HashMap<IpAddr, Vec<Arc<Node>>>,
     /// In a pod's view: the sources' egress sides, compiled (see `toward`).
     pub(super) egress_toward_me: Option<CompiledSides>,
     /// In a pod's view with outbound parts: the destinations' ingress
@@ -111,6 +120,10 @@ pub struct IndexCounts {
     pub namespaces: usize,
     /// NetworkPolicies known.
     pub policies: usize,
+    /// ClusterNetworkPolicies known.
+    pub cluster_policies: usize,
+    /// Nodes known.
+    pub nodes: usize,
 }
 
 // === impl PolicyIndex ===
@@ -488,6 +501,87 @@ impl PolicyIndex {
             pods: self.pods.len(),
             namespaces: self.namespaces.len(),
             policies: self.policy_count,
+            cluster_policies: self.cluster.len(),
+            nodes: self.nodes.len(),
+        }
+    }
+
+    /// Adds or replaces a cluster policy (by name).
+    pub fn apply_cluster_policy(&mut self, policy: ClusterPolicy) {
+        self.cluster.insert(policy);
+    }
+
+    /// Removes a cluster policy; returns whether it was known.
+    pub fn delete_cluster_policy(&mut self, name: &str) -> bool {
+        self.cluster.remove(name).is_some()
+    }
+
+    /// Replaces every cluster policy with these.
+    pub fn replace_cluster_policies(&mut self, policies: impl IntoIterator<Item = ClusterPolicy>) {
+        let mut all = ClusterPolicies::default();
+        for policy in policies {
+            all.insert(policy);
+        }
+        self.cluster = all;
+    }
+
+    /// The cluster policies, both tiers in the order sides consult them.
+    pub fn cluster_policies(&self) -> &ClusterPolicies {
+        &self.cluster
+    }
+
+    /// A cluster policy by name.
+    pub fn cluster_policy(&self, name: &str) -> Option<&Arc<ClusterPolicy>> {
+        self.cluster.get(name)
+    }
+
+    /// Adds or replaces a node.
+    pub fn apply_node(&mut self, node: Node) {
+        let node = Arc::new(node);
+        if let Some(old) = self.nodes.insert(node.name.clone(), node.clone()) {
+            self.unindex_node(&old);
+        }
+        for ip in &node.addresses {
+            self.nodes_by_ip.entry(*ip).or_default().push(node.clone());
+        }
+    }
+
+    /// Removes a node; returns whether it was known.
+    pub fn delete_node(&mut self, name: &str) -> bool {
+        let Some(old) = self.nodes.remove(name) else {
+            return false;
+        };
+        self.unindex_node(&old);
+        true
+    }
+
+    /// Replaces every node with these.
+    pub fn replace_nodes(&mut self, nodes: impl IntoIterator<Item = Node>) {
+        self.nodes.clear();
+        self.nodes_by_ip.clear();
+        for node in nodes {
+            self.apply_node(node);
+        }
+    }
+
+    /// Every node, in no particular order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes.values()
+    }
+
+    /// The nodes with this address.
+    pub(super) fn nodes_with_ip(&self, ip: IpAddr) -> impl Iterator<Item = &Arc<Node>> {
+        self.nodes_by_ip.get(&ip).into_iter().flatten()
+    }
+
+    fn unindex_node(&mut self, node: &Node) {
+        for ip in &node.addresses {
+            if let Some(list) = self.nodes_by_ip.get_mut(ip) {
+                list.retain(|n| n.name != node.name);
+                if list.is_empty() {
+                    self.nodes_by_ip.remove(ip);
+                }
+            }
         }
     }
 

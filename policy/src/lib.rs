@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod cluster;
 pub mod convert;
 pub mod coverage;
 pub mod eval;
@@ -15,11 +16,13 @@ pub mod route;
 pub mod selector;
 pub mod service;
 pub mod shards;
+mod tiers;
 pub mod toward;
 pub mod trace;
 
 pub use audit::Audit;
-pub use eval::{Decision, Reason, Side};
+pub use cluster::{Action, ClusterPeer, ClusterPolicies, ClusterPolicy, ClusterRule, Node, Subject, Tier};
+pub use eval::{Decision, Reason, Side, TierVerdict};
 pub use index::{IndexCounts, PolicyIndex};
 pub use labels::{LabelSource, Labels, PackedLabels};
 pub use model::{
@@ -30,7 +33,10 @@ pub use route::Route;
 pub use selector::Selector;
 pub use service::{Endpoint, EndpointSlice, Resolved, Service, ServiceIndex, ServicePort};
 pub use toward::{CompiledSide, CompiledSides, TowardRule};
-pub use trace::{Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace, SideTrace, Trace};
+pub use trace::{
+    ClusterPolicyTrace, ClusterRuleTrace, Explanation, NoTrace, PolicyTrace, Recorder, RuleTrace,
+    SideTrace, Trace,
+};
 
 #[cfg(test)]
 mod properties;

@@ -373,7 +373,7 @@ impl IpBlock {
 /// Whether a network holds an address (of its own family): `IpNet`'s
 /// `contains`, in the few instructions a decision that tries every
 /// `ipBlock` of a pod's policies wants.
-fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
+pub(crate) fn net_contains(net: &IpNet, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpNet::V4(net), IpAddr::V4(ip)) => {
             let differ = u32::from(net.addr()) ^ u32::from(ip);

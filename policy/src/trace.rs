@@ -9,6 +9,9 @@
 //!
 //! Pure: no I/O.
 
+use std::sync::Arc;
+
+use super::cluster::{Action, ClusterPolicy, ClusterRule, Tier};
 use super::eval::Decision;
 use super::model::{Direction, PodKey, PolicyKey, Protocol, Rule};
 
@@ -33,6 +36,23 @@ pub trait Trace {
         peer: Option<Option<usize>>,
         port: Option<Option<usize>>,
     );
+
+    /// A cluster policy of the current side's Admin or Baseline tier begins.
+    #[inline(always)]
+    fn cluster_policy(&mut self, _policy: &ClusterPolicy) {}
+
+    /// A rule of the current cluster policy was tried: which peer entry
+    /// and which port entry matched (`Some(None)`: all ports, or a broken
+    /// rule failing closed), or `None`.
+    #[inline(always)]
+    fn cluster_rule(
+        &mut self,
+        _index: usize,
+        _rule: &ClusterRule,
+        _peer: Option<Option<usize>>,
+        _port: Option<Option<usize>>,
+    ) {
+    }
 }
 
 /// The hot path's sink: records nothing, stops at the first allowing rule.
@@ -45,6 +65,8 @@ pub struct Recorder {
     ingress: Option<SideTrace>,
     egress: Option<SideTrace>,
     current: Option<Direction>,
+    /// The tier of the cluster policy being recorded.
+    tier: Option<Tier>,
 }
 
 /// The whole reasoning behind one decision.
@@ -75,6 +97,43 @@ pub struct SideTrace {
     pub direction: Direction,
     /// Each selecting policy, in key order.
     pub policies: Vec<PolicyTrace>,
+    /// The Admin tier's cluster policies consulted, in order (before the
+    /// NetworkPolicies).
+    pub admin: Vec<ClusterPolicyTrace>,
+    /// The Baseline tier's cluster policies consulted, in order (after them).
+    pub baseline: Vec<ClusterPolicyTrace>,
+}
+
+/// One cluster policy's rules, tried in order.
+#[derive(Clone, Debug)]
+pub struct ClusterPolicyTrace {
+    /// The policy's name.
+    pub policy: Arc<str>,
+    /// Its tier.
+    pub tier: Tier,
+    /// Its priority.
+    pub priority: u16,
+    /// Each rule's verdict.
+    pub rules: Vec<ClusterRuleTrace>,
+}
+
+/// One cluster policy rule's verdict.
+#[derive(Clone, Debug)]
+pub struct ClusterRuleTrace {
+    /// The rule's index.
+    pub index: usize,
+    /// Its name, when it has one.
+    pub name: Option<Arc<str>>,
+    /// What it does when it matches (a broken Pass denies).
+    pub action: Action,
+    /// Which peer matched (`Some(None)`: a broken rule denying all), or `None`.
+    pub peer: Option<Option<usize>>,
+    /// Which port entry matched (`Some(None)`: all ports), or `None`.
+    pub port: Option<Option<usize>>,
+    /// Why the rule fails closed, when it could not be compiled.
+    pub broken: Option<String>,
+    /// The rule names domains, which are not enforced (they match nothing).
+    pub unsupported_domain_names: bool,
 }
 
 /// One policy's rules, tried in order.
@@ -153,6 +212,8 @@ impl Trace for Recorder {
             pod: subject.clone(),
             direction,
             policies: Vec::new(),
+            admin: Vec::new(),
+            baseline: Vec::new(),
         };
         match direction {
             Direction::Ingress => self.ingress = Some(side),
@@ -183,6 +244,48 @@ impl Trace for Recorder {
                 peer,
                 port,
                 broken: rule.broken.clone(),
+            });
+        }
+    }
+
+    fn cluster_policy(&mut self, policy: &ClusterPolicy) {
+        if let Some(side) = self.current() {
+            let tier = match policy.tier {
+                Tier::Admin => &mut side.admin,
+                Tier::Baseline => &mut side.baseline,
+            };
+            tier.push(ClusterPolicyTrace {
+                policy: policy.name.clone(),
+                tier: policy.tier,
+                priority: policy.priority,
+                rules: Vec::new(),
+            });
+        }
+        self.tier = Some(policy.tier);
+    }
+
+    fn cluster_rule(
+        &mut self,
+        index: usize,
+        rule: &ClusterRule,
+        peer: Option<Option<usize>>,
+        port: Option<Option<usize>>,
+    ) {
+        let Some(tier) = self.tier else { return };
+        let Some(side) = self.current() else { return };
+        let list = match tier {
+            Tier::Admin => &mut side.admin,
+            Tier::Baseline => &mut side.baseline,
+        };
+        if let Some(policy) = list.last_mut() {
+            policy.rules.push(ClusterRuleTrace {
+                index,
+                name: rule.name.clone(),
+                action: rule.effective_action(),
+                peer,
+                port,
+                broken: rule.broken.clone(),
+                unsupported_domain_names: rule.has_domain_names(),
             });
         }
     }

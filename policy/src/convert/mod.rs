@@ -24,6 +24,8 @@ use super::model::{
 use super::selector::{Labels, Selector};
 use super::service::{Endpoint, EndpointSlice, Service, ServicePort};
 
+pub mod cluster;
+
 /// The label naming the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
