@@ -10,7 +10,11 @@
 //!
 //! Pure: no I/O.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::cluster::Tier;
 
 use super::eval::{Decision, Mode, Reason, Side};
 use super::index::PolicyIndex;
@@ -24,8 +28,27 @@ pub struct Audit {
     pub decision: Decision,
     /// The audited policy that decided it, when one did: for a denial,
     /// the first audited policy isolating the side that denied; for an
-    /// allowance, the audited policy whose rule allowed.
-    pub policy: Option<PolicyKey>,
+    /// allowance, the audited policy whose rule allowed; or the audited
+    /// cluster policy whose rule accepted or denied.
+    pub policy: Option<AuditedPolicy>,
+}
+
+/// The audited policy behind an audit verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditedPolicy {
+    /// A NetworkPolicy.
+    Network(PolicyKey),
+    /// A ClusterNetworkPolicy, by tier and name.
+    Cluster(Tier, Arc<str>),
+}
+
+impl fmt::Display for AuditedPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuditedPolicy::Network(key) => key.fmt(f),
+            AuditedPolicy::Cluster(tier, name) => write!(f, "{}:{name}", tier.label()),
+        }
+    }
 }
 
 // === impl PolicyIndex: audit ===
@@ -47,6 +70,7 @@ impl PolicyIndex {
         // the holders' copies of theirs (no lookup by key).
         let holders = self.holders(src);
         let concerned = self.audits(dst, Direction::Ingress)
+            || self.audits_cluster()
             || holders.iter().any(|h| {
                 h.selection
                     .as_deref()
@@ -84,6 +108,7 @@ impl PolicyIndex {
     ) -> Option<Audit> {
         let holders = self.pods_with_ip(dst_ip);
         let concerned = self.audits(src, Direction::Egress)
+            || self.audits_cluster()
             || holders.iter().any(|k| self.audits(k, Direction::Ingress))
             // In a view with outbound parts, the destinations' sides are
             // compiled, audited rules too.
@@ -142,7 +167,15 @@ impl PolicyIndex {
     }
 
     fn concerns(&self, src: &PodKey, dst: &PodKey) -> bool {
-        self.audits(dst, Direction::Ingress) || self.audits(src, Direction::Egress)
+        self.audits(dst, Direction::Ingress)
+            || self.audits(src, Direction::Egress)
+            || self.audits_cluster()
+    }
+
+    /// Whether a cluster policy is in audit mode: then every decision may
+    /// be audited (its subjects are matched at decision time).
+    fn audits_cluster(&self) -> bool {
+        self.cluster_policies().iter().any(|p| p.audit)
     }
 
     /// Whether an audited policy selects `pod` for `direction`.
@@ -168,16 +201,26 @@ impl PolicyIndex {
             (egress, source, Direction::Egress),
         ];
         let policy = sides.into_iter().find_map(|(side, pod, direction)| {
-            let (side, pod) = (side?, pod?);
+            let side = side?;
+            // A cluster policy's rule names no pod: the policy decided.
+            if let Side::Tier(verdict) = side {
+                let audited = self
+                    .cluster_policy(&verdict.policy)
+                    .is_some_and(|p| p.audit);
+                return (audited && side.allows() == decision.allowed)
+                    .then(|| AuditedPolicy::Cluster(verdict.tier, verdict.policy.clone()));
+            }
+            let pod = pod?;
             match side {
-                Side::Denied { .. } if !decision.allowed => {
-                    self.auditing(pod, direction).first().map(|p| p.key.clone())
-                }
+                Side::Denied { .. } if !decision.allowed => self
+                    .auditing(pod, direction)
+                    .first()
+                    .map(|p| AuditedPolicy::Network(p.key.clone())),
                 Side::Allowed { policy, .. } if decision.allowed => self
                     .auditing(pod, direction)
                     .iter()
                     .any(|p| p.key == *policy)
-                    .then(|| policy.clone()),
+                    .then(|| AuditedPolicy::Network(policy.clone())),
                 _ => None,
             }
         });

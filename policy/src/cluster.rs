@@ -220,10 +220,7 @@ impl Subject {
 
 /// A namespace selector against a namespace's labels; an unknown
 /// namespace's labels are unknown, not empty: only `{}` matches it.
-pub(crate) fn namespace_matches(
-    selector: &Selector,
-    namespace: Option<&impl LabelSource>,
-) -> bool {
+pub(crate) fn namespace_matches(selector: &Selector, namespace: Option<&impl LabelSource>) -> bool {
     match namespace {
         Some(labels) => selector.matches(labels),
         None => selector.is_everything(),
@@ -265,7 +262,11 @@ impl fmt::Display for ClusterPeer {
                 write!(f, "networks {}", nets.join(", "))
             }
             ClusterPeer::DomainNames(names) => {
-                write!(f, "domainNames {} (unsupported: matches nothing)", names.join(", "))
+                write!(
+                    f,
+                    "domainNames {} (unsupported: matches nothing)",
+                    names.join(", ")
+                )
             }
         }
     }

@@ -480,10 +480,16 @@ impl PolicyIndex {
         }
         let policies = self.policies_of(&dst.key, None, Direction::Ingress, mode);
         let labels = LabelsRef::of(&dst.labels, None);
-        let ingress =
-            self.tiered_side(mode, dst, labels, Direction::Ingress, src, to, trace, |trace| {
-                self.side(policies, Direction::Ingress, src, to, trace)
-            });
+        let ingress = self.tiered_side(
+            mode,
+            dst,
+            labels,
+            Direction::Ingress,
+            src,
+            to,
+            trace,
+            |trace| self.side(policies, Direction::Ingress, src, to, trace),
+        );
         let egress = match src {
             Endpoint::Pod { pod, held, .. } if ingress.allows() || T::EVERY_RULE => {
                 let egress =
@@ -663,9 +669,16 @@ impl PolicyIndex {
         trace: &mut T,
     ) -> Side {
         let labels = LabelsRef::of(&src.labels, None);
-        self.tiered_side(mode, src, labels, Direction::Egress, to.peer, to, trace, |trace| {
-            self.side(policies, Direction::Egress, to.peer, to, trace)
-        })
+        self.tiered_side(
+            mode,
+            src,
+            labels,
+            Direction::Egress,
+            to.peer,
+            to,
+            trace,
+            |trace| self.side(policies, Direction::Egress, to.peer, to, trace),
+        )
     }
 
     /// Another pod's side for `direction` toward `peer` (the index's pod
@@ -919,7 +932,10 @@ fn rule_matches_port(rule: &Rule, to: &Destination<'_>) -> Option<Option<usize>>
 
 /// Which entry of a rule's ports matches the port dialled: `Some(None)`
 /// when the rule names none (all ports).
-pub(crate) fn ports_match(ports: Option<&[PortMatch]>, to: &Destination<'_>) -> Option<Option<usize>> {
+pub(crate) fn ports_match(
+    ports: Option<&[PortMatch]>,
+    to: &Destination<'_>,
+) -> Option<Option<usize>> {
     let Some(ports) = ports else {
         return Some(None);
     };

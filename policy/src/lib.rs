@@ -20,8 +20,10 @@ mod tiers;
 pub mod toward;
 pub mod trace;
 
-pub use audit::Audit;
-pub use cluster::{Action, ClusterPeer, ClusterPolicies, ClusterPolicy, ClusterRule, Node, Subject, Tier};
+pub use audit::{Audit, AuditedPolicy};
+pub use cluster::{
+    Action, ClusterPeer, ClusterPolicies, ClusterPolicy, ClusterRule, Node, Subject, Tier,
+};
 pub use eval::{Decision, Reason, Side, TierVerdict};
 pub use index::{IndexCounts, PolicyIndex};
 pub use labels::{LabelSource, Labels, PackedLabels};

@@ -205,3 +205,5 @@ fn audits_decide_as_if_enforced(seed: u64, index: &PolicyIndex, enforced: &Polic
         }
     }
 }
+
+mod tiers;

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::{convert, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyKey};
+use crate::{convert, ClusterPolicy, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyKey};
 
 /// A small, seeded pseudo-random generator (xorshift64*): reproducible cases
 /// without a dependency.
@@ -172,6 +172,83 @@ pub fn policy(rng: &mut Rng) -> Policy {
     );
     let np: NetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
     convert::policy(&np).unwrap().policy
+}
+
+/// A random peer of a cluster policy rule (`to` peers for egress).
+pub fn cluster_peer(rng: &mut Rng, egress: bool) -> String {
+    match rng.below(if egress { 6 } else { 4 }) {
+        0 => "{namespaces: {}}".into(),
+        1 => format!("{{namespaces: {{matchLabels: {{env: {}}}}}}}", rng.pick(ENVS)),
+        2 => format!(
+            "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {}}}}}}}}}",
+            rng.pick(APPS)
+        ),
+        3 => format!(
+            "{{pods: {{namespaceSelector: {{matchExpressions: [{{key: env, operator: NotIn, values: [{}]}}]}}, podSelector: {{}}}}}}",
+            rng.pick(ENVS)
+        ),
+        4 => format!("{{networks: [{}/31]}}", rng.pick(IPS)),
+        _ => "{networks: [0.0.0.0/0]}".into(),
+    }
+}
+
+/// Random rules of a cluster policy for one direction.
+pub fn cluster_rules(rng: &mut Rng, direction: &str) -> String {
+    let (peers, egress) = match direction {
+        "ingress" => ("from", false),
+        _ => ("to", true),
+    };
+    let rules: Vec<String> = (0..rng.below(4))
+        .map(|_| {
+            let action = rng.pick(&["Accept", "Deny", "Pass"]);
+            let ports = match rng.below(4) {
+                0 => format!(
+                    ", protocols: [{{tcp: {{destinationPort: {{number: {}}}}}}}]",
+                    PORTS[rng.below(PORTS.len())]
+                ),
+                1 => ", protocols: [{destinationNamedPort: pg}]".into(),
+                _ => String::new(),
+            };
+            let list: Vec<String> = (0..1 + rng.below(2))
+                .map(|_| cluster_peer(rng, egress))
+                .collect();
+            format!(
+                "{{action: {action}, {peers}: [{}]{ports}}}",
+                list.join(", ")
+            )
+        })
+        .collect();
+    format!("{direction}: [{}]", rules.join(", "))
+}
+
+/// A random ClusterNetworkPolicy of either tier; priorities collide now
+/// and then (the order is then by name).
+pub fn cluster_policy(rng: &mut Rng) -> ClusterPolicy {
+    let subject = match rng.below(3) {
+        0 => "{namespaces: {}}".to_string(),
+        1 => format!(
+            "{{namespaces: {{matchLabels: {{env: {}}}}}}}",
+            rng.pick(ENVS)
+        ),
+        _ => format!(
+            "{{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: {}}}}}}}}}",
+            rng.pick(APPS)
+        ),
+    };
+    let yaml = format!(
+        "metadata: {{name: {}}}
+spec: {{tier: {}, priority: {}, subject: {subject}, {}, {}}}
+",
+        rng.pick(&["cnp-1", "cnp-2", "cnp-3", "cnp-4"]),
+        rng.pick(&["Admin", "Admin", "Baseline"]),
+        rng.below(3) * 10,
+        cluster_rules(rng, "ingress"),
+        cluster_rules(rng, "egress"),
+    );
+    let cnp: convert::cluster::ClusterNetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
+    let compiled = convert::cluster::cluster_policy(&cnp).unwrap();
+    assert!(compiled.errors.is_empty(), "{yaml}: {:?}", compiled.errors);
+    compiled.policy
 }
 
 /// A random op.

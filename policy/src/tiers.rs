@@ -99,7 +99,8 @@ impl PolicyIndex {
             }
             trace.cluster_policy(policy);
             for (index, rule) in rules.iter().enumerate() {
-                let (peer_entry, port_entry) = self.cluster_rule_matches(rule, &peer, to, T::EVERY_RULE);
+                let (peer_entry, port_entry) =
+                    self.cluster_rule_matches(rule, &peer, to, T::EVERY_RULE);
                 trace.cluster_rule(index, rule, peer_entry, port_entry);
                 if said.is_none() && peer_entry.is_some() && port_entry.is_some() {
                     if !T::EVERY_RULE {
@@ -147,14 +148,14 @@ impl PolicyIndex {
     /// address here, and reach sides as addresses).
     fn cluster_peer_matches(&self, rule_peer: &ClusterPeer, peer: &Endpoint<'_>) -> bool {
         match rule_peer {
-            ClusterPeer::Namespaces(namespaces) => {
-                peer.pod_labels().is_some_and(|(_, ns)| namespace_matches(namespaces, ns.as_ref()))
-            }
-            ClusterPeer::Pods { namespaces, pods } => peer
+            ClusterPeer::Namespaces(namespaces) => peer
                 .pod_labels()
-                .is_some_and(|(labels, ns)| {
+                .is_some_and(|(_, ns)| namespace_matches(namespaces, ns.as_ref())),
+            ClusterPeer::Pods { namespaces, pods } => {
+                peer.pod_labels().is_some_and(|(labels, ns)| {
                     namespace_matches(namespaces, ns.as_ref()) && pods.matches(&labels)
-                }),
+                })
+            }
             ClusterPeer::Nodes(nodes) => peer.ip().is_some_and(|ip| self.node_selected(nodes, ip)),
             ClusterPeer::Networks(nets) => peer
                 .ip()

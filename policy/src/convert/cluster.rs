@@ -200,9 +200,7 @@ pub struct CompiledClusterPolicy {
 /// every pod both ways (at its priority when that could be read, else
 /// first), with the error; dropping it could open what it was meant to
 /// close. Only an object without a name is an error.
-pub fn cluster_policy(
-    cnp: &ClusterNetworkPolicy,
-) -> Result<CompiledClusterPolicy, InvalidField> {
+pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolicy, InvalidField> {
     let name = cnp
         .metadata
         .name
@@ -238,7 +236,11 @@ pub fn cluster_policy(
         (Ok(tier), Ok(priority), Ok(subject)) => (tier, priority, subject),
         (tier, priority, subject) => {
             let priority = *priority.as_ref().unwrap_or(&0);
-            errors.extend([tier.err(), priority_err(spec), subject.err()].into_iter().flatten());
+            errors.extend(
+                [tier.err(), priority_err(spec), subject.err()]
+                    .into_iter()
+                    .flatten(),
+            );
             return Ok(CompiledClusterPolicy {
                 policy: deny_all(name, priority, audit, &errors),
                 errors,
@@ -316,7 +318,10 @@ fn subject(s: &SubjectSpec) -> Result<Subject, InvalidField> {
 
 fn namespaced_pod(p: &NamespacedPod, at: &str) -> Result<(Selector, Selector), InvalidField> {
     Ok((
-        selector(Some(&p.namespace_selector), &format!("{at}.namespaceSelector"))?,
+        selector(
+            Some(&p.namespace_selector),
+            &format!("{at}.namespaceSelector"),
+        )?,
         selector(Some(&p.pod_selector), &format!("{at}.podSelector"))?,
     ))
 }
@@ -382,7 +387,14 @@ fn rule(r: &RuleSpec, at: &str, peers_name: &str, errors: &mut Vec<InvalidField>
         let peers = list
             .iter()
             .enumerate()
-            .map(|(i, p)| peer(p, &format!("{at}.{peers_name}[{i}]"), peers_name == "to", action))
+            .map(|(i, p)| {
+                peer(
+                    p,
+                    &format!("{at}.{peers_name}[{i}]"),
+                    peers_name == "to",
+                    action,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let ports = match &r.protocols {
             None => None,
@@ -464,7 +476,10 @@ fn peer(p: &PeerSpec, at: &str, egress: bool, action: Action) -> Result<ClusterP
     }
     if let Some(nodes) = &p.nodes {
         egress_only("nodes")?;
-        return Ok(ClusterPeer::Nodes(selector(Some(nodes), &format!("{at}.nodes"))?));
+        return Ok(ClusterPeer::Nodes(selector(
+            Some(nodes),
+            &format!("{at}.nodes"),
+        )?));
     }
     if let Some(networks) = &p.networks {
         egress_only("networks")?;

@@ -25,7 +25,7 @@ fn an_audited_deny_neither_isolates_and_its_audit_denies_naming_it() {
     assert!(allowed_from_ip(&idx, "10.0.1.1", "prod/db", 5432));
     let audit = audit_between(&idx, "prod/web", "prod/db", 5432).expect("it concerns db");
     assert!(!audit.decision.allowed, "as if enforced it denies");
-    assert_eq!(audit.policy, Some(key("prod/deny")));
+    assert_eq!(audit.policy, Some(AuditedPolicy::Network(key("prod/deny"))));
     let from_ip = idx
         .audit_from_ip(
             ip("10.0.1.1"),
@@ -37,7 +37,10 @@ fn an_audited_deny_neither_isolates_and_its_audit_denies_naming_it() {
         )
         .expect("it concerns db");
     assert!(!from_ip.decision.allowed);
-    assert_eq!(from_ip.policy, Some(key("prod/deny")));
+    assert_eq!(
+        from_ip.policy,
+        Some(AuditedPolicy::Network(key("prod/deny")))
+    );
     // A pod it does not select has no audit.
     assert_eq!(audit_between(&idx, "prod/db", "prod/web", 80), None);
 }
@@ -61,7 +64,10 @@ spec:
     );
     let audit = audit_between(&idx, "prod/web", "prod/db", 5432).expect("audited");
     assert!(audit.decision.allowed, "the audited rule would allow");
-    assert_eq!(audit.policy, Some(key("prod/allow-web")));
+    assert_eq!(
+        audit.policy,
+        Some(AuditedPolicy::Network(key("prod/allow-web")))
+    );
     // From elsewhere both deny: the audit agrees with the decision.
     let audit = audit_between(&idx, "dev/web", "prod/db", 5432).expect("audited");
     assert!(!audit.decision.allowed);
@@ -81,7 +87,7 @@ fn a_namespace_in_audit_mode_audits_its_policies_until_it_enforces_them() {
     assert!(allowed(&idx, "prod/web", "prod/db", 5432), "audited now");
     let audit = audit_between(&idx, "prod/web", "prod/db", 5432).expect("audited");
     assert!(!audit.decision.allowed);
-    assert_eq!(audit.policy, Some(key("prod/deny")));
+    assert_eq!(audit.policy, Some(AuditedPolicy::Network(key("prod/deny"))));
     idx.apply_namespace(Namespace {
         audit: false,
         ..prod
@@ -115,12 +121,18 @@ spec: {podSelector: {}, policyTypes: [Egress]}
         )
         .expect("the source's egress is audited");
     assert!(!inbound.decision.allowed);
-    assert_eq!(inbound.policy, Some(key("dev/no-egress")));
+    assert_eq!(
+        inbound.policy,
+        Some(AuditedPolicy::Network(key("dev/no-egress")))
+    );
     let outbound = idx
         .audit_to_ip(&key("dev/web"), ip("10.0.0.1"), 80, Protocol::Tcp, &node())
         .expect("audited");
     assert!(!outbound.decision.allowed);
-    assert_eq!(outbound.policy, Some(key("dev/no-egress")));
+    assert_eq!(
+        outbound.policy,
+        Some(AuditedPolicy::Network(key("dev/no-egress")))
+    );
     assert!(
         idx.decide_to_ip(&key("dev/web"), ip("10.0.0.1"), 80, Protocol::Tcp, &node())
             .allowed

@@ -14,6 +14,8 @@ fn index(yaml: &str) -> PolicyIndex {
     let mut namespaces = Vec::new();
     let mut pods = Vec::new();
     let mut policies = Vec::new();
+    let mut cluster = Vec::new();
+    let mut nodes = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
         if value.is_null() {
@@ -32,10 +34,22 @@ fn index(yaml: &str) -> PolicyIndex {
                 let np: NetworkPolicy = serde_yaml::from_value(value).unwrap();
                 policies.push(convert::policy(&np).unwrap().policy);
             }
+            "ClusterNetworkPolicy" => {
+                let cnp: convert::cluster::ClusterNetworkPolicy =
+                    serde_yaml::from_value(value).unwrap();
+                cluster.push(convert::cluster::cluster_policy(&cnp).unwrap().policy);
+            }
+            "Node" => {
+                let n: core::Node = serde_yaml::from_value(value).unwrap();
+                nodes.push(convert::cluster::node(&n).unwrap());
+            }
             other => panic!("unexpected kind {other}"),
         }
     }
-    PolicyIndex::build(namespaces, pods, policies)
+    let mut index = PolicyIndex::build(namespaces, pods, policies);
+    index.replace_cluster_policies(cluster);
+    index.replace_nodes(nodes);
+    index
 }
 
 /// The base cluster: namespaces `prod` (env=prod) and `dev` (env=dev); pods
@@ -1241,5 +1255,6 @@ fn keys_hash_once_and_compare_by_their_names() {
 }
 
 mod audit;
+mod cluster;
 mod outbound;
 mod services;

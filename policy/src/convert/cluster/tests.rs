@@ -29,7 +29,10 @@ spec:
     );
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     let p = c.policy;
-    assert_eq!((&*p.name, p.tier, p.priority, p.audit), ("gate", Tier::Admin, 7, true));
+    assert_eq!(
+        (&*p.name, p.tier, p.priority, p.audit),
+        ("gate", Tier::Admin, 7, true)
+    );
     assert!(matches!(p.subject, Subject::Pods { .. }));
     assert_eq!(p.ingress.len(), 2);
     let first = &p.ingress[0];
@@ -38,8 +41,14 @@ spec:
     assert_eq!(
         first.ports.as_deref().unwrap(),
         [
-            PortMatch { protocol: Protocol::Tcp, port: PortSpec::Range(8080, 8080) },
-            PortMatch { protocol: Protocol::Udp, port: PortSpec::Range(1000, 2000) },
+            PortMatch {
+                protocol: Protocol::Tcp,
+                port: PortSpec::Range(8080, 8080)
+            },
+            PortMatch {
+                protocol: Protocol::Udp,
+                port: PortSpec::Range(1000, 2000)
+            },
         ]
     );
     assert_eq!(p.ingress[1].ports, None, "no protocols: every port");
@@ -47,7 +56,11 @@ spec:
     assert_eq!(egress.action, Action::Pass);
     assert!(matches!(&egress.peers[0], ClusterPeer::Networks(n) if n.len() == 2));
     assert!(matches!(&egress.peers[1], ClusterPeer::Nodes(s) if s.is_everything()));
-    assert_eq!(egress.ports.as_ref().unwrap().len(), 3, "a named port on any protocol");
+    assert_eq!(
+        egress.ports.as_ref().unwrap().len(),
+        3,
+        "a named port on any protocol"
+    );
 }
 
 #[test]
@@ -110,9 +123,18 @@ fn an_unreadable_subject_tier_or_priority_makes_an_admin_deny_all() {
             "{tier: Admin, priority: 5, subject: {namespaces: {}, pods: {podSelector: {}}}}",
             "spec.subject",
         ),
-        ("{tier: Platform, priority: 5, subject: {namespaces: {}}}", "spec.tier"),
-        ("{tier: Baseline, priority: 1001, subject: {namespaces: {}}}", "spec.priority"),
-        ("{tier: Admin, priority: 5, subject: {nodes: {}}}", "spec.subject.nodes"),
+        (
+            "{tier: Platform, priority: 5, subject: {namespaces: {}}}",
+            "spec.tier",
+        ),
+        (
+            "{tier: Baseline, priority: 1001, subject: {namespaces: {}}}",
+            "spec.priority",
+        ),
+        (
+            "{tier: Admin, priority: 5, subject: {nodes: {}}}",
+            "spec.subject.nodes",
+        ),
     ] {
         let c = parse(&format!("metadata: {{name: broken}}\nspec: {spec}\n"));
         assert_eq!(c.errors[0].field, field, "{spec}");
@@ -146,6 +168,9 @@ status:
     assert_eq!(n.labels.get("zone").map(String::as_str), Some("a"));
     assert_eq!(
         n.addresses,
-        ["192.168.0.10".parse::<IpAddr>().unwrap(), "fd00::10".parse().unwrap()]
+        [
+            "192.168.0.10".parse::<IpAddr>().unwrap(),
+            "fd00::10".parse().unwrap()
+        ]
     );
 }
