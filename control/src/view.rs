@@ -784,6 +784,8 @@ pub fn may_change(
             // Services do not change what the policy view holds (they
             // travel beside it, see `delta`).
             Kind::Service | Kind::EndpointSlice => false,
+            // Cluster-wide subjects and peers: any view may change.
+            Kind::ClusterPolicy | Kind::Node => true,
         }
     })
 }

@@ -21,7 +21,8 @@ use serde_yaml::Value;
 
 use picket_policy::convert::{self, InvalidField};
 use picket_policy::{
-    EndpointSlice, Labels, Namespace, ObjectKey, Pod, Policy, PolicyIndex, Service,
+    ClusterPolicy, EndpointSlice, Labels, Namespace, Node, ObjectKey, Pod, Policy, PolicyIndex,
+    Service,
 };
 
 use crate::kind::{Kind, Object};
@@ -42,6 +43,10 @@ pub struct ClusterObjects {
     pub services: Vec<Service>,
     /// EndpointSlices.
     pub slices: Vec<EndpointSlice>,
+    /// Compiled ClusterNetworkPolicies.
+    pub cluster_policies: Vec<ClusterPolicy>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
     /// Things worth telling the user that did not stop the load.
     pub warnings: Vec<String>,
     /// Rules that could not be compiled (their policies still isolate).
@@ -102,11 +107,14 @@ impl ClusterObjects {
 
     /// Builds the engine's index from these objects.
     pub fn index(&self) -> PolicyIndex {
-        PolicyIndex::build(
+        let mut index = PolicyIndex::build(
             self.namespaces.iter().cloned(),
             self.pods.iter().cloned(),
             self.policies.iter().cloned(),
-        )
+        );
+        index.replace_cluster_policies(self.cluster_policies.iter().cloned());
+        index.replace_nodes(self.nodes.iter().cloned());
+        index
     }
 
     /// Every object of one kind, for [`crate::StateWriter::replace_all`].
@@ -127,6 +135,13 @@ impl ClusterObjects {
                 .cloned()
                 .map(Object::EndpointSlice)
                 .collect(),
+            Kind::ClusterPolicy => self
+                .cluster_policies
+                .iter()
+                .cloned()
+                .map(Object::ClusterPolicy)
+                .collect(),
+            Kind::Node => self.nodes.iter().cloned().map(Object::Node).collect(),
         }
     }
 
@@ -137,6 +152,9 @@ impl ClusterObjects {
         self.policies.extend(other.policies.iter().cloned());
         self.services.extend(other.services.iter().cloned());
         self.slices.extend(other.slices.iter().cloned());
+        self.cluster_policies
+            .extend(other.cluster_policies.iter().cloned());
+        self.nodes.extend(other.nodes.iter().cloned());
     }
 
     fn extend(&mut self, other: ClusterObjects) {
@@ -145,6 +163,8 @@ impl ClusterObjects {
         self.policies.extend(other.policies);
         self.services.extend(other.services);
         self.slices.extend(other.slices);
+        self.cluster_policies.extend(other.cluster_policies);
+        self.nodes.extend(other.nodes);
         self.warnings.extend(other.warnings);
         self.errors.extend(other.errors);
     }
@@ -244,7 +264,8 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
         .unwrap_or("")
         .to_string();
     let shown_name = if name.is_empty() { "(no name)" } else { &name };
-    let cluster_scoped = matches!(kind.as_str(), "Namespace") || kind.ends_with("List");
+    let cluster_scoped = matches!(kind.as_str(), "Namespace" | "ClusterNetworkPolicy" | "Node")
+        || kind.ends_with("List");
     if !cluster_scoped {
         default_namespace(&mut value);
     }
@@ -302,6 +323,30 @@ fn read_object(file: &Path, mut value: Value, out: &mut ClusterObjects) -> Resul
                 out.errors.push(invalid(e));
             }
             out.policies.push(compiled.policy);
+        }
+        "ClusterNetworkPolicy" => {
+            let version = value.get("apiVersion").and_then(Value::as_str);
+            if version != Some(convert::cluster::API_VERSION) {
+                return Err(error(
+                    Some("apiVersion".into()),
+                    format!(
+                        "{version:?} is not served (expected {})",
+                        convert::cluster::API_VERSION
+                    ),
+                ));
+            }
+            let cnp: convert::cluster::ClusterNetworkPolicy =
+                typed(value).map_err(|(f, r)| error(f, r))?;
+            let compiled = convert::cluster::cluster_policy(&cnp).map_err(invalid)?;
+            for e in compiled.errors {
+                out.errors.push(invalid(e));
+            }
+            out.cluster_policies.push(compiled.policy);
+        }
+        "Node" => {
+            let node: core::Node = typed(value).map_err(|(f, r)| error(f, r))?;
+            out.nodes
+                .push(convert::cluster::node(&node).map_err(invalid)?);
         }
         "Service" => {
             let service: core::Service = typed(value).map_err(|(f, r)| error(f, r))?;
@@ -438,6 +483,18 @@ fn check_duplicates(all: &ClusterObjects, path: &Path) -> Result<(), LoadError> 
     for policy in &all.policies {
         if !seen.insert(&policy.key) {
             return Err(dup("NetworkPolicy", policy.key.to_string()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for policy in &all.cluster_policies {
+        if !seen.insert(policy.name.to_string()) {
+            return Err(dup("ClusterNetworkPolicy", policy.name.to_string()));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for node in &all.nodes {
+        if !seen.insert(node.name.to_string()) {
+            return Err(dup("Node", node.name.to_string()));
         }
     }
     let mut seen = BTreeSet::new();

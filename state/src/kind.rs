@@ -6,7 +6,9 @@
 //!
 //! Pure data; no I/O.
 
-use picket_policy::{EndpointSlice, Namespace, ObjectKey, Pod, Policy, Service};
+use picket_policy::{
+    ClusterPolicy, EndpointSlice, Namespace, Node, ObjectKey, Pod, Policy, Service,
+};
 
 use crate::writer::ChangeReason;
 
@@ -23,6 +25,10 @@ pub enum Kind {
     Service,
     /// EndpointSlices (a Service's endpoints).
     EndpointSlice,
+    /// ClusterNetworkPolicies (the Admin and Baseline tiers).
+    ClusterPolicy,
+    /// Nodes (for cluster policies' `nodes` peers).
+    Node,
 }
 
 /// One object of a kind the engine reads.
@@ -38,6 +44,10 @@ pub enum Object {
     Service(Service),
     /// An EndpointSlice.
     EndpointSlice(EndpointSlice),
+    /// A compiled ClusterNetworkPolicy.
+    ClusterPolicy(ClusterPolicy),
+    /// A node.
+    Node(Node),
 }
 
 /// An object's identity, for deletes. Cluster-scoped objects (namespaces)
@@ -59,12 +69,14 @@ pub struct KindSet(u8);
 impl Kind {
     /// Every kind, in the order a source should replace them (namespaces
     /// first: pods and policies refer to them).
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Policy,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::ClusterPolicy,
+        Kind::Node,
     ];
 
     /// The kinds policy decisions read: every source serves them (the
@@ -74,6 +86,10 @@ impl Kind {
     /// The kinds Service resolution reads (the outbound proxy).
     pub const SERVICES: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
 
+    /// The kinds the cluster-wide tiers read: ClusterNetworkPolicies, and
+    /// Nodes for their `nodes` peers.
+    pub const CLUSTER: [Kind; 2] = [Kind::ClusterPolicy, Kind::Node];
+
     /// The metric and log label (`picket_state_objects{kind=...}`, watch restarts).
     pub fn label(self) -> &'static str {
         match self {
@@ -82,6 +98,8 @@ impl Kind {
             Kind::Policy => "networkpolicies",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::ClusterPolicy => "clusternetworkpolicies",
+            Kind::Node => "nodes",
         }
     }
 
@@ -94,6 +112,9 @@ impl Kind {
             (Kind::Policy, true) => ChangeReason::PolicyAdded,
             (Kind::Policy, false) => ChangeReason::PolicyDeleted,
             (Kind::Service | Kind::EndpointSlice, _) => ChangeReason::ServiceEndpoints,
+            (Kind::ClusterPolicy, true) => ChangeReason::PolicyAdded,
+            (Kind::ClusterPolicy, false) => ChangeReason::PolicyDeleted,
+            (Kind::Node, _) => ChangeReason::Nodes,
         }
     }
 
@@ -107,6 +128,8 @@ impl Kind {
             Kind::Policy => counts.policies,
             Kind::Service => services,
             Kind::EndpointSlice => slices,
+            Kind::ClusterPolicy => counts.cluster_policies,
+            Kind::Node => counts.nodes,
         }
     }
 
@@ -126,6 +149,8 @@ impl Object {
             Object::Policy(_) => Kind::Policy,
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::ClusterPolicy(_) => Kind::ClusterPolicy,
+            Object::Node(_) => Kind::Node,
         }
     }
 
@@ -137,6 +162,8 @@ impl Object {
             Object::Policy(p) => p.key.clone(),
             Object::Service(s) => s.key.clone(),
             Object::EndpointSlice(s) => s.key.clone(),
+            Object::ClusterPolicy(p) => ObjectKey::new("", &p.name),
+            Object::Node(n) => ObjectKey::new("", &n.name),
         };
         ObjectRef {
             kind: self.kind(),

@@ -1,7 +1,13 @@
 //! The Kubernetes API as a state source: watches of Pods (all namespaces,
-//! finished pods left out by a field selector), Namespaces and
-//! NetworkPolicies, and, for a sidecar that captures outbound connections,
-//! Services and EndpointSlices; listed in pages of 500 with quorum reads.
+//! finished pods left out by a field selector), Namespaces, NetworkPolicies,
+//! ClusterNetworkPolicies and Nodes, and, for a sidecar that captures
+//! outbound connections, Services and EndpointSlices; listed in pages of
+//! 500 with quorum reads.
+//!
+//! A cluster without the ClusterNetworkPolicy CRD answers its list with
+//! 404: then none can exist, and the kind counts as listed, empty; the
+//! watch keeps retrying with backoff, so a CRD installed later is picked
+//! up (and one removed takes its objects with it, as the API server does).
 //!
 //! Objects are stripped to what the engine needs as they arrive (the
 //! watchers keep no store of their own). A relist (a restart, a watch gap,
@@ -26,6 +32,7 @@ use tokio::sync::mpsc;
 
 use picket_policy::{convert, ObjectKey};
 use prometheus::IntCounterVec;
+use serde::{Deserialize, Serialize};
 
 use crate::kind::{Kind, Object, ObjectRef};
 use crate::source::Source;
@@ -63,6 +70,10 @@ pub trait Watched:
 {
     /// The state's kind for this type.
     const KIND: Kind;
+
+    /// Whether the API may not serve the type (a CRD): a 404 then means
+    /// that no object of it exists.
+    const OPTIONAL: bool = false;
 
     /// The watch configuration, from the shared one.
     fn watch_config(config: watcher::Config) -> watcher::Config {
@@ -178,6 +189,9 @@ impl Source for KubeSource {
         self.spawn_watch::<core::Namespace>(&config, &tx);
         self.spawn_watch::<core::Pod>(&config, &tx);
         self.spawn_watch::<net::NetworkPolicy>(&config, &tx);
+        writer.require_cluster();
+        self.spawn_watch::<ClusterNetworkPolicy>(&config, &tx);
+        self.spawn_watch::<core::Node>(&config, &tx);
         if self.services {
             writer.require_services();
             self.spawn_watch::<core::Service>(&config, &tx);
@@ -198,9 +212,26 @@ async fn watch_kind<K: Watched>(
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut relist: Option<(Vec<Object>, Vec<ObjectKey>)> = None;
     let mut failing = false;
+    let mut not_served = false;
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(event) => event,
+            Err(error) if K::OPTIONAL && is_not_found(&error) => {
+                // The API serves no such resource: none exists.
+                if !not_served {
+                    tracing::info!(kind, "The API serves no {kind} (its CRD is not installed): none applies; checking again with backoff");
+                    not_served = true;
+                    relist = None;
+                    if tx
+                        .send(Update::Relisted(K::KIND, Vec::new(), Vec::new()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
             Err(error) => {
                 watch_restarts.with_label_values(&[kind]).inc();
                 if !failing {
@@ -213,6 +244,10 @@ async fn watch_kind<K: Watched>(
         if failing {
             tracing::info!(kind, "Watch recovered");
             failing = false;
+        }
+        if not_served {
+            tracing::info!(kind, "The API serves {kind} now");
+            not_served = false;
         }
         let update = match event {
             Event::Init => {
@@ -383,6 +418,76 @@ impl Watched for discovery::EndpointSlice {
     fn convert(&self) -> Result<Object, String> {
         convert::endpoint_slice(self)
             .map(Object::EndpointSlice)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Whether a watch failed because the API does not serve the resource.
+fn is_not_found(error: &watcher::Error) -> bool {
+    let api = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(e))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(e))
+        | watcher::Error::WatchFailed(kube::Error::Api(e)) => e,
+        watcher::Error::WatchError(status) => return status.code == 404,
+        _ => return false,
+    };
+    api.code == 404
+}
+
+/// A ClusterNetworkPolicy as the API serves it (`policy.networking.k8s.io/v1alpha2`),
+/// for the watch: the engine's wire type, with the API's coordinates.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct ClusterNetworkPolicy(pub convert::cluster::ClusterNetworkPolicy);
+
+impl kube::Resource for ClusterNetworkPolicy {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "ClusterNetworkPolicy".into()
+    }
+
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "policy.networking.k8s.io".into()
+    }
+
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1alpha2".into()
+    }
+
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "clusternetworkpolicies".into()
+    }
+
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.0.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.0.metadata
+    }
+}
+
+impl Watched for ClusterNetworkPolicy {
+    const KIND: Kind = Kind::ClusterPolicy;
+    const OPTIONAL: bool = true;
+
+    fn convert(&self) -> Result<Object, String> {
+        let compiled = convert::cluster::cluster_policy(&self.0).map_err(|e| e.to_string())?;
+        for e in &compiled.errors {
+            tracing::error!(policy = %compiled.policy.name, error = %e, "ClusterNetworkPolicy or rule cannot be compiled; it fails closed (an Accept rule matches nothing, a Deny or Pass rule denies everything; a policy that cannot be read at all denies every pod)");
+        }
+        Ok(Object::ClusterPolicy(compiled.policy))
+    }
+}
+
+impl Watched for core::Node {
+    const KIND: Kind = Kind::Node;
+
+    fn convert(&self) -> Result<Object, String> {
+        convert::cluster::node(self)
+            .map(Object::Node)
             .map_err(|e| e.to_string())
     }
 }

@@ -48,6 +48,9 @@ pub enum ChangeReason {
     /// A Service or its endpoints changed: live connections keep their
     /// endpoint (as with kube-proxy), so nothing is torn down for it alone.
     ServiceEndpoints,
+    /// A node appeared, went away, or changed its labels or addresses
+    /// (what cluster policies' `nodes` peers match).
+    Nodes,
 }
 
 /// An immutable view of the cluster, shared by every connection.
@@ -81,6 +84,7 @@ impl ChangeReason {
             Self::PeerEgress => "peer-egress",
             Self::PeerIngress => "peer-ingress",
             Self::ServiceEndpoints => "service-endpoints",
+            Self::Nodes => "nodes",
         }
     }
 }
@@ -143,6 +147,15 @@ impl StateWriter {
         }
     }
 
+    /// Publishes nothing before ClusterNetworkPolicies and Nodes are listed
+    /// too (a source that watches them: an Admin tier Deny not yet seen
+    /// would be a hole).
+    pub fn require_cluster(&mut self) {
+        for kind in Kind::CLUSTER {
+            self.required.insert(kind);
+        }
+    }
+
     /// Adds or replaces an object.
     pub fn apply(&mut self, object: Object) {
         self.note(&object);
@@ -153,6 +166,8 @@ impl StateWriter {
             Object::Policy(p) => self.index.apply_policy(p),
             Object::Service(s) => Arc::make_mut(&mut self.services).apply_service(s),
             Object::EndpointSlice(s) => Arc::make_mut(&mut self.services).apply_slice(s),
+            Object::ClusterPolicy(p) => self.index.apply_cluster_policy(p),
+            Object::Node(n) => self.index.apply_node(n),
         }
         self.dirty = true;
     }
@@ -173,6 +188,8 @@ impl StateWriter {
                 self.services.slice(key).is_some()
                     && Arc::make_mut(&mut self.services).delete_slice(key)
             }
+            Kind::ClusterPolicy => self.index.delete_cluster_policy(&key.name),
+            Kind::Node => self.index.delete_node(&key.name),
         };
         if known {
             self.changes.insert(object.kind.presence_change(false));
@@ -238,6 +255,17 @@ impl StateWriter {
                     _ => None,
                 }))
             }
+            Kind::ClusterPolicy => {
+                self.index
+                    .replace_cluster_policies(objects.filter_map(|o| match o {
+                        Object::ClusterPolicy(p) => Some(p),
+                        _ => None,
+                    }))
+            }
+            Kind::Node => self.index.replace_nodes(objects.filter_map(|o| match o {
+                Object::Node(n) => Some(n),
+                _ => None,
+            })),
         }
         self.listed.insert(kind);
         self.touched = Changed::Everything;
@@ -324,6 +352,15 @@ impl StateWriter {
                 .services
                 .slice(key)
                 .map(|s| Object::EndpointSlice((**s).clone())),
+            Kind::ClusterPolicy => self
+                .index
+                .cluster_policy(&key.name)
+                .map(|p| Object::ClusterPolicy((**p).clone())),
+            Kind::Node => self
+                .index
+                .nodes()
+                .find(|n| *n.name == *key.name)
+                .map(|n| Object::Node((**n).clone())),
         }
     }
 
@@ -339,6 +376,17 @@ impl StateWriter {
             Kind::Policy => self.index.policies().map(|p| p.key.clone()).collect(),
             Kind::Service => self.services.services().map(|s| s.key.clone()).collect(),
             Kind::EndpointSlice => self.services.slices().map(|s| s.key.clone()).collect(),
+            Kind::ClusterPolicy => self
+                .index
+                .cluster_policies()
+                .iter()
+                .map(|p| ObjectKey::new("", &p.name))
+                .collect(),
+            Kind::Node => self
+                .index
+                .nodes()
+                .map(|n| ObjectKey::new("", &n.name))
+                .collect(),
         }
     }
 
@@ -356,6 +404,25 @@ impl StateWriter {
             Object::EndpointSlice(s) => {
                 if self.services.slice(&s.key).is_none_or(|old| **old != *s) {
                     self.changes.insert(ChangeReason::ServiceEndpoints);
+                }
+            }
+            Object::ClusterPolicy(p) => match self.index.cluster_policy(&p.name) {
+                None => {
+                    self.changes.insert(ChangeReason::PolicyAdded);
+                }
+                Some(old) if **old != *p => {
+                    self.changes.insert(ChangeReason::PolicyModified);
+                }
+                Some(_) => {}
+            },
+            Object::Node(n) => {
+                if self
+                    .index
+                    .nodes()
+                    .find(|o| o.name == n.name)
+                    .is_none_or(|o| **o != *n)
+                {
+                    self.changes.insert(ChangeReason::Nodes);
                 }
             }
         }

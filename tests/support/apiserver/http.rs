@@ -57,19 +57,21 @@ enum Route {
 }
 
 /// The served API groups other than the core group, each at `v1`.
-const GROUPS: [&str; 4] = [
+const GROUPS: [&str; 5] = [
     "networking.k8s.io",
     "authentication.k8s.io",
     "admissionregistration.k8s.io",
     "discovery.k8s.io",
+    "policy.networking.k8s.io",
 ];
 
-/// `{group}/v1` of each of [`GROUPS`].
-const GROUP_VERSIONS: [&str; 4] = [
+/// The version served of each of [`GROUPS`].
+const GROUP_VERSIONS: [&str; 5] = [
     "networking.k8s.io/v1",
     "authentication.k8s.io/v1",
     "admissionregistration.k8s.io/v1",
     "discovery.k8s.io/v1",
+    "policy.networking.k8s.io/v1alpha2",
 ];
 
 /// Answers one request. Never fails: errors become `Status` bodies.
@@ -457,7 +459,12 @@ fn version() -> Value {
 }
 
 fn group(name: &str) -> Value {
-    let version = json!({"groupVersion": format!("{name}/v1"), "version": "v1"});
+    let group_version = GROUP_VERSIONS
+        .iter()
+        .find(|gv| gv.split_once('/').is_some_and(|(g, _)| g == name))
+        .expect("every group has a version");
+    let (_, v) = group_version.split_once('/').unwrap_or_default();
+    let version = json!({"groupVersion": group_version, "version": v});
     json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
@@ -655,8 +662,17 @@ mod tests {
                 "serviceaccounts",
                 "services",
                 "services/status",
-                "events"
+                "events",
+                "nodes",
+                "nodes/status"
             ]
+        );
+        let policy = resources("policy.networking.k8s.io/v1alpha2");
+        assert_eq!(policy["resources"][0]["name"], "clusternetworkpolicies");
+        assert_eq!(policy["resources"][0]["namespaced"], false);
+        assert_eq!(
+            group("policy.networking.k8s.io")["preferredVersion"]["version"],
+            "v1alpha2"
         );
         let admission = resources("admissionregistration.k8s.io/v1");
         assert_eq!(

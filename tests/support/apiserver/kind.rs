@@ -29,11 +29,16 @@ pub enum Kind {
     EndpointSlice,
     /// `v1` Event, namespaced.
     Event,
+    /// `v1` Node, cluster-scoped.
+    Node,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy (a CRD of the
+    /// network-policy-api project), cluster-scoped.
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Pod,
         Kind::Namespace,
         Kind::NetworkPolicy,
@@ -43,6 +48,8 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Event,
+        Kind::Node,
+        Kind::ClusterNetworkPolicy,
     ];
 
     /// The `kind` field of an object, e.g. `Pod`.
@@ -57,6 +64,8 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Event => "Event",
+            Kind::Node => "Node",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
         }
     }
 
@@ -72,6 +81,8 @@ impl Kind {
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
             Kind::Event => "EventList",
+            Kind::Node => "NodeList",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicyList",
         }
     }
 
@@ -83,8 +94,10 @@ impl Kind {
             | Kind::Secret
             | Kind::ServiceAccount
             | Kind::Service
+            | Kind::Node
             | Kind::Event => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io/v1alpha2",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io/v1",
         }
@@ -98,8 +111,10 @@ impl Kind {
             | Kind::Secret
             | Kind::ServiceAccount
             | Kind::Service
+            | Kind::Node
             | Kind::Event => "",
             Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::ClusterNetworkPolicy => "policy.networking.k8s.io",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::MutatingWebhookConfiguration => "admissionregistration.k8s.io",
         }
@@ -117,6 +132,8 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Event => "events",
+            Kind::Node => "nodes",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
         }
     }
 
@@ -129,31 +146,47 @@ impl Kind {
             Kind::ServiceAccount => &["sa"],
             Kind::Service => &["svc"],
             Kind::Event => &["ev"],
+            Kind::Node => &["no"],
+            Kind::ClusterNetworkPolicy => &["cnp"],
             Kind::Secret | Kind::MutatingWebhookConfiguration | Kind::EndpointSlice => &[],
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::MutatingWebhookConfiguration)
+        !matches!(
+            self,
+            Kind::Namespace
+                | Kind::MutatingWebhookConfiguration
+                | Kind::Node
+                | Kind::ClusterNetworkPolicy
+        )
     }
 
     /// Whether the kind has a `status` subresource (NetworkPolicy lost its in 1.27).
     pub(crate) fn has_status(self) -> bool {
-        matches!(self, Kind::Pod | Kind::Namespace | Kind::Service)
+        // The CRD declares `+kubebuilder:subresource:status`.
+        matches!(
+            self,
+            Kind::Pod | Kind::Namespace | Kind::Service | Kind::Node | Kind::ClusterNetworkPolicy
+        )
     }
 
     /// The top-level fields whose changes bump `metadata.generation`, as the registry
     /// strategies compare them; empty for kinds without a generation (Namespace, Secret).
     pub(crate) fn generation_fields(self) -> &'static [&'static str] {
         match self {
-            Kind::Pod | Kind::NetworkPolicy => &["spec"],
+            // A custom resource's generation follows everything but metadata and status.
+            Kind::Pod | Kind::NetworkPolicy | Kind::ClusterNetworkPolicy => &["spec"],
             Kind::MutatingWebhookConfiguration => &["webhooks"],
             // The EndpointSlice strategy bumps it when these change.
             Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
-            Kind::Namespace | Kind::Secret | Kind::ServiceAccount | Kind::Service | Kind::Event => {
-                &[]
-            }
+            Kind::Namespace
+            | Kind::Secret
+            | Kind::ServiceAccount
+            | Kind::Service
+            | Kind::Event
+            | Kind::Node => &[],
         }
     }
 
@@ -188,6 +221,9 @@ impl Kind {
             ],
             Kind::Namespace => &["metadata.name", "name", "status.phase"],
             Kind::NetworkPolicy => &["metadata.name", "metadata.namespace"],
+            Kind::Node => &["metadata.name", "spec.unschedulable"],
+            // A custom resource selects on its metadata only.
+            Kind::ClusterNetworkPolicy => &["metadata.name"],
             Kind::Secret => &["metadata.name", "metadata.namespace", "type"],
             // No conversion of their own: the defaults every kind accepts.
             Kind::MutatingWebhookConfiguration

@@ -43,6 +43,8 @@ pub(crate) fn decode(kind: Kind, obj: &mut Value) -> Result<(), ApiError> {
         | Kind::ServiceAccount
         | Kind::Service
         | Kind::EndpointSlice
+        | Kind::Node
+        | Kind::ClusterNetworkPolicy
         | Kind::Event => Ok(()),
     }
 }
@@ -58,6 +60,8 @@ pub(crate) fn validate(kind: Kind, obj: &Value, old: Option<&Value>) -> Result<(
         | Kind::ServiceAccount
         | Kind::Service
         | Kind::EndpointSlice
+        | Kind::Node
+        | Kind::ClusterNetworkPolicy
         | Kind::Event => Vec::new(),
     };
     if errors.is_empty() {

@@ -998,7 +998,8 @@ async fn lists_leave_kind_off_items_and_discovery_answers() {
             "networking.k8s.io",
             "authentication.k8s.io",
             "admissionregistration.k8s.io",
-            "discovery.k8s.io"
+            "discovery.k8s.io",
+            "policy.networking.k8s.io"
         ]
     );
     let core = client
