@@ -276,13 +276,20 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
 impl ClusterSource {
     /// The cluster's index: from manifests, or listed from the live cluster.
     fn index(&self) -> anyhow::Result<PolicyIndex> {
-        match (&self.cluster, &self.kubeconfig) {
-            (Some(path), _) => Ok(load(path)?.index()),
+        let index = match (&self.cluster, &self.kubeconfig) {
+            (Some(path), _) => load(path)?.index(),
             (None, kubeconfig) => live::block_on(async {
                 let client = live::client(kubeconfig.as_ref()).await?;
                 live::index(client).await
-            }),
+            })?,
+        };
+        for (first, second) in index.cluster_policies().shared_priorities() {
+            eprintln!(
+                "warning: ClusterNetworkPolicies {} and {} share {} tier priority {}: the API leaves their order to the implementation; picket consults {} first (by name)",
+                first.name, second.name, first.tier, first.priority, first.name
+            );
         }
+        Ok(index)
     }
 }
 

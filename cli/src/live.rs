@@ -48,7 +48,7 @@ pub async fn index(client: kube::Client) -> anyhow::Result<PolicyIndex> {
     source.abort();
     let snapshot = snapshot.with_context(|| {
         format!(
-            "the cluster's Pods, Namespaces and NetworkPolicies were not listed within {}s",
+            "the cluster's Pods, Namespaces, NetworkPolicies, ClusterNetworkPolicies and Nodes were not listed within {}s",
             SYNC_TIMEOUT.as_secs()
         )
     })?;

@@ -219,16 +219,24 @@ pub fn render_table(index: &PolicyIndex, probes: &[Probe], explain: bool) -> Str
         }
     }
     let allowed = probes.iter().filter(|p| p.decision.allowed).count();
+    let cluster = match index.counts().cluster_policies {
+        0 => String::new(),
+        n => format!(
+            ", {n} ClusterNetworkPolic{}",
+            if n == 1 { "y" } else { "ies" }
+        ),
+    };
     let _ = writeln!(
         out,
-        "\n{} over {} and {}: {allowed} allowed, {} denied ({})",
+        "\n{} over {} and {}: {allowed} allowed, {} denied ({}{cluster})",
         plural(probes.len(), "probe"),
         plural(pods.len(), "pod"),
         plural(ports.len(), "port"),
         probes.len() - allowed,
         plural(index.counts().policies, "policy"),
     );
-    let in_audit = index.policies().filter(|p| index.is_audited(p)).count();
+    let in_audit = index.policies().filter(|p| index.is_audited(p)).count()
+        + index.cluster_policies().iter().filter(|p| p.audit).count();
     if in_audit > 0 {
         let differ = |allowed: bool| {
             probes

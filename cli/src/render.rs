@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use picket_policy::{Decision, Explanation, SideTrace};
+use picket_policy::{Action, ClusterPolicyTrace, Decision, Explanation, SideTrace};
 
 /// The whole reasoning for one connection: the verdict, why, and every
 /// policy and rule of both sides.
@@ -52,6 +52,75 @@ pub fn audit(audited: &Explanation, decision: &Decision) -> String {
 }
 
 fn side(out: &mut String, trace: &SideTrace) {
+    let dir = trace.direction.as_str();
+    if !trace.admin.is_empty() {
+        let _ = writeln!(out, "  {dir} of {}: Admin tier", trace.pod);
+        tier(out, &trace.admin);
+    }
+    network_policies(out, trace);
+    if !trace.baseline.is_empty() {
+        let _ = writeln!(out, "  {dir} of {}: Baseline tier", trace.pod);
+        tier(out, &trace.baseline);
+    }
+}
+
+/// A tier's cluster policies, rule by rule: the first rule that matches
+/// decides (or passes).
+fn tier(out: &mut String, policies: &[ClusterPolicyTrace]) {
+    let mut decided = false;
+    for policy in policies {
+        let _ = writeln!(
+            out,
+            "    ClusterNetworkPolicy {} (priority {}):",
+            policy.policy, policy.priority
+        );
+        for rule in &policy.rules {
+            let name = rule
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            let _ = write!(out, "      rule {}{name} {}: ", rule.index, rule.action);
+            let matched = rule.peer.is_some() && rule.port.is_some();
+            let verdict = match (matched, decided) {
+                (false, _) => "no",
+                (true, true) => "matches (a rule above decided)",
+                (true, false) => match rule.action {
+                    Action::Accept => "ACCEPTS",
+                    Action::Deny => "DENIES",
+                    Action::Pass => "PASSES to the next tier",
+                },
+            };
+            decided |= matched;
+            if let Some(broken) = &rule.broken {
+                let effect = match rule.action {
+                    Action::Accept => "matches nothing",
+                    _ => "denies everything",
+                };
+                let _ = writeln!(out, "broken, {effect} ({broken}) => {verdict}");
+                continue;
+            }
+            let peer = match rule.peer {
+                Some(Some(i)) => format!("peer: entry {i} matches"),
+                Some(None) => "peer: any (matches)".to_string(),
+                None if rule.unsupported_domain_names => {
+                    "peer: no entry matches (domainNames are not supported: they match nothing)"
+                        .to_string()
+                }
+                None => "peer: no entry matches".to_string(),
+            };
+            let port = match rule.port {
+                Some(None) => "port: any (matches)".to_string(),
+                Some(Some(i)) => format!("port: entry {i} matches"),
+                None => "port: no entry matches".to_string(),
+            };
+            let _ = writeln!(out, "{peer}; {port} => {verdict}");
+        }
+    }
+}
+
+/// The NetworkPolicy tier of a side.
+fn network_policies(out: &mut String, trace: &SideTrace) {
     let dir = trace.direction.as_str();
     if trace.policies.is_empty() {
         let _ = writeln!(out, "  {dir} of {}: no policy isolates it", trace.pod);
