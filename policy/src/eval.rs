@@ -354,6 +354,33 @@ impl PolicyIndex {
             return Decision::allow(Reason::SamePod, Some(src.clone()));
         }
         let src_ip = src_pod.ips.first().copied();
+        if dst_pod.host_network && !src_pod.host_network {
+            // Node traffic: no policy selects the destination, but the
+            // source's egress side decides its address, as the source's
+            // outbound proxy does (its own node is always reachable).
+            let Some(ip) = dst_pod
+                .ip_like(src_ip)
+                .or_else(|| dst_pod.host_ips.first().copied())
+            else {
+                return Decision::allow(Reason::HostNetworkDestination, Some(src.clone()));
+            };
+            if node.contains(ip) || src_pod.host_ips.contains(&ip) {
+                return Decision::allow(Reason::Node, Some(src.clone()));
+            }
+            let to = Destination {
+                peer: Endpoint::Address(ip),
+                ports: &[],
+                port,
+                protocol,
+            };
+            let policies = self.policies_of(src, None, Direction::Egress, mode);
+            return match self.egress_side(mode, src_pod, policies, &to, trace) {
+                Side::NotIsolated => {
+                    Decision::allow(Reason::HostNetworkDestination, Some(src.clone()))
+                }
+                egress => Decision::egress(egress, None, None, src),
+            };
+        }
         let to = self.pod_destination(dst_pod, dst_pod.ip_like(src_ip), port, protocol);
         if !src_pod.host_network {
             return self.evaluate(mode, self.endpoint(src_pod, src_ip), dst_pod, &to, trace);

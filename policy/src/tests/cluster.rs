@@ -365,3 +365,43 @@ fn no_cluster_policy_selecting_a_pod_leaves_its_decisions_as_they_were() {
         }
     }
 }
+
+#[test]
+fn a_hostnetwork_destination_is_decided_by_the_sources_egress_side_as_the_outbound_proxy_does() {
+    let idx = with(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: agent, namespace: dev}
+spec: {hostNetwork: true, containers: [{name: c}]}
+status: {podIP: 192.168.1.2, hostIP: 192.168.1.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: local-agent, namespace: dev}
+spec: {hostNetwork: true, containers: [{name: c}]}
+status: {podIP: 192.168.1.1, hostIP: 192.168.1.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: no-egress, namespace: prod}
+spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
+"#,
+    );
+    let to_agent = decide(&idx, "prod/web", "dev/agent", 80);
+    let outbound = idx.decide_to_ip(
+        &key("prod/web"),
+        ip("192.168.1.2"),
+        80,
+        Protocol::Tcp,
+        &node(),
+    );
+    assert!(!outbound.allowed);
+    assert!(
+        !to_agent.allowed,
+        "reach agrees with the outbound proxy: {to_agent}"
+    );
+    // Its own node stays reachable; a source without egress policy too.
+    assert!(allowed(&idx, "prod/web", "dev/local-agent", 80));
+    assert!(allowed(&idx, "prod/db", "dev/agent", 80));
+}
