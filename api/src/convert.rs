@@ -74,6 +74,10 @@ pub struct Update {
     pub outbound: bool,
     /// More parts of this commit follow: publish nothing yet.
     pub more: bool,
+    /// `Some`: the ClusterNetworkPolicies that may decide this pod's
+    /// connections and that the view cannot carry, replacing those held
+    /// (the sidecar fails closed while there are any).
+    pub unserved: Option<Vec<String>>,
 }
 
 /// One other pod's side (a source's egress, a destination's ingress)
@@ -174,6 +178,7 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
         outbound: msg.outbound,
         resolved,
         full: msg.full,
+        unserved: msg.unserved.as_ref().map(|u| u.names.clone()),
         namespaces: msg
             .namespaces
             .iter()
@@ -840,7 +845,7 @@ mod tests {
 
     #[test]
     fn a_full_view_of_another_format_is_refused() {
-        for format in [0, 1, 2, 3, 4, 6] {
+        for format in [0, 1, 2, 3, 4, 5, 7] {
             let msg = v1::WatchResponse {
                 full: true,
                 view_format: format,

@@ -48,6 +48,8 @@ pub struct Sent {
     ingress: Sides,
     services: HashMap<ObjectKey, Arc<Service>>,
     slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
+    /// The cluster policies the view could not carry, as last sent.
+    unserved: Vec<Arc<str>>,
     /// Every pod as of the last update (shared with the index: 64
     /// pointers): what a pod was before it changed or went away.
     seen: Shards<PodKey, Arc<Pod>>,
@@ -148,6 +150,7 @@ fn is_empty(msg: &v1::WatchResponse) -> bool {
         && msg.ingress.is_empty()
         && msg.services.is_empty()
         && msg.endpoint_slices.is_empty()
+        && msg.unserved.is_none()
 }
 
 // === impl Sent ===
@@ -265,6 +268,12 @@ impl Sent {
                 .sync(&wanted.addresses, |ip, entry| addresses.add(*ip, entry));
             addresses.into_wire(out);
         }
+        if full || self.unserved != scope.unserved {
+            self.unserved.clone_from(&scope.unserved);
+            msg.unserved = Some(v1::ClusterPolicyNames {
+                names: scope.unserved.iter().map(ToString::to_string).collect(),
+            });
+        }
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -350,7 +359,12 @@ impl Sent {
             keys.dedup();
             keys
         };
-        if changed.iter().any(|c| c.kind == Kind::Namespace) {
+        // A namespace's labels, and the cluster-wide kinds, may change what
+        // any view holds: recomputed.
+        if changed
+            .iter()
+            .any(|c| matches!(c.kind, Kind::Namespace | Kind::ClusterPolicy | Kind::Node))
+        {
             return None;
         }
         let (pods, policies) = (keys(Kind::Pod), keys(Kind::Policy));

@@ -42,6 +42,7 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         services,
         endpoint_slices,
         outbound,
+        unserved,
     } = msg;
     let mut parts = Parts {
         limit,
@@ -94,6 +95,7 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
     }
     if let Some(last) = done.last_mut() {
         last.resolved = resolved;
+        last.unserved = unserved;
         last.more = false;
     }
     done

@@ -27,6 +27,9 @@ fn apply(index: &mut PolicyIndex, update: Update) {
             index.ingress_toward_me_mut();
         }
     }
+    if let Some(names) = update.unserved {
+        index.set_unserved_cluster_policies(names.iter().map(|n| n.as_str().into()).collect());
+    }
     for ns in update.namespaces {
         index.apply_namespace(ns);
     }
@@ -346,6 +349,147 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
     assert!(
         denied_by_address > 0,
         "no address entry ever decided a source's egress side"
+    );
+}
+
+/// With ClusterNetworkPolicies in the cluster (which views cannot carry
+/// yet), a view never allows what the whole cluster denies: a pod the
+/// tiers may concern gets a view that fails closed, and every other view
+/// decides exactly as the cluster does.
+#[test]
+fn with_cluster_policies_a_view_fails_closed_and_never_allows_what_the_cluster_denies() {
+    let cases: u64 = std::env::var("PICKET_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+        / 3;
+    let node = NodeAddrs::from_ips(["192.168.0.1".parse().unwrap()]);
+    let addresses: Vec<IpAddr> = IPS
+        .iter()
+        .chain(&["10.0.0.6", "10.9.9.9"])
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    let pods: Vec<PodKey> = PODS
+        .iter()
+        .flat_map(|p| NAMESPACES.iter().map(move |ns| ObjectKey::new(ns, p)))
+        .collect();
+    let (mut closed, mut served, mut tiers_decided) = (0u64, 0u64, 0u64);
+    for seed in 1..=cases {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+        let mut cluster = PolicyIndex::new();
+        let outbound = seed % 2 == 0;
+        let mut subscribers: Vec<(Sent, PolicyIndex, bool)> = pods
+            .iter()
+            .map(|_| (Sent::new(outbound), PolicyIndex::new(), false))
+            .collect();
+        for step in 0..5 + rng.below(30) {
+            let changed = match rng.below(5) {
+                0 => {
+                    let policy = picket_policy::testgen::cluster_policy(&mut rng);
+                    let key = ObjectKey::new("", &policy.name);
+                    cluster.apply_cluster_policy(policy);
+                    ObjectRef {
+                        kind: Kind::ClusterPolicy,
+                        key,
+                    }
+                }
+                1 => {
+                    let name = rng.pick(&["cnp-1", "cnp-2", "cnp-3", "cnp-4"]);
+                    cluster.delete_cluster_policy(name);
+                    ObjectRef {
+                        kind: Kind::ClusterPolicy,
+                        key: ObjectKey::new("", name),
+                    }
+                }
+                _ => change(&mut cluster, op(&mut rng)),
+            };
+            let shared = Shared::default();
+            for (me, (sent, held, connected)) in pods.iter().zip(&mut subscribers) {
+                let Ok(message) =
+                    sent.update(&cluster, &shared, me, Some(&[changed.clone()]), !*connected)
+                else {
+                    *connected = false;
+                    continue;
+                };
+                *connected = true;
+                for part in message
+                    .into_iter()
+                    .flat_map(|m| crate::parts::into_parts(m, 300))
+                {
+                    let wire = prost::Message::encode_to_vec(&part);
+                    let part = prost::Message::decode(wire.as_slice()).unwrap();
+                    apply(held, decode(&part).unwrap());
+                }
+                let unserved = !held.unserved_cluster_policies().is_empty();
+                assert_eq!(
+                    unserved,
+                    !cluster.cluster_policies_concerning(me, outbound).is_empty(),
+                    "seed {seed} step {step}: {me}: the view's unserved list is current"
+                );
+                if unserved {
+                    closed += 1;
+                } else if !cluster.cluster_policies().is_empty() {
+                    served += 1;
+                }
+                let dst = cluster.pod(me).unwrap();
+                let mut compare = |got: picket_policy::Decision,
+                                   want: picket_policy::Decision,
+                                   what: String| {
+                    assert!(
+                        !got.allowed || want.allowed,
+                        "seed {seed} step {step}: {what}: the view allows what the cluster denies: view {got:?}, cluster {want:?}"
+                    );
+                    if !unserved {
+                        assert_eq!(
+                            got.allowed, want.allowed,
+                            "seed {seed} step {step}: {what}: view {got:?}, cluster {want:?}"
+                        );
+                    }
+                    let tiered = match &want.reason {
+                        Reason::Policies { ingress, egress } => {
+                            ingress.tier().or(egress.tier()).is_some()
+                        }
+                        Reason::Egress {
+                            egress, ingress, ..
+                        } => {
+                            egress.tier().is_some()
+                                || ingress.as_ref().is_some_and(|i| i.tier().is_some())
+                        }
+                        _ => false,
+                    };
+                    tiers_decided += u64::from(tiered);
+                };
+                for dst_ip in dst.ips.iter().copied() {
+                    for &src in &addresses {
+                        for &port in PORTS {
+                            let want =
+                                cluster.decide_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node);
+                            let got =
+                                held.decide_from_ip(src, me, dst_ip, port, Protocol::Tcp, &node);
+                            compare(got, want, format!("{src} -> {me}:{port}"));
+                        }
+                    }
+                }
+                if outbound {
+                    for &dst_ip in &addresses {
+                        for &port in PORTS {
+                            let want = cluster.decide_to_ip(me, dst_ip, port, Protocol::Tcp, &node);
+                            let got = held.decide_to_ip(me, dst_ip, port, Protocol::Tcp, &node);
+                            compare(got, want, format!("{me} -> {dst_ip}:{port}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(closed > 100, "only {closed} views failed closed");
+    assert!(
+        served > 100,
+        "only {served} views served beside cluster policies"
+    );
+    assert!(
+        tiers_decided > 100,
+        "the tiers decided only {tiers_decided} decisions"
     );
 }
 

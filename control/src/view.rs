@@ -58,6 +58,10 @@ pub struct Scope {
     /// ingress-isolated pods: held, and not held that `me` may reach by
     /// address.
     pub ingress: Option<Sides>,
+    /// The ClusterNetworkPolicies that may decide `me`'s connections: a
+    /// view cannot carry the tiers yet, so the sidecar fails closed while
+    /// there are any (see [`PolicyIndex::cluster_policies_concerning`]).
+    pub unserved: Vec<Arc<str>>,
 }
 
 /// One direction's compiled sides of other pods toward a view's pod.
@@ -704,6 +708,7 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey, outbound: bool) 
             Direction::Ingress => scope.ingress = Some(sides),
         }
     }
+    scope.unserved = index.cluster_policies_concerning(me, outbound);
     scope.namespaces.insert(dst.key.namespace.clone());
     // A namespace the cluster does not know stays unknown in the view.
     scope.namespaces.retain(|ns| index.namespace(ns).is_some());

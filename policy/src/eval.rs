@@ -364,7 +364,9 @@ impl PolicyIndex {
             else {
                 return Decision::allow(Reason::HostNetworkDestination, Some(src.clone()));
             };
-            if node.contains(ip) || src_pod.host_ips.contains(&ip) {
+            // `node` is the destination's, so the address is always in
+            // it: only the source's own node is always reachable.
+            if src_pod.host_ips.contains(&ip) {
                 return Decision::allow(Reason::Node, Some(src.clone()));
             }
             let to = Destination {

@@ -9,13 +9,21 @@
 //! Pure: no I/O, no allocation on the path that decides.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::cluster::{namespace_matches, Action, ClusterPeer, ClusterPolicy, ClusterRule, Tier};
 use super::eval::{ports_match, Destination, Endpoint, Mode, Side, TierVerdict};
 use super::index::PolicyIndex;
 use super::labels::{LabelSource, LabelsRef};
+use super::model::PodKey;
 use super::model::{net_contains, Direction, Pod};
 use super::trace::Trace;
+
+thread_local! {
+    /// The rule name an unserved cluster policy's denial shows.
+    static UNSERVED: Arc<str> =
+        "not carried by this control-plane view: every connection denied (fail closed)".into();
+}
 
 /// What a tier said about a side.
 enum TierSaid {
@@ -43,6 +51,17 @@ impl PolicyIndex {
         network_policies: impl FnOnce(&mut T) -> Side,
     ) -> Side {
         trace.side(&pod.key, direction);
+        if let Some(name) = self.unserved_cluster_policies().first() {
+            // A view without the tiers it needs: fail closed.
+            return Side::Tier(TierVerdict {
+                tier: Tier::Admin,
+                policy: name.clone(),
+                priority: 0,
+                rule: 0,
+                rule_name: Some(UNSERVED.with(Arc::clone)),
+                action: Action::Deny,
+            });
+        }
         if self.cluster_policies().is_empty() {
             return network_policies(trace);
         }
@@ -162,6 +181,51 @@ impl PolicyIndex {
                 .is_some_and(|ip| nets.iter().any(|n| net_contains(n, ip))),
             ClusterPeer::DomainNames(_) => false,
         }
+    }
+
+    /// The enforced cluster policies that may decide a side of `me`'s
+    /// connections, as a view sees them (`outbound`: `me`'s connections out
+    /// too): those selecting `me` with rules for a direction the view
+    /// decides at `me`, and those with a rule whose peers may match `me`
+    /// (the other end's side: a source's egress toward `me`, and outbound,
+    /// a destination's ingress). A broken Deny or Pass rule matches
+    /// everyone. Policies in audit mode decide nothing.
+    pub fn cluster_policies_concerning(&self, me: &PodKey, outbound: bool) -> Vec<Arc<str>> {
+        let Some(pod) = self.pod(me) else {
+            return Vec::new();
+        };
+        let namespace = self.namespace_label_source(&me.namespace);
+        let may_match = |rule: &ClusterRule| match (&rule.broken, rule.action) {
+            (Some(_), Action::Accept) => false,
+            (Some(_), _) => true,
+            (None, _) => rule.peers.iter().any(|peer| match peer {
+                ClusterPeer::Namespaces(ns) => {
+                    !pod.host_network && namespace_matches(ns, namespace.as_ref())
+                }
+                ClusterPeer::Pods { namespaces, pods } => {
+                    !pod.host_network
+                        && namespace_matches(namespaces, namespace.as_ref())
+                        && pods.matches(&pod.labels)
+                }
+                ClusterPeer::Networks(nets) => pod
+                    .ips
+                    .iter()
+                    .any(|ip| nets.iter().any(|n| net_contains(n, *ip))),
+                ClusterPeer::Nodes(_) | ClusterPeer::DomainNames(_) => false,
+            }),
+        };
+        self.cluster_policies()
+            .iter()
+            .filter(|p| !p.audit)
+            .filter(|p| {
+                let own = !pod.host_network
+                    && p.selects(&pod.labels, namespace.as_ref())
+                    && (!p.ingress.is_empty() || (outbound && !p.egress.is_empty()));
+                own || p.egress.iter().any(may_match)
+                    || (outbound && p.ingress.iter().any(may_match))
+            })
+            .map(|p| p.name.clone())
+            .collect()
     }
 
     /// Whether `ip` is an address of a node `nodes` selects.

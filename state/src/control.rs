@@ -339,6 +339,9 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
             writer.apply(Object::EndpointSlice(slice));
         }
     }
+    if let Some(names) = update.unserved {
+        writer.set_unserved_cluster_policies(names.iter().map(|n| n.as_str().into()).collect());
+    }
     for removed in update.removed {
         let (kind, key) = match removed {
             Removed::Namespace(name) => (Kind::Namespace, ObjectKey::new("", &name)),

@@ -332,6 +332,17 @@ impl StateWriter {
         }
     }
 
+    /// In control mode: the cluster policies that may decide this pod's
+    /// connections and that its view could not carry; while there are any,
+    /// every connection is denied, live ones re-checked.
+    pub fn set_unserved_cluster_policies(&mut self, names: Vec<Arc<str>>) {
+        if self.index.set_unserved_cluster_policies(names) {
+            self.changes.insert(ChangeReason::PolicyModified);
+            self.touched = Changed::Everything;
+            self.dirty = true;
+        }
+    }
+
     /// The object of `kind` the state holds under `key`.
     fn current(&self, kind: Kind, key: &ObjectKey) -> Option<Object> {
         match kind {

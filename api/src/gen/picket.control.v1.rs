@@ -110,6 +110,19 @@ pub struct WatchResponse {
     /// sidecar that asked for them refuses a view without.
     #[prost(bool, tag = "15")]
     pub outbound: bool,
+    /// On the last part of a full view, and of a delta when it changed: the
+    /// ClusterNetworkPolicies that may decide this pod's connections and that
+    /// this view format cannot carry. Present: replaces the list held. While
+    /// it names any, the sidecar denies every connection but its node's (fail
+    /// closed: an Admin Deny it cannot see must not become an allow).
+    #[prost(message, optional, tag = "16")]
+    pub unserved: ::core::option::Option<ClusterPolicyNames>,
+}
+/// Names of ClusterNetworkPolicies.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterPolicyNames {
+    #[prost(string, repeated, tag = "1")]
+    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// A Service, as the outbound proxy resolves it.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -401,6 +401,17 @@ spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Egress]}
         !to_agent.allowed,
         "reach agrees with the outbound proxy: {to_agent}"
     );
+    // As `picket reach` asks it: with the destination's node, which the
+    // host-network destination's address always is in.
+    let agents_node = NodeAddrs::from_ips([ip("192.168.1.2")]);
+    let d = idx.decide_between_pods(
+        &key("prod/web"),
+        &key("dev/agent"),
+        80,
+        Protocol::Tcp,
+        &agents_node,
+    );
+    assert!(!d.allowed, "another node is no own node: {d}");
     // Its own node stays reachable; a source without egress policy too.
     assert!(allowed(&idx, "prod/web", "dev/local-agent", 80));
     assert!(allowed(&idx, "prod/db", "dev/agent", 80));
