@@ -1080,6 +1080,28 @@ impl Decision {
         }
     }
 
+    /// The cluster policy rule that decided: of the side that denied, or
+    /// of the deciding pod's own side of an allowance (the destination's
+    /// ingress, or an outbound connection's egress); `None` when
+    /// NetworkPolicy or the default decided.
+    pub fn deciding_tier(&self) -> Option<&TierVerdict> {
+        let (own, other) = match &self.reason {
+            Reason::Policies { ingress, egress } => (ingress, Some(egress)),
+            Reason::Egress {
+                egress, ingress, ..
+            } => (egress, ingress.as_ref()),
+            _ => return None,
+        };
+        if self.allowed {
+            return own.tier();
+        }
+        [Some(own), other]
+            .into_iter()
+            .flatten()
+            .find(|side| !side.allows())
+            .and_then(Side::tier)
+    }
+
     /// The policy whose rule allowed the connection at the destination, if any.
     pub fn ingress_policy(&self) -> Option<&PolicyKey> {
         match &self.reason {

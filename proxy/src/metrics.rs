@@ -104,7 +104,7 @@ impl ProxyMetrics {
         };
         let connections = counter_vec(
             "picket_inbound_connections_total",
-            "Inbound connections decided, by outcome (allowed, denied; would-deny, would-allow where a policy in audit mode would decide otherwise, counted beside the outcome), deciding policy (namespace/name, no-policy, node, same-pod, isolated) and destination port (declared or named by a policy, else other).",
+            "Inbound connections decided, by outcome (allowed, denied; would-deny, would-allow where a policy in audit mode would decide otherwise, counted beside the outcome), deciding policy (namespace/name; admin:<name> or baseline:<name> when a ClusterNetworkPolicy tier decided; no-policy, node, same-pod, isolated) and destination port (declared or named by a policy, else other).",
             &["outcome", "policy", "port"],
         );
         let refused = counter_vec(
@@ -155,7 +155,7 @@ impl ProxyMetrics {
         let outbound = OutboundMetrics {
             connections: counter_vec(
                 "picket_outbound_connections_total",
-                "Outbound connections this pod opened, decided at the source by its egress policies: by outcome (allowed, denied; would-deny, would-allow where a policy in audit mode would decide otherwise, counted beside the outcome), deciding policy (namespace/name, no-policy, node, same-pod, isolated) and destination (namespace/workload of the pod dialled, bounded; a Service's namespace/name when none of its endpoints is allowed; node; external: an address that is no pod's, or in control mode one of a pod outside the view).",
+                "Outbound connections this pod opened, decided at the source by its egress policies: by outcome (allowed, denied; would-deny, would-allow where a policy in audit mode would decide otherwise, counted beside the outcome), deciding policy (namespace/name; admin:<name> or baseline:<name> when a ClusterNetworkPolicy tier decided; no-policy, node, same-pod, isolated) and destination (namespace/workload of the pod dialled, bounded; a Service's namespace/name when none of its endpoints is allowed; node; external: an address that is no pod's, or in control mode one of a pod outside the view).",
                 &["outcome", "policy", "destination"],
             ),
             refused: counter_vec(

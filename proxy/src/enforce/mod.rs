@@ -302,6 +302,14 @@ impl Enforcer {
     fn count_decision(&self, snapshot: &Snapshot, decision: &Decision, port: u16) {
         let policy_label;
         let policy = match &decision.reason {
+            // A cluster policy decided: its tier and name.
+            _ if decision.deciding_tier().is_some() => {
+                policy_label = decision
+                    .deciding_tier()
+                    .map(|t| t.label())
+                    .unwrap_or_default();
+                &policy_label
+            }
             _ if !decision.allowed => "isolated",
             Reason::Node => "node",
             Reason::SamePod => "same-pod",

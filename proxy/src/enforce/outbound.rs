@@ -169,6 +169,14 @@ impl Enforcer {
         let decision = picked.or(route.denied.as_ref());
         let policy_label;
         let policy = match decision.map(|d| &d.reason) {
+            // A cluster policy decided: its tier and name.
+            _ if decision.and_then(Decision::deciding_tier).is_some() => {
+                policy_label = decision
+                    .and_then(Decision::deciding_tier)
+                    .map(|t| t.label())
+                    .unwrap_or_default();
+                &policy_label
+            }
             _ if picked.is_none() => "isolated",
             Some(Reason::Egress {
                 egress: Side::Allowed { policy, .. },
