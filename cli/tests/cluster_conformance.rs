@@ -139,7 +139,7 @@ fn model() -> String {
         }));
     }
     for (h, (house, set)) in HOUSES.iter().enumerate() {
-        for i in 0..2 {
+        for (i, (node, node_ip)) in NODES.iter().enumerate() {
             let pod = format!("{set}-{i}");
             push(serde_json::json!({
                 "apiVersion": "v1", "kind": "Pod",
@@ -147,7 +147,7 @@ fn model() -> String {
                     "conformance-house": house,
                     "statefulset.kubernetes.io/pod-name": pod,
                     "apps.kubernetes.io/pod-index": i.to_string()}},
-                "spec": {"nodeName": NODES[i].0, "containers": [
+                "spec": {"nodeName": node, "containers": [
                     {"name": format!("{set}-client")},
                     {"name": format!("{set}-80"), "ports": [{"containerPort": 80, "protocol": "TCP", "name": "web"}]},
                     {"name": format!("{set}-8080")},
@@ -156,7 +156,7 @@ fn model() -> String {
                     {"name": format!("{set}-9003")},
                     {"name": format!("{set}-9005")},
                 ]},
-                "status": {"phase": "Running", "hostIP": NODES[i].1,
+                "status": {"phase": "Running", "hostIP": node_ip,
                            "podIP": format!("10.244.{}.{}", h + 1, 10 + i)},
             }));
         }

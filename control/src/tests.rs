@@ -405,9 +405,13 @@ fn with_cluster_policies_a_view_fails_closed_and_never_allows_what_the_cluster_d
             };
             let shared = Shared::default();
             for (me, (sent, held, connected)) in pods.iter().zip(&mut subscribers) {
-                let Ok(message) =
-                    sent.update(&cluster, &shared, me, Some(&[changed.clone()]), !*connected)
-                else {
+                let Ok(message) = sent.update(
+                    &cluster,
+                    &shared,
+                    me,
+                    Some(std::slice::from_ref(&changed)),
+                    !*connected,
+                ) else {
                     *connected = false;
                     continue;
                 };
