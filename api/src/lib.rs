@@ -20,7 +20,7 @@ pub mod convert;
 /// (fail open), so they refuse each other: the sidecar sends it in the
 /// [`VIEW_FORMAT_HEADER`] of its `Watch`, the control plane in
 /// `WatchResponse.view_format` of every full view.
-pub const VIEW_FORMAT: u32 = 6;
+pub const VIEW_FORMAT: u32 = 7;
 
 /// The request header by which a sidecar that captures outbound
 /// connections asks for a view with outbound parts (value `1`).

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use picket_api::convert::cluster::{cluster_policy_to_wire, node_to_wire};
 use picket_api::convert::{
     addresses_side_to_wire, namespace_to_wire, pod_side_to_wire, pod_to_wire, policy_to_wire,
     service_to_wire, slice_to_wire,
@@ -15,8 +16,8 @@ use picket_api::convert::{
 use picket_api::v1;
 use picket_policy::shards::Shards;
 use picket_policy::{
-    Direction, EndpointSlice, Namespace, ObjectKey, Pod, PodKey, Policy, PolicyIndex, PolicyKey,
-    Service, ServiceIndex,
+    ClusterPolicy, Direction, EndpointSlice, Namespace, Node, ObjectKey, Pod, PodKey, Policy,
+    PolicyIndex, PolicyKey, Service, ServiceIndex,
 };
 use rustc_hash::FxHashMap as HashMap;
 
@@ -48,8 +49,10 @@ pub struct Sent {
     ingress: Sides,
     services: HashMap<ObjectKey, Arc<Service>>,
     slices: HashMap<ObjectKey, Arc<EndpointSlice>>,
-    /// The cluster policies the view could not carry, as last sent.
-    unserved: Vec<Arc<str>>,
+    /// A cluster-wide view was sent (see [`Scope::cluster_wide`]).
+    cluster_wide: bool,
+    cluster_policies: HashMap<Arc<str>, Arc<ClusterPolicy>>,
+    nodes: HashMap<Arc<str>, Arc<Node>>,
     /// Every pod as of the last update (shared with the index: 64
     /// pointers): what a pod was before it changed or went away.
     seen: Shards<PodKey, Arc<Pod>>,
@@ -150,7 +153,8 @@ fn is_empty(msg: &v1::WatchResponse) -> bool {
         && msg.ingress.is_empty()
         && msg.services.is_empty()
         && msg.endpoint_slices.is_empty()
-        && msg.unserved.is_none()
+        && msg.cluster_policies.is_empty()
+        && msg.nodes.is_empty()
 }
 
 // === impl Sent ===
@@ -268,12 +272,32 @@ impl Sent {
                 .sync(&wanted.addresses, |ip, entry| addresses.add(*ip, entry));
             addresses.into_wire(out);
         }
-        if full || self.unserved != scope.unserved {
-            self.unserved.clone_from(&scope.unserved);
-            msg.unserved = Some(v1::ClusterPolicyNames {
-                names: scope.unserved.iter().map(ToString::to_string).collect(),
-            });
-        }
+        self.cluster_wide = scope.cluster_wide;
+        msg.cluster_wide = full && scope.cluster_wide;
+        sync(
+            &mut self.cluster_policies,
+            scope
+                .cluster_policies
+                .iter()
+                .filter_map(|n| index.cluster_policy(n).map(|o| (n.clone(), o.clone()))),
+            |n| scope.cluster_policies.contains(n),
+            |name, policy| match policy {
+                Some(policy) => msg.cluster_policies.push(cluster_policy_to_wire(policy)),
+                None => msg.removed.push(removed(v1::Kind::ClusterPolicy, "", name)),
+            },
+        );
+        sync(
+            &mut self.nodes,
+            scope
+                .nodes
+                .iter()
+                .filter_map(|n| index.node(n).map(|o| (n.clone(), o.clone()))),
+            |n| scope.nodes.contains(n),
+            |name, node| match node {
+                Some(node) => msg.nodes.push(node_to_wire(node)),
+                None => msg.removed.push(removed(v1::Kind::Node, "", name)),
+            },
+        );
         self.pod_namespaces.clear();
         for key in self.pods.keys() {
             *self
@@ -320,7 +344,8 @@ impl Sent {
         if index.pod(me).is_none() {
             return Err(Gone);
         }
-        if let (false, Some(changed)) = (full, changed) {
+        // A cluster-wide view holds everything: any change recomputes it.
+        if let (false, false, Some(changed)) = (full, self.cluster_wide, changed) {
             if !view::may_change(index, me, changed, self) {
                 self.how = How::Skipped;
                 return Ok(None);
@@ -331,6 +356,8 @@ impl Sent {
             }
         }
         let scope = view::scope(index, shared, me, self.outbound).ok_or(Gone)?;
+        // A view turning cluster-wide, or back, is sent whole.
+        let full = full || scope.cluster_wide != self.cluster_wide;
         let message = self.next(index, &scope, full);
         self.how = if full { How::Full } else { How::Recomputed };
         Ok(message)

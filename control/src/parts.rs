@@ -42,7 +42,9 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         services,
         endpoint_slices,
         outbound,
-        unserved,
+        cluster_wide,
+        cluster_policies,
+        nodes,
     } = msg;
     let mut parts = Parts {
         limit,
@@ -79,6 +81,14 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         let size = entry.encoded_len();
         parts.part(size).ingress.push(entry);
     }
+    for policy in cluster_policies {
+        let size = policy.encoded_len();
+        parts.part(size).cluster_policies.push(policy);
+    }
+    for node in nodes {
+        let size = node.encoded_len();
+        parts.part(size).nodes.push(node);
+    }
     for service in services {
         let size = service.encoded_len();
         parts.part(size).services.push(service);
@@ -92,10 +102,10 @@ pub fn into_parts(msg: v1::WatchResponse, limit: usize) -> Vec<v1::WatchResponse
         first.full = full;
         first.view_format = view_format;
         first.outbound = outbound;
+        first.cluster_wide = cluster_wide;
     }
     if let Some(last) = done.last_mut() {
         last.resolved = resolved;
-        last.unserved = unserved;
         last.more = false;
     }
     done

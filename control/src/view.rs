@@ -58,10 +58,38 @@ pub struct Scope {
     /// ingress-isolated pods: held, and not held that `me` may reach by
     /// address.
     pub ingress: Option<Sides>,
-    /// The ClusterNetworkPolicies that may decide `me`'s connections: a
-    /// view cannot carry the tiers yet, so the sidecar fails closed while
-    /// there are any (see [`PolicyIndex::cluster_policies_concerning`]).
-    pub unserved: Vec<Arc<str>>,
+    /// A cluster-wide view: ClusterNetworkPolicies may decide `me`'s
+    /// connections (see [`PolicyIndex::cluster_policies_concerning`]), and
+    /// compiled sides do not carry the tiers, so the view holds the whole
+    /// cluster and no compiled side; the sidecar decides other pods' sides
+    /// from their policies, as in direct mode.
+    pub cluster_wide: bool,
+    /// In a cluster-wide view: every ClusterNetworkPolicy, by name.
+    pub cluster_policies: HashSet<Arc<str>>,
+    /// In a cluster-wide view: every Node, by name.
+    pub nodes: HashSet<Arc<str>>,
+}
+
+impl Scope {
+    /// The whole cluster, without compiled sides: what a pod that cluster
+    /// policies concern decides on. It costs what direct mode costs (every
+    /// object, every change), for those pods only.
+    fn cluster_wide(index: &PolicyIndex, outbound: bool) -> Self {
+        Self {
+            namespaces: index.namespaces().map(|n| n.name.clone()).collect(),
+            pods: index.pods().map(|p| p.key.clone()).collect(),
+            policies: index.policies().map(|p| p.key.clone()).collect(),
+            egress: Sides::default(),
+            ingress: outbound.then(Sides::default),
+            cluster_wide: true,
+            cluster_policies: index
+                .cluster_policies()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect(),
+            nodes: index.nodes().map(|n| n.name.clone()).collect(),
+        }
+    }
 }
 
 /// One direction's compiled sides of other pods toward a view's pod.
@@ -640,6 +668,9 @@ impl<'a> Reaches<'a> {
 /// the index does not know it.
 pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey, outbound: bool) -> Option<Scope> {
     let dst = index.pod(me)?;
+    if !index.cluster_policies_concerning(me, outbound).is_empty() {
+        return Some(Scope::cluster_wide(index, outbound));
+    }
     let mut scope = Scope::default();
     for direction in [Direction::Ingress, Direction::Egress] {
         for policy in index
@@ -708,7 +739,6 @@ pub fn scope(index: &PolicyIndex, shared: &Shared, me: &PodKey, outbound: bool) 
             Direction::Ingress => scope.ingress = Some(sides),
         }
     }
-    scope.unserved = index.cluster_policies_concerning(me, outbound);
     scope.namespaces.insert(dst.key.namespace.clone());
     // A namespace the cluster does not know stays unknown in the view.
     scope.namespaces.retain(|ns| index.namespace(ns).is_some());

@@ -52,10 +52,7 @@ pub struct PolicyIndex {
     nodes: HashMap<Arc<str>, Arc<Node>>,
     /// The nodes holding each address.
     nodes_by_ip: HashMap<IpAddr, Vec<Arc<Node>>>,
-    /// In a pod's view: the cluster policies that may decide its
-    /// connections and that the view could not carry. While there are
-    /// any, every side of the pod denies (fail closed).
-    unserved: Vec<Arc<str>>,
+
     /// In a pod's view: the sources' egress sides, compiled (see `toward`).
     pub(super) egress_toward_me: Option<CompiledSides>,
     /// In a pod's view with outbound parts: the destinations' ingress
@@ -529,21 +526,6 @@ impl PolicyIndex {
         self.cluster = all;
     }
 
-    /// In a pod's view: sets the cluster policies that may decide the
-    /// pod's connections and that the view could not carry (see
-    /// [`Self::cluster_policies_concerning`]); returns whether that changed.
-    pub fn set_unserved_cluster_policies(&mut self, names: Vec<Arc<str>>) -> bool {
-        let changed = self.unserved != names;
-        self.unserved = names;
-        changed
-    }
-
-    /// The cluster policies a view could not carry: while there are any,
-    /// every side of the view's pod denies.
-    pub fn unserved_cluster_policies(&self) -> &[Arc<str>] {
-        &self.unserved
-    }
-
     /// The cluster policies, both tiers in the order sides consult them.
     pub fn cluster_policies(&self) -> &ClusterPolicies {
         &self.cluster
@@ -581,6 +563,18 @@ impl PolicyIndex {
         for node in nodes {
             self.apply_node(node);
         }
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(name)
+    }
+
+    /// Makes this index decide other pods' sides from their policies (a
+    /// cluster-wide view): drops the compiled sides.
+    pub fn decide_sides_from_policies(&mut self) {
+        self.egress_toward_me = None;
+        self.ingress_toward_me = None;
     }
 
     /// Every node, in no particular order.

@@ -19,12 +19,6 @@ use super::model::PodKey;
 use super::model::{net_contains, Direction, Pod};
 use super::trace::Trace;
 
-thread_local! {
-    /// The rule name an unserved cluster policy's denial shows.
-    static UNSERVED: Arc<str> =
-        "not carried by this control-plane view: every connection denied (fail closed)".into();
-}
-
 /// What a tier said about a side.
 enum TierSaid {
     /// A rule accepted or denied: the side is decided.
@@ -51,17 +45,6 @@ impl PolicyIndex {
         network_policies: impl FnOnce(&mut T) -> Side,
     ) -> Side {
         trace.side(&pod.key, direction);
-        if let Some(name) = self.unserved_cluster_policies().first() {
-            // A view without the tiers it needs: fail closed.
-            return Side::Tier(TierVerdict {
-                tier: Tier::Admin,
-                policy: name.clone(),
-                priority: 0,
-                rule: 0,
-                rule_name: Some(UNSERVED.with(Arc::clone)),
-                action: Action::Deny,
-            });
-        }
         if self.cluster_policies().is_empty() {
             return network_policies(trace);
         }
@@ -183,13 +166,15 @@ impl PolicyIndex {
         }
     }
 
-    /// The enforced cluster policies that may decide a side of `me`'s
-    /// connections, as a view sees them (`outbound`: `me`'s connections out
-    /// too): those selecting `me` with rules for a direction the view
+    /// The cluster policies that may decide a side of `me`'s connections
+    /// (`outbound`: `me`'s connections out too), as a view sees them: a
+    /// view that any concerns is the whole cluster's (compiled sides do not
+    /// carry the tiers). Those selecting `me` with rules for a direction the view
     /// decides at `me`, and those with a rule whose peers may match `me`
     /// (the other end's side: a source's egress toward `me`, and outbound,
     /// a destination's ingress). A broken Deny or Pass rule matches
-    /// everyone. Policies in audit mode decide nothing.
+    /// everyone. Policies in audit mode count too: their verdicts are
+    /// reported where the view decides.
     pub fn cluster_policies_concerning(&self, me: &PodKey, outbound: bool) -> Vec<Arc<str>> {
         let Some(pod) = self.pod(me) else {
             return Vec::new();
@@ -216,7 +201,6 @@ impl PolicyIndex {
         };
         self.cluster_policies()
             .iter()
-            .filter(|p| !p.audit)
             .filter(|p| {
                 let own = !pod.host_network
                     && p.selects(&pod.labels, namespace.as_ref())

@@ -292,6 +292,21 @@ impl Source for ControlSource {
 pub fn apply(writer: &mut StateWriter, update: Update) {
     if update.full {
         writer.reset_sides(update.outbound);
+        if update.cluster_wide {
+            writer.decide_sides_from_policies();
+        }
+        writer.replace_all(
+            Kind::ClusterPolicy,
+            update
+                .cluster_policies
+                .into_iter()
+                .map(Object::ClusterPolicy)
+                .collect(),
+        );
+        writer.replace_all(
+            Kind::Node,
+            update.nodes.into_iter().map(Object::Node).collect(),
+        );
         if update.outbound {
             writer.replace_all(
                 Kind::Service,
@@ -338,9 +353,12 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
         for slice in update.slices {
             writer.apply(Object::EndpointSlice(slice));
         }
-    }
-    if let Some(names) = update.unserved {
-        writer.set_unserved_cluster_policies(names.iter().map(|n| n.as_str().into()).collect());
+        for policy in update.cluster_policies {
+            writer.apply(Object::ClusterPolicy(policy));
+        }
+        for node in update.nodes {
+            writer.apply(Object::Node(node));
+        }
     }
     for removed in update.removed {
         let (kind, key) = match removed {
@@ -349,6 +367,8 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
             Removed::Policy(key) => (Kind::Policy, key),
             Removed::Service(key) => (Kind::Service, key),
             Removed::EndpointSlice(key) => (Kind::EndpointSlice, key),
+            Removed::ClusterPolicy(name) => (Kind::ClusterPolicy, ObjectKey::new("", &name)),
+            Removed::Node(name) => (Kind::Node, ObjectKey::new("", &name)),
         };
         writer.delete(&ObjectRef { kind, key });
     }

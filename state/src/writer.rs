@@ -332,15 +332,14 @@ impl StateWriter {
         }
     }
 
-    /// In control mode: the cluster policies that may decide this pod's
-    /// connections and that its view could not carry; while there are any,
-    /// every connection is denied, live ones re-checked.
-    pub fn set_unserved_cluster_policies(&mut self, names: Vec<Arc<str>>) {
-        if self.index.set_unserved_cluster_policies(names) {
-            self.changes.insert(ChangeReason::PolicyModified);
-            self.touched = Changed::Everything;
-            self.dirty = true;
-        }
+    /// Makes the state a cluster-wide view (control mode, where cluster
+    /// policies concern the pod): other pods' sides are decided from their
+    /// policies, as with a direct source; every compiled entry goes.
+    pub fn decide_sides_from_policies(&mut self) {
+        self.index.decide_sides_from_policies();
+        self.changes.insert(ChangeReason::PeerEgress);
+        self.touched = Changed::Everything;
+        self.dirty = true;
     }
 
     /// The object of `kind` the state holds under `key`.

@@ -110,19 +110,100 @@ pub struct WatchResponse {
     /// sidecar that asked for them refuses a view without.
     #[prost(bool, tag = "15")]
     pub outbound: bool,
-    /// On the last part of a full view, and of a delta when it changed: the
-    /// ClusterNetworkPolicies that may decide this pod's connections and that
-    /// this view format cannot carry. Present: replaces the list held. While
-    /// it names any, the sidecar denies every connection but its node's (fail
-    /// closed: an Admin Deny it cannot see must not become an allow).
-    #[prost(message, optional, tag = "16")]
-    pub unserved: ::core::option::Option<ClusterPolicyNames>,
+    /// On the first part of a full view: a cluster-wide view. ClusterNetworkPolicies
+    /// may decide this pod's connections, and compiled sides do not carry the
+    /// tiers: the view holds every namespace, pod, NetworkPolicy,
+    /// ClusterNetworkPolicy and Node, and no compiled side (`egress`, `ingress`
+    /// stay empty); the sidecar decides other pods' sides from their policies.
+    /// A view that turns cluster-wide, or back, comes as a new full view.
+    #[prost(bool, tag = "16")]
+    pub cluster_wide: bool,
+    #[prost(message, repeated, tag = "17")]
+    pub cluster_policies: ::prost::alloc::vec::Vec<ClusterPolicy>,
+    #[prost(message, repeated, tag = "18")]
+    pub nodes: ::prost::alloc::vec::Vec<Node>,
 }
-/// Names of ClusterNetworkPolicies.
+/// A compiled ClusterNetworkPolicy (network-policy-api v1alpha2).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ClusterPolicy {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(enumeration = "Tier", tag = "2")]
+    pub tier: i32,
+    #[prost(uint32, tag = "3")]
+    pub priority: u32,
+    /// Pods of the namespaces `namespaces` selects; with `pods`, only those.
+    #[prost(message, optional, tag = "4")]
+    pub namespaces: ::core::option::Option<Selector>,
+    #[prost(message, optional, tag = "5")]
+    pub pods: ::core::option::Option<Selector>,
+    #[prost(message, repeated, tag = "6")]
+    pub ingress: ::prost::alloc::vec::Vec<ClusterRule>,
+    #[prost(message, repeated, tag = "7")]
+    pub egress: ::prost::alloc::vec::Vec<ClusterRule>,
+    #[prost(bool, tag = "8")]
+    pub audit: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ClusterRule {
+    #[prost(string, optional, tag = "1")]
+    pub name: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(enumeration = "Action", tag = "2")]
+    pub action: i32,
+    #[prost(message, repeated, tag = "3")]
+    pub peers: ::prost::alloc::vec::Vec<ClusterPeer>,
+    /// Absent: every port.
+    #[prost(message, optional, tag = "4")]
+    pub ports: ::core::option::Option<Ports>,
+    /// Set when the rule fails closed (an Accept matches nothing, a Deny or
+    /// Pass denies everything).
+    #[prost(string, optional, tag = "5")]
+    pub broken: ::core::option::Option<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ClusterPeer {
+    #[prost(oneof = "cluster_peer::Peer", tags = "1, 2, 3, 4, 5")]
+    pub peer: ::core::option::Option<cluster_peer::Peer>,
+}
+/// Nested message and enum types in `ClusterPeer`.
+pub mod cluster_peer {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Peer {
+        #[prost(message, tag = "1")]
+        Namespaces(super::Selector),
+        #[prost(message, tag = "2")]
+        Pods(super::NamespacedPods),
+        #[prost(message, tag = "3")]
+        Nodes(super::Selector),
+        #[prost(message, tag = "4")]
+        Networks(super::Strings),
+        #[prost(message, tag = "5")]
+        DomainNames(super::Strings),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NamespacedPods {
+    #[prost(message, optional, tag = "1")]
+    pub namespaces: ::core::option::Option<Selector>,
+    #[prost(message, optional, tag = "2")]
+    pub pods: ::core::option::Option<Selector>,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct ClusterPolicyNames {
+pub struct Strings {
     #[prost(string, repeated, tag = "1")]
-    pub names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Node {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub labels: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 /// A Service, as the outbound proxy resolves it.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -426,6 +507,61 @@ pub struct Requirement {
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
+pub enum Tier {
+    Admin = 0,
+    Baseline = 1,
+}
+impl Tier {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Admin => "TIER_ADMIN",
+            Self::Baseline => "TIER_BASELINE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TIER_ADMIN" => Some(Self::Admin),
+            "TIER_BASELINE" => Some(Self::Baseline),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Action {
+    Accept = 0,
+    Deny = 1,
+    Pass = 2,
+}
+impl Action {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Accept => "ACTION_ACCEPT",
+            Self::Deny => "ACTION_DENY",
+            Self::Pass => "ACTION_PASS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ACTION_ACCEPT" => Some(Self::Accept),
+            "ACTION_DENY" => Some(Self::Deny),
+            "ACTION_PASS" => Some(Self::Pass),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
 pub enum Kind {
     Unspecified = 0,
     Namespace = 1,
@@ -433,6 +569,8 @@ pub enum Kind {
     Policy = 3,
     Service = 4,
     EndpointSlice = 5,
+    ClusterPolicy = 6,
+    Node = 7,
 }
 impl Kind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -447,6 +585,8 @@ impl Kind {
             Self::Policy => "KIND_POLICY",
             Self::Service => "KIND_SERVICE",
             Self::EndpointSlice => "KIND_ENDPOINT_SLICE",
+            Self::ClusterPolicy => "KIND_CLUSTER_POLICY",
+            Self::Node => "KIND_NODE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -458,6 +598,8 @@ impl Kind {
             "KIND_POLICY" => Some(Self::Policy),
             "KIND_SERVICE" => Some(Self::Service),
             "KIND_ENDPOINT_SLICE" => Some(Self::EndpointSlice),
+            "KIND_CLUSTER_POLICY" => Some(Self::ClusterPolicy),
+            "KIND_NODE" => Some(Self::Node),
             _ => None,
         }
     }

@@ -17,6 +17,8 @@ use picket_policy::{
 
 use crate::v1;
 
+pub mod cluster;
+
 /// A message that does not decode into the model.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{object}: {field}: {reason}")]
@@ -74,10 +76,13 @@ pub struct Update {
     pub outbound: bool,
     /// More parts of this commit follow: publish nothing yet.
     pub more: bool,
-    /// `Some`: the ClusterNetworkPolicies that may decide this pod's
-    /// connections and that the view cannot carry, replacing those held
-    /// (the sidecar fails closed while there are any).
-    pub unserved: Option<Vec<String>>,
+    /// A full view of the whole cluster, without compiled sides (cluster
+    /// policies concern the pod): other pods' sides come from their policies.
+    pub cluster_wide: bool,
+    /// ClusterNetworkPolicies to add or replace (cluster-wide views).
+    pub cluster_policies: Vec<picket_policy::ClusterPolicy>,
+    /// Nodes to add or replace (cluster-wide views).
+    pub nodes: Vec<picket_policy::Node>,
 }
 
 /// One other pod's side (a source's egress, a destination's ingress)
@@ -104,6 +109,10 @@ pub enum Removed {
     Service(ObjectKey),
     /// An EndpointSlice.
     EndpointSlice(ObjectKey),
+    /// A ClusterNetworkPolicy, by name.
+    ClusterPolicy(String),
+    /// A Node, by name.
+    Node(String),
 }
 
 /// Decodes a whole message, or fails naming the first bad object: a
@@ -137,6 +146,10 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
                 Ok(v1::Kind::EndpointSlice) => {
                     Ok(Removed::EndpointSlice(key(&at, &r.namespace, &r.name)?))
                 }
+                Ok(v1::Kind::ClusterPolicy) if !r.name.is_empty() => {
+                    Ok(Removed::ClusterPolicy(r.name.clone()))
+                }
+                Ok(v1::Kind::Node) if !r.name.is_empty() => Ok(Removed::Node(r.name.clone())),
                 _ => Err(at.err("kind", format!("unknown kind {}", r.kind))),
             }
         })
@@ -178,7 +191,17 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
         outbound: msg.outbound,
         resolved,
         full: msg.full,
-        unserved: msg.unserved.as_ref().map(|u| u.names.clone()),
+        cluster_wide: msg.cluster_wide,
+        cluster_policies: msg
+            .cluster_policies
+            .iter()
+            .map(cluster::cluster_policy_from_wire)
+            .collect::<Result<_, _>>()?,
+        nodes: msg
+            .nodes
+            .iter()
+            .map(cluster::node_from_wire)
+            .collect::<Result<_, _>>()?,
         namespaces: msg
             .namespaces
             .iter()
@@ -845,7 +868,7 @@ mod tests {
 
     #[test]
     fn a_full_view_of_another_format_is_refused() {
-        for format in [0, 1, 2, 3, 4, 5, 7] {
+        for format in [0, 1, 2, 3, 4, 5, 6, 8] {
             let msg = v1::WatchResponse {
                 full: true,
                 view_format: format,
