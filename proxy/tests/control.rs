@@ -367,6 +367,72 @@ fn a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view(mode: 
     c.assert_reset_at("client", service);
 }
 
+/// ClusterNetworkPolicies through the control plane: an Admin Deny created
+/// through the API turns the pod's view cluster-wide and resets the live
+/// connection it forbids; the Baseline tier denies where no NetworkPolicy
+/// isolates; deleting both brings the compact view back.
+#[test]
+fn a_cluster_policy_through_the_api_reaches_the_sidecar_and_resets_what_it_denies() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "stranger", &[("role", "stranger")]),
+    ]);
+    let setup = Setup::new(&c);
+    let api = &setup.api;
+    apply_pod(&c, api, "api", true);
+    apply_pod(&c, api, "client", false);
+    apply_pod(&c, api, "stranger", false);
+    let (_plane, addr) = setup.start_plane(0);
+    let args = setup.sidecar_args(&c, "api", addr);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _server = c.server_with("api", true, &args);
+    let mut live = c.connect("client", "api", APP_PORT);
+    assert!(echoes(&mut live), "no policy: allowed");
+    let cnp = |name: &str, tier: &str, rules: &str| {
+        format!(
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+             metadata: {{name: {name}}}\n\
+             spec: {{tier: {tier}, priority: 10, subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: api}}}}}}}}, {rules}}}\n"
+        )
+    };
+    api.apply(&cnp(
+        "no-clients",
+        "Admin",
+        "ingress: [{action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}}]}]",
+    ))
+    .unwrap();
+    assert!(
+        read_reset(&mut live),
+        "the Admin Deny resets the live connection"
+    );
+    c.assert_reset("client", "api", APP_PORT);
+    assert!(
+        allowed_now(&c, "stranger", "api"),
+        "the rule matches clients only"
+    );
+    api.apply(&cnp(
+        "default-deny",
+        "Baseline",
+        "ingress: [{action: Deny, from: [{namespaces: {}}]}]",
+    ))
+    .unwrap();
+    eventually("the Baseline to deny the stranger", READY, || {
+        !allowed_now(&c, "stranger", "api")
+    });
+    api.delete(Kind::ClusterNetworkPolicy, None, "no-clients")
+        .unwrap();
+    api.delete(Kind::ClusterNetworkPolicy, None, "default-deny")
+        .unwrap();
+    eventually("the client to be allowed again", READY, || {
+        allowed_now(&c, "client", "api")
+    });
+    assert!(allowed_now(&c, "stranger", "api"));
+}
+
 in_both_modes!(
     the_sidecar_enforces_its_view_from_the_control_plane_and_keeps_it_through_an_outage,
     a_capturing_sidecar_enforces_egress_and_reaches_services_from_its_view,
