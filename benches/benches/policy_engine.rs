@@ -383,6 +383,59 @@ fn report(c: &Cluster) {
     );
 }
 
+/// `index` with 10 Admin policies and a Baseline one (see `main`).
+fn with_tiers(index: &PolicyIndex) -> PolicyIndex {
+    use picket_policy::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Subject, Tier};
+    let mut index = index.clone();
+    for team in 0..10 {
+        let own = selector(&[("team", &format!("t{team}"))], &[]);
+        let rule = |action, peers, port: Option<u16>| ClusterRule {
+            name: None,
+            action,
+            peers,
+            ports: port.map(|p| {
+                vec![PortMatch {
+                    protocol: Protocol::Tcp,
+                    port: PortSpec::Range(p, p),
+                }]
+            }),
+            broken: None,
+        };
+        index.apply_cluster_policy(ClusterPolicy {
+            name: format!("team-{team}").into(),
+            tier: Tier::Admin,
+            priority: team * 10,
+            subject: Subject::Namespaces(own.clone()),
+            ingress: vec![
+                rule(Action::Pass, vec![ClusterPeer::Namespaces(own)], None),
+                rule(
+                    Action::Deny,
+                    vec![ClusterPeer::Namespaces(Selector::everything())],
+                    Some(9090),
+                ),
+            ],
+            egress: Vec::new(),
+            audit: false,
+        });
+    }
+    index.apply_cluster_policy(ClusterPolicy {
+        name: "default-deny".into(),
+        tier: Tier::Baseline,
+        priority: 0,
+        subject: Subject::Namespaces(selector(&[], &[("env", "NotIn", vec!["e0".into()])])),
+        ingress: vec![ClusterRule {
+            name: None,
+            action: Action::Deny,
+            peers: vec![ClusterPeer::Namespaces(Selector::everything())],
+            ports: None,
+            broken: None,
+        }],
+        egress: Vec::new(),
+        audit: false,
+    });
+    index
+}
+
 fn main() {
     let c = cluster();
     report(&c);
@@ -409,6 +462,18 @@ fn main() {
                 Protocol::Tcp,
                 &node,
             )
+        })
+    });
+    // The same decisions with both tiers in use: 10 Admin policies, one
+    // per team of namespaces (the destination's team's Passes its peers
+    // of the same team and denies the rest on another port), and a
+    // Baseline default-deny of every namespace but env e0 (the
+    // destination's env, which NetworkPolicy isolates anyway).
+    let tiers = with_tiers(&index);
+    criterion.bench_function("decide/known-peer-with-tiers", |b| {
+        b.iter(|| {
+            let src = pod_ip(rng.below(NAMESPACES), rng.below(PODS_PER_NAMESPACE));
+            tiers.decide_from_ip(src, &dst, dst_ip, 8080, Protocol::Tcp, &node)
         })
     });
     let mut relabel = index.clone();

@@ -247,6 +247,8 @@ async fn a_sidecar_gets_its_pods_view_and_a_policy_change_reaches_it() {
     // One watch per kind, however many sidecars are connected.
     assert_eq!(plane.api.open_watches_of(Kind::Pod), 1);
     assert_eq!(plane.api.open_watches_of(Kind::NetworkPolicy), 1);
+    assert_eq!(plane.api.open_watches_of(Kind::ClusterNetworkPolicy), 1);
+    assert_eq!(plane.api.open_watches_of(Kind::Node), 1);
 
     // A policy through the API that forbids web reaches api's sidecar.
     plane.api.apply(API_ONLY_FROM_NOBODY).unwrap();
