@@ -56,6 +56,20 @@ fn side(out: &mut String, trace: &SideTrace) {
     if !trace.admin.is_empty() {
         let _ = writeln!(out, "  {dir} of {}: Admin tier", trace.pod);
         tier(out, &trace.admin);
+        let decided = trace
+            .admin
+            .iter()
+            .flat_map(|p| &p.rules)
+            .find(|r| r.peer.is_some() && r.port.is_some())
+            .is_some_and(|r| r.action != Action::Pass);
+        if decided {
+            let _ = writeln!(
+                out,
+                "  {dir} of {}: NetworkPolicy and Baseline tiers not consulted (the Admin tier decided)",
+                trace.pod
+            );
+            return;
+        }
     }
     network_policies(out, trace);
     if !trace.baseline.is_empty() {

@@ -625,6 +625,9 @@ impl Sent {
         if !self.outbound {
             return;
         }
+        // A view the update turned full (cluster-wide, or back) dropped
+        // everything sent: the Services go again too.
+        let full = full || msg.full;
         let everything = full || changed.is_none();
         let keys = |kind: Kind| {
             (!everything).then(|| {

@@ -623,3 +623,53 @@ fn addresses_with_the_same_egress_side_travel_as_one_entry() {
     assert!(decide(&view, "10.0.1.7"));
     assert!(decide(&view, "10.0.1.49"));
 }
+
+/// A view that turns cluster-wide is sent whole, Services included: the
+/// outbound proxy resolves ClusterIPs with them, and a Service left out
+/// would be decided as the address it is (an Admin Deny of the pods behind
+/// it would not match). Found by review: the Services were dropped.
+#[test]
+fn a_view_turning_cluster_wide_is_sent_whole_with_its_services() {
+    use k8s_openapi::api::core::v1 as core;
+    let mut cluster = cluster_of(
+        "kind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\nstatus: {podIP: 10.0.0.1}\n",
+    );
+    let service: core::Service = serde_yaml::from_str(
+        "metadata: {name: db, namespace: shop}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 5432}]}\n",
+    )
+    .unwrap();
+    let mut services = picket_policy::ServiceIndex::new();
+    services.apply_service(picket_policy::convert::service(&service).unwrap());
+    let me = ObjectKey::new("shop", "web");
+    let mut sent = Sent::new(true);
+    let shared = Shared::default();
+    let mut first = sent
+        .update(&cluster, &shared, &me, None, true)
+        .unwrap()
+        .unwrap();
+    sent.services(&services, None, true, &mut first);
+    assert_eq!(first.services.len(), 1);
+    assert!(!first.cluster_wide);
+
+    let cnp: picket_policy::convert::cluster::ClusterNetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: lockdown}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}\n",
+    )
+    .unwrap();
+    cluster.apply_cluster_policy(
+        picket_policy::convert::cluster::cluster_policy(&cnp)
+            .unwrap()
+            .policy,
+    );
+    let changed = [ObjectRef {
+        kind: Kind::ClusterPolicy,
+        key: ObjectKey::new("", "lockdown"),
+    }];
+    let mut next = sent
+        .update(&cluster, &Shared::default(), &me, Some(&changed), false)
+        .unwrap()
+        .expect("the view changed");
+    sent.services(&services, Some(&changed), false, &mut next);
+    assert!(next.full && next.cluster_wide, "sent whole, cluster-wide");
+    assert_eq!(next.cluster_policies.len(), 1);
+    assert_eq!(next.services.len(), 1, "the Services go again with it");
+}

@@ -820,7 +820,10 @@ pub fn may_change(
             // travel beside it, see `delta`).
             Kind::Service | Kind::EndpointSlice => false,
             // Cluster-wide subjects and peers: any view may change.
-            Kind::ClusterPolicy | Kind::Node => true,
+            Kind::ClusterPolicy => true,
+            // Compact views hold no Node and whether one is cluster-wide
+            // reads none (a cluster-wide view is recomputed on any change).
+            Kind::Node => false,
         }
     })
 }

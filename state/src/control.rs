@@ -372,6 +372,17 @@ pub fn apply(writer: &mut StateWriter, update: Update) {
         };
         writer.delete(&ObjectRef { kind, key });
     }
+    // A cluster-wide view decides other pods' sides from their policies:
+    // a compiled entry would turn it back into a compact one, which it is
+    // not (the control plane sends none; one that did is ignored).
+    if writer.index().egress_toward_me().is_none()
+        && !(update.egress.is_empty() && update.ingress.is_empty())
+    {
+        tracing::error!(
+            "The control plane sent compiled sides to a cluster-wide view; ignoring them"
+        );
+        return;
+    }
     // After the pods: a pod's entry goes with it.
     let entries = (update.egress.into_iter().map(|e| (Direction::Egress, e)))
         .chain(update.ingress.into_iter().map(|e| (Direction::Ingress, e)));

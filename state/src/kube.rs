@@ -7,7 +7,9 @@
 //! A cluster without the ClusterNetworkPolicy CRD answers its list with
 //! 404: then none can exist, and the kind counts as listed, empty; the
 //! watch keeps retrying with backoff, so a CRD installed later is picked
-//! up (and one removed takes its objects with it, as the API server does).
+//! up. Once the kind has been listed, a 404 is a failure like any other:
+//! the last state stays (a lagging replica or a CRD upgrade must not read
+//! as "no policy").
 //!
 //! Objects are stripped to what the engine needs as they arrive (the
 //! watchers keep no store of their own). A relist (a restart, a watch gap,
@@ -213,10 +215,14 @@ async fn watch_kind<K: Watched>(
     let mut relist: Option<(Vec<Object>, Vec<ObjectKey>)> = None;
     let mut failing = false;
     let mut not_served = false;
+    // Once listed, a 404 is no proof that none exists (a replica whose CRD
+    // handlers lag, a CRD upgrade): the last state stays, as for any
+    // failure.
+    let mut listed = false;
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(event) => event,
-            Err(error) if K::OPTIONAL && is_not_found(&error) => {
+            Err(error) if K::OPTIONAL && !listed && is_not_found(&error) => {
                 // The API serves no such resource: none exists.
                 if !not_served {
                     tracing::info!(kind, "The API serves no {kind} (its CRD is not installed): none applies; checking again with backoff");
@@ -264,6 +270,7 @@ async fn watch_kind<K: Watched>(
                 continue;
             }
             Event::InitDone => {
+                listed = true;
                 let (objects, unreadable) = relist.take().unwrap_or_default();
                 tracing::debug!(
                     kind,

@@ -368,8 +368,7 @@ impl StateWriter {
                 .map(|p| Object::ClusterPolicy((**p).clone())),
             Kind::Node => self
                 .index
-                .nodes()
-                .find(|n| *n.name == *key.name)
+                .node(&key.name)
                 .map(|n| Object::Node((**n).clone())),
         }
     }
@@ -426,12 +425,7 @@ impl StateWriter {
                 Some(_) => {}
             },
             Object::Node(n) => {
-                if self
-                    .index
-                    .nodes()
-                    .find(|o| o.name == n.name)
-                    .is_none_or(|o| **o != *n)
-                {
+                if self.index.node(&n.name).is_none_or(|o| **o != *n) {
                     self.changes.insert(ChangeReason::Nodes);
                 }
             }

@@ -48,9 +48,9 @@ pub struct Spec {
     /// `Admin` or `Baseline`.
     #[serde(default)]
     pub tier: String,
-    /// 0-1000; lower first.
+    /// 0-1000; lower first (required).
     #[serde(default)]
-    pub priority: i64,
+    pub priority: Option<i64>,
     /// Exactly one of its fields set.
     #[serde(default)]
     pub subject: SubjectSpec,
@@ -60,6 +60,9 @@ pub struct Spec {
     /// Egress rules, in precedence order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<RuleSpec>,
+    /// Fields a newer API may add: any makes the policy unreadable.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// `spec.subject`.
@@ -84,9 +87,12 @@ pub struct NamespacedPod {
     /// `{}` or absent: every namespace.
     #[serde(default)]
     pub namespace_selector: LabelSelector,
-    /// `{}` or absent: every pod.
+    /// Required; `{}`: every pod.
     #[serde(default)]
-    pub pod_selector: LabelSelector,
+    pub pod_selector: Option<LabelSelector>,
+    /// Fields a newer API may add.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// An ingress or egress rule (`from` for ingress, `to` for egress).
@@ -108,6 +114,9 @@ pub struct RuleSpec {
     /// Ports; absent matches every port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocols: Option<Vec<ProtocolSpec>>,
+    /// Fields a newer API may add: any breaks the rule.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// A peer: exactly one field set.
@@ -159,9 +168,12 @@ pub struct ProtocolSpec {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProtocolPorts {
-    /// The destination port; absent: every port of the protocol.
+    /// The destination port (the API requires one field set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_port: Option<PortSpecWire>,
+    /// Fields a newer API may add.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// A destination port: a number or a range.
@@ -174,6 +186,9 @@ pub struct PortSpecWire {
     /// An inclusive range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<PortRange>,
+    /// Fields a newer API may add.
+    #[serde(flatten, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
 /// An inclusive port range, `start < end`.
@@ -216,13 +231,23 @@ pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolic
         false
     });
     let spec = &cnp.spec;
-    let priority = u16::try_from(spec.priority)
-        .ok()
-        .filter(|p| *p <= 1000)
-        .ok_or_else(|| InvalidField {
+    let priority = match spec.priority {
+        None => Err(InvalidField {
             field: "spec.priority".into(),
-            reason: format!("{} is not within 0-1000", spec.priority),
-        });
+            reason: "required".into(),
+        }),
+        Some(p) => u16::try_from(p)
+            .ok()
+            .filter(|p| *p <= 1000)
+            .ok_or_else(|| InvalidField {
+                field: "spec.priority".into(),
+                reason: format!("{p} is not within 0-1000"),
+            }),
+    };
+    let unknown = spec.unknown.keys().next().map(|name| InvalidField {
+        field: format!("spec.{name}"),
+        reason: "unknown field (a newer API?)".into(),
+    });
     let tier = match spec.tier.as_str() {
         "Admin" => Ok(Tier::Admin),
         "Baseline" => Ok(Tier::Baseline),
@@ -232,12 +257,15 @@ pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolic
         }),
     };
     let subject = subject(&spec.subject);
-    let (tier, priority, subject) = match (tier, priority, subject) {
-        (Ok(tier), Ok(priority), Ok(subject)) => (tier, priority, subject),
-        (tier, priority, subject) => {
-            let priority = *priority.as_ref().unwrap_or(&0);
+    let (tier, priority, subject) = match (tier, priority, subject, unknown) {
+        (Ok(tier), Ok(priority), Ok(subject), None) => (tier, priority, subject),
+        (tier, priority, subject, unknown) => {
+            let (priority, priority_err) = match priority {
+                Ok(p) => (p, None),
+                Err(e) => (0, Some(e)),
+            };
             errors.extend(
-                [tier.err(), priority_err(spec), subject.err()]
+                [tier.err(), priority_err, subject.err(), unknown]
                     .into_iter()
                     .flatten(),
             );
@@ -260,13 +288,6 @@ pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolic
             audit,
         },
         errors,
-    })
-}
-
-fn priority_err(spec: &Spec) -> Option<InvalidField> {
-    (!(0..=1000).contains(&spec.priority)).then(|| InvalidField {
-        field: "spec.priority".into(),
-        reason: format!("{} is not within 0-1000", spec.priority),
     })
 }
 
@@ -317,12 +338,24 @@ fn subject(s: &SubjectSpec) -> Result<Subject, InvalidField> {
 }
 
 fn namespaced_pod(p: &NamespacedPod, at: &str) -> Result<(Selector, Selector), InvalidField> {
+    if let Some(name) = p.unknown.keys().next() {
+        return Err(InvalidField {
+            field: format!("{at}.{name}"),
+            reason: "unknown field".into(),
+        });
+    }
+    let Some(pods) = &p.pod_selector else {
+        return Err(InvalidField {
+            field: format!("{at}.podSelector"),
+            reason: "required".into(),
+        });
+    };
     Ok((
         selector(
             Some(&p.namespace_selector),
             &format!("{at}.namespaceSelector"),
         )?,
-        selector(Some(&p.pod_selector), &format!("{at}.podSelector"))?,
+        selector(Some(pods), &format!("{at}.podSelector"))?,
     ))
 }
 
@@ -366,6 +399,12 @@ fn rule(r: &RuleSpec, at: &str, peers_name: &str, errors: &mut Vec<InvalidField>
         }
     };
     let compiled = (|| {
+        if let Some(name) = r.unknown.keys().next() {
+            return Err(InvalidField {
+                field: format!("{at}.{name}"),
+                reason: "unknown field (a newer API?)".into(),
+            });
+        }
         let (peers_field, other) = match peers_name {
             "from" => (&r.from, &r.to),
             _ => (&r.to, &r.from),
@@ -540,12 +579,21 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
         (_, _, Some(ports)) => (Protocol::Sctp, ports, "sctp"),
         _ => unreachable!("one is set"),
     };
+    if let Some(name) = ports.unknown.keys().next() {
+        return Err(InvalidField {
+            field: format!("{at}.{field}.{name}"),
+            reason: "unknown field".into(),
+        });
+    }
     let at = format!("{at}.{field}.destinationPort");
     let port = match &ports.destination_port {
-        None => PortSpec::Any,
+        // The API requires a field: none is one a newer API added.
+        None => return Err(required_field(&at)),
+        Some(wire) if !wire.unknown.is_empty() => return Err(required_field(&at)),
         Some(PortSpecWire {
             number: Some(n),
             range: None,
+            ..
         }) => {
             let n = number(*n, &format!("{at}.number"))?;
             PortSpec::Range(n, n)
@@ -553,6 +601,7 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
         Some(PortSpecWire {
             number: None,
             range: Some(r),
+            ..
         }) => {
             let start = number(r.start, &format!("{at}.range.start"))?;
             let end = number(r.end, &format!("{at}.range.end"))?;
@@ -572,6 +621,14 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
         }
     };
     Ok(vec![PortMatch { protocol, port }])
+}
+
+/// A field that must hold exactly one known field and does not.
+fn required_field(at: &str) -> InvalidField {
+    InvalidField {
+        field: at.into(),
+        reason: "exactly one of number or range must be set".into(),
+    }
 }
 
 fn number(n: i64, field: &str) -> Result<u16, InvalidField> {

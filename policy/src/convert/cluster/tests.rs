@@ -174,3 +174,42 @@ status:
         ]
     );
 }
+
+#[test]
+fn fields_a_newer_api_adds_or_the_crd_requires_fail_closed_not_open() {
+    let c = parse(
+        r#"
+metadata: {name: newer}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  ingress:
+  - {action: Accept, from: [{namespaces: {}}], protocols: [{tcp: {}}]}
+  - {action: Accept, from: [{namespaces: {}}], protocols: [{tcp: {sourcePort: {number: 80}}}]}
+  - {action: Accept, from: [{pods: {namespaceSelector: {}}}]}
+  - {action: Accept, from: [{pods: {namespaceSelector: {}, podSelector: {}, nodeSelector: {}}}]}
+  - {action: Accept, from: [{namespaces: {}}], schedule: nightly}
+  - {action: Accept, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {number: 80, step: 2}}}]}
+"#,
+    );
+    assert_eq!(c.errors.len(), 6, "{:?}", c.errors);
+    assert!(
+        c.policy.ingress.iter().all(|r| r.broken.is_some()),
+        "each Accept matches nothing"
+    );
+    for spec in [
+        "{tier: Admin, subject: {namespaces: {}}}",
+        "{tier: Admin, priority: 1, subject: {namespaces: {}}, egressTiers: []}",
+    ] {
+        let c = parse(&format!("metadata: {{name: p}}\nspec: {spec}\n"));
+        assert!(!c.errors.is_empty(), "{spec}");
+        assert!(
+            c.policy
+                .egress
+                .iter()
+                .all(|r| r.effective_action() == Action::Deny),
+            "{spec}: a deny-all"
+        );
+    }
+}
