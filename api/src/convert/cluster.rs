@@ -1,4 +1,7 @@
 //! ClusterNetworkPolicies and Nodes to and from the wire (cluster-wide views).
+//!
+//! Strict, as the rest: an unset tier or action is refused, not read as
+//! the enum's first value.
 
 use std::collections::BTreeMap;
 
@@ -92,7 +95,9 @@ pub fn cluster_policy_from_wire(
     let tier = match v1::Tier::try_from(policy.tier) {
         Ok(v1::Tier::Admin) => Tier::Admin,
         Ok(v1::Tier::Baseline) => Tier::Baseline,
-        Err(_) => return Err(at.err("tier", format!("unknown tier {}", policy.tier))),
+        Ok(v1::Tier::Unspecified) | Err(_) => {
+            return Err(at.err("tier", format!("unknown tier {}", policy.tier)))
+        }
     };
     let priority = u16::try_from(policy.priority)
         .ok()
@@ -143,7 +148,7 @@ fn rule_from_wire(
         Ok(v1::Action::Accept) => Action::Accept,
         Ok(v1::Action::Deny) => Action::Deny,
         Ok(v1::Action::Pass) => Action::Pass,
-        Err(_) => {
+        Ok(v1::Action::Unspecified) | Err(_) => {
             return Err(at.err(
                 format!("{field}.action"),
                 format!("unknown action {}", rule.action),
@@ -225,4 +230,49 @@ pub fn node_from_wire(node: &v1::Node) -> Result<Node, InvalidMessage> {
             .collect::<BTreeMap<_, _>>(),
         addresses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picket_policy::convert::cluster::{cluster_policy, ClusterNetworkPolicy};
+
+    #[test]
+    fn a_cluster_policy_and_a_node_cross_the_wire_unchanged_and_unset_enums_are_refused() {
+        let cnp: ClusterNetworkPolicy = serde_yaml::from_str(
+            r#"
+metadata: {name: gate}
+spec:
+  tier: Baseline
+  priority: 7
+  subject: {pods: {namespaceSelector: {matchLabels: {team: pay}}, podSelector: {matchExpressions: [{key: app, operator: In, values: [api]}]}}}
+  ingress:
+  - {name: gw, action: Accept, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {range: {start: 80, end: 90}}}}]}
+  - {action: Pass, from: [{futurePeer: {}}]}
+  egress:
+  - {action: Deny, to: [{networks: [10.0.0.0/8]}, {nodes: {}}, {pods: {namespaceSelector: {}, podSelector: {}}}], protocols: [{destinationNamedPort: web}]}
+  - {action: Accept, to: [{domainNames: [example.com]}]}
+"#,
+        )
+        .unwrap();
+        let policy = cluster_policy(&cnp).unwrap().policy;
+        let wire = cluster_policy_to_wire(&policy);
+        assert_eq!(cluster_policy_from_wire(&wire).unwrap(), policy);
+        let node = Node {
+            name: "n1".into(),
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            addresses: vec!["192.168.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+        };
+        assert_eq!(node_from_wire(&node_to_wire(&node)).unwrap(), node);
+
+        let mut unset = wire.clone();
+        unset.tier = v1::Tier::Unspecified as i32;
+        assert_eq!(cluster_policy_from_wire(&unset).unwrap_err().field, "tier");
+        let mut unset = wire;
+        unset.ingress[0].action = v1::Action::Unspecified as i32;
+        assert_eq!(
+            cluster_policy_from_wire(&unset).unwrap_err().field,
+            "ingress[0].action"
+        );
+    }
 }

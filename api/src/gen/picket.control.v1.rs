@@ -505,11 +505,13 @@ pub struct Requirement {
     #[prost(string, repeated, tag = "3")]
     pub values: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// No default: an unset tier is refused, not read as Admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Tier {
-    Admin = 0,
-    Baseline = 1,
+    Unspecified = 0,
+    Admin = 1,
+    Baseline = 2,
 }
 impl Tier {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -518,6 +520,7 @@ impl Tier {
     /// (if the ProtoBuf definition does not change) and safe for programmatic use.
     pub fn as_str_name(&self) -> &'static str {
         match self {
+            Self::Unspecified => "TIER_UNSPECIFIED",
             Self::Admin => "TIER_ADMIN",
             Self::Baseline => "TIER_BASELINE",
         }
@@ -525,18 +528,21 @@ impl Tier {
     /// Creates an enum from field names used in the ProtoBuf definition.
     pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
         match value {
+            "TIER_UNSPECIFIED" => Some(Self::Unspecified),
             "TIER_ADMIN" => Some(Self::Admin),
             "TIER_BASELINE" => Some(Self::Baseline),
             _ => None,
         }
     }
 }
+/// No default: an unset action is refused, not read as Accept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Action {
-    Accept = 0,
-    Deny = 1,
-    Pass = 2,
+    Unspecified = 0,
+    Accept = 1,
+    Deny = 2,
+    Pass = 3,
 }
 impl Action {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -545,6 +551,7 @@ impl Action {
     /// (if the ProtoBuf definition does not change) and safe for programmatic use.
     pub fn as_str_name(&self) -> &'static str {
         match self {
+            Self::Unspecified => "ACTION_UNSPECIFIED",
             Self::Accept => "ACTION_ACCEPT",
             Self::Deny => "ACTION_DENY",
             Self::Pass => "ACTION_PASS",
@@ -553,6 +560,7 @@ impl Action {
     /// Creates an enum from field names used in the ProtoBuf definition.
     pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
         match value {
+            "ACTION_UNSPECIFIED" => Some(Self::Unspecified),
             "ACTION_ACCEPT" => Some(Self::Accept),
             "ACTION_DENY" => Some(Self::Deny),
             "ACTION_PASS" => Some(Self::Pass),
