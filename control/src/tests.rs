@@ -385,6 +385,7 @@ fn with_cluster_policies_every_view_decides_like_the_whole_cluster() {
     for seed in 1..=cases {
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
         let mut cluster = PolicyIndex::new();
+        cluster.apply_node(picket_policy::testgen::infra_node());
         let outbound = seed % 2 == 0;
         let mut subscribers: Vec<(Sent, PolicyIndex, bool)> = pods
             .iter()

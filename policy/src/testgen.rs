@@ -176,7 +176,7 @@ pub fn policy(rng: &mut Rng) -> Policy {
 
 /// A random peer of a cluster policy rule (`to` peers for egress).
 pub fn cluster_peer(rng: &mut Rng, egress: bool) -> String {
-    match rng.below(if egress { 6 } else { 4 }) {
+    match rng.below(if egress { 7 } else { 4 }) {
         0 => "{namespaces: {}}".into(),
         1 => format!("{{namespaces: {{matchLabels: {{env: {}}}}}}}", rng.pick(ENVS)),
         2 => format!(
@@ -188,6 +188,7 @@ pub fn cluster_peer(rng: &mut Rng, egress: bool) -> String {
             rng.pick(ENVS)
         ),
         4 => format!("{{networks: [{}/31]}}", rng.pick(IPS)),
+        5 => "{nodes: {matchLabels: {role: infra}}}".into(),
         _ => "{networks: [0.0.0.0/0]}".into(),
     }
 }
@@ -200,7 +201,9 @@ pub fn cluster_rules(rng: &mut Rng, direction: &str) -> String {
     };
     let rules: Vec<String> = (0..rng.below(4))
         .map(|_| {
-            let action = rng.pick(&["Accept", "Deny", "Pass"]);
+            // Now and then v1alpha1's `Allow`: unknown here, a rule that
+            // fails closed (it denies everything).
+            let action = rng.pick(&["Accept", "Deny", "Pass", "Accept", "Deny", "Pass", "Allow"]);
             let ports = match rng.below(4) {
                 0 => format!(
                     ", protocols: [{{tcp: {{destinationPort: {{number: {}}}}}}}]",
@@ -235,10 +238,12 @@ pub fn cluster_policy(rng: &mut Rng) -> ClusterPolicy {
             rng.pick(APPS)
         ),
     };
+    let mode = match rng.below(6) {
+        0 => ", annotations: {picket.io/mode: audit}",
+        _ => "",
+    };
     let yaml = format!(
-        "metadata: {{name: {}}}
-spec: {{tier: {}, priority: {}, subject: {subject}, {}, {}}}
-",
+        "metadata: {{name: {}{mode}}}\nspec: {{tier: {}, priority: {}, subject: {subject}, {}, {}}}\n",
         rng.pick(&["cnp-1", "cnp-2", "cnp-3", "cnp-4"]),
         rng.pick(&["Admin", "Admin", "Baseline"]),
         rng.below(3) * 10,
@@ -247,8 +252,23 @@ spec: {{tier: {}, priority: {}, subject: {subject}, {}, {}}}
     );
     let cnp: convert::cluster::ClusterNetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
     let compiled = convert::cluster::cluster_policy(&cnp).unwrap();
-    assert!(compiled.errors.is_empty(), "{yaml}: {:?}", compiled.errors);
+    assert!(
+        compiled.errors.iter().all(|e| e.field.ends_with(".action")),
+        "{yaml}: {:?}",
+        compiled.errors
+    );
     compiled.policy
+}
+
+/// The node cluster policies' `nodes` peers select (`role: infra`), at
+/// one of the pods' addresses (a stale pod of a node whose address a pod
+/// now has).
+pub fn infra_node() -> crate::Node {
+    crate::Node {
+        name: "infra-1".into(),
+        labels: [("role".to_string(), "infra".to_string())].into(),
+        addresses: vec![IPS[4].parse().expect("an address")],
+    }
 }
 
 /// A random op.

@@ -44,6 +44,7 @@ fn cluster(rng: &mut Rng) -> (PolicyIndex, Vec<ClusterPolicy>) {
             Op::DeletePolicy(k) => drop(index.delete_policy(&k)),
         }
     }
+    index.apply_node(super::super::testgen::infra_node());
     let mut cluster = Vec::new();
     for _ in 0..1 + rng.below(4) {
         let p = cluster_policy(rng);
