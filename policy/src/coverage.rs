@@ -93,8 +93,9 @@ pub fn unenforced(index: &PolicyIndex) -> BTreeMap<Arc<str>, usize> {
         .collect()
 }
 
-/// Whether NetworkPolicy concerns a live pod: a policy selects it, or its
-/// namespace is labelled for injection.
+/// Whether a policy concerns a live pod: a NetworkPolicy or a
+/// ClusterNetworkPolicy with rules selects it, or its namespace is
+/// labelled for injection.
 fn concerned(index: &PolicyIndex, pod: &Pod) -> bool {
     if pod.host_network || pod.ips.is_empty() || pod.deleting {
         return false;
@@ -104,7 +105,12 @@ fn concerned(index: &PolicyIndex, pod: &Pod) -> bool {
         .any(|d| {
             !index.selecting(&pod.key, d).is_empty() || !index.auditing(&pod.key, d).is_empty()
         });
+    let namespace = index.namespace_labels(&pod.key.namespace);
+    let cluster = index.cluster_policies().iter().any(|p| {
+        !(p.ingress.is_empty() && p.egress.is_empty()) && p.selects(&pod.labels, namespace)
+    });
     selected
+        || cluster
         || index
             .namespace_labels(&pod.key.namespace)
             .and_then(|l| l.get(INJECT_LABEL))
@@ -189,6 +195,20 @@ mod tests {
         );
         assert_eq!(counts.get("web"), Some(&1), "its namespace is injected");
         assert_eq!(counts.get("batch"), None, "nothing concerns it");
+    }
+
+    #[test]
+    fn a_pod_only_a_cluster_policy_selects_counts_too() {
+        let mut job = pod("batch", "job", "{app: job}", READY);
+        job.sidecar = false;
+        let mut idx = index(vec![job], &[]);
+        assert_eq!(unenforced(&idx).get("batch"), None);
+        let cnp: convert::cluster::ClusterNetworkPolicy = serde_yaml::from_str(
+            "metadata: {name: lockdown}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: batch}}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}",
+        )
+        .unwrap();
+        idx.apply_cluster_policy(convert::cluster::cluster_policy(&cnp).unwrap().policy);
+        assert_eq!(unenforced(&idx).get("batch"), Some(&1));
     }
 
     #[test]
