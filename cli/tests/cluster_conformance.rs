@@ -8,9 +8,11 @@
 //! share the cluster), and checks every TCP poke. See
 //! `tests/cnp-conformance/README.md` for the format.
 
+#[path = "support/reach.rs"]
+mod reach_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -182,24 +184,6 @@ fn model() -> String {
     docs.join("---\n")
 }
 
-fn reach(dir: &Path, ports: &[u16]) -> Vec<Probe> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_picket"));
-    cmd.arg("reach")
-        .arg("--cluster")
-        .arg(dir)
-        .args(["--format", "json"]);
-    for port in ports {
-        cmd.arg("--port").arg(port.to_string());
-    }
-    let out = cmd.output().expect("run picket");
-    assert!(
-        out.status.success(),
-        "picket reach failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("picket reach prints a JSON array")
-}
-
 /// Runs one case; returns every poke whose verdict differs from upstream's.
 fn run_case(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -263,7 +247,7 @@ fn run_case(path: &Path) -> Vec<String> {
             continue;
         }
         let ports: Vec<u16> = step.probes.iter().map(|p| p.port).collect();
-        let probes = reach(dir.path(), &ports);
+        let probes: Vec<Probe> = reach_support::reach(dir.path(), &ports);
         for spec in &step.probes {
             let (from, to) = (pod_key(&spec.from), pod_key(&spec.to));
             let probe = probes

@@ -5,9 +5,11 @@
 //! ports 80 and 81), applies its steps, and compares every probe with the
 //! expected reachability. See `tests/netpol-e2e/README.md` for the format.
 
+#[path = "support/reach.rs"]
+mod reach_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -178,24 +180,6 @@ fn all_pods() -> Vec<String> {
         .collect()
 }
 
-fn reach(dir: &Path, ports: &[u16]) -> Vec<Probe> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_picket"));
-    cmd.arg("reach")
-        .arg("--cluster")
-        .arg(dir)
-        .args(["--format", "json"]);
-    for port in ports {
-        cmd.arg("--port").arg(port.to_string());
-    }
-    let out = cmd.output().expect("run picket");
-    assert!(
-        out.status.success(),
-        "picket reach failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("picket reach prints a JSON array")
-}
-
 fn run_case(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let case: Case =
@@ -207,7 +191,7 @@ fn run_case(path: &Path) -> Vec<String> {
         model.apply(step);
         model.write(dir.path());
         let ports: Vec<u16> = step.probes.iter().map(|p| p.port).collect();
-        let probes = reach(dir.path(), &ports);
+        let probes: Vec<Probe> = reach_support::reach(dir.path(), &ports);
         for spec in &step.probes {
             for from in all_pods() {
                 for to in all_pods() {
