@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use picket_policy::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Node, Subject, Tier};
 
 use super::{
-    ip_from_wire, ip_to_wire, port_from_wire, port_to_wire, selector_from_wire, selector_to_wire,
+    ip_from_wire, ip_to_wire, port_to_wire, ports_from_wire, selector_from_wire, selector_to_wire,
     At, InvalidMessage,
 };
 use crate::v1;
@@ -192,13 +192,7 @@ fn rule_from_wire(
     let ports = rule
         .ports
         .as_ref()
-        .map(|p| {
-            p.ports
-                .iter()
-                .enumerate()
-                .map(|(i, port)| port_from_wire(at, &format!("{field}.ports[{i}]"), port))
-                .collect::<Result<Vec<_>, _>>()
-        })
+        .map(|p| ports_from_wire(at, field, p))
         .transpose()?;
     Ok(ClusterRule {
         name: rule.name.as_deref().map(Into::into),

@@ -723,13 +723,7 @@ fn rule_from_wire(at: &At<'_>, field: &str, rule: &v1::Rule) -> Result<Rule, Inv
     let ports = rule
         .ports
         .as_ref()
-        .map(|p| {
-            p.ports
-                .iter()
-                .enumerate()
-                .map(|(i, port)| port_from_wire(at, &format!("{field}.ports[{i}]"), port))
-                .collect::<Result<Vec<_>, _>>()
-        })
+        .map(|p| ports_from_wire(at, field, p))
         .transpose()?;
     Ok(Rule {
         peers,
@@ -777,6 +771,20 @@ fn peer_from_wire(at: &At<'_>, field: &str, peer: &v1::Peer) -> Result<Peer, Inv
         }
         None => Err(at.err(field, "a peer of no known kind")),
     }
+}
+
+/// A rule's `ports` entries, each named by its index under `field`.
+fn ports_from_wire(
+    at: &At<'_>,
+    field: &str,
+    ports: &v1::Ports,
+) -> Result<Vec<PortMatch>, InvalidMessage> {
+    ports
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| port_from_wire(at, &format!("{field}.ports[{i}]"), port))
+        .collect()
 }
 
 fn port_from_wire(
