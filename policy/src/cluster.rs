@@ -219,7 +219,9 @@ impl Subject {
 }
 
 /// A namespace selector against a namespace's labels; an unknown
-/// namespace's labels are unknown, not empty: only `{}` matches it.
+/// namespace's labels are unknown, not empty: `NotIn`/`DoesNotExist` must
+/// not match it, only `{}` does. NetworkPolicy's `namespaceSelector` reads
+/// it the same way.
 pub(crate) fn namespace_matches(selector: &Selector, namespace: Option<&impl LabelSource>) -> bool {
     match namespace {
         Some(labels) => selector.matches(labels),

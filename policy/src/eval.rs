@@ -16,7 +16,7 @@ use std::net::IpAddr;
 
 use std::sync::Arc;
 
-use super::cluster::{Action, Tier};
+use super::cluster::{namespace_matches, Action, Tier};
 use super::index::{Holder, PolicyIndex};
 use super::labels::{same_bytes, LabelSource, LabelsRef};
 use super::model::{
@@ -941,12 +941,7 @@ fn pod_peer_matches(
 ) -> bool {
     let in_namespace = match namespaces {
         NamespaceScope::Policy(ns) => same_bytes(namespace.as_bytes(), ns.as_bytes()),
-        // An unknown namespace's labels are unknown, not empty:
-        // `NotIn`/`DoesNotExist` must not match it. Only `{}` does.
-        NamespaceScope::Selected(selector) => match namespace_labels {
-            Some(labels) => selector.matches(labels),
-            None => selector.is_everything(),
-        },
+        NamespaceScope::Selected(selector) => namespace_matches(selector, namespace_labels),
     };
     in_namespace && pods.is_none_or(|s| s.matches(labels))
 }

@@ -570,13 +570,6 @@ impl PolicyIndex {
         self.nodes.get(name)
     }
 
-    /// Makes this index decide other pods' sides from their policies (a
-    /// cluster-wide view): drops the compiled sides.
-    pub fn decide_sides_from_policies(&mut self) {
-        self.egress_toward_me = None;
-        self.ingress_toward_me = None;
-    }
-
     /// Every node, in no particular order.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
         self.nodes.values()

@@ -280,10 +280,11 @@ impl PolicyIndex {
         self.egress_toward_me.get_or_insert_with(Default::default)
     }
 
-    /// Drops the compiled entries: sources' egress sides come from their
-    /// policies again.
-    pub fn clear_egress_toward_me(&mut self) {
+    /// Drops the compiled entries of both directions: other pods' sides
+    /// come from their policies again (a cluster-wide view).
+    pub fn decide_sides_from_policies(&mut self) {
         self.egress_toward_me = None;
+        self.ingress_toward_me = None;
     }
 
     /// The compiled ingress sides of the destinations, when this index is

@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
-use super::{cidr, mode, selector, InvalidField};
+use super::{cidr, mode, port_number, required, selector, InvalidField};
 use crate::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterRule, Node, Subject, Tier};
 use crate::model::{PortMatch, PortSpec, Protocol};
 use crate::selector::Selector;
@@ -221,10 +221,7 @@ pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolic
         .name
         .as_deref()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| InvalidField {
-            field: "metadata.name".into(),
-            reason: "required".into(),
-        })?;
+        .ok_or_else(|| required("metadata.name"))?;
     let mut errors = Vec::new();
     let audit = mode(&cnp.metadata).unwrap_or_else(|e| {
         errors.push(e);
@@ -232,10 +229,7 @@ pub fn cluster_policy(cnp: &ClusterNetworkPolicy) -> Result<CompiledClusterPolic
     });
     let spec = &cnp.spec;
     let priority = match spec.priority {
-        None => Err(InvalidField {
-            field: "spec.priority".into(),
-            reason: "required".into(),
-        }),
+        None => Err(required("spec.priority")),
         Some(p) => u16::try_from(p)
             .ok()
             .filter(|p| *p <= 1000)
@@ -345,10 +339,7 @@ fn namespaced_pod(p: &NamespacedPod, at: &str) -> Result<(Selector, Selector), I
         });
     }
     let Some(pods) = &p.pod_selector else {
-        return Err(InvalidField {
-            field: format!("{at}.podSelector"),
-            reason: "required".into(),
-        });
+        return Err(required(&format!("{at}.podSelector")));
     };
     Ok((
         selector(
@@ -588,14 +579,14 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
     let at = format!("{at}.{field}.destinationPort");
     let port = match &ports.destination_port {
         // The API requires a field: none is one a newer API added.
-        None => return Err(required_field(&at)),
-        Some(wire) if !wire.unknown.is_empty() => return Err(required_field(&at)),
+        None => return Err(one_of_number_or_range(&at)),
+        Some(wire) if !wire.unknown.is_empty() => return Err(one_of_number_or_range(&at)),
         Some(PortSpecWire {
             number: Some(n),
             range: None,
             ..
         }) => {
-            let n = number(*n, &format!("{at}.number"))?;
+            let n = port_number(*n, &format!("{at}.number"))?;
             PortSpec::Range(n, n)
         }
         Some(PortSpecWire {
@@ -603,8 +594,8 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
             range: Some(r),
             ..
         }) => {
-            let start = number(r.start, &format!("{at}.range.start"))?;
-            let end = number(r.end, &format!("{at}.range.end"))?;
+            let start = port_number(r.start, &format!("{at}.range.start"))?;
+            let end = port_number(r.end, &format!("{at}.range.end"))?;
             if start >= end {
                 return Err(InvalidField {
                     field: format!("{at}.range"),
@@ -623,22 +614,12 @@ fn protocol(p: &ProtocolSpec, at: &str) -> Result<Vec<PortMatch>, InvalidField> 
     Ok(vec![PortMatch { protocol, port }])
 }
 
-/// A field that must hold exactly one known field and does not.
-fn required_field(at: &str) -> InvalidField {
+/// A `destinationPort` that holds neither a number nor a range (or a field a newer API added).
+fn one_of_number_or_range(at: &str) -> InvalidField {
     InvalidField {
         field: at.into(),
         reason: "exactly one of number or range must be set".into(),
     }
-}
-
-fn number(n: i64, field: &str) -> Result<u16, InvalidField> {
-    u16::try_from(n)
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| InvalidField {
-            field: field.into(),
-            reason: format!("{n} is not a port number (1-65535)"),
-        })
 }
 
 /// Converts a Node: its labels and the IPs of `status.addresses`.
@@ -648,10 +629,7 @@ pub fn node(n: &core::Node) -> Result<Node, InvalidField> {
         .name
         .as_deref()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| InvalidField {
-            field: "metadata.name".into(),
-            reason: "required".into(),
-        })?;
+        .ok_or_else(|| required("metadata.name"))?;
     let mut addresses = Vec::new();
     for a in n
         .status

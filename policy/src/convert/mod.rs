@@ -661,7 +661,8 @@ fn port(p: &net::NetworkPolicyPort, at: &str) -> Result<PortMatch, InvalidField>
     Ok(PortMatch { protocol, port })
 }
 
-fn port_number(n: i32, field: &str) -> Result<u16, InvalidField> {
+fn port_number(n: impl Into<i64>, field: &str) -> Result<u16, InvalidField> {
+    let n = n.into();
     u16::try_from(n)
         .ok()
         .filter(|p| *p != 0)
