@@ -108,6 +108,8 @@ fn pod(ns: usize, i: usize) -> Pod {
         service_account: "".into(),
         sidecar: false,
         sidecar_ready: false,
+        mtls: picket_policy::MtlsMode::Off,
+        outbound_exempt: false,
     }
 }
 

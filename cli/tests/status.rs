@@ -141,6 +141,7 @@ fn start_control_plane(
         },
         review_rate: 100.0,
         review_burst: 100.0,
+        identity: None,
         coverage: CoverageConfig {
             interval: Duration::from_secs(30),
             repeat: Duration::from_secs(600),

@@ -16,6 +16,7 @@ use picket_state::kube::KubeSource;
 use picket_state::{SnapshotRx, Source as _, StateWriter};
 
 use crate::auth::{Authenticator, KubeReviewer};
+use crate::certify::Certifier;
 use crate::metrics::ControlMetrics;
 use crate::service::{ControlService, StreamConfig};
 use crate::status::{CertificateStatus, Connections, StatusReport};
@@ -41,6 +42,77 @@ pub struct Config {
     pub review_burst: f64,
     /// Coverage Events (see [`crate::events`]).
     pub coverage: CoverageConfig,
+    /// The mesh CA; none: mTLS is not configured (`Certify` refuses).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where the mesh CA's issuer and anchors are, and what it issues.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The issuer's certificate (PEM; intermediates above it may follow).
+    pub issuer_cert_file: PathBuf,
+    /// Its key (PEM).
+    pub issuer_key_file: PathBuf,
+    /// The trust anchors (PEM bundle; two roots during a rotation).
+    pub trust_anchors_file: PathBuf,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// How long a workload certificate is valid.
+    pub lifetime: Duration,
+}
+
+/// How often the CA's files are read again (a rotated issuer or anchors
+/// take effect without a restart).
+const CA_RELOAD: Duration = Duration::from_secs(30);
+
+// === impl IdentityConfig ===
+
+impl IdentityConfig {
+    /// Reads the files into a CA.
+    pub fn load(&self) -> anyhow::Result<(crate::ca::Ca, Vec<u8>)> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let (cert, key, anchors) = (
+            read(&self.issuer_cert_file)?,
+            read(&self.issuer_key_file)?,
+            read(&self.trust_anchors_file)?,
+        );
+        let ca = crate::ca::Ca::from_pem(&cert, &key, &anchors, &self.trust_domain, self.lifetime)
+            .with_context(|| {
+                format!(
+                    "mesh CA from {} and {}",
+                    self.issuer_cert_file.display(),
+                    self.trust_anchors_file.display()
+                )
+            })?;
+        let mut files = cert;
+        files.extend(key);
+        files.extend(anchors);
+        Ok((ca, files))
+    }
+}
+
+/// Reads the CA's files again every [`CA_RELOAD`]; a change that loads
+/// replaces the CA, one that does not is logged and the CA kept.
+async fn reload_ca(config: IdentityConfig, certifier: Arc<Certifier>, mut seen: Vec<u8>) {
+    loop {
+        tokio::time::sleep(CA_RELOAD).await;
+        match config.load() {
+            Ok((ca, files)) if files != seen => {
+                tracing::info!(trust_domain = %config.trust_domain, "Mesh CA files changed; issuing with the new issuer and anchors");
+                certifier.set_ca(ca);
+                seen = files;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "Mesh CA files unusable; keeping the CA loaded before"
+                );
+            }
+        }
+    }
 }
 
 /// How coverage Events are recorded.
@@ -113,7 +185,25 @@ pub async fn run_on(
     registry.register(Box::new(auth.reviews.clone()))?;
     let metrics = Arc::new(ControlMetrics::new(&registry));
     let unenforced = metrics.unenforced.clone();
-    let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream);
+    let ca = match &config.identity {
+        Some(identity) => {
+            let (ca, files) = identity.load()?;
+            tracing::info!(trust_domain = %identity.trust_domain, lifetime = ?identity.lifetime, "Mesh CA loaded");
+            Some((ca, files))
+        }
+        None => {
+            tracing::info!(
+                "No mesh CA configured (--identity-issuer-cert-file): Certify refuses, mTLS is off"
+            );
+            None
+        }
+    };
+    let (ca, files) = ca.unzip();
+    let certifier = Arc::new(Certifier::new(ca, &registry));
+    if let (Some(identity), Some(files)) = (config.identity.clone(), files) {
+        tokio::spawn(reload_ca(identity, certifier.clone(), files));
+    }
+    let service = ControlService::new(snapshots.clone(), auth, metrics, config.stream, certifier);
     let status = Arc::new(StatusSource {
         instance: instance.clone(),
         snapshots: snapshots.clone(),

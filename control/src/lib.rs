@@ -15,6 +15,8 @@
 
 pub mod app;
 pub mod auth;
+pub mod ca;
+pub mod certify;
 pub mod delta;
 pub mod events;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use picket_control::app::{run, Config, CoverageConfig};
+use picket_control::app::{run, Config, CoverageConfig, IdentityConfig};
 use picket_control::service::StreamConfig;
 
 /// Watches the cluster once and streams each sidecar its pod's view.
@@ -58,6 +58,31 @@ struct Cli {
     /// How long an unchanged coverage warning waits before it is recorded again.
     #[arg(long, default_value = "10m", value_parser = picket_common::duration::parse)]
     coverage_repeat: Duration,
+    /// The mesh CA's issuer certificate (PEM): with it, the control plane
+    /// signs sidecars' certificates (mTLS); without, mTLS is off.
+    #[arg(long, env = "PICKET_CONTROL_IDENTITY_ISSUER_CERT_FILE")]
+    identity_issuer_cert_file: Option<PathBuf>,
+    /// The issuer's key (PEM).
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_IDENTITY_ISSUER_KEY_FILE",
+        requires = "identity_issuer_cert_file"
+    )]
+    identity_issuer_key_file: Option<PathBuf>,
+    /// The trust anchors sidecars verify peers against (PEM; two roots
+    /// during a rotation); default: the issuer certificate file.
+    #[arg(
+        long,
+        env = "PICKET_CONTROL_IDENTITY_TRUST_ANCHORS_FILE",
+        requires = "identity_issuer_cert_file"
+    )]
+    identity_trust_anchors_file: Option<PathBuf>,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, env = "PICKET_CONTROL_TRUST_DOMAIN", default_value = picket_control::ca::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// How long a workload certificate is valid (sidecars renew at half of it).
+    #[arg(long, default_value = "24h", value_parser = picket_common::duration::parse)]
+    certificate_lifetime: Duration,
     /// Log as JSON.
     #[arg(long, env = "PICKET_LOG_JSON")]
     log_json: bool,
@@ -66,6 +91,19 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let identity = match (cli.identity_issuer_cert_file, cli.identity_issuer_key_file) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!(
+            "--identity-issuer-cert-file needs --identity-issuer-key-file (PICKET_CONTROL_IDENTITY_ISSUER_KEY_FILE)"
+        ),
+        (Some(cert), Some(key)) => Some(IdentityConfig {
+            trust_anchors_file: cli.identity_trust_anchors_file.unwrap_or_else(|| cert.clone()),
+            issuer_cert_file: cert,
+            issuer_key_file: key,
+            trust_domain: cli.trust_domain,
+            lifetime: cli.certificate_lifetime,
+        }),
+    };
     let _log = picket_common::logging::init(cli.log_json);
     run(Config {
         listen: cli.listen,
@@ -84,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             interval: cli.coverage_interval,
             repeat: cli.coverage_repeat,
         },
+        identity,
     })
     .await
 }

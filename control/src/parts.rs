@@ -195,6 +195,7 @@ mod tests {
             resolved: vec![v1::Resolved {
                 ip: vec![10, 9, 9, 9],
                 pod: true,
+                meshed: None,
             }],
             view_format: picket_api::VIEW_FORMAT,
             ..Default::default()

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Authenticator, PodIdentity, Refusal, Reviewer};
+use crate::certify::Certifier;
 use crate::delta::Sent;
 use crate::metrics::ControlMetrics;
 use crate::parts::{into_parts, PART_BYTES};
@@ -66,6 +67,8 @@ pub struct ControlService<R> {
     full_views: Arc<tokio::sync::Semaphore>,
     /// The connected sidecars, for `/status`.
     connections: Arc<Connections>,
+    /// The mesh CA's side of `Certify`.
+    certifier: Arc<Certifier>,
 }
 
 /// The views' shared work for the latest snapshot version.
@@ -98,6 +101,7 @@ impl<R: Reviewer> ControlService<R> {
         auth: Arc<Authenticator<R>>,
         metrics: Arc<ControlMetrics>,
         config: StreamConfig,
+        certifier: Arc<Certifier>,
     ) -> Self {
         Self {
             snapshots,
@@ -107,7 +111,37 @@ impl<R: Reviewer> ControlService<R> {
             shared: Arc::default(),
             full_views: Arc::new(tokio::sync::Semaphore::new(FULL_VIEWS_IN_FLIGHT)),
             connections: Arc::default(),
+            certifier,
         }
+    }
+
+    /// The caller of a request: its token reviewed, its pod in the cluster
+    /// as the token names it, running the sidecar.
+    async fn caller(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        call: &str,
+    ) -> Result<(PodIdentity, ObjectKey), Status> {
+        let token = bearer(metadata).unwrap_or_default();
+        let identity = self.auth.authenticate(token).await.map_err(|refusal| {
+            tracing::info!(%refusal, call, "Call refused");
+            match refusal {
+                Refusal::RateLimited | Refusal::Unavailable(_) => {
+                    Status::unavailable(refusal.to_string())
+                }
+                other => Status::unauthenticated(other.to_string()),
+            }
+        })?;
+        let Some(snapshot) = self.snapshots.borrow().clone() else {
+            return Err(Status::unavailable(
+                "the control plane has not synced with the cluster yet",
+            ));
+        };
+        let me = check_pod(&snapshot.index, &identity).map_err(|why| {
+            tracing::info!(pod.namespace = %identity.namespace, pod.name = %identity.name, %why, call, "Call refused");
+            Status::unauthenticated(why)
+        })?;
+        Ok((identity, me))
     }
 
     /// The connected sidecars.
@@ -145,25 +179,7 @@ impl<R: Reviewer> Control for ControlService<R> {
             .metadata()
             .get(picket_api::VIEW_OUTBOUND_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1");
-        let token = bearer(request.metadata()).unwrap_or_default();
-        let identity = self.auth.authenticate(token).await.map_err(|refusal| {
-            tracing::info!(%refusal, "Watch refused");
-            match refusal {
-                Refusal::RateLimited | Refusal::Unavailable(_) => {
-                    Status::unavailable(refusal.to_string())
-                }
-                other => Status::unauthenticated(other.to_string()),
-            }
-        })?;
-        let Some(snapshot) = self.snapshots.borrow().clone() else {
-            return Err(Status::unavailable(
-                "the control plane has not synced with the cluster yet",
-            ));
-        };
-        let me = check_pod(&snapshot.index, &identity).map_err(|why| {
-            tracing::info!(pod.namespace = %identity.namespace, pod.name = %identity.name, %why, "Watch refused");
-            Status::unauthenticated(why)
-        })?;
+        let (identity, me) = self.caller(request.metadata(), "Watch").await?;
         let (tx, rx) = mpsc::channel(1);
         let registration = self
             .connections
@@ -188,6 +204,19 @@ impl<R: Reviewer> Control for ControlService<R> {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn certify(
+        &self,
+        request: Request<v1::CertifyRequest>,
+    ) -> Result<Response<v1::CertifyResponse>, Status> {
+        let (identity, _) = self
+            .caller(request.metadata(), "Certify")
+            .await
+            .inspect_err(|_| self.certifier.refused("unauthenticated"))?;
+        self.certifier
+            .certify(&identity, &request.get_ref().csr)
+            .map(Response::new)
     }
 }
 
@@ -214,6 +243,36 @@ fn check_pod(index: &PolicyIndex, id: &PodIdentity) -> Result<ObjectKey, String>
         return Err(format!("pod {key} has no Picket sidecar"));
     }
     Ok(key)
+}
+
+/// The answer about an address: whether a pod holds it, and, when the
+/// pod holding it is meshed, who its certificate must name.
+fn resolved(index: &PolicyIndex, ip: std::net::IpAddr) -> v1::Resolved {
+    let pods = index.pods_with_ip(ip);
+    v1::Resolved {
+        ip: ip_to_wire(&ip),
+        pod: !pods.is_empty(),
+        meshed: meshed_holder(index, pods).map(|p| v1::MeshedPod {
+            namespace: p.key.namespace.to_string(),
+            name: p.key.name.to_string(),
+            uid: p.uid.to_string(),
+            service_account: p.service_account.to_string(),
+        }),
+    }
+}
+
+/// The pod holding an address whose sidecar terminates mTLS: of several
+/// claimants (an IP being reused), the one not being deleted.
+fn meshed_holder<'a>(
+    index: &'a PolicyIndex,
+    holders: &[picket_policy::PodKey],
+) -> Option<&'a picket_policy::Pod> {
+    let mut pods = holders.iter().filter_map(|k| index.pod(k));
+    let pod = match holders.len() {
+        1 => pods.next(),
+        _ => pods.find(|p| !p.deleting),
+    }?;
+    pod.meshed().then_some(&**pod)
 }
 
 fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
@@ -370,10 +429,7 @@ impl Subscriber {
         message.resolved = self
             .resolves
             .drain(..)
-            .map(|ip| v1::Resolved {
-                ip: ip_to_wire(&ip),
-                pod: !index.pods_with_ip(ip).is_empty(),
-            })
+            .map(|ip| resolved(index, ip))
             .collect();
         message.generation = snapshot.version;
         message.me = Some(v1::PodRef {

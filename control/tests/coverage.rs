@@ -166,6 +166,7 @@ fn a_selected_pod_is_unenforced_until_its_sidecar_is_ready() {
         },
         review_rate: 100.0,
         review_burst: 100.0,
+        identity: None,
         coverage: CoverageConfig {
             interval: Duration::from_millis(50),
             repeat: Duration::from_secs(600),

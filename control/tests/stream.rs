@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use picket_control::auth::{Authenticator, KubeReviewer};
+use picket_control::certify::Certifier;
 use picket_control::metrics::ControlMetrics;
 use picket_control::service::{ControlService, StreamConfig};
 use picket_policy::{NodeAddrs, ObjectKey, Protocol};
@@ -114,6 +115,10 @@ async fn plane_with(stall: Duration, extra: &str) -> Plane {
             stall,
             lifetime: Duration::from_secs(3600),
         },
+        Arc::new(Certifier::new(
+            Some(mesh_ca()),
+            &prometheus::Registry::new(),
+        )),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -204,6 +209,39 @@ fn allowed(s: &Snapshot, src: &str, dst: &ObjectKey, port: u16) -> bool {
     s.index
         .decide_from_ip(src, dst, dst_ip, port, Protocol::Tcp, &NodeAddrs::default())
         .allowed
+}
+
+/// The mesh CA every plane signs with: a root of its own.
+fn mesh_ca() -> picket_control::ca::Ca {
+    let root = picket_test_support::certs::TestCa::root("mesh-root").unwrap();
+    picket_control::ca::Ca::from_pem(
+        root.cert_pem.as_bytes(),
+        root.key_pem.as_bytes(),
+        root.cert_pem.as_bytes(),
+        "cluster.local",
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+}
+
+/// A CSR from a new key, asking for `san` as its identity.
+fn csr_asking_for(san: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(san.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+async fn certify_refusal(plane: &Plane, name: &str, token: &str) -> tonic::Code {
+    let csr = csr_asking_for("spiffe://cluster.local/ns/shop/sa/default");
+    match picket_state::control::certify(&plane.sidecar(name, token), csr).await {
+        Ok(issued) => panic!(
+            "{name}: expected a refusal, got {} certificates",
+            issued.chain.len()
+        ),
+        Err(StreamError::Status(status)) => status.code(),
+        Err(other) => panic!("{name}: {other}"),
+    }
 }
 
 async fn refusal(plane: &Plane, name: &str, token: &str) -> tonic::Code {
@@ -565,4 +603,77 @@ async fn a_capturing_sidecar_gets_its_destinations_ingress_sides_and_the_service
     let view = wait_for(&mut api, "api's view", |s| s.index.pod(&api_key).is_some()).await;
     assert_eq!(view.services.counts(), (0, 0));
     assert!(view.index.ingress_toward_me().is_none());
+}
+
+/// `Certify`: the certificate names the caller's pod (its UID and service
+/// account from the token), whatever the CSR asks for; every caller the
+/// `Watch` stream refuses is refused here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_names_the_pod_of_the_token_and_nobody_else_gets_one() {
+    let plane = plane().await;
+    let api_uid = {
+        let api: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(plane.api.get(Kind::Pod, Some("shop"), "api").unwrap()).unwrap();
+        api.metadata.uid.unwrap()
+    };
+    let token = plane.token("shop", "api", "picket");
+    let csr = csr_asking_for("spiffe://cluster.local/ns/kube-system/sa/admin");
+    let issued = picket_state::control::certify(&plane.sidecar("api", &token), csr)
+        .await
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
+    let uris: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(uris, ["URI(spiffe://cluster.local/ns/shop/sa/default)"]);
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert_eq!(cn, api_uid, "the pod's UID from the token");
+    assert_eq!(issued.trust_domain, "cluster.local");
+    assert_eq!(issued.trust_anchors.len(), 1);
+
+    use tonic::Code::Unauthenticated;
+    let wrong_audience = plane.token("shop", "api", "vault");
+    assert_eq!(
+        certify_refusal(&plane, "audience", &wrong_audience).await,
+        Unauthenticated
+    );
+    let unbound = plane
+        .api
+        .issue_service_account_token("shop", "default", &["picket"], Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(
+        certify_refusal(&plane, "unbound", &unbound).await,
+        Unauthenticated
+    );
+    let uninjected = plane.token("other", "stranger", "picket");
+    assert_eq!(
+        certify_refusal(&plane, "uninjected", &uninjected).await,
+        Unauthenticated
+    );
+    // A token replayed after its pod is deleted.
+    let web_token = plane.token("shop", "web", "picket");
+    plane.api.delete(Kind::Pod, Some("shop"), "web").unwrap();
+    assert_eq!(
+        certify_refusal(&plane, "deleted", &web_token).await,
+        Unauthenticated
+    );
+    // An invalid CSR is refused as such.
+    match picket_state::control::certify(&plane.sidecar("api", &token), b"garbage".to_vec()).await {
+        Err(StreamError::Status(status)) => {
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}")
+        }
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
 }

@@ -28,8 +28,8 @@ pub use eval::{Decision, Reason, Side, TierVerdict};
 pub use index::{IndexCounts, PolicyIndex};
 pub use labels::{LabelSource, Labels, PackedLabels};
 pub use model::{
-    ContainerPort, Direction, IpBlock, Namespace, NamespaceScope, NodeAddrs, ObjectKey, Peer, Pod,
-    PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
+    ContainerPort, Direction, IpBlock, MtlsMode, Namespace, NamespaceScope, NodeAddrs, ObjectKey,
+    Peer, Pod, PodKey, Policy, PolicyKey, PortMatch, PortSpec, Protocol, Rule,
 };
 pub use route::Route;
 pub use selector::Selector;

@@ -77,6 +77,64 @@ pub struct Pod {
     /// only then is anything enforcing the pod's policies. Not part of a
     /// view (a sidecar's own view has no use for it).
     pub sidecar_ready: bool,
+    /// Its mTLS mode (annotation `picket.io/mtls`, which the injector sets
+    /// from the namespace's when the pod has none).
+    pub mtls: MtlsMode,
+    /// Some of its outbound connections bypass the proxy (capture disabled,
+    /// or excluded ports or networks): it does not originate mTLS for all of
+    /// them, so plaintext from it proves nothing.
+    pub outbound_exempt: bool,
+}
+
+/// A pod's mTLS mode between sidecars (annotation `picket.io/mtls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MtlsMode {
+    /// No mTLS: outbound is relayed as plaintext, inbound mTLS is not offered.
+    #[default]
+    Off,
+    /// mTLS to meshed destinations; inbound plaintext is decided by policy,
+    /// except from pods that originate mTLS (a forged source address).
+    Permissive,
+    /// As permissive, and inbound plaintext only from the node, loopback
+    /// and addresses outside the pod network (which only ipBlock rules allow).
+    Strict,
+}
+
+impl MtlsMode {
+    /// The annotation's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Off => "off",
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Strict => "strict",
+        }
+    }
+
+    /// Reads the annotation's value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "off" => Some(MtlsMode::Off),
+            "permissive" => Some(MtlsMode::Permissive),
+            "strict" => Some(MtlsMode::Strict),
+            _ => None,
+        }
+    }
+}
+
+// === impl Pod (mesh) ===
+
+impl Pod {
+    /// Its sidecar terminates mTLS: a meshed destination, to which other
+    /// sidecars originate mTLS.
+    pub fn meshed(&self) -> bool {
+        self.sidecar && self.mtls != MtlsMode::Off && !self.host_network
+    }
+
+    /// Its sidecar originates mTLS for every outbound connection to a
+    /// meshed destination: plaintext from its address is a forgery.
+    pub fn originates_mtls(&self) -> bool {
+        self.meshed() && !self.outbound_exempt
+    }
 }
 
 /// One declared container port.

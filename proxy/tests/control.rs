@@ -60,6 +60,7 @@ impl ControlPlane {
                     },
                     review_rate: 100.0,
                     review_burst: 200.0,
+                    identity: None,
                     coverage: CoverageConfig {
                         interval: Duration::from_secs(30),
                         repeat: Duration::from_secs(600),

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use picket_api::convert::{decode, ip_to_wire, Removed, SideEntry, Update};
+pub use picket_api::convert::{MeshedPod, Resolution};
 use picket_api::v1;
 use picket_api::v1::control_client::ControlClient;
 use picket_policy::{Direction, ObjectKey};
@@ -86,7 +87,7 @@ pub struct ControlSource {
 pub struct Resolver(mpsc::Sender<Question>);
 
 /// An address asked about, and where the answer goes.
-type Question = (IpAddr, oneshot::Sender<bool>);
+type Question = (IpAddr, oneshot::Sender<Resolution>);
 
 /// The most questions waiting to be sent.
 const MAX_QUESTIONS: usize = 1024;
@@ -98,6 +99,13 @@ impl Resolver {
     /// change that pod makes to it. `None`: no answer (not connected, too
     /// many questions, the stream ended).
     pub async fn is_pod(&self, ip: IpAddr) -> Option<bool> {
+        self.resolve(ip).await.map(|r| r.pod)
+    }
+
+    /// The control plane's answer about `ip`: whether a pod holds it, and
+    /// whether that pod is meshed (and who its certificate must name).
+    /// `None`: no answer (as for [`Self::is_pod`]).
+    pub async fn resolve(&self, ip: IpAddr) -> Option<Resolution> {
         let (tx, rx) = oneshot::channel();
         self.0.try_send((ip, tx)).ok()?;
         rx.await.ok()
@@ -192,7 +200,7 @@ impl ControlSource {
             Err(error) => return (error, false),
         };
         let mut viewed = false;
-        let mut asked: HashMap<IpAddr, Vec<oneshot::Sender<bool>>> = HashMap::new();
+        let mut asked: HashMap<IpAddr, Vec<oneshot::Sender<Resolution>>> = HashMap::new();
         self.metrics.connected.set(1);
         let end = loop {
             let message = tokio::select! {
@@ -242,9 +250,9 @@ impl ControlSource {
             writer.commit_if_complete();
             self.metrics.last_commit.set(unix_now());
             // Answered after the commit: the view already holds the pod.
-            for (ip, pod) in resolved {
+            for (ip, resolution) in resolved {
                 for answer in asked.remove(&ip).unwrap_or_default() {
-                    let _ = answer.send(pod);
+                    let _ = answer.send(resolution.clone());
                 }
             }
             let _ = requests.try_send(v1::WatchRequest {
@@ -458,6 +466,27 @@ pub async fn open_as(
     }
     let stream = client.watch(request).await?.into_inner();
     Ok((stream, acks))
+}
+
+/// Asks the control plane (the mesh CA) to sign `csr` (DER), with the
+/// token, over a connection of its own (a CSR is rare: one a day).
+pub async fn certify(
+    config: &ControlConfig,
+    csr: Vec<u8>,
+) -> Result<v1::CertifyResponse, StreamError> {
+    let token =
+        std::fs::read_to_string(&config.token_file).map_err(|source| StreamError::Token {
+            path: config.token_file.clone(),
+            source,
+        })?;
+    let mut client = connect(config).await?;
+    let mut request = tonic::Request::new(v1::CertifyRequest { csr });
+    let bearer = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| tonic::Status::unauthenticated("the token is not a valid header value"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    request.set_timeout(Duration::from_secs(10));
+    Ok(client.certify(request).await?.into_inner())
 }
 
 /// A gRPC client over one TLS HTTP/2 connection.

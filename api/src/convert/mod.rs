@@ -10,9 +10,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use picket_policy::selector::{Operator, Requirement};
 use picket_policy::{
-    CompiledSide, ContainerPort, Endpoint, EndpointSlice, IpBlock, Namespace, NamespaceScope,
-    ObjectKey, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, Selector, Service,
-    ServicePort, TowardRule,
+    CompiledSide, ContainerPort, Endpoint, EndpointSlice, IpBlock, MtlsMode, Namespace,
+    NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch, PortSpec, Protocol, Rule, Selector,
+    Service, ServicePort, TowardRule,
 };
 
 use crate::v1;
@@ -61,8 +61,8 @@ pub struct Update {
     pub policies: Vec<Policy>,
     /// Objects to delete.
     pub removed: Vec<Removed>,
-    /// Answers to `Resolve`: whether a pod holds the address.
-    pub resolved: Vec<(IpAddr, bool)>,
+    /// Answers to `Resolve`.
+    pub resolved: Vec<(IpAddr, Resolution)>,
     /// Sources' egress sides toward the view's pod to set or remove.
     pub egress: Vec<SideEntry>,
     /// Outbound parts: destinations' ingress sides toward the view's pod
@@ -83,6 +83,28 @@ pub struct Update {
     pub cluster_policies: Vec<picket_policy::ClusterPolicy>,
     /// Nodes to add or replace (cluster-wide views).
     pub nodes: Vec<picket_policy::Node>,
+}
+
+/// The answer about an address the view does not know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Some pod of the cluster holds it.
+    pub pod: bool,
+    /// The pod holding it is meshed: who its certificate must name.
+    pub meshed: Option<MeshedPod>,
+}
+
+/// A meshed pod, as its certificate names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshedPod {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+    /// Its service account.
+    pub service_account: String,
 }
 
 /// One other pod's side (a source's egress, a destination's ingress)
@@ -159,7 +181,15 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
         .iter()
         .map(|r| {
             ip_from_wire(&r.ip)
-                .map(|ip| (ip, r.pod))
+                .map(|ip| {
+                    let meshed = r.meshed.as_ref().map(|m| MeshedPod {
+                        namespace: m.namespace.clone(),
+                        name: m.name.clone(),
+                        uid: m.uid.clone(),
+                        service_account: m.service_account.clone(),
+                    });
+                    (ip, Resolution { pod: r.pod, meshed })
+                })
                 .ok_or_else(|| InvalidMessage {
                     object: "resolved".into(),
                     field: "ip".into(),
@@ -301,6 +331,26 @@ pub fn pod_to_wire(pod: &Pod) -> v1::Pod {
         uid: pod.uid.to_string(),
         service_account: pod.service_account.to_string(),
         sidecar: pod.sidecar,
+        mtls: mtls_to_wire(pod.mtls) as i32,
+        outbound_exempt: pod.outbound_exempt,
+    }
+}
+
+fn mtls_to_wire(mode: MtlsMode) -> v1::MtlsMode {
+    match mode {
+        MtlsMode::Off => v1::MtlsMode::MtlsOff,
+        MtlsMode::Permissive => v1::MtlsMode::MtlsPermissive,
+        MtlsMode::Strict => v1::MtlsMode::MtlsStrict,
+    }
+}
+
+/// A mode from the wire; one this sidecar does not know is strict (fail
+/// closed: a newer mode is never weaker than plaintext-by-policy).
+fn mtls_from_wire(mode: i32) -> MtlsMode {
+    match v1::MtlsMode::try_from(mode) {
+        Ok(v1::MtlsMode::MtlsOff) => MtlsMode::Off,
+        Ok(v1::MtlsMode::MtlsPermissive) => MtlsMode::Permissive,
+        Ok(v1::MtlsMode::MtlsStrict) | Err(_) => MtlsMode::Strict,
     }
 }
 
@@ -506,6 +556,8 @@ pub fn pod_from_wire(pod: &v1::Pod) -> Result<Pod, InvalidMessage> {
         // Not in a view: what its sidecar's own decisions read has no use
         // for it (the control plane's coverage reads the cluster's).
         sidecar_ready: false,
+        mtls: mtls_from_wire(pod.mtls),
+        outbound_exempt: pod.outbound_exempt,
     })
 }
 
@@ -1076,6 +1128,8 @@ spec:
             service_account: "api".into(),
             sidecar: true,
             sidecar_ready: false,
+            mtls: MtlsMode::Strict,
+            outbound_exempt: true,
         };
         assert_eq!(pod_from_wire(&pod_to_wire(&pod)).unwrap(), pod);
     }

@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::model::{
-    ContainerPort, IpBlock, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy, PortMatch,
-    PortSpec, Protocol, Rule,
+    ContainerPort, IpBlock, MtlsMode, Namespace, NamespaceScope, ObjectKey, Peer, Pod, Policy,
+    PortMatch, PortSpec, Protocol, Rule,
 };
 use super::selector::{Labels, Selector};
 use super::service::{Endpoint, EndpointSlice, Service, ServicePort};
@@ -35,6 +35,19 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The annotation that puts a NetworkPolicy, or every policy of a
 /// namespace, in audit mode (`audit`) or not (`enforce`, the default).
 pub const MODE_ANNOTATION: &str = "picket.io/mode";
+
+/// The annotation naming a pod's mTLS mode (`off`, `permissive`,
+/// `strict`; the injector sets it from the namespace's).
+pub const MTLS_ANNOTATION: &str = "picket.io/mtls";
+
+/// The injector's annotations by which some of a pod's outbound
+/// connections bypass its proxy (`picket.io/outbound-capture: disabled`,
+/// excluded ports, excluded networks).
+const OUTBOUND_BYPASS_ANNOTATIONS: [&str; 3] = [
+    "picket.io/outbound-capture",
+    "picket.io/exclude-outbound-ports",
+    "picket.io/exclude-outbound-cidrs",
+];
 
 /// A field of an object that could not be compiled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -278,7 +291,36 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidField> {
         sidecar: spec.is_some_and(runs_sidecar),
         sidecar_ready: p.status.as_ref().is_some_and(sidecar_ready),
         service_account: service_account(spec).into(),
+        mtls: mtls_mode(&p.metadata),
+        outbound_exempt: outbound_exempt(&p.metadata),
     })
+}
+
+/// A pod's mTLS mode from its annotation: none is `off`; a value that is
+/// not a mode is `strict` (fail closed: plaintext from or to it proves
+/// nothing, and no peer is trusted without a certificate).
+fn mtls_mode(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> MtlsMode {
+    match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MTLS_ANNOTATION))
+    {
+        None => MtlsMode::Off,
+        Some(value) => MtlsMode::parse(value.trim()).unwrap_or(MtlsMode::Strict),
+    }
+}
+
+/// Whether some of a pod's outbound connections bypass its proxy.
+fn outbound_exempt(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    let Some(annotations) = meta.annotations.as_ref() else {
+        return false;
+    };
+    let [capture, ports, cidrs] = OUTBOUND_BYPASS_ANNOTATIONS.map(|k| annotations.get(k));
+    capture.is_some_and(|v| v.trim() == "disabled")
+        || [ports, cidrs]
+            .into_iter()
+            .flatten()
+            .any(|v| !v.trim().is_empty())
 }
 
 /// Whether the sidecar container reports ready (a native sidecar, an
@@ -464,6 +506,8 @@ pub fn template_pod(
         sidecar: spec.is_some_and(runs_sidecar),
         sidecar_ready: false,
         service_account: service_account(spec).into(),
+        mtls: metadata.map_or(MtlsMode::Off, mtls_mode),
+        outbound_exempt: false,
     })
 }
 
