@@ -45,3 +45,7 @@ pub const HOST_IP: &str = "HOST_IP";
 pub const HOST_IPS: &str = "HOST_IPS";
 /// The pod's IPs (downward API `status.podIPs`, comma-separated).
 pub const POD_IPS: &str = "POD_IPS";
+/// The pod's mTLS mode (`off`, `permissive`, `strict`).
+pub const MTLS: &str = "PICKET_MTLS";
+/// Inbound ports of server-first protocols, where mTLS is not detected.
+pub const SKIP_DETECT_PORTS: &str = "PICKET_SKIP_DETECT_PORTS";

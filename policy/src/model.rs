@@ -86,8 +86,9 @@ pub struct Pod {
     pub outbound_exempt: bool,
 }
 
-/// A pod's mTLS mode between sidecars (annotation `picket.io/mtls`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// A pod's mTLS mode between sidecars (annotation `picket.io/mtls`),
+/// ordered from the weakest to the strictest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MtlsMode {
     /// No mTLS: outbound is relayed as plaintext, inbound mTLS is not offered.
     #[default]

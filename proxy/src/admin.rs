@@ -35,6 +35,8 @@ pub struct Readiness {
     listener_bound: AtomicBool,
     state_loaded: AtomicBool,
     ready: AtomicBool,
+    /// With mTLS on: the credentials that must hold a certificate.
+    certificate: std::sync::OnceLock<Arc<crate::mesh::Credentials>>,
 }
 
 /// The most admin connections served at once, per admin listener.
@@ -94,6 +96,11 @@ impl Readiness {
         self.state_loaded.store(true, Ordering::SeqCst);
     }
 
+    /// Readiness also waits for a mesh certificate in `credentials`.
+    pub fn require_certificate(&self, credentials: Arc<crate::mesh::Credentials>) {
+        let _ = self.certificate.set(credentials);
+    }
+
     /// Ok when ready; otherwise the names of what is pending.
     pub fn check(&self) -> Result<(), Vec<&'static str>> {
         if self.ready.load(Ordering::SeqCst) {
@@ -105,6 +112,9 @@ impl Readiness {
         }
         if !self.state_loaded.load(Ordering::SeqCst) {
             pending.push("cluster state");
+        }
+        if self.certificate.get().is_some_and(|c| !c.is_certified()) {
+            pending.push("mesh certificate");
         }
         if pending.is_empty() {
             self.ready.store(true, Ordering::SeqCst);

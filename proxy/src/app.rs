@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use picket_common::logging::{self, LogHandle};
-use picket_policy::{Direction, NodeAddrs, PodKey};
+use picket_policy::{Direction, MtlsMode, NodeAddrs, PodKey};
 use picket_state::control::{ControlConfig, ControlMetrics, ControlSource};
 use picket_state::dir::DirSource;
 use picket_state::kube::KubeSource;
@@ -21,6 +21,8 @@ use crate::enforce::{Enforcer, Waits};
 use crate::iptables::{
     self, Backend, BackendChoice, CommandRunner, Family, Ipv6Rules, OutboundPlan, Plan, Routing,
 };
+use crate::mesh::certify::IdentityMetrics;
+use crate::mesh::{Credentials, Mesh, MeshMetrics};
 use crate::metrics::ProxyMetrics;
 use crate::net::conn::{Limits, Proxy};
 use crate::net::listener;
@@ -158,7 +160,9 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         next_endpoint: Default::default(),
         outbound: args.outbound_capture == OutboundArg::On,
         tap: tap.clone(),
+        mtls: args.mtls.mode(),
     });
+    let mesh = start_mesh(&args, metrics.registry(), &readiness)?;
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
@@ -173,6 +177,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         active: Default::default(),
         metrics: metrics.clone(),
         bytes,
+        mesh: mesh.clone(),
     });
     // Captured only when init wrote the outbound chain; bound in any case
     // (loopback only), so the port is the proxy's whatever init did.
@@ -188,6 +193,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
             client_to_server: metrics.outbound.bytes.with_label_values(&["out"]),
             server_to_client: metrics.outbound.bytes.with_label_values(&["in"]),
         },
+        mesh,
     });
 
     let listeners = listener::bind_inbound(args.ports.inbound_port, interception)
@@ -338,6 +344,42 @@ fn control_config(args: &RunArgs) -> anyhow::Result<ControlConfig> {
 }
 
 /// Runs a state source on the runtime.
+/// mTLS: with a mode other than off, the identity manager (certified by
+/// the control plane, which `--source control` configures) and the TLS
+/// settings; readiness then waits for the first certificate.
+fn start_mesh(
+    args: &RunArgs,
+    registry: &prometheus::Registry,
+    readiness: &Arc<Readiness>,
+) -> anyhow::Result<Option<Arc<Mesh>>> {
+    let mode = args.mtls.mode();
+    if mode == MtlsMode::Off {
+        return Ok(None);
+    }
+    if args.source != Some(SourceArg::Control) {
+        bail!(
+            "--mtls {} needs --source control: the control plane is the mesh's CA",
+            mode.as_str()
+        );
+    }
+    let config = control_config(args)?;
+    let credentials = Credentials::new();
+    readiness.require_certificate(credentials.clone());
+    let metrics = IdentityMetrics::new(registry);
+    tokio::spawn(crate::mesh::certify::run(
+        config,
+        credentials.clone(),
+        metrics,
+    ));
+    tracing::info!(mode = mode.as_str(), skip_detect_ports = ?args.skip_detect_ports, "mTLS between sidecars on");
+    Ok(Some(Arc::new(Mesh::new(
+        mode,
+        credentials,
+        args.skip_detect_ports.clone(),
+        MeshMetrics::new(registry),
+    ))))
+}
+
 fn spawn_source(source: impl Source, writer: StateWriter) {
     tracing::info!(source = source.name(), "Starting the state source");
     tokio::spawn(source.run(writer));

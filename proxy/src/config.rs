@@ -217,6 +217,41 @@ pub struct RunArgs {
     /// proxy anyway is reset (the state to decide it is not kept).
     #[arg(long, env = env::OUTBOUND_CAPTURE, value_enum, default_value_t = OutboundArg::Off)]
     pub outbound_capture: OutboundArg,
+    /// mTLS between sidecars (the pod's `picket.io/mtls`; its annotation in
+    /// the state may only make it stricter). Not off: the sidecar gets a
+    /// certificate from the control plane (it needs `--source control`),
+    /// is ready only once it has one, terminates mTLS inbound and
+    /// originates it to meshed pods.
+    #[arg(long, env = env::MTLS, value_enum, default_value_t = MtlsArg::Off)]
+    pub mtls: MtlsArg,
+    /// Inbound ports of server-first protocols (the app speaks first),
+    /// comma-separated: no bytes are awaited to detect mTLS; a source that
+    /// originates mTLS gets a handshake, any other is plaintext.
+    #[arg(long, env = env::SKIP_DETECT_PORTS, value_delimiter = ',')]
+    pub skip_detect_ports: Vec<u16>,
+}
+
+/// `--mtls` values (see `picket_policy::MtlsMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MtlsArg {
+    /// No mTLS.
+    Off,
+    /// mTLS to and from meshed pods; plaintext by policy, but from pods
+    /// that originate mTLS.
+    Permissive,
+    /// As permissive; plaintext only from the node and from outside the pod network.
+    Strict,
+}
+
+impl MtlsArg {
+    /// The engine's mode.
+    pub fn mode(self) -> picket_policy::MtlsMode {
+        match self {
+            MtlsArg::Off => picket_policy::MtlsMode::Off,
+            MtlsArg::Permissive => picket_policy::MtlsMode::Permissive,
+            MtlsArg::Strict => picket_policy::MtlsMode::Strict,
+        }
+    }
 }
 
 /// Arguments of `picket-proxy init`.

@@ -20,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod enforce;
 pub mod iptables;
+pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -19,6 +19,7 @@
 //! `killed()` resolves when a re-check forbids the connection.
 
 mod audit;
+pub mod mesh;
 mod outbound;
 mod recheck;
 pub mod registry;
@@ -26,8 +27,11 @@ pub mod registry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use picket_policy::{Decision, Direction, NodeAddrs, PodKey, PortSpec, Protocol, Reason, Side};
-use picket_state::control::Resolver;
+use mesh::{MeshRefusal, Transport};
+use picket_policy::{
+    Decision, Direction, MtlsMode, NodeAddrs, PodKey, PortSpec, Protocol, Reason, Side,
+};
+use picket_state::control::{MeshedPod, Resolver};
 use picket_state::{Snapshot, SnapshotRx};
 
 use crate::metrics::{workload_of, ProxyMetrics};
@@ -80,6 +84,9 @@ pub struct Enforcer {
     pub outbound: bool,
     /// Where decisions are published for `picket tap`.
     pub tap: Arc<Tap>,
+    /// The mTLS mode the sidecar was started with (`--mtls`): the pod's
+    /// own, in the state, may only make it stricter.
+    pub mtls: MtlsMode,
 }
 
 /// An admitted connection: its place in the table, and where to dial (the
@@ -109,6 +116,8 @@ pub enum Refusal {
     OutboundOff,
     /// The policies deny it.
     Denied,
+    /// The policies allow it, but how its peer came does not (see [`mesh`]).
+    Mesh,
 }
 
 // === impl Enforcer ===
@@ -146,9 +155,12 @@ impl Enforcer {
         direction: Direction,
         client: ClientAddr,
         dst: OrigDstAddr,
+        transport: Transport,
     ) -> Result<Admitted, Refusal> {
         // Register before checking: a re-check after this point sees the connection.
-        let registration = self.registry.register(direction, client, dst);
+        let registration = self
+            .registry
+            .register(direction, client, dst, transport.clone());
         let refused = self.metrics.refused_of(direction);
         let Some(snapshot) = self.current_snapshot().await else {
             refused.with_label_values(&["no-state"]).inc();
@@ -164,7 +176,7 @@ impl Enforcer {
                 Err(Refusal::ForeignDestination)
             }
             Direction::Ingress => {
-                self.admit_inbound(registration, snapshot, client, dst)
+                self.admit_inbound(registration, snapshot, client, dst, &transport)
                     .await
             }
             Direction::Egress if !self.outbound => {
@@ -194,6 +206,7 @@ impl Enforcer {
         mut snapshot: Arc<Snapshot>,
         client: ClientAddr,
         dst: OrigDstAddr,
+        transport: &Transport,
     ) -> Result<Admitted, Refusal> {
         let decided_at = Instant::now();
         let direction = Direction::Ingress;
@@ -214,6 +227,12 @@ impl Enforcer {
         let audit = self.audit_inbound(&snapshot, &decision, client, dst);
         self.tap_decision(&snapshot, direction, client, dst, &decision, audit);
         registration.set_decided_on(snapshot.version);
+        if decision.allowed {
+            if let Err(refusal) = self.check_mesh(&snapshot, transport, &decision, client) {
+                self.refuse_mesh(&refusal, transport, client, dst);
+                return Err(Refusal::Mesh);
+            }
+        }
         drop(snapshot);
         if !decision.allowed {
             tracing::info!(
@@ -246,23 +265,128 @@ impl Enforcer {
                     .is_some_and(|p| p.ips.contains(&ip)))
     }
 
+    /// This pod's mTLS mode: the stricter of the sidecar's flag and the
+    /// pod's annotation in the state.
+    pub fn own_mtls(&self, snapshot: &Snapshot) -> MtlsMode {
+        let annotated = snapshot
+            .index
+            .pod(&self.pod)
+            .map_or(MtlsMode::Off, |p| p.mtls);
+        self.mtls.max(annotated)
+    }
+
+    /// Whether the pod holding `ip` originates mTLS (of several claimants,
+    /// the one not being deleted).
+    pub fn originates_mtls(&self, ip: std::net::IpAddr) -> bool {
+        let Some(snapshot) = self.snapshots.borrow().clone() else {
+            return false;
+        };
+        live_holder(&snapshot, ip.to_canonical()).is_some_and(|p| p.originates_mtls())
+    }
+
+    /// The meshed pod an admitted outbound connection dials, when this pod
+    /// originates mTLS (its mode is not off, and it has a certificate): from
+    /// the state, or, for an address the view does not hold, from the
+    /// control plane (a bounded wait; no answer: plaintext).
+    pub async fn meshed_destination(
+        &self,
+        mesh: &crate::mesh::Mesh,
+        dial: OrigDstAddr,
+    ) -> Option<MeshedPod> {
+        let snapshot = self.snapshots.borrow().clone()?;
+        if self.own_mtls(&snapshot) == MtlsMode::Off || !mesh.credentials.is_certified() {
+            return None;
+        }
+        let ip = dial.0.ip().to_canonical();
+        if !snapshot.index.pods_with_ip(ip).is_empty() {
+            let pod = live_holder(&snapshot, ip).filter(|p| p.meshed())?;
+            return Some(MeshedPod {
+                namespace: pod.key.namespace.to_string(),
+                name: pod.key.name.to_string(),
+                uid: pod.uid.to_string(),
+                service_account: pod.service_account.to_string(),
+            });
+        }
+        drop(snapshot);
+        let resolver = self.resolver.as_ref()?;
+        tokio::time::timeout(RESOLVE_WAIT, resolver.resolve(ip))
+            .await
+            .ok()
+            .flatten()?
+            .meshed
+    }
+
+    /// Checks an allowed inbound decision against how its peer came (see [`mesh`]).
+    pub(crate) fn check_mesh(
+        &self,
+        snapshot: &Snapshot,
+        transport: &Transport,
+        decision: &Decision,
+        client: ClientAddr,
+    ) -> Result<(), MeshRefusal> {
+        let mode = self.own_mtls(snapshot);
+        if mode == MtlsMode::Off && *transport == Transport::Plaintext {
+            return Ok(());
+        }
+        let ip = client.0.ip().to_canonical();
+        let in_pod_network = !ip.is_loopback() && self.in_pod_network(snapshot, ip);
+        mesh::check_inbound(&snapshot.index, mode, transport, decision, in_pod_network)
+    }
+
+    /// Counts and logs a mesh refusal, with the facts.
+    fn refuse_mesh(
+        &self,
+        refusal: &MeshRefusal,
+        transport: &Transport,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+    ) {
+        let label = refusal.label();
+        self.metrics
+            .refused_of(Direction::Ingress)
+            .with_label_values(&[label])
+            .inc();
+        self.tap_refusal(Direction::Ingress, client, dst, label);
+        let cert = match transport {
+            Transport::Mtls(id) => Some(id),
+            Transport::Plaintext => None,
+        };
+        tracing::warn!(
+            peer_ip = %client.0.ip(),
+            dst.addr = %dst,
+            refusal = label,
+            cert_ns = cert.map(|c| c.namespace.as_str()),
+            cert_sa = cert.map(|c| c.service_account.as_str()),
+            cert_uid = cert.map(|c| c.uid.as_str()),
+            ip_owner = ?refusal,
+            "Connection refused by mTLS: its peer is not who its address says"
+        );
+    }
+
+    /// Whether an address is in the pod network (`--pod-cidrs`; none: the
+    /// /16 or /48 around this pod's own address).
+    fn in_pod_network(&self, snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
+        if !self.pod_cidrs.is_empty() {
+            return self.pod_cidrs.iter().any(|n| n.contains(&ip));
+        }
+        let own = snapshot.index.pod(&self.pod);
+        own.map(|p| p.ips.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(&self.pod_ips)
+            .any(|mine| {
+                let prefix = if mine.is_ipv4() { 16 } else { 48 };
+                ipnet::IpNet::new(*mine, prefix).is_ok_and(|n| n.trunc().contains(&ip))
+            })
+    }
+
     /// Whether an unknown peer address (the source of an inbound
     /// connection, the destination of an outbound one) may be a pod whose
     /// Pod event has not arrived yet.
     fn may_be_a_new_pod(&self, snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
-        if self.waits.unknown_ip.is_zero() || knows_ip(snapshot, ip) {
-            return false;
-        }
-        if !self.pod_cidrs.is_empty() {
-            return self.pod_cidrs.iter().any(|n| n.contains(&ip));
-        }
-        let Some(own) = snapshot.index.pod(&self.pod) else {
-            return false;
-        };
-        own.ips.iter().any(|mine| {
-            let prefix = if mine.is_ipv4() { 16 } else { 48 };
-            ipnet::IpNet::new(*mine, prefix).is_ok_and(|n| n.trunc().contains(&ip))
-        })
+        !self.waits.unknown_ip.is_zero()
+            && !knows_ip(snapshot, ip)
+            && self.in_pod_network(snapshot, ip)
     }
 
     /// Waits (bounded) for a snapshot that knows the client's IP. With the
@@ -429,6 +553,21 @@ fn knows_ip(snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
             .into_iter()
             .flatten()
             .any(|c| c.address(ip).is_some())
+}
+
+/// How long an outbound connection to an address the view does not hold
+/// waits for the control plane to say whether its pod is meshed.
+const RESOLVE_WAIT: Duration = Duration::from_millis(100);
+
+/// The pod holding `ip`: the one claimant, or of several (an address being
+/// reused), the one not being deleted.
+fn live_holder(snapshot: &Snapshot, ip: std::net::IpAddr) -> Option<&picket_policy::Pod> {
+    let holders = snapshot.index.pods_with_ip(ip);
+    let mut pods = holders.iter().filter_map(|k| snapshot.index.pod(k));
+    match holders.len() {
+        1 => pods.next().map(|p| &**p),
+        _ => pods.find(|p| !p.deleting).map(|p| &**p),
+    }
 }
 
 /// Whether an original destination is loopback or unspecified: never

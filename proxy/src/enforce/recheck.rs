@@ -52,7 +52,14 @@ impl Enforcer {
                     continue;
                 }
                 let decision = self.decide(&snapshot, conn.direction, conn.client, conn.dst);
-                if decision.allowed {
+                // An allowed peer must still be who it proved to be (the
+                // address's owner may have changed, the pod's mode too).
+                let mesh_refused = decision.allowed
+                    && conn.direction == Direction::Ingress
+                    && self
+                        .check_mesh(&snapshot, &conn.transport, &decision, conn.client)
+                        .is_err();
+                if decision.allowed && !mesh_refused {
                     continue;
                 }
                 conn.kill_as_of(snapshot.version);

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use picket_policy::{Direction, PolicyKey};
 
+use super::mesh::Transport;
 use crate::net::{ClientAddr, OrigDstAddr};
 
 /// The live connections.
@@ -36,6 +37,7 @@ struct Tracked {
     allowed_by: Option<PolicyKey>,
     opened: Instant,
     kill: Arc<Kill>,
+    transport: Transport,
 }
 
 /// How a re-check tells a connection to go. A kill carries the version of
@@ -70,6 +72,8 @@ pub struct LiveConnection {
     pub client: ClientAddr,
     /// The original destination.
     pub dst: OrigDstAddr,
+    /// How its peer authenticated (inbound).
+    pub transport: Transport,
     kill: Arc<Kill>,
 }
 
@@ -102,6 +106,7 @@ impl Registry {
         direction: Direction,
         client: ClientAddr,
         dst: OrigDstAddr,
+        transport: Transport,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Kill::default());
@@ -114,6 +119,7 @@ impl Registry {
                 allowed_by: None,
                 opened: Instant::now(),
                 kill: kill.clone(),
+                transport,
             },
         );
         Registration {
@@ -141,6 +147,7 @@ impl Registry {
                 direction: t.direction,
                 client: t.client,
                 dst: t.dst,
+                transport: t.transport.clone(),
                 kill: t.kill.clone(),
             })
             .collect()
@@ -306,8 +313,8 @@ mod tests {
         let registry = Registry::new();
         let (a, dst) = addrs("10.0.0.2:1000");
         let (b, _) = addrs("10.0.0.3:1000");
-        let keep = registry.register(Direction::Ingress, a, dst);
-        let kill = registry.register(Direction::Egress, b, dst);
+        let keep = registry.register(Direction::Ingress, a, dst, Transport::Plaintext);
+        let kill = registry.register(Direction::Egress, b, dst, Transport::Plaintext);
         assert_eq!(registry.len(), 2);
         let killed = registry.recheck(|conn| conn.client == a);
         assert_eq!(killed, 1);

@@ -9,6 +9,7 @@ use picket_policy::{Direction, Labels, NodeAddrs, PodKey};
 use picket_state::files::parse_manifest;
 use picket_state::{Kind, Object, StateWriter};
 
+use super::mesh::Transport;
 use super::registry::Registry;
 use super::{Enforcer, Refusal, Waits};
 use crate::admin::Readiness;
@@ -80,6 +81,7 @@ pub(crate) fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         next_endpoint: Default::default(),
         outbound: true,
         tap: crate::tap::Tap::new(),
+        mtls: picket_policy::MtlsMode::Off,
     });
     (enforcer, writer)
 }
@@ -107,7 +109,11 @@ async fn a_new_pods_first_connection_survives_unrelated_churn() {
     let dst = OrigDstAddr(addr("10.0.0.1:8080"));
     let admission = tokio::spawn({
         let enforcer = enforcer.clone();
-        async move { enforcer.admit(Direction::Ingress, client, dst).await }
+        async move {
+            enforcer
+                .admit(Direction::Ingress, client, dst, Transport::Plaintext)
+                .await
+        }
     });
     // Unrelated changes every 10 ms while the connection waits for its pod:
     // each re-check sees it registered and (the pod unknown) denied.
@@ -140,7 +146,12 @@ async fn a_connection_to_an_address_not_the_pods_own_is_refused() {
     // Loopback, another pod's address: never dialled, whatever the policies say.
     for foreign in ["127.0.0.1:6060", "10.0.0.7:8080", "[::1]:6060"] {
         let refused = enforcer
-            .admit(Direction::Ingress, web, OrigDstAddr(addr(foreign)))
+            .admit(
+                Direction::Ingress,
+                web,
+                OrigDstAddr(addr(foreign)),
+                Transport::Plaintext,
+            )
             .await;
         assert_eq!(
             refused.err(),
@@ -190,7 +201,7 @@ async fn an_address_the_view_holds_by_entry_is_decided_without_the_unknown_ip_wa
     // A deadline far below the wait: a connection held for the wait fails it.
     let decided = tokio::time::timeout(
         Duration::from_secs(60),
-        enforcer.admit(Direction::Ingress, client, dst),
+        enforcer.admit(Direction::Ingress, client, dst, Transport::Plaintext),
     )
     .await
     .expect("decided without waiting out the unknown-IP wait");
@@ -230,12 +241,17 @@ async fn outbound_connections_are_decided_by_this_pods_egress_side() {
     let me = ClientAddr(addr("10.0.0.1:40000"));
     let web = OrigDstAddr(addr("10.0.5.5:8080"));
     enforcer
-        .admit(Direction::Egress, me, web)
+        .admit(Direction::Egress, me, web, Transport::Plaintext)
         .await
         .expect("app=web on 8080 is allowed");
     for denied in ["10.0.5.5:9090", "198.51.100.7:443"] {
         let refused = enforcer
-            .admit(Direction::Egress, me, OrigDstAddr(addr(denied)))
+            .admit(
+                Direction::Egress,
+                me,
+                OrigDstAddr(addr(denied)),
+                Transport::Plaintext,
+            )
             .await;
         assert_eq!(refused.err(), Some(Refusal::Denied), "{denied}");
     }
@@ -257,7 +273,12 @@ async fn an_outbound_connection_to_loopback_is_never_dialled() {
     let me = ClientAddr(addr("127.0.0.1:40000"));
     for local in ["127.0.0.1:15001", "[::1]:80", "0.0.0.0:80"] {
         let refused = enforcer
-            .admit(Direction::Egress, me, OrigDstAddr(addr(local)))
+            .admit(
+                Direction::Egress,
+                me,
+                OrigDstAddr(addr(local)),
+                Transport::Plaintext,
+            )
             .await;
         assert_eq!(refused.err(), Some(Refusal::Loop), "{local}");
     }
@@ -276,7 +297,11 @@ async fn an_outbound_connection_to_a_new_pod_waits_for_its_pod() {
     let web = OrigDstAddr(addr("10.0.5.5:8080"));
     let admission = tokio::spawn({
         let enforcer = enforcer.clone();
-        async move { enforcer.admit(Direction::Egress, me, web).await }
+        async move {
+            enforcer
+                .admit(Direction::Egress, me, web, Transport::Plaintext)
+                .await
+        }
     });
     churn(&mut writer, 0..3).await;
     apply(&mut writer, WEB);
@@ -297,7 +322,11 @@ async fn an_outbound_connection_waiting_for_its_destination_ends_when_an_entry_f
     let dst = OrigDstAddr(addr("10.0.7.8:8080"));
     let admission = tokio::spawn({
         let enforcer = enforcer.clone();
-        async move { enforcer.admit(Direction::Egress, me, dst).await }
+        async move {
+            enforcer
+                .admit(Direction::Egress, me, dst, Transport::Plaintext)
+                .await
+        }
     });
     churn(&mut writer, 0..3).await;
     writer.set_address_side(
@@ -329,11 +358,21 @@ async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only
     tokio::spawn(enforcer.clone().recheck_on_change(Readiness::new()));
     let me = ClientAddr(addr("10.0.0.1:40000"));
     let to_web = enforcer
-        .admit(Direction::Egress, me, OrigDstAddr(addr("10.0.5.5:8080")))
+        .admit(
+            Direction::Egress,
+            me,
+            OrigDstAddr(addr("10.0.5.5:8080")),
+            Transport::Plaintext,
+        )
         .await
         .expect("not isolated yet");
     let outside = enforcer
-        .admit(Direction::Egress, me, OrigDstAddr(addr("198.51.100.7:443")))
+        .admit(
+            Direction::Egress,
+            me,
+            OrigDstAddr(addr("198.51.100.7:443")),
+            Transport::Plaintext,
+        )
         .await
         .expect("not isolated yet");
     let from_web = enforcer
@@ -341,6 +380,7 @@ async fn a_new_egress_policy_tears_down_the_outbound_connections_it_forbids_only
             Direction::Ingress,
             ClientAddr(addr("10.0.5.5:50000")),
             OrigDstAddr(addr("10.0.0.1:8080")),
+            Transport::Plaintext,
         )
         .await
         .expect("ingress allows app=web");
@@ -413,7 +453,7 @@ async fn a_service_is_dialled_at_an_endpoint_its_egress_allows_in_turn() {
     let mut live = Vec::new();
     for _ in 0..4 {
         let admitted = enforcer
-            .admit(Direction::Egress, me, service)
+            .admit(Direction::Egress, me, service, Transport::Plaintext)
             .await
             .expect("two endpoints are allowed");
         dialled.push(admitted.dial.0.to_string());
@@ -450,7 +490,7 @@ endpoints: [{addresses: [10.0.1.1]}, {addresses: [10.0.1.3]}]
 "#,
     );
     let next = enforcer
-        .admit(Direction::Egress, me, service)
+        .admit(Direction::Egress, me, service, Transport::Plaintext)
         .await
         .unwrap();
     assert_eq!(next.dial.0.to_string(), "10.0.1.1:15432");
@@ -492,6 +532,7 @@ async fn a_service_without_an_allowed_endpoint_is_denied_naming_it() {
                 Direction::Egress,
                 me,
                 OrigDstAddr(addr(&format!("10.96.0.10:{port}"))),
+                Transport::Plaintext,
             )
             .await;
         assert_eq!(refused.err(), Some(Refusal::Denied), "{port}");
@@ -513,7 +554,7 @@ async fn of_the_next_two_endpoints_the_less_loaded_is_dialled() {
     for _ in 0..4 {
         live.push(
             enforcer
-                .admit(Direction::Egress, me, service)
+                .admit(Direction::Egress, me, service, Transport::Plaintext)
                 .await
                 .unwrap(),
         );
@@ -526,7 +567,7 @@ async fn of_the_next_two_endpoints_the_less_loaded_is_dialled() {
     let mut next = Vec::new();
     for _ in 0..2 {
         let admitted = enforcer
-            .admit(Direction::Egress, me, service)
+            .admit(Direction::Egress, me, service, Transport::Plaintext)
             .await
             .unwrap();
         next.push(admitted.dial.0.to_string());
@@ -556,6 +597,7 @@ async fn a_sidecar_run_without_outbound_capture_resets_what_arrives_outbound() {
             Direction::Egress,
             ClientAddr(addr("10.0.0.1:40000")),
             OrigDstAddr(addr("10.0.5.5:8080")),
+            Transport::Plaintext,
         )
         .await;
     assert_eq!(

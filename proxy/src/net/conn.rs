@@ -15,7 +15,9 @@ use super::orig_dst::{orig_dst, reset};
 use super::relay::{relay, RelayCounters, RelayError};
 use super::transparent::connect_as_client;
 use super::{ClientAddr, Interception, OrigDstAddr};
+use crate::enforce::mesh::Transport;
 use crate::enforce::{Admitted, Enforcer};
+use crate::mesh::Mesh;
 use crate::metrics::ProxyMetrics;
 
 /// Limits on connections; each is configurable.
@@ -49,6 +51,8 @@ pub struct Proxy {
     pub metrics: Arc<ProxyMetrics>,
     /// Byte counters handed to every relay.
     pub bytes: RelayCounters,
+    /// mTLS between sidecars (none: off).
+    pub mesh: Option<Arc<Mesh>>,
 }
 
 // === impl Proxy ===
@@ -73,10 +77,20 @@ impl Proxy {
             reset(stream);
             return;
         }
+        if self.direction == Direction::Ingress {
+            if let Some(mesh) = self.terminating() {
+                // Boxed: the mesh path's state stays out of the plain path's task.
+                return Box::pin(self.handle_meshed(stream, client, dst, mesh)).await;
+            }
+        }
         // Boxed: the admission's state is large and lives only until the
         // decision, so the task that stays for the connection's life is small.
-        let Ok(Admitted { registration, dial }) =
-            Box::pin(self.enforcer.admit(self.direction, client, dst)).await
+        let Ok(admitted) =
+            Box::pin(
+                self.enforcer
+                    .admit(self.direction, client, dst, Transport::Plaintext),
+            )
+            .await
         else {
             reset(stream);
             return;
@@ -95,37 +109,32 @@ impl Proxy {
                 return;
             }
         };
-        let upstream = match tokio::time::timeout(
-            self.limits.connect_timeout,
-            self.connect(client, dial),
-        )
-        .await
-        {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(error)) => {
-                let kind = if error.kind() == std::io::ErrorKind::ConnectionRefused {
-                    "connect-refused"
-                } else {
-                    "connect-other"
-                };
-                self.metrics.relay_errors.with_label_values(&[kind]).inc();
-                tracing::info!(direction = ?self.direction, dst.addr = %dst, dial.addr = %dial, %error, "Connect failed; reset");
-                reset(stream);
-                return;
+        if self.direction == Direction::Egress {
+            if let Some(mesh) = &self.mesh {
+                if let Some(expected) =
+                    Box::pin(self.enforcer.meshed_destination(mesh, admitted.dial)).await
+                {
+                    return Box::pin(self.originate(stream, client, dst, admitted, expected)).await;
+                }
             }
-            Err(_) => {
-                self.metrics
-                    .relay_errors
-                    .with_label_values(&["connect-timeout"])
-                    .inc();
-                tracing::info!(direction = ?self.direction, dst.addr = %dst, timeout = ?self.limits.connect_timeout, "Connect timed out; reset");
-                reset(stream);
-                return;
-            }
+        }
+        self.relay_plain(stream, client, dst, admitted).await;
+    }
+
+    /// Connects and relays an admitted plaintext connection, spliced.
+    pub(super) async fn relay_plain(
+        &self,
+        stream: TcpStream,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+        Admitted { registration, dial }: Admitted,
+    ) {
+        // Boxed: the connect's state lives only until it is done.
+        let Some(upstream) = Box::pin(self.connect_upstream(&stream, client, dst, dial)).await
+        else {
+            return;
         };
         let client_stream = stream;
-        // The accepted socket inherits TCP_NODELAY from the listener.
-        let _ = upstream.set_nodelay(true);
         let opened = Instant::now();
         let open = self.metrics.open_of(self.direction);
         open.inc();
@@ -151,14 +160,7 @@ impl Proxy {
             }
             Some(Err(error)) => {
                 let kind = match &error {
-                    RelayError::Io { source, .. }
-                        if matches!(
-                            source.kind(),
-                            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                        ) =>
-                    {
-                        "reset"
-                    }
+                    RelayError::Io { source, .. } => io_error_kind(source),
                     _ => "other",
                 };
                 self.metrics.relay_errors.with_label_values(&[kind]).inc();
@@ -173,6 +175,43 @@ impl Proxy {
                 reset(upstream);
             }
         }
+    }
+
+    /// Connects to where an admitted connection goes, within the connect
+    /// timeout; on failure, counts and logs it and resets `stream`.
+    pub(super) async fn connect_upstream(
+        &self,
+        stream: &TcpStream,
+        client: ClientAddr,
+        dst: OrigDstAddr,
+        dial: OrigDstAddr,
+    ) -> Option<TcpStream> {
+        match tokio::time::timeout(self.limits.connect_timeout, self.connect(client, dial)).await {
+            Ok(Ok(upstream)) => {
+                // The accepted socket inherits TCP_NODELAY from the listener.
+                let _ = upstream.set_nodelay(true);
+                return Some(upstream);
+            }
+            Ok(Err(error)) => {
+                let kind = if error.kind() == std::io::ErrorKind::ConnectionRefused {
+                    "connect-refused"
+                } else {
+                    "connect-other"
+                };
+                self.metrics.relay_errors.with_label_values(&[kind]).inc();
+                tracing::info!(direction = ?self.direction, dst.addr = %dst, dial.addr = %dial, %error, "Connect failed; reset");
+            }
+            Err(_) => {
+                self.metrics
+                    .relay_errors
+                    .with_label_values(&["connect-timeout"])
+                    .inc();
+                tracing::info!(direction = ?self.direction, dst.addr = %dst, timeout = ?self.limits.connect_timeout, "Connect timed out; reset");
+            }
+        }
+        // The caller drops the client's socket: a reset.
+        let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        None
     }
 
     /// Where the client meant to connect: SO_ORIGINAL_DST after REDIRECT,
@@ -205,10 +244,19 @@ impl Proxy {
     }
 }
 
-struct ActiveGuard<'a>(&'a AtomicUsize);
+/// A relay error's label: the peer reset, or anything else.
+pub(super) fn io_error_kind(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => "reset",
+        _ => "other",
+    }
+}
+
+pub(super) struct ActiveGuard<'a>(&'a AtomicUsize);
 
 impl<'a> ActiveGuard<'a> {
-    fn new(counter: &'a AtomicUsize) -> Self {
+    /// Counts one more in `counter` until dropped.
+    pub(super) fn new(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
         Self(counter)
     }
@@ -251,6 +299,7 @@ mod tests {
                 server_to_client: metrics.bytes.with_label_values(&["out"]),
             },
             metrics,
+            mesh: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

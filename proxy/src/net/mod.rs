@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod listener;
+pub mod mesh;
 pub mod orig_dst;
 pub mod pipes;
 pub mod relay;

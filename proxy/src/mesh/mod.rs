@@ -1,0 +1,108 @@
+//! mTLS between sidecars, with identity bound to the pod.
+//!
+//! - `identity`: who a mesh certificate names (SPIFFE ID and pod UID).
+//! - `credentials`: this sidecar's certificate, key and anchors, and the
+//!   TLS configurations (inbound termination, outbound origination).
+//! - `certify`: the identity manager (key in memory, CSR, renewal).
+//! - `detect`: is an inbound connection a sidecar's mTLS (ALPN `picket/1`)?
+//!
+//! What a verified identity means for a decision (the peer pod must be the
+//! one the certificate names, and own the source address) is the
+//! enforcer's (`enforce::mesh`).
+
+pub mod certify;
+pub mod credentials;
+pub mod detect;
+pub mod identity;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use credentials::{Credentials, TlsFailure};
+pub use identity::MeshIdentity;
+use picket_policy::MtlsMode;
+
+/// The ALPN protocol of sidecar-to-sidecar mTLS.
+pub const ALPN: &[u8] = b"picket/1";
+
+/// How long an inbound connection may take to show whether it is mTLS.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This sidecar's mesh settings.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    /// The mode the sidecar was started with (`--mtls`); the pod's own in the
+    /// state may only make it stricter.
+    pub mode: MtlsMode,
+    /// The credentials (certified by [`certify::run`]).
+    pub credentials: Arc<Credentials>,
+    /// Inbound ports of server-first protocols (the app speaks first): no
+    /// bytes are awaited; the source decides (a pod that originates mTLS
+    /// gets a handshake, any other source is plaintext).
+    pub skip_detect_ports: Vec<u16>,
+    /// The inbound configuration.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The outbound configuration.
+    pub client: Arc<rustls::ClientConfig>,
+    /// Metrics.
+    pub metrics: MeshMetrics,
+}
+
+/// What mTLS counts.
+#[derive(Clone, Debug)]
+pub struct MeshMetrics {
+    /// Handshakes that failed, by direction and reason.
+    pub tls_failures: prometheus::IntCounterVec,
+    /// Connections relayed over mTLS, by direction.
+    pub connections: prometheus::IntCounterVec,
+}
+
+// === impl MeshMetrics ===
+
+impl MeshMetrics {
+    /// Registers the metrics.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+                .expect("valid metric");
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        Self {
+            tls_failures: vec(
+                "picket_tls_failures_total",
+                "mTLS handshakes that failed, by direction (inbound: terminated here; outbound: originated here) and reason (no-client-certificate, unknown-issuer, expired, wrong-trust-domain, identity-mismatch, no-identity, not-certified, timeout, other)",
+                &["direction", "reason"],
+            ),
+            connections: vec(
+                "picket_mtls_connections_total",
+                "Connections relayed over mTLS between sidecars, by direction",
+                &["direction"],
+            ),
+        }
+    }
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    /// Mesh settings over `credentials`.
+    pub fn new(
+        mode: MtlsMode,
+        credentials: Arc<Credentials>,
+        skip_detect_ports: Vec<u16>,
+        metrics: MeshMetrics,
+    ) -> Self {
+        Self {
+            metrics,
+            mode,
+            server: credentials.server_config(),
+            client: credentials.client_config(),
+            credentials,
+            skip_detect_ports,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
