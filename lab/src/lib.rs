@@ -149,22 +149,50 @@ impl Lab {
         let index = self.pods.len() + 2;
         let netns = format!("{}-p{index}", self.node.trim_end_matches("-node"));
         let pod_ip = IpAddr::V4(Ipv4Addr::new(10, self.subnet, 0, index as u8));
-        let veth = format!("veth{index}");
-        ip(&["netns", "add", &netns])?;
         let pod = LabPod {
             name: name.to_string(),
-            netns: netns.clone(),
+            netns,
             ip: pod_ip,
         };
         self.pods.push(pod.clone());
+        self.attach(&pod, &format!("veth{index}"))?;
+        Ok(pod)
+    }
+
+    /// Deletes pod `old`'s namespace and gives its address to a new pod
+    /// `name` on the bridge: a forged source address, as any container with
+    /// NET_RAW on a bridge could make one.
+    pub fn take_over(&mut self, old: &str, name: &str) -> io::Result<LabPod> {
+        let position = self
+            .pods
+            .iter()
+            .position(|p| p.name == old)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no lab pod {old}")))?;
+        let previous = self.pods[position].clone();
+        ip(&["netns", "del", &previous.netns])?;
+        let index = position + 2;
+        let pod = LabPod {
+            name: name.to_string(),
+            netns: format!("{}-t", previous.netns),
+            ip: previous.ip,
+        };
+        self.pods[position] = pod.clone();
+        self.attach(&pod, &format!("vetht{index}"))?;
+        Ok(pod)
+    }
+
+    /// Creates a pod's namespace with `eth0` at its address, `veth` its
+    /// peer on the bridge.
+    fn attach(&self, pod: &LabPod, veth: &str) -> io::Result<()> {
+        ip(&["netns", "add", &pod.netns])?;
         self.ip_in(
             &self.node,
             &[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+                "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns,
             ],
         )?;
-        self.ip_in(&self.node, &["link", "set", &veth, "master", "br0", "up"])?;
-        let addr = format!("{pod_ip}/24");
+        self.ip_in(&self.node, &["link", "set", veth, "master", "br0", "up"])?;
+        let addr = format!("{}/24", pod.ip);
         let gw = self.gateway().to_string();
         for args in [
             vec!["link", "set", "lo", "up"],
@@ -172,9 +200,9 @@ impl Lab {
             vec!["link", "set", "eth0", "up"],
             vec!["route", "add", "default", "via", gw.as_str()],
         ] {
-            self.ip_in(&netns, &args)?;
+            self.ip_in(&pod.netns, &args)?;
         }
-        Ok(pod)
+        Ok(())
     }
 
     /// The node namespace's name.

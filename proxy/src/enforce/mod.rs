@@ -298,8 +298,13 @@ impl Enforcer {
             return None;
         }
         let ip = dial.0.ip().to_canonical();
+        // To its own addresses a pod's connection goes over loopback,
+        // straight to the app: nothing there terminates mTLS.
+        if self.pod_ips.contains(&ip) {
+            return None;
+        }
         if !snapshot.index.pods_with_ip(ip).is_empty() {
-            let pod = live_holder(&snapshot, ip).filter(|p| p.meshed())?;
+            let pod = live_holder(&snapshot, ip).filter(|p| p.meshed() && p.key != self.pod)?;
             return Some(MeshedPod {
                 namespace: pod.key.namespace.to_string(),
                 name: pod.key.name.to_string(),

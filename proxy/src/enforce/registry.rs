@@ -88,6 +88,9 @@ pub struct ConnectionInfo {
     pub destination: String,
     /// The policy that allowed it, if one did.
     pub allowed_by: Option<String>,
+    /// The peer's mesh identity, when it came over mTLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
     /// Seconds since it was accepted.
     pub age_seconds: f64,
 }
@@ -185,16 +188,26 @@ impl Registry {
             OrigDstAddr,
             Option<PolicyKey>,
             Instant,
+            Transport,
         );
         let copied: Vec<Copied> = self
             .lock()
             .values()
-            .map(|t| (t.direction, t.client, t.dst, t.allowed_by.clone(), t.opened))
+            .map(|t| {
+                (
+                    t.direction,
+                    t.client,
+                    t.dst,
+                    t.allowed_by.clone(),
+                    t.opened,
+                    t.transport.clone(),
+                )
+            })
             .collect();
         let mut out: Vec<ConnectionInfo> = copied
             .into_iter()
             .map(
-                |(direction, client, dst, allowed_by, opened)| ConnectionInfo {
+                |(direction, client, dst, allowed_by, opened, transport)| ConnectionInfo {
                     direction: match direction {
                         Direction::Ingress => "inbound",
                         Direction::Egress => "outbound",
@@ -203,6 +216,10 @@ impl Registry {
                     destination: dst.to_string(),
                     allowed_by: allowed_by.as_ref().map(ToString::to_string),
                     age_seconds: opened.elapsed().as_secs_f64(),
+                    peer_identity: match transport {
+                        Transport::Mtls(id) => Some(id.to_string()),
+                        Transport::Plaintext => None,
+                    },
                 },
             )
             .collect();

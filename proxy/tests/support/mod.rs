@@ -3,6 +3,8 @@
 //! `picket-proxy` as sidecar. Needs root.
 #![allow(dead_code)]
 
+pub mod control;
+
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -244,6 +246,22 @@ impl Cluster {
             sidecar,
             pod: pod.clone(),
         }
+    }
+
+    /// Replaces a server's sidecar with one run with `args` (init's rules
+    /// and the app stay); waits until it is ready.
+    pub fn restart_sidecar(&self, server: &mut Server, args: &[&str]) {
+        let name = server.pod.name.clone();
+        let (pod, ns, _) = &self.pods[&name];
+        let node_file = self.state.path().join(&name).join("node");
+        let mut args = args.to_vec();
+        args.extend_from_slice(self.interception_args());
+        server.sidecar.terminate().unwrap();
+        let _ = server.sidecar.wait_exit(READY);
+        server.sidecar =
+            Sidecar::start_with(self.sidecar_binary(), &self.lab, pod, ns, &node_file, &args)
+                .unwrap();
+        server.sidecar.wait_ready(READY).unwrap();
     }
 
     /// The flags both init and run take for this cluster's interception.

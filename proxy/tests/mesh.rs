@@ -1,0 +1,422 @@
+//! mTLS between sidecars, end to end: the test API server and
+//! `picket-control` (the mesh CA) in the node's namespace, real sidecars in
+//! their pods, the real init. What crosses the bridge, who the server
+//! knows called, and what identity buys against a forged source address.
+//! Needs root.
+
+#[macro_use]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use picket_lab::proxy::{connect_from, http_get};
+use picket_test_support::apiserver::ApiServer;
+use support::control::*;
+use support::*;
+
+/// An AF_PACKET reader in the node's namespace: every frame on the bridge
+/// and the pods' veths, until stopped.
+struct Sniffer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<Vec<u8>>>>,
+}
+
+impl Sniffer {
+    fn start(node: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = picket_lab::spawn_in_netns(node, move || {
+            // ETH_P_ALL, in network byte order.
+            let socket = socket2::Socket::new(
+                socket2::Domain::PACKET,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(0x0003u16.to_be() as i32)),
+            )
+            .expect("an AF_PACKET socket (root)");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut seen = Vec::new();
+            let mut frame = vec![0u8; 65_536];
+            while !flag.load(Ordering::SeqCst) {
+                if let Ok(n) = (&socket).read(&mut frame) {
+                    seen.extend_from_slice(&frame[..n]);
+                }
+            }
+            seen
+        })
+        .unwrap();
+        ready_rx.recv_timeout(READY).unwrap();
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops, and says whether any frame held `a`, and `b`.
+    fn saw_both(mut self, a: &[u8], b: &[u8]) -> (bool, bool) {
+        self.stop.store(true, Ordering::SeqCst);
+        let seen = self.thread.take().unwrap().join().unwrap().unwrap();
+        let holds = |needle: &[u8]| seen.windows(needle.len()).any(|w| w == needle);
+        (holds(a), holds(b))
+    }
+}
+
+const MARKER: &[u8] = b"picket-marker-7d1e-never-on-the-wire";
+const PLAIN_MARKER: &[u8] = b"picket-marker-plain-seen-on-the-wire";
+
+/// Writes `line` and reads it back from the echo app.
+fn echo_line(stream: &mut std::net::TcpStream, line: &[u8]) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    if stream.write_all(line).is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; line.len()];
+    stream.read_exact(&mut back).is_ok() && back == line
+}
+
+/// `pod`'s sidecar flags for the control plane, mTLS in `mode`.
+fn mesh_args(setup: &Setup, c: &Cluster, pod: &str, addr: SocketAddr, mode: &str) -> Vec<String> {
+    let mut args = setup.sidecar_args(c, pod, addr);
+    args.extend(["--mtls".to_string(), mode.to_string()]);
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Meshed to meshed: the client's sidecar originates mTLS, the server's
+/// terminates it and knows who called; the bridge never carries what the
+/// client wrote. From a pod without a sidecar, the same bytes cross the
+/// bridge in the clear (so the capture would have seen them).
+#[test]
+fn meshed_pods_talk_over_mtls_and_the_server_knows_its_caller() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "plain", &[("role", "plain")]),
+    ]);
+    let mut setup = Setup::new(&c);
+    setup.with_mesh(c.state.path(), Duration::from_secs(3600));
+    let api = &setup.api;
+    let permissive = [("picket.io/mtls", "permissive")];
+    apply_pod_annotated(&c, api, "api", true, &permissive);
+    apply_pod_annotated(&c, api, "client", true, &permissive);
+    apply_pod(&c, api, "plain", false);
+    let (_plane, addr) = setup.start_plane(0);
+    let _api = c.server_with(
+        "api",
+        true,
+        &strs(&mesh_args(&setup, &c, "api", addr, "permissive")),
+    );
+    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
+    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
+    let _client = c.server_with_init(
+        "client",
+        true,
+        &["--outbound-capture", "on"],
+        &strs(&client_args),
+    );
+    let to_api = SocketAddr::new(c.pod("api").ip, APP_PORT);
+
+    let sniffer = Sniffer::start(&setup.node);
+    let mut meshed = c.dial("client", to_api).unwrap();
+    assert!(echo_line(&mut meshed, MARKER), "meshed to meshed works");
+    // The server's sidecar names its caller.
+    let (_, connections) = http_get(
+        &c.pod("api").netns,
+        SocketAddr::from(([127, 0, 0, 1], picket_common::LOCAL_ADMIN_PORT)),
+        "/connections",
+    )
+    .unwrap();
+    let client_uid = pod_uid(api, "client");
+    assert!(
+        connections.contains("spiffe://cluster.local/ns/shop/sa/default")
+            && connections.contains(&client_uid),
+        "the server reports the client's identity: {connections}"
+    );
+    let mut plain = c.connect("plain", "api", APP_PORT);
+    assert!(
+        echo_line(&mut plain, PLAIN_MARKER),
+        "plaintext by policy in permissive mode"
+    );
+    drop((meshed, plain));
+    let seen_marker = sniffer.saw_both(MARKER, PLAIN_MARKER);
+    assert!(seen_marker.1, "the capture sees plaintext on the bridge");
+    assert!(
+        !seen_marker.0,
+        "the capture never sees what the meshed client wrote"
+    );
+    assert_eq!(
+        metric(
+            c.pod("api"),
+            "picket_mtls_connections_total{direction=\"inbound\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            c.pod("client"),
+            "picket_mtls_connections_total{direction=\"outbound\"}"
+        ),
+        1.0
+    );
+}
+
+/// The pod's UID, as the API server set it.
+fn pod_uid(api: &ApiServer, name: &str) -> String {
+    api.get(
+        picket_test_support::apiserver::Kind::Pod,
+        Some("shop"),
+        name,
+    )
+    .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+    .unwrap()
+}
+
+/// A certificate for `pod` from the control plane at `addr`, as its sidecar
+/// would get one: the chain's leaf (DER) and its key (PEM) in `dir`.
+fn issue(setup: &Setup, c: &Cluster, addr: SocketAddr, pod: &str) -> (PathBuf, PathBuf) {
+    let token = c.state.path().join(format!("{pod}.cert-token"));
+    let issued = setup
+        .api
+        .issue_pod_token("shop", pod, &["picket"], Duration::from_secs(3600))
+        .unwrap();
+    std::fs::write(&token, issued).unwrap();
+    let config = picket_state::control::ControlConfig {
+        addr: addr.to_string(),
+        server_name: SERVER_NAME.into(),
+        ca_pem: std::fs::read(&setup.ca).unwrap(),
+        token_file: token,
+        max_backoff: Duration::from_millis(500),
+        outbound: false,
+    };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .der()
+        .to_vec();
+    // Until the control plane has synced with the cluster.
+    let response = picket_lab::in_netns(&setup.node, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let deadline = tokio::time::Instant::now() + READY;
+                loop {
+                    match picket_state::control::certify(&config, csr.clone()).await {
+                        Ok(response) => return response,
+                        Err(error) if tokio::time::Instant::now() < deadline => {
+                            eprintln!("certify: {error}; again");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(error) => panic!("certify {error}"),
+                    }
+                }
+            })
+    })
+    .unwrap();
+    let cert = c.state.path().join(format!("{pod}.der"));
+    let key_file = c.state.path().join(format!("{pod}.key"));
+    std::fs::write(&cert, &response.chain[0]).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert, key_file)
+}
+
+/// `openssl s_client` from `netns` to `to`, offering ALPN picket/1, with
+/// the certificate and key (DER, PEM) if given, verifying the server
+/// against `root`: whether a line written comes back.
+fn openssl_echoes(
+    netns: &str,
+    to: SocketAddr,
+    root: &Path,
+    client: Option<&(PathBuf, PathBuf)>,
+) -> bool {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        netns.into(),
+        "openssl".into(),
+        "s_client".into(),
+        "-connect".into(),
+        to.to_string(),
+        "-alpn".into(),
+        "picket/1".into(),
+        "-tls1_3".into(),
+        "-CAfile".into(),
+        root.display().to_string(),
+        "-verify_return_error".into(),
+        "-quiet".into(),
+    ];
+    if let Some((cert, key)) = client {
+        args.extend([
+            "-cert".into(),
+            cert.display().to_string(),
+            "-certform".into(),
+            "DER".into(),
+            "-key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let _ = stdin.write_all(b"hello-through-openssl\n");
+    let _ = stdin.flush();
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    line.trim() == "hello-through-openssl"
+}
+
+/// The spoof matrix. Pod A is allowed into api by its labels; A's network
+/// namespace is deleted while A stays in the API, and a new namespace C
+/// takes A's address. With mTLS off, C's plaintext is taken for A's: the
+/// spoof works. Permissive: C's plaintext is refused (A originates mTLS),
+/// and so is C with its own certificate (it names C, the address is A's).
+/// Strict: C's plaintext is refused. A real TLS client nobody here wrote,
+/// `openssl s_client` with A's certificate, completes the handshake and is
+/// let in; without a client certificate it is refused.
+#[test]
+fn a_forged_source_address_is_refused_once_identity_is_bound_to_the_pod() {
+    if !lab_available() {
+        return;
+    }
+    let mut c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "a", &[("app", "a")]),
+    ]);
+    let mut setup = Setup::new(&c);
+    let root = setup.with_mesh(c.state.path(), Duration::from_secs(3600));
+    let api = &setup.api;
+    apply_pod_annotated(&c, api, "a", true, &[("picket.io/mtls", "permissive")]);
+    // C is a pod of the cluster too (it may get a certificate of its own),
+    // with no address yet.
+    api.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: shop, labels: {app: c}, annotations: {picket.io/mtls: permissive}}\n\
+         spec: {containers: [{name: app}, {name: picket-proxy}]}\nstatus: {phase: Pending}\n",
+    )
+    .unwrap();
+    api.apply(&policy(
+        "shop",
+        "api-from-a",
+        "{podSelector: {matchLabels: {app: api}}, ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]}",
+    ))
+    .unwrap();
+    let (_plane, addr) = setup.start_plane(0);
+    let a_cert = issue(&setup, &c, addr, "a");
+    let c_cert = issue(&setup, &c, addr, "c");
+    let to_api = SocketAddr::new(c.pod("api").ip, APP_PORT);
+    let forger = c.lab.take_over("a", "c").unwrap();
+    let plaintext_from_c = || {
+        connect_from(&forger.netns, None, to_api)
+            .map(|mut s| echo_line(&mut s, b"forged"))
+            .unwrap_or(false)
+    };
+
+    // mTLS off: the forged address passes for A.
+    apply_pod(&c, &setup.api, "api", true);
+    let mut server = c.server_with("api", true, &strs(&setup.sidecar_args(&c, "api", addr)));
+    assert!(plaintext_from_c(), "without identity, C passes for A");
+
+    for mode in ["permissive", "strict"] {
+        apply_pod_annotated(&c, &setup.api, "api", true, &[("picket.io/mtls", mode)]);
+        c.restart_sidecar(
+            &mut server,
+            &strs(&mesh_args(&setup, &c, "api", addr, mode)),
+        );
+        assert!(!plaintext_from_c(), "{mode}: C's plaintext is refused");
+        let refused = if mode == "permissive" {
+            "plaintext-from-meshed"
+        } else {
+            "plaintext-in-strict"
+        };
+        assert_eq!(
+            metric(
+                c.pod("api"),
+                &format!("picket_inbound_refused_total{{reason=\"{refused}\"}}")
+            ),
+            1.0,
+            "{mode}"
+        );
+        if mode == "permissive" {
+            assert!(
+                !openssl_echoes(&forger.netns, to_api, &root, Some(&c_cert)),
+                "C's own certificate names C, the address is A's"
+            );
+            assert_eq!(
+                metric(
+                    c.pod("api"),
+                    "picket_inbound_refused_total{reason=\"identity-mismatch\"}"
+                ),
+                1.0
+            );
+            assert!(
+                openssl_echoes(&forger.netns, to_api, &root, Some(&a_cert)),
+                "openssl with A's certificate, from A's address, is A"
+            );
+            assert!(
+                !openssl_echoes(&forger.netns, to_api, &root, None),
+                "no client certificate: refused"
+            );
+            assert!(
+                metric(
+                    c.pod("api"),
+                    "picket_tls_failures_total{direction=\"inbound\",reason=\"no-client-certificate\"}"
+                ) >= 1.0
+            );
+            let verified = Command::new("openssl")
+                .args(["verify", "-CAfile"])
+                .arg(&root)
+                .arg(der_to_pem(&a_cert.0))
+                .output()
+                .unwrap();
+            assert!(
+                verified.status.success(),
+                "openssl verify accepts the chain"
+            );
+        }
+    }
+}
+
+/// A DER certificate file converted to PEM beside it (by openssl).
+fn der_to_pem(der: &Path) -> PathBuf {
+    let pem = der.with_extension("pem");
+    let out = Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-in"])
+        .arg(der)
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    pem
+}
