@@ -257,6 +257,7 @@ fn resolved(index: &PolicyIndex, ip: std::net::IpAddr) -> v1::Resolved {
             name: p.key.name.to_string(),
             uid: p.uid.to_string(),
             service_account: p.service_account.to_string(),
+            originates_mtls: p.originates_mtls(),
         }),
     }
 }

@@ -420,3 +420,164 @@ fn der_to_pem(der: &Path) -> PathBuf {
     assert!(out.status.success());
     pem
 }
+
+/// The serial number of the certificate `to` presents, read by `openssl
+/// s_client` from `netns` with the client certificate given.
+fn server_serial(netns: &str, to: SocketAddr, root: &Path, client: &(PathBuf, PathBuf)) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "openssl", "s_client", "-connect"])
+        .arg(to.to_string())
+        .args(["-alpn", "picket/1", "-tls1_3", "-CAfile"])
+        .arg(root)
+        .args(["-cert"])
+        .arg(&client.0)
+        .args(["-certform", "DER", "-key"])
+        .arg(&client.1)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a server certificate");
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(text[start..end].as_bytes())
+        .unwrap();
+    let serial = x509.wait_with_output().unwrap();
+    String::from_utf8_lossy(&serial.stdout).trim().to_string()
+}
+
+const BANNER_PORT: u16 = 9100;
+
+/// A server-first app on `addr` in `netns`: says a banner on accept, then echoes.
+fn banner_server(netns: &str, addr: SocketAddr) {
+    let listener = picket_lab::in_netns(netns, || std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.write_all(b"BANNER\n");
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn reads_banner(mut stream: std::net::TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut banner = [0u8; 7];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"BANNER\n"
+}
+
+/// Certificates valid for six seconds: both sidecars renew every few
+/// seconds while one mTLS connection lives on through three renewals, and
+/// new handshakes show new serials. A server-first protocol on a port
+/// excluded from detection works from a meshed and an unmeshed client. A
+/// policy change still tears the mTLS connection down.
+#[test]
+fn certificates_rotate_under_a_live_connection_and_server_first_protocols_work() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+        ("shop", "plain", &[("role", "plain")]),
+    ]);
+    let mut setup = Setup::new(&c);
+    let root = setup.with_mesh(c.state.path(), Duration::from_secs(6));
+    let api = &setup.api;
+    let permissive = [("picket.io/mtls", "permissive")];
+    apply_pod_annotated(&c, api, "api", true, &permissive);
+    apply_pod_annotated(&c, api, "client", true, &permissive);
+    // plain runs no sidecar here, but is injected in the API (so openssl
+    // can act for it with a certificate of its own).
+    apply_pod_annotated(&c, api, "plain", true, &[]);
+    let (_plane, addr) = setup.start_plane(0);
+    let mut api_args = mesh_args(&setup, &c, "api", addr, "permissive");
+    api_args.extend(["--skip-detect-ports".to_string(), BANNER_PORT.to_string()]);
+    let _api = c.server_with("api", true, &strs(&api_args));
+    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
+    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
+    let _client = c.server_with_init(
+        "client",
+        true,
+        &["--outbound-capture", "on"],
+        &strs(&client_args),
+    );
+    let api_ip = c.pod("api").ip;
+    banner_server(&c.pod("api").netns, SocketAddr::new(api_ip, BANNER_PORT));
+    let to_api = SocketAddr::new(api_ip, APP_PORT);
+    let plain_cert = issue(&setup, &c, addr, "plain");
+
+    let mut live = c.dial("client", to_api).unwrap();
+    assert!(echo_line(&mut live, b"first"));
+    let first_serial = server_serial(&c.pod("plain").netns, to_api, &root, &plain_cert);
+    let renewals = |pod: &str| metric(c.pod(pod), "picket_identity_refresh_total{result=\"ok\"}");
+    let mut rounds = 0;
+    eventually(
+        "three renewals on both sides",
+        Duration::from_secs(40),
+        || {
+            rounds += 1;
+            assert!(
+                echo_line(&mut live, format!("round {rounds}\n").as_bytes()),
+                "the live connection survives"
+            );
+            renewals("api") >= 4.0 && renewals("client") >= 4.0
+        },
+    );
+    assert!(echo_line(&mut live, b"after the renewals"));
+    let later_serial = server_serial(&c.pod("plain").netns, to_api, &root, &plain_cert);
+    assert_ne!(
+        first_serial, later_serial,
+        "a new handshake shows a new certificate"
+    );
+
+    // Server-first, from a meshed and an unmeshed client.
+    let inbound_mtls = || {
+        metric(
+            c.pod("api"),
+            "picket_mtls_connections_total{direction=\"inbound\"}",
+        )
+    };
+    let before = inbound_mtls();
+    let to_banner = SocketAddr::new(api_ip, BANNER_PORT);
+    assert!(
+        reads_banner(c.dial("client", to_banner).unwrap()),
+        "meshed client"
+    );
+    assert!(
+        reads_banner(connect_from(&c.pod("plain").netns, None, to_banner).unwrap()),
+        "unmeshed client"
+    );
+    assert_eq!(
+        inbound_mtls(),
+        before + 1.0,
+        "the meshed client came over mTLS"
+    );
+
+    // A policy that forbids the client resets the live mTLS connection.
+    api.apply(&policy("shop", "deny-all", "{podSelector: {}}"))
+        .unwrap();
+    assert!(read_reset(&mut live), "the mTLS connection is torn down");
+}

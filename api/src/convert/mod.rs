@@ -105,6 +105,8 @@ pub struct MeshedPod {
     pub uid: String,
     /// Its service account.
     pub service_account: String,
+    /// It also originates mTLS (plaintext from its address is a forgery).
+    pub originates_mtls: bool,
 }
 
 /// One other pod's side (a source's egress, a destination's ingress)
@@ -187,6 +189,7 @@ pub fn decode(msg: &v1::WatchResponse) -> Result<Update, InvalidMessage> {
                         name: m.name.clone(),
                         uid: m.uid.clone(),
                         service_account: m.service_account.clone(),
+                        originates_mtls: m.originates_mtls,
                     });
                     (ip, Resolution { pod: r.pod, meshed })
                 })

@@ -73,6 +73,10 @@ pub struct MeshedPod {
     pub uid: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub service_account: ::prost::alloc::string::String,
+    /// Its sidecar also originates mTLS for every outbound connection to a
+    /// meshed pod (plaintext from its address is a forgery).
+    #[prost(bool, tag = "5")]
+    pub originates_mtls: bool,
 }
 /// The first message of a stream.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

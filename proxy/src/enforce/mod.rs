@@ -276,12 +276,28 @@ impl Enforcer {
     }
 
     /// Whether the pod holding `ip` originates mTLS (of several claimants,
-    /// the one not being deleted).
-    pub fn originates_mtls(&self, ip: std::net::IpAddr) -> bool {
-        let Some(snapshot) = self.snapshots.borrow().clone() else {
+    /// the one not being deleted): from the state, or, for an address the
+    /// view does not hold, from the control plane (a bounded wait; no
+    /// answer: no).
+    pub async fn originates_mtls(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        {
+            let Some(snapshot) = self.snapshots.borrow().clone() else {
+                return false;
+            };
+            if !snapshot.index.pods_with_ip(ip).is_empty() {
+                return live_holder(&snapshot, ip).is_some_and(|p| p.originates_mtls());
+            }
+        }
+        let Some(resolver) = &self.resolver else {
             return false;
         };
-        live_holder(&snapshot, ip.to_canonical()).is_some_and(|p| p.originates_mtls())
+        tokio::time::timeout(RESOLVE_WAIT, resolver.resolve(ip))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.meshed)
+            .is_some_and(|m| m.originates_mtls)
     }
 
     /// The meshed pod an admitted outbound connection dials, when this pod
@@ -310,6 +326,7 @@ impl Enforcer {
                 name: pod.key.name.to_string(),
                 uid: pod.uid.to_string(),
                 service_account: pod.service_account.to_string(),
+                originates_mtls: pod.originates_mtls(),
             });
         }
         drop(snapshot);

@@ -57,7 +57,7 @@ impl Proxy {
         };
         let mtls = if mesh.skip_detect_ports.contains(&dst.0.port()) {
             // A server-first protocol: nothing to wait for; the source says.
-            self.enforcer.originates_mtls(client.0.ip())
+            self.enforcer.originates_mtls(client.0.ip()).await
         } else {
             match detect(&stream, DETECT_TIMEOUT).await {
                 Some(first) => first == FirstBytes::Mesh,
