@@ -318,6 +318,7 @@ fn report(c: &Cluster) {
                     10_000 + (i % 50_000) as u16,
                 )),
                 picket_proxy::net::OrigDstAddr(std::net::SocketAddr::new(dst_ip, 8080)),
+                picket_proxy::enforce::mesh::Transport::Plaintext,
             )
         })
         .collect();
