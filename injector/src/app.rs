@@ -208,6 +208,10 @@ async fn certificate(
         }
         TlsMode::Secret => {
             let client = client.context("secret mode needs the Kubernetes API")?;
+            if !tls.mesh_ca_secret.is_empty() {
+                let mesh = KubeSecrets::new(client.clone(), &tls.namespace, &tls.mesh_ca_secret);
+                tokio::spawn(ensure_mesh_ca(mesh));
+            }
             let secrets = KubeSecrets::new(client.clone(), &tls.namespace, &tls.tls_secret);
             let webhooks = KubeWebhooks::new(client, &tls.webhook_config);
             let generate = move || certs::generate(&names, SystemTime::now());
@@ -243,6 +247,27 @@ async fn certificate(
                 resolver,
                 injector_ca: Some(injector_ca),
             })
+        }
+    }
+}
+
+/// Creates the mesh CA's Secret for picket-control if it is absent (the
+/// control plane waits for it), retrying until it exists.
+async fn ensure_mesh_ca(secrets: KubeSecrets) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match bootstrap::ensure_secret(&secrets, || certs::generate_mesh_ca(SystemTime::now()))
+            .await
+        {
+            Ok((_, origin)) => {
+                tracing::info!(?origin, "Mesh CA Secret ready");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "Mesh CA Secret bootstrap failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }

@@ -108,6 +108,15 @@ pub struct TlsArgs {
         default_value = "picket-injector-tls"
     )]
     pub tls_secret: String,
+    /// The Secret holding the mesh's CA for picket-control (secret mode):
+    /// created at start if absent, as the shared certificate is (empty: not
+    /// made; the control plane's CA then comes from elsewhere, cert-manager say).
+    #[arg(
+        long,
+        env = "PICKET_INJECTOR_MESH_CA_SECRET",
+        default_value = "picket-mesh-ca"
+    )]
+    pub mesh_ca_secret: String,
     /// The injector's namespace (its Secret and Service live there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "picket-system")]
     pub namespace: String,
@@ -168,6 +177,11 @@ pub struct InjectArgs {
     /// the source); a pod may opt out with `picket.io/outbound-capture: disabled`.
     #[arg(long, env = "PICKET_INJECTOR_OUTBOUND_CAPTURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub outbound_capture: bool,
+    /// The mTLS mode of pods whose pod and namespace annotations
+    /// (`picket.io/mtls`) name none: off, permissive or strict. Not off needs
+    /// --state-source control (the control plane is the mesh's CA).
+    #[arg(long, env = "PICKET_INJECTOR_MTLS_DEFAULT", default_value = "off", value_parser = ["off", "permissive", "strict"])]
+    pub mtls_default: String,
     /// How init intercepts inbound connections: redirect (the app sees the
     /// pod's own address as the client's) or tproxy (the app sees the
     /// client's; the proxy gets CAP_NET_RAW); a pod may choose with
@@ -272,6 +286,12 @@ impl Cli {
     pub fn control_target(&self) -> Result<Option<ControlTarget>, String> {
         let state = &self.state;
         if state.state_source == StateSource::Direct {
+            if self.inject.mtls_default != "off" {
+                return Err(format!(
+                    "--mtls-default {} needs --state-source control: the control plane is the mesh's CA",
+                    self.inject.mtls_default
+                ));
+            }
             return Ok(None);
         }
         let addr = match &state.control_addr {
@@ -406,6 +426,11 @@ impl InjectArgs {
             proxy_log_level: self.proxy_log_level.clone(),
             excluded_namespaces: self.excluded_namespaces.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            mtls_default: match self.mtls_default.as_str() {
+                "strict" => "strict",
+                "permissive" => "permissive",
+                _ => "off",
+            },
             control: None,
         })
     }

@@ -118,6 +118,9 @@ pub struct InjectConfig {
     pub excluded_namespaces: Vec<String>,
     /// The version written into `picket.io/status`.
     pub version: String,
+    /// The mTLS mode of pods whose pod and namespace name none
+    /// (`picket.io/mtls`): `off`, `permissive` or `strict`.
+    pub mtls_default: &'static str,
     /// The control plane the sidecars get their state from; `None`: they watch
     /// the API server themselves ([`StateSource::Direct`]).
     pub control: Option<ControlPlane>,
@@ -222,6 +225,7 @@ impl InjectConfig {
                 .map(|s| (*s).to_string())
                 .collect(),
             version: "0.1.0".into(),
+            mtls_default: "off",
             control: None,
         }
     }

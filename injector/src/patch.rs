@@ -113,6 +113,12 @@ pub const OUTBOUND_CAPTURE_KEY: &str = "picket.io/outbound-capture";
 pub const EXCLUDE_OUTBOUND_PORTS_KEY: &str = "picket.io/exclude-outbound-ports";
 /// Annotation: outbound destination networks (CIDRs) that bypass the proxy, comma-separated.
 pub const EXCLUDE_OUTBOUND_CIDRS_KEY: &str = "picket.io/exclude-outbound-cidrs";
+/// Annotation (pod or namespace): the pod's mTLS mode, `off`, `permissive`
+/// or `strict`. A pod without it gets its namespace's, written on the pod.
+pub const MTLS_KEY: &str = "picket.io/mtls";
+/// Annotation: inbound ports of server-first protocols, comma-separated
+/// (no bytes are awaited to detect mTLS on them).
+pub const SKIP_DETECT_PORTS_KEY: &str = "picket.io/skip-detect-ports";
 /// Annotation: `redirect` or `tproxy` (the app sees the client's address).
 pub const INTERCEPTION_KEY: &str = "picket.io/interception";
 /// Annotation: `native` or `container`.
@@ -283,6 +289,18 @@ struct PodSettings {
     outbound: Option<OutboundSettings>,
     resources: Resources,
     log_level: Option<String>,
+    mtls: MtlsSettings,
+}
+
+/// A pod's mTLS between sidecars.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct MtlsSettings {
+    /// `off`, `permissive` or `strict`.
+    mode: &'static str,
+    /// Whether the pod itself named the mode (else it is written on it).
+    annotated: bool,
+    /// Inbound ports where mTLS is not detected.
+    skip_detect_ports: Vec<u16>,
 }
 
 // === impl Decision ===
@@ -406,15 +424,26 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
         }
     }
     if has_our_containers(pod) {
-        return already_injected(pod, cfg, opt_outs);
+        return already_injected(pod, ns, cfg, opt_outs);
     }
     if let Some(reason) = skip_reason(pod, ns, cfg, opt_outs) {
         return skip_or_refuse(pod, reason, opt_outs);
     }
-    let settings = match PodSettings::from_pod(pod, cfg, opt_outs) {
+    let settings = match PodSettings::from_pod(pod, ns, cfg, opt_outs) {
         Ok(settings) => settings,
         Err(invalid) => return rejected(invalid.into()),
     };
+    if settings.mtls.mode != "off" && cfg.control.is_none() {
+        return rejected(
+            Unenforceable {
+                problem: format!(
+                    "{MTLS_KEY} is {:?}, but the injector runs without a control plane (--state-source direct):                      mTLS needs picket-control, the mesh's CA",
+                    settings.mtls.mode
+                ),
+            }
+            .into(),
+        );
+    }
     let mut warnings = ignored_opt_outs(pod, ns);
     if let Some(problem) = settings
         .outbound
@@ -459,8 +488,8 @@ pub fn plan(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig) -> Plan {
 /// A pod with containers named like ours: nothing to do (but a reorder, and our
 /// reserved ports if another webhook dropped them) when they are what we inject,
 /// rejected otherwise.
-fn already_injected(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Plan {
-    let checked = PodSettings::from_pod(pod, cfg, opt_outs)
+fn already_injected(pod: &Pod, ns: &NamespaceView<'_>, cfg: &InjectConfig, opt_outs: bool) -> Plan {
+    let checked = PodSettings::from_pod(pod, ns, cfg, opt_outs)
         .map_err(Rejection::from)
         .and_then(|settings| check_ours(pod, cfg, &settings).map_err(Rejection::from))
         .and_then(|()| {
@@ -939,14 +968,69 @@ fn list(value: Option<&str>) -> impl Iterator<Item = &str> {
         .filter(|s| !s.is_empty())
 }
 
+// === impl MtlsSettings ===
+
+impl MtlsSettings {
+    /// The pod's mode (its annotation, else its namespace's, else the
+    /// install's) and its skip-detect ports. A value that is no mode rejects
+    /// the pod: guessing could leave it weaker than asked.
+    fn from_pod<'a>(
+        get: &impl Fn(&'static str) -> Option<&'a str>,
+        ns: &NamespaceView<'_>,
+        cfg: &InjectConfig,
+    ) -> Result<Self, InvalidAnnotation> {
+        let from_ns = lookup(ns.annotations, MTLS_KEY).map(str::trim);
+        let (value, annotated) = match (get(MTLS_KEY), from_ns) {
+            (Some(own), _) => (own, true),
+            (None, Some(namespace)) => (namespace, false),
+            (None, None) => (cfg.mtls_default, false),
+        };
+        let mode = ["off", "permissive", "strict"]
+            .into_iter()
+            .find(|m| *m == value)
+            .ok_or_else(|| InvalidAnnotation {
+                key: MTLS_KEY,
+                message: format!(
+                    "{value:?} (on the {}) is none of \"off\", \"permissive\", \"strict\"",
+                    if annotated { "pod" } else { "namespace" }
+                ),
+            })?;
+        let mut skip_detect_ports = Vec::new();
+        for item in list(get(SKIP_DETECT_PORTS_KEY)) {
+            let port = item
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InvalidAnnotation {
+                    key: SKIP_DETECT_PORTS_KEY,
+                    message: format!("{item:?} is not a port number (1-65535)"),
+                })?;
+            skip_detect_ports.push(port);
+        }
+        skip_detect_ports.sort_unstable();
+        skip_detect_ports.dedup();
+        Ok(Self {
+            mode,
+            annotated,
+            skip_detect_ports,
+        })
+    }
+}
+
 // === impl PodSettings ===
 
 impl PodSettings {
     /// The settings for `pod`; its port exclusions count only when `opt_outs` (its
     /// namespace allows pod opt-outs).
-    fn from_pod(pod: &Pod, cfg: &InjectConfig, opt_outs: bool) -> Result<Self, InvalidAnnotation> {
+    fn from_pod(
+        pod: &Pod,
+        ns: &NamespaceView<'_>,
+        cfg: &InjectConfig,
+        opt_outs: bool,
+    ) -> Result<Self, InvalidAnnotation> {
         let annotations = pod.metadata.annotations.as_ref();
         let get = |key| lookup(annotations, key).map(str::trim);
+        let mtls = MtlsSettings::from_pod(&get, ns, cfg)?;
 
         let mode = match get(SIDECAR_MODE_KEY) {
             None => cfg.sidecar_mode,
@@ -1045,6 +1129,7 @@ impl PodSettings {
             .or_else(|| cfg.proxy_log_level.clone());
 
         Ok(PodSettings {
+            mtls,
             mode,
             interception,
             exclude_inbound_ports,
@@ -1199,6 +1284,17 @@ fn inject_ops(
         annotations.push(("prometheus.io/scrape", "true".into()));
         annotations.push(("prometheus.io/port", cfg.admin_port.to_string()));
         annotations.push(("prometheus.io/path", "/metrics".into()));
+    }
+    // The pod's mode on the pod itself: what the engine reads of it.
+    if settings.mtls.mode != "off" {
+        if !settings.mtls.annotated {
+            annotations.push((MTLS_KEY, settings.mtls.mode.to_string()));
+        }
+        // Its outbound connections are not captured: plaintext from it
+        // proves nothing to its peers.
+        if settings.outbound.is_none() && lookup(existing, OUTBOUND_CAPTURE_KEY).is_none() {
+            annotations.push((OUTBOUND_CAPTURE_KEY, DISABLED.to_string()));
+        }
     }
     if settings.mode == SidecarMode::Container && lookup(existing, DEFAULT_CONTAINER_KEY).is_none()
     {
@@ -1395,6 +1491,18 @@ fn proxy_container(
         .collect();
     if let Some(level) = &settings.log_level {
         env.push(env_var(vars::LOG, level.clone()));
+    }
+    if settings.mtls.mode != "off" {
+        env.push(env_var(vars::MTLS, settings.mtls.mode.into()));
+    }
+    if !settings.mtls.skip_detect_ports.is_empty() {
+        let ports: Vec<String> = settings
+            .mtls
+            .skip_detect_ports
+            .iter()
+            .map(u16::to_string)
+            .collect();
+        env.push(env_var(vars::SKIP_DETECT_PORTS, ports.join(",")));
     }
     let http_probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {

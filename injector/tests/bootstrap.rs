@@ -52,8 +52,14 @@ struct Injector {
 impl Injector {
     /// Starts the binary; does not wait for it (see [`Injector::wait_serving`]).
     fn spawn(name: &'static str, kubeconfig: &Path, dir: &Path) -> Injector {
+        // These tests are about the serving certificate's Secret alone.
+        Self::spawn_with(name, kubeconfig, dir, &["--mesh-ca-secret", ""])
+    }
+
+    fn spawn_with(name: &'static str, kubeconfig: &Path, dir: &Path, extra: &[&str]) -> Injector {
         let ca_out = dir.join(format!("{name}-ca.crt"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_picket-injector"))
+            .args(extra)
             .args(["--listen", "127.0.0.1:0"])
             .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--shutdown-delay", "0s"])
@@ -388,4 +394,38 @@ async fn two_injectors_starting_at_once_serve_the_same_certificate() {
     assert_eq!(config["metadata"]["resourceVersion"], settled_rv);
     assert_eq!(config["metadata"]["generation"], 2);
     assert_eq!(api.objects(Kind::Secret).len(), 1);
+}
+
+/// At install the injector creates the mesh CA's Secret for picket-control
+/// (a root and an issuer under it), once: a restarted injector keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_ca_secret_is_created_once_and_kept() {
+    let api = ApiServer::bind("127.0.0.1:0").expect("test API server");
+    api.apply(&manifest("00-namespace.yaml"))
+        .expect("namespace applies");
+    api.apply(&manifest("50-webhook.yaml"))
+        .expect("webhook configuration applies");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.kubeconfig(&kubeconfig).unwrap();
+    let read = || api.get(Kind::Secret, Some(NAMESPACE), "picket-mesh-ca");
+    let mut first = Injector::spawn_with("a", &kubeconfig, dir.path(), &[]);
+    first.wait_serving().await;
+    let deadline = Instant::now() + DEADLINE;
+    while read().is_none() {
+        assert!(Instant::now() < deadline, "the mesh CA Secret is created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = read().unwrap();
+    for key in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
+        assert!(created["data"][key].is_string(), "{key} in {created}");
+    }
+    drop(first);
+    let mut second = Injector::spawn_with("b", &kubeconfig, dir.path(), &[]);
+    second.wait_serving().await;
+    assert_eq!(
+        read().unwrap()["data"],
+        created["data"],
+        "kept, not replaced"
+    );
 }

@@ -206,3 +206,32 @@ fn a_ca_that_cannot_sign_is_refused_at_load() {
         .unwrap();
     assert!(load(&leaf.pem(), &leaf_key.serialize_pem(), "cluster.local").contains("not a CA"));
 }
+
+#[test]
+fn the_mesh_ca_the_injector_bootstraps_issues_certificates_that_verify() {
+    let bundle = picket_injector::certs::generate_mesh_ca(SystemTime::now()).unwrap();
+    let ca = Ca::from_pem(
+        bundle.cert_pem.as_bytes(),
+        bundle.key_pem.as_bytes(),
+        bundle.ca_cert_pem.as_bytes(),
+        DEFAULT_TRUST_DOMAIN,
+        DAY,
+    )
+    .unwrap();
+    let (_, request) = csr("spiffe://x/ns/a/sa/b", "x");
+    let issued = ca.issue(&request, &caller(), SystemTime::now()).unwrap();
+    assert_eq!(issued.chain.len(), 2, "the leaf and the issuer");
+    let mut roots = rustls::RootCertStore::empty();
+    for anchor in ca.anchors() {
+        roots.add(anchor.clone()).unwrap();
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .unwrap();
+    verifier
+        .verify_client_cert(&issued.chain[0], &issued.chain[1..], UnixTime::now())
+        .expect("the leaf chains through the issuer to the root");
+}

@@ -317,3 +317,83 @@ fn an_app_container_mounting_the_control_token_is_refused() {
         "{message}"
     );
 }
+
+/// The mTLS mode: the pod's annotation, else its namespace's (written on
+/// the pod, which is what the engine reads), else the install's; the proxy
+/// gets it, with the skip-detect ports.
+#[test]
+fn the_mtls_mode_comes_from_the_pod_else_its_namespace_and_reaches_the_proxy() {
+    let cfg = control_mode();
+    let mut pod = fixture("plain");
+    let ns_annotations = BTreeMap::from([(MTLS_KEY.to_string(), "strict".to_string())]);
+    let plan = plan_with(&pod, &privileged_ns(), &ns_annotations, &cfg);
+    assert!(matches!(plan.decision, Decision::Injected(_)), "{plan:?}");
+    let injected = apply(&pod, &plan.ops);
+    assert_eq!(annotation(&injected, MTLS_KEY), Some("strict"));
+    let proxy = find(&injected, PROXY_CONTAINER);
+    assert_eq!(env_value(proxy, picket_common::env::MTLS), Some("strict"));
+
+    pod.metadata.annotations = Some(BTreeMap::from([
+        (MTLS_KEY.to_string(), "permissive".to_string()),
+        (SKIP_DETECT_PORTS_KEY.to_string(), "3306, 25".to_string()),
+    ]));
+    let plan = plan_with(&pod, &privileged_ns(), &ns_annotations, &cfg);
+    let injected = apply(&pod, &plan.ops);
+    assert_eq!(
+        annotation(&injected, MTLS_KEY),
+        Some("permissive"),
+        "the pod's own wins"
+    );
+    let proxy = find(&injected, PROXY_CONTAINER);
+    assert_eq!(
+        env_value(proxy, picket_common::env::MTLS),
+        Some("permissive")
+    );
+    assert_eq!(
+        env_value(proxy, picket_common::env::SKIP_DETECT_PORTS),
+        Some("25,3306")
+    );
+    // Reinvoked on the injected pod: nothing new, nothing rejected.
+    let again = plan_with(&injected, &privileged_ns(), &ns_annotations, &cfg);
+    assert_eq!(again.decision, Decision::AlreadyInjected, "{again:?}");
+
+    // No annotation anywhere: the install's default, off: nothing said.
+    let plain = fixture("plain");
+    let plan = plan_with(&plain, &privileged_ns(), &NO_ANNOTATIONS, &cfg);
+    let injected = apply(&plain, &plan.ops);
+    assert_eq!(annotation(&injected, MTLS_KEY), None);
+    assert_eq!(
+        env_value(find(&injected, PROXY_CONTAINER), picket_common::env::MTLS),
+        None
+    );
+}
+
+#[test]
+fn an_unknown_mode_or_mtls_without_the_control_plane_rejects_the_pod() {
+    let mut pod = fixture("plain");
+    pod.metadata.annotations = Some(BTreeMap::from([(MTLS_KEY.to_string(), "on".to_string())]));
+    let plan = plan_with(&pod, &privileged_ns(), &NO_ANNOTATIONS, &control_mode());
+    match &plan.decision {
+        Decision::Rejected(Rejection::InvalidAnnotation(invalid)) => {
+            assert_eq!(invalid.key, MTLS_KEY);
+            assert!(invalid.message.contains("\"on\""), "{invalid:?}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    pod.metadata.annotations = Some(BTreeMap::from([(
+        MTLS_KEY.to_string(),
+        "strict".to_string(),
+    )]));
+    let plan = plan_with(
+        &pod,
+        &privileged_ns(),
+        &NO_ANNOTATIONS,
+        &InjectConfig::for_test(),
+    );
+    match &plan.decision {
+        Decision::Rejected(Rejection::Unenforceable(u)) => {
+            assert!(u.problem.contains("control plane"), "{u:?}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
