@@ -162,7 +162,9 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         tap: tap.clone(),
         mtls: args.mtls.mode(),
     });
-    let mesh = start_mesh(&args, metrics.registry(), &readiness)?;
+    // Registered with mTLS off too: the dashboards' expiry panel reads 0.
+    let identity_metrics = IdentityMetrics::new(metrics.registry());
+    let mesh = start_mesh(&args, metrics.registry(), identity_metrics, &readiness)?;
     let limits = Limits {
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
@@ -350,6 +352,7 @@ fn control_config(args: &RunArgs) -> anyhow::Result<ControlConfig> {
 fn start_mesh(
     args: &RunArgs,
     registry: &prometheus::Registry,
+    metrics: IdentityMetrics,
     readiness: &Arc<Readiness>,
 ) -> anyhow::Result<Option<Arc<Mesh>>> {
     let mode = args.mtls.mode();
@@ -365,7 +368,6 @@ fn start_mesh(
     let config = control_config(args)?;
     let credentials = Credentials::new();
     readiness.require_certificate(credentials.clone());
-    let metrics = IdentityMetrics::new(registry);
     tokio::spawn(crate::mesh::certify::run(
         config,
         credentials.clone(),

@@ -24,6 +24,8 @@ pub struct IdentityMetrics {
     pub expiration: prometheus::IntGauge,
     /// Certificate requests, by result.
     pub refreshes: prometheus::IntCounterVec,
+    /// The trust anchors installed, by fingerprint (1 each).
+    pub anchors: prometheus::IntGaugeVec,
 }
 
 // === impl IdentityMetrics ===
@@ -45,9 +47,18 @@ impl IdentityMetrics {
                 &["result"],
             )
             .expect("valid"),
+            anchors: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    "picket_trust_anchors",
+                    "The mesh's trust anchors this sidecar verifies peers against, by SHA-256 fingerprint (the first 16 hex digits): during a root rotation, every sidecar must show both roots before the issuer moves to the new one",
+                ),
+                &["fingerprint"],
+            )
+            .expect("valid"),
         };
         let _ = registry.register(Box::new(metrics.expiration.clone()));
         let _ = registry.register(Box::new(metrics.refreshes.clone()));
+        let _ = registry.register(Box::new(metrics.anchors.clone()));
         metrics
     }
 }
@@ -57,7 +68,14 @@ pub async fn run(config: ControlConfig, credentials: Arc<Credentials>, metrics: 
     let mut backoff = FIRST_BACKOFF;
     loop {
         match certify_once(&config, &credentials).await {
-            Ok(not_after) => {
+            Ok((not_after, anchors)) => {
+                metrics.anchors.reset();
+                for anchor in &anchors {
+                    metrics
+                        .anchors
+                        .with_label_values(&[&fingerprint(anchor)])
+                        .set(1);
+                }
                 metrics.refreshes.with_label_values(&["ok"]).inc();
                 metrics.expiration.set(not_after);
                 backoff = FIRST_BACKOFF;
@@ -76,8 +94,12 @@ pub async fn run(config: ControlConfig, credentials: Arc<Credentials>, metrics: 
     }
 }
 
-/// One request: a new key, a CSR, the certificate installed. Its notAfter.
-async fn certify_once(config: &ControlConfig, credentials: &Credentials) -> Result<i64, String> {
+/// One request: a new key, a CSR, the certificate installed. Its notAfter,
+/// and the anchors installed with it.
+async fn certify_once(
+    config: &ControlConfig,
+    credentials: &Credentials,
+) -> Result<(i64, Vec<CertificateDer<'static>>), String> {
     let key = KeyPair::generate().map_err(|e| format!("key: {e}"))?;
     // The CA names the caller from its token: the CSR carries only the key.
     let csr = CertificateParams::default()
@@ -100,7 +122,16 @@ async fn certify_once(config: &ControlConfig, credentials: &Credentials) -> Resu
         &issued.trust_domain,
         issued.not_after,
     )?;
-    Ok(issued.not_after)
+    Ok((issued.not_after, anchors))
+}
+
+/// A certificate's SHA-256 fingerprint, its first 16 hex digits.
+fn fingerprint(der: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How long until renewal: at `fraction` (about one half) of the life the
