@@ -59,11 +59,10 @@ pub struct IdentityConfig {
     pub trust_domain: String,
     /// How long a workload certificate is valid.
     pub lifetime: Duration,
+    /// How often the files are read again: a rotated issuer or new anchors
+    /// take effect without a restart.
+    pub reload: Duration,
 }
-
-/// How often the CA's files are read again (a rotated issuer or anchors
-/// take effect without a restart).
-const CA_RELOAD: Duration = Duration::from_secs(30);
 
 // === impl IdentityConfig ===
 
@@ -93,11 +92,11 @@ impl IdentityConfig {
     }
 }
 
-/// Reads the CA's files again every [`CA_RELOAD`]; a change that loads
+/// Reads the CA's files again every `config.reload`; a change that loads
 /// replaces the CA, one that does not is logged and the CA kept.
 async fn reload_ca(config: IdentityConfig, certifier: Arc<Certifier>, mut seen: Vec<u8>) {
     loop {
-        tokio::time::sleep(CA_RELOAD).await;
+        tokio::time::sleep(config.reload).await;
         match config.load() {
             Ok((ca, files)) if files != seen => {
                 tracing::info!(trust_domain = %config.trust_domain, "Mesh CA files changed; issuing with the new issuer and anchors");

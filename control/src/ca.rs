@@ -153,6 +153,11 @@ impl Ca {
         &self.trust_domain
     }
 
+    /// How long the certificates it issues are valid.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
     /// The trust anchors (DER).
     pub fn anchors(&self) -> &[CertificateDer<'static>] {
         &self.anchors

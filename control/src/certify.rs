@@ -15,9 +15,10 @@ use tonic::Status;
 use crate::auth::PodIdentity;
 use crate::ca::{Ca, CaError};
 
-/// CSRs a pod may send per [`WINDOW`].
+/// CSRs a pod may send per window: a minute, or a certificate's lifetime
+/// when that is shorter (a sidecar renews twice a lifetime).
 pub const CSRS_PER_WINDOW: u32 = 5;
-/// The rate limit's window.
+/// The rate limit's longest window.
 const WINDOW: Duration = Duration::from_secs(60);
 /// Pods whose windows are remembered; older ones are forgotten first.
 const MAX_PODS: usize = 100_000;
@@ -82,7 +83,7 @@ impl Certifier {
                 "this control plane has no mesh CA (--identity-issuer-cert-file): mTLS is not configured",
             ));
         };
-        if !self.take(&caller.uid, Instant::now()) {
+        if !self.take(&caller.uid, Instant::now(), WINDOW.min(ca.lifetime())) {
             self.refused("rate-limited");
             return Err(Status::resource_exhausted(format!(
                 "pod {}/{} sent more than {CSRS_PER_WINDOW} CSRs in a minute",
@@ -118,13 +119,13 @@ impl Certifier {
     }
 
     /// Takes one CSR from the pod's window.
-    fn take(&self, uid: &str, now: Instant) -> bool {
+    fn take(&self, uid: &str, now: Instant, window: Duration) -> bool {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() >= MAX_PODS {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            windows.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
         let (start, count) = windows.entry(uid.to_string()).or_insert((now, 0));
-        if now.duration_since(*start) >= WINDOW {
+        if now.duration_since(*start) >= window {
             *start = now;
             *count = 0;
         }
@@ -142,14 +143,24 @@ mod tests {
         let certifier = Certifier::new(None, &Registry::new());
         let now = Instant::now();
         for _ in 0..CSRS_PER_WINDOW {
-            assert!(certifier.take("a", now));
+            assert!(certifier.take("a", now, WINDOW));
         }
-        assert!(!certifier.take("a", now), "a sixth CSR in the minute");
         assert!(
-            certifier.take("b", now),
+            !certifier.take("a", now, WINDOW),
+            "a sixth CSR in the minute"
+        );
+        assert!(
+            certifier.take("b", now, WINDOW),
             "another pod is not limited by a's"
         );
-        assert!(certifier.take("a", now + WINDOW), "a new minute");
+        assert!(certifier.take("a", now + WINDOW, WINDOW), "a new minute");
+        // Four-second certificates: the window is four seconds.
+        let short = Duration::from_secs(4);
+        for _ in 0..CSRS_PER_WINDOW {
+            assert!(certifier.take("c", now, short));
+        }
+        assert!(!certifier.take("c", now, short));
+        assert!(certifier.take("c", now + short, short));
     }
 
     #[test]

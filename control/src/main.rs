@@ -83,6 +83,10 @@ struct Cli {
     /// How long a workload certificate is valid (sidecars renew at half of it).
     #[arg(long, default_value = "24h", value_parser = picket_common::duration::parse)]
     certificate_lifetime: Duration,
+    /// How often the mesh CA's files are read again (a rotated issuer or
+    /// new trust anchors take effect without a restart).
+    #[arg(long, default_value = "30s", value_parser = picket_common::duration::parse)]
+    identity_reload: Duration,
     /// Log as JSON.
     #[arg(long, env = "PICKET_LOG_JSON")]
     log_json: bool,
@@ -102,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             issuer_key_file: key,
             trust_domain: cli.trust_domain,
             lifetime: cli.certificate_lifetime,
+            reload: cli.identity_reload,
         }),
     };
     let _log = picket_common::logging::init(cli.log_json);

@@ -581,3 +581,120 @@ fn certificates_rotate_under_a_live_connection_and_server_first_protocols_work()
         .unwrap();
     assert!(read_reset(&mut live), "the mTLS connection is torn down");
 }
+
+/// How many trust anchors a sidecar holds (its `picket_trust_anchors` series).
+fn anchors_held(pod: &picket_lab::LabPod) -> usize {
+    let admin = SocketAddr::new(pod.ip, picket_common::ADMIN_PORT);
+    http_get(&pod.netns, admin, "/metrics")
+        .map(|(_, text)| {
+            text.lines()
+                .filter(|l| l.starts_with("picket_trust_anchors{"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// A root rotation through a two-root bundle: the anchors gain the new
+/// root, every sidecar shows both, the issuer moves under the new root,
+/// every sidecar renews, the old root is dropped. New meshed connections
+/// are made all along, and none fails.
+#[test]
+fn a_root_rotation_through_a_two_root_bundle_fails_no_connection() {
+    if !lab_available() {
+        return;
+    }
+    let c = Cluster::new(&[
+        ("shop", "api", &[("app", "api")]),
+        ("shop", "client", &[("role", "client")]),
+    ]);
+    let mut setup = Setup::new(&c);
+    let anchors = setup.with_mesh(c.state.path(), Duration::from_secs(4));
+    let identity = setup.identity.clone().unwrap();
+    let api = &setup.api;
+    let permissive = [("picket.io/mtls", "permissive")];
+    apply_pod_annotated(&c, api, "api", true, &permissive);
+    apply_pod_annotated(&c, api, "client", true, &permissive);
+    let (_plane, addr) = setup.start_plane(0);
+    let _api = c.server_with(
+        "api",
+        true,
+        &strs(&mesh_args(&setup, &c, "api", addr, "permissive")),
+    );
+    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
+    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
+    let _client = c.server_with_init(
+        "client",
+        true,
+        &["--outbound-capture", "on"],
+        &strs(&client_args),
+    );
+    let to_api = SocketAddr::new(c.pod("api").ip, APP_PORT);
+
+    // New meshed connections, one after another, for the whole rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let dialler = {
+        let stop = stop.clone();
+        let netns = c.pod("client").netns.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(Ordering::SeqCst) {
+                let echoed = connect_from(&netns, None, to_api)
+                    .map(|mut s| echo_line(&mut s, b"rotating"))
+                    .unwrap_or(false);
+                if echoed {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    let renewals = |pod: &str| metric(c.pod(pod), "picket_identity_refresh_total{result=\"ok\"}");
+    let renewed_twice = |what: &str| {
+        let since = (renewals("api"), renewals("client"));
+        eventually(what, Duration::from_secs(30), || {
+            renewals("api") >= since.0 + 2.0 && renewals("client") >= since.1 + 2.0
+        });
+    };
+    let old_root = std::fs::read_to_string(&anchors).unwrap();
+    let new_root = picket_test_support::certs::TestCa::root("picket-mesh-root-2").unwrap();
+
+    // 1. Both roots are anchors; every sidecar gets both.
+    std::fs::write(&anchors, format!("{old_root}{}", new_root.cert_pem)).unwrap();
+    eventually(
+        "every sidecar holds both roots",
+        Duration::from_secs(30),
+        || anchors_held(c.pod("api")) == 2 && anchors_held(c.pod("client")) == 2,
+    );
+    // 2. The issuer moves under the new root (here: the new root itself).
+    std::fs::write(&identity.issuer_key_file, &new_root.key_pem).unwrap();
+    std::fs::write(&identity.issuer_cert_file, &new_root.cert_pem).unwrap();
+    renewed_twice("every sidecar renews under the new root");
+    // 3. The old root is dropped.
+    std::fs::write(&anchors, &new_root.cert_pem).unwrap();
+    eventually(
+        "every sidecar holds the new root alone",
+        Duration::from_secs(30),
+        || anchors_held(c.pod("api")) == 1 && anchors_held(c.pod("client")) == 1,
+    );
+    renewed_twice("and renews again");
+
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = dialler.join().unwrap();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} connections failed during the rotation",
+        ok + failed
+    );
+    assert!(ok >= 20, "only {ok} connections were made");
+    assert!(
+        metric(
+            c.pod("api"),
+            "picket_mtls_connections_total{direction=\"inbound\"}"
+        ) >= ok as f64,
+        "they were mTLS"
+    );
+}

@@ -153,21 +153,25 @@ impl Setup {
     }
 
     /// The control plane is the mesh's CA: a new root (its own issuer),
-    /// issuing certificates valid for `lifetime`. The root's PEM file.
+    /// issuing certificates valid for `lifetime`, its files read again every
+    /// half second. The anchors' PEM file (the root, to begin with).
     pub fn with_mesh(&mut self, dir: &std::path::Path, lifetime: Duration) -> PathBuf {
         let root = picket_test_support::certs::TestCa::root("picket-mesh-root").unwrap();
-        let cert = dir.join("mesh-root.crt");
-        let key = dir.join("mesh-root.key");
+        let cert = dir.join("mesh-issuer.crt");
+        let key = dir.join("mesh-issuer.key");
+        let anchors = dir.join("mesh-anchors.pem");
         std::fs::write(&cert, &root.cert_pem).unwrap();
         std::fs::write(&key, &root.key_pem).unwrap();
+        std::fs::write(&anchors, &root.cert_pem).unwrap();
         self.identity = Some(IdentityConfig {
-            issuer_cert_file: cert.clone(),
+            issuer_cert_file: cert,
             issuer_key_file: key,
-            trust_anchors_file: cert.clone(),
+            trust_anchors_file: anchors.clone(),
             trust_domain: "cluster.local".into(),
             lifetime,
+            reload: Duration::from_millis(500),
         });
-        cert
+        anchors
     }
 
     /// Starts `picket-control` on `addr` (port 0: any).
