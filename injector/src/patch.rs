@@ -932,20 +932,13 @@ impl OutboundSettings {
         if !cfg.outbound_capture {
             return Ok(None);
         }
-        let mut settings = Self::default();
-        for item in list(pod_says(EXCLUDE_OUTBOUND_PORTS_KEY)) {
-            let port = item
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| InvalidAnnotation {
-                    key: EXCLUDE_OUTBOUND_PORTS_KEY,
-                    message: format!("{item:?} is not a port number (1-65535)"),
-                })?;
-            settings.exclude_ports.push(port);
-        }
-        settings.exclude_ports.sort_unstable();
-        settings.exclude_ports.dedup();
+        let mut settings = Self {
+            exclude_ports: port_list(
+                pod_says(EXCLUDE_OUTBOUND_PORTS_KEY),
+                EXCLUDE_OUTBOUND_PORTS_KEY,
+            )?,
+            ..Self::default()
+        };
         for item in list(pod_says(EXCLUDE_OUTBOUND_CIDRS_KEY)) {
             let net = item
                 .parse::<ipnet::IpNet>()
@@ -957,6 +950,24 @@ impl OutboundSettings {
         }
         Ok(Some(settings))
     }
+}
+
+/// The ports of a comma-separated annotation, sorted, each once.
+fn port_list(value: Option<&str>, key: &'static str) -> Result<Vec<u16>, InvalidAnnotation> {
+    let mut ports = list(value)
+        .map(|item| {
+            item.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| InvalidAnnotation {
+                    key,
+                    message: format!("{item:?} is not a port number (1-65535)"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ports.sort_unstable();
+    ports.dedup();
+    Ok(ports)
 }
 
 /// The non-empty items of a comma-separated annotation.
@@ -995,20 +1006,7 @@ impl MtlsSettings {
                     if annotated { "pod" } else { "namespace" }
                 ),
             })?;
-        let mut skip_detect_ports = Vec::new();
-        for item in list(get(SKIP_DETECT_PORTS_KEY)) {
-            let port = item
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| InvalidAnnotation {
-                    key: SKIP_DETECT_PORTS_KEY,
-                    message: format!("{item:?} is not a port number (1-65535)"),
-                })?;
-            skip_detect_ports.push(port);
-        }
-        skip_detect_ports.sort_unstable();
-        skip_detect_ports.dedup();
+        let skip_detect_ports = port_list(get(SKIP_DETECT_PORTS_KEY), SKIP_DETECT_PORTS_KEY)?;
         Ok(Self {
             mode,
             annotated,

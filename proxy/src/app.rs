@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs, log: Option<LogHandle>) -> anyhow::Result<()> {
         outbound: args.outbound_capture == OutboundArg::On,
         tap: tap.clone(),
         mtls: args.mtls.mode(),
+        answers: Default::default(),
     });
     // Registered with mTLS off too: the dashboards' expiry panel reads 0.
     let identity_metrics = IdentityMetrics::new(metrics.registry());

@@ -92,6 +92,13 @@ fn mesh_args(setup: &Setup, c: &Cluster, pod: &str, addr: SocketAddr, mode: &str
     args
 }
 
+/// The pod `client`'s sidecar, capturing its outbound connections, mTLS permissive.
+fn capturing_client(setup: &Setup, c: &Cluster, addr: SocketAddr) -> Server {
+    let mut args = mesh_args(setup, c, "client", addr, "permissive");
+    args.extend(["--outbound-capture".to_string(), "on".to_string()]);
+    c.server_with_init("client", true, &["--outbound-capture", "on"], &strs(&args))
+}
+
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
@@ -123,14 +130,7 @@ fn meshed_pods_talk_over_mtls_and_the_server_knows_its_caller() {
         true,
         &strs(&mesh_args(&setup, &c, "api", addr, "permissive")),
     );
-    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
-    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
-    let _client = c.server_with_init(
-        "client",
-        true,
-        &["--outbound-capture", "on"],
-        &strs(&client_args),
-    );
+    let _client = capturing_client(&setup, &c, addr);
     let to_api = SocketAddr::new(c.pod("api").ip, APP_PORT);
 
     let sniffer = Sniffer::start(&setup.node);
@@ -488,9 +488,9 @@ fn reads_banner(mut stream: std::net::TcpStream) -> bool {
     stream.read_exact(&mut banner).is_ok() && &banner == b"BANNER\n"
 }
 
-/// Certificates valid for six seconds: both sidecars renew every few
-/// seconds while one mTLS connection lives on through three renewals, and
-/// new handshakes show new serials. A server-first protocol on a port
+/// Certificates valid for 60 seconds: both sidecars renew every half
+/// minute or so while one mTLS connection lives on through three renewals,
+/// and new handshakes show new serials. A server-first protocol on a port
 /// excluded from detection works from a meshed and an unmeshed client. A
 /// policy change still tears the mTLS connection down.
 #[test]
@@ -504,7 +504,7 @@ fn certificates_rotate_under_a_live_connection_and_server_first_protocols_work()
         ("shop", "plain", &[("role", "plain")]),
     ]);
     let mut setup = Setup::new(&c);
-    let root = setup.with_mesh(c.state.path(), Duration::from_secs(6));
+    let root = setup.with_mesh(c.state.path(), Duration::from_secs(60));
     let api = &setup.api;
     let permissive = [("picket.io/mtls", "permissive")];
     apply_pod_annotated(&c, api, "api", true, &permissive);
@@ -516,14 +516,7 @@ fn certificates_rotate_under_a_live_connection_and_server_first_protocols_work()
     let mut api_args = mesh_args(&setup, &c, "api", addr, "permissive");
     api_args.extend(["--skip-detect-ports".to_string(), BANNER_PORT.to_string()]);
     let _api = c.server_with("api", true, &strs(&api_args));
-    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
-    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
-    let _client = c.server_with_init(
-        "client",
-        true,
-        &["--outbound-capture", "on"],
-        &strs(&client_args),
-    );
+    let _client = capturing_client(&setup, &c, addr);
     let api_ip = c.pod("api").ip;
     banner_server(&c.pod("api").netns, SocketAddr::new(api_ip, BANNER_PORT));
     let to_api = SocketAddr::new(api_ip, APP_PORT);
@@ -620,14 +613,7 @@ fn a_root_rotation_through_a_two_root_bundle_fails_no_connection() {
         true,
         &strs(&mesh_args(&setup, &c, "api", addr, "permissive")),
     );
-    let mut client_args = mesh_args(&setup, &c, "client", addr, "permissive");
-    client_args.extend(["--outbound-capture".to_string(), "on".to_string()]);
-    let _client = c.server_with_init(
-        "client",
-        true,
-        &["--outbound-capture", "on"],
-        &strs(&client_args),
-    );
+    let _client = capturing_client(&setup, &c, addr);
     let to_api = SocketAddr::new(c.pod("api").ip, APP_PORT);
 
     // New meshed connections, one after another, for the whole rotation.

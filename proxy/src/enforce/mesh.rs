@@ -15,9 +15,13 @@
 //! Identity never adds an allowance: these checks run on an allowed
 //! decision and can only refuse it. Pure.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use picket_policy::{Decision, MtlsMode, PolicyIndex, Reason};
+use picket_state::control::MeshedPod;
 
 use crate::mesh::MeshIdentity;
 
@@ -57,6 +61,43 @@ impl MeshRefusal {
             MeshRefusal::PlaintextFromMeshed(_) => "plaintext-from-meshed",
             MeshRefusal::PlaintextInStrict => "plaintext-in-strict",
         }
+    }
+}
+
+/// The control plane's answers about addresses the view does not hold
+/// (is the pod there meshed, and who is it), kept for [`Answers::TTL`]: a
+/// new connection to such a pod does not wait for the control plane each
+/// time. A stale answer fails safe: mTLS to a pod that no longer
+/// terminates it fails, and plaintext to one that now does is refused by it.
+#[derive(Debug, Default)]
+pub struct Answers {
+    answers: Mutex<HashMap<IpAddr, (Option<MeshedPod>, Instant)>>,
+}
+
+// === impl Answers ===
+
+impl Answers {
+    /// How long an answer is kept.
+    pub const TTL: Duration = Duration::from_secs(30);
+    /// The most answers kept; beyond, all are dropped.
+    const MAX: usize = 4096;
+
+    /// The answer about `ip`, if a fresh one is kept.
+    pub fn get(&self, ip: IpAddr, now: Instant) -> Option<Option<MeshedPod>> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers
+            .get(&ip)
+            .filter(|(_, at)| now.duration_since(*at) < Self::TTL)
+            .map(|(answer, _)| answer.clone())
+    }
+
+    /// Keeps the answer about `ip`.
+    pub fn put(&self, ip: IpAddr, answer: Option<MeshedPod>, now: Instant) {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if answers.len() >= Self::MAX {
+            answers.clear();
+        }
+        answers.insert(ip, (answer, now));
     }
 }
 
@@ -243,6 +284,25 @@ status: {{podIP: 10.0.0.2}}
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn answers_are_kept_for_their_ttl_and_bounded() {
+        let answers = Answers::default();
+        let now = Instant::now();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        assert_eq!(answers.get(ip, now), None);
+        answers.put(ip, None, now);
+        assert_eq!(
+            answers.get(ip, now),
+            Some(None),
+            "a negative answer is kept too"
+        );
+        assert_eq!(answers.get(ip, now + Answers::TTL), None, "expired");
+        for i in 0..Answers::MAX as u32 + 1 {
+            answers.put(IpAddr::from(i.to_be_bytes()), None, now);
+        }
+        assert!(answers.answers.lock().unwrap().len() <= Answers::MAX);
     }
 
     #[test]

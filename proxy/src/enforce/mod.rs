@@ -87,6 +87,8 @@ pub struct Enforcer {
     /// The mTLS mode the sidecar was started with (`--mtls`): the pod's
     /// own, in the state, may only make it stricter.
     pub mtls: MtlsMode,
+    /// The control plane's answers about meshed pods outside the view.
+    pub answers: mesh::Answers,
 }
 
 /// An admitted connection: its place in the table, and where to dial (the
@@ -289,15 +291,24 @@ impl Enforcer {
                 return live_holder(&snapshot, ip).is_some_and(|p| p.originates_mtls());
             }
         }
-        let Some(resolver) = &self.resolver else {
-            return false;
-        };
-        tokio::time::timeout(RESOLVE_WAIT, resolver.resolve(ip))
+        self.ask_meshed(ip).await.is_some_and(|m| m.originates_mtls)
+    }
+
+    /// The meshed pod holding `ip`, an address the view does not hold:
+    /// the control plane's answer, kept a while (see [`mesh::Answers`]). No
+    /// answer within [`RESOLVE_WAIT`]: none (and nothing kept).
+    async fn ask_meshed(&self, ip: std::net::IpAddr) -> Option<MeshedPod> {
+        let now = Instant::now();
+        if let Some(kept) = self.answers.get(ip, now) {
+            return kept;
+        }
+        let resolver = self.resolver.as_ref()?;
+        let answer = tokio::time::timeout(RESOLVE_WAIT, resolver.resolve(ip))
             .await
             .ok()
-            .flatten()
-            .and_then(|r| r.meshed)
-            .is_some_and(|m| m.originates_mtls)
+            .flatten()?;
+        self.answers.put(ip, answer.meshed.clone(), now);
+        answer.meshed
     }
 
     /// The meshed pod an admitted outbound connection dials, when this pod
@@ -330,12 +341,7 @@ impl Enforcer {
             });
         }
         drop(snapshot);
-        let resolver = self.resolver.as_ref()?;
-        tokio::time::timeout(RESOLVE_WAIT, resolver.resolve(ip))
-            .await
-            .ok()
-            .flatten()?
-            .meshed
+        self.ask_meshed(ip).await
     }
 
     /// Checks an allowed inbound decision against how its peer came (see [`mesh`]).

@@ -82,6 +82,7 @@ pub(crate) fn enforcer(unknown_ip: Duration) -> (Arc<Enforcer>, StateWriter) {
         outbound: true,
         tap: crate::tap::Tap::new(),
         mtls: picket_policy::MtlsMode::Off,
+        answers: Default::default(),
     });
     (enforcer, writer)
 }

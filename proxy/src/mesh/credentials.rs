@@ -249,9 +249,7 @@ impl ClientCertVerifier for PeerVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls13_only()
     }
 
     fn verify_tls13_signature(
@@ -260,19 +258,11 @@ impl ClientCertVerifier for PeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.provider.signature_verification_algorithms,
-        )
+        self.0.verify_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_schemes()
     }
 }
 
@@ -319,12 +309,27 @@ impl ServerCertVerifier for DestinationVerifier {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        tls13_only()
     }
 
     fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_schemes()
+    }
+}
+
+// === impl Credentials: handshake signatures (both verifiers) ===
+
+impl Credentials {
+    fn verify_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -334,16 +339,22 @@ impl ServerCertVerifier for DestinationVerifier {
             message,
             cert,
             dss,
-            &self.0.provider.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .provider
+    fn signature_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The mesh speaks TLS 1.3 alone.
+fn tls13_only() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
 }
 
 fn other(error: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
