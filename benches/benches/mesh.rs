@@ -247,7 +247,7 @@ fn main() -> Result<()> {
         "\nmedian over {} rounds of the per-round figures (mTLS pair against the plaintext pair):",
         results.len()
     );
-    println!("  new connection, added by the handshake: p50 {:.0} µs (target ≤ 500), p99 {:.0} µs (target ≤ 2000)", handshake_p50, handshake_p99);
+    println!("  new connection, added by the handshake: p50 {handshake_p50:.0} µs (target ≤ 500), p99 {handshake_p99:.0} µs (target ≤ 2000)");
     println!("  64-byte round trip, added: p50 {ping_added:.1} µs (target ≤ 15; ztunnel's HBONE ≈ 11), p99 {ping_added_p99:.1} µs");
     println!("  one stream: ×{bulk_ratio:.2} of plaintext (target ≥ 0.40; HBONE ≈ 0.35-0.40)");
     for (pod, sidecar) in pods.iter().zip(&sidecars) {
