@@ -12,6 +12,10 @@
 //! - outbound ([`Credentials::client_config`]): the server's certificate
 //!   must chain to the anchors and name the pod whose UID the server name
 //!   carries (see [`super::identity::server_name_for`]); no SNI is sent.
+//!
+//! Sessions resume (TLS 1.3 tickets, one per full handshake), per
+//! destination pod: a resumed session keeps the identities its full
+//! handshake verified.
 
 use std::sync::{Arc, RwLock};
 
@@ -178,7 +182,21 @@ impl Credentials {
             .with_client_cert_verifier(Arc::new(PeerVerifier(self.clone())))
             .with_cert_resolver(Arc::new(OwnCertificate(self.clone())));
         config.alpn_protocols = vec![ALPN.to_vec()];
-        config.send_tls13_tickets = 0;
+        // One resumption ticket per full handshake: the next connection
+        // from the same client sidecar skips the certificates' signatures.
+        // The ticket's key never leaves this process, and the ticket carries
+        // the client's verified chain, so a resumed peer is the pod it
+        // proved to be (the identity rule applies as to a full handshake).
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(ticketer) => {
+                config.ticketer = ticketer;
+                config.send_tls13_tickets = 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "No TLS ticketer: every mTLS connection makes a full handshake");
+                config.send_tls13_tickets = 0;
+            }
+        }
         Arc::new(config)
     }
 
@@ -193,6 +211,9 @@ impl Credentials {
         config.alpn_protocols = vec![ALPN.to_vec()];
         // The server name carries the expected UID; it is not the peer's to see.
         config.enable_sni = false;
+        // Tickets are kept per server name, that is per destination pod UID:
+        // a session resumes only with the pod it was verified against.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(1024);
         Arc::new(config)
     }
 }

@@ -239,3 +239,53 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
             .supported_schemes()
     }
 }
+
+/// A second connection between the same two sidecars resumes (no
+/// certificate signatures), and the server still knows who called: the
+/// ticket carries the chain the full handshake verified.
+#[tokio::test]
+async fn a_resumed_session_keeps_the_verified_identities() {
+    let root = TestCa::root("mesh").unwrap();
+    let ca = ca(&root, "cluster.local");
+    let api = credentials(&ca, &pod("api"), SystemTime::now());
+    let web = credentials(&ca, &pod("web"), SystemTime::now());
+    let server = api.server_config();
+    let client = web.client_config();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server);
+    let served = tokio::spawn(async move {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            kinds.push((tls.get_ref().1.handshake_kind(), leaf));
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.unwrap();
+            tls.write_all(&byte).await.unwrap();
+            tls.shutdown().await.unwrap();
+        }
+        kinds
+    });
+    let connector = tokio_rustls::TlsConnector::from(client);
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = server_name_for(&pod("api").uid).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.unwrap();
+        // Read to the end: the ticket arrives after the handshake.
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    }
+    let kinds = served.await.unwrap();
+    assert_eq!(kinds[0].0, Some(rustls::HandshakeKind::Full));
+    assert_eq!(kinds[1].0, Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(
+        api.identity_of(&kinds[1].1).unwrap().uid,
+        pod("web").uid,
+        "the resumed peer is the pod the full handshake verified"
+    );
+}
