@@ -248,32 +248,20 @@ fn check_pod(index: &PolicyIndex, id: &PodIdentity) -> Result<ObjectKey, String>
 /// The answer about an address: whether a pod holds it, and, when the
 /// pod holding it is meshed, who its certificate must name.
 fn resolved(index: &PolicyIndex, ip: std::net::IpAddr) -> v1::Resolved {
-    let pods = index.pods_with_ip(ip);
     v1::Resolved {
         ip: ip_to_wire(&ip),
-        pod: !pods.is_empty(),
-        meshed: meshed_holder(index, pods).map(|p| v1::MeshedPod {
-            namespace: p.key.namespace.to_string(),
-            name: p.key.name.to_string(),
-            uid: p.uid.to_string(),
-            service_account: p.service_account.to_string(),
-            originates_mtls: p.originates_mtls(),
-        }),
+        pod: !index.pods_with_ip(ip).is_empty(),
+        meshed: index
+            .holder_of(ip)
+            .filter(|p| p.meshed())
+            .map(|p| v1::MeshedPod {
+                namespace: p.key.namespace.to_string(),
+                name: p.key.name.to_string(),
+                uid: p.uid.to_string(),
+                service_account: p.service_account.to_string(),
+                originates_mtls: p.originates_mtls(),
+            }),
     }
-}
-
-/// The pod holding an address whose sidecar terminates mTLS: of several
-/// claimants (an IP being reused), the one not being deleted.
-fn meshed_holder<'a>(
-    index: &'a PolicyIndex,
-    holders: &[picket_policy::PodKey],
-) -> Option<&'a picket_policy::Pod> {
-    let mut pods = holders.iter().filter_map(|k| index.pod(k));
-    let pod = match holders.len() {
-        1 => pods.next(),
-        _ => pods.find(|p| !p.deleting),
-    }?;
-    pod.meshed().then_some(&**pod)
 }
 
 fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {

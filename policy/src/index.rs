@@ -431,6 +431,18 @@ impl PolicyIndex {
         self.pods_by_ip.get(&ip).map_or(&[], |h| &h.keys)
     }
 
+    /// The one pod holding an IP: its only claimant, or of several (an
+    /// address being reused), the one not being deleted.
+    pub fn holder_of(&self, ip: IpAddr) -> Option<&Pod> {
+        let holders = self.pods_with_ip(ip);
+        let mut pods = holders.iter().filter_map(|k| self.pod(k));
+        let pod = match holders.len() {
+            1 => pods.next(),
+            _ => pods.find(|p| !p.deleting),
+        }?;
+        Some(pod)
+    }
+
     /// The pods holding an IP (see [`Self::pods_with_ip`]), as a decision
     /// from that IP reads them.
     pub(super) fn holders(&self, ip: IpAddr) -> &[Holder] {

@@ -288,7 +288,10 @@ impl Enforcer {
                 return false;
             };
             if !snapshot.index.pods_with_ip(ip).is_empty() {
-                return live_holder(&snapshot, ip).is_some_and(|p| p.originates_mtls());
+                return snapshot
+                    .index
+                    .holder_of(ip)
+                    .is_some_and(|p| p.originates_mtls());
             }
         }
         self.ask_meshed(ip).await.is_some_and(|m| m.originates_mtls)
@@ -331,7 +334,10 @@ impl Enforcer {
             return None;
         }
         if !snapshot.index.pods_with_ip(ip).is_empty() {
-            let pod = live_holder(&snapshot, ip).filter(|p| p.meshed() && p.key != self.pod)?;
+            let pod = snapshot
+                .index
+                .holder_of(ip)
+                .filter(|p| p.meshed() && p.key != self.pod)?;
             return Some(MeshedPod {
                 namespace: pod.key.namespace.to_string(),
                 name: pod.key.name.to_string(),
@@ -586,17 +592,6 @@ fn knows_ip(snapshot: &Snapshot, ip: std::net::IpAddr) -> bool {
 /// How long an outbound connection to an address the view does not hold
 /// waits for the control plane to say whether its pod is meshed.
 const RESOLVE_WAIT: Duration = Duration::from_millis(100);
-
-/// The pod holding `ip`: the one claimant, or of several (an address being
-/// reused), the one not being deleted.
-fn live_holder(snapshot: &Snapshot, ip: std::net::IpAddr) -> Option<&picket_policy::Pod> {
-    let holders = snapshot.index.pods_with_ip(ip);
-    let mut pods = holders.iter().filter_map(|k| snapshot.index.pod(k));
-    match holders.len() {
-        1 => pods.next().map(|p| &**p),
-        _ => pods.find(|p| !p.deleting).map(|p| &**p),
-    }
-}
 
 /// Whether an original destination is loopback or unspecified: never
 /// captured, so never dialled from the outbound port.
