@@ -259,6 +259,22 @@ fn main() -> Result<()> {
             procfs::pss_kib(pid).unwrap_or(0)
         );
     }
+    for pod in pods.iter().filter(|p| p.name.starts_with("mtls")) {
+        let (_, text) =
+            picket_lab::proxy::http_get(&pod.netns, SocketAddr::new(pod.ip, 15020), "/metrics")?;
+        let sum = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        println!(
+            "  {} sidecar: {} mTLS connections, {} of them resumed",
+            pod.name,
+            sum("picket_mtls_connections_total"),
+            sum("picket_mtls_resumed_total")
+        );
+    }
     let _ = plane.kill();
     let _ = plane.wait();
     drop(apps);

@@ -154,7 +154,10 @@ fn meshed_pods_talk_over_mtls_and_the_server_knows_its_caller() {
         echo_line(&mut plain, PLAIN_MARKER),
         "plaintext by policy in permissive mode"
     );
-    drop((meshed, plain));
+    // The next connection between the two sidecars resumes the session.
+    let mut again = c.dial("client", to_api).unwrap();
+    assert!(echo_line(&mut again, MARKER), "a second meshed connection");
+    drop((meshed, plain, again));
     let seen_marker = sniffer.saw_both(MARKER, PLAIN_MARKER);
     assert!(seen_marker.1, "the capture sees plaintext on the bridge");
     assert!(
@@ -166,15 +169,25 @@ fn meshed_pods_talk_over_mtls_and_the_server_knows_its_caller() {
             c.pod("api"),
             "picket_mtls_connections_total{direction=\"inbound\"}"
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(
             c.pod("client"),
             "picket_mtls_connections_total{direction=\"outbound\"}"
         ),
-        1.0
+        2.0
     );
+    for (pod, direction) in [("api", "inbound"), ("client", "outbound")] {
+        assert_eq!(
+            metric(
+                c.pod(pod),
+                &format!("picket_mtls_resumed_total{{direction=\"{direction}\"}}")
+            ),
+            1.0,
+            "{pod}: the second handshake resumed, the first was full"
+        );
+    }
 }
 
 /// The pod's UID, as the API server set it.

@@ -55,6 +55,8 @@ pub struct MeshMetrics {
     pub tls_failures: prometheus::IntCounterVec,
     /// Connections relayed over mTLS, by direction.
     pub connections: prometheus::IntCounterVec,
+    /// Of those, the ones whose handshake resumed a session, by direction.
+    pub resumed: prometheus::IntCounterVec,
 }
 
 // === impl MeshMetrics ===
@@ -79,11 +81,29 @@ impl MeshMetrics {
                 "Connections relayed over mTLS between sidecars, by direction",
                 &["direction"],
             ),
+            resumed: vec(
+                "picket_mtls_resumed_total",
+                "mTLS connections whose handshake resumed a session (no certificate signatures), by direction; the rest of picket_mtls_connections_total made a full handshake",
+                &["direction"],
+            ),
         }
     }
 }
 
 // === impl Mesh ===
+
+impl Mesh {
+    /// Counts a connection about to be relayed over mTLS.
+    pub fn count(&self, tls: &rustls::CommonState, direction: &str) {
+        self.metrics
+            .connections
+            .with_label_values(&[direction])
+            .inc();
+        if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.metrics.resumed.with_label_values(&[direction]).inc();
+        }
+    }
+}
 
 impl Mesh {
     /// Mesh settings over `credentials`.

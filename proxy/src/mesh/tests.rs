@@ -260,7 +260,8 @@ async fn a_resumed_session_keeps_the_verified_identities() {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.unwrap();
             let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-            kinds.push((tls.get_ref().1.handshake_kind(), leaf));
+            let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+            kinds.push((tls.get_ref().1.handshake_kind(), leaf, suite));
             let mut byte = [0u8; 1];
             tls.read_exact(&mut byte).await.unwrap();
             tls.write_all(&byte).await.unwrap();
@@ -283,6 +284,11 @@ async fn a_resumed_session_keeps_the_verified_identities() {
     let kinds = served.await.unwrap();
     assert_eq!(kinds[0].0, Some(rustls::HandshakeKind::Full));
     assert_eq!(kinds[1].0, Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(
+        kinds[0].2,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+        "two sidecars agree on the mesh's first suite"
+    );
     assert_eq!(
         api.identity_of(&kinds[1].1).unwrap().uid,
         pod("web").uid,

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use super::conn::{io_error_kind, Proxy};
 use super::orig_dst::reset;
+use super::read_ahead::ReadAhead;
 use super::{ClientAddr, OrigDstAddr};
 use crate::enforce::mesh::Transport;
 use crate::enforce::registry::Registration;
@@ -84,15 +85,18 @@ impl Proxy {
             return self.relay_plain(stream, client, dst, admitted).await;
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(mesh.server.clone());
-        let handshake =
-            tokio::time::timeout(DETECT_TIMEOUT, acceptor.accept(stream).into_fallible()).await;
+        let handshake = tokio::time::timeout(
+            DETECT_TIMEOUT,
+            acceptor.accept(ReadAhead::new(stream)).into_fallible(),
+        )
+        .await;
         let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err((error, stream))) => {
                 let failure = TlsFailure::of(&error);
                 self.tls_failed(&mesh, Direction::Ingress, failure.label());
                 tracing::info!(client.addr = %client, reason = failure.label(), %error, "mTLS handshake failed; reset");
-                reset(stream);
+                reset(stream.into_inner());
                 return;
             }
             Err(_) => {
@@ -109,7 +113,7 @@ impl Proxy {
             .map(|leaf| mesh.credentials.identity_of(leaf));
         let Some(Ok(identity)) = identity else {
             self.tls_failed(&mesh, Direction::Ingress, "no-identity");
-            reset(tls.into_inner().0);
+            reset(tls.into_inner().0.into_inner());
             return;
         };
         tracing::debug!(client.addr = %client, peer = %identity, "mTLS peer verified");
@@ -119,24 +123,21 @@ impl Proxy {
             .admit(Direction::Ingress, client, dst, transport)
             .await
         else {
-            reset(tls.into_inner().0);
+            reset(tls.into_inner().0.into_inner());
             return;
         };
         let Some(upstream) = self
-            .connect_upstream(tls.get_ref().0, client, dst, dial)
+            .connect_upstream(tls.get_ref().0.get_ref(), client, dst, dial)
             .await
         else {
             return;
         };
-        mesh.metrics
-            .connections
-            .with_label_values(&["inbound"])
-            .inc();
+        mesh.count(tls.get_ref().1, "inbound");
         let (tls, upstream) = self
             .relay_buffered(tls, upstream, &registration, client)
             .await;
         if let Some((tls, upstream)) = tls.zip(upstream) {
-            reset(tls.into_inner().0);
+            reset(tls.into_inner().0.into_inner());
             reset(upstream);
         }
     }
@@ -166,7 +167,9 @@ impl Proxy {
         let connector = tokio_rustls::TlsConnector::from(mesh.client.clone());
         let handshake = tokio::time::timeout(
             self.limits.connect_timeout,
-            connector.connect(name, upstream).into_fallible(),
+            connector
+                .connect(name, ReadAhead::new(upstream))
+                .into_fallible(),
         )
         .await;
         let tls = match handshake {
@@ -176,7 +179,7 @@ impl Proxy {
                 self.tls_failed(&mesh, Direction::Egress, failure.label());
                 tracing::info!(dst.addr = %dst, pod = %format!("{}/{}", expected.namespace, expected.name), reason = failure.label(), %error, "mTLS to the destination pod failed; reset");
                 reset(stream);
-                reset(upstream);
+                reset(upstream.into_inner());
                 return;
             }
             Err(_) => {
@@ -199,19 +202,16 @@ impl Proxy {
             self.tls_failed(&mesh, Direction::Egress, "identity-mismatch");
             tracing::warn!(dst.addr = %dst, expected = ?expected, presented = ?named, "The destination's certificate names another workload; reset");
             reset(stream);
-            reset(tls.into_inner().0);
+            reset(tls.into_inner().0.into_inner());
             return;
         }
-        mesh.metrics
-            .connections
-            .with_label_values(&["outbound"])
-            .inc();
+        mesh.count(tls.get_ref().1, "outbound");
         let (stream, tls) = self
             .relay_buffered(stream, tls, &registration, client)
             .await;
         if let Some((stream, tls)) = stream.zip(tls) {
             reset(stream);
-            reset(tls.into_inner().0);
+            reset(tls.into_inner().0.into_inner());
         }
     }
 

@@ -9,6 +9,7 @@ pub mod listener;
 pub mod mesh;
 pub mod orig_dst;
 pub mod pipes;
+pub mod read_ahead;
 pub mod relay;
 pub mod transparent;
 
