@@ -5,6 +5,13 @@
 //!   TLS configurations (inbound termination, outbound origination).
 //! - `certify`: the identity manager (key in memory, CSR, renewal).
 //! - `detect`: is an inbound connection a sidecar's mTLS (ALPN `picket/1`)?
+//! - `spares`: connections to meshed pods handshaken ahead.
+//!
+//! The protocol `picket/1`: TLS 1.3 with both certificates, then the
+//! client's [`PREFACE`], then the client's bytes and the app's, as they
+//! come. The server connects to its app only once the preface arrived, so
+//! a client sidecar may handshake ahead ([`spares`]) and send the preface
+//! when a client connection takes the spare.
 //!
 //! What a verified identity means for a decision (the peer pod must be the
 //! one the certificate names, and own the source address) is the
@@ -14,6 +21,7 @@ pub mod certify;
 pub mod credentials;
 pub mod detect;
 pub mod identity;
+pub mod spares;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +35,20 @@ pub const ALPN: &[u8] = b"picket/1";
 
 /// How long an inbound connection may take to show whether it is mTLS.
 pub const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The client's first bytes after the handshake: a client connection
+/// begins here (until then the connection is a spare, and nothing is
+/// admitted or connected).
+pub const PREFACE: &[u8] = b"picket/1\n";
+
+/// How long the server waits for the preface after a handshake; longer
+/// than a client keeps a spare ([`spares::Spares::IDLE`]), so a spare the
+/// client still holds is still open at the server.
+pub const SPARE_WAIT: Duration = Duration::from_secs(15);
+
+/// An outbound mTLS connection, originated by this sidecar.
+pub type Originated =
+    tokio_rustls::client::TlsStream<crate::net::read_ahead::ReadAhead<tokio::net::TcpStream>>;
 
 /// This sidecar's mesh settings.
 #[derive(Clone, Debug)]
@@ -46,6 +68,8 @@ pub struct Mesh {
     pub client: Arc<rustls::ClientConfig>,
     /// Metrics.
     pub metrics: MeshMetrics,
+    /// Outbound connections handshaken ahead.
+    pub spares: Arc<spares::Spares<Originated>>,
 }
 
 /// What mTLS counts.
@@ -57,6 +81,8 @@ pub struct MeshMetrics {
     pub connections: prometheus::IntCounterVec,
     /// Of those, the ones whose handshake resumed a session, by direction.
     pub resumed: prometheus::IntCounterVec,
+    /// Spare outbound connections, by event.
+    pub spares: prometheus::IntCounterVec,
 }
 
 // === impl MeshMetrics ===
@@ -73,7 +99,7 @@ impl MeshMetrics {
         Self {
             tls_failures: vec(
                 "picket_tls_failures_total",
-                "mTLS handshakes that failed, by direction (inbound: terminated here; outbound: originated here) and reason (no-client-certificate, unknown-issuer, expired, wrong-trust-domain, identity-mismatch, no-identity, not-certified, timeout, other)",
+                "mTLS handshakes that failed, by direction (inbound: terminated here; outbound: originated here) and reason (no-client-certificate, unknown-issuer, expired, wrong-trust-domain, identity-mismatch, no-identity, not-certified, no-preface, timeout, other)",
                 &["direction", "reason"],
             ),
             connections: vec(
@@ -86,6 +112,11 @@ impl MeshMetrics {
                 "mTLS connections whose handshake resumed a session (no certificate signatures), by direction; the rest of picket_mtls_connections_total made a full handshake",
                 &["direction"],
             ),
+            spares: vec(
+                "picket_mtls_spares_total",
+                "Outbound mTLS connections handshaken ahead, by event: made, taken (a client connection skipped the handshake), expired (kept unused for its time), failed (the handshake or its verification), dead (closed by the server when taken)",
+                &["event"],
+            ),
         }
     }
 }
@@ -93,6 +124,18 @@ impl MeshMetrics {
 // === impl Mesh ===
 
 impl Mesh {
+    /// Counts a failed handshake (or its verification).
+    pub fn failed(&self, direction: picket_policy::Direction, reason: &str) {
+        let direction = match direction {
+            picket_policy::Direction::Ingress => "inbound",
+            picket_policy::Direction::Egress => "outbound",
+        };
+        self.metrics
+            .tls_failures
+            .with_label_values(&[direction, reason])
+            .inc();
+    }
+
     /// Counts a connection about to be relayed over mTLS.
     pub fn count(&self, tls: &rustls::CommonState, direction: &str) {
         self.metrics
@@ -120,6 +163,7 @@ impl Mesh {
             client: credentials.client_config(),
             credentials,
             skip_detect_ports,
+            spares: Arc::default(),
         }
     }
 }

@@ -5,23 +5,24 @@
 //! them like any other connection.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use picket_policy::{Direction, MtlsMode};
 use picket_state::control::MeshedPod;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::{io_error_kind, Proxy};
 use super::orig_dst::reset;
 use super::read_ahead::ReadAhead;
-use super::{ClientAddr, OrigDstAddr};
+use super::{ClientAddr, Interception, OrigDstAddr};
 use crate::enforce::mesh::Transport;
 use crate::enforce::registry::Registration;
 use crate::enforce::Admitted;
 use crate::mesh::detect::{detect, FirstBytes};
 use crate::mesh::identity::server_name_for;
-use crate::mesh::{Mesh, TlsFailure, DETECT_TIMEOUT};
+use crate::mesh::spares::{SpareKey, Spares};
+use crate::mesh::{Mesh, Originated, TlsFailure, DETECT_TIMEOUT, PREFACE, SPARE_WAIT};
 
 /// The copy buffer of each direction of a TLS relay.
 const TLS_COPY_BUFFER: usize = 16 * 1024;
@@ -117,6 +118,25 @@ impl Proxy {
             return;
         };
         tracing::debug!(client.addr = %client, peer = %identity, "mTLS peer verified");
+        // A spare waits here: nothing is admitted or connected before the
+        // client's preface.
+        let mut tls = tls;
+        let mut preface = [0u8; PREFACE.len()];
+        match tokio::time::timeout(SPARE_WAIT, tls.read_exact(&mut preface)).await {
+            Ok(Ok(_)) if preface == PREFACE => {}
+            Ok(Ok(_)) => {
+                self.tls_failed(&mesh, Direction::Ingress, "no-preface");
+                tracing::info!(client.addr = %client, peer = %identity, "The mTLS client did not begin with the picket/1 preface; reset");
+                reset(tls.into_inner().0.into_inner());
+                return;
+            }
+            // The client closed its spare, or failed: nothing was admitted.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(client.addr = %client, peer = %identity, wait = ?SPARE_WAIT, "An mTLS connection sent no preface in time; closed");
+                return;
+            }
+        }
         let transport = Transport::Mtls(Arc::new(identity));
         let Ok(Admitted { registration, dial }) = self
             .enforcer
@@ -142,8 +162,9 @@ impl Proxy {
         }
     }
 
-    /// An admitted outbound connection to a meshed pod: connect, originate
-    /// mTLS that must reach that very pod, relay.
+    /// An admitted outbound connection to a meshed pod: take a spare made
+    /// for that very pod, or connect and originate mTLS that must reach it;
+    /// send the preface; relay.
     pub(super) async fn originate(
         &self,
         stream: TcpStream,
@@ -155,57 +176,55 @@ impl Proxy {
         let Some(mesh) = self.mesh.clone() else {
             return;
         };
-        let Some(name) = server_name_for(&expected.uid) else {
-            self.tls_failed(&mesh, Direction::Egress, "no-identity");
-            tracing::warn!(dst.addr = %dst, uid = %expected.uid, "The destination pod's UID cannot name a TLS peer; reset");
-            reset(stream);
-            return;
-        };
-        let Some(upstream) = self.connect_upstream(&stream, client, dst, dial).await else {
-            return;
-        };
-        let connector = tokio_rustls::TlsConnector::from(mesh.client.clone());
-        let handshake = tokio::time::timeout(
-            self.limits.connect_timeout,
-            connector
-                .connect(name, ReadAhead::new(upstream))
-                .into_fallible(),
-        )
-        .await;
-        let tls = match handshake {
-            Ok(Ok(tls)) => tls,
-            Ok(Err((error, upstream))) => {
-                let failure = TlsFailure::of(&error);
-                self.tls_failed(&mesh, Direction::Egress, failure.label());
-                tracing::info!(dst.addr = %dst, pod = %format!("{}/{}", expected.namespace, expected.name), reason = failure.label(), %error, "mTLS to the destination pod failed; reset");
-                reset(stream);
-                reset(upstream.into_inner());
-                return;
+        let key = SpareKey::new(dial.0, &expected);
+        let taken = mesh.spares.take(&key, Instant::now());
+        let spare = taken.spare.filter(|spare| {
+            let open = is_open(spare.get_ref().0.get_ref());
+            if !open {
+                mesh.metrics.spares.with_label_values(&["dead"]).inc();
             }
-            Err(_) => {
-                self.tls_failed(&mesh, Direction::Egress, "timeout");
-                reset(stream);
-                return;
+            open
+        });
+        if taken.make {
+            self.make_spare(&mesh, key, dial, expected.clone());
+        }
+        let mut tls = match spare {
+            Some(tls) => {
+                mesh.metrics.spares.with_label_values(&["taken"]).inc();
+                tls
+            }
+            None => {
+                let Some(upstream) = self.connect_upstream(&stream, client, dst, dial).await else {
+                    return;
+                };
+                match originate_tls(&mesh, upstream, &expected, self.limits.connect_timeout).await {
+                    Ok(tls) => tls,
+                    Err(failed) => {
+                        self.tls_failed(&mesh, Direction::Egress, failed.reason);
+                        tracing::info!(dst.addr = %dst, pod = %format!("{}/{}", expected.namespace, expected.name), reason = failed.reason, error = %failed.detail, "mTLS to the destination pod failed; reset");
+                        reset(stream);
+                        if let Some(socket) = failed.socket {
+                            reset(socket);
+                        }
+                        return;
+                    }
+                }
             }
         };
-        // The verifier checked the UID; the namespace and service account
-        // must be the pod's too.
-        let named = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| mesh.credentials.identity_of(leaf).ok());
-        if !named.as_ref().is_some_and(|id| {
-            id.namespace == expected.namespace && id.service_account == expected.service_account
-        }) {
-            self.tls_failed(&mesh, Direction::Egress, "identity-mismatch");
-            tracing::warn!(dst.addr = %dst, expected = ?expected, presented = ?named, "The destination's certificate names another workload; reset");
+        mesh.count(tls.get_ref().1, "outbound");
+        let begun = async {
+            tls.write_all(PREFACE).await?;
+            tls.flush().await
+        };
+        if let Err(error) = begun.await {
+            self.metrics
+                .relay_errors
+                .with_label_values(&[io_error_kind(&error)])
+                .inc();
+            tracing::info!(dst.addr = %dst, %error, "The mTLS connection failed before its preface was sent; reset");
             reset(stream);
-            reset(tls.into_inner().0.into_inner());
             return;
         }
-        mesh.count(tls.get_ref().1, "outbound");
         let (stream, tls) = self
             .relay_buffered(stream, tls, &registration, client)
             .await;
@@ -213,6 +232,50 @@ impl Proxy {
             reset(stream);
             reset(tls.into_inner().0.into_inner());
         }
+    }
+
+    /// Makes a spare for `key` in the background, and closes it when its
+    /// time is up unless a client connection took it.
+    fn make_spare(&self, mesh: &Arc<Mesh>, key: SpareKey, dial: OrigDstAddr, expected: MeshedPod) {
+        if self.interception != Interception::Redirect {
+            // Outbound connections are never tproxied; should one be, it
+            // would connect as its client, which a spare has not.
+            mesh.spares.abandon(&key);
+            return;
+        }
+        let mesh = mesh.clone();
+        let timeout = self.limits.connect_timeout;
+        tokio::spawn(async move {
+            let made = async {
+                let upstream = tokio::time::timeout(timeout, TcpStream::connect(dial.0))
+                    .await
+                    .map_err(|_| "connect timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let _ = upstream.set_nodelay(true);
+                originate_tls(&mesh, upstream, &expected, timeout)
+                    .await
+                    .map_err(|failed| {
+                        mesh.failed(Direction::Egress, failed.reason);
+                        failed.detail
+                    })
+            };
+            let tls = match made.await {
+                Ok(tls) => tls,
+                Err(error) => {
+                    mesh.spares.abandon(&key);
+                    mesh.metrics.spares.with_label_values(&["failed"]).inc();
+                    tracing::debug!(dial.addr = %dial, %error, "No spare mTLS connection");
+                    return;
+                }
+            };
+            mesh.metrics.spares.with_label_values(&["made"]).inc();
+            let id = mesh.spares.put(key.clone(), tls, Instant::now());
+            tokio::time::sleep(Spares::<Originated>::IDLE).await;
+            if mesh.spares.expire(&key, id).is_some() {
+                // Dropped: closed (a FIN), and the server's wait ends.
+                mesh.metrics.spares.with_label_values(&["expired"]).inc();
+            }
+        });
     }
 
     /// Copies both ways until both ends are done, or a re-check kills the
@@ -264,13 +327,86 @@ impl Proxy {
     }
 
     fn tls_failed(&self, mesh: &Mesh, direction: Direction, reason: &str) {
-        let direction = match direction {
-            Direction::Ingress => "inbound",
-            Direction::Egress => "outbound",
-        };
-        mesh.metrics
-            .tls_failures
-            .with_label_values(&[direction, reason])
-            .inc();
+        mesh.failed(direction, reason);
+    }
+}
+
+/// Why originating mTLS failed: the metric's reason, what happened, and
+/// the socket to reset when there is one.
+struct Failed {
+    reason: &'static str,
+    detail: String,
+    socket: Option<TcpStream>,
+}
+
+/// Originates mTLS over `upstream` to the pod `expected`: the handshake
+/// (whose verifier checks the chain and the UID), then the namespace and
+/// service account the verifier leaves.
+async fn originate_tls(
+    mesh: &Mesh,
+    upstream: TcpStream,
+    expected: &MeshedPod,
+    timeout: Duration,
+) -> Result<Originated, Failed> {
+    let Some(name) = server_name_for(&expected.uid) else {
+        return Err(Failed {
+            reason: "no-identity",
+            detail: format!(
+                "the destination pod's UID {:?} cannot name a TLS peer",
+                expected.uid
+            ),
+            socket: Some(upstream),
+        });
+    };
+    let connector = tokio_rustls::TlsConnector::from(mesh.client.clone());
+    let handshake = tokio::time::timeout(
+        timeout,
+        connector
+            .connect(name, ReadAhead::new(upstream))
+            .into_fallible(),
+    )
+    .await;
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err((error, upstream))) => {
+            return Err(Failed {
+                reason: TlsFailure::of(&error).label(),
+                detail: error.to_string(),
+                socket: Some(upstream.into_inner()),
+            })
+        }
+        Err(_) => {
+            return Err(Failed {
+                reason: "timeout",
+                detail: format!("no handshake within {timeout:?}"),
+                socket: None,
+            })
+        }
+    };
+    let named = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| mesh.credentials.identity_of(leaf).ok());
+    if !named.as_ref().is_some_and(|id| {
+        id.namespace == expected.namespace && id.service_account == expected.service_account
+    }) {
+        return Err(Failed {
+            reason: "identity-mismatch",
+            detail: format!("expected {expected:?}, the certificate names {named:?}"),
+            socket: Some(tls.into_inner().0.into_inner()),
+        });
+    }
+    Ok(tls)
+}
+
+/// Whether a kept connection is still open: a peek finds bytes (the
+/// server's ticket) or none yet, not the end of the stream or an error.
+fn is_open(socket: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    match socket2::SockRef::from(socket).peek(&mut byte) {
+        Ok(n) => n > 0,
+        Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
     }
 }
