@@ -102,6 +102,27 @@ fn send(from: &mut Connection, to: &mut Connection, data: &[u8], out: &mut [u8])
     }
 }
 
+/// One ephemeral key exchange, both ends (each makes a key pair and
+/// agrees on the other's public key): what every handshake, resumed or
+/// not, computes.
+fn key_exchange(c: &mut Criterion, name: &str, algorithm: &'static ring::agreement::Algorithm) {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey};
+    let rng = ring::rand::SystemRandom::new();
+    let mut group = c.benchmark_group("kx");
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let client = EphemeralPrivateKey::generate(algorithm, &rng).expect("key");
+            let server = EphemeralPrivateKey::generate(algorithm, &rng).expect("key");
+            let client_public = client.compute_public_key().expect("public");
+            let server_public = server.compute_public_key().expect("public");
+            let a = agree_ephemeral(client, &UnparsedPublicKey::new(algorithm, server_public), |k| k[0]);
+            let b = agree_ephemeral(server, &UnparsedPublicKey::new(algorithm, client_public), |k| k[0]);
+            assert_eq!(a.ok(), b.ok());
+        })
+    });
+    group.finish();
+}
+
 /// Seals and opens one record with `algorithm`.
 fn aead(c: &mut Criterion, name: &str, algorithm: &'static ring::aead::Algorithm) {
     use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
@@ -178,6 +199,8 @@ fn bench(c: &mut Criterion) {
     );
     group.finish();
 
+    key_exchange(c, "x25519", &ring::agreement::X25519);
+    key_exchange(c, "p256", &ring::agreement::ECDH_P256);
     aead(c, "aes-128-gcm-16KiB", &ring::aead::AES_128_GCM);
     aead(c, "aes-256-gcm-16KiB", &ring::aead::AES_256_GCM);
     aead(c, "chacha20-poly1305-16KiB", &ring::aead::CHACHA20_POLY1305);

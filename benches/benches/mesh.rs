@@ -269,10 +269,15 @@ fn main() -> Result<()> {
                 .sum()
         };
         println!(
-            "  {} sidecar: {} mTLS connections, {} of them resumed",
+            "  {} sidecar: {} mTLS connections, {} of them resumed; spares made {}, taken {}, expired {}, failed {}, dead {}",
             pod.name,
             sum("picket_mtls_connections_total"),
-            sum("picket_mtls_resumed_total")
+            sum("picket_mtls_resumed_total"),
+            sum("picket_mtls_spares_total{event=\"made\""),
+            sum("picket_mtls_spares_total{event=\"taken\""),
+            sum("picket_mtls_spares_total{event=\"expired\""),
+            sum("picket_mtls_spares_total{event=\"failed\""),
+            sum("picket_mtls_spares_total{event=\"dead\""),
         );
     }
     let _ = plane.kill();
