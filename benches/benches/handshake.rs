@@ -115,8 +115,16 @@ fn key_exchange(c: &mut Criterion, name: &str, algorithm: &'static ring::agreeme
             let server = EphemeralPrivateKey::generate(algorithm, &rng).expect("key");
             let client_public = client.compute_public_key().expect("public");
             let server_public = server.compute_public_key().expect("public");
-            let a = agree_ephemeral(client, &UnparsedPublicKey::new(algorithm, server_public), |k| k[0]);
-            let b = agree_ephemeral(server, &UnparsedPublicKey::new(algorithm, client_public), |k| k[0]);
+            let a = agree_ephemeral(
+                client,
+                &UnparsedPublicKey::new(algorithm, server_public),
+                |k| k[0],
+            );
+            let b = agree_ephemeral(
+                server,
+                &UnparsedPublicKey::new(algorithm, client_public),
+                |k| k[0],
+            );
             assert_eq!(a.ok(), b.ok());
         })
     });

@@ -24,9 +24,6 @@ use crate::mesh::identity::server_name_for;
 use crate::mesh::spares::{SpareKey, Spares};
 use crate::mesh::{Mesh, Originated, TlsFailure, DETECT_TIMEOUT, PREFACE, SPARE_WAIT};
 
-/// The copy buffer of each direction of a TLS relay.
-const TLS_COPY_BUFFER: usize = 16 * 1024;
-
 // === impl Proxy: mesh ===
 
 impl Proxy {
@@ -201,7 +198,12 @@ impl Proxy {
                     Ok(tls) => tls,
                     Err(failed) => {
                         self.tls_failed(&mesh, Direction::Egress, failed.reason);
-                        tracing::info!(dst.addr = %dst, pod = %format!("{}/{}", expected.namespace, expected.name), reason = failed.reason, error = %failed.detail, "mTLS to the destination pod failed; reset");
+                        let pod = format!("{}/{}", expected.namespace, expected.name);
+                        if failed.reason == "identity-mismatch" {
+                            tracing::warn!(dst.addr = %dst, %pod, error = %failed.detail, "The destination's certificate names another workload; reset");
+                        } else {
+                            tracing::info!(dst.addr = %dst, %pod, reason = failed.reason, error = %failed.detail, "mTLS to the destination pod failed; reset");
+                        }
                         reset(stream);
                         if let Some(socket) = failed.socket {
                             reset(socket);
@@ -297,7 +299,7 @@ impl Proxy {
         open.inc();
         let outcome = tokio::select! {
             biased;
-            moved = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TLS_COPY_BUFFER, TLS_COPY_BUFFER) => Some(moved),
+            moved = super::buffered::copy_bidirectional(&mut a, &mut b) => Some(moved),
             () = registration.killed() => None,
         };
         open.dec();

@@ -4,6 +4,7 @@
 //! Address newtypes keep the client's address and the original destination
 //! from being swapped.
 
+pub mod buffered;
 pub mod conn;
 pub mod listener;
 pub mod mesh;
