@@ -24,6 +24,9 @@ use crate::mesh::identity::server_name_for;
 use crate::mesh::spares::{SpareKey, Spares};
 use crate::mesh::{Mesh, Originated, TlsFailure, DETECT_TIMEOUT, PREFACE, SPARE_WAIT};
 
+/// The most client bytes sent with the preface (those already received).
+const FIRST_BYTES: usize = 4096;
+
 // === impl Proxy: mesh ===
 
 impl Proxy {
@@ -214,18 +217,31 @@ impl Proxy {
             }
         };
         mesh.count(tls.get_ref().1, "outbound");
+        // The preface goes with the client's first bytes when they are
+        // already here: one record and one write, one wake-up at the server.
         let begun = async {
-            tls.write_all(PREFACE).await?;
-            tls.flush().await
+            let mut first = vec![0u8; PREFACE.len() + FIRST_BYTES];
+            first[..PREFACE.len()].copy_from_slice(PREFACE);
+            let early = match stream.try_read(&mut first[PREFACE.len()..]) {
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(error) => return Err(error),
+            };
+            tls.write_all(&first[..PREFACE.len() + early]).await?;
+            tls.flush().await?;
+            Ok(early as u64)
         };
-        if let Err(error) = begun.await {
-            self.metrics
-                .relay_errors
-                .with_label_values(&[io_error_kind(&error)])
-                .inc();
-            tracing::info!(dst.addr = %dst, %error, "The mTLS connection failed before its preface was sent; reset");
-            reset(stream);
-            return;
+        match begun.await {
+            Ok(early) => self.bytes.client_to_server.inc_by(early),
+            Err(error) => {
+                self.metrics
+                    .relay_errors
+                    .with_label_values(&[io_error_kind(&error)])
+                    .inc();
+                tracing::info!(dst.addr = %dst, %error, "The mTLS connection failed before its preface was sent; reset");
+                reset(stream);
+                return;
+            }
         }
         let (stream, tls) = self
             .relay_buffered(stream, tls, &registration, client)
