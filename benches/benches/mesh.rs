@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let rounds: usize = env("PICKET_MESH_ROUNDS", 5)?;
+    let workers: String = env("PICKET_MESH_WORKERS", "1".to_string())?;
     let bulk = Duration::from_secs_f64(env("PICKET_MESH_SECONDS", 1.0)?);
     let target = picket_benches::target_dir()?;
     let proxy = picket_benches::release_binary(
@@ -172,7 +173,7 @@ fn main() -> Result<()> {
             "--control-token-file",
             token.to_str().unwrap(),
             "--workers",
-            "1",
+            &workers,
         ];
         if client {
             args.extend(["--outbound-capture", "on"]);

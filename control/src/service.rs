@@ -71,10 +71,19 @@ pub struct ControlService<R> {
     certifier: Arc<Certifier>,
 }
 
-/// The views' shared work for the latest snapshot version.
+/// The views' shared work for the latest snapshot version, derived from
+/// the version before (see [`Shared::next`]).
 #[derive(Debug, Default)]
 pub struct SharedCache {
-    latest: std::sync::Mutex<(u64, Arc<Shared>)>,
+    latest: std::sync::Mutex<Option<Latest>>,
+}
+
+/// The shared work of one snapshot version, with its index.
+#[derive(Debug)]
+struct Latest {
+    version: u64,
+    index: PolicyIndex,
+    shared: Arc<Shared>,
 }
 
 type ResponseStream =
@@ -83,12 +92,27 @@ type ResponseStream =
 // === impl SharedCache ===
 
 impl SharedCache {
-    fn for_version(&self, version: u64) -> Arc<Shared> {
+    /// The shared work for `snapshot`. A subscriber still on an older
+    /// version than the latest gets its own, which nobody else reuses.
+    fn for_snapshot(&self, snapshot: &Snapshot) -> Arc<Shared> {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest.0 != version {
-            *latest = (version, Arc::new(Shared::default()));
-        }
-        latest.1.clone()
+        let shared = match &*latest {
+            Some(l) if l.version == snapshot.version => return l.shared.clone(),
+            Some(l) if l.version > snapshot.version => return Arc::default(),
+            Some(l) => {
+                let changed = snapshot.log.between(l.version, snapshot.version);
+                l.shared
+                    .next(&l.index, &snapshot.index, changed.as_deref())
+                    .into()
+            }
+            None => Arc::default(),
+        };
+        *latest = Some(Latest {
+            version: snapshot.version,
+            index: snapshot.index.clone(),
+            shared: Arc::clone(&shared),
+        });
+        shared
     }
 }
 
@@ -396,7 +420,7 @@ impl Subscriber {
             return Err(End::Revoked(format!("pod {} is gone", self.me)));
         }
         // Most changes concern other pods' views: they cost a check here.
-        let shared = self.shared.for_version(snapshot.version);
+        let shared = self.shared.for_snapshot(snapshot);
         let Ok(change) = self
             .sent
             .update(index, &shared, &self.me, changed.as_deref(), full)

@@ -121,6 +121,31 @@ struct Subscriber {
 }
 
 #[test]
+fn shared_work_patched_from_version_to_version_equals_work_built_afresh() {
+    let mut checked = 0u64;
+    for seed in 1..=60u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut cluster = PolicyIndex::new();
+        let mut shared = Shared::default();
+        for step in 0..60 {
+            let then = cluster.clone();
+            let changed = change(&mut cluster, op(&mut rng));
+            shared = shared.next(&then, &cluster, Some(std::slice::from_ref(&changed)));
+            // Some versions build nothing: the next patches from an older
+            // base, over the changes of both.
+            if rng.below(3) == 0 {
+                continue;
+            }
+            if let Err(diff) = shared.check_against_fresh(&cluster) {
+                panic!("seed {seed}, step {step}, after {changed:?}: {diff}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "only {checked} versions checked");
+}
+
+#[test]
 fn every_view_decides_like_the_whole_cluster_after_every_change() {
     let cases: u64 = std::env::var("PICKET_PROPTEST_CASES")
         .ok()
@@ -162,12 +187,19 @@ fn every_view_decides_like_the_whole_cluster_after_every_change() {
             })
             .collect();
         let steps = 5 + rng.below(40);
+        // As the control plane does: each version's shared work patched
+        // from the last's (built afresh after a restart).
+        let mut shared = Shared::default();
         for step in 0..steps {
+            let then = cluster.clone();
             let changed = change(&mut cluster, op(&mut rng));
             // Now and then the control plane restarts: every subscriber
             // reconnects into a full view.
             let restart = rng.below(15) == 0;
-            let shared = Shared::default();
+            shared = match restart {
+                true => Shared::default(),
+                false => shared.next(&then, &cluster, Some(std::slice::from_ref(&changed))),
+            };
             for (me, sub) in pods.iter().zip(&mut subscribers) {
                 sub.pending.push(changed.clone());
                 let full = restart || !sub.connected;
@@ -391,7 +423,9 @@ fn with_cluster_policies_every_view_decides_like_the_whole_cluster() {
             .iter()
             .map(|_| (Sent::new(outbound), PolicyIndex::new(), false))
             .collect();
+        let mut shared = Shared::default();
         for step in 0..5 + rng.below(30) {
+            let then = cluster.clone();
             let changed = match rng.below(5) {
                 0 => {
                     let policy = picket_policy::testgen::cluster_policy(&mut rng);
@@ -412,7 +446,7 @@ fn with_cluster_policies_every_view_decides_like_the_whole_cluster() {
                 }
                 _ => change(&mut cluster, op(&mut rng)),
             };
-            let shared = Shared::default();
+            shared = shared.next(&then, &cluster, Some(std::slice::from_ref(&changed)));
             for (me, (sent, held, connected)) in pods.iter().zip(&mut subscribers) {
                 let Ok(message) = sent.update(
                     &cluster,

@@ -103,20 +103,44 @@ pub struct Sides {
 
 /// Work shared by every view computed from one index: the pods each pod
 /// peer selects, and the addresses isolated pods hold. Build one per index
-/// version and use it for every subscriber.
+/// version and use it for every subscriber; the next version's comes from
+/// [`Self::next`], which patches what this one built instead of building it
+/// again from the whole cluster.
 #[derive(Debug, Default)]
 pub struct Shared {
-    peers: std::sync::Mutex<HashMap<String, Arc<Vec<PodKey>>>>,
+    peers: std::sync::Mutex<HashMap<Arc<str>, Arc<PeerSet>>>,
     egress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
     ingress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
+    /// By direction (egress, ingress): claims of an earlier index, to patch
+    /// on first use.
+    bases: [Option<ClaimsBase>; 2],
 }
+
+/// The pods one pod peer selects (sorted), with the peer, to patch them.
+#[derive(Clone, Debug)]
+struct PeerSet {
+    namespaces: NamespaceScope,
+    pods: Option<Selector>,
+    members: Arc<Vec<PodKey>>,
+}
+
+/// Address claims built for `index`, and the objects changed since.
+#[derive(Debug)]
+struct ClaimsBase {
+    claims: Arc<AddressClaims>,
+    index: PolicyIndex,
+    changed: Vec<ObjectRef>,
+}
+
+/// The most changed objects a base carries before claims are built whole.
+const MAX_BASE_CHANGES: usize = 4096;
 
 /// The addresses pods isolated for one direction hold, with their holders'
 /// sets of policies for it: what a view compiles its address entries from.
 /// Built once per index version, when a view first needs it: the views
 /// recomputed in one version (those of the pods a new policy selects) then
 /// each read it in one pass, in order, with no lookup per pod.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct AddressClaims {
     direction: Direction,
     /// Sorted by address: the group of its isolated holders.
@@ -127,7 +151,14 @@ pub struct AddressClaims {
     /// Each distinct set of policies, enforced and in audit mode (with the
     /// container ports their named ports resolve on, for ingress sides that
     /// name ports).
-    sets: Vec<PolicySet>,
+    sets: Vec<Arc<PolicySet>>,
+    /// Each set's id, by its policies' pointers and ports.
+    set_ids: HashMap<(Box<[usize]>, Vec<ContainerPort>), u32>,
+    /// Each group's id.
+    group_ids: HashMap<Box<[u32]>, u32>,
+    /// Addresses patched since built whole: past a bound (sets and groups
+    /// no address uses any more pile up), built whole again.
+    patched: usize,
 }
 
 /// The policies selecting a pod for one direction, enforced and audited,
@@ -214,14 +245,77 @@ impl AddressTable {
 // === impl Shared ===
 
 impl Shared {
-    /// The addresses pods isolated for `direction` hold, built on first use.
-    fn address_claims(&self, index: &PolicyIndex, direction: Direction) -> Arc<AddressClaims> {
-        let cell = match direction {
-            Direction::Egress => &self.egress_claims,
-            Direction::Ingress => &self.ingress_claims,
+    /// The shared work for the index `now`, from this one's for `then`,
+    /// given the objects `changed` between them (`None`: anything may
+    /// have). Peer sets are patched for the changed pods at once; address
+    /// claims are patched on first use.
+    pub fn next(
+        &self,
+        then: &PolicyIndex,
+        now: &PolicyIndex,
+        changed: Option<&[ObjectRef]>,
+    ) -> Self {
+        let Some(changed) = changed else {
+            return Self::default();
         };
-        cell.get_or_init(|| Arc::new(AddressClaims::of(index, direction)))
-            .clone()
+        let cells = [&self.egress_claims, &self.ingress_claims];
+        let bases = std::array::from_fn(|d| {
+            let base = match (cells[d].get(), &self.bases[d]) {
+                (Some(claims), _) => ClaimsBase {
+                    claims: claims.clone(),
+                    index: then.clone(),
+                    changed: changed.to_vec(),
+                },
+                (None, Some(base)) => ClaimsBase {
+                    claims: base.claims.clone(),
+                    index: base.index.clone(),
+                    changed: base.changed.iter().chain(changed).cloned().collect(),
+                },
+                (None, None) => return None,
+            };
+            (base.changed.len() <= MAX_BASE_CHANGES).then_some(base)
+        });
+        // A namespace's labels decide which pods peers selecting
+        // namespaces reach: those are found again.
+        let peers = match changed.iter().any(|c| c.kind == Kind::Namespace) {
+            true => HashMap::default(),
+            false => {
+                let mut pods: Vec<&PodKey> = changed
+                    .iter()
+                    .filter(|c| c.kind == Kind::Pod)
+                    .map(|c| &c.key)
+                    .collect();
+                pods.sort_unstable();
+                pods.dedup();
+                let memo = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                memo.iter()
+                    .map(|(key, set)| (key.clone(), PeerSet::patched(set, now, &pods)))
+                    .collect()
+            }
+        };
+        Self {
+            peers: std::sync::Mutex::new(peers),
+            egress_claims: Default::default(),
+            ingress_claims: Default::default(),
+            bases,
+        }
+    }
+
+    /// The addresses pods isolated for `direction` hold, built (or patched
+    /// from the base) on first use.
+    fn address_claims(&self, index: &PolicyIndex, direction: Direction) -> Arc<AddressClaims> {
+        let d = match direction {
+            Direction::Egress => 0,
+            Direction::Ingress => 1,
+        };
+        let cell = [&self.egress_claims, &self.ingress_claims][d];
+        cell.get_or_init(|| {
+            Arc::new(match &self.bases[d] {
+                Some(base) => base.claims.patched(&base.index, index, &base.changed),
+                None => AddressClaims::of(index, direction),
+            })
+        })
+        .clone()
     }
 
     /// The pods a pod peer selects, memoised by the peer's text.
@@ -233,8 +327,8 @@ impl Shared {
     ) -> Arc<Vec<PodKey>> {
         let key = format!("{namespaces:?}|{pods:?}");
         let mut memo = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = memo.get(&key) {
-            return found.clone();
+        if let Some(found) = memo.get(key.as_str()) {
+            return found.members.clone();
         }
         // Only the pods of the namespaces the peer can name: its own, or
         // those whose labels match (every pod for `{}`, which also matches
@@ -250,93 +344,286 @@ impl Shared {
                 .flat_map(|ns| index.pods_in(&ns.name))
                 .collect(),
         };
-        let members: Vec<PodKey> = candidates
+        let mut members: Vec<PodKey> = candidates
             .into_iter()
             .filter_map(|key| index.pod(key))
-            .filter(|pod| {
-                pods_peer_matches(
-                    namespaces,
-                    pods,
-                    pod,
-                    index.namespace_labels(&pod.key.namespace),
-                )
-            })
+            .filter(|pod| peer_selects(index, namespaces, pods, pod))
             .map(|pod| pod.key.clone())
             .collect();
+        members.sort_unstable();
         let members = Arc::new(members);
-        memo.insert(key, members.clone());
+        memo.insert(
+            key.into(),
+            Arc::new(PeerSet {
+                namespaces: namespaces.clone(),
+                pods: pods.cloned(),
+                members: members.clone(),
+            }),
+        );
         members
+    }
+}
+
+/// Whether a pod peer selects `pod`: it is among the peer's candidates (a
+/// pod of its namespace, of a namespace known whose labels match, or any
+/// pod for `{}`) and matches.
+fn peer_selects(
+    index: &PolicyIndex,
+    namespaces: &NamespaceScope,
+    pods: Option<&Selector>,
+    pod: &Pod,
+) -> bool {
+    let candidate = match namespaces {
+        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
+        NamespaceScope::Selected(selector) if selector.is_everything() => true,
+        NamespaceScope::Selected(selector) => index
+            .namespace(&pod.key.namespace)
+            .is_some_and(|ns| selector.matches(&ns.labels)),
+    };
+    candidate
+        && pods_peer_matches(
+            namespaces,
+            pods,
+            pod,
+            index.namespace_labels(&pod.key.namespace),
+        )
+}
+
+#[cfg(test)]
+impl Shared {
+    /// Builds every address claim and the peer set of every pod peer of
+    /// the index's policies, then checks each against one built afresh
+    /// from `index` alone.
+    pub(crate) fn check_against_fresh(&self, index: &PolicyIndex) -> Result<(), String> {
+        type Claimed = Vec<(IpAddr, Vec<(Vec<usize>, Vec<usize>, Vec<ContainerPort>)>)>;
+        let claimed = |c: &AddressClaims| -> Claimed {
+            let ptrs = |ps: &[Arc<Policy>]| ps.iter().map(|p| Arc::as_ptr(p) as usize).collect();
+            c.by_ip
+                .iter()
+                .map(|(ip, group)| {
+                    let sets = c.groups[*group as usize]
+                        .iter()
+                        .map(|id| {
+                            let set = &c.sets[*id as usize];
+                            (ptrs(&set.enforced), ptrs(&set.audited), set.ports.clone())
+                        })
+                        .collect();
+                    (*ip, sets)
+                })
+                .collect()
+        };
+        for direction in [Direction::Egress, Direction::Ingress] {
+            let (kept, fresh) = (
+                self.address_claims(index, direction),
+                AddressClaims::of(index, direction),
+            );
+            if claimed(&kept) != claimed(&fresh) {
+                return Err(format!(
+                    "{direction:?} address claims differ from a fresh build"
+                ));
+            }
+        }
+        let peers = index.policies().flat_map(|p| {
+            [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .flat_map(|d| p.rules(d).unwrap_or_default())
+                .flat_map(|r| r.peers.iter().flatten())
+        });
+        let fresh = Shared::default();
+        for peer in peers {
+            if let Peer::Pods { namespaces, pods } = peer {
+                let kept = self.peer_members(index, namespaces, pods.as_ref());
+                let built = fresh.peer_members(index, namespaces, pods.as_ref());
+                if kept != built {
+                    return Err(format!(
+                        "peer {namespaces:?} {pods:?}: {kept:?}, built afresh {built:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl PeerSet ===
+
+impl PeerSet {
+    /// The set for the index `now`, after the pods `changed` (sorted):
+    /// the same set unless one of them joins or leaves it.
+    fn patched(this: &Arc<Self>, now: &PolicyIndex, changed: &[&PodKey]) -> Arc<Self> {
+        let set = &**this;
+        let selects = |key: &PodKey| {
+            now.pod(key)
+                .is_some_and(|pod| peer_selects(now, &set.namespaces, set.pods.as_ref(), pod))
+        };
+        let moved: Vec<(&PodKey, bool)> = changed
+            .iter()
+            .map(|key| (*key, selects(key)))
+            .filter(|(key, now_in)| set.members.binary_search(key).is_ok() != *now_in)
+            .collect();
+        if moved.is_empty() {
+            return this.clone();
+        }
+        let mut members = (*set.members).clone();
+        for (key, now_in) in moved {
+            match (members.binary_search(key), now_in) {
+                (Err(i), true) => members.insert(i, key.clone()),
+                (Ok(i), false) => {
+                    members.remove(i);
+                }
+                _ => {}
+            }
+        }
+        Arc::new(Self {
+            members: Arc::new(members),
+            ..set.clone()
+        })
     }
 }
 
 // === impl AddressClaims ===
 
 impl AddressClaims {
-    fn of(index: &PolicyIndex, direction: Direction) -> Self {
-        let mut claims = Self {
+    fn new(direction: Direction) -> Self {
+        Self {
             direction,
             by_ip: Vec::new(),
             groups: Vec::new(),
             sets: Vec::new(),
-        };
-        let mut set_ids: HashMap<(Box<[usize]>, Vec<ContainerPort>), u32> = HashMap::default();
-        let mut group_ids: HashMap<Box<[u32]>, u32> = HashMap::default();
+            set_ids: HashMap::default(),
+            group_ids: HashMap::default(),
+            patched: 0,
+        }
+    }
+
+    /// Built whole from the index.
+    fn of(index: &PolicyIndex, direction: Direction) -> Self {
+        let mut claims = Self::new(direction);
         let mut group = Vec::new();
         for (ip, holders) in index.held_ips() {
-            // The index keeps holders sorted; sorted again only if not.
-            let sorted;
-            let holders: &[PodKey] = if holders.is_sorted() {
-                holders
-            } else {
-                sorted = {
-                    let mut h = holders.to_vec();
-                    h.sort_unstable();
-                    h
-                };
-                &sorted
-            };
-            group.clear();
-            for key in holders {
-                let policies = index.selecting(key, direction);
-                let audited = index.auditing(key, direction);
-                if policies.is_empty() && audited.is_empty() {
-                    continue;
-                }
-                let ports = resolved_on(index, key, policies, audited, direction).to_vec();
-                let mut pointers = Vec::new();
-                policy_set_key(&mut pointers, policies, audited);
-                let set_key = (pointers.into_boxed_slice(), ports);
-                let id = match set_ids.get(&set_key) {
-                    Some(id) => *id,
-                    None => {
-                        let id = claims.sets.len() as u32;
-                        claims.sets.push(PolicySet {
-                            enforced: policies.to_vec(),
-                            audited: audited.to_vec(),
-                            ports: set_key.1.clone(),
-                        });
-                        set_ids.insert(set_key, id);
-                        id
-                    }
-                };
-                group.push(id);
+            if let Some(id) = claims.group_of(index, holders, &mut group) {
+                claims.by_ip.push((ip, id));
             }
-            if group.is_empty() {
-                continue;
-            }
-            let id = match group_ids.get(group.as_slice()) {
-                Some(id) => *id,
-                None => {
-                    let id = claims.groups.len() as u32;
-                    claims.groups.push(group.as_slice().into());
-                    group_ids.insert(group.as_slice().into(), id);
-                    id
-                }
-            };
-            claims.by_ip.push((ip, id));
         }
         claims.by_ip.sort_unstable_by_key(|(ip, _)| *ip);
         claims
+    }
+
+    /// These claims, built for `then`, brought to `now` after the objects
+    /// `changed`: the addresses of the pods changed, and of every pod of a
+    /// namespace whose policies changed (their selection may have), are
+    /// claimed again; the rest is kept. Built whole after a namespace
+    /// change (its audit mode decides which policies are enforced), or
+    /// once patches add up to half the addresses.
+    fn patched(&self, then: &PolicyIndex, now: &PolicyIndex, changed: &[ObjectRef]) -> Self {
+        if changed.iter().any(|c| c.kind == Kind::Namespace) {
+            return Self::of(now, self.direction);
+        }
+        let mut policy_namespaces: Vec<&str> = changed
+            .iter()
+            .filter(|c| c.kind == Kind::Policy)
+            .map(|c| &*c.key.namespace)
+            .collect();
+        policy_namespaces.sort_unstable();
+        policy_namespaces.dedup();
+        let mut pods: Vec<&PodKey> = changed
+            .iter()
+            .filter(|c| c.kind == Kind::Pod)
+            .map(|c| &c.key)
+            .chain(
+                policy_namespaces
+                    .iter()
+                    .flat_map(|ns| then.pods_in(ns).chain(now.pods_in(ns))),
+            )
+            .collect();
+        pods.sort_unstable();
+        pods.dedup();
+        let mut ips: Vec<IpAddr> = pods
+            .iter()
+            .flat_map(|key| then.pod(key).into_iter().chain(now.pod(key)))
+            .flat_map(|pod| pod.ips.iter().copied())
+            .collect();
+        ips.sort_unstable();
+        ips.dedup();
+        if self.patched + ips.len() > (self.by_ip.len() / 2).max(256) {
+            return Self::of(now, self.direction);
+        }
+        let mut next = self.clone();
+        next.patched += ips.len();
+        let mut group = Vec::new();
+        for ip in ips {
+            let id = next.group_of(now, now.pods_with_ip(ip), &mut group);
+            match (next.by_ip.binary_search_by_key(&ip, |(k, _)| *k), id) {
+                (Ok(i), Some(id)) => next.by_ip[i].1 = id,
+                (Ok(i), None) => {
+                    next.by_ip.remove(i);
+                }
+                (Err(i), Some(id)) => next.by_ip.insert(i, (ip, id)),
+                (Err(_), None) => {}
+            }
+        }
+        next
+    }
+
+    /// The group of an address's holders, among those isolated for the
+    /// direction; `None` when none is. `group`: scratch space.
+    fn group_of(
+        &mut self,
+        index: &PolicyIndex,
+        holders: &[PodKey],
+        group: &mut Vec<u32>,
+    ) -> Option<u32> {
+        let direction = self.direction;
+        // The index keeps holders sorted; sorted again only if not.
+        let sorted;
+        let holders: &[PodKey] = if holders.is_sorted() {
+            holders
+        } else {
+            sorted = {
+                let mut h = holders.to_vec();
+                h.sort_unstable();
+                h
+            };
+            &sorted
+        };
+        group.clear();
+        for key in holders {
+            let policies = index.selecting(key, direction);
+            let audited = index.auditing(key, direction);
+            if policies.is_empty() && audited.is_empty() {
+                continue;
+            }
+            let ports = resolved_on(index, key, policies, audited, direction).to_vec();
+            let mut pointers = Vec::new();
+            policy_set_key(&mut pointers, policies, audited);
+            let set_key = (pointers.into_boxed_slice(), ports);
+            let id = match self.set_ids.get(&set_key) {
+                Some(id) => *id,
+                None => {
+                    let id = self.sets.len() as u32;
+                    self.sets.push(Arc::new(PolicySet {
+                        enforced: policies.to_vec(),
+                        audited: audited.to_vec(),
+                        ports: set_key.1.clone(),
+                    }));
+                    self.set_ids.insert(set_key, id);
+                    id
+                }
+            };
+            group.push(id);
+        }
+        if group.is_empty() {
+            return None;
+        }
+        Some(match self.group_ids.get(group.as_slice()) {
+            Some(id) => *id,
+            None => {
+                let id = self.groups.len() as u32;
+                self.groups.push(group.as_slice().into());
+                self.group_ids.insert(group.as_slice().into(), id);
+                id
+            }
+        })
     }
 
     /// The address entries toward `me` of the addresses `wanted`, in
