@@ -109,10 +109,9 @@ pub struct Sides {
 #[derive(Debug, Default)]
 pub struct Shared {
     peers: std::sync::Mutex<HashMap<Arc<str>, Arc<PeerSet>>>,
-    egress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
-    ingress_claims: std::sync::OnceLock<Arc<AddressClaims>>,
-    /// By direction (egress, ingress): claims of an earlier index, to patch
-    /// on first use.
+    /// By direction (see [`slot`]): the address claims, built on first use.
+    claims: [std::sync::OnceLock<Arc<AddressClaims>>; 2],
+    /// By direction: claims of an earlier index, to patch on first use.
     bases: [Option<ClaimsBase>; 2],
 }
 
@@ -258,9 +257,8 @@ impl Shared {
         let Some(changed) = changed else {
             return Self::default();
         };
-        let cells = [&self.egress_claims, &self.ingress_claims];
         let bases = std::array::from_fn(|d| {
-            let base = match (cells[d].get(), &self.bases[d]) {
+            let base = match (self.claims[d].get(), &self.bases[d]) {
                 (Some(claims), _) => ClaimsBase {
                     claims: claims.clone(),
                     index: then.clone(),
@@ -295,8 +293,7 @@ impl Shared {
         };
         Self {
             peers: std::sync::Mutex::new(peers),
-            egress_claims: Default::default(),
-            ingress_claims: Default::default(),
+            claims: Default::default(),
             bases,
         }
     }
@@ -304,18 +301,15 @@ impl Shared {
     /// The addresses pods isolated for `direction` hold, built (or patched
     /// from the base) on first use.
     fn address_claims(&self, index: &PolicyIndex, direction: Direction) -> Arc<AddressClaims> {
-        let d = match direction {
-            Direction::Egress => 0,
-            Direction::Ingress => 1,
-        };
-        let cell = [&self.egress_claims, &self.ingress_claims][d];
-        cell.get_or_init(|| {
-            Arc::new(match &self.bases[d] {
-                Some(base) => base.claims.patched(&base.index, index, &base.changed),
-                None => AddressClaims::of(index, direction),
+        let d = slot(direction);
+        self.claims[d]
+            .get_or_init(|| {
+                Arc::new(match &self.bases[d] {
+                    Some(base) => base.claims.patched(&base.index, index, &base.changed),
+                    None => AddressClaims::of(index, direction),
+                })
             })
-        })
-        .clone()
+            .clone()
     }
 
     /// The pods a pod peer selects, memoised by the peer's text.
@@ -364,29 +358,27 @@ impl Shared {
     }
 }
 
-/// Whether a pod peer selects `pod`: it is among the peer's candidates (a
-/// pod of its namespace, of a namespace known whose labels match, or any
-/// pod for `{}`) and matches.
+/// Where a direction's address claims are kept in [`Shared`].
+fn slot(direction: Direction) -> usize {
+    match direction {
+        Direction::Egress => 0,
+        Direction::Ingress => 1,
+    }
+}
+
+/// Whether a pod peer selects `pod` (the engine's own rule).
 fn peer_selects(
     index: &PolicyIndex,
     namespaces: &NamespaceScope,
     pods: Option<&Selector>,
     pod: &Pod,
 ) -> bool {
-    let candidate = match namespaces {
-        NamespaceScope::Policy(ns) => *pod.key.namespace == **ns,
-        NamespaceScope::Selected(selector) if selector.is_everything() => true,
-        NamespaceScope::Selected(selector) => index
-            .namespace(&pod.key.namespace)
-            .is_some_and(|ns| selector.matches(&ns.labels)),
-    };
-    candidate
-        && pods_peer_matches(
-            namespaces,
-            pods,
-            pod,
-            index.namespace_labels(&pod.key.namespace),
-        )
+    pods_peer_matches(
+        namespaces,
+        pods,
+        pod,
+        index.namespace_labels(&pod.key.namespace),
+    )
 }
 
 #[cfg(test)]
